@@ -1,0 +1,70 @@
+"""The `azr-jax` command line.
+
+Each sub-command lives in the module that owns the work; this file only wires argparse to
+`add_arguments(parser)` / `main(args) -> int` pairs, imported lazily so `azr-jax score` never
+imports JAX and `azr-jax --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from azr_jax.errors import UserError
+
+# name -> (module, one-line help). Each module defines add_arguments(parser) and main(args).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("azr_jax.train_cli", "self-play training (resumes from the newest checkpoint in --workdir)"),
+    "score": ("azr_jax.azr.score_cli", "score model completions offline with the trainer's code (JSONL in, JSONL out)"),
+    "eval": ("azr_jax.eval.cli", "evaluate a checkpoint on a benchmark"),
+    "pretrain": ("azr_jax.nano.pretrain", "build the nano base model and tokenizer from the procedural corpus"),
+    "bench": ("azr_jax.bench.cli", "performance benchmarks; prints one JSON object"),
+    "repro": ("azr_jax.repro", "parity reports against the PyTorch reference stack"),
+    "selfcheck": ("azr_jax.selfcheck", "a short self-check of the installed stack"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Top-level parser listing the sub-commands (their own flags load with the sub-command)."""
+    parser = argparse.ArgumentParser(
+        prog="azr-jax",
+        description="Absolute Zero Reasoner in JAX: self-play RL on verified Python tasks.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text)
+    return parser
+
+
+def _lazy_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """Import only the chosen sub-command's module (fast start, no JAX for host-only commands)."""
+    if argv and argv[0] in COMMANDS:
+        parser = argparse.ArgumentParser(prog="azr-jax")
+        sub = parser.add_subparsers(dest="command")
+        module_name, help_text = COMMANDS[argv[0]]
+        p = sub.add_parser(argv[0], help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        importlib.import_module(module_name).add_arguments(p)
+        return parser
+    return build_parser()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = _lazy_parser(argv)
+        args = parser.parse_args(argv)
+        module = importlib.import_module(args._module)
+        return int(module.main(args) or 0)
+    except UserError as e:
+        print(f"azr-jax: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("azr-jax: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,429 @@
+"""Typed experiment configuration.
+
+A config is a tree of frozen dataclasses (`Config` at the root, one section per concern).
+Experiment presets are Python files under `configs/` that define `config = Config(...)` (or a
+`get_config()` function); `--set a.b=c` overrides any field with type checking, and an unknown
+key is an error naming the closest valid key. The fully resolved config is written into every
+run's workdir as `config.json`, and can be loaded back from there.
+
+This module is plain Python (no JAX) so host-only commands such as `azr-jax score` stay light.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from azr_jax.errors import UserError
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Which policy to train and how it computes."""
+
+    preset: str = "nano"  # a name from azr_jax.models.presets, used when hf_dir is None
+    hf_dir: str | None = None  # Hugging Face checkpoint directory (config.json + safetensors)
+    tokenizer: str | None = None  # tokenizer.json / SentencePiece .model; default: inside hf_dir
+    overrides: dict = field(default_factory=dict)  # ModelConfig fields to replace in the preset
+    compute_dtype: str = "bfloat16"  # activations / matmuls
+    param_dtype: str = "float32"  # master weights
+    remat: str = "none"  # rematerialisation policy of the update step: none | full | dots
+
+
+@dataclass(frozen=True)
+class MeshSection:
+    """Device mesh and the logical-axis -> mesh-axis table (the only place sharding is decided)."""
+
+    # Mesh axis sizes; one entry may be -1 to take all remaining devices.
+    shape: dict = field(default_factory=lambda: {"data": 1, "fsdp": -1, "tensor": 1})
+    # logical axis name -> mesh axis name(s) or None (replicated). Order matters only for readability.
+    rules: dict = field(
+        default_factory=lambda: {
+            "batch": ["data", "fsdp"],
+            "length": None,
+            "vocab": "tensor",
+            "embed": "fsdp",
+            "heads": "tensor",
+            "kv_heads": "tensor",
+            "head_dim": None,
+            "mlp": "tensor",
+            "layers": None,
+            "norm": None,
+            "cache_length": None,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class SamplingSection:
+    """Rollout generation settings (AZR_SPEC §4.4: T = 1.0, top-p 1.0, no top-k)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_prompt_len: int = 6144
+    max_response_len: int = 8096
+    # Prompt/response lengths are padded up to one of these buckets to bound recompilation.
+    length_buckets: list = field(default_factory=lambda: [256, 512, 1024, 2048, 4096, 8192])
+    eval_temperature: float = 0.0  # greedy evaluation, as the paper does
+
+
+@dataclass(frozen=True)
+class AZRSection:
+    """The method on the host side: task types, prompts, validation, rewards, buffers."""
+
+    task_types: list = field(default_factory=lambda: ["abduction", "deduction", "induction"])
+    batch_size: int = 64  # sequences per (role, task) batch; 6 batches per step
+    n_references: int = 6  # K reference snippets shown to deduction/abduction proposers
+    n_solver_samples: int = 8  # N learnability rollouts per valid proposal
+    learnability_temperature: float = 1.0  # AZR_SPEC §3.2: sample, never greedy
+    num_inputs: int = 10  # induction proposals must give this many inputs
+    boundary_reward: float = -0.5  # proposer reward when all or none of N solved (paper: 0.0)
+    solver_task_lag: bool = True  # solver tasks come from buffers as of the previous step (reference)
+    buffer_cap: int = 16384
+    buffer_eviction: str = "drop_oldest"  # drop_oldest | keep_oldest (reference: keep_oldest)
+    pred_data_mix: str = "max_new"
+    reject_multiple_functions: bool = False  # reference Qwen runs: True (rejects nested helpers too)
+    f_replace_location: str = "not_first"  # not_first | any_last
+    code_location: str = "first"  # first | last fenced block
+    banned_words: list = field(
+        default_factory=lambda: [
+            "logging", "random", "multiprocessing", "pebble", "subprocess", "threading",
+            "datetime", "time", "hashlib", "hmac", "bcrypt", "os.sys", "os.path", "sys.exit",
+            "os.environ", "calendar",
+        ]
+    )
+    seed_file: str | None = None  # JSONL of triplets; None = identity triplet only
+    induction_seed_file: str | None = None
+    prompt_dir: str | None = None  # directory of replacement prompt templates
+    max_output_chars: int = 0  # 0 = never truncate gold outputs (reference: 400)
+
+
+@dataclass(frozen=True)
+class SandboxSection:
+    """Isolation and limits for running model-written programs (DESIGN §6)."""
+
+    timeout_s: float = 10.0
+    workers: int = 0  # 0 = number of CPU cores
+    memory_mb: int = 1024
+    max_file_mb: int = 16
+    max_open_files: int = 64
+    max_processes: int = 16
+    isolation: str = "auto"  # auto | bwrap | unshare | none (none only with an explicit warning)
+
+
+@dataclass(frozen=True)
+class RLSection:
+    """Advantage estimator and policy loss (AZR_SPEC §4)."""
+
+    estimator: str = "trr++"  # trr++ | reinforce++ | grpo | rloo
+    whiten_stats: str = "token"  # token (reference/verl) | sequence (paper Eq. 8)
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.28
+    dual_clip: float | None = 3.0
+    entropy_coef: float = 0.001
+    kl_coef: float = 0.0
+    kl_type: str = "k3"  # k1 | k3
+    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum
+    micro_batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    learning_rate: float = 1e-6
+    schedule: str = "constant"  # constant | cosine | linear
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    grad_clip_norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    steps: int = 500
+    seed: int = 0
+    save_every: int = 10
+    keep_checkpoints: int = 3
+    log_every: int = 1
+    eval_every: int = 0  # 0 = only at the start and the end
+    audit_every: int = 10  # write sampled rollouts and buffer snapshots every N steps
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    benchmark: str = "nano"  # nano | cruxeval | humaneval | ...
+    data_path: str | None = None
+    max_items: int = 0  # 0 = all
+    max_response_len: int = 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "unnamed"
+    model: ModelSection = field(default_factory=ModelSection)
+    mesh: MeshSection = field(default_factory=MeshSection)
+    sampling: SamplingSection = field(default_factory=SamplingSection)
+    azr: AZRSection = field(default_factory=AZRSection)
+    sandbox: SandboxSection = field(default_factory=SandboxSection)
+    rl: RLSection = field(default_factory=RLSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading, overriding, validating, dumping
+# ----------------------------------------------------------------------------------------------
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_json(cfg: Config) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for name, tp in _field_types(cls).items():
+        full = f"{prefix}{name}"
+        keys.append(full)
+        if dataclasses.is_dataclass(tp):
+            keys.extend(_all_keys(tp, full + "."))
+    return keys
+
+
+def _unknown_key(key: str) -> UserError:
+    close = difflib.get_close_matches(key, _all_keys(Config), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return UserError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert `value` (a parsed override or a JSON value) to type `tp`, or raise UserError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for opt in options:
+            if opt is type(None):
+                continue
+            try:
+                return _coerce(value, opt, key)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise UserError(f"config key '{key}' expects a bool (true/false), got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise UserError(f"config key '{key}' expects an int, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise UserError(f"config key '{key}' expects an int, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise UserError(f"config key '{key}' expects a float, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"config key '{key}' expects a float, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"config key '{key}' expects a string, got {value!r}")
+    if tp is list or origin is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise UserError(f"config key '{key}' expects a list (JSON, e.g. [1, 2]), got {value!r}")
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise UserError(f"config key '{key}' expects a mapping (JSON, e.g. {{\"a\": 1}}), got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, dict):
+            return from_dict(value, tp, prefix=key + ".")
+        raise UserError(f"config key '{key}' expects a section, got {value!r}")
+    raise UserError(f"config key '{key}': unsupported type {tp}")
+
+
+def from_dict(data: dict, cls: type = Config, prefix: str = "") -> Any:
+    """Build a (nested) config from plain data, rejecting unknown keys and wrong types."""
+    types_ = _field_types(cls)
+    kwargs = {}
+    for k, v in data.items():
+        if k not in types_:
+            raise _unknown_key(prefix + k)
+        kwargs[k] = _coerce(v, types_[k], prefix + k)
+    return validate(cls(**kwargs)) if cls is Config else cls(**kwargs)
+
+
+def _parse_override_value(text: str) -> Any:
+    """`--set` values are JSON when they parse as JSON (numbers, lists, null, true), else strings."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `a.b=c` overrides; unknown keys and wrong types raise UserError."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        cfg = _replace_path(cfg, key.split("."), _parse_override_value(raw), key)
+    return validate(cfg)
+
+
+def _replace_path(obj: Any, path: list[str], value: Any, full_key: str) -> Any:
+    if not dataclasses.is_dataclass(obj):
+        raise _unknown_key(full_key)
+    types_ = _field_types(type(obj))
+    head = path[0]
+    if head not in types_:
+        raise _unknown_key(full_key)
+    if len(path) == 1:
+        new = _coerce(value, types_[head], full_key)
+    else:
+        child = getattr(obj, head)
+        if isinstance(child, dict):  # e.g. model.overrides.num_layers=2, mesh.shape.fsdp=4
+            new = _set_in_dict(child, path[1:], value)
+        else:
+            new = _replace_path(child, path[1:], value, full_key)
+    return dataclasses.replace(obj, **{head: new})
+
+
+def _set_in_dict(d: dict, path: list[str], value: Any) -> dict:
+    out = dict(d)
+    if len(path) == 1:
+        out[path[0]] = value
+    else:
+        out[path[0]] = _set_in_dict(dict(out.get(path[0]) or {}), path[1:], value)
+    return out
+
+
+_CHOICES = {
+    ("model", "compute_dtype"): ("bfloat16", "float32", "float16"),
+    ("model", "param_dtype"): ("bfloat16", "float32"),
+    ("model", "remat"): ("none", "full", "dots"),
+    ("azr", "buffer_eviction"): ("drop_oldest", "keep_oldest"),
+    ("azr", "pred_data_mix"): ("max_new", "uniform"),
+    ("azr", "f_replace_location"): ("not_first", "any_last"),
+    ("azr", "code_location"): ("first", "last"),
+    ("sandbox", "isolation"): ("auto", "bwrap", "unshare", "none"),
+    ("rl", "whiten_stats"): ("token", "sequence"),
+    ("rl", "kl_type"): ("k1", "k3"),
+    ("rl", "loss_agg"): ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"),
+    ("optim", "schedule"): ("constant", "cosine", "linear"),
+}
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks with messages that say what to change."""
+    for (section, name), allowed in _CHOICES.items():
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise UserError(f"config key '{section}.{name}' must be one of {list(allowed)}, got {value!r}")
+    for t in cfg.azr.task_types:
+        if t not in ("abduction", "deduction", "induction"):
+            raise UserError(f"config key 'azr.task_types': unknown task type {t!r}")
+    positive = {
+        "azr.batch_size": cfg.azr.batch_size,
+        "azr.n_solver_samples": cfg.azr.n_solver_samples,
+        "azr.num_inputs": cfg.azr.num_inputs,
+        "azr.buffer_cap": cfg.azr.buffer_cap,
+        "sandbox.timeout_s": cfg.sandbox.timeout_s,
+        "sampling.max_prompt_len": cfg.sampling.max_prompt_len,
+        "sampling.max_response_len": cfg.sampling.max_response_len,
+        "rl.micro_batch_size": cfg.rl.micro_batch_size,
+        "train.steps": cfg.train.steps,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise UserError(f"config key '{key}' must be positive, got {value!r}")
+    if cfg.sampling.temperature < 0 or not 0 < cfg.sampling.top_p <= 1:
+        raise UserError("sampling.temperature must be >= 0 and sampling.top_p in (0, 1]")
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a config file (`.py` defining `config`/`get_config()`, or a `config.json` dump)."""
+    if path is None:
+        cfg = Config()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file not found: {p}")
+        if p.suffix == ".json":
+            try:
+                data = json.loads(p.read_text())
+            except json.JSONDecodeError as e:
+                raise UserError(f"config file {p} is not valid JSON: {e}") from None
+            cfg = from_dict(data)
+        elif p.suffix == ".py":
+            cfg = _load_py_config(p)
+        else:
+            raise UserError(f"config file must be .py or .json, got {p}")
+    return apply_overrides(validate(cfg), overrides or [])
+
+
+def _load_py_config(p: Path) -> Config:
+    spec = importlib.util.spec_from_file_location(f"azr_config_{p.stem}", p)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)  # a trusted, user-written config file
+    except UserError:
+        raise
+    except Exception as e:  # a broken config file: say where, not a traceback
+        raise UserError(f"config file {p} failed to load: {type(e).__name__}: {e}") from None
+    if hasattr(module, "get_config"):
+        cfg = module.get_config()
+    elif hasattr(module, "config"):
+        cfg = module.config
+    else:
+        raise UserError(f"config file {p} must define `config = Config(...)` or `get_config()`")
+    if not isinstance(cfg, Config):
+        raise UserError(f"config file {p}: `config` must be an azr_jax.config.Config")
+    return cfg

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine (Linux or macOS, Python >= 3.11, no accelerator needed):
+#   bash launch/local.sh main   # install into .venv if needed, then run the main job
+#   bash launch/local.sh test   # install into .venv if needed, then run the whole test suite
+# Extra arguments are passed on (to `azr-jax train` for main, to pytest for test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-main}"; shift || true
+PY="${PYTHON:-python3}"
+VENV="${AZR_VENV:-.venv}"
+
+if [ ! -x "$VENV/bin/azr-jax" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
+  echo "[azr-jax] installing into $VENV (first run only) ..." >&2
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # CPU torch first: the parity tests compare against PyTorch transformers, and a bare
+  # `torch` requirement would otherwise pull a multi-GB CUDA build.
+  "$VENV/bin/python" -m pip install -q "${AZR_TORCH_SPEC:-torch==2.13.0}"
+  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  touch "$VENV/.installed"
+fi
+
+case "$what" in
+  main) exec "$VENV/bin/azr-jax" selfcheck "$@" ;;
+  test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  *) echo "usage: bash launch/local.sh main|test [args...]" >&2; exit 2 ;;
+esac
