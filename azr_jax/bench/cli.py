@@ -1,0 +1,40 @@
+"""`azr-jax bench NAME`: dispatch to one benchmark module and print its JSON result.
+
+Each benchmark module defines `add_arguments(parser)` and `run(args) -> dict`; the dict is
+printed as one JSON object on stdout (progress goes to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+BENCHES = {
+    "executor": ("azr_jax.bench.executor", "sandboxed validations per second, and a batch with non-terminating programs"),
+    "sample": ("azr_jax.bench.sample", "sampler tokens/s vs transformers.generate (static cache) on the same model shape"),
+    "train": ("azr_jax.bench.train", "update-step tokens/s and MFU vs a torch fwd+bwd+AdamW step"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="NAME")
+    sub.required = True
+    chosen = next((a for a in sys.argv[1:] if a in BENCHES), None)
+    for name, (module_name, help_text) in BENCHES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:  # only the chosen benchmark's module (and its imports) is loaded
+            importlib.import_module(module_name).add_arguments(p)
+        p.add_argument("--out", default=None, help="also write the JSON result to this file")
+
+
+def main(args: argparse.Namespace) -> int:
+    module = importlib.import_module(BENCHES[args.bench][0])
+    result = module.run(args)
+    text = json.dumps(result, sort_keys=True)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
