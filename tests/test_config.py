@@ -1,0 +1,86 @@
+"""The typed config: loading, `--set` overrides, validation, clear errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from azr_jax.config import Config, apply_overrides, from_dict, load_config, to_dict, to_json
+from azr_jax.errors import UserError
+
+
+def test_defaults_carry_paper_hyperparameters():
+    cfg = Config()
+    assert cfg.azr.n_references == 6 and cfg.azr.n_solver_samples == 8 and cfg.azr.num_inputs == 10
+    assert cfg.optim.learning_rate == 1e-6 and cfg.optim.grad_clip_norm == 1.0
+    assert cfg.sampling.temperature == 1.0 and cfg.sampling.top_p == 1.0
+    assert cfg.azr.learnability_temperature == 1.0  # never greedy (AZR_SPEC §3.2)
+
+
+def test_overrides_are_typed():
+    cfg = apply_overrides(Config(), ["azr.n_references=4", "rl.dual_clip=null", "optim.learning_rate=3e-6",
+                                     "azr.task_types=[\"deduction\"]", "model.overrides.num_layers=2",
+                                     "rl.estimator=grpo", "train.seed=7"])
+    assert cfg.azr.n_references == 4
+    assert cfg.rl.dual_clip is None
+    assert cfg.optim.learning_rate == 3e-6
+    assert cfg.azr.task_types == ["deduction"]
+    assert cfg.model.overrides == {"num_layers": 2}
+    assert cfg.rl.estimator == "grpo" and cfg.train.seed == 7
+
+
+def test_unknown_key_names_the_closest_valid_key():
+    with pytest.raises(UserError, match="did you mean 'azr.n_references'"):
+        apply_overrides(Config(), ["azr.n_refrences=3"])
+    with pytest.raises(UserError, match="unknown config key 'nope.x'"):
+        apply_overrides(Config(), ["nope.x=1"])
+
+
+@pytest.mark.parametrize("item, match", [
+    ("azr.n_references=many", "expects an int"),
+    ("azr.solver_task_lag=maybe", "expects a bool"),
+    ("rl.whiten_stats=median", "must be one of"),
+    ("azr.batch_size=0", "must be positive"),
+    ("azr.task_types=[\"translation\"]", "unknown task type"),
+    ("novalue", "key=value"),
+])
+def test_bad_values_are_user_errors(item, match):
+    with pytest.raises(UserError, match=match):
+        apply_overrides(Config(), [item])
+
+
+def test_json_round_trip(tmp_path):
+    cfg = apply_overrides(Config(), ["azr.boundary_reward=0.0", "name=x"])
+    p = tmp_path / "config.json"
+    p.write_text(to_json(cfg))
+    assert load_config(p) == cfg
+    assert to_dict(from_dict(json.loads(p.read_text()))) == to_dict(cfg)
+
+
+def test_python_config_files(tmp_path):
+    good = tmp_path / "good.py"
+    good.write_text("from azr_jax.config import Config, AZRSection\n"
+                    "config = Config(name='t', azr=AZRSection(batch_size=4))\n")
+    assert load_config(good, ["azr.n_solver_samples=2"]).azr.n_solver_samples == 2
+    bad = tmp_path / "bad.py"
+    bad.write_text("config = 3\n")
+    with pytest.raises(UserError, match="must be an azr_jax.config.Config"):
+        load_config(bad)
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "missing.py")
+
+
+def test_cli_reports_bad_input_as_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "azr_jax.cli", "score", "--in", str(tmp_path / "nope.jsonl"),
+                        "--out", str(tmp_path / "o.jsonl")], capture_output=True, text=True)
+    assert r.returncode != 0
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("azr-jax: error:"), r.stderr
+
+
+def test_cli_help_lists_commands():
+    r = subprocess.run([sys.executable, "-m", "azr_jax.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    for name in ("train", "score", "bench", "repro", "pretrain", "eval"):
+        assert name in r.stdout
