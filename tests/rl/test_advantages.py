@@ -1,0 +1,140 @@
+"""Advantage estimators: TRR++ against the reference fixture, the others on hand-computed cases."""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from azr_jax.config import RLSection
+from azr_jax.rl import advantages as adv
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "trrpp" / "trrpp_cases.json"
+CASES = json.loads(FIXTURE.read_text())["cases"]
+
+
+def _case_arrays(case):
+    seqs = case["sequences"]
+    max_len = case["max_len"]
+    lengths = np.array([s["length"] for s in seqs])
+    mask_bt = (np.arange(max_len)[None, :] < lengths[:, None]).astype(np.float32)
+    rewards_b = np.array([s["reward"] for s in seqs], np.float32)
+    group_ids_b = np.array([adv.trrpp_group_id(s["role"], s["task"]) for s in seqs], np.int32)
+    return rewards_b, mask_bt, group_ids_b
+
+
+@pytest.mark.parametrize("case_index", range(len(CASES)))
+@pytest.mark.parametrize("whiten_stats,key", [("token", "adv_token_weighted"), ("sequence", "adv_per_sequence")])
+def test_trrpp_matches_reference_fixture(case_index, whiten_stats, key):
+    case = CASES[case_index]
+    rewards_b, mask_bt, group_ids_b = _case_arrays(case)
+    # Shuffle rows so groups are interleaved: the grouping must come from the ids, not the order.
+    perm = np.random.default_rng(case_index).permutation(len(rewards_b))
+    fn = jax.jit(adv.trr_plus_plus, static_argnames=("num_groups", "whiten_stats"))
+    got_bt = np.asarray(
+        fn(rewards_b[perm], mask_bt[perm], group_ids_b[perm], num_groups=adv.NUM_TRRPP_GROUPS, whiten_stats=whiten_stats)
+    )
+    expected_b = np.array([s[key] for s in case["sequences"]])[perm]
+    np.testing.assert_allclose(got_bt, expected_b[:, None] * mask_bt[perm], rtol=0, atol=1e-6)
+
+
+def test_trrpp_fixture_has_the_documented_edge_cases():
+    # Case 0 holds an all-equal group (advantage 0); the token and sequence variants differ.
+    rewards_b, mask_bt, group_ids_b = _case_arrays(CASES[0])
+    got_bt = np.asarray(adv.trr_plus_plus(rewards_b, mask_bt, group_ids_b, num_groups=6))
+    deduction = group_ids_b == adv.trrpp_group_id("propose", "deduction")
+    assert np.all(rewards_b[deduction] == rewards_b[deduction][0])
+    assert np.all(got_bt[deduction] == 0.0)
+    seq_bt = np.asarray(adv.trr_plus_plus(rewards_b, mask_bt, group_ids_b, num_groups=6, whiten_stats="sequence"))
+    assert np.max(np.abs(seq_bt - got_bt)) > 0.1
+
+
+def test_trrpp_token_stats_by_hand():
+    # One group, lengths 1 and 3, rewards 1 and 0: N = 4 tokens, mu = 1/4,
+    # var = (1 * 9/16 + 3 * 1/16) / 4 * 4/3 = 1/4, so A = (R - 1/4) / (1/2).
+    mask_bt = np.array([[1, 0, 0], [1, 1, 1]], np.float32)
+    got_bt = np.asarray(adv.trr_plus_plus(np.array([1.0, 0.0]), mask_bt, np.array([0, 0]), num_groups=1))
+    np.testing.assert_allclose(got_bt, [[1.5, 0, 0], [-0.5, -0.5, -0.5]], atol=1e-6)
+    # Per-sequence statistics: mu = 1/2, population std 1/2 -> +-1.
+    got_bt = np.asarray(
+        adv.trr_plus_plus(np.array([1.0, 0.0]), mask_bt, np.array([0, 0]), num_groups=1, whiten_stats="sequence")
+    )
+    np.testing.assert_allclose(got_bt, [[1.0, 0, 0], [-1.0, -1.0, -1.0]], atol=1e-6)
+
+
+def test_trrpp_groups_are_independent():
+    # Two groups with the same relative rewards give the same advantages whatever their offsets.
+    mask_bt = np.ones((4, 2), np.float32)
+    got_bt = np.asarray(adv.trr_plus_plus(np.array([0.0, 1.0, 10.0, 11.0]), mask_bt, np.array([0, 0, 1, 1]), num_groups=2))
+    np.testing.assert_allclose(got_bt[:2], got_bt[2:], atol=1e-6)
+    assert got_bt[0, 0] < 0 < got_bt[1, 0]
+
+
+def test_single_token_group_has_zero_advantage():
+    got_bt = np.asarray(adv.trr_plus_plus(np.array([3.0]), np.array([[1.0, 0.0]]), np.array([0]), num_groups=1))
+    np.testing.assert_array_equal(got_bt, [[0.0, 0.0]])
+
+
+@pytest.mark.parametrize("name", sorted(adv.REGISTRY))
+def test_all_equal_rewards_give_zero(name):
+    mask_bt = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 1]], np.float32)
+    got_bt = np.asarray(adv.REGISTRY[name](np.full(4, 0.7), mask_bt, np.array([0, 0, 1, 1])))
+    np.testing.assert_allclose(got_bt, 0.0, atol=1e-6)
+
+
+def test_reinforce_plus_plus_ignores_groups():
+    mask_bt = np.ones((4, 2), np.float32)
+    rewards_b = np.array([0.0, 1.0, 10.0, 11.0])
+    got_bt = np.asarray(adv.reinforce_plus_plus(rewards_b, mask_bt, np.array([0, 0, 1, 1])))
+    pooled_bt = np.asarray(adv.trr_plus_plus(rewards_b, mask_bt, np.zeros(4, np.int32), num_groups=1))
+    np.testing.assert_allclose(got_bt, pooled_bt, atol=1e-6)
+
+
+def test_grpo_per_prompt_groups_by_hand():
+    # Prompt 0: rewards 1, 0, 0 -> mean 1/3, unbiased std sqrt(1/3).  Prompt 1: 2, 4 -> mean 3, std sqrt(2).
+    rewards_b = np.array([1.0, 2.0, 0.0, 4.0, 0.0])
+    group_ids_b = np.array([0, 1, 0, 1, 0])
+    mask_bt = np.array([[1, 1], [1, 0], [1, 1], [1, 1], [0, 1]], np.float32)
+    got_bt = np.asarray(adv.grpo(rewards_b, mask_bt, group_ids_b))
+    s0, s1 = np.sqrt(1 / 3), np.sqrt(2.0)
+    expected_b = np.array([(2 / 3) / s0, -1 / s1, (-1 / 3) / s0, 1 / s1, (-1 / 3) / s0]) * (1 - 1e-6)
+    np.testing.assert_allclose(got_bt, expected_b[:, None] * mask_bt, rtol=1e-5)
+    got_bt = np.asarray(adv.grpo(rewards_b, mask_bt, group_ids_b, normalize_by_std=False))
+    np.testing.assert_allclose(got_bt[:, :1], [[2 / 3], [-1], [-1 / 3], [1], [0]], atol=1e-6)
+
+
+def test_grpo_singleton_group_uses_raw_reward():
+    got_bt = np.asarray(adv.grpo(np.array([0.5, 1.0, 0.0]), np.ones((3, 1)), np.array([2, 0, 0])))
+    np.testing.assert_allclose(got_bt[0, 0], 0.5 / (1 + 1e-6), rtol=1e-6)
+
+
+def test_rloo_leave_one_out_by_hand():
+    # Group 0: rewards 1, 0, 2 -> baselines (0+2)/2, (1+2)/2, (1+0)/2.  Group 1: 5, 3 -> 2, -2.
+    rewards_b = np.array([1.0, 5.0, 0.0, 3.0, 2.0])
+    group_ids_b = np.array([0, 1, 0, 1, 0])
+    mask_bt = np.array([[1, 0], [1, 1], [1, 1], [0, 1], [1, 1]], np.float32)
+    got_bt = np.asarray(jax.jit(adv.rloo)(rewards_b, mask_bt, group_ids_b))
+    expected_b = np.array([1 - 1, 5 - 3, 0 - 1.5, 3 - 5, 2 - 0.5])
+    np.testing.assert_allclose(got_bt, expected_b[:, None] * mask_bt, atol=1e-6)
+
+
+def test_compute_advantages_reads_config():
+    mask_bt = np.array([[1, 0, 0], [1, 1, 1]], np.float32)
+    rewards_b, group_ids_b = np.array([1.0, 0.0]), np.array([0, 0])
+    token_bt = adv.compute_advantages(RLSection(), rewards_b, mask_bt, group_ids_b, num_groups=1)
+    seq_bt = adv.compute_advantages(RLSection(whiten_stats="sequence"), rewards_b, mask_bt, group_ids_b, num_groups=1)
+    rloo_bt = adv.compute_advantages(RLSection(estimator="rloo"), rewards_b, mask_bt, group_ids_b, num_groups=1)
+    np.testing.assert_allclose(token_bt[0, 0], 1.5, atol=1e-6)
+    np.testing.assert_allclose(seq_bt[0, 0], 1.0, atol=1e-6)
+    np.testing.assert_allclose(rloo_bt[0, 0], 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown advantage estimator"):
+        adv.compute_advantages(RLSection(estimator="ppo-gae"), rewards_b, mask_bt, group_ids_b)
+
+
+def test_group_id_table():
+    ids = {adv.trrpp_group_id(r, t) for r in adv.ROLES for t in adv.TASKS}
+    assert ids == set(range(adv.NUM_TRRPP_GROUPS))
+    with pytest.raises(ValueError):
+        adv.trrpp_group_id("solve", "error")
