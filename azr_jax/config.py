@@ -136,7 +136,9 @@ class RLSection:
     entropy_coef: float = 0.001
     kl_coef: float = 0.0
     kl_type: str = "k3"  # k1 | k3
-    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum
+    # token-mean | seq-mean-token-mean | seq-mean-token-sum | token-mean-per-micro-batch (reference:
+    # token mean within each block of micro_batch_size rows, averaged over blocks; docs/rl.md)
+    loss_agg: str = "token-mean"
     micro_batch_size: int = 16
 
 
@@ -355,7 +357,7 @@ _CHOICES = {
     ("sandbox", "isolation"): ("auto", "bwrap", "unshare", "none"),
     ("rl", "whiten_stats"): ("token", "sequence"),
     ("rl", "kl_type"): ("k1", "k3"),
-    ("rl", "loss_agg"): ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"),
+    ("rl", "loss_agg"): ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "token-mean-per-micro-batch"),
     ("optim", "schedule"): ("constant", "cosine", "linear"),
 }
 
