@@ -1,0 +1,71 @@
+"""Settings validation, length/batch buckets, and the on-device stop checks."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from azr_jax.config import SamplingSection
+from azr_jax.errors import UserError
+from azr_jax.sampling.buckets import bucket_batch, bucket_length
+from azr_jax.sampling.settings import SamplingSettings
+from azr_jax.sampling.stopping import WINDOW_FILL, ends_with_stop, eos_array, is_eos, push_window, stop_table
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-1), dict(max_new_tokens=0),
+     dict(stop_sequences=[[]]), dict(max_new_tokens=4, budgets=[5]), dict(budgets=[0])],
+)
+def test_bad_settings_raise_user_error(kwargs):
+    with pytest.raises(UserError):
+        SamplingSettings(**kwargs)
+
+
+def test_settings_are_hashable_and_normalised():
+    s = SamplingSettings(eos_ids=[2, 3], stop_sequences=[[5, 6]], budgets=[3], max_new_tokens=4)
+    assert s.eos_ids == (2, 3) and s.stop_sequences == ((5, 6),) and s.budgets == (3,)
+    assert hash(s) == hash(SamplingSettings(eos_ids=(2, 3), stop_sequences=((5, 6),), budgets=(3,), max_new_tokens=4))
+
+
+def test_settings_from_config_section():
+    sec = SamplingSection(temperature=0.8, top_p=0.9, top_k=5, max_response_len=77)
+    roll = SamplingSettings.from_section(sec, eos_ids=[1])
+    assert (roll.temperature, roll.top_p, roll.top_k, roll.max_new_tokens, roll.eos_ids) == (0.8, 0.9, 5, 77, (1,))
+    ev = SamplingSettings.from_section(sec, evaluation=True, max_new_tokens=10)
+    assert ev.greedy and ev.top_p == 1.0 and ev.top_k == 0 and ev.max_new_tokens == 10
+
+
+def test_bucket_length():
+    assert bucket_length(1) == 16 and bucket_length(16) == 16 and bucket_length(17) == 32
+    assert bucket_length(5, [8, 4]) == 8 and bucket_length(3, [8, 4]) == 4
+    assert bucket_length(20, [8]) == 24  # past the largest: next multiple of it
+
+
+def test_bucket_batch():
+    assert [bucket_batch(n) for n in (1, 2, 3, 5, 64, 65, 130)] == [1, 2, 4, 8, 64, 128, 192]
+    assert bucket_batch(3, multiple=8) == 8 and bucket_batch(9, multiple=8) == 16
+    assert bucket_batch(5, multiple=6) == 12
+
+
+def test_stop_sequences_match_only_at_the_end_of_the_window():
+    table = jnp.asarray(stop_table([(7, 8), (9,)]))
+    assert table.tolist() == [[7, 8], [-1, 9]]
+    window = jnp.full((4, 2), WINDOW_FILL, jnp.int32)
+    history = [[7, 8], [8, 7], [3, 9], [8, 0]]  # tokens generated so far per row
+    for step in range(2):
+        toks = jnp.asarray([h[step] for h in history], jnp.int32)
+        window = push_window(window, toks)
+    assert ends_with_stop(window, table).tolist() == [True, False, True, False]
+    # a single [9] right after the prompt matches; the prompt's own tokens never do
+    w = push_window(jnp.full((1, 2), WINDOW_FILL, jnp.int32), jnp.asarray([9], jnp.int32))
+    assert ends_with_stop(w, table).tolist() == [True]
+    w8 = push_window(jnp.full((1, 2), WINDOW_FILL, jnp.int32), jnp.asarray([8], jnp.int32))
+    assert ends_with_stop(w8, table).tolist() == [False]
+
+
+def test_no_stops_and_no_eos_never_match():
+    table = jnp.asarray(stop_table([]))
+    window = jnp.asarray(np.arange(8, dtype=np.int32).reshape(4, 2))
+    assert not ends_with_stop(window, table).any()
+    assert not is_eos(jnp.arange(5, dtype=jnp.int32), jnp.asarray(eos_array([]))).any()
+    assert is_eos(jnp.arange(5, dtype=jnp.int32), jnp.asarray(eos_array([3, 0]))).tolist() == [True, False, False, True, False]
