@@ -1,0 +1,171 @@
+"""Run metrics: `metrics.jsonl`, TensorBoard event files, a progress line on stderr, audit files.
+
+Only the primary process (jax process 0) writes; the others get a writer whose methods do nothing
+but whose interface is the same, so the trainer never branches on the process index.
+
+Contract (DESIGN §3.4): one JSON object per completed step in `metrics.jsonl`; every timing field
+ends in `_s` or `_per_s`, every other value is a deterministic function of (config, seed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+TIMING_SUFFIXES = ("_s", "_per_s")
+
+
+def is_timing_key(key: str) -> bool:
+    """Timing fields differ between otherwise identical runs; tests and tools ignore them."""
+    return key.endswith(TIMING_SUFFIXES)
+
+
+def without_timings(record: dict) -> dict:
+    return {k: v for k, v in record.items() if not is_timing_key(k)}
+
+
+def _json_number(value: Any) -> Any:
+    """NaN/inf are not JSON; write them as null so every line parses everywhere."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """All step records of a `metrics.jsonl`, in file order."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(path: str | Path, last_step: int) -> None:
+    """Drop records after `last_step` (a run killed after its last checkpoint wrote steps that the
+    resumed run will redo) and any partial last line, so the file ends as an uninterrupted run's."""
+    p = Path(path)
+    if not p.exists():
+        return
+    kept = []
+    for line in p.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by SIGKILL
+            continue
+        if isinstance(record, dict) and record.get("step", math.inf) <= last_step:
+            kept.append(line)
+    p.write_text("".join(line + "\n" for line in kept))
+
+
+class ProgressLine:
+    """A one-line progress display on stderr: rewritten in place on a terminal, one line per
+    update otherwise (so CI logs stay readable)."""
+
+    def __init__(self, total: int, start: int = 0, stream: TextIO | None = None):
+        self.total = total
+        self.start = start
+        self.stream = stream or sys.stderr
+        self.t0 = time.perf_counter()
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def update(self, step: int, fields: dict[str, float]) -> None:
+        done = step - self.start
+        elapsed = time.perf_counter() - self.t0
+        per_step = elapsed / done if done > 0 else 0.0
+        eta = per_step * (self.total - step)
+        width = 20
+        filled = int(width * step / max(self.total, 1))
+        bar = "#" * filled + "." * (width - filled)
+        shown = " ".join(f"{k}={v:.3g}" for k, v in fields.items() if isinstance(v, (int, float)))
+        text = f"[{bar}] step {step}/{self.total} {per_step:.1f}s/step eta {eta:.0f}s {shown}"
+        if self.tty:
+            self.stream.write("\r" + text + "\033[K")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class MetricsWriter:
+    """Writes step records to `metrics.jsonl` and TensorBoard, audit files to `rollouts/`."""
+
+    def __init__(self, workdir: str | Path, *, total_steps: int, start_step: int = 0,
+                 enabled: bool = True, progress: bool = True):
+        self.workdir = Path(workdir)
+        self.enabled = enabled
+        self._jsonl = None
+        self._tb = None
+        self._progress = None
+        if not enabled:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # A resumed run redoes the steps after its checkpoint: drop their old records first.
+        truncate_metrics(self.metrics_path, start_step)
+        self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
+        from tensorboardX import SummaryWriter
+
+        # purge_step hides events a killed run wrote past the checkpoint we resumed from.
+        self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=start_step + 1)
+        if progress:
+            self._progress = ProgressLine(total_steps, start_step)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.workdir / "metrics.jsonl"
+
+    def write_step(self, record: dict) -> None:
+        """One completed step; `record["step"]` is required. Scalars also go to TensorBoard."""
+        if not self.enabled:
+            return
+        step = int(record["step"])
+        clean = {k: _json_number(v) for k, v in record.items()}
+        self._jsonl.write(json.dumps(clean, sort_keys=True) + "\n")
+        self._jsonl.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+        self._tb.flush()
+        if self._progress is not None:
+            shown = {k: record[k] for k in ("reward/mean", "buffer/deduction", "step_time_s") if k in record}
+            self._progress.update(step, shown)
+
+    def write_rollouts(self, step: int, records: list[dict]) -> None:
+        """Sampled rollouts of one step (score-schema records plus their scores), for audit and
+        re-scoring with `azr-jax score --in rollouts/step_N.jsonl`."""
+        if not self.enabled:
+            return
+        out = self.workdir / "rollouts" / f"step_{step}.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+    def write_buffers(self, step: int, snapshot: dict) -> None:
+        """The task buffers as of the end of `step`, for audit."""
+        if not self.enabled:
+            return
+        out = self.workdir / "buffers" / f"step_{step}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(snapshot, sort_keys=True))
+
+    def write_json(self, name: str, data: dict) -> None:
+        if not self.enabled:
+            return
+        (self.workdir / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None

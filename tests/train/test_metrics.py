@@ -1,0 +1,52 @@
+"""metrics.jsonl / TensorBoard writer, resume truncation, progress line."""
+
+import io
+import json
+
+from azr_jax.metrics import MetricsWriter, ProgressLine, is_timing_key, read_metrics, truncate_metrics, without_timings
+
+
+def test_writes_one_line_per_step_and_tensorboard_events(tmp_path):
+    w = MetricsWriter(tmp_path, total_steps=2, progress=False)
+    w.write_step({"step": 1, "reward/mean": 0.5, "step_time_s": 1.0, "nan_metric": float("nan")})
+    w.write_step({"step": 2, "reward/mean": 0.25, "step_time_s": 2.0, "nan_metric": 1.0})
+    w.close()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[0]["nan_metric"] is None  # JSON has no NaN
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_drops_steps_after_the_checkpoint_and_partial_lines(tmp_path):
+    p = tmp_path / "metrics.jsonl"
+    p.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in range(1, 6)) + '{"step": 6, "x"')
+    truncate_metrics(p, 3)
+    assert [r["step"] for r in read_metrics(p)] == [1, 2, 3]
+    w = MetricsWriter(tmp_path, total_steps=5, start_step=2, progress=False)
+    w.write_step({"step": 3, "x": 30})
+    w.close()
+    assert [(r["step"], r["x"]) for r in read_metrics(p)] == [(1, 1), (2, 2), (3, 30)]
+
+
+def test_timing_keys():
+    assert is_timing_key("generate_time_s") and is_timing_key("tokens_per_s")
+    assert not is_timing_key("reward/mean") and not is_timing_key("steps")
+    assert without_timings({"a_s": 1, "a": 2, "b_per_s": 3}) == {"a": 2}
+
+
+def test_progress_line_without_terminal_prints_one_line_per_update():
+    out = io.StringIO()
+    p = ProgressLine(total=4, start=0, stream=out)
+    p.update(1, {"reward/mean": 0.5})
+    p.update(2, {"reward/mean": 0.25})
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "step 2/4" in lines[1] and "reward/mean=0.25" in lines[1]
+
+
+def test_disabled_writer_writes_nothing(tmp_path):
+    w = MetricsWriter(tmp_path / "run", total_steps=1, enabled=False)
+    w.write_step({"step": 1})
+    w.write_rollouts(1, [{"id": "x"}])
+    w.close()
+    assert not (tmp_path / "run").exists()

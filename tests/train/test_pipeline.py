@@ -1,0 +1,83 @@
+"""The Grain prompt pipeline: determinism, length filtering, bucketing and left padding."""
+
+import numpy as np
+import pytest
+
+from azr_jax.data import PipelineState, batch_from_prompts, build_prompt_batch, left_pad, stream_seed
+from azr_jax.errors import UserError
+
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+
+
+def encode(text):  # one token per character: lengths are easy to reason about
+    return [ord(c) % 97 + 1 for c in text]
+
+
+def pick(index, rng):
+    k = int(rng.integers(1, 4))
+    return {"index": index, "refs": [WORDS[i] for i in rng.choice(len(WORDS), size=k, replace=False)]}
+
+
+def render(job):
+    return " ".join(job["refs"])
+
+
+def _batch(seed, **kw):
+    args = dict(batch_size=5, max_prompt_len=64, seed=seed, pad_id=0, length_buckets=[8, 16, 32, 64])
+    args.update(kw)
+    return build_prompt_batch(pick, render, encode, **args)
+
+
+def test_same_seed_same_batch_different_seed_different_batch():
+    a, b, c = _batch(1), _batch(1), _batch(2)
+    assert a.prompts == b.prompts and np.array_equal(a.tokens, b.tokens)
+    assert a.prompts != c.prompts
+
+
+def test_prompts_over_the_limit_are_skipped_and_resampled():
+    batch = _batch(3, max_prompt_len=7)  # only single references fit
+    assert batch.size == 5
+    assert all(len(ids) <= 7 and len(job["refs"]) == 1 for ids, job in zip(batch.prompt_ids, batch.jobs))
+    # The stream drew more candidates than it kept: some picked jobs had 2-3 references (too long).
+    assert max(job["index"] for job in batch.jobs) >= 5
+
+
+def test_impossible_limit_is_a_user_error():
+    with pytest.raises(UserError, match="raise sampling.max_prompt_len"):
+        _batch(0, max_prompt_len=2)
+
+
+def test_left_padding_positions_and_buckets():
+    batch = _batch(4, batch_multiple=4)
+    rows, length = batch.tokens.shape
+    assert length in (8, 16, 32, 64) and length >= max(len(x) for x in batch.prompt_ids)
+    assert rows == 8 and batch.row_mask.tolist() == [True] * 5 + [False] * 3
+    for i, ids in enumerate(batch.prompt_ids):
+        assert batch.tokens[i, length - len(ids):].tolist() == ids
+        assert batch.mask[i].sum() == len(ids) and batch.mask[i, -1] == 1
+        assert batch.positions[i, -1] == len(ids) - 1 and batch.positions[i, 0] == 0
+
+
+def test_left_pad_rejects_overlong_rows_and_handles_empty():
+    tokens, mask, positions = left_pad([[5, 6], []], 3, pad_id=9)
+    assert tokens.tolist() == [[9, 5, 6], [9, 9, 9]] and mask.tolist() == [[0, 1, 1], [0, 0, 0]]
+    assert positions.tolist() == [[0, 0, 1], [0, 0, 0]]
+    with pytest.raises(ValueError):
+        left_pad([[1, 2, 3, 4]], 3, pad_id=0)
+
+
+def test_batch_from_prompts_keeps_order():
+    jobs = [{"i": i} for i in range(3)]
+    batch = batch_from_prompts(jobs, ["ab", "abcd", "a"], encode, pad_id=0, length_buckets=[4, 8])
+    assert batch.jobs == jobs and batch.tokens.shape == (4, 4)
+    assert batch.tokens[1].tolist() == encode("abcd")
+
+
+def test_stream_seed_and_state_round_trip():
+    assert stream_seed(0, 1, "propose/deduction") == stream_seed(0, 1, "propose/deduction")
+    assert stream_seed(0, 1, "propose/deduction") != stream_seed(0, 2, "propose/deduction")
+    assert stream_seed(0, 1, "propose/deduction") != stream_seed(0, 1, "solve/deduction")
+    state = PipelineState(seed=3, next_step=7)
+    assert PipelineState.from_json(state.to_json()) == state
+    with pytest.raises(UserError, match="pipeline state is malformed"):
+        PipelineState.from_json({"seed": 1})
