@@ -1,0 +1,160 @@
+"""Tokenizer wrapper vs transformers / sentencepiece, on tokenizers trained inside the test."""
+
+import io
+import json
+
+import pytest
+
+from azr_jax.errors import UserError
+from azr_jax.models.tokenizer import load_tokenizer
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = (
+    [f"def f{i}(x, y={i}):\n    return [x * {i} for _ in range(y)]\n" for i in range(150)]
+    + [f"# commentaire numéro {i}: héllo wörld, 你好 {i}\n" for i in range(50)]
+    + ["class A:\n\tdef __init__(self):\n\t\tself.v = {'a': 1, \"b\": 2.5}\n"] * 20
+)
+PROBES = [
+    "def g(z):\n    return z ** 2\n",
+    "  leading spaces and trailing   ",
+    "unicode: é ü 你好 🙂 \t tabs\n\n",
+    "<|im_start|>user\nWrite code<|im_end|>\n<|im_start|>assistant\n",
+    "",
+]
+
+
+def _train_bpe(directory, tokenizer_config=None, generation_config=None, model_config=None):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    for name, content in (("tokenizer_config.json", tokenizer_config), ("generation_config.json", generation_config),
+                          ("config.json", model_config)):
+        if content is not None:
+            (directory / name).write_text(json.dumps(content))
+    return directory
+
+
+def _train_sentencepiece(directory):
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=buf, vocab_size=400,
+                                   model_type="bpe", character_coverage=1.0, byte_fallback=True,
+                                   minloglevel=2)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tokenizer.model").write_bytes(buf.getvalue())
+    return directory
+
+
+@pytest.fixture(scope="module")
+def bpe_dir(tmp_path_factory):
+    return _train_bpe(tmp_path_factory.mktemp("bpe"),
+                      tokenizer_config={"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None,
+                                        "chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"},
+                      generation_config={"eos_token_id": [2, 0]})
+
+
+def test_bpe_matches_transformers_fast_tokenizer(bpe_dir):
+    from transformers import AutoTokenizer
+
+    ours = load_tokenizer(bpe_dir)
+    theirs = AutoTokenizer.from_pretrained(str(bpe_dir))
+    for text in PROBES:
+        ids = ours.encode(text)
+        assert ids == theirs(text, add_special_tokens=False)["input_ids"], text
+        for skip in (True, False):
+            assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(ids, skip_special_tokens=skip)
+    assert ours.decode(ours.encode(PROBES[2])) == PROBES[2]  # byte-level BPE is lossless
+    assert ours.vocab_size == len(theirs) == 500
+    assert (ours.eos_id, ours.pad_id, ours.bos_id) == (theirs.eos_token_id, theirs.pad_token_id, None) == (2, 0, None)
+    assert ours.eos_ids == (2, 0)  # tokenizer EOS first, then generation_config's extra stop ids
+    assert ours.special_tokens == {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
+    assert ours.token_to_id("<|im_start|>") == 1 and ours.token_to_id("no such token") is None
+    assert ours.encode("abc", add_eos=True)[-1] == 2
+    with pytest.raises(UserError, match="no BOS"):
+        ours.encode("abc", add_bos=True)
+
+
+def test_bpe_batch_encode_matches_single(bpe_dir):
+    tok = load_tokenizer(bpe_dir)
+    assert tok.encode_batch(PROBES, add_eos=True) == [tok.encode(t, add_eos=True) for t in PROBES]
+
+
+def test_bpe_save_roundtrip_loads_in_transformers(bpe_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    ours = load_tokenizer(bpe_dir)
+    ours.save(tmp_path / "saved")
+    again = load_tokenizer(tmp_path / "saved")
+    theirs = AutoTokenizer.from_pretrained(str(tmp_path / "saved"))
+    for text in PROBES:
+        assert again.encode(text) == ours.encode(text) == theirs(text, add_special_tokens=False)["input_ids"]
+    assert (again.eos_id, again.pad_id, again.bos_id) == (ours.eos_id, ours.pad_id, ours.bos_id)
+    assert theirs.eos_token_id == ours.eos_id and theirs.pad_token_id == ours.pad_id
+    assert again.chat_template == ours.chat_template is not None
+
+
+def test_special_ids_fall_back_to_generation_and_model_config(tmp_path):
+    # No tokenizer_config.json: ids come from generation_config.json, then config.json.
+    d = _train_bpe(tmp_path / "a", generation_config={"eos_token_id": 2}, model_config={"bos_token_id": 1, "eos_token_id": 0})
+    tok = load_tokenizer(d)
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 2)  # pad falls back to EOS
+    d = _train_bpe(tmp_path / "b")
+    tok = load_tokenizer(d / "tokenizer.json")  # a file path works too
+    assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.eos_ids) == (None, None, 0, ())
+
+
+def test_sentencepiece_matches_processor_and_roundtrips(tmp_path):
+    import sentencepiece as spm
+
+    d = _train_sentencepiece(tmp_path / "sp")
+    sp = spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
+    tok = load_tokenizer(d)
+    assert tok.vocab_size == 400
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 2)
+    assert tok.special_tokens == {"<unk>": 0, "<s>": 1, "</s>": 2}
+    text = "def g(z):\n    return z ** 2  # 你好 🙂"
+    ids = tok.encode(text, add_bos=True, add_eos=True)
+    assert ids == [1] + sp.encode(text) + [2]
+    assert tok.decode(ids) == sp.decode(sp.encode(text))
+    assert tok.decode(ids, skip_special_tokens=False) == "<s>" + sp.decode(sp.encode(text)) + "</s>"
+    assert "🙂" in tok.decode(ids)  # byte fallback keeps characters outside the training corpus
+    tok.save(tmp_path / "saved")
+    again = load_tokenizer(tmp_path / "saved")
+    assert again.encode(text) == tok.encode(text) and again.eos_id == tok.eos_id
+
+
+def test_bad_tokenizer_inputs_raise_user_error(tmp_path, bpe_dir):
+    with pytest.raises(UserError, match="does not exist"):
+        load_tokenizer(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no tokenizer in"):
+        load_tokenizer(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+    with pytest.raises(UserError, match="cannot read tokenizer"):
+        load_tokenizer(bad)
+    (bad / "tokenizer.json").write_text((bpe_dir / "tokenizer.json").read_text())
+    (bad / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_tokenizer(bad)
+    (bad / "tokenizer_config.json").write_text('{"eos_token": "<|nope|>"}')
+    with pytest.raises(UserError, match="not in the vocabulary"):
+        load_tokenizer(bad)
+    (bad / "tokenizer_config.json").write_text('{}')
+    (bad / "generation_config.json").write_text('{"eos_token_id": 9999}')
+    with pytest.raises(UserError, match="outside the tokenizer vocabulary"):
+        load_tokenizer(bad)
+    sp_bad = tmp_path / "spbad"
+    sp_bad.mkdir()
+    (sp_bad / "tokenizer.model").write_bytes(b"\x00garbage")
+    with pytest.raises(UserError, match="SentencePiece"):
+        load_tokenizer(sp_bad)
