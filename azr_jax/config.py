@@ -107,6 +107,9 @@ class AZRSection:
     )
     seed_file: str | None = None  # JSONL of triplets; None = identity triplet only
     induction_seed_file: str | None = None
+    # Seeding phase (AZR_SPEC §1.3): propose-only steps, no update, until the deduction/abduction
+    # seed buffer holds this many triplets (paper 256, Llama 64); 0 = start self-play at once.
+    seed_size: int = 0
     prompt_dir: str | None = None  # directory of replacement prompt templates
     max_output_chars: int = 0  # 0 = never truncate gold outputs (reference: 400)
 
