@@ -1,0 +1,56 @@
+"""Optimizer from `config.OptimSection`: global-norm clipping, then AdamW on a schedule.
+
+Reference (AZR_SPEC §4.3): AdamW, lr 1e-6 constant, betas (0.9, 0.999), clip-norm 1.0, weight
+decay 0.0 (master) / 0.01 (paper branch), applied to every parameter as torch's AdamW does.
+"""
+
+from __future__ import annotations
+
+import optax
+
+from azr_jax.errors import UserError
+
+
+def make_schedule(optim_cfg, total_steps: int | None = None) -> optax.Schedule:
+    """Learning rate per optimizer step: linear warmup from 0 over `warmup_steps`, then
+
+    - `constant`: the peak rate;
+    - `cosine`: cosine decay from the peak to 0 at `total_steps`;
+    - `linear`: linear decay from the peak to 0 at `total_steps`.
+    """
+    peak = optim_cfg.learning_rate
+    warmup = optim_cfg.warmup_steps
+    if warmup < 0:
+        raise UserError(f"optim.warmup_steps must be >= 0, got {warmup}")
+    if optim_cfg.schedule == "constant":
+        after = optax.constant_schedule(peak)
+    else:
+        if total_steps is None or total_steps <= warmup:
+            raise UserError(
+                f"optim.schedule={optim_cfg.schedule!r} needs the total number of steps "
+                f"(> optim.warmup_steps={warmup}), got {total_steps}"
+            )
+        decay_steps = total_steps - warmup
+        if optim_cfg.schedule == "cosine":
+            after = optax.cosine_decay_schedule(peak, decay_steps, alpha=0.0)
+        elif optim_cfg.schedule == "linear":
+            after = optax.linear_schedule(peak, 0.0, decay_steps)
+        else:
+            raise UserError(f"optim.schedule must be constant, cosine or linear, got {optim_cfg.schedule!r}")
+    if warmup == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], boundaries=[warmup])
+
+
+def make_optimizer(optim_cfg, total_steps: int | None = None) -> optax.GradientTransformation:
+    """clip_by_global_norm(grad_clip_norm) followed by AdamW(schedule); clip <= 0 disables it."""
+    adamw = optax.adamw(
+        learning_rate=make_schedule(optim_cfg, total_steps),
+        b1=optim_cfg.b1,
+        b2=optim_cfg.b2,
+        eps=optim_cfg.eps,
+        weight_decay=optim_cfg.weight_decay,
+    )
+    if optim_cfg.grad_clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip_norm), adamw)
+    return adamw

@@ -1,0 +1,149 @@
+"""PPO clipped surrogate, KL estimators, and loss aggregation on hand-computed cases."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from azr_jax.config import RLSection
+from azr_jax.rl import losses
+
+
+def _surrogate(ratio, adv, dual_clip=3.0):
+    logp = jnp.log(jnp.asarray(ratio, jnp.float32))
+    return losses.clipped_surrogate(
+        logp, jnp.zeros_like(logp), jnp.asarray(adv, jnp.float32), eps_low=0.2, eps_high=0.28, dual_clip=dual_clip
+    )
+
+
+def test_clipped_surrogate_by_hand():
+    #          A>0 inside | A>0 above 1.28 | A>0 below 0.8 | A<0 below 0.8 | A<0 above (dual) | A<0 1.5
+    ratio = [1.1, 1.5, 0.5, 0.5, 5.0, 1.5]
+    adv = [2.0, 2.0, 2.0, -1.0, -1.0, -1.0]
+    out = _surrogate(ratio, adv)
+    expected = [-2.2, -2.56, -1.0, 0.8, 3.0, 1.5]
+    np.testing.assert_allclose(out["pg_loss"], expected, rtol=1e-6)
+    np.testing.assert_array_equal(out["clipped"], [0, 1, 0, 1, 0, 0])
+    np.testing.assert_array_equal(out["dual_clipped"], [0, 0, 0, 0, 1, 0])
+    # Without the dual clip the A<0, ratio-5 token pays the full -A r.
+    np.testing.assert_allclose(_surrogate(ratio, adv, dual_clip=None)["pg_loss"][4], 5.0, rtol=1e-6)
+    np.testing.assert_allclose(out["approx_kl"], -np.log(ratio), rtol=1e-6)
+
+
+def test_clipped_tokens_have_no_gradient():
+    ratio = jnp.array([1.1, 1.5, 0.5, 0.5, 5.0], jnp.float32)
+    adv = jnp.array([2.0, 2.0, 2.0, -1.0, -1.0], jnp.float32)
+
+    def total(logp):
+        return jnp.sum(
+            losses.clipped_surrogate(logp, jnp.zeros(5), adv, eps_low=0.2, eps_high=0.28, dual_clip=3.0)["pg_loss"]
+        )
+
+    grad = np.asarray(jax.grad(total)(jnp.log(ratio)))
+    # d(-A r)/d log r = -A r for active tokens, 0 for clipped ones.
+    np.testing.assert_allclose(grad, [-2.2, 0.0, -1.0, 0.0, 0.0], rtol=1e-6)
+
+
+def test_on_policy_loss_is_minus_advantage():
+    # ratio == 1 (old == current): the surrogate is plain REINFORCE, loss = -A, gradient -A.
+    adv = jnp.array([0.5, -1.5], jnp.float32)
+    logp = jnp.array([-1.0, -2.0], jnp.float32)
+    out = losses.clipped_surrogate(logp, logp, adv, eps_low=0.2, eps_high=0.28, dual_clip=3.0)
+    np.testing.assert_allclose(out["pg_loss"], [-0.5, 1.5])
+    assert float(jnp.sum(out["clipped"])) == 0.0
+
+
+def test_kl_estimators():
+    logp = jnp.array([-1.0, -2.0, -0.5], jnp.float32)
+    ref = jnp.array([-1.0, -1.0, -1.5], jnp.float32)
+    np.testing.assert_allclose(losses.kl_penalty(logp, ref, "k1"), [0.0, -1.0, 1.0], rtol=1e-6)
+    d = np.array([0.0, 1.0, -1.0])
+    np.testing.assert_allclose(losses.kl_penalty(logp, ref, "k3"), np.exp(d) - d - 1, rtol=1e-6)
+    assert np.all(np.asarray(losses.kl_penalty(logp, ref, "k3")) >= 0)
+    with pytest.raises(ValueError):
+        losses.kl_penalty(logp, ref, "k2")
+
+
+MASK_BT = np.array([[0, 1, 1, 1], [0, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]], np.float32)
+
+
+def test_aggregation_weights_by_hand():
+    lengths = MASK_BT.sum(-1)  # 3, 1, 0, 4 -> 8 tokens, 3 sequences with tokens
+    w = np.asarray(losses.aggregation_weights(MASK_BT, "token-mean"))
+    np.testing.assert_allclose(w, MASK_BT / 8)
+    w = np.asarray(losses.aggregation_weights(MASK_BT, "seq-mean-token-mean"))
+    np.testing.assert_allclose(w, MASK_BT / np.maximum(lengths, 1)[:, None] / 3)
+    w = np.asarray(losses.aggregation_weights(MASK_BT, "seq-mean-token-sum"))
+    np.testing.assert_allclose(w, MASK_BT / 3)
+    # Reference weighting with blocks of 2 rows: block 0 has 4 tokens, block 1 has 4; 2 blocks.
+    w = np.asarray(losses.aggregation_weights(MASK_BT, "token-mean-per-micro-batch", chunk_rows=2))
+    np.testing.assert_allclose(w, MASK_BT / (4 * 2))
+    w = np.asarray(losses.aggregation_weights(MASK_BT, "token-mean-per-micro-batch", chunk_rows=1))
+    np.testing.assert_allclose(w, MASK_BT / np.maximum(lengths, 1)[:, None] / 4)
+    with pytest.raises(ValueError):
+        losses.aggregation_weights(MASK_BT, "token-mean-per-micro-batch", chunk_rows=3)
+    with pytest.raises(ValueError):
+        losses.aggregation_weights(MASK_BT, "sum")
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_aggregations_sum_to_the_expected_means(mode):
+    loss_bt = np.arange(16, dtype=np.float32).reshape(4, 4)
+    total = float(jnp.sum(losses.aggregation_weights(MASK_BT, mode) * loss_bt))
+    rows = [loss_bt[i][MASK_BT[i] > 0] for i in range(4) if MASK_BT[i].sum() > 0]
+    expected = {
+        "token-mean": np.concatenate(rows).mean(),
+        "seq-mean-token-mean": np.mean([r.mean() for r in rows]),
+        "seq-mean-token-sum": np.mean([r.sum() for r in rows]),
+    }[mode]
+    np.testing.assert_allclose(total, expected, rtol=1e-6)
+
+
+def _batch(rng, b=4, t=6):
+    mask = (rng.random((b, t)) < 0.8).astype(np.float32)
+    mask[:, 0] = 0
+    return {
+        "loss_mask": mask,
+        "advantages": (rng.normal(size=(b, 1)) * mask).astype(np.float32),
+        "old_logprobs": (-rng.random((b, t)) * 3).astype(np.float32),
+        "ref_logprobs": (-rng.random((b, t)) * 3).astype(np.float32),
+    }
+
+
+def test_policy_loss_combines_terms():
+    rng = np.random.default_rng(0)
+    batch = _batch(rng)
+    logp = jnp.asarray(batch["old_logprobs"] + rng.normal(size=(4, 6)).astype(np.float32) * 0.3)
+    entropy = jnp.asarray(rng.random((4, 6)).astype(np.float32))
+    w = losses.aggregation_weights(batch["loss_mask"], "token-mean")
+    base = RLSection(entropy_coef=0.0, kl_coef=0.0)
+    pg_only, m0 = losses.policy_loss(logp, entropy, batch, w, base)
+    with_ent, m1 = losses.policy_loss(logp, entropy, batch, w, dataclasses.replace(base, entropy_coef=0.01))
+    with_kl, m2 = losses.policy_loss(logp, entropy, batch, w, dataclasses.replace(base, kl_coef=0.1, kl_type="k1"))
+    token_mean = lambda x: float(np.sum(x * batch["loss_mask"]) / batch["loss_mask"].sum())
+    np.testing.assert_allclose(float(with_ent), float(pg_only) - 0.01 * token_mean(entropy), rtol=1e-5)
+    k1 = np.asarray(logp) - batch["ref_logprobs"]
+    np.testing.assert_allclose(float(with_kl), float(pg_only) + 0.1 * token_mean(k1), rtol=1e-5)
+    np.testing.assert_allclose(float(m1["entropy_sum"]), float(np.sum(entropy * batch["loss_mask"])), rtol=1e-5)
+    assert "kl_loss" not in m0 and "kl_loss" in m2
+    no_ref = {k: v for k, v in batch.items() if k != "ref_logprobs"}
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        losses.policy_loss(logp, entropy, no_ref, w, dataclasses.replace(base, kl_coef=0.1))
+
+
+def test_padding_tokens_do_not_leak():
+    # Garbage (huge) old logprobs and advantages on padding must not change the loss or make it NaN.
+    rng = np.random.default_rng(1)
+    batch = _batch(rng)
+    logp = jnp.asarray(batch["old_logprobs"] - 0.1)
+    entropy = jnp.ones((4, 6))
+    w = losses.aggregation_weights(batch["loss_mask"], "token-mean")
+    clean, _ = losses.policy_loss(logp, entropy, batch, w, RLSection())
+    dirty = dict(batch)
+    pad = batch["loss_mask"] == 0
+    dirty["old_logprobs"] = np.where(pad, -1e4, batch["old_logprobs"]).astype(np.float32)
+    dirty["advantages"] = np.where(pad, 1e3, batch["advantages"]).astype(np.float32)
+    got, _ = losses.policy_loss(logp, entropy, dirty, w, RLSection())
+    np.testing.assert_allclose(float(got), float(clean), rtol=1e-6)

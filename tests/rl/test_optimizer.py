@@ -1,0 +1,48 @@
+"""Optimizer: schedules by hand, and AdamW + global-norm clipping against torch."""
+
+import numpy as np
+import optax
+import pytest
+import torch
+
+from azr_jax.config import OptimSection
+from azr_jax.errors import UserError
+from azr_jax.rl.optimizer import make_optimizer, make_schedule
+
+
+def test_constant_schedule_with_warmup():
+    sched = make_schedule(OptimSection(learning_rate=1e-3, warmup_steps=4))
+    np.testing.assert_allclose([float(sched(s)) for s in (0, 2, 4, 100)], [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
+    assert float(make_schedule(OptimSection(learning_rate=2e-6))(7)) == pytest.approx(2e-6)
+
+
+def test_cosine_and_linear_decay_to_zero():
+    cos = make_schedule(OptimSection(learning_rate=1.0, schedule="cosine", warmup_steps=2), total_steps=12)
+    np.testing.assert_allclose([float(cos(s)) for s in (1, 2, 7, 12)], [0.5, 1.0, 0.5, 0.0], atol=1e-6)
+    lin = make_schedule(OptimSection(learning_rate=1.0, schedule="linear"), total_steps=10)
+    np.testing.assert_allclose([float(lin(s)) for s in (0, 5, 10)], [1.0, 0.5, 0.0], atol=1e-6)
+    with pytest.raises(UserError, match="total number of steps"):
+        make_schedule(OptimSection(schedule="cosine"))
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_adamw_with_clipping_matches_torch(weight_decay):
+    cfg = OptimSection(learning_rate=1e-2, weight_decay=weight_decay, grad_clip_norm=1.0)
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(5, 3)).astype(np.float32)
+    grads = [rng.normal(size=(5, 3)).astype(np.float32) * scale for scale in (3.0, 0.05, 1.0)]
+
+    opt = make_optimizer(cfg)
+    params = {"w": w0}
+    state = opt.init(params)
+    for g in grads:
+        updates, state = opt.update({"w": g}, state, params)
+        params = optax.apply_updates(params, updates)
+
+    tw = torch.nn.Parameter(torch.tensor(w0))
+    topt = torch.optim.AdamW([tw], lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
+    for g in grads:
+        tw.grad = torch.tensor(g)
+        torch.nn.utils.clip_grad_norm_([tw], 1.0)
+        topt.step()
+    np.testing.assert_allclose(np.asarray(params["w"]), tw.detach().numpy(), rtol=1e-5, atol=1e-6)
