@@ -1,0 +1,56 @@
+"""Train the nano SentencePiece tokenizer on the procedural corpus.
+
+Settings that matter for code: identity normalisation and no whitespace collapsing (Python
+indentation must survive a round trip), newline and the 4-space indent as their own pieces,
+digits split one per piece (arithmetic), byte fallback (any text encodes), no dummy prefix
+(so `encode(prompt) + encode(response)` matches how the sampler continues a prompt), and the
+AZR tags as single tokens.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Iterable
+
+import sentencepiece as spm
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SPECIAL_PIECES = ["\n", "    ", "<think>", "</think>", "<answer>", "</answer>", "```"]
+
+
+def train_tokenizer(texts: Iterable[str], out_path: str | Path, *, vocab_size: int = 1024) -> Path:
+    """Train a unigram SentencePiece model on `texts` and write it to `out_path` (a `.model` file).
+
+    Training is deterministic for a fixed input order: one thread, no sentence sampling or
+    shuffling (the whole corpus is used in the order given).
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    texts = list(texts)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,  # small corpora may support fewer pieces; take what they give
+        model_type="unigram",
+        user_defined_symbols=SPECIAL_PIECES,
+        byte_fallback=True,
+        split_digits=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        allow_whitespace_only_pieces=True,
+        max_sentence_length=1 << 20,
+        input_sentence_size=len(texts),
+        shuffle_input_sentence=False,
+        num_threads=1,
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        minloglevel=2,
+    )
+    out_path.write_bytes(buf.getvalue())
+    return out_path
