@@ -110,6 +110,7 @@ class AZRSection:
     # Seeding phase (AZR_SPEC §1.3): propose-only steps, no update, until the deduction/abduction
     # seed buffer holds this many triplets (paper 256, Llama 64); 0 = start self-play at once.
     seed_size: int = 0
+    train_propose: bool = True  # False = solver-only ablation: proposals are not trained on
     prompt_dir: str | None = None  # directory of replacement prompt templates
     max_output_chars: int = 0  # 0 = never truncate gold outputs (reference: 400)
 
@@ -177,6 +178,23 @@ class EvalSection:
 
 
 @dataclass(frozen=True)
+class PretrainSection:
+    """`azr-jax pretrain`: the nano base model's procedural corpus, tokenizer and training run."""
+
+    corpus_seed: int = 0  # generator seed of the pretraining corpus (the benchmark uses its own)
+    corpus_programs: int = 6000  # generated programs; each yields six role/task transcripts
+    max_program_steps: int = 3  # generator difficulty: pipeline length 1..this
+    vocab_size: int = 1024
+    steps: int = 1500
+    batch_size: int = 32
+    seq_len: int = 384  # transcripts longer than this are dropped
+    learning_rate: float = 3e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0  # parameter init and batch order
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "unnamed"
     model: ModelSection = field(default_factory=ModelSection)
@@ -188,6 +206,7 @@ class Config:
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
 
 
 # ----------------------------------------------------------------------------------------------
