@@ -1,0 +1,212 @@
+"""The policy update: one jit-compiled, sharded function `(state, batch) -> (state, metrics)`.
+
+- `TrainState` holds float32 master params, the optax state and the step count. Under a mesh
+  every leaf is sharded by the logical-axis rules (the optimizer moments like their params), so
+  FSDP and tensor parallelism come from `config.mesh.rules` alone.
+- The batch is split into micro-batches of `rl.micro_batch_size` rows and gradients are
+  accumulated with `lax.scan`. Loss weights are computed once over the whole batch
+  (`losses.aggregation_weights`), so the accumulated gradient *is* the full-batch gradient.
+- Activations run in `compute_dtype` (bfloat16 by default); gradients and the update are float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from azr_jax.errors import UserError
+from azr_jax.models.decoder import param_shapes, param_shardings
+from azr_jax.rl.logprobs import token_logprobs_and_entropy
+from azr_jax.rl.losses import aggregation_weights, policy_loss
+from azr_jax.rl.optimizer import make_optimizer, make_schedule
+from azr_jax.sharding import logical_to_pspec, mesh_rules
+
+BATCH_KEYS = ("tokens", "positions", "mask", "loss_mask", "advantages", "old_logprobs")
+OPTIONAL_BATCH_KEYS = ("ref_logprobs",)
+BATCH_AXES = ("batch", "length")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    params: Any  # float32 master weights (the decoder's param tree)
+    opt_state: Any  # optax state of `make_optimizer(optim_cfg, total_steps)`
+    step: jax.Array  # int32 scalar: optimizer updates done so far
+
+    def replace(self, **changes) -> "TrainState":
+        return dataclasses.replace(self, **changes)
+
+
+def _params_shape(model_cfg):
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s, jnp.float32),
+        param_shapes(model_cfg),
+        is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(d, int) for d in x),
+    )
+
+
+def state_shardings(model_cfg, optim_cfg, mesh: Mesh, rules, *, total_steps: int | None = None) -> TrainState:
+    """NamedShardings of every TrainState leaf: moments follow their params, scalars replicate."""
+    return _state_shardings(model_cfg, make_optimizer(optim_cfg, total_steps), mesh, rules)
+
+
+def _state_shardings(model_cfg, optimizer, mesh: Mesh, rules) -> TrainState:
+    param_sh = param_shardings(model_cfg, mesh, rules)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_shape = jax.eval_shape(optimizer.init, _params_shape(model_cfg))
+    opt_sh = optax.tree_map_params(
+        optimizer,
+        lambda _, sharding: sharding,
+        opt_shape,
+        param_sh,
+        transform_non_params=lambda _: replicated,
+    )
+    return TrainState(params=param_sh, opt_state=opt_sh, step=replicated)
+
+
+def init_train_state(
+    model_cfg,
+    optim_cfg,
+    params,
+    *,
+    total_steps: int | None = None,
+    mesh: Mesh | None = None,
+    rules: dict | None = None,
+) -> TrainState:
+    """A TrainState at step 0 for `params` (cast to float32), placed on `mesh` when given."""
+    optimizer = make_optimizer(optim_cfg, total_steps)
+
+    def init(p):
+        p = jax.tree.map(lambda x: x.astype(jnp.float32), p)
+        return TrainState(params=p, opt_state=optimizer.init(p), step=jnp.zeros((), jnp.int32))
+
+    if mesh is None:
+        return jax.jit(init)(params)
+    return jax.jit(init, out_shardings=_state_shardings(model_cfg, optimizer, mesh, rules))(params)
+
+
+def _split_micro_batches(x_bt: jax.Array, n_micro: int) -> jax.Array:
+    """[B, ...] -> [n_micro, B / n_micro, ...], micro-batch k = rows k, k + n, k + 2n, ...
+
+    Strided (not contiguous) so each device's rows stay on that device when the batch axis is
+    sharded: row r of a batch split into D contiguous shards lives on device r // (B / D), and
+    reshaping to [B / n, n] keeps that row in shard (r // n) // (B / (n D)) of the first axis.
+    """
+    rows = x_bt.shape[0]
+    x = x_bt.reshape(rows // n_micro, n_micro, *x_bt.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+
+
+def make_train_step(
+    model_cfg,
+    rl_cfg,
+    optim_cfg,
+    *,
+    total_steps: int | None = None,
+    mesh: Mesh | None = None,
+    rules: dict | None = None,
+    compute_dtype=jnp.bfloat16,
+    remat: str = "none",
+    temperature: float = 1.0,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """Build the jitted update `train_step(state, batch) -> (state, metrics)`.
+
+    `batch` holds the `BATCH_KEYS` (and `ref_logprobs` when `rl_cfg.kl_coef > 0`), all [B, T];
+    B must be a multiple of `rl_cfg.micro_batch_size` (or smaller than it: one micro-batch).
+    `state` is donated: do not reuse the state passed in. Metrics are float32 scalars:
+    loss, pg_loss, entropy, clip_frac, dual_clip_frac, approx_kl (and ref_kl), grad_norm, lr,
+    tokens (response tokens in the batch).
+    """
+    optimizer = make_optimizer(optim_cfg, total_steps)
+    schedule = make_schedule(optim_cfg, total_steps)
+    keys = BATCH_KEYS + (OPTIONAL_BATCH_KEYS if rl_cfg.kl_coef > 0 else ())
+
+    if mesh is not None:
+        batch_pspec = logical_to_pspec(BATCH_AXES, rules)
+        micro_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_pspec))
+        param_sh = param_shardings(model_cfg, mesh, rules)
+
+    def micro_loss(params, micro):
+        logp_bt, entropy_bt = token_logprobs_and_entropy(
+            params, micro, model_cfg, compute_dtype, temperature=temperature, remat=remat
+        )
+        return policy_loss(logp_bt, entropy_bt, micro, micro["weights"], rl_cfg)
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def step_fn(state: TrainState, batch: dict):
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise UserError(f"update batch is missing {missing}; it needs {list(keys)}")
+        batch = {k: batch[k] for k in keys}
+        rows = batch["tokens"].shape[0]
+        micro_rows = min(rl_cfg.micro_batch_size, rows)
+        if rows % micro_rows:
+            raise UserError(f"batch of {rows} rows is not a multiple of rl.micro_batch_size={micro_rows}")
+        n_micro = rows // micro_rows
+        loss_mask_bt = batch["loss_mask"].astype(jnp.float32)
+        batch["weights"] = aggregation_weights(loss_mask_bt, rl_cfg.loss_agg, chunk_rows=micro_rows)
+        micro_batches = jax.tree.map(lambda x: _split_micro_batches(x, n_micro), batch)
+        zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+        if mesh is not None:
+            micro_batches = jax.lax.with_sharding_constraint(micro_batches, micro_sharding)
+            zero_grads = jax.lax.with_sharding_constraint(zero_grads, param_sh)
+
+        def accumulate(carry, micro):
+            grads_acc, metrics_acc = carry
+            (_, metrics), grads = grad_fn(state.params, micro)
+            grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+            if mesh is not None:
+                grads_acc = jax.lax.with_sharding_constraint(grads_acc, param_sh)
+            return (grads_acc, jax.tree.map(jnp.add, metrics_acc, metrics)), None
+
+        # The metric tree's structure, from the loss alone (cheap: no model in this trace).
+        first = jax.tree.map(lambda x: x[0], micro_batches)
+        metrics_shape = jax.eval_shape(
+            lambda m: policy_loss(m["old_logprobs"], m["old_logprobs"], m, m["weights"], rl_cfg)[1], first
+        )
+        zero_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
+        (grads, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), micro_batches)
+
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1)
+
+        n_tokens = jnp.sum(loss_mask_bt)
+        per_token = 1.0 / jnp.maximum(n_tokens, 1.0)
+        metrics = {
+            "loss": sums["loss"],
+            "pg_loss": sums["pg_loss"],
+            "entropy": sums["entropy_sum"] * per_token,
+            "clip_frac": sums["clip_frac_sum"] * per_token,
+            "dual_clip_frac": sums["dual_clip_frac_sum"] * per_token,
+            "approx_kl": sums["approx_kl_sum"] * per_token,
+            "grad_norm": grad_norm,
+            "lr": jnp.asarray(schedule(state.step), jnp.float32),
+            "tokens": n_tokens,
+        }
+        if "ref_kl_sum" in sums:
+            metrics["ref_kl"] = sums["ref_kl_sum"] * per_token
+        return new_state, metrics
+
+    def traced(state, batch):
+        if mesh is None:
+            return step_fn(state, batch)
+        with mesh_rules(mesh, rules):
+            return step_fn(state, batch)
+
+    if mesh is None:
+        return jax.jit(traced, donate_argnums=0)
+    state_sh = _state_shardings(model_cfg, optimizer, mesh, rules)
+    return jax.jit(
+        traced,
+        in_shardings=(state_sh, NamedSharding(mesh, batch_pspec)),
+        out_shardings=(state_sh, NamedSharding(mesh, PartitionSpec())),
+        donate_argnums=0,
+    )
