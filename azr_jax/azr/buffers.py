@@ -1,0 +1,216 @@
+"""Task buffers, one per task type (AZR_SPEC §1.1, §1.4, §1.6-1.9).
+
+An entry is a plain dict (the task record of DESIGN §3.3 plus `step`, the training step that
+added it): deduction/abduction `{program, input, output, imports, step}`, induction
+`{program, inputs, outputs, message, visible, imports, step}`. Randomness always comes from a
+`numpy.random.Generator` passed in by the caller (the reference uses unseeded global RNGs), so a
+run is reproducible from its seed and resumable from `to_state()`.
+
+Rules:
+- De-duplication: an entry whose normalised program (comments and layout removed) and input(s)
+  equal an existing entry's is not added.
+- Cap: at most `cap` entries. `drop_oldest` (default) evicts the oldest entries to admit new
+  ones; `keep_oldest` refuses new entries once full, which is what the reference's `list[:cap]`
+  does (its "newest tasks first" sampling then keeps returning old tail entries).
+- Proposer references: K entries uniformly without replacement (fewer if the buffer is smaller).
+- Solver tasks (`max_new`): entries added at or after `new_since_step` first (uniformly, without
+  replacement), the rest of the batch uniformly from the whole buffer (with replacement).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from azr_jax.errors import UserError
+from azr_jax.azr.prompts import induction_visible
+
+TASK_TYPES = ("deduction", "abduction", "induction")
+
+IDENTITY_PROGRAM = "def f(a):\n    return a"
+IDENTITY_INDUCTION_INPUTS = [
+    "'Hello world'", "1", "{'a': 1, 'b': 2}", "(1.1, 1.2, 1.3)", "'[[1, 0, 0], [0, 0, 0], [0, 0, 0]]'", "1001101100010001",
+]
+
+
+def identity_triplet() -> dict:
+    """The single seed task of the paper: `f(a) = a` on "Hello world"."""
+    return {"program": IDENTITY_PROGRAM, "input": "'Hello world'", "output": "'Hello world'", "imports": []}
+
+
+def identity_induction() -> dict:
+    """The identity program with six inputs; outputs are the reprs of the values (the
+    reference stores the input strings themselves, which differ for e.g. `dict(a=1, b=2)`)."""
+    inputs = list(IDENTITY_INDUCTION_INPUTS)
+    return {
+        "program": IDENTITY_PROGRAM, "inputs": inputs, "outputs": list(inputs),
+        "message": "Write a function that returns whatever you input", "visible": induction_visible(len(inputs)),
+        "imports": [],
+    }
+
+
+def _normalise_code(text: str, mode: str = "exec") -> str:
+    try:
+        return ast.unparse(ast.parse(text, mode=mode))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return " ".join(text.split())
+
+
+def dedup_key(entry: dict) -> str:
+    program = _normalise_code(entry["program"])
+    if "inputs" in entry:
+        inputs = [_normalise_code(f"f({i})", mode="eval") for i in entry["inputs"]]
+        return json.dumps([program, inputs])
+    return json.dumps([program, _normalise_code(f"f({entry['input']})", mode="eval")])
+
+
+@dataclass
+class TaskBuffer:
+    task: str
+    cap: int = 16384
+    eviction: str = "drop_oldest"
+    entries: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.task not in TASK_TYPES:
+            raise ValueError(f"unknown task type {self.task!r}")
+        if self.eviction not in ("drop_oldest", "keep_oldest"):
+            raise ValueError(f"unknown eviction rule {self.eviction!r}")
+        self._keys = {dedup_key(e) for e in self.entries}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, entry: dict, step: int) -> bool:
+        """Add a task; False if it is a duplicate or the buffer is full under `keep_oldest`."""
+        key = dedup_key(entry)
+        if key in self._keys:
+            return False
+        if len(self.entries) >= self.cap:
+            if self.eviction == "keep_oldest":
+                return False
+            while len(self.entries) >= self.cap:
+                self._keys.discard(dedup_key(self.entries.pop(0)))
+        self.entries.append({**entry, "step": int(step)})
+        self._keys.add(key)
+        return True
+
+    def sample_references(self, k: int, rng: np.random.Generator) -> list[dict]:
+        """K distinct entries chosen uniformly (all of them, shuffled, if fewer than K)."""
+        k = min(k, len(self.entries))
+        return [self.entries[i] for i in rng.choice(len(self.entries), size=k, replace=False)]
+
+    def sample_solver_tasks(self, n: int, rng: np.random.Generator, *, new_since_step: int, mix: str = "max_new") -> list[dict]:
+        """`n` tasks for the solver. `max_new`: entries with `step >= new_since_step` first, then
+        uniform fill; `uniform`: uniform over the buffer (without replacement while possible)."""
+        if not self.entries or n <= 0:
+            return []
+        if mix == "uniform":
+            return [self.entries[i] for i in rng.choice(len(self.entries), size=n, replace=n > len(self.entries))]
+        if mix != "max_new":
+            raise ValueError(f"unknown solver-task mix {mix!r}")
+        new = [e for e in self.entries if e["step"] >= new_since_step]
+        take = min(n, len(new))
+        chosen = [new[i] for i in rng.choice(len(new), size=take, replace=False)] if take else []
+        rest = n - take
+        if rest:
+            chosen += [self.entries[i] for i in rng.choice(len(self.entries), size=rest, replace=True)]
+        return chosen
+
+    def to_state(self) -> dict:
+        return {"task": self.task, "cap": self.cap, "eviction": self.eviction, "entries": [dict(e) for e in self.entries]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TaskBuffer":
+        return cls(task=state["task"], cap=state["cap"], eviction=state["eviction"], entries=[dict(e) for e in state["entries"]])
+
+
+_REQUIRED = {
+    "deduction": ("input", "output"),
+    "abduction": ("input", "output"),
+    "induction": ("inputs", "outputs", "message"),
+}
+
+
+def load_seed_file(path: str | Path, task: str) -> list[dict]:
+    """Read seed tasks from JSONL. Accepts our field names or the reference's (`snippet` for
+    `program`). Entries with an empty gold output (reference validation holes, AZR_SPEC §2.6)
+    are unsolvable and skipped."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"seed file not found: {p}")
+    out = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"seed file {p} line {n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"seed file {p} line {n}: expected a JSON object")
+        program = row.get("program", row.get("snippet"))
+        missing = [k for k in _REQUIRED[task] if k not in row] + ([] if isinstance(program, str) else ["program"])
+        if missing:
+            raise UserError(f"seed file {p} line {n}: missing field(s) {missing} for a {task} seed")
+        imports = row.get("imports") or []
+        if task == "induction":
+            inputs, outputs = [str(x) for x in row["inputs"]], [str(x) for x in row["outputs"]]
+            if len(inputs) != len(outputs):
+                raise UserError(f"seed file {p} line {n}: {len(inputs)} inputs but {len(outputs)} outputs")
+            if any(o == "" for o in outputs):
+                continue
+            out.append({"program": program, "inputs": inputs, "outputs": outputs, "message": str(row["message"]),
+                        "visible": int(row.get("visible", induction_visible(len(inputs)))), "imports": list(imports)})
+        else:
+            if str(row["output"]) == "":
+                continue
+            out.append({"program": program, "input": str(row["input"]), "output": str(row["output"]), "imports": list(imports)})
+    return out
+
+
+@dataclass
+class TaskBuffers:
+    """The three buffers together, with the induction program pool drawn from the other two."""
+
+    buffers: dict
+
+    @classmethod
+    def seeded(cls, azr_cfg) -> "TaskBuffers":
+        """Buffers seeded at step 0: the seed triplets go into both the deduction and the
+        abduction buffer (as in the reference); induction gets its own seed entries."""
+        make = lambda task: TaskBuffer(task, cap=azr_cfg.buffer_cap, eviction=azr_cfg.buffer_eviction)  # noqa: E731
+        buffers = {task: make(task) for task in TASK_TYPES}
+        triplets = load_seed_file(azr_cfg.seed_file, "deduction") if azr_cfg.seed_file else [identity_triplet()]
+        problems = load_seed_file(azr_cfg.induction_seed_file, "induction") if azr_cfg.induction_seed_file else [identity_induction()]
+        for t in triplets:
+            buffers["deduction"].add(t, step=0)
+            buffers["abduction"].add(t, step=0)
+        for pr in problems:
+            buffers["induction"].add(pr, step=0)
+        return cls(buffers)
+
+    def __getitem__(self, task: str) -> TaskBuffer:
+        return self.buffers[task]
+
+    def sizes(self) -> dict:
+        return {task: len(buf) for task, buf in self.buffers.items()}
+
+    def sample_induction_programs(self, n: int, rng: np.random.Generator) -> list[dict]:
+        """Programs for induction proposers: uniform over the deduction + abduction entries (a
+        program in both buffers is twice as likely, as in the reference)."""
+        pool = self.buffers["deduction"].entries + self.buffers["abduction"].entries
+        if not pool or n <= 0:
+            return []
+        return [pool[i] for i in rng.choice(len(pool), size=n, replace=True)]
+
+    def to_state(self) -> dict:
+        return {task: buf.to_state() for task, buf in self.buffers.items()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TaskBuffers":
+        return cls({task: TaskBuffer.from_state(s) for task, s in state.items()})

@@ -1,0 +1,158 @@
+"""The AST policy: a cheap static rejection of proposals that use forbidden modules or tricks.
+
+This is the first of the sandbox's layers (DESIGN §6), not a security boundary on its own: it
+keeps tasks honest (no randomness, clocks, environment reads) and turns obvious escape attempts
+into a clear reason code before anything runs. The reference checks only `import X` statements
+against single words (AZR_SPEC §2.3), so `os.path`, `__import__('random')` and `importlib` all
+pass there; here dotted names are resolved through import aliases.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+# Modules or dotted names that are refused whatever the configured list says: each one is a
+# route around a static check (dynamic imports, the builtins module, the interpreter's module
+# table, raw memory, the garbage collector's object graph).
+ALWAYS_BANNED = ("importlib", "builtins", "ctypes", "sys.modules", "gc")
+
+# Builtins that run or fetch code by name, read the terminal, or stop in a debugger.
+BANNED_BUILTINS = frozenset({"eval", "exec", "compile", "__import__", "breakpoint", "input", "globals", "__builtins__"})
+
+# Attributes that lead from ordinary objects to interpreter internals (classic sandbox escapes).
+ESCAPE_ATTRIBUTES = frozenset({
+    "__subclasses__", "__globals__", "__builtins__", "__code__", "__closure__", "__import__",
+    "__loader__", "__spec__", "f_globals", "f_locals", "f_back", "f_builtins", "gi_frame",
+    "cr_frame", "tb_frame",
+})
+
+_ATTR_BUILTINS = ("getattr", "setattr", "hasattr", "delattr")
+
+
+@dataclass(frozen=True)
+class Violation:
+    code: str  # banned_import | banned_builtin | escape_attribute
+    detail: str
+
+
+def banned_match(dotted: str, banned: list[str] | tuple[str, ...]) -> str | None:
+    """The banned entry that `dotted` (a module or attribute path) falls under, if any.
+
+    A dotted entry (`os.path`) matches that path and everything below it; a single word
+    (`random`) matches any component, as in the reference (`foo.random` is refused too).
+    """
+    parts = dotted.split(".")
+    for entry in banned:
+        if "." in entry:
+            if dotted == entry or dotted.startswith(entry + "."):
+                return entry
+        elif entry in parts:
+            return entry
+    return None
+
+
+def _dotted(node: ast.AST) -> list[str] | None:
+    """`a.b.c` as ['a', 'b', 'c'] when the chain is rooted at a plain name."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return parts[::-1]
+    return None
+
+
+def _bound_names(tree: ast.AST) -> set[str]:
+    """Names the program itself binds (parameters, assignments, defs, imports, handlers)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+    return names
+
+
+def _module_aliases(tree: ast.AST) -> dict[str, str]:
+    """Local name -> the dotted module path it stands for, from every import in the program."""
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    aliases[alias.asname] = alias.name
+                else:
+                    root = alias.name.split(".")[0]
+                    aliases[root] = root
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            for alias in node.names:
+                aliases[alias.asname or alias.name] = f"{module}.{alias.name}" if module else alias.name
+    return aliases
+
+
+def check_tree(tree: ast.AST, banned: list[str] | tuple[str, ...]) -> Violation | None:
+    """The first policy violation in `tree`, or None if it is acceptable."""
+    banned = tuple(banned) + ALWAYS_BANNED
+    aliases = _module_aliases(tree)
+    bound = _bound_names(tree)
+
+    def resolve(parts: list[str]) -> str | None:
+        root = aliases.get(parts[0])
+        return ".".join([root] + parts[1:]) if root else None
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                hit = banned_match(alias.name, banned)
+                if hit:
+                    return Violation("banned_import", f"import {alias.name} ({hit})")
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            hit = banned_match(module, banned) if module else None
+            if hit:
+                return Violation("banned_import", f"from {module} import ... ({hit})")
+            for alias in node.names:
+                full = f"{module}.{alias.name}" if module else alias.name
+                hit = banned_match(full, banned)
+                if hit:
+                    return Violation("banned_import", f"from {module} import {alias.name} ({hit})")
+        elif isinstance(node, ast.Attribute):
+            if node.attr in ESCAPE_ATTRIBUTES:
+                return Violation("escape_attribute", f".{node.attr}")
+            parts = _dotted(node)
+            full = resolve(parts) if parts else None
+            hit = banned_match(full, banned) if full else None
+            if hit:
+                return Violation("banned_import", f"{'.'.join(parts)} ({hit})")
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            if node.id in BANNED_BUILTINS and node.id not in bound:
+                return Violation("banned_builtin", node.id)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            # `globals()['__builtins__']`, `getattr(x, '__subclasses__')` and similar spellings.
+            if node.value in ESCAPE_ATTRIBUTES or node.value == "__import__":
+                return Violation("escape_attribute", repr(node.value))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _ATTR_BUILTINS:
+            if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+                parts = _dotted(node.args[0])
+                full = resolve(parts) if parts else None
+                if full:
+                    hit = banned_match(f"{full}.{node.args[1].value}", banned)
+                    if hit:
+                        return Violation("banned_import", f"{node.func.id}({'.'.join(parts)}, {node.args[1].value!r}) ({hit})")
+    return None
+
+
+def check_program(program: ast.Module, call_args: list[ast.Expression], banned: list[str] | tuple[str, ...]) -> Violation | None:
+    """Check a program together with the calls that will be made on it (`f(<input>)`): inputs are
+    code too, and they see the program's imports."""
+    combined = ast.Module(body=list(program.body) + [ast.Expr(value=c.body) for c in call_args], type_ignores=[])
+    return check_tree(combined, banned)

@@ -1,0 +1,212 @@
+"""Pulling answers, fenced blocks and programs out of model completions (AZR_SPEC §2.1-2.2, §2.7).
+
+Everything here is text and AST manipulation only: model-written code is parsed, never run.
+A completion is the text generated after a prompt that ends in `Assistant: <think>`, so the
+format check prepends `<think>` before matching.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import re
+from dataclasses import dataclass
+
+FORMAT_RE = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+# An opening fence with an optional tag on the same line, the body, and the closing fence.
+FENCE_RE = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
+CODE_TAGS = ("python", "py", "python3", "")
+
+ENTRY_NAME = "f"
+
+
+def format_ok(response: str) -> bool:
+    """The R1 format: `<think>…</think>` then `<answer>…</answer>`, anchored at the start."""
+    return FORMAT_RE.match("<think>" + response) is not None
+
+
+def extract_answer(response: str) -> str | None:
+    """Text of the last `<answer>` up to the next `</answer>` (or the end); None without `<answer>`."""
+    start = response.rfind("<answer>")
+    if start < 0:
+        return None
+    body = response[start + len("<answer>"):]
+    end = body.find("</answer>")
+    return (body if end < 0 else body[:end]).strip()
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """All fenced blocks in order, as (lower-cased tag, stripped body)."""
+    return [(m.group(1).strip().lower(), m.group(2).strip()) for m in FENCE_RE.finditer(text)]
+
+
+def blocks_tagged(text: str, tags: tuple[str, ...]) -> list[str]:
+    return [body for tag, body in fenced_blocks(text) if tag in tags]
+
+
+def code_blocks(text: str) -> list[str]:
+    """Bodies of fenced blocks tagged as Python (or untagged), in order.
+
+    Blocks tagged `input`, `output`, `message` are never code, wherever they appear (the
+    reference takes the first fenced block of *any* tag, so an input block placed first breaks it).
+    """
+    return blocks_tagged(text, CODE_TAGS)
+
+
+def _comment_line(text: str, label: str) -> list[str]:
+    """Values of `# Label: value` lines (a fallback some models use instead of a fenced block)."""
+    pattern = re.compile(rf"^[ \t]*#[ \t]*{label}[ \t]*:[ \t]*(.+?)[ \t]*$", re.MULTILINE | re.IGNORECASE)
+    return [m.group(1) for m in pattern.finditer(text)]
+
+
+def _xml_tag(text: str, tag: str) -> list[str]:
+    return [m.group(1).strip() for m in re.finditer(rf"<{tag}>(.*?)</{tag}>", text, re.DOTALL)]
+
+
+def labelled_value(answer: str, label: str, *, last: bool = True, whole_answer_fallback: bool = True) -> str:
+    """The value a solver or proposer gave under `label` (input / output / message).
+
+    Order of preference: fenced ```label``` blocks, `# Label:` lines, `<label>` tags, and finally
+    (for solver answers) the whole answer text. `last` picks the final candidate of a kind, so a
+    model that corrects itself ("No wait: ...") is judged on its correction.
+    """
+    for candidates in (blocks_tagged(answer, (label,)), _comment_line(answer, label), _xml_tag(answer, label)):
+        if candidates:
+            return candidates[-1] if last else candidates[0]
+    return answer.strip() if whole_answer_fallback else ""
+
+
+def induction_inputs(answer: str) -> list[str]:
+    return blocks_tagged(answer, ("input",))
+
+
+def induction_message(answer: str) -> str:
+    return labelled_value(answer, "message", last=True, whole_answer_fallback=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Programs
+# ------------------------------------------------------------------------------------------------
+
+
+def parse_program(source: str) -> ast.Module | None:
+    """`ast.parse` that returns None for anything unparsable (including absurd nesting)."""
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
+def parse_call_args(args_text: str) -> ast.Expression | None:
+    """Parse `f(<args_text>)`; None unless it is exactly one call of `f` with those arguments."""
+    try:
+        tree = ast.parse(f"{ENTRY_NAME}(\n{args_text}\n)", mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    body = tree.body
+    if not (isinstance(body, ast.Call) and isinstance(body.func, ast.Name) and body.func.id == ENTRY_NAME):
+        return None
+    return tree
+
+
+def top_level_functions(tree: ast.Module) -> list[ast.FunctionDef]:
+    return [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+
+
+def import_lines(tree: ast.Module) -> list[str]:
+    """The program's import statements, each re-written as one line, de-duplicated in order."""
+    lines: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            line = ast.unparse(node)
+            if line not in lines:
+                lines.append(line)
+    return lines
+
+
+def choose_entry(tree: ast.Module, location: str) -> ast.FunctionDef | None:
+    """The function that becomes `f`: an existing top-level `f`, else the first (`not_first`) or
+    last (`any_last`) top-level function."""
+    functions = top_level_functions(tree)
+    if not functions:
+        return None
+    for fn in functions:
+        if fn.name == ENTRY_NAME:
+            return fn
+    return functions[0] if location == "not_first" else functions[-1]
+
+
+def _lines(source: str) -> list[str]:
+    """Lines split exactly where the tokenizer splits them (\\n, \\r\\n, \\r; not form feeds)."""
+    return io.StringIO(source, newline="").readlines()
+
+
+def _offsets(lines: list[str]) -> list[int]:
+    """Character offset of the start of each line, indexed by 1-based line number."""
+    starts = [0, 0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+    return starts
+
+
+def _char_col(line_text: str, byte_col: int) -> int:
+    """AST column offsets count UTF-8 bytes; convert to a character index."""
+    return len(line_text.encode("utf-8")[:byte_col].decode("utf-8", errors="ignore"))
+
+
+def rename_function(source: str, tree: ast.Module, fn: ast.FunctionDef, new_name: str = ENTRY_NAME) -> str:
+    """Rename `fn` and every `Name` reference to it, editing only those spans of the source text
+    (comments and layout are preserved, unlike an AST round trip)."""
+    old = fn.name
+    if old == new_name:
+        return source
+    lines = _lines(source)
+    starts = _offsets(lines)
+    spans: list[tuple[int, int]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id == old:
+            line = lines[node.lineno - 1]
+            start = starts[node.lineno] + _char_col(line, node.col_offset)
+            spans.append((start, start + len(old)))
+    # The def's own name sits right after `def` on the def line (decorators come before it).
+    line = lines[fn.lineno - 1]
+    match = re.compile(r"def\s+").match(line, _char_col(line, fn.col_offset))
+    if match is None or not line.startswith(old, match.end()):
+        raise ValueError(f"cannot locate the name of function {old!r}")
+    spans.append((starts[fn.lineno] + match.end(), starts[fn.lineno] + match.end() + len(old)))
+    out = source
+    for start, end in sorted(set(spans), reverse=True):
+        out = out[:start] + new_name + out[end:]
+    return out
+
+
+@dataclass(frozen=True)
+class Program:
+    """A parsed, renamed proposal program (not yet executed)."""
+
+    source: str  # the program text with its entry function named `f`
+    imports: list[str]
+
+
+def prepare_program(source: str, *, f_replace_location: str, reject_multiple_functions: bool) -> Program | str:
+    """Parse a proposed program and rename its entry function to `f`; a reason code on failure."""
+    source = source.strip()
+    if not source:
+        return "empty_code"
+    tree = parse_program(source)
+    if tree is None:
+        return "syntax_error"
+    functions = top_level_functions(tree)
+    if not functions:
+        return "no_def"
+    if reject_multiple_functions and len(functions) > 1:
+        return "multiple_defs"
+    entry = choose_entry(tree, f_replace_location)
+    try:
+        renamed = rename_function(source, tree, entry)
+    except ValueError:  # a def split by a line continuation: refuse rather than guess
+        return "syntax_error"
+    new_tree = parse_program(renamed)
+    if new_tree is None:  # renaming can only fail on pathological sources; refuse rather than guess
+        return "syntax_error"
+    return Program(source=renamed, imports=import_lines(new_tree))
