@@ -1,0 +1,188 @@
+"""Which OS isolation layers are available, and the command line that starts a sandboxed zygote.
+
+Modes, strongest first (config `sandbox.isolation`: auto | bwrap | unshare | none):
+- bwrap: bubblewrap with user/net/pid/ipc/uts/mount namespaces, read-only binds of only what
+  Python needs, a size-limited tmpfs as scratch, a clean environment, no_new_privs.
+- unshare: util-linux `unshare` with net/pid/ipc/uts/mount namespaces; the rest of the filesystem
+  stays as it is (write protection then rests on the dropped uid when the trainer is root).
+- none: plain processes with rlimits only.
+When the trainer runs as root, every zygote runs under its own unprivileged uid (RLIMIT_NPROC
+does not apply to root, and root can write anywhere).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOG = logging.getLogger("azr_jax.sandbox")
+
+ZYGOTE_SOURCE = (Path(__file__).with_name("zygote.py")).read_text()
+UID_BASE = 3_000_000  # unprivileged uids used by nobody else (one per zygote when root)
+CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+ALL_LAYERS = (
+    "rlimits", "uid_drop", "user_namespace", "network_namespace", "pid_namespace",
+    "ipc_namespace", "mount_namespace", "read_only_filesystem", "private_tmp", "clean_env",
+    "no_new_privs", "seccomp",
+)
+_WARNED: set[str] = set()
+
+
+@dataclass
+class Plan:
+    """How to start zygotes on this machine."""
+
+    mode: str  # bwrap | unshare | none
+    python: str  # interpreter run inside the sandbox (stdlib only, `-I -S`)
+    as_root: bool
+    layers: dict = field(default_factory=dict)
+    tmpfs_bytes: int = 0
+
+    def missing(self) -> list[str]:
+        return [k for k, v in self.layers.items() if v is False]
+
+
+def _world_executable(path: str) -> bool:
+    """True if an arbitrary unprivileged uid can execute `path` (every parent dir is o+x)."""
+    p = Path(path)
+    try:
+        if not p.stat().st_mode & stat.S_IXOTH:
+            return False
+        return all(d.stat().st_mode & stat.S_IXOTH for d in p.parents)
+    except OSError:
+        return False
+
+
+def sandbox_python(as_root: bool) -> str:
+    """The interpreter for the sandbox: the trainer's own base Python if a dropped uid can run it."""
+    candidates = [os.path.realpath(getattr(sys, "_base_executable", sys.executable) or sys.executable)]
+    for name in ("/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3")):
+        if name:
+            candidates.append(os.path.realpath(name))
+    for c in candidates:
+        if os.path.isfile(c) and (not as_root or _world_executable(c)):
+            return c
+    raise RuntimeError(
+        "no Python interpreter an unprivileged uid can execute was found for the sandbox "
+        f"(tried {candidates}); install python3 under /usr or make the interpreter world-executable"
+    )
+
+
+def _python_prefix(python: str) -> str:
+    return str(Path(python).resolve().parent.parent)
+
+
+def _bwrap_supports(flag: str) -> bool:
+    try:
+        out = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return flag in out.stdout + out.stderr
+
+
+def bwrap_argv(plan: Plan) -> list[str]:
+    argv = [
+        "bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--clearenv",
+        "--setenv", "PATH", CLEAN_ENV["PATH"], "--setenv", "LANG", CLEAN_ENV["LANG"],
+        "--setenv", "HOME", "/tmp", "--ro-bind", "/usr", "/usr",
+    ]
+    for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(d):
+            argv += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            argv += ["--ro-bind", d, d]
+    argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    prefix = _python_prefix(plan.python)
+    if not prefix.startswith("/usr"):
+        argv += ["--ro-bind", prefix, prefix]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    if plan.tmpfs_bytes:
+        argv += ["--size", str(plan.tmpfs_bytes)]
+    argv += ["--tmpfs", "/tmp", "--chdir", "/tmp"]
+    if _bwrap_supports("--disable-userns"):
+        argv += ["--disable-userns"]  # no nested user namespaces (a common kernel attack surface)
+    return argv + ["--"]
+
+
+def zygote_command(plan: Plan, uid: int | None, scratch: str) -> tuple[list[str], dict, dict]:
+    """(argv, zygote config, extra Popen kwargs) for one zygote.
+
+    `uid` is the unprivileged uid to run as when the trainer is root (else None); `scratch` is the
+    scratch root as the zygote sees it.
+    """
+    config = {"scratch": scratch, "pidns": plan.mode in ("bwrap", "unshare"), "drop_uid": None,
+              "kill_all_uid": False}
+    popen: dict = {"env": dict(CLEAN_ENV), "start_new_session": True}
+    py = [plan.python, "-I", "-S", "-B", "-c", ZYGOTE_SOURCE]
+    if plan.mode == "bwrap":
+        argv = bwrap_argv(plan) + py
+        if uid is not None:  # bwrap runs unprivileged under the dropped uid (its own user namespace)
+            popen.update(user=uid, group=uid, extra_groups=[])
+    elif plan.mode == "unshare":
+        argv = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--ipc", "--uts", "--kill-child"]
+        if uid is None:
+            argv.append("--map-root-user")  # unprivileged: namespaces need a user namespace
+        else:
+            config["drop_uid"] = uid  # the zygote drops root itself, inside the namespaces
+        argv += py
+    else:
+        argv = py
+        if uid is not None:
+            popen.update(user=uid, group=uid, extra_groups=[])
+            config["kill_all_uid"] = True
+    return argv, config, popen
+
+
+def layers_for(mode: str, as_root: bool) -> dict:
+    bw, un = mode == "bwrap", mode == "unshare"
+    return {
+        "rlimits": True,
+        "uid_drop": True if as_root else "not needed (not root)",
+        "user_namespace": bw or (un and not as_root),
+        "network_namespace": bw or un,
+        "pid_namespace": bw or un,
+        "ipc_namespace": bw or un,
+        "mount_namespace": bw or un,
+        "read_only_filesystem": bw,
+        "private_tmp": bw,
+        "clean_env": True,
+        "no_new_privs": bw,
+        "seccomp": "not implemented (namespaces, rlimits and the uid are the walls)",
+    }
+
+
+def make_plan(mode: str, tmpfs_bytes: int) -> Plan:
+    as_root = os.geteuid() == 0
+    python = sandbox_python(as_root)
+    return Plan(mode=mode, python=python, as_root=as_root, layers=layers_for(mode, as_root),
+                tmpfs_bytes=tmpfs_bytes if mode == "bwrap" and _bwrap_supports("--size") else 0)
+
+
+def candidate_modes(requested: str) -> list[str]:
+    if requested != "auto":
+        return [requested]
+    modes = []
+    if shutil.which("bwrap"):
+        modes.append("bwrap")
+    if shutil.which("unshare"):
+        modes.append("unshare")
+    return modes + ["none"]
+
+
+def warn_missing(plan: Plan, failures: dict[str, str]) -> None:
+    """Log ONE warning per process and mode naming each missing layer."""
+    missing = plan.missing()
+    if not missing or plan.mode in _WARNED:
+        return
+    _WARNED.add(plan.mode)
+    why = "; ".join(f"{m} unavailable: {msg}" for m, msg in failures.items())
+    LOG.warning(
+        "sandbox isolation '%s' is missing layers: %s%s", plan.mode, ", ".join(missing),
+        f" ({why})" if why else "",
+    )

@@ -1,0 +1,41 @@
+"""What the sandbox runs (`Job`) and what it reports (`JobResult`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ARGS_MODES = ("expression", "literal")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One program and the calls `f(<call>)` to make on it (see docs/sandbox.md)."""
+
+    program: str  # full source: import lines + code defining `f` (untrusted)
+    calls: list[str]  # argument-list sources, each called as f(<call>)
+    args_mode: str = "expression"  # "expression": evaluated in the sandbox; "literal": literals only
+    expected: list[str] | None = None  # value texts to compare outputs with; never sent to the sandbox
+    repeats: int = 2  # fresh processes (different hash seeds) whose results must agree
+
+    def __post_init__(self):
+        if self.args_mode not in ARGS_MODES:
+            raise ValueError(f"Job.args_mode must be one of {ARGS_MODES}, got {self.args_mode!r}")
+        if self.expected is not None and len(self.expected) != len(self.calls):
+            raise ValueError(f"Job.expected has {len(self.expected)} entries for {len(self.calls)} calls")
+        if self.repeats < 1:
+            raise ValueError(f"Job.repeats must be >= 1, got {self.repeats}")
+
+
+@dataclass(frozen=True)
+class JobResult:
+    outputs: list[str | None]  # canonical repr of f(*args, **kw) per call (None on failure)
+    errors: list[str | None]  # per call: None or "ExcType: message" / "timeout" / "memory" / ...
+    deterministic: bool  # False iff two runs (or two calls in one run) disagreed
+    matches: list[bool] | None  # per call, structural equality with expected (None without expected)
+    timed_out: bool
+    error: str | None = None  # job-level failure (syntax error, import failure, crash, timeout)
+
+    @property
+    def ok(self) -> bool:
+        """Every call produced a value, deterministically, with no job-level failure."""
+        return self.error is None and self.deterministic and all(e is None for e in self.errors)

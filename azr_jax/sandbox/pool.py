@@ -1,0 +1,490 @@
+"""`Sandbox`: a pool of sandboxed zygotes that runs batches of jobs in parallel.
+
+Trust boundary: everything that comes back from a sandbox is untrusted text. The host parses it
+with the bounded literal parser, re-renders values itself (canonical `repr`), checks determinism
+and compares with `Job.expected`, which never leaves this process.
+
+Scheduling: `workers` jobs run at once. A job still running after `STALL_S` gives its turn to
+the next job while it waits out its own deadline in a spare slot (up to `SLOTS_PER_WORKER - 1`
+spares per worker), so several non-terminating programs cost about one timeout, not one each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+
+from azr_jax.config import SandboxSection
+from azr_jax.errors import UserError
+from azr_jax.sandbox import isolation
+from azr_jax.sandbox.jobs import Job, JobResult
+from azr_jax.sandbox.literals import NotALiteral, literal_call_text, parse_call_args, parse_literal, texts_equal, values_equal
+
+SLOTS_PER_WORKER = 4
+STALL_S = 0.25  # a job running longer than this is presumed slow and stops blocking the queue
+GRACE_S = 5.0  # how long past its deadline a zygote may take to answer before it is killed
+START_TIMEOUT_S = 30.0
+MAX_OUTPUT_CHARS = 100_000  # per value text
+MAX_FRAME_BYTES = 8 << 20
+TMPFS_BYTES = 64 << 20
+
+
+class SandboxStartError(RuntimeError):
+    pass
+
+
+class _Zygote:
+    """One sandboxed zygote process and its framed pipe protocol."""
+
+    def __init__(self, plan: isolation.Plan, uid: int | None):
+        self.plan = plan
+        self.uid = uid
+        self.host_scratch = None
+        if plan.mode == "bwrap":
+            scratch = "/tmp"
+        else:
+            self.host_scratch = tempfile.mkdtemp(prefix="azr-sandbox-")
+            if uid is not None:
+                os.chown(self.host_scratch, uid, uid)
+            os.chmod(self.host_scratch, 0o700)
+            scratch = self.host_scratch
+        argv, config, popen = isolation.zygote_command(plan, uid, scratch)
+        self.proc = subprocess.Popen(
+            argv + [json.dumps(config)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, bufsize=0, close_fds=True, **popen,
+        )
+        hello = self._recv(time.monotonic() + START_TIMEOUT_S)
+        if not (isinstance(hello, dict) and hello.get("ready")):
+            err = self._stderr_tail()
+            self.close()
+            raise SandboxStartError(f"sandbox ({plan.mode}) did not start: {err or 'no answer'}")
+        self.info = hello
+
+    def _stderr_tail(self) -> str:
+        try:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(timeout=5)
+            return self.proc.stderr.read()[-2000:].decode("utf-8", "replace").strip()
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            return ""
+
+    def _read_exact(self, n: int, deadline: float) -> bytes | None:
+        fd = self.proc.stdout.fileno()
+        buf = b""
+        while len(buf) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                return None
+            chunk = os.read(fd, n - len(buf))
+            if not chunk:
+                return None
+            buf += chunk
+        return buf
+
+    def _recv(self, deadline: float):
+        head = self._read_exact(4, deadline)
+        if head is None:
+            return None
+        n = struct.unpack(">I", head)[0]
+        if n > 4 * MAX_FRAME_BYTES:
+            return None
+        body = self._read_exact(n, deadline)
+        if body is None:
+            return None
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+
+    def request(self, req: dict, on_stall) -> dict | None:
+        """Send one job; None if the zygote died or did not answer in time (then close it)."""
+        data = json.dumps(req).encode("utf-8")
+        try:
+            self.proc.stdin.write(struct.pack(">I", len(data)) + data)
+        except (BrokenPipeError, OSError):
+            self.close()
+            return None
+        start = time.monotonic()
+        fd = self.proc.stdout.fileno()
+        ready, _, _ = select.select([fd], [], [], STALL_S)
+        if not ready:
+            on_stall()
+        answer = self._recv(start + req["timeout_s"] + GRACE_S)
+        if not isinstance(answer, dict):
+            self.close()
+            return None
+        return answer
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:  # the whole session: bwrap/unshare and, through the pid namespace, everything inside
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.proc.kill()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+        if self.host_scratch:
+            shutil.rmtree(self.host_scratch, ignore_errors=True)
+            self.host_scratch = None
+
+
+class _Permit:
+    """A worker turn that is given back once: when the job ends or when it stalls."""
+
+    def __init__(self, sem: threading.Semaphore):
+        self._sem = sem
+        self._held = True
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            if self._held:
+                self._held = False
+                self._sem.release()
+
+
+class _Batch:
+    def __init__(self, n: int):
+        self.results: list[JobResult | None] = [None] * n
+        self._left = n
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+        if n == 0:
+            self.done.set()
+
+    def put(self, i: int, result: JobResult) -> None:
+        with self._lock:
+            self.results[i] = result
+            self._left -= 1
+            if self._left == 0:
+                self.done.set()
+
+
+def _failed(n: int, error: str, *, timed_out: bool = False, deterministic: bool = True,
+            expected: list | None = None) -> JobResult:
+    return JobResult(outputs=[None] * n, errors=[error] * n, deterministic=deterministic,
+                     matches=None if expected is None else [False] * n, timed_out=timed_out, error=error)
+
+
+class Sandbox:
+    """Run untrusted programs in isolated, resource-limited processes (see docs/sandbox.md)."""
+
+    def __init__(self, cfg: SandboxSection | None = None):
+        self.cfg = cfg or SandboxSection()
+        self.workers = self.cfg.workers or os.cpu_count() or 1
+        self.plan, failures = self._choose_plan()
+        isolation.warn_missing(self.plan, failures)
+        self._permits = threading.Semaphore(self.workers)
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._zygotes: list[dict[int, _Zygote]] = []
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        for slot in range(self.workers * SLOTS_PER_WORKER):
+            self._zygotes.append({})
+            t = threading.Thread(target=self._slot_loop, args=(slot,), name=f"azr-sandbox-{slot}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _uid(self, slot: int, repeat: int) -> int | None:
+        if not self.plan.as_root:
+            return None
+        return isolation.UID_BASE + (os.getpid() % 1000) * 10_000 + slot * 16 + repeat
+
+    def _choose_plan(self) -> tuple[isolation.Plan, dict[str, str]]:
+        failures: dict[str, str] = {}
+        for mode in isolation.candidate_modes(self.cfg.isolation):
+            plan = isolation.make_plan(mode, TMPFS_BYTES)
+            self.plan = plan
+            try:
+                probe = _Zygote(plan, self._uid(0, 15))
+            except (SandboxStartError, OSError) as e:
+                failures[mode] = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+                continue
+            probe.close()
+            return plan, failures
+        raise UserError(f"sandbox isolation '{self.cfg.isolation}' is not available here: {failures}")
+
+    def isolation_report(self) -> dict:
+        """Which isolation layers are active for this sandbox."""
+        return {
+            "mode": self.plan.mode,
+            "requested": self.cfg.isolation,
+            "python": self.plan.python,
+            "as_root": self.plan.as_root,
+            "workers": self.workers,
+            "layers": dict(self.plan.layers),
+            "missing": self.plan.missing(),
+            "limits": {
+                "timeout_s": self.cfg.timeout_s, "memory_mb": self.cfg.memory_mb,
+                "max_file_mb": self.cfg.max_file_mb, "max_open_files": self.cfg.max_open_files,
+                "max_processes": self.cfg.max_processes,
+                "scratch_tmpfs_mb": self.plan.tmpfs_bytes >> 20 if self.plan.tmpfs_bytes else None,
+            },
+        }
+
+    # -- public API --------------------------------------------------------------------------
+
+    def run(self, jobs: list[Job]) -> list[JobResult]:
+        """Run every job (in parallel, isolated); results in the order of `jobs`."""
+        if self._closed:
+            raise RuntimeError("Sandbox is closed")
+        batch = _Batch(len(jobs))
+        for i, job in enumerate(jobs):
+            self._queue.put((batch, i, job))
+        batch.done.wait()
+        return list(batch.results)
+
+    def compare(self, pairs: list[tuple[str, str]]) -> list[bool]:
+        """Structural equality of value texts (a text that is not a plain literal is never equal)."""
+        return [texts_equal(a, b) for a, b in pairs]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout=30)
+        with self._lock:
+            for zs in self._zygotes:
+                for z in zs.values():
+                    z.close()
+                zs.clear()
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def _slot_loop(self, slot: int) -> None:
+        while True:
+            self._permits.acquire()
+            item = self._queue.get()
+            permit = _Permit(self._permits)
+            if item is None:
+                permit.release()
+                return
+            batch, i, job = item
+            try:
+                result = self._execute(slot, job, permit)
+            except Exception as e:  # noqa: BLE001 - one broken job must not hang the batch
+                result = _failed(len(job.calls), f"sandbox failure: {type(e).__name__}: {e}", expected=job.expected)
+            finally:
+                permit.release()
+            batch.put(i, result)
+
+    def _zygote(self, slot: int, repeat: int) -> _Zygote:
+        zs = self._zygotes[slot]
+        z = zs.get(repeat)
+        if z is None or not z.alive():
+            if z is not None:
+                z.close()
+            z = _Zygote(self.plan, self._uid(slot, repeat))
+            zs[repeat] = z
+        return z
+
+    def _request(self, job: Job, sent_calls: list[str | None]) -> dict:
+        cfg = self.cfg
+        return {
+            "program": job.program,
+            "calls": sent_calls,
+            "literal_args": job.args_mode == "literal",
+            "timeout_s": float(cfg.timeout_s),
+            "max_output_chars": MAX_OUTPUT_CHARS,
+            "max_frame_bytes": MAX_FRAME_BYTES,
+            "limits": {
+                "cpu_s": int(cfg.timeout_s) + 1,
+                "file_bytes": cfg.max_file_mb << 20,
+                "open_files": cfg.max_open_files,
+                # the zygote, its pid-1 reaper and the job share the uid inside the namespace
+                "processes": cfg.max_processes + 2,
+                "memory_bytes": cfg.memory_mb << 20,
+            },
+        }
+
+    def _execute(self, slot: int, job: Job, permit: _Permit) -> JobResult:
+        n = len(job.calls)
+        # Host-side argument checks: one call per text, literals only in literal mode.
+        sent: list[str | None] = []
+        arg_errors: list[str | None] = []
+        for call in job.calls:
+            try:
+                if job.args_mode == "literal":
+                    sent.append(literal_call_text(call))
+                else:
+                    parse_call_args(call)
+                    sent.append(call)
+                arg_errors.append(None)
+            except NotALiteral as e:
+                sent.append(None)
+                arg_errors.append(f"bad_args: {e}")
+        req = self._request(job, sent)
+        per_call: list[list[tuple]] = [[] for _ in range(n)]  # outcomes of every run
+        for r in range(job.repeats):
+            try:
+                z = self._zygote(slot, r)
+            except (SandboxStartError, OSError) as e:
+                return _failed(n, f"sandbox failed to start: {e}", expected=job.expected)
+            answer = z.request(req, permit.release)
+            if answer is None:
+                return _failed(n, "timeout", timed_out=True, expected=job.expected)
+            outcome = _parse_answer(answer, n)
+            if isinstance(outcome, str):
+                timed = outcome == "timeout"
+                return _failed(n, outcome, timed_out=timed, expected=job.expected)
+            for i, o in enumerate(outcome):
+                per_call[i].append(o)
+            if all(o[0] != "ok" for o in outcome):
+                break  # nothing to check for determinism
+        return _combine(per_call, arg_errors, job.expected)
+
+
+def _parse_answer(answer: dict, n: int) -> list[tuple] | str:
+    """Per-call outcomes ("ok", value, canonical) / ("err", message, nondeterministic?) or a job error."""
+    status = answer.get("status")
+    if status == "timeout":
+        return "timeout"
+    if status == "too_large":
+        return "output too large"
+    try:
+        frame = parse_literal_frame(answer.get("frame") or "")
+    except NotALiteral:
+        frame = None
+    if frame is None:
+        sig = answer.get("signal")
+        if sig:
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            if sig == signal.SIGKILL:
+                return f"killed by {name}"
+            if sig == signal.SIGXCPU:
+                return "timeout"
+            return f"killed by {name}"
+        return f"exited before reporting (exit status {answer.get('exit')})"
+    if frame[0] == "error":
+        msg = frame[1]
+        return "memory" if msg.endswith("memory") else msg
+    calls = frame[1]
+    if len(calls) != n:
+        return "malformed result frame"
+    out = []
+    for c in calls:
+        if c[0] == "skip":
+            out.append(("skip",))
+        elif c[0] == "err":
+            out.append(("err", "nondeterministic" if c[2] == 1 else c[1], c[2] == 1))
+        else:
+            try:
+                v1, v2 = parse_literal(c[1]), parse_literal(c[2])
+            except NotALiteral:
+                out.append(("err", "unrepresentable: forged output text", False))
+                continue
+            if values_equal(v1, v2):
+                out.append(("ok", v1, repr(v1)))
+            else:
+                out.append(("err", "nondeterministic", True))
+    return out
+
+
+def parse_literal_frame(text: str):
+    """Validate the child's result frame: ("done", ((kind, ...), ...)) or ("error", message)."""
+    from azr_jax.sandbox import literals
+
+    if len(text) > MAX_FRAME_BYTES:
+        raise NotALiteral("frame too large")
+    saved = literals.MAX_TEXT_CHARS
+    try:
+        literals.MAX_TEXT_CHARS = MAX_FRAME_BYTES
+        frame = parse_literal(text)
+    finally:
+        literals.MAX_TEXT_CHARS = saved
+    ok = isinstance(frame, tuple) and len(frame) == 2
+    if ok and frame[0] == "error":
+        ok = isinstance(frame[1], str)
+    elif ok and frame[0] == "done":
+        ok = isinstance(frame[1], tuple) and all(_valid_call(c) for c in frame[1])
+    else:
+        ok = False
+    if not ok:
+        raise NotALiteral("malformed result frame")
+    return frame
+
+
+def _valid_call(c) -> bool:
+    if not isinstance(c, tuple) or not c:
+        return False
+    if c[0] == "skip":
+        return len(c) == 1
+    if c[0] == "ok":
+        return len(c) == 3 and all(type(t) is str for t in c[1:])
+    if c[0] == "err":
+        return len(c) == 3 and type(c[1]) is str and c[2] in (0, 1)
+    return False
+
+
+def _combine(per_call: list[list[tuple]], arg_errors: list[str | None], expected: list[str] | None) -> JobResult:
+    n = len(per_call)
+    outputs: list[str | None] = [None] * n
+    errors: list[str | None] = [None] * n
+    deterministic = True
+    for i, runs in enumerate(per_call):
+        if arg_errors[i] is not None:
+            errors[i] = arg_errors[i]
+            continue
+        if len(runs) != len(per_call[0]) or not runs:
+            errors[i] = "frame does not match the calls"
+            continue
+        first = runs[0]
+        if any(r[0] == "err" and r[2] for r in runs):
+            deterministic = False
+            errors[i] = "nondeterministic"
+        elif all(r[0] == "ok" for r in runs):
+            if all(values_equal(first[1], r[1]) for r in runs[1:]):
+                outputs[i] = first[2]
+            else:
+                deterministic = False
+                errors[i] = "nondeterministic"
+        elif all(r[0] == "err" for r in runs):
+            errors[i] = first[1]
+        else:
+            deterministic = False
+            errors[i] = "nondeterministic"
+    matches = None
+    if expected is not None:
+        matches = [out is not None and texts_equal(out, exp) for out, exp in zip(outputs, expected)]
+    return JobResult(outputs=outputs, errors=errors, deterministic=deterministic, matches=matches, timed_out=False)

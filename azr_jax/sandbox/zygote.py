@@ -1,0 +1,401 @@
+"""The in-sandbox server ("zygote"): forks one fresh child per job from a pristine state.
+
+This file is NOT imported by the trainer. Its source is passed to `python -I -S -c` inside the
+sandbox (bubblewrap / unshare namespaces / plain process), so it may use only the standard
+library. The zygote itself never runs model code: for each request it forks a child, the child
+applies resource limits, executes the program and calls `f`, writes one result frame to a
+private pipe and `_exit`s. The zygote enforces the wall-clock deadline, kills everything the
+job left behind, wipes the job's scratch directory and answers the host.
+
+Host <-> zygote frames: 4-byte big-endian length + UTF-8 JSON, on the zygote's stdin/stdout.
+Child -> zygote: the `repr` of a tuple of strings/tuples (parsed by the host with a bounded
+literal parser, never trusted), on a pipe only the child holds.
+"""
+
+import builtins
+import json
+import os
+import resource
+import select
+import signal
+import struct
+import sys
+
+# Pre-imported so children start fast; a fork shares them, and the zygote never runs model code,
+# so every child starts from the same pristine modules (`math.pi = 3` dies with its child).
+PREIMPORT = (
+    "collections", "itertools", "functools", "math", "re", "heapq", "bisect", "string", "typing",
+    "operator", "copy", "json", "fractions", "decimal", "statistics", "dataclasses", "enum",
+    "array", "numbers", "cmath", "textwrap", "unicodedata", "abc", "contextlib", "collections.abc",
+)
+
+# Captured before any model code can rebind the builtins (children use these references).
+_repr, _type, _len, _isinstance, _str = builtins.repr, builtins.type, builtins.len, builtins.isinstance, builtins.str
+_float_is_finite = __import__("math").isfinite
+_write, _exit, _close = os.write, os._exit, os.close
+
+PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+PLAIN_CONTAINERS = (list, tuple, set, frozenset, dict)
+MAX_DEPTH = 100
+MAX_NODES = 100_000
+
+
+def _read_exact(fd, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def _recv(fd=0):
+    head = _read_exact(fd, 4)
+    if head is None:
+        return None
+    body = _read_exact(fd, struct.unpack(">I", head)[0])
+    return None if body is None else json.loads(body.decode("utf-8"))
+
+
+def _send(obj, fd=1):
+    data = json.dumps(obj).encode("utf-8")
+    data = struct.pack(">I", len(data)) + data
+    while data:
+        data = data[os.write(fd, data):]
+
+
+# ------------------------------------------------------------------------------------------------
+# Child side (runs in the forked child; model code executes after `_limit`)
+# ------------------------------------------------------------------------------------------------
+
+
+def _check_plain(value):
+    """Raise TypeError unless `value` is plain builtin data (exact types, finite floats, bounded)."""
+    stack = [(value, 0)]
+    nodes = 0
+    while stack:
+        v, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_DEPTH or nodes > MAX_NODES:
+            raise TypeError("too deep or too large")
+        t = _type(v)
+        if t in PLAIN_SCALARS:
+            if t is float and not _float_is_finite(v):
+                raise TypeError("non-finite float")
+            if t is complex and not (_float_is_finite(v.real) and _float_is_finite(v.imag)):
+                raise TypeError("non-finite complex")
+        elif t is dict:
+            for k, item in v.items():
+                stack.append((k, depth + 1))
+                stack.append((item, depth + 1))
+        elif t in PLAIN_CONTAINERS:
+            for item in v:
+                stack.append((item, depth + 1))
+        else:
+            raise TypeError(t.__name__)
+
+
+def _describe(exc):
+    msg = _str(exc)
+    name = _type(exc).__name__
+    if _isinstance(exc, MemoryError):
+        return "memory"
+    return (name + ": " + msg)[:300] if msg else name
+
+
+def _limit(lim):
+    for res, value in (
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_CPU, lim["cpu_s"]),
+        (resource.RLIMIT_FSIZE, lim["file_bytes"]),
+        (resource.RLIMIT_NOFILE, lim["open_files"]),
+        (resource.RLIMIT_NPROC, lim["processes"]),
+        (resource.RLIMIT_AS, lim["memory_bytes"]),
+    ):
+        resource.setrlimit(res, (value, value))
+
+
+def _child(req, wfd, scratch):
+    """Run one job in this freshly forked process; never returns."""
+    try:
+        os.setsid()
+        os.chdir(scratch)
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, wfd)
+        os.closerange(wfd + 1, 1 << 16)
+        os.environ.clear()
+        os.environ.update({"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8"})
+        sys.stdin = sys.stdout = sys.stderr = open(os.devnull, "r+")  # prints are discarded
+        _limit(req["limits"])
+    except BaseException as exc:  # noqa: BLE001 - report setup failures as job errors
+        _finish(wfd, ("error", "sandbox setup failed: " + _describe(exc)))
+    calls = req["calls"]
+    literal = req["literal_args"]
+    # Literal-mode arguments were validated as literals on the host; build both copies now,
+    # before model code can rebind `set`/`frozenset`, with no other names reachable.
+    safe_ns = {"__builtins__": {"set": set, "frozenset": frozenset}}
+    prebuilt = []
+    for i, call in enumerate(calls):
+        if literal and call is not None:
+            try:
+                prebuilt.append([eval("(lambda *a, **k: (a, k))(" + call + ")", safe_ns) for _ in range(2)])
+            except BaseException as exc:  # noqa: BLE001
+                prebuilt.append(exc)
+        else:
+            prebuilt.append(None)
+    namespace = {"__name__": "__sandbox__", "__builtins__": builtins}
+    try:
+        code = compile(req["program"], "<program>", "exec")
+    except BaseException as exc:  # noqa: BLE001
+        _finish(wfd, ("error", _describe(exc)))
+    try:
+        exec(code, namespace)
+    except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt included
+        _finish(wfd, ("error", "program raised " + _describe(exc)))
+    if not callable(namespace.get("f")):
+        _finish(wfd, ("error", "program does not define a function f"))
+    results = []
+    for i, call in enumerate(calls):
+        if call is None:
+            results.append(("skip",))
+            continue
+        texts = []
+        err = None
+        for k in range(2):  # twice in one process: catches accumulators and global counters
+            try:
+                if literal:
+                    if _isinstance(prebuilt[i], BaseException):
+                        raise prebuilt[i]
+                    args, kwargs = prebuilt[i][k]
+                    value = namespace["f"](*args, **kwargs)
+                else:
+                    value = eval(compile("f(" + call + ")", "<call>", "eval"), namespace)
+                try:
+                    _check_plain(value)
+                    text = _repr(value)
+                except BaseException as exc:  # noqa: BLE001
+                    raise _Unrepresentable(_describe(exc))
+                if _type(text) is not _str or _len(text) > req["max_output_chars"]:
+                    raise _Unrepresentable("output too large")
+                texts.append(text)
+            except _Unrepresentable as exc:
+                err = "unrepresentable: " + exc.args[0]
+            except BaseException as exc:  # noqa: BLE001
+                err = _describe(exc)
+            if err is not None:
+                break
+        results.append(("ok", texts[0], texts[1]) if err is None else ("err", err, k))
+    _finish(wfd, ("done", tuple(results)))
+
+
+class _Unrepresentable(Exception):
+    pass
+
+
+def _finish(wfd, frame):
+    try:
+        data = _repr(frame).encode("utf-8", "backslashreplace")
+        while data:
+            data = data[_write(wfd, data):]
+    finally:
+        _exit(0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Zygote side
+# ------------------------------------------------------------------------------------------------
+
+
+def _other_pids():
+    me = os.getpid()
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (me, 1)]
+
+
+def _kill_everything(child_pid, pidns):
+    """Kill the job's whole process tree, daemons included, and reap what we can."""
+    if pidns:
+        # In our own pid namespace kill(-1) reaches every process except ourselves and pid 1;
+        # fork cannot race it (the kernel holds the task list lock while signalling).
+        for _ in range(100):
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _reap()
+            if not _other_pids():
+                break
+            select.select([], [], [], 0.002)
+    else:
+        try:
+            os.killpg(child_pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if CONFIG.get("kill_all_uid"):
+            # Running under a uid used by nobody else: kill(-1) ends every process of that uid.
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _reap()
+
+
+def _reap():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _wipe(path):
+    """Remove everything in `path` (the job may have chmod-ed things to 000)."""
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            try:
+                os.unlink(os.path.join(root, name))
+            except OSError:
+                pass
+        for name in dirs:
+            full = os.path.join(root, name)
+            try:
+                if os.path.islink(full):
+                    os.unlink(full)
+                else:
+                    os.chmod(full, 0o700)
+                    os.rmdir(full)
+            except OSError:
+                pass
+    os.chmod(path, 0o700)
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o700)
+    leftover = os.listdir(path)
+    if leftover:
+        for name in leftover:
+            full = os.path.join(path, name)
+            if os.path.isdir(full) and not os.path.islink(full):
+                _wipe(full)
+                os.rmdir(full)
+            else:
+                os.unlink(full)
+
+
+def _run_job(req):
+    scratch = os.path.join(CONFIG["scratch"], "job")
+    os.mkdir(scratch, 0o700)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        _child(req, wfd, scratch)
+    os.close(wfd)
+    pidfd = os.pidfd_open(pid)
+    deadline = _monotonic() + req["timeout_s"]
+    data = []
+    size = 0
+    status = None
+    exit_code = None
+    too_large = False
+    pipe_open = True
+    while True:
+        remaining = deadline - _monotonic()
+        if remaining <= 0:
+            status = "timeout"
+            break
+        fds = [rfd, pidfd] if pipe_open else [pidfd]
+        ready, _, _ = select.select(fds, [], [], remaining)
+        if rfd in ready:
+            chunk = os.read(rfd, 1 << 16)
+            if chunk:
+                data.append(chunk)
+                size += len(chunk)
+                if size > req["max_frame_bytes"]:
+                    too_large = True
+                    break
+            else:
+                pipe_open = False  # every writer closed it; wait for the child's exit status
+        if pidfd in ready:
+            _, exit_code = os.waitpid(pid, 0)
+            # Drain what the child wrote; descendants holding the pipe open do not delay us.
+            os.set_blocking(rfd, False)
+            try:
+                while pipe_open:
+                    chunk = os.read(rfd, 1 << 16)
+                    if not chunk:
+                        break
+                    data.append(chunk)
+                    size += len(chunk)
+                    if size > req["max_frame_bytes"]:
+                        too_large = True
+                        break
+            except BlockingIOError:
+                pass
+            break
+    _kill_everything(pid, CONFIG["pidns"])
+    if exit_code is None:
+        try:
+            _, exit_code = os.waitpid(pid, 0)
+        except ChildProcessError:
+            exit_code = None
+    os.close(rfd)
+    os.close(pidfd)
+    _wipe(scratch)
+    os.rmdir(scratch)
+    signal_no = None
+    if exit_code is not None and os.WIFSIGNALED(exit_code):
+        signal_no = os.WTERMSIG(exit_code)
+    return {
+        "status": status or ("too_large" if too_large else "exited"),
+        "signal": signal_no,
+        "exit": os.WEXITSTATUS(exit_code) if exit_code is not None and os.WIFEXITED(exit_code) else None,
+        "frame": b"".join(data).decode("utf-8", "replace") if not too_large else "",
+    }
+
+
+def _monotonic():
+    return __import__("time").monotonic()
+
+
+def _make_undumpable():
+    """Same-uid children must not ptrace us or read /proc/<zygote>/fd (our host pipes)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE = 4
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")
+    del sys.modules["ctypes"]
+
+
+def main():
+    global CONFIG
+    CONFIG = json.loads(sys.argv[1])
+    if CONFIG.get("drop_uid") is not None:
+        uid = CONFIG["drop_uid"]
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    os.umask(0o077)
+    for name in PREIMPORT:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    _make_undumpable()
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    _send({"ready": True, "pid": os.getpid(), "uid": os.getuid(), "hash_probe": hash("azr")})
+    while True:
+        req = _recv()
+        if req is None:
+            return
+        _send(_run_job(req))
+
+
+CONFIG = {}
+
+if __name__ == "__main__":
+    main()
