@@ -1,0 +1,119 @@
+"""Task buffers: seeding, de-duplication, cap/eviction, seeded sampling rules, JSON state."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from azr_jax.azr.buffers import TaskBuffer, TaskBuffers, dedup_key, identity_induction, identity_triplet, load_seed_file
+from azr_jax.config import AZRSection
+from azr_jax.errors import UserError
+
+
+def triplet(i, program="def f(a):\n    return a + {i}"):
+    return {"program": program.format(i=i), "input": str(i), "output": str(2 * i), "imports": []}
+
+
+def filled(n, cap=100, eviction="drop_oldest", step_of=lambda i: 0):
+    buf = TaskBuffer("deduction", cap=cap, eviction=eviction)
+    for i in range(n):
+        assert buf.add(triplet(i), step=step_of(i))
+    return buf
+
+
+def test_seeded_with_identity_in_both_io_buffers():
+    bufs = TaskBuffers.seeded(AZRSection())
+    assert bufs.sizes() == {"deduction": 1, "abduction": 1, "induction": 1}
+    assert bufs["deduction"].entries[0] == {**identity_triplet(), "step": 0}
+    assert bufs["abduction"].entries[0]["program"] == "def f(a):\n    return a"
+    ind = bufs["induction"].entries[0]
+    assert ind["visible"] == 3 and len(ind["inputs"]) == 6 == len(ind["outputs"])
+    assert ind == {**identity_induction(), "step": 0}
+
+
+def test_dedup_ignores_comments_layout_and_quote_style():
+    buf = TaskBuffer("abduction")
+    assert buf.add({"program": "def f(a):\n    return a", "input": "'x'", "output": "'x'", "imports": []}, step=1)
+    same = {"program": "def f(a):  # identity\n\n    return (a)", "input": '"x"', "output": "'x'", "imports": []}
+    assert dedup_key(same) == dedup_key(buf.entries[0])
+    assert not buf.add(same, step=2)
+    assert buf.add({**same, "input": "'y'"}, step=2)
+    assert [e["step"] for e in buf.entries] == [1, 2]
+
+
+def test_cap_drop_oldest_and_keep_oldest():
+    drop = filled(5, cap=3)
+    assert [e["input"] for e in drop.entries] == ["2", "3", "4"]
+    assert drop.add(triplet(0), step=9)  # an evicted task may come back
+    keep = filled(3, cap=3, eviction="keep_oldest")
+    assert not keep.add(triplet(7), step=1)
+    assert [e["input"] for e in keep.entries] == ["0", "1", "2"]
+
+
+def test_references_uniform_without_replacement_and_seeded():
+    buf = filled(10)
+    refs = buf.sample_references(6, np.random.default_rng(0))
+    assert len(refs) == 6 and len({r["input"] for r in refs}) == 6
+    assert refs == buf.sample_references(6, np.random.default_rng(0))
+    assert len(filled(4).sample_references(6, np.random.default_rng(0))) == 4
+    assert TaskBuffer("deduction").sample_references(6, np.random.default_rng(0)) == []
+    # uniform: over many draws every entry is picked about equally often
+    counts = Counter(r["input"] for s in range(2000) for r in buf.sample_references(3, np.random.default_rng(s)))
+    assert set(counts) == {str(i) for i in range(10)}
+    assert max(counts.values()) / min(counts.values()) < 1.3
+
+
+def test_solver_tasks_max_new_puts_newest_first_then_fills():
+    buf = filled(20, step_of=lambda i: 3 if i >= 17 else 1)  # entries 17..19 were added at step 3
+    tasks = buf.sample_solver_tasks(8, np.random.default_rng(1), new_since_step=3)
+    assert len(tasks) == 8
+    assert sorted(t["input"] for t in tasks[:3]) == ["17", "18", "19"]  # all new ones, first
+    assert all(t in buf.entries for t in tasks[3:])
+    few = buf.sample_solver_tasks(2, np.random.default_rng(1), new_since_step=3)
+    assert {t["input"] for t in few} <= {"17", "18", "19"} and len({t["input"] for t in few}) == 2
+    none_new = buf.sample_solver_tasks(5, np.random.default_rng(1), new_since_step=99)
+    assert len(none_new) == 5
+    uniform = buf.sample_solver_tasks(20, np.random.default_rng(1), new_since_step=3, mix="uniform")
+    assert len({t["input"] for t in uniform}) == 20  # without replacement while the buffer is big enough
+
+
+def test_induction_program_pool_draws_from_both_io_buffers():
+    bufs = TaskBuffers.seeded(AZRSection())
+    bufs["abduction"].add(triplet(5), step=1)
+    picked = bufs.sample_induction_programs(400, np.random.default_rng(0))
+    counts = Counter(p["program"] for p in picked)
+    # identity is in both buffers (2 of 3 pool entries), the new program in one
+    assert set(counts) == {"def f(a):\n    return a", "def f(a):\n    return a + 5"}
+    assert 0.55 < counts["def f(a):\n    return a"] / 400 < 0.78
+
+
+def test_state_round_trip_is_plain_json():
+    bufs = TaskBuffers.seeded(AZRSection(buffer_cap=5))
+    bufs["deduction"].add(triplet(1), step=4)
+    state = json.loads(json.dumps(bufs.to_state()))
+    again = TaskBuffers.from_state(state)
+    assert again.to_state() == bufs.to_state()
+    assert not again["deduction"].add(triplet(1), step=5)  # de-duplication survives the round trip
+    assert again["deduction"].cap == 5
+
+
+def test_seed_file_loading(tmp_path):
+    p = tmp_path / "seed.jsonl"
+    rows = [
+        {"snippet": "def f(a):\n    return a", "input": "1", "output": "1", "imports": []},
+        {"program": "def f(a):\n    return a * 2", "input": "2", "output": ""},  # reference hole: skipped
+    ]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    loaded = load_seed_file(p, "deduction")
+    assert loaded == [{"program": "def f(a):\n    return a", "input": "1", "output": "1", "imports": []}]
+    cfg = AZRSection(seed_file=str(p))
+    assert TaskBuffers.seeded(cfg).sizes()["deduction"] == 1
+    p.write_text('{"program": "x", "input": "1"}\n')
+    with pytest.raises(UserError, match="line 1: missing field"):
+        load_seed_file(p, "deduction")
+    p.write_text("not json\n")
+    with pytest.raises(UserError, match="line 1: not valid JSON"):
+        load_seed_file(p, "deduction")
+    with pytest.raises(UserError, match="not found"):
+        load_seed_file(tmp_path / "missing.jsonl", "induction")

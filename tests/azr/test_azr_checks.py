@@ -1,0 +1,77 @@
+"""The AST policy: dotted banned names, aliases, dynamic imports and escape tricks."""
+
+import ast
+
+import pytest
+
+from azr_jax.azr.checks import banned_match, check_program, check_tree
+from azr_jax.config import AZRSection
+
+BANNED = AZRSection().banned_words
+
+
+def verdict(src):
+    v = check_tree(ast.parse(src), BANNED)
+    return None if v is None else v.code
+
+
+@pytest.mark.parametrize(
+    "src, code",
+    [
+        ("import random", "banned_import"),
+        ("import numpy.random as r", "banned_import"),  # a single word matches any component
+        ("from os.path import basename", "banned_import"),  # dotted entries: the reference never matches these
+        ("import os.path", "banned_import"),
+        ("from os import path", "banned_import"),
+        ("from os import environ as e", "banned_import"),
+        ("import os\nx = os.environ['HOME']", "banned_import"),
+        ("import os as o\ny = o.path.join('a', 'b')", "banned_import"),
+        ("import sys\nsys.exit(3)", "banned_import"),
+        ("from sys import exit", "banned_import"),
+        ("import os\nv = getattr(os, 'environ')", "banned_import"),
+        ("x = __import__('random')", "banned_builtin"),
+        ("import importlib\nm = importlib.import_module('math')", "banned_import"),
+        ("import builtins", "banned_import"),
+        ("import sys\nm = sys.modules", "banned_import"),
+        ("y = ().__class__.__base__.__subclasses__()", "escape_attribute"),
+        ("g = globals()['__builtins__']", "escape_attribute"),
+        ("g = globals()", "banned_builtin"),
+        ("t = getattr(len, '__globals__')", "escape_attribute"),
+        ("def f(x):\n    return input()", "banned_builtin"),
+        ("def f(x):\n    return compile(x, 'a', 'single')", "banned_builtin"),
+    ],
+)
+def test_rejected(src, code):
+    assert verdict(src) == code
+
+
+@pytest.mark.parametrize(
+    "src",
+    [
+        "import os\ndef f(parts):\n    return os.sep.join(parts)",  # `os` itself is not on the list
+        "def f(xs):\n    # no random or time involved\n    return xs[::-1]",  # comments are not code
+        "def f(time, logging=False):\n    calendar = [time * 2]\n    return calendar",  # identifiers are not modules
+        "def f(input):\n    return input + 1",  # a parameter named like a builtin is the program's own
+        "def f(s):\n    clean_input = lambda t: t.strip()\n    return clean_input(s)",  # the reference bans any 'input('
+        "import string\ndef f(w):\n    return string.ascii_lowercase.index(w)",
+        "class A:\n    def __init__(self):\n        self.time = 1\ndef f(x):\n    return A().time + x",
+    ],
+)
+def test_accepted(src):
+    assert verdict(src) is None
+
+
+def test_inputs_are_checked_with_the_programs_aliases():
+    program = ast.parse("import os\ndef f(x):\n    return x")
+    bad = ast.parse("f(os.environ)", mode="eval")
+    ok = ast.parse("f([1, 2])", mode="eval")
+    assert check_program(program, [ok], BANNED) is None
+    assert check_program(program, [bad], BANNED).code == "banned_import"
+    assert check_program(ast.parse("def f(x):\n    return x"), [ast.parse("f(__import__('os'))", mode="eval")], BANNED).code == "banned_builtin"
+
+
+def test_banned_match_semantics():
+    assert banned_match("os.path.join", ["os.path"]) == "os.path"
+    assert banned_match("os.pathlib", ["os.path"]) is None
+    assert banned_match("a.random.b", ["random"]) == "random"
+    assert banned_match("randomness", ["random"]) is None

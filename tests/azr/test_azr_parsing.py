@@ -1,0 +1,112 @@
+"""Answer extraction, fenced blocks and entry-function renaming (host-side text/AST work only)."""
+
+import pytest
+
+from azr_jax.azr import parsing
+
+
+@pytest.mark.parametrize(
+    "response, ok",
+    [
+        (" plan </think> <answer>x</answer>", True),
+        (" plan </think>\n\n<answer>x</answer>\ntrailing text is allowed", True),
+        (" plan </think>\nHere it is:\n<answer>x</answer>", False),  # text between the tags
+        (" plan </think> <answer>x", False),  # unclosed answer
+        (" plan <answer>x</answer>", False),  # no </think>
+        ("<think> doubled opening tag </think><answer>x</answer>", True),
+    ],
+)
+def test_format_check_is_anchored_r1_regex(response, ok):
+    assert parsing.format_ok(response) is ok
+
+
+def test_extract_answer_takes_last_answer_and_runs_to_end_when_unclosed():
+    assert parsing.extract_answer("</think><answer>draft</answer> again <answer> final </answer>") == "final"
+    assert parsing.extract_answer("</think><answer>```input\n1\n```\n") == "```input\n1\n```"
+    assert parsing.extract_answer("no tags at all") is None
+    assert parsing.extract_answer("<answer></answer>") == ""
+
+
+def test_fenced_blocks_tags_and_order():
+    text = "```input\n1, 2\n```\nthen\n```python\ndef f(a, b):\n    return a\n```\n```\nx = 1\n```"
+    assert parsing.fenced_blocks(text) == [("input", "1, 2"), ("python", "def f(a, b):\n    return a"), ("", "x = 1")]
+    # input/output/message blocks are never taken as code, wherever they are
+    assert parsing.code_blocks(text) == ["def f(a, b):\n    return a", "x = 1"]
+
+
+def test_labelled_value_fallback_chain():
+    assert parsing.labelled_value("```output\n1\n```\nNo wait:\n```output\n2\n```", "output") == "2"
+    assert parsing.labelled_value("```output\n1\n```\n```output\n2\n```", "output", last=False) == "1"
+    assert parsing.labelled_value("# Input: [1, 2], 3\n", "input") == "[1, 2], 3"
+    assert parsing.labelled_value("<output>(3, 2)</output>", "output") == "(3, 2)"
+    assert parsing.labelled_value("(3, 2)", "output") == "(3, 2)"  # whole answer as the last resort
+    assert parsing.labelled_value("nothing here", "message", whole_answer_fallback=False) == ""
+
+
+def test_induction_inputs_and_message_forms():
+    answer = "```input\n1\n```\n```python\n2\n```\n```input\n3\n```\n<message>Add one.</message>"
+    assert parsing.induction_inputs(answer) == ["1", "3"]
+    assert parsing.induction_message(answer) == "Add one."
+    assert parsing.induction_message("```message\nHint.\n```") == "Hint."
+    assert parsing.induction_message("# Message: Sum the digits.\n") == "Sum the digits."
+
+
+def test_rename_first_function_preserves_text_and_recursion():
+    src = (
+        "# helper comment\n"
+        "from functools import lru_cache\n\n"
+        "@lru_cache(maxsize=None)\n"
+        "def fib(n):  # fib stays in comments\n"
+        "    s = 'fib(1) in a string'\n"
+        "    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
+    )
+    prog = parsing.prepare_program(src, f_replace_location="not_first", reject_multiple_functions=False)
+    assert prog.source == src.strip().replace("def fib(", "def f(").replace("else fib(n - 1) + fib(n - 2)", "else f(n - 1) + f(n - 2)")
+    assert "# fib stays in comments" in prog.source and "'fib(1) in a string'" in prog.source
+    assert prog.imports == ["from functools import lru_cache"]
+
+
+def test_rename_handles_non_ascii_columns():
+    src = "def g(x):\n    s = 'héllo'; return g(x - 1) if x else s\n"
+    prog = parsing.prepare_program(src, f_replace_location="not_first", reject_multiple_functions=False)
+    assert prog.source == "def f(x):\n    s = 'héllo'; return f(x - 1) if x else s"
+
+
+def test_existing_f_is_the_entry_and_location_rules():
+    both = "def helper(x):\n    return x\n\ndef f(x):\n    return helper(x)"
+    # an existing top-level f is kept (the reference's not_first would rename `helper` to a second f)
+    assert parsing.prepare_program(both, f_replace_location="not_first", reject_multiple_functions=False).source == both
+    two = "def a(x):\n    return x\n\ndef b(x):\n    return a(x) + 1"
+    assert "def f(x):\n    return x" in parsing.prepare_program(two, f_replace_location="not_first", reject_multiple_functions=False).source
+    last = parsing.prepare_program(two, f_replace_location="any_last", reject_multiple_functions=False).source
+    assert "def f(x):\n    return a(x) + 1" in last and "def a(x)" in last
+
+
+def test_reject_multiple_functions_counts_top_level_defs_only():
+    nested = "def f(n):\n    def step(x):\n        return x + 1\n    return step(n)"
+    methods = "class S:\n    def __init__(self):\n        self.items = []\n\ndef f(x):\n    return S().items"
+    two = "def g(x):\n    return x\n\ndef f(x):\n    return g(x)"
+    for src in (nested, methods):
+        assert isinstance(parsing.prepare_program(src, f_replace_location="not_first", reject_multiple_functions=True), parsing.Program)
+    assert parsing.prepare_program(two, f_replace_location="not_first", reject_multiple_functions=True) == "multiple_defs"
+    assert isinstance(parsing.prepare_program(two, f_replace_location="not_first", reject_multiple_functions=False), parsing.Program)
+
+
+@pytest.mark.parametrize(
+    "src, reason",
+    [
+        ("", "empty_code"),
+        ("def f(x)\n    return x", "syntax_error"),
+        ("f = lambda x: x + 1", "no_def"),
+        ("print x", "syntax_error"),
+    ],
+)
+def test_prepare_program_failures(src, reason):
+    assert parsing.prepare_program(src, f_replace_location="not_first", reject_multiple_functions=False) == reason
+
+
+def test_parse_call_args_accepts_args_and_kwargs_only():
+    assert parsing.parse_call_args("[1, 2], scale=3") is not None
+    assert parsing.parse_call_args("7, 2)") is None
+    assert parsing.parse_call_args("1) + f(2") is None  # not a single call of f
+    assert parsing.parse_call_args("[" * 100_000) is None  # absurd nesting is refused, not a crash
