@@ -1,0 +1,105 @@
+"""`azr-jax score --in ROLLOUTS.jsonl --out SCORED.jsonl`: offline scoring with the trainer's code.
+
+Every input line yields exactly one output line, in order. A line that is not a JSON object
+following the schema yields `{"id", "line", "error", "format_ok": false, "valid": false,
+"reason": "bad_record", "problem": null, "accuracy": null, "reward": null}` and scoring goes on.
+Progress and a one-line summary go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from azr_jax.config import load_config
+from azr_jax.errors import UserError
+
+CHUNK = 256  # records per score_records call: bounds memory and gives regular progress
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--in", dest="input", required=True, help="rollouts JSONL (DESIGN §3.3 input schema)")
+    parser.add_argument("--out", dest="output", required=True, help="where to write the scored JSONL")
+    parser.add_argument("--config", default=None, help="config file (.py or config.json); default: built-in defaults")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set azr.boundary_reward=0.0 (repeatable)")
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise UserError(f"input file not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"input file {path} is not UTF-8 text: {e}") from None
+
+
+def _decode(line: str):
+    """A JSON object, or an error message for the line."""
+    if not line.strip():
+        return None, "empty line"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON: {e.msg} (column {e.colno})"
+    if not isinstance(obj, dict):
+        return None, "not a JSON object"
+    return obj, None
+
+
+def score_file(in_path: Path, out_path: Path, cfg, sandbox, progress=sys.stderr) -> dict:
+    """Score `in_path` into `out_path`; returns summary counts."""
+    from azr_jax.azr.scoring import error_record, score_records
+
+    lines = _read_lines(in_path)
+    stats = defaultdict(lambda: {"n": 0, "valid": 0, "reward_sum": 0.0, "rewarded": 0})
+    errors = 0
+    start = time.monotonic()
+    with out_path.open("w", encoding="utf-8") as out:
+        for begin in range(0, len(lines), CHUNK):
+            chunk = lines[begin:begin + CHUNK]
+            decoded = [_decode(line) for line in chunk]
+            good = [obj for obj, err in decoded if err is None]
+            scored = iter(score_records(good, cfg, sandbox))
+            for offset, (obj, err) in enumerate(decoded):
+                row = error_record(obj, err) if err is not None else next(scored)
+                if row.get("error") is not None:
+                    row = {"id": row["id"], "line": begin + offset + 1, **{k: v for k, v in row.items() if k != "id"}}
+                    errors += 1
+                else:
+                    s = stats[f"{obj['role']}/{obj['task']}"]
+                    s["n"] += 1
+                    s["valid"] += int(row["valid"])
+                    if row["reward"] is not None:
+                        s["reward_sum"] += row["reward"]
+                        s["rewarded"] += 1
+                out.write(json.dumps(row) + "\n")
+            if len(lines) > CHUNK:
+                done = min(begin + CHUNK, len(lines))
+                print(f"azr-jax score: {done}/{len(lines)} lines ({time.monotonic() - start:.1f}s)", file=progress, flush=True)
+    return {"lines": len(lines), "errors": errors, "groups": dict(stats)}
+
+
+def _summary(counts: dict) -> str:
+    parts = []
+    for group, s in sorted(counts["groups"].items()):
+        mean = f"{s['reward_sum'] / s['rewarded']:+.3f}" if s["rewarded"] else "n/a"
+        parts.append(f"{group}: {s['n']} ({s['valid']} valid, mean reward {mean})")
+    return f"azr-jax score: {counts['lines']} lines, {counts['errors']} malformed; " + "; ".join(parts)
+
+
+def main(args: argparse.Namespace) -> int:
+    from azr_jax.sandbox import Sandbox
+
+    cfg = load_config(args.config, args.overrides)
+    in_path, out_path = Path(args.input), Path(args.output)
+    if not out_path.parent.is_dir():
+        raise UserError(f"output directory does not exist: {out_path.parent}")
+    with Sandbox(cfg.sandbox) as sandbox:
+        counts = score_file(in_path, out_path, cfg, sandbox)
+    print(_summary(counts), file=sys.stderr)
+    return 0
