@@ -95,9 +95,9 @@ class AZRSection:
     buffer_cap: int = 16384
     buffer_eviction: str = "drop_oldest"  # drop_oldest | keep_oldest (reference: keep_oldest)
     pred_data_mix: str = "max_new"
-    reject_multiple_functions: bool = False  # reference Qwen runs: True (rejects nested helpers too)
+    reject_multiple_functions: bool = False  # True: refuse a second top-level function (reference: any second def)
     f_replace_location: str = "not_first"  # not_first | any_last
-    code_location: str = "first"  # first | last fenced block
+    code_location: str = "first"  # first | last ```python``` (or untagged) block of a proposal
     banned_words: list = field(
         default_factory=lambda: [
             "logging", "random", "multiprocessing", "pebble", "subprocess", "threading",

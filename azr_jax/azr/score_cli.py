@@ -97,6 +97,8 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     in_path, out_path = Path(args.input), Path(args.output)
+    if not in_path.is_file():  # fail before starting the sandbox
+        raise UserError(f"input file not found: {in_path}")
     if not out_path.parent.is_dir():
         raise UserError(f"output directory does not exist: {out_path.parent}")
     with Sandbox(cfg.sandbox) as sandbox:

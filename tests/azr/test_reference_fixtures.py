@@ -61,7 +61,7 @@ ROWS = {
 
 
 def value(text):
-    return ast.literal_eval(text)
+    return ast.literal_eval(text)  # test-only: fixture texts and sandbox reprs
 
 
 def golds(problem):

@@ -1,0 +1,181 @@
+"""score_records beyond the fixtures: deviations on solver answers, batching, and the CLI."""
+
+import json
+
+import pytest
+
+from azr_jax import cli
+from azr_jax.azr.buffers import identity_induction, identity_triplet
+from azr_jax.azr.scoring import score_records
+from azr_jax.config import load_config
+from azr_jax.sandbox import Sandbox
+
+OVERRIDES = ["sandbox.timeout_s=4"]
+TASK = {"program": "def f(a, k):\n    return sorted(a)[k]", "input": "[5, 3, 9], 2", "output": "9", "imports": []}
+
+
+def answer(body):
+    return f" thinking </think> <answer>{body}</answer>"
+
+
+def solve(task, problem, body, rid="x"):
+    return {"id": rid, "role": "solve", "task": task, "response": answer(body), "problem": problem}
+
+
+def propose(task, body, problem=None, solver_responses=None, rid="p"):
+    rec = {"id": rid, "role": "propose", "task": task, "response": answer(body), "problem": problem}
+    if solver_responses is not None:
+        rec["solver_responses"] = solver_responses
+    return rec
+
+
+class CountingSandbox:
+    """Delegates to a real Sandbox and counts the calls made on it."""
+
+    def __init__(self, sb):
+        self.sb, self.runs, self.compares = sb, 0, 0
+
+    def run(self, jobs):
+        self.runs += 1
+        return self.sb.run(jobs)
+
+    def compare(self, pairs):
+        self.compares += 1
+        return self.sb.compare(pairs)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(None, OVERRIDES)
+
+
+@pytest.fixture(scope="module")
+def sb(cfg):
+    with Sandbox(cfg.sandbox) as sandbox:
+        yield sandbox
+
+
+def one(rec, cfg, sb):
+    return score_records([rec], cfg, sb)[0]
+
+
+@pytest.mark.parametrize(
+    "body, accuracy",
+    [
+        ("```input\n[1, 9], 1\n```", 1.0),
+        ("```input\n[\n  9,\n  1,\n], 1\n```", 1.0),  # multi-line answers are fine (reference: 0)
+        ("```input\n[0], 0) or (True\n```", 0.0),  # injection (reference: 1)
+        ("```input\nsorted([9, 1]), 1\n```", 0.0),  # expressions are not evaluated (reference: 1)
+        ("```input\na=[9], k=0\n```", 1.0),  # keyword arguments with literal values
+    ],
+)
+def test_abduction_answers(cfg, sb, body, accuracy):
+    out = one(solve("abduction", TASK, body), cfg, sb)
+    assert out["valid"] and out["accuracy"] == accuracy
+    assert out["reward"] == (1.0 if accuracy else -0.5)
+
+
+@pytest.mark.parametrize(
+    "body, accuracy",
+    [
+        ("```output\n9.0\n```", 1.0),  # value equality, as Python's == on plain values
+        ("```python\n9\n```", 0.0),  # wrong fence: the whole answer text is not a value
+        ("```output\ntype('E', (), {'__eq__': lambda s, o: True})()\n```", 0.0),
+    ],
+)
+def test_deduction_answers(cfg, sb, body, accuracy):
+    assert one(solve("deduction", TASK, body), cfg, sb)["accuracy"] == accuracy
+
+
+def test_solve_reward_rows(cfg, sb):
+    bad_format = {"id": "b", "role": "solve", "task": "deduction", "response": "no tags 9", "problem": TASK}
+    assert one(bad_format, cfg, sb) == {"id": "b", "format_ok": False, "valid": False, "reason": "no_answer",
+                                         "problem": None, "accuracy": 0.0, "reward": -1.0}
+    ind = identity_induction()
+    no_code = one(solve("induction", ind, "It returns its input."), cfg, sb)
+    assert no_code["format_ok"] and not no_code["valid"] and no_code["reward"] == -1.0
+    right = one(solve("induction", ind, "```python\ndef f(x):\n    return x\n```"), cfg, sb)
+    assert right["accuracy"] == 1.0 and right["reward"] == 1.0
+
+
+def test_seed_tasks_validate_to_their_stored_outputs(cfg, sb):
+    t = identity_triplet()
+    rec = propose("deduction", f"```python\n{t['program']}\n```\n```input\n{t['input']}\n```")
+    out = one(rec, cfg, sb)
+    assert out["valid"] and out["problem"] == t
+    ind = identity_induction()
+    inputs = "".join(f"```input\n{i}\n```\n" for i in ind["inputs"])
+    cfg6 = load_config(None, OVERRIDES + ["azr.num_inputs=6"])
+    out = one(propose("induction", inputs + "```message\nhint\n```", problem={"program": ind["program"]}), cfg6, sb)
+    assert out["valid"] and out["problem"]["outputs"] == ind["outputs"] and out["problem"]["visible"] == 3
+
+
+def test_proposal_reasons(cfg, sb):
+    def reason(task, body, problem=None):
+        return one(propose(task, body, problem), cfg, sb)["reason"]
+
+    code = "```python\nclass P:\n    pass\n\ndef f(x):\n    return P()\n```\n```input\n1\n```"
+    assert reason("deduction", code) == "unrepresentable"
+    assert reason("abduction", "```python\ndef f(x):\n    return x\n```\n```input\n__import__('os')\n```") == "banned_builtin"
+    assert reason("abduction", "```python\ndef f(x):\n    return 1 / x\n```\n```input\n0\n```") == "runtime_error"
+    assert reason("deduction", "```python\ndef f(x):\n    return x\n```") == "no_input"
+    ten = "".join("```input\n1\n```\n" for _ in range(9)) + "```input\n__import__('os')\n```\n```message\nm\n```"
+    assert reason("induction", ten, {"program": "def f(x):\n    return x"}) == "banned_builtin"
+
+
+def test_max_output_chars_reproduces_reference_truncation(sb):
+    cfg400 = load_config(None, OVERRIDES + ["azr.max_output_chars=400"])
+    out = one(propose("deduction", "```python\ndef f(n):\n    return 'a' * n\n```\n```input\n500\n```"), cfg400, sb)
+    gold = out["problem"]["output"]
+    assert len(gold) == 403 and gold == "'" + "a" * 199 + "..." + "a" * 199 + "'"
+
+
+def test_batch_uses_few_sandbox_calls(cfg, sb):
+    counting = CountingSandbox(sb)
+    good = "```python\ndef f(a, k):\n    return sorted(a)[k]\n```\n```input\n[5, 3, 9], 2\n```"
+    solvers = [answer("```output\n9\n```"), answer("```output\n3\n```"), answer("```output\n9\n```")]
+    records = [
+        propose("deduction", good, solver_responses=solvers, rid="p1"),
+        propose("abduction", good, solver_responses=[answer("```input\n[9], 0\n```")] * 4, rid="p2"),
+        solve("deduction", TASK, "```output\n9\n```", rid="s1"),
+        solve("abduction", TASK, "```input\n[1, 9], 1\n```", rid="s2"),
+        solve("induction", identity_induction(), "```python\ndef f(x):\n    return x\n```", rid="s3"),
+        {"id": "bad", "role": "judge"},
+    ]
+    out = score_records(records, cfg, counting)
+    assert counting.runs == 2 and counting.compares == 1
+    assert [o["id"] for o in out] == ["p1", "p2", "s1", "s2", "s3", "bad"]
+    assert out[0]["accuracy"] == pytest.approx(2 / 3) and out[0]["reward"] == pytest.approx(1 / 3)
+    assert out[1]["accuracy"] == 1.0 and out[1]["reward"] == -0.5  # boundary: always solved
+    assert [o["accuracy"] for o in out[2:5]] == [1.0, 1.0, 1.0]
+    assert out[5]["reason"] == "bad_record" and out[5]["reward"] is None and "missing field" in out[5]["error"]
+
+
+def test_cli_scores_every_line_and_reports_malformed_ones(tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    dst = tmp_path / "out.jsonl"
+    lines = [
+        json.dumps(solve("deduction", TASK, "```output\n9\n```", rid="ok")),
+        "{not json",
+        json.dumps({"id": "r", "role": "critic", "task": "deduction", "response": "", "problem": TASK}),
+        "",
+        json.dumps([1, 2]),
+        json.dumps({"id": "m", "role": "solve", "task": "abduction", "response": "x"}),
+    ]
+    src.write_text("\n".join(lines) + "\n")
+    assert cli.main(["score", "--in", str(src), "--out", str(dst), "--set", "sandbox.timeout_s=4"]) == 0
+    rows = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert len(rows) == len(lines)
+    assert rows[0]["id"] == "ok" and rows[0]["reward"] == 1.0 and "line" not in rows[0]
+    for n, row in enumerate(rows[1:], start=2):
+        assert row["line"] == n and row["valid"] is False and row["reward"] is None and row["error"]
+    assert rows[2]["id"] == "r" and "role must be one of" in rows[2]["error"]
+    assert rows[5]["id"] == "m" and "problem" in rows[5]["error"]
+    err = capsys.readouterr().err
+    assert "6 lines, 5 malformed" in err and "solve/deduction: 1 (1 valid, mean reward +1.000)" in err
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+    assert cli.main(["score", "--in", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"azr-jax: error: input file not found: {tmp_path / 'missing.jsonl'}"]
