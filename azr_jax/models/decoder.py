@@ -28,6 +28,14 @@ _INIT_STD = 0.02  # transformers' initializer_range for these families
 
 _ACT_BTD = ("batch", "length", "embed")
 
+# Rematerialisation of the layer in the backward pass (the update step's `model.remat`):
+# what is saved per layer; everything else is recomputed.
+REMAT_POLICIES = {
+    "none": None,  # no jax.checkpoint: all activations saved
+    "full": jax.checkpoint_policies.nothing_saveable,  # only the layer's inputs
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # + projection/MLP matmuls
+}
+
 
 # ----------------------------------------------------------------------------------------------
 # Parameters
@@ -179,6 +187,7 @@ def forward(
     cache: Cache | None = None,
     compute_dtype: Any = jnp.float32,
     return_hidden: bool = False,
+    remat: str = "none",
 ):
     """Logits [B, T, V] (float32) and the updated cache (None without one).
 
@@ -186,7 +195,9 @@ def forward(
     With a cache, the T new keys/values go to slots [index, index + T) of every row and each
     query attends causally by slot to all valid slots. `return_hidden=True` adds a third output,
     [L + 1, B, T, D]: the input of every layer, then the final normed state (transformers'
-    `output_hidden_states` convention).
+    `output_hidden_states` convention). `remat` (training only) recomputes each layer's
+    activations in the backward pass: `full` keeps only the layer inputs, `dots` also keeps the
+    weight matmul outputs (see `REMAT_POLICIES`).
     """
     cfg = config
     cd = jnp.dtype(compute_dtype)
@@ -254,6 +265,10 @@ def forward(
     k_cache = None if cache is None else cache["k"]
     v_cache = None if cache is None else cache["v"]
     layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+    if remat != "none":  # prevent_cse=False is safe (and faster) inside scan
+        layer = jax.checkpoint(layer, policy=REMAT_POLICIES[remat], prevent_cse=False)
     (x_btd, k_cache, v_cache), layer_inputs = lax.scan(
         layer, (x_btd, k_cache, v_cache), (params["layers"], layer_ids)
     )
