@@ -46,6 +46,7 @@ def token_logprobs_and_entropy(
         config=config,
         mask_bt=batch["mask"],
         compute_dtype=compute_dtype,
+        remat=remat,
     )
     return logprobs_from_logits(logits_btv, batch["tokens"], temperature)
 

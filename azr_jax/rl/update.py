@@ -102,6 +102,89 @@ def _split_micro_batches(x_bt: jax.Array, n_micro: int) -> jax.Array:
     return jnp.swapaxes(x, 0, 1)
 
 
+def make_grad_fn(
+    model_cfg,
+    rl_cfg,
+    *,
+    mesh: Mesh | None = None,
+    rules: dict | None = None,
+    compute_dtype=jnp.bfloat16,
+    remat: str = "none",
+    temperature: float = 1.0,
+) -> Callable[[Any, dict], tuple[Any, dict]]:
+    """`grads_fn(params, batch) -> (grads, metrics)`: the full-batch objective's gradient,
+    accumulated over micro-batches of `rl_cfg.micro_batch_size` rows with `lax.scan`.
+
+    Not jitted (the train step jits it together with the optimizer). Must be traced under
+    `mesh_rules(mesh, rules)` when a mesh is given. Metrics: loss, pg_loss, entropy,
+    clip_frac, dual_clip_frac, approx_kl (and ref_kl), tokens.
+    """
+    keys = BATCH_KEYS + (OPTIONAL_BATCH_KEYS if rl_cfg.kl_coef > 0 else ())
+    if mesh is not None:
+        micro_sharding = NamedSharding(mesh, PartitionSpec(None, *logical_to_pspec(BATCH_AXES, rules)))
+        param_sh = param_shardings(model_cfg, mesh, rules)
+
+    def micro_loss(params, micro):
+        logp_bt, entropy_bt = token_logprobs_and_entropy(
+            params, micro, model_cfg, compute_dtype, temperature=temperature, remat=remat
+        )
+        return policy_loss(logp_bt, entropy_bt, micro, micro["weights"], rl_cfg)
+
+    micro_grad = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def grads_fn(params, batch: dict):
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise UserError(f"update batch is missing {missing}; it needs {list(keys)}")
+        batch = {k: batch[k] for k in keys}
+        rows = batch["tokens"].shape[0]
+        micro_rows = min(rl_cfg.micro_batch_size, rows)
+        if rows % micro_rows:
+            raise UserError(f"batch of {rows} rows is not a multiple of rl.micro_batch_size={micro_rows}")
+        n_micro = rows // micro_rows
+        loss_mask_bt = batch["loss_mask"].astype(jnp.float32)
+        # Weights over the whole batch: each micro-batch's loss is its share of the full objective.
+        batch["weights"] = aggregation_weights(loss_mask_bt, rl_cfg.loss_agg, chunk_rows=micro_rows)
+        micro_batches = jax.tree.map(lambda x: _split_micro_batches(x, n_micro), batch)
+        zero_grads = jax.tree.map(jnp.zeros_like, params)
+        if mesh is not None:
+            micro_batches = jax.lax.with_sharding_constraint(micro_batches, micro_sharding)
+            zero_grads = jax.lax.with_sharding_constraint(zero_grads, param_sh)
+
+        def accumulate(carry, micro):
+            grads_acc, sums_acc = carry
+            (_, sums), grads = micro_grad(params, micro)
+            grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+            if mesh is not None:
+                grads_acc = jax.lax.with_sharding_constraint(grads_acc, param_sh)
+            return (grads_acc, jax.tree.map(jnp.add, sums_acc, sums)), None
+
+        # The metric tree's structure, from the loss alone (cheap: no model in this trace).
+        first = jax.tree.map(lambda x: x[0], micro_batches)
+        sums_shape = jax.eval_shape(
+            lambda m: policy_loss(m["old_logprobs"], m["old_logprobs"], m, m["weights"], rl_cfg)[1], first
+        )
+        zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
+        (grads, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_sums), micro_batches)
+
+        n_tokens = jnp.sum(loss_mask_bt)
+        per_token = 1.0 / jnp.maximum(n_tokens, 1.0)
+        metrics = {
+            "loss": sums["loss"],
+            "pg_loss": sums["pg_loss"],
+            "entropy": sums["entropy_sum"] * per_token,
+            "clip_frac": sums["clip_frac_sum"] * per_token,
+            "dual_clip_frac": sums["dual_clip_frac_sum"] * per_token,
+            "approx_kl": sums["approx_kl_sum"] * per_token,
+            "tokens": n_tokens,
+        }
+        if "ref_kl_sum" in sums:
+            metrics["ref_kl"] = sums["ref_kl_sum"] * per_token
+        return grads, metrics
+
+    return grads_fn
+
+
 def make_train_step(
     model_cfg,
     rl_cfg,
@@ -117,96 +200,38 @@ def make_train_step(
     """Build the jitted update `train_step(state, batch) -> (state, metrics)`.
 
     `batch` holds the `BATCH_KEYS` (and `ref_logprobs` when `rl_cfg.kl_coef > 0`), all [B, T];
-    B must be a multiple of `rl_cfg.micro_batch_size` (or smaller than it: one micro-batch).
-    `state` is donated: do not reuse the state passed in. Metrics are float32 scalars:
-    loss, pg_loss, entropy, clip_frac, dual_clip_frac, approx_kl (and ref_kl), grad_norm, lr,
-    tokens (response tokens in the batch).
+    B must be a multiple of `rl_cfg.micro_batch_size` (or smaller than it: one micro-batch), and
+    under a mesh each micro-batch a multiple of the devices on the batch axes. `state` is donated:
+    do not reuse the state passed in. Metrics are float32 scalars: loss, pg_loss, entropy,
+    clip_frac, dual_clip_frac, approx_kl (and ref_kl), grad_norm, lr, tokens (response tokens).
+    `temperature` divides the logits (the rollout temperature, AZR_SPEC §4.2).
     """
     optimizer = make_optimizer(optim_cfg, total_steps)
     schedule = make_schedule(optim_cfg, total_steps)
-    keys = BATCH_KEYS + (OPTIONAL_BATCH_KEYS if rl_cfg.kl_coef > 0 else ())
-
-    if mesh is not None:
-        batch_pspec = logical_to_pspec(BATCH_AXES, rules)
-        micro_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_pspec))
-        param_sh = param_shardings(model_cfg, mesh, rules)
-
-    def micro_loss(params, micro):
-        logp_bt, entropy_bt = token_logprobs_and_entropy(
-            params, micro, model_cfg, compute_dtype, temperature=temperature, remat=remat
-        )
-        return policy_loss(logp_bt, entropy_bt, micro, micro["weights"], rl_cfg)
-
-    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    grads_fn = make_grad_fn(
+        model_cfg, rl_cfg, mesh=mesh, rules=rules, compute_dtype=compute_dtype, remat=remat, temperature=temperature
+    )
 
     def step_fn(state: TrainState, batch: dict):
-        missing = [k for k in keys if k not in batch]
-        if missing:
-            raise UserError(f"update batch is missing {missing}; it needs {list(keys)}")
-        batch = {k: batch[k] for k in keys}
-        rows = batch["tokens"].shape[0]
-        micro_rows = min(rl_cfg.micro_batch_size, rows)
-        if rows % micro_rows:
-            raise UserError(f"batch of {rows} rows is not a multiple of rl.micro_batch_size={micro_rows}")
-        n_micro = rows // micro_rows
-        loss_mask_bt = batch["loss_mask"].astype(jnp.float32)
-        batch["weights"] = aggregation_weights(loss_mask_bt, rl_cfg.loss_agg, chunk_rows=micro_rows)
-        micro_batches = jax.tree.map(lambda x: _split_micro_batches(x, n_micro), batch)
-        zero_grads = jax.tree.map(jnp.zeros_like, state.params)
-        if mesh is not None:
-            micro_batches = jax.lax.with_sharding_constraint(micro_batches, micro_sharding)
-            zero_grads = jax.lax.with_sharding_constraint(zero_grads, param_sh)
-
-        def accumulate(carry, micro):
-            grads_acc, metrics_acc = carry
-            (_, metrics), grads = grad_fn(state.params, micro)
-            grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
-            if mesh is not None:
-                grads_acc = jax.lax.with_sharding_constraint(grads_acc, param_sh)
-            return (grads_acc, jax.tree.map(jnp.add, metrics_acc, metrics)), None
-
-        # The metric tree's structure, from the loss alone (cheap: no model in this trace).
-        first = jax.tree.map(lambda x: x[0], micro_batches)
-        metrics_shape = jax.eval_shape(
-            lambda m: policy_loss(m["old_logprobs"], m["old_logprobs"], m, m["weights"], rl_cfg)[1], first
-        )
-        zero_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
-        (grads, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), micro_batches)
-
-        grad_norm = optax.global_norm(grads)
+        grads, metrics = grads_fn(state.params, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1)
-
-        n_tokens = jnp.sum(loss_mask_bt)
-        per_token = 1.0 / jnp.maximum(n_tokens, 1.0)
-        metrics = {
-            "loss": sums["loss"],
-            "pg_loss": sums["pg_loss"],
-            "entropy": sums["entropy_sum"] * per_token,
-            "clip_frac": sums["clip_frac_sum"] * per_token,
-            "dual_clip_frac": sums["dual_clip_frac_sum"] * per_token,
-            "approx_kl": sums["approx_kl_sum"] * per_token,
-            "grad_norm": grad_norm,
-            "lr": jnp.asarray(schedule(state.step), jnp.float32),
-            "tokens": n_tokens,
-        }
-        if "ref_kl_sum" in sums:
-            metrics["ref_kl"] = sums["ref_kl_sum"] * per_token
-        return new_state, metrics
-
-    def traced(state, batch):
-        if mesh is None:
-            return step_fn(state, batch)
-        with mesh_rules(mesh, rules):
-            return step_fn(state, batch)
+        metrics["grad_norm"] = optax.global_norm(grads)  # before clipping
+        metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)  # the rate this update used
+        return TrainState(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
     if mesh is None:
-        return jax.jit(traced, donate_argnums=0)
+        return jax.jit(step_fn, donate_argnums=0)
+
+    def traced(state, batch):
+        with mesh_rules(mesh, rules):  # read at trace time by the decoder's activation constraints
+            return step_fn(state, batch)
+
     state_sh = _state_shardings(model_cfg, optimizer, mesh, rules)
+    batch_sharding = NamedSharding(mesh, logical_to_pspec(BATCH_AXES, rules))
     return jax.jit(
         traced,
-        in_shardings=(state_sh, NamedSharding(mesh, batch_pspec)),
+        in_shardings=(state_sh, batch_sharding),
         out_shardings=(state_sh, NamedSharding(mesh, PartitionSpec())),
         donate_argnums=0,
     )
