@@ -12,6 +12,7 @@ does not apply to root, and root can write anywhere).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -78,12 +79,22 @@ def _python_prefix(python: str) -> str:
     return str(Path(python).resolve().parent.parent)
 
 
+@functools.lru_cache(maxsize=None)
 def _bwrap_supports(flag: str) -> bool:
     try:
         out = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return flag in out.stdout + out.stderr
+
+
+@functools.lru_cache(maxsize=None)
+def _unshare_supports(flag: str) -> bool:
+    try:
+        out = subprocess.run(["unshare", "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return flag in out.stdout
 
 
 def bwrap_argv(plan: Plan) -> list[str]:
@@ -127,7 +138,10 @@ def zygote_command(plan: Plan, uid: int | None, scratch: str) -> tuple[list[str]
     elif plan.mode == "unshare":
         argv = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--ipc", "--uts", "--kill-child"]
         if uid is None:
-            argv.append("--map-root-user")  # unprivileged: namespaces need a user namespace
+            # Unprivileged: namespaces need a user namespace. Map our uid to itself so the zygote
+            # holds no capabilities there (as mapped root it could ptrace its own children's
+            # siblings and itself be ptraced by them).
+            argv.append("--map-current-user" if _unshare_supports("--map-current-user") else "--map-root-user")
         else:
             config["drop_uid"] = uid  # the zygote drops root itself, inside the namespaces
         argv += py

@@ -78,13 +78,13 @@ def _check_plain(value):
         v, depth = stack.pop()
         nodes += 1
         if depth > MAX_DEPTH or nodes > MAX_NODES:
-            raise TypeError("too deep or too large")
+            raise _Unrepresentable("too deep or too large")
         t = _type(v)
         if t in PLAIN_SCALARS:
             if t is float and not _float_is_finite(v):
-                raise TypeError("non-finite float")
+                raise _Unrepresentable("non-finite float")
             if t is complex and not (_float_is_finite(v.real) and _float_is_finite(v.imag)):
-                raise TypeError("non-finite complex")
+                raise _Unrepresentable("non-finite complex")
         elif t is dict:
             for k, item in v.items():
                 stack.append((k, depth + 1))
@@ -93,12 +93,15 @@ def _check_plain(value):
             for item in v:
                 stack.append((item, depth + 1))
         else:
-            raise TypeError(t.__name__)
+            raise _Unrepresentable(t.__name__)
 
 
 def _describe(exc):
-    msg = _str(exc)
-    name = _type(exc).__name__
+    try:
+        msg = _str(exc)
+        name = _str(_type(exc).__name__)
+    except BaseException:  # noqa: BLE001 - a hostile __str__
+        msg, name = "", "Exception"
     if _isinstance(exc, MemoryError):
         return "memory"
     return (name + ": " + msg)[:300] if msg else name
@@ -173,10 +176,10 @@ def _child(req, wfd, scratch):
                     value = namespace["f"](*args, **kwargs)
                 else:
                     value = eval(compile("f(" + call + ")", "<call>", "eval"), namespace)
+                _check_plain(value)
                 try:
-                    _check_plain(value)
                     text = _repr(value)
-                except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:  # noqa: BLE001 - e.g. an int too long to print
                     raise _Unrepresentable(_describe(exc))
                 if _type(text) is not _str or _len(text) > req["max_output_chars"]:
                     raise _Unrepresentable("output too large")

@@ -1,0 +1,174 @@
+"""Semantics of the sandbox API: Job/JobResult, compare(), determinism, args modes, timeouts."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from azr_jax.config import SandboxSection
+from azr_jax.sandbox import Job, JobResult, Sandbox
+from azr_jax.sandbox.literals import NotALiteral, canonical, literal_call_text, parse_literal, texts_equal
+
+ADD = "def f(a, b=0):\n    return a + b\n"
+
+
+@pytest.fixture(scope="module")
+def sb():
+    with Sandbox(SandboxSection(timeout_s=1.5, workers=2)) as s:
+        yield s
+
+
+# -- compare / literals (host side, no processes) ---------------------------------------------
+
+@pytest.mark.parametrize("a,b,equal", [
+    ("9", "9.0", True),
+    ("{1, 2, 3}", "{3, 2, 1}", True),
+    ("'abc'", '"abc"', True),
+    ("(1, 2)", "(1, 2)", True),
+    ("1, 2", "(1, 2)", True),  # a bare tuple, as the reference's eval(a) == eval(b)
+    ("{'a': [1, (2, 3)]}", "{'a': [1, (2, 3)]}", True),
+    ("frozenset({1, 2})", "frozenset({2, 1})", True),
+    ("set()", "set()", True),
+    ("(1+2j)", "(1+2j)", True),
+    ("-5", "-5", True),
+    ("b'x'", "b'x'", True),
+    ("'abc'", "abc", False),  # a name is not a literal
+    ("[1, 2]", "(1, 2)", False),
+    ("2", "sum([1, 1])", False),  # answers are never evaluated
+    ("1", "__import__('os').getpid()", False),
+    ("nan", "nan", False),
+    ("...", "...", False),
+    ("[" * 300 + "]" * 300, "[" * 300 + "]" * 300, False),  # nesting limit
+])
+def test_compare_semantics(sb, a, b, equal):
+    assert sb.compare([(a, b)]) == [equal]
+    assert texts_equal(a, b) is equal
+
+
+def test_canonical_and_literal_parsing():
+    assert canonical("{'b': 1,  'a' : (1,)}") == "{'b': 1, 'a': (1,)}"
+    assert canonical('"x"') == "'x'"
+    for bad in ("f(1)", "x", "1 + 1", "{[1]: 2}", "lambda: 0", "1 if 1 else 2", "'" + "a" * 2_000_000 + "'"):
+        with pytest.raises(NotALiteral):
+            parse_literal(bad)
+    assert parse_literal("frozenset()") == frozenset()
+    assert literal_call_text("[1,2],  k = {'a': 1}") == "[1, 2], k={'a': 1}"
+    for bad in ("1) or (True", "*[1]", "**{'a': 1}", "x", "g(1)", "1); import os; (2"):
+        with pytest.raises(NotALiteral):
+            literal_call_text(bad)
+
+
+def test_job_validation():
+    with pytest.raises(ValueError):
+        Job(ADD, ["1"], args_mode="python")
+    with pytest.raises(ValueError):
+        Job(ADD, ["1", "2"], expected=["1"])
+    with pytest.raises(ValueError):
+        Job(ADD, ["1"], repeats=0)
+
+
+# -- running jobs ------------------------------------------------------------------------------
+
+def test_outputs_matches_and_order(sb):
+    jobs = [Job(ADD, ["1, 2", "'a', b='b'", "[1], [2.5]"], expected=["3", "'ab'", "[1, 9]"]),
+            Job("def f(x):\n    return {x: (x, None, True, b'z', 1.5, 2j, frozenset({x}))}", ["7"]),
+            Job(ADD, ["10"], expected=["10.0"])]
+    r = sb.run(jobs)
+    assert r[0] == JobResult(outputs=["3", "'ab'", "[1, 2.5]"], errors=[None] * 3, deterministic=True,
+                             matches=[True, True, False], timed_out=False, error=None)
+    assert r[0].ok
+    assert r[1].outputs == ["{7: (7, None, True, b'z', 1.5, 2j, frozenset({7}))}"] and r[1].matches is None
+    assert r[2].matches == [True]  # 10 == 10.0 structurally
+
+
+def test_expression_vs_literal_args(sb):
+    prog = "K = 5\ndef f(x):\n    return x\n"
+    r_expr, r_lit = sb.run([
+        Job(prog, ["[1] * 3", "K + 1", "1) or (True"], args_mode="expression"),
+        Job(prog, ["[1] * 3", "(1, {'a': {2}})", "1) or (True", "K"], args_mode="literal"),
+    ])
+    assert r_expr.outputs == ["[1, 1, 1]", "6", None] and r_expr.errors[2].startswith("bad_args")
+    assert r_lit.outputs == [None, "(1, {'a': {2}})", None, None]
+    assert [e.split(":")[0] if e else e for e in r_lit.errors] == ["bad_args", None, "bad_args", "bad_args"]
+
+
+def test_errors_are_failures(sb):
+    progs = {
+        "raise ValueError('bad')": "ValueError: bad",
+        "raise StopIteration": "StopIteration",
+        "raise Exception('no error word')": "Exception: no error word",
+        "import sys; sys.exit(0)": "SystemExit: 0",
+        "return 1 // x": "ZeroDivisionError: integer division or modulo by zero",
+        "return object()": "unrepresentable: object",
+        "return float('inf')": "unrepresentable: non-finite float",
+    }
+    jobs = [Job(f"def f(x):\n    {body}\n", ["0"], expected=["1"]) for body in progs]
+    for (body, err), r in zip(progs.items(), sb.run(jobs)):
+        assert r.errors == [err] and r.outputs == [None] and r.matches == [False] and r.error is None, (body, r)
+        assert not r.ok
+
+
+def test_job_level_errors(sb):
+    r_syntax, r_import, r_nof, r_exit = sb.run([
+        Job("def f(x) return x", ["1"]),
+        Job("import no_such_module_azr\ndef f(x):\n    return x", ["1", "2"]),
+        Job("def g(x):\n    return x", ["1"]),
+        Job("import os\nos._exit(3)", ["1"]),
+    ])
+    assert r_syntax.error.startswith("SyntaxError") and r_syntax.errors == [r_syntax.error]
+    assert "ModuleNotFoundError" in r_import.error and r_import.outputs == [None, None]
+    assert r_nof.error == "program does not define a function f"
+    assert r_exit.error == "exited before reporting (exit status 3)"
+
+
+def test_determinism(sb):
+    r_acc, r_counter, r_set, r_ok = sb.run([
+        Job("def f(x, seen=[]):\n    seen.append(x)\n    return len(seen)\n", ["1"]),
+        Job("N = [0]\ndef f(x):\n    N[0] += 1\n    return N[0]\n", ["1", "2"]),
+        Job("def f(x):\n    return ''.join({'w%d ' % i for i in range(40)})\n", ["0"]),  # hash-seed dependent
+        Job("def f(x):\n    return sorted({'w%d' % i for i in range(40)})[:2]\n", ["0"], repeats=3),
+    ])
+    assert not r_acc.deterministic and r_acc.errors == ["nondeterministic"] and r_acc.outputs == [None]
+    assert not r_counter.deterministic and r_counter.errors == ["nondeterministic"] * 2
+    assert not r_set.deterministic
+    assert r_ok.deterministic and r_ok.outputs == ["['w0', 'w1']"]
+
+
+def test_state_does_not_leak_between_jobs(sb):
+    sb.run([Job("import math, builtins\nmath.pi = 3\nbuiltins.abs = lambda x: 7\ndef f(x):\n    return 0", ["0"])] * 4)
+    r = sb.run([Job("import math\ndef f(x):\n    return (math.pi, abs(-1))", ["0"])] * 4)
+    assert {x.outputs[0] for x in r} == {"(3.141592653589793, 1)"}
+
+
+def test_timeouts_run_in_parallel(sb):
+    loops = [Job("def f(x):\n    while True:\n        pass\n", ["0"]) for _ in range(4)]
+    quick = [Job(ADD, ["1, 1"]) for _ in range(12)]
+    t0 = time.monotonic()
+    results = sb.run(loops[:2] + quick[:6] + loops[2:] + quick[6:])
+    wall = time.monotonic() - t0
+    assert [r.timed_out for r in results] == [True] * 2 + [False] * 6 + [True] * 2 + [False] * 6
+    assert all(r.error == "timeout" and r.errors == ["timeout"] for r in results if r.timed_out)
+    assert all(r.outputs == ["2"] for r in results if not r.timed_out)
+    # four infinite loops on two workers: about one timeout (1.5 s), never four in a row (6 s)
+    assert wall < 2.5 * 1.5, wall
+
+
+def test_isolation_report(sb):
+    rep = sb.isolation_report()
+    assert rep["mode"] in ("bwrap", "unshare", "none") and rep["workers"] == 2
+    assert rep["layers"]["rlimits"] is True and rep["layers"]["clean_env"] is True
+    assert rep["missing"] == [k for k, v in rep["layers"].items() if v is False]
+
+
+def test_none_mode_warns_once_naming_layers(caplog):
+    from azr_jax.sandbox import isolation
+
+    isolation._WARNED.discard("none")
+    with caplog.at_level(logging.WARNING, logger="azr_jax.sandbox"):
+        with Sandbox(SandboxSection(isolation="none", workers=1)) as s1, Sandbox(SandboxSection(isolation="none", workers=1)) as s2:
+            assert s1.run([Job(ADD, ["2, 3"])])[0].outputs == ["5"]
+            assert s2.isolation_report()["mode"] == "none"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "network_namespace" in warnings[0] and "read_only_filesystem" in warnings[0]
