@@ -376,7 +376,7 @@ class Model:
             return self._forward(self.params, tokens_bt, mask_bt, **kwargs)
         from azr_jax.sharding import mesh_rules
 
-        with self.mesh, mesh_rules(self.mesh, self.rules or _default_rules()):
+        with mesh_rules(self.mesh, self.rules or _default_rules()):
             return self._forward(self.params, tokens_bt, mask_bt, **kwargs)
 
     def logits(self, tokens, attention_mask=None) -> jax.Array:

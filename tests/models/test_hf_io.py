@@ -1,0 +1,258 @@
+"""HF checkpoint import/export: transformers -> azr-jax (sharded) -> transformers, on random models.
+
+Tolerances: float32 logits over left-padded rows of at most 16 tokens agree with transformers to
+1e-4 (DESIGN.md §5); tensors and reloaded transformers logits must be bit-identical.
+"""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+from hf_reference import hf_logits, hf_model, left_padded_batch, params_of, small_config
+from safetensors.numpy import save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from azr_jax.errors import UserError
+from azr_jax.models.checkpoint_hf import Model, from_pretrained, parse_size, read_block
+from azr_jax.models.decoder import init_params, param_shardings
+from azr_jax.models.hf_mapping import hf_tensor_specs
+from azr_jax.models.safetensors_io import SafetensorsReader
+from azr_jax.sharding import make_mesh
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32}
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+RULES = {"batch": ["data", "fsdp"], "length": None, "vocab": "tensor", "embed": "fsdp", "heads": "tensor",
+         "kv_heads": "tensor", "head_dim": None, "mlp": "tensor", "layers": None, "norm": None,
+         "cache_length": None}
+
+# name -> (config, HF save shard size (None = one file), mesh shape (None = one device), our save shard size)
+CASES = {
+    "qwen2-untied": (small_config("qwen2"), "100KB", {"data": 2, "fsdp": 2, "tensor": 2}, None),
+    "qwen2-tied": (small_config("qwen2", tie_word_embeddings=True), None, {"fsdp": 4, "tensor": 2}, "60KB"),
+    "llama-llama3rope": (small_config("llama", rope_scaling=LLAMA3_ROPE), "100KB", {"fsdp": 8}, "200KB"),
+    "qwen3": (small_config("qwen3"), None, None, None),
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_files(tmp_path_factory):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    # Qwen2's split pattern: transformers 5 rebuilds a qwen2/qwen3 checkpoint's tokenizer with it
+    # whatever tokenizer.json says, so a test tokenizer must already use it to compare equal.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([f"def f{i}(x):\n    return x + {i}\n" for i in range(100)], trainer)
+    d = tmp_path_factory.mktemp("tok")
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
+    return d
+
+
+def _save_hf(model, directory, shard_size, tokenizer_dir=None):
+    kwargs = {} if shard_size is None else {"max_shard_size": shard_size}
+    model.save_pretrained(directory, **kwargs)
+    if tokenizer_dir is not None:
+        for f in tokenizer_dir.iterdir():
+            shutil.copy(f, directory / f.name)
+    return directory
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_transformers_to_ours_to_transformers(case, tmp_path, tokenizer_files):
+    cfg, hf_shard, mesh_shape, our_shard = CASES[case]
+    hf = hf_model(cfg, seed=1, init_std=0.1)
+    src = _save_hf(hf, tmp_path / "src", hf_shard, tokenizer_files)
+    assert (src / "model.safetensors.index.json").exists() == (hf_shard is not None)
+
+    mesh = None if mesh_shape is None else make_mesh(mesh_shape)
+    ours = from_pretrained(src, mesh=mesh, rules=RULES)
+    assert ours.config == cfg.replace(max_position_embeddings=cfg.max_position_embeddings)
+
+    # Every device holds exactly its block of the full parameter, in the planned sharding.
+    expected = params_of(cfg, hf)
+    shardings = None if mesh is None else param_shardings(cfg, mesh, RULES)
+    split = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(ours.params):
+        full = expected
+        for key in path:
+            full = full[key.key]
+        assert leaf.dtype == jnp.float32 and leaf.shape == full.shape
+        if shardings is not None:
+            want = shardings
+            for key in path:
+                want = want[key.key]
+            assert leaf.sharding == want, path
+        for shard in leaf.addressable_shards:
+            np.testing.assert_array_equal(np.asarray(shard.data), full[shard.index])
+            split += shard.data.shape != full.shape
+    assert (split > 0) == (mesh is not None)
+
+    tokens, mask, positions = left_padded_batch([16, 9, 3], 16, cfg.vocab_size, seed=2)
+    ref = hf_logits(hf, tokens, mask, positions)
+    got = np.asarray(ours.logits(tokens, mask))
+    assert got.shape == (3, 16, cfg.vocab_size)
+    assert np.abs(got - ref)[mask == 1].max() < 1e-4
+
+    dst = tmp_path / "dst"
+    ours.save_pretrained(dst, max_shard_size=our_shard or "5GB")
+    assert (dst / "model.safetensors.index.json").exists() == (our_shard is not None)
+    with SafetensorsReader(dst) as reader:
+        assert ("lm_head.weight" in reader.tensors) == (not cfg.tie_word_embeddings)
+    reloaded = AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32, attn_implementation="eager")
+    before, after = hf.state_dict(), reloaded.state_dict()
+    assert sorted(before) == sorted(after)
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+    np.testing.assert_array_equal(hf_logits(reloaded, tokens, mask, positions), ref)
+    assert json.loads((dst / "generation_config.json").read_text())["eos_token_id"] == 2
+    theirs_tok = AutoTokenizer.from_pretrained(dst)
+    text = "def f7(x):\n    return x + 7<|im_end|>"
+    assert theirs_tok(text, add_special_tokens=False)["input_ids"] == ours.tokenizer.encode(text)
+    assert theirs_tok.eos_token_id == ours.tokenizer.eos_id == 2
+
+
+def test_slice_reads_match_hf_mapping_for_every_tensor(tmp_path):
+    """read_block(spec, any block) == hf_mapping's to_ours(full tensor)[block], all layouts."""
+    rng = np.random.default_rng(0)
+    for arch in ("qwen2", "qwen3"):
+        cfg = small_config(arch, num_layers=1)
+        specs = hf_tensor_specs(cfg)
+        tensors = {s.hf_name: rng.standard_normal(s.hf_shape).astype(np.float32) for s in specs}
+        save_file(tensors, str(tmp_path / "model.safetensors"))
+        with SafetensorsReader(tmp_path) as reader:
+            for spec in specs:
+                full = spec.to_ours(tensors[spec.hf_name])
+                whole = [(0, d) for d in full.shape]
+                np.testing.assert_array_equal(read_block(reader, spec, full.shape, whole), full)
+                for _ in range(3):
+                    bounds = []
+                    for d in full.shape:
+                        a = int(rng.integers(0, d))
+                        bounds.append((a, int(rng.integers(a + 1, d + 1))))
+                    block = read_block(reader, spec, full.shape, bounds)
+                    np.testing.assert_array_equal(block, full[tuple(slice(a, b) for a, b in bounds)])
+
+
+def test_bfloat16_cast_on_load_and_export(tmp_path):
+    cfg = small_config("llama", tie_word_embeddings=True)
+    hf = hf_model(cfg, seed=3)
+    src = _save_hf(hf, tmp_path / "src", None)
+    ours = from_pretrained(src, dtype=jnp.bfloat16)
+    expected = params_of(cfg, hf)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(ours.params):
+        full = expected
+        for key in path:
+            full = full[key.key]
+        assert leaf.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(leaf), full.astype(ml_dtypes.bfloat16))
+    assert ours.compute_dtype == jnp.bfloat16
+    ours.save_pretrained(tmp_path / "dst")
+    assert json.loads((tmp_path / "dst" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "dst")
+    assert reloaded.dtype == torch.bfloat16
+    for name, value in hf.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], value.to(torch.bfloat16)), name
+
+
+def test_random_azr_model_exports_to_transformers(tmp_path):
+    """A model that never came from HF (init_params) round-trips through transformers."""
+    cfg = small_config("qwen2", tie_word_embeddings=True)
+    model = Model(cfg, init_params(cfg, jax.random.key(0)))
+    with pytest.raises(UserError, match="no tokenizer"):
+        model.tokenizer
+    model.save_pretrained(tmp_path)
+    assert not (tmp_path / "tokenizer.json").exists()
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32, attn_implementation="eager")
+    tokens, mask, positions = left_padded_batch([12, 5], 12, cfg.vocab_size, seed=4)
+    diff = np.abs(np.asarray(model.logits(tokens, mask)) - hf_logits(hf, tokens, mask, positions))
+    assert diff[mask == 1].max() < 1e-4
+    again = from_pretrained(tmp_path)
+    for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(again.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: one UserError with a message that says what is wrong
+# ----------------------------------------------------------------------------------------------
+
+
+def _edit_config(**changes):
+    def edit(d):
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.update(changes)
+        (d / "config.json").write_text(json.dumps(cfg))
+    return edit
+
+
+def _truncate(d):
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def _index_to_missing_file(d):
+    with SafetensorsReader(d) as reader:
+        names = list(reader.tensors)
+    (d / "model.safetensors").rename(d / "weights.bin")
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: "gone.safetensors" for n in names}}))
+
+
+BAD_CHECKPOINTS = {
+    "missing config.json": (lambda d: (d / "config.json").unlink(), "has no config.json"),
+    "config.json not JSON": (lambda d: (d / "config.json").write_text("{oops"), "not valid JSON"),
+    "unsupported architecture": (_edit_config(model_type="gpt2", architectures=["GPT2LMHeadModel"]),
+                                 "unsupported HF model_type 'gpt2'"),
+    "no weights": (lambda d: (d / "model.safetensors").unlink(), "no weights in"),
+    "truncated safetensors": (_truncate, "truncated or not a safetensors file"),
+    "shape mismatch": (_edit_config(intermediate_size=96), r"gate_proj.weight has shape \[160, 64\]"),
+    "missing layer": (_edit_config(num_hidden_layers=3), "lacks tensor model.layers.2"),
+    "extra tensors": (_edit_config(num_hidden_layers=1), "does not account for: model.layers.1"),
+    "index names a missing shard": (_index_to_missing_file, "refers to gone.safetensors"),
+}
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory):
+    cfg = small_config("llama")
+    return _save_hf(hf_model(cfg, seed=5), tmp_path_factory.mktemp("good"), None)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CHECKPOINTS))
+def test_bad_checkpoint_raises_one_clear_user_error(case, good_checkpoint, tmp_path):
+    corrupt, message = BAD_CHECKPOINTS[case]
+    d = tmp_path / "ckpt"
+    shutil.copytree(good_checkpoint, d)
+    corrupt(d)
+    with pytest.raises(UserError, match=message) as info:
+        from_pretrained(d)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_directory_and_missing_tokenizer(good_checkpoint, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        from_pretrained(tmp_path / "nope")
+    model = from_pretrained(good_checkpoint)  # loads without a tokenizer ...
+    with pytest.raises(UserError, match="no tokenizer in"):
+        model.tokenizer  # ... and says so only when one is needed
+    with pytest.raises(UserError, match="attention_mask shape"):
+        model.logits(np.zeros((1, 4), np.int32), np.ones((1, 5), np.int32))
+
+
+def test_parse_size():
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("2MiB") == 2 * 2**20 and parse_size(123) == 123
+    for bad in ("lots", "5XB", 0, "-3MB"):
+        with pytest.raises(UserError, match="invalid shard size"):
+            parse_size(bad)
