@@ -1,0 +1,136 @@
+"""`azr-jax repro model`: parity report on a random checkpoint, exit codes, one-line errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+
+from azr_jax import cli
+from azr_jax.repro import build_batch, row_lengths
+
+VOCAB = 512
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A random 2-layer Qwen2 (float32) with a tiny byte-level BPE tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                      tie_word_embeddings=False, eos_token_id=2, bos_token_id=None)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(d)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([f"def f{i}(x):\n    return x * {i}\n" for i in range(50)],
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(d / "tokenizer.json"))
+    return d
+
+
+def _run(args, capsys):
+    rc = cli.main(["repro", "model", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_row_lengths_and_left_padded_batch():
+    assert row_lengths(24, 3) == [24, 20, 16]
+    tokens, mask, positions, lengths = build_batch([5, 6, 7], 6, 2)
+    assert lengths == [6, 5]
+    assert mask.tolist() == [[1] * 6, [0] + [1] * 5]
+    assert positions.tolist() == [[0, 1, 2, 3, 4, 5], [0, 0, 1, 2, 3, 4]]
+    assert tokens[0].tolist() == [5, 6, 7, 5, 6, 7] and tokens[1, 0] == 0  # short text repeats
+
+
+def test_parity_report_json_and_exit_codes(checkpoint, capsys, tmp_path):
+    rc, out, err = _run(["--hf-dir", str(checkpoint), "--seq-len", "24", "--batch", "3", "--json"], capsys)
+    assert rc == 0, err
+    report = json.loads(out)
+    assert report["tokens_from"] == "builtin code sample"
+    assert report["lengths"] == [24, 20, 16] and report["real_tokens"] == 60
+    assert report["dtype"] == "float32" and report["seq_len"] == 24 and report["architecture"] == "qwen2"
+    assert 0 < report["max_abs_logit_diff"] < 1e-4  # float32, 24 positions
+    assert report["mean_abs_logit_diff"] <= report["max_abs_logit_diff"]
+    assert report["top1_agreement"] == 1.0
+    assert len(report["hidden_max_abs_diff"]) == 3 and report["hidden_max_abs_diff"][0] == 0.0  # L + 1 states
+    assert report["passed"] and report["tolerance"] == 1e-3
+
+    # Same input, tolerance below the measured difference: text report, FAIL, exit code 1.
+    text = tmp_path / "code.py"
+    text.write_text("def g(y):\n    return [y * k for k in range(10)]\n")
+    rc, out, err = _run(["--hf-dir", str(checkpoint), "--seq-len", "24", "--batch", "3", "--text-file", str(text),
+                         "--tolerance", "1e-12"], capsys)
+    assert rc == 1
+    assert f"tokens from text:{text}" in out and "FAIL: max |logit diff|" in out
+    assert "top-1 agreement" in out and "hidden states per layer" in out
+
+
+def test_random_tokens_when_checkpoint_has_no_tokenizer(checkpoint, tmp_path, capsys):
+    d = tmp_path / "notok"
+    shutil.copytree(checkpoint, d)
+    (d / "tokenizer.json").unlink()
+    rc, out, _ = _run(["--hf-dir", str(d), "--seq-len", "8", "--batch", "1", "--json"], capsys)
+    assert rc == 0 and json.loads(out)["tokens_from"] == "random"
+    rc, out, err = _run(["--hf-dir", str(d), "--text-file", str(d / "config.json")], capsys)
+    assert rc == 2 and out == ""
+    assert err.strip().splitlines() == [f"azr-jax: error: no tokenizer in {d}: expected tokenizer.json or tokenizer.model"]
+
+
+def _truncate(d):
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def _set_config(**changes):
+    def edit(d):
+        config = json.loads((d / "config.json").read_text())
+        config.update(changes)
+        (d / "config.json").write_text(json.dumps(config))
+    return edit
+
+
+BAD = {
+    "missing config.json": (lambda d: (d / "config.json").unlink(), "has no config.json"),
+    "unsupported architecture": (_set_config(model_type="mistral", architectures=["MistralForCausalLM"]),
+                                 "unsupported HF model_type 'mistral'"),
+    "truncated safetensors": (_truncate, "truncated or not a safetensors file"),
+    "shape mismatch": (_set_config(hidden_size=96), "has shape"),
+    "missing tensor": (_set_config(num_hidden_layers=4), "lacks tensor model.layers.2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_checkpoint_is_one_stderr_line(case, checkpoint, tmp_path, capsys):
+    corrupt, message = BAD[case]
+    d = tmp_path / "bad"
+    shutil.copytree(checkpoint, d)
+    corrupt(d)
+    rc, out, err = _run(["--hf-dir", str(d)], capsys)
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("azr-jax: error: ") and message in lines[0], err
+
+
+def test_bad_arguments(checkpoint, tmp_path, capsys):
+    rc, _, err = _run(["--hf-dir", str(checkpoint), "--text-file", str(tmp_path / "none.txt")], capsys)
+    assert rc == 2 and err.strip().splitlines() == [f"azr-jax: error: --text-file {tmp_path / 'none.txt'} does not exist"]
+    rc, _, err = _run(["--hf-dir", str(checkpoint), "--seq-len", "0"], capsys)
+    assert rc == 2 and "must be positive" in err and len(err.strip().splitlines()) == 1
+
+
+def test_installed_command_prints_one_line_for_a_missing_directory(tmp_path):
+    """The real entry point, in a fresh process: no traceback, exit code 2."""
+    proc = subprocess.run([sys.executable, "-m", "azr_jax.cli", "repro", "model", "--hf-dir", str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [f"azr-jax: error: checkpoint directory {tmp_path / 'nope'} does not exist"]
