@@ -36,6 +36,7 @@ START_TIMEOUT_S = 30.0
 MAX_OUTPUT_CHARS = 100_000  # per value text
 MAX_FRAME_BYTES = 8 << 20
 TMPFS_BYTES = 64 << 20
+WARM_REPEATS = 2  # zygotes started ahead of time per slot (one per default repeat)
 
 
 class SandboxStartError(RuntimeError):
@@ -293,6 +294,12 @@ class Sandbox:
     # -- workers -----------------------------------------------------------------------------
 
     def _slot_loop(self, slot: int) -> None:
+        # Start this slot's zygotes now, in the background, so no job waits for a sandbox start.
+        for repeat in range(WARM_REPEATS):
+            try:
+                self._zygote(slot, repeat)
+            except (SandboxStartError, OSError):
+                break  # reported by the first job that needs it
         while True:
             self._permits.acquire()
             item = self._queue.get()
@@ -326,6 +333,7 @@ class Sandbox:
             "calls": sent_calls,
             "literal_args": job.args_mode == "literal",
             "timeout_s": float(cfg.timeout_s),
+            "stall_s": STALL_S,
             "max_output_chars": MAX_OUTPUT_CHARS,
             "max_frame_bytes": MAX_FRAME_BYTES,
             "limits": {

@@ -1,0 +1,61 @@
+"""Typical AZR-style proposals (a function `f` plus inputs) for `azr-jax bench executor`.
+
+Written for this benchmark in the style of the tasks the proposer writes: small pure functions on
+strings, lists, dicts and numbers, some with imports from the standard library.
+"""
+
+PROGRAMS: list[tuple[str, list[str]]] = [
+    ("def f(s):\n    return s[::-1].upper()", ["'hello world'", "'Abc'"]),
+    ("def f(nums):\n    return sorted(set(nums), reverse=True)[:3]", ["[4, 1, 4, 9, 2, 9]"]),
+    ("def f(name, info):\n    return f\"{name} is {info['age']} years old\"", ["'John', {'age': 20}"]),
+    ("from collections import Counter\ndef f(text):\n    return Counter(text.split()).most_common(2)", ["'a b a c b a'"]),
+    ("def f(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a", ["30", "7"]),
+    ("def f(matrix):\n    return [list(row) for row in zip(*matrix)]", ["[[1, 2, 3], [4, 5, 6]]"]),
+    ("def f(words):\n    return {w: len(w) for w in words if len(w) > 2}", ["['hi', 'there', 'you', 'a']"]),
+    ("import math\ndef f(x, y):\n    return math.gcd(x, y), x * y // math.gcd(x, y)", ["12, 18"]),
+    ("def f(s):\n    out = []\n    for i, ch in enumerate(s):\n        out.append(ch * (i % 3 + 1))\n    return ''.join(out)", ["'abcd'"]),
+    ("def f(lst, k):\n    k %= len(lst)\n    return lst[-k:] + lst[:-k]", ["[1, 2, 3, 4, 5], 2"]),
+    ("def f(n):\n    return [i for i in range(2, n) if all(i % d for d in range(2, int(i ** 0.5) + 1))]", ["40"]),
+    ("def f(d):\n    return sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))", ["{'a': 3, 'b': 1, 'c': 3}"]),
+    ("def f(s):\n    stack = []\n    for ch in s:\n        if ch in '([{':\n            stack.append(ch)\n        elif ch in ')]}':\n            if not stack or '([{'[')]}'.index(ch)] != stack.pop():\n                return False\n    return not stack", ["'([]{()})'", "'(]'"]),
+    ("import itertools\ndef f(items):\n    return [''.join(p) for p in itertools.permutations(items, 2)]", ["'abc'"]),
+    ("def f(a):\n    best = cur = a[0]\n    for x in a[1:]:\n        cur = max(x, cur + x)\n        best = max(best, cur)\n    return best", ["[-2, 1, -3, 4, -1, 2, 1, -5, 4]"]),
+    ("def f(s, shift):\n    return ''.join(chr((ord(c) - 97 + shift) % 26 + 97) if c.islower() else c for c in s)", ["'hello, world', 3"]),
+    ("def f(n):\n    digits = [int(c) for c in str(n)]\n    return sum(d ** len(digits) for d in digits) == n", ["153", "154"]),
+    ("from functools import reduce\ndef f(nums):\n    return reduce(lambda a, b: a * 10 + b, nums, 0)", ["[3, 0, 7]"]),
+    ("def f(intervals):\n    intervals = sorted(intervals)\n    out = [list(intervals[0])]\n    for a, b in intervals[1:]:\n        if a <= out[-1][1]:\n            out[-1][1] = max(out[-1][1], b)\n        else:\n            out.append([a, b])\n    return out", ["[(1, 3), (2, 6), (8, 10), (9, 12)]"]),
+    ("def f(s):\n    return {c: s.count(c) for c in sorted(set(s))}", ["'mississippi'"]),
+    ("import heapq\ndef f(nums, k):\n    return heapq.nlargest(k, nums)", ["[5, 1, 9, 3, 7], 3"]),
+    ("def f(grid):\n    return sum(row.count('#') for row in grid)", ["['#..', '.##', '#.#']"]),
+    ("def f(x):\n    if x < 0:\n        return 'negative'\n    elif x == 0:\n        return 'zero'\n    return 'even' if x % 2 == 0 else 'odd'", ["-3", "0", "7"]),
+    ("def f(s):\n    words = s.split()\n    return ' '.join(w[0].upper() + w[1:].lower() for w in words)", ["'the QUICK brown fox'"]),
+    ("def f(n):\n    steps = 0\n    while n != 1:\n        n = n // 2 if n % 2 == 0 else 3 * n + 1\n        steps += 1\n    return steps", ["27"]),
+    ("from collections import defaultdict\ndef f(pairs):\n    g = defaultdict(list)\n    for a, b in pairs:\n        g[a].append(b)\n    return dict(g)", ["[('x', 1), ('y', 2), ('x', 3)]"]),
+    ("def f(a, b):\n    i = j = 0\n    out = []\n    while i < len(a) and j < len(b):\n        if a[i] <= b[j]:\n            out.append(a[i]); i += 1\n        else:\n            out.append(b[j]); j += 1\n    return out + a[i:] + b[j:]", ["[1, 4, 9], [2, 3, 10]"]),
+    ("def f(s):\n    return s == s[::-1]", ["'racecar'", "'python'"]),
+    ("def f(nums, target):\n    seen = {}\n    for i, x in enumerate(nums):\n        if target - x in seen:\n            return (seen[target - x], i)\n        seen[x] = i\n    return None", ["[2, 7, 11, 15], 9"]),
+    ("def f(n):\n    return bin(n)[2:].count('1'), hex(n)", ["255", "1024"]),
+    ("import string\ndef f(s):\n    return ''.join(c for c in s if c not in string.punctuation)", ["'Hi! How, are you?'"]),
+    ("def f(lst):\n    return [x for pair in zip(lst[::2], lst[1::2]) for x in reversed(pair)]", ["[1, 2, 3, 4, 5, 6]"]),
+    ("def f(n):\n    tri = [[1]]\n    for _ in range(n - 1):\n        prev = tri[-1]\n        tri.append([1] + [a + b for a, b in zip(prev, prev[1:])] + [1])\n    return tri[-1]", ["6"]),
+    ("def f(text, width):\n    lines, cur = [], ''\n    for w in text.split():\n        if len(cur) + len(w) + (1 if cur else 0) > width:\n            lines.append(cur)\n            cur = w\n        else:\n            cur = (cur + ' ' + w) if cur else w\n    return lines + [cur]", ["'the quick brown fox jumps over', 10"]),
+    ("def f(d, key):\n    return d.get(key, {}).get('value', -1)", ["{'a': {'value': 5}}, 'a'", "{'a': {}}, 'b'"]),
+    ("def f(xs):\n    mean = sum(xs) / len(xs)\n    return round(mean, 3), max(xs) - min(xs)", ["[3, 1, 4, 1, 5, 9, 2, 6]"]),
+    ("from itertools import accumulate\ndef f(nums):\n    return list(accumulate(nums))", ["[1, 2, 3, 4]"]),
+    ("def f(s):\n    res, i = [], 0\n    while i < len(s):\n        j = i\n        while j < len(s) and s[j] == s[i]:\n            j += 1\n        res.append(f'{s[i]}{j - i}')\n        i = j\n    return ''.join(res)", ["'aaabccdddd'"]),
+    ("def f(a):\n    n = len(a)\n    return [a[i] * a[n - 1 - i] for i in range(n // 2)]", ["[1, 2, 3, 4, 5, 6]"]),
+    ("def f(coins, amount):\n    dp = [0] + [amount + 1] * amount\n    for a in range(1, amount + 1):\n        for c in coins:\n            if c <= a:\n                dp[a] = min(dp[a], dp[a - c] + 1)\n    return dp[amount] if dp[amount] <= amount else -1", ["[1, 5, 10, 25], 63"]),
+    ("def f(s):\n    vowels = set('aeiou')\n    return sum(1 for c in s.lower() if c in vowels), len(s)", ["'Absolute Zero Reasoner'"]),
+    ("def f(n):\n    return [('Fizz' * (i % 3 == 0) + 'Buzz' * (i % 5 == 0)) or i for i in range(1, n + 1)]", ["15"]),
+    ("def f(nested):\n    out = []\n    stack = [nested]\n    while stack:\n        x = stack.pop()\n        if isinstance(x, list):\n            stack.extend(reversed(x))\n        else:\n            out.append(x)\n    return out", ["[1, [2, [3, 4]], 5]"]),
+    ("def f(a, b):\n    return {'union': sorted(set(a) | set(b)), 'common': sorted(set(a) & set(b))}", ["[1, 2, 3], [2, 3, 4]"]),
+    ("def f(s):\n    return max((s[i:j] for i in range(len(s)) for j in range(i + 1, len(s) + 1) if len(set(s[i:j])) == j - i), key=len)", ["'abcabcbb'"]),
+    ("import math\ndef f(points):\n    return round(sum(math.dist(p, q) for p, q in zip(points, points[1:])), 4)", ["[(0, 0), (3, 4), (6, 8)]"]),
+    ("def f(n, k):\n    from math import comb\n    return comb(n, k), comb(n, k) % 7", ["10, 3"]),
+    ("def f(board):\n    lines = board + [list(c) for c in zip(*board)] + [[board[i][i] for i in range(3)], [board[i][2 - i] for i in range(3)]]\n    for line in lines:\n        if line[0] != '.' and all(v == line[0] for v in line):\n            return line[0]\n    return None", ["[['x', 'o', 'x'], ['o', 'x', 'o'], ['o', 'x', 'x']]"]),
+    ("def f(s):\n    parts = s.split('-')\n    return tuple(int(p) for p in parts)", ["'2024-05-17'"]),
+    ("def f(nums):\n    res = [1] * len(nums)\n    left = 1\n    for i in range(len(nums)):\n        res[i] = left\n        left *= nums[i]\n    right = 1\n    for i in reversed(range(len(nums))):\n        res[i] *= right\n        right *= nums[i]\n    return res", ["[1, 2, 3, 4]"]),
+]
+
+# A program that never terminates, for the "some programs hang" batch.
+NEVER_ENDS = ("def f(x):\n    n = 0\n    while True:\n        n += x\n    return n", ["1"])
