@@ -27,7 +27,7 @@ def sb():
     ("{1, 2, 3}", "{3, 2, 1}", True),
     ("'abc'", '"abc"', True),
     ("(1, 2)", "(1, 2)", True),
-    ("1, 2", "(1, 2)", True),  # a bare tuple, as the reference's eval(a) == eval(b)
+    ("1, 2", "(1, 2)", True),  # a bare tuple, as in the reference's literal comparison
     ("{'a': [1, (2, 3)]}", "{'a': [1, (2, 3)]}", True),
     ("frozenset({1, 2})", "frozenset({2, 1})", True),
     ("set()", "set()", True),
