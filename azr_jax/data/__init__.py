@@ -6,12 +6,13 @@ from azr_jax.data.pipeline import (
     batch_from_prompts,
     build_prompt_batch,
     collate,
+    concat_rows,
     left_pad,
     prompt_stream,
     stream_seed,
 )
 
 __all__ = [
-    "PipelineState", "PromptBatch", "batch_from_prompts", "build_prompt_batch", "collate", "left_pad",
+    "PipelineState", "PromptBatch", "batch_from_prompts", "build_prompt_batch", "collate", "concat_rows", "left_pad",
     "prompt_stream", "stream_seed",
 ]

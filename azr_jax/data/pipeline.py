@@ -142,6 +142,21 @@ def batch_from_prompts(jobs: Sequence[dict], prompts: Sequence[str], encode: Cal
     return collate(items, pad_id=pad_id, length_buckets=length_buckets, batch_multiple=batch_multiple)
 
 
+def concat_rows(parts: Sequence[dict[str, np.ndarray]], *, pad_id: int) -> dict[str, np.ndarray]:
+    """Stack [B_k, T_k] row batches (e.g. the six (role, task) rollout batches) into one
+    [sum B_k, max T_k] batch; shorter rows are right-padded (`tokens` with pad_id, the rest with 0,
+    so padding is masked out of the loss)."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    width = max(part["tokens"].shape[1] for part in parts)
+    out = {}
+    for key in parts[0]:
+        fill = pad_id if key == "tokens" else 0
+        padded = [np.pad(part[key], ((0, 0), (0, width - part[key].shape[1])), constant_values=fill) for part in parts]
+        out[key] = np.concatenate(padded, axis=0)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineState:
     """Everything the pipeline needs to reproduce its next batches: streams are pure functions of

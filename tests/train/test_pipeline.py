@@ -81,3 +81,13 @@ def test_stream_seed_and_state_round_trip():
     assert PipelineState.from_json(state.to_json()) == state
     with pytest.raises(UserError, match="pipeline state is malformed"):
         PipelineState.from_json({"seed": 1})
+
+
+def test_concat_rows_right_pads_to_the_widest_part():
+    from azr_jax.data import concat_rows
+
+    a = {"tokens": np.ones((2, 3), np.int32), "loss_mask": np.ones((2, 3), np.int32)}
+    b = {"tokens": np.full((1, 5), 2, np.int32), "loss_mask": np.ones((1, 5), np.int32)}
+    out = concat_rows([a, b], pad_id=7)
+    assert out["tokens"].shape == (3, 5) and out["tokens"][0].tolist() == [1, 1, 1, 7, 7]
+    assert out["loss_mask"][0].tolist() == [1, 1, 1, 0, 0] and out["tokens"][2].tolist() == [2] * 5

@@ -1,0 +1,85 @@
+"""Multi-host helpers: env-driven `jax.distributed` start-up and sharing host-side results.
+
+Every process runs the same trainer. Device work is SPMD over the global mesh; host work
+(sandbox execution, scoring) is split: process p handles items p, p+P, p+2P, ... with its own
+executor pool, then every process receives every result (`share_results`), so the task buffers
+and rewards stay identical on all hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Sequence, TypeVar
+
+import jax
+import numpy as np
+
+from azr_jax.errors import UserError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def initialize_from_env() -> bool:
+    """Start `jax.distributed` when the environment asks for it; True if running multi-process.
+
+    JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES and JAX_PROCESS_ID configure a GPU
+    or CPU cluster; on a Cloud TPU slice with more than one host, AZR_TPU_MULTIHOST=1 lets JAX
+    discover all three itself. Safe to call twice.
+    """
+    if jax.distributed.is_initialized():
+        return jax.process_count() > 1
+    given = {k: os.environ.get(k) for k in _ENV}
+    if all(given.values()):
+        try:
+            num, pid = int(given["JAX_NUM_PROCESSES"]), int(given["JAX_PROCESS_ID"])
+        except ValueError:
+            raise UserError(f"JAX_NUM_PROCESSES / JAX_PROCESS_ID must be integers, got {given}") from None
+        jax.distributed.initialize(coordinator_address=given["JAX_COORDINATOR_ADDRESS"], num_processes=num,
+                                   process_id=pid)
+    elif any(given.values()):
+        missing = [k for k, v in given.items() if not v]
+        raise UserError(f"multi-host run needs all of {list(_ENV)}; missing {missing}")
+    elif os.environ.get("AZR_TPU_MULTIHOST") == "1":
+        jax.distributed.initialize()
+    return jax.process_count() > 1
+
+
+def allgather_json(obj) -> list:
+    """Every process's JSON-able `obj`, in process order (a collective: all processes call it)."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.array([data.size], np.int32)))
+    padded = np.zeros((int(lengths.max()),), np.uint8)
+    padded[: data.size] = data
+    everything = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(bytes(row[: int(n)]).decode()) for row, n in zip(everything, lengths.reshape(-1))]
+
+
+def local_share(items: Sequence[T]) -> list[T]:
+    """This process's strided share of `items`."""
+    return list(items[jax.process_index()::jax.process_count()])
+
+
+def merge_shares(shares: Sequence[Sequence[R]], total: int) -> list[R]:
+    """Undo `local_share`: results of every process back in item order."""
+    out: list = [None] * total
+    count = len(shares)
+    for p, share in enumerate(shares):
+        for k, result in enumerate(share):
+            out[p + k * count] = result
+    return out
+
+
+def share_results(items: Sequence[T], fn: Callable[[list[T]], list[R]]) -> list[R]:
+    """fn over this process's share of `items`, then everyone's results in item order."""
+    mine = fn(local_share(items)) if items else []
+    if jax.process_count() == 1:
+        return list(mine)
+    return merge_shares(allgather_json(mine), len(items))

@@ -1,0 +1,67 @@
+"""`azr-jax train`: self-play training from a config preset.
+
+    azr-jax train --config configs/nano.py --workdir runs/nano
+    azr-jax train --config configs/qwen2.5-7b.py --mesh v5e-8 --set model.hf_dir=/ckpt/Qwen2.5-7B \\
+        --set train.steps=200 --workdir runs/q7b
+
+Running the same command again resumes from the newest complete checkpoint in --workdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from azr_jax.errors import UserError
+
+EPILOG = """\
+starting: pick a preset from configs/ (nano.py runs on a laptop CPU); the resolved config is
+  written to WORKDIR/config.json.
+resuming: run the same command again; training continues from the newest complete checkpoint in
+  WORKDIR/checkpoints (--resume-step N picks an older one). A workdir holding a run of a
+  different config is refused; only train.steps and the logging/saving intervals may change.
+overriding: --set section.key=value (JSON values: numbers, lists, null, true), e.g.
+  --set train.steps=50 --set azr.batch_size=16 --set mesh.shape='{"data":1,"fsdp":8,"tensor":1}'.
+  --mesh TOPOLOGY lays the preset out on v4-8, v5p-8, v5e-8, v6e-8 or gpu-8.
+outputs (WORKDIR): config.json, metrics.jsonl (one line per step), tensorboard/,
+  checkpoints/<step>/, rollouts/step_N.jsonl and buffers/step_N.json (audit), summary.json.
+stopping: SIGTERM (or Ctrl-C) saves a checkpoint after the current step and exits.
+multi-host: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or run on a TPU
+  slice, where they are discovered) and start the same command on every host.
+See docs/training.md."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("--config", required=True, help="experiment preset (.py under configs/) or a config.json")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (repeatable), e.g. --set train.steps=20")
+    parser.add_argument("--workdir", default=None,
+                        help="run directory (default: runs/<config name>); resumed if it holds a checkpoint")
+    parser.add_argument("--mesh", default=None, metavar="TOPOLOGY",
+                        help="lay the model out on a known machine: v4-8, v5p-8, v5e-8, v6e-8, gpu-8")
+    parser.add_argument("--resume-step", type=int, default=None, metavar="N",
+                        help="resume from checkpoint step N instead of the newest one")
+    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+
+
+def resolve_config(args: argparse.Namespace):
+    """The config after the preset, --mesh, then --set (so --set always wins)."""
+    from azr_jax.config import apply_overrides, load_config
+    from azr_jax.run_presets import with_mesh
+
+    cfg = load_config(args.config)
+    if args.mesh:
+        cfg = with_mesh(cfg, args.mesh)
+    return apply_overrides(cfg, args.overrides)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    workdir = args.workdir or f"runs/{cfg.name}"
+    if args.resume_step is not None and args.resume_step <= 0:
+        raise UserError(f"--resume-step must be a positive step number, got {args.resume_step}")
+    from azr_jax.trainer import train
+
+    result = train(cfg, workdir, resume_step=args.resume_step, progress=not args.no_progress)
+    return 0 if result.get("status") in ("completed", "stopped") else 1

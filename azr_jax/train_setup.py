@@ -1,0 +1,199 @@
+"""What the self-play loop needs before its first step: the workdir check, the policy on its
+mesh (params, tokenizer, jitted helpers) and the per-(role, task) samplers over the buffers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from azr_jax import config as config_lib
+from azr_jax.errors import UserError
+
+# Keys that may differ between a workdir's config and the config it is resumed with: how long
+# to run and how often to log or save, never anything that changes what a step computes.
+RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.keep_checkpoints", "train.log_every",
+                     "train.eval_every", "train.audit_every", "sandbox.workers", "sandbox.isolation")
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def SELFPLAY_ROLES(tasks: list[str]) -> list[tuple[str, str]]:
+    """(role, task) batches of a step in the reference's order: gen_i, pred_i, gen_o, pred_o, gen_f, pred_f."""
+    return [(role, task) for task in tasks for role in ("propose", "solve")]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in ("overrides", "shape", "rules"):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def allowed_config_change(old: dict, new: dict) -> list[str]:
+    """Keys whose values differ between two config dicts and are not allowed to on resume."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+
+
+def check_workdir(cfg, workdir: Path, *, write: bool) -> None:
+    """Refuse a workdir holding a run of a different config; write the resolved config."""
+    path = workdir / "config.json"
+    new = config_lib.to_dict(cfg)
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError) as e:
+            raise UserError(f"{path} is unreadable ({e}); is {workdir} a training run directory?") from None
+        if not isinstance(old, dict):
+            raise UserError(f"{path} does not hold a config; is {workdir} a training run directory?")
+        differ = allowed_config_change(old, new)
+        if differ:
+            shown = ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
+            raise UserError(f"workdir {workdir} holds a run of a different config (differs in {shown}); "
+                            f"use a new --workdir or the same config")
+    if write:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(config_lib.to_json(cfg) + "\n")
+
+
+@dataclasses.dataclass
+class Policy:
+    """The model being trained, on its mesh, with the helpers the loop calls."""
+
+    config: Any  # models.ModelConfig
+    params: Any
+    tokenizer: Any
+    mesh: Any
+    rules: dict
+    compute_dtype: Any
+    peak_flops: float | None
+    advantages_fn: Callable = None
+    logprobs_fn: Callable = None
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_id)
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        return tuple(self.tokenizer.eos_ids) or tuple(self.config.stop_token_ids)
+
+    def decode_all(self, completions) -> list[str]:
+        return [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in completions.as_lists()]
+
+    def put_batch(self, x: np.ndarray) -> jax.Array:
+        """A host array (identical on every process) as a global array sharded by rows."""
+        from jax.sharding import NamedSharding
+
+        from azr_jax.sharding import logical_to_pspec
+
+        spec = logical_to_pspec(("batch", "length")[: x.ndim], self.rules, x.shape, self.mesh)
+        sharding = NamedSharding(self.mesh, spec)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    def put_replicated(self, x: np.ndarray) -> jax.Array:
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, NamedSharding(self.mesh, PartitionSpec()), lambda idx: x[idx])
+
+    def init_state(self, cfg):
+        from azr_jax.rl.update import init_train_state
+
+        return init_train_state(self.config, cfg.optim, self.params, total_steps=cfg.train.steps, mesh=self.mesh,
+                                rules=self.rules)
+
+    @staticmethod
+    def checkpoint_tree(state) -> dict:
+        return {"params": state.params, "opt_state": state.opt_state, "step": state.step}
+
+    @staticmethod
+    def state_from_tree(tree: dict):
+        from azr_jax.rl.update import TrainState
+
+        return TrainState(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"])
+
+
+def load_policy(cfg) -> Policy:
+    """Model config, initial params and tokenizer from `cfg.model`, placed on `cfg.mesh`."""
+    from azr_jax.bench.common import peak_numbers
+    from azr_jax.models import get_preset, init_params
+    from azr_jax.models.tokenizer import load_tokenizer
+    from azr_jax.rl.advantages import compute_advantages
+    from azr_jax.rl.logprobs import token_logprobs
+    from azr_jax.sharding import make_mesh, mesh_rules
+
+    m = cfg.model
+    if m.hf_dir:
+        from azr_jax.models import from_pretrained
+
+        if not Path(m.hf_dir).is_dir():
+            raise UserError(f"model.hf_dir {m.hf_dir} is not a directory (a Hugging Face checkpoint is expected)")
+        model = from_pretrained(m.hf_dir, dtype=_DTYPES[m.param_dtype])
+        model_cfg, params = model.config, model.params
+        tokenizer = load_tokenizer(m.tokenizer) if m.tokenizer else model.tokenizer
+    else:
+        if not m.tokenizer:
+            raise UserError(f"model preset '{m.preset}' needs weights: set model.hf_dir to a local Hugging Face "
+                            f"checkpoint (or model.tokenizer to train from random initialisation)")
+        model_cfg = get_preset(m.preset)
+        if m.overrides:
+            try:
+                model_cfg = model_cfg.replace(**m.overrides)
+            except TypeError as e:
+                raise UserError(f"model.overrides: {e}") from None
+        tokenizer = load_tokenizer(m.tokenizer)
+        params = jax.jit(lambda key: init_params(model_cfg, key, dtype=_DTYPES[m.param_dtype]))(
+            jax.random.fold_in(jax.random.key(cfg.train.seed), 7))
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise UserError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model_cfg.vocab_size}")
+    mesh = make_mesh(cfg.mesh.shape)
+    rules = dict(cfg.mesh.rules)
+    compute_dtype = _DTYPES[m.compute_dtype]
+    peak, _ = peak_numbers(getattr(jax.devices()[0], "device_kind", ""))
+
+    @jax.jit
+    def advantages_fn(rewards_b, loss_mask_bt, groups_b):
+        return compute_advantages(cfg.rl, rewards_b, loss_mask_bt, groups_b, num_groups=6)
+
+    jitted_logprobs = jax.jit(lambda p, b: token_logprobs(p, b, model_cfg, compute_dtype,
+                                                          temperature=cfg.sampling.temperature))
+
+    def logprobs_fn(params, batch):
+        with mesh_rules(mesh, rules):
+            return jitted_logprobs(params, batch)
+
+    return Policy(config=model_cfg, params=params, tokenizer=tokenizer, mesh=mesh, rules=rules,
+                  compute_dtype=compute_dtype, peak_flops=peak * jax.device_count() if peak else None,
+                  advantages_fn=advantages_fn, logprobs_fn=logprobs_fn)
+
+
+def task_sampler(buffers, role: str, task: str, azr_cfg, step: int, seed: int) -> Callable[[int, np.random.Generator], dict]:
+    """`pick(index, rng) -> job` for the Grain stream of one (role, task) batch.
+
+    propose deduction/abduction: K references drawn per prompt (uniform, without replacement);
+    propose induction: one program from the deduction + abduction pools;
+    solve: the batch's tasks are chosen once (`azr.pred_data_mix`, "new" = added since the previous
+    step) and the stream walks through them, so a prompt skipped for length is replaced by
+    the next chosen task (the reference pads back by re-sampling surviving items).
+    """
+    if role == "propose":
+        if task == "induction":
+            return lambda index, rng: {"program": buffers.sample_induction_programs(1, rng)[0]}
+        return lambda index, rng: {"references": buffers[task].sample_references(azr_cfg.n_references, rng)}
+    rng = np.random.default_rng(seed)
+    new_since = step - 1 if azr_cfg.solver_task_lag else step
+    chosen = buffers[task].sample_solver_tasks(azr_cfg.batch_size, rng, new_since_step=new_since,
+                                               mix=azr_cfg.pred_data_mix)
+    if not chosen:
+        raise UserError(f"the {task} buffer is empty: no solver tasks (check azr.seed_file)")
+    return lambda index, rng: {"problem": chosen[index % len(chosen)]}

@@ -1,0 +1,404 @@
+"""The self-play loop (AZR_SPEC §1.5): orchestration only; the maths lives in the packages it calls.
+
+One step, for each task type t in `azr.task_types` (reference order: abduction, deduction,
+induction), with buffers as of the end of the previous step (`azr.solver_task_lag`):
+
+    propose/t: K references (or one program) ─► prompts ─► sample ─► validate in the sandbox
+    solve/t:   tasks from the buffers ─────────► prompts ─► sample ─► score in the sandbox
+    valid proposals ─► N solver prompts each ─► sample at `azr.learnability_temperature` ─► score
+                     ─► proposer rewards (learnability); valid tasks grow the buffers
+    six (role, task) batches ─► TRR++ advantages (one group per pair) ─► one update
+
+Host work (sandbox execution and scoring) runs on a worker thread that drives the sandbox's
+process pool, while the main thread keeps the device busy with the next generation; results are
+collected in a fixed order, so overlap never changes what is computed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from azr_jax import config as config_lib
+from azr_jax import distributed
+from azr_jax.checkpoint import Checkpoints, abstract_like
+from azr_jax.data import PipelineState, build_prompt_batch, stream_seed
+from azr_jax.errors import UserError
+from azr_jax.metrics import MetricsWriter
+from azr_jax.train_setup import (
+    Policy, SELFPLAY_ROLES, allowed_config_change, check_workdir, load_policy, task_sampler,
+)
+
+log = logging.getLogger("azr_jax.trainer")
+
+# Signature of the generation function (the real one is `azr_jax.sampling.generate`); tests may
+# pass a scripted one to `train(generate_fn=...)` to force, e.g., valid proposals.
+GenerateFn = Callable[..., Any]
+
+
+@dataclasses.dataclass
+class RoleBatch:
+    """One (role, task) generation of a step and, once scored, its rewards."""
+
+    role: str
+    task: str
+    prompt_ids: list[list[int]]
+    jobs: list[dict]
+    completions: Any = None  # sampling.Completions
+    texts: list[str] = dataclasses.field(default_factory=list)
+    scored: list[dict] = dataclasses.field(default_factory=list)
+    rewards: list[float] = dataclasses.field(default_factory=list)
+    solve_rates: list[float | None] = dataclasses.field(default_factory=list)
+
+
+class StopFlag:
+    """Set by SIGTERM / SIGINT; the loop saves a checkpoint after the current step and exits."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        log.warning("received %s: stopping after this step", signal.Signals(signum).name)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class SelfPlay:
+    """The loop's state between steps and the functions that advance it."""
+
+    def __init__(self, cfg, policy: Policy, sandbox, buffers, *, generate_fn: GenerateFn):
+        from azr_jax.azr.prompts import Prompts
+        from azr_jax.rl.update import make_train_step
+        from azr_jax.sampling import SamplingSettings
+
+        self.cfg = cfg
+        self.policy = policy
+        self.sandbox = sandbox
+        self.buffers = buffers
+        self.generate_fn = generate_fn
+        self.prompts = Prompts.from_config(cfg.azr)
+        self.host_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="azr-host")
+        stop_ids = policy.stop_ids
+        self.rollout_settings = SamplingSettings.from_section(cfg.sampling, eos_ids=stop_ids)
+        self.learnability_settings = dataclasses.replace(
+            self.rollout_settings, temperature=cfg.azr.learnability_temperature)
+        self.train_step = make_train_step(
+            policy.config, cfg.rl, cfg.optim, total_steps=cfg.train.steps, mesh=policy.mesh,
+            rules=policy.rules, compute_dtype=policy.compute_dtype, remat=cfg.model.remat,
+            temperature=cfg.sampling.temperature)
+        self.base_key = jax.random.key(cfg.train.seed)
+        self.timers: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ device side
+
+    def _generate(self, params, prompt_ids, key, settings, n_samples=1):
+        t0 = time.perf_counter()
+        completions = self.generate_fn(
+            params, self.policy.config, prompt_ids, key, settings, n_samples=n_samples, mesh=self.policy.mesh,
+            rules=self.policy.rules, compute_dtype=self.policy.compute_dtype, pad_id=self.policy.pad_id,
+            length_buckets=self.cfg.sampling.length_buckets)
+        self._add_time("generate_s", time.perf_counter() - t0)
+        return completions
+
+    def _add_time(self, name: str, seconds: float) -> None:
+        self.timers[name] = self.timers.get(name, 0.0) + seconds
+
+    def _collect(self, future, n_items: int):
+        """Wait for a host job, then share results across processes (collectives stay on this thread)."""
+        t0 = time.perf_counter()
+        mine, seconds = future.result()
+        self._add_time("host_idle_s", time.perf_counter() - t0)
+        self._add_time("execute_s", seconds)
+        if jax.process_count() == 1:
+            return mine
+        return distributed.merge_shares(distributed.allgather_json(mine), n_items)
+
+    def _submit(self, records: list[dict]):
+        """Score this process's share of `records` on the host thread (sandbox process pool)."""
+        from azr_jax.azr.scoring import score_records
+
+        share = distributed.local_share(records)
+
+        def job():
+            t0 = time.perf_counter()
+            out = score_records(share, self.cfg, self.sandbox) if share else []
+            return out, time.perf_counter() - t0
+
+        return self.host_pool.submit(job)
+
+    # ------------------------------------------------------------------ one step
+
+    def build_batch(self, role: str, task: str, step: int, stream: str) -> RoleBatch:
+        """Prompts of one (role, task) batch from the buffers (Grain pipeline)."""
+        seed = stream_seed(self.cfg.train.seed, step, stream)
+        pick = task_sampler(self.buffers, role, task, self.cfg.azr, step, seed)
+        render = (lambda job: self.prompts.propose(task, job.get("references"), job.get("program"))) \
+            if role == "propose" else (lambda job: self.prompts.solve(task, job["problem"]))
+        batch = build_prompt_batch(
+            pick, render, self.policy.tokenizer.encode, batch_size=self.cfg.azr.batch_size,
+            max_prompt_len=self.cfg.sampling.max_prompt_len, seed=seed,
+            pad_id=self.policy.pad_id, length_buckets=self.cfg.sampling.length_buckets,
+            what=f"{role}/{task} prompts")
+        return RoleBatch(role, task, batch.prompt_ids, batch.jobs)
+
+    def _records(self, rb: RoleBatch, step: int) -> list[dict]:
+        out = []
+        for i, (job, text) in enumerate(zip(rb.jobs, rb.texts)):
+            rec = {"id": f"{step}/{rb.role}/{rb.task}/{i}", "role": rb.role, "task": rb.task, "response": text}
+            if rb.role == "solve":
+                rec["problem"] = _task_record(job["problem"])
+            elif rb.task == "induction":
+                rec["problem"] = {"program": job["program"]["program"], "imports": job["program"].get("imports", [])}
+            out.append(rec)
+        return out
+
+    def step(self, state, step: int) -> tuple[Any, dict, list[dict]]:
+        """Run one self-play step; returns the new train state, the metrics record and the rollouts."""
+        cfg = self.cfg
+        self.timers = {}
+        t_step = time.perf_counter()
+        step_key = jax.random.fold_in(self.base_key, step)
+        params = state.params
+        tasks = list(cfg.azr.task_types)
+
+        # Phase 1: the six generations, in reference order; host scoring overlaps the next one.
+        batches: dict[tuple[str, str], RoleBatch] = {}
+        pending: dict[tuple[str, str], Any] = {}
+        for k, (role, task) in enumerate(SELFPLAY_ROLES(tasks)):
+            if role == "solve" and not cfg.azr.solver_task_lag:
+                self._finish_proposals(batches, pending, step, step_key, params, task)
+            rb = self.build_batch(role, task, step, f"{role}/{task}")
+            rb.completions = self._generate(params, rb.prompt_ids, jax.random.fold_in(step_key, k),
+                                            self.rollout_settings)
+            rb.texts = self.policy.decode_all(rb.completions)
+            batches[(role, task)] = rb
+            pending[(role, task)] = self._submit(self._records(rb, step))
+
+        # Phase 2: solver scores, then learnability rollouts for every valid proposal.
+        for task in tasks:
+            rb = batches[("solve", task)]
+            rb.scored = self._collect(pending.pop(("solve", task)), len(rb.jobs))
+            rb.rewards = [float(s["reward"]) for s in rb.scored]
+        for task in tasks:
+            self._finish_proposals(batches, pending, step, step_key, params, task)
+
+        # Phase 3: one update on the six batches (solver batches only in the solver-only ablation).
+        ordered = [batches[rt] for rt in SELFPLAY_ROLES(tasks)]
+        trained = [rb for rb in ordered if cfg.azr.train_propose or rb.role == "solve"]
+        update_metrics, gap = self._update(state, trained)
+        state = update_metrics.pop("_state")
+
+        record = self._step_record(step, ordered, update_metrics, gap, time.perf_counter() - t_step)
+        return state, record, self._rollouts(ordered, step)
+
+    def _rollouts(self, ordered: list[RoleBatch], step: int) -> list[dict]:
+        """Audit records: the score-schema input (proposals with their solver responses, so
+        `azr-jax score` reproduces the reward) plus the verdict and the reward trained on."""
+        out = []
+        for rb in ordered:
+            for rec, scored, reward in zip(self._records(rb, step), rb.scored, rb.rewards):
+                if scored.get("solver_responses") is not None:
+                    rec["solver_responses"] = scored["solver_responses"]
+                rec["scored"] = {k: scored.get(k) for k in ("format_ok", "valid", "reason", "problem", "accuracy")}
+                rec["scored"]["reward"] = reward
+                out.append(rec)
+        return out
+
+    def _finish_proposals(self, batches, pending, step, step_key, params, task) -> None:
+        """Validate proposals of `task`, run the learnability rollouts, set proposer rewards and
+        add valid tasks to the buffers (once per step and task)."""
+        from azr_jax.azr.rewards import mean_solve_rate, proposer_reward
+
+        rb = batches.get(("propose", task))
+        if rb is None or rb.scored:
+            return
+        cfg = self.cfg
+        validated = self._collect(pending.pop(("propose", task)), len(rb.jobs))
+        valid_idx = [i for i, s in enumerate(validated) if s["valid"]]
+        rates: list[float | None] = [None] * len(validated)
+        if valid_idx:
+            problems = [_task_record(validated[i]["problem"]) for i in valid_idx]
+            prompt_ids = [self.policy.tokenizer.encode(self.prompts.solve(task, p)) for p in problems]
+            n = cfg.azr.n_solver_samples
+            key = jax.random.fold_in(jax.random.fold_in(step_key, 1000), cfg.azr.task_types.index(task))
+            comp = self._generate(params, prompt_ids, key, self.learnability_settings, n_samples=n)
+            texts = self.policy.decode_all(comp)
+            solve_records = [{"id": f"{step}/learn/{task}/{i}/{j}", "role": "solve", "task": task,
+                              "response": texts[k * n + j], "problem": problems[k]}
+                             for k, i in enumerate(valid_idx) for j in range(n)]
+            scored = self._collect(self._submit(solve_records), len(solve_records))
+            for k, i in enumerate(valid_idx):
+                accs = [float(s["accuracy"] or 0.0) for s in scored[k * n:(k + 1) * n]]
+                rates[i] = mean_solve_rate(accs)
+                validated[i] = dict(validated[i], accuracy=rates[i],
+                                    solver_responses=texts[k * n:(k + 1) * n])
+        rb.scored = validated
+        rb.solve_rates = rates
+        rb.rewards = [float(proposer_reward(s["valid"], s["format_ok"], rates[i], cfg.azr.boundary_reward))
+                      for i, s in enumerate(validated)]
+        for i in valid_idx:
+            self.buffers[task].add(_task_record(validated[i]["problem"]), step)
+
+    def _update(self, state, ordered: list[RoleBatch]):
+        from azr_jax.data.pipeline import concat_rows
+        from azr_jax.rl.advantages import trrpp_group_id
+        from azr_jax.sampling import logprob_gap, rollout_batch
+
+        parts = [rollout_batch(rb.prompt_ids, rb.completions, 1, pad_id=self.policy.pad_id,
+                               length_buckets=self.cfg.sampling.length_buckets) for rb in ordered]
+        batch = concat_rows(parts, pad_id=self.policy.pad_id)
+        rewards = np.asarray([r for rb in ordered for r in rb.rewards], np.float32)
+        groups = np.asarray([trrpp_group_id(rb.role, rb.task) for rb in ordered for _ in rb.rewards], np.int32)
+        batch = {k: self.policy.put_batch(v) for k, v in batch.items()}
+        t0 = time.perf_counter()
+        batch["advantages"] = self.policy.advantages_fn(self.policy.put_replicated(rewards), batch["loss_mask"],
+                                                        self.policy.put_replicated(groups))
+        trainer_lp = self.policy.logprobs_fn(state.params, batch)
+        gap = {k: float(v) for k, v in logprob_gap(batch["old_logprobs"], trainer_lp, batch["loss_mask"]).items()}
+        new_state, metrics = self.train_step(state, batch)
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        self._add_time("update_s", time.perf_counter() - t0)
+        metrics["_state"] = new_state
+        metrics["_tokens"] = int(batch["mask"].sum())
+        metrics["_seq_len"] = int(batch["tokens"].shape[1])
+        return metrics, gap
+
+    def _step_record(self, step, ordered, upd, gap, step_time) -> dict:
+        rec: dict[str, Any] = {"step": step}
+        generated = 0
+        for rb in ordered:
+            name = f"{rb.role}/{rb.task}"
+            lengths = np.asarray(rb.completions.lengths)
+            generated += int(lengths.sum())
+            rec[f"{name}/reward"] = float(np.mean(rb.rewards))
+            rec[f"{name}/valid_rate"] = float(np.mean([bool(s["valid"]) for s in rb.scored]))
+            rec[f"{name}/format_rate"] = float(np.mean([bool(s["format_ok"]) for s in rb.scored]))
+            rec[f"{name}/response_len"] = float(lengths.mean())
+            accs = [s["accuracy"] for s in rb.scored if s.get("accuracy") is not None]
+            rec[f"{name}/accuracy"] = float(np.mean(accs)) if accs else None
+            if rb.role == "propose":
+                rates = [r for r in rb.solve_rates if r is not None]
+                rec[f"{name}/learnability"] = (float(np.mean([1.0 - r if 0 < r < 1 else 0.0 for r in rates]))
+                                               if rates else None)
+        rec["reward/mean"] = float(np.mean([r for rb in ordered for r in rb.rewards]))
+        for task, size in self.buffers.sizes().items():
+            rec[f"buffer/{task}"] = int(size)
+        for k, v in upd.items():
+            if not k.startswith("_"):
+                rec[f"update/{k}"] = v
+        for k, v in gap.items():
+            rec[f"update/{k}"] = v
+        rec.update(self.timers)
+        rec["step_time_s"] = step_time
+        gen_s = self.timers.get("generate_s", 0.0)
+        rec["generate_tokens_per_s"] = generated / gen_s if gen_s > 0 else None
+        update_s = self.timers.get("update_s", 0.0)
+        flops = self.policy.config.flops_per_token(upd["_seq_len"]) * upd["_tokens"]  # forward + backward
+        rec["update_flops_per_s"] = flops / update_s if update_s > 0 else None
+        if self.policy.peak_flops and update_s > 0:
+            # Derived from wall time, hence the `_per_s` suffix: determinism checks skip it.
+            rec["update_mfu_per_s"] = flops / update_s / self.policy.peak_flops
+        return rec
+
+    def close(self) -> None:
+        self.host_pool.shutdown(wait=True)
+
+
+def _task_record(entry: dict) -> dict:
+    """A buffer entry as a task record (DESIGN §3.3): without the buffer's bookkeeping."""
+    return {k: v for k, v in entry.items() if k != "step"}
+
+
+def _host_record(step: int, base_key, buffers, pipeline: PipelineState) -> dict:
+    return {"step": step, "rng_key": np.asarray(jax.random.key_data(base_key)).tolist(),
+            "buffers": buffers.to_state(), "pipeline": pipeline.to_json()}
+
+
+def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress: bool = True,
+          generate_fn: GenerateFn | None = None) -> dict:
+    """Run (or resume) self-play training in `workdir`; returns {"status", "step", ...}."""
+    from azr_jax.azr.buffers import TaskBuffers
+    from azr_jax.sandbox import Sandbox
+
+    distributed.initialize_from_env()
+    workdir = Path(workdir)
+    primary = jax.process_index() == 0
+    check_workdir(cfg, workdir, write=primary)
+    try:
+        import multiprocessing_logging
+
+        multiprocessing_logging.install_mp_handler()  # sandbox workers log through the main log
+    except Exception as e:  # logging set-up must never stop a run
+        log.warning("multiprocessing-logging unavailable (%s); worker logs stay in the workers", e)
+
+    policy = load_policy(cfg)
+    if generate_fn is None:
+        from azr_jax.sampling import generate as generate_fn
+    ckpts = Checkpoints(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    buffers = TaskBuffers.seeded(cfg.azr)
+    state = policy.init_state(cfg)
+    start = 0
+    restore_from = resume_step if resume_step is not None else ckpts.latest_step()
+    if restore_from is not None:
+        restored, host = ckpts.restore(restore_from, abstract_like(policy.checkpoint_tree(state)))
+        state = policy.state_from_tree(restored)
+        expected = np.asarray(jax.random.key_data(jax.random.key(cfg.train.seed))).tolist()
+        if host.get("rng_key") != expected:
+            raise UserError(f"checkpoint {restore_from} was written with another train.seed; use a new --workdir")
+        buffers = TaskBuffers.from_state(host["buffers"])
+        start = PipelineState.from_json(host["pipeline"]).next_step - 1
+        log.info("resumed from checkpoint step %d", start)
+    metrics = MetricsWriter(workdir, total_steps=cfg.train.steps, start_step=start, enabled=primary,
+                            progress=progress)
+    sandbox = Sandbox(cfg.sandbox)
+    loop = SelfPlay(cfg, policy, sandbox, buffers, generate_fn=generate_fn)
+    stop = StopFlag()
+    stop.install()
+    status, step = "completed", start
+    try:
+        for step in range(start + 1, cfg.train.steps + 1):
+            state, record, rollouts = loop.step(state, step)
+            metrics.write_step(record)
+            if cfg.train.audit_every and (step % cfg.train.audit_every == 0 or step == 1):
+                metrics.write_rollouts(step, rollouts)
+                metrics.write_buffers(step, buffers.to_state())
+            last = step == cfg.train.steps
+            if step % cfg.train.save_every == 0 or last or stop.requested:
+                pipeline = PipelineState(seed=cfg.train.seed, next_step=step + 1)
+                ckpts.save(step, policy.checkpoint_tree(state), _host_record(step, loop.base_key, buffers, pipeline))
+            if stop.requested and not last:
+                status = "stopped"
+                break
+    finally:
+        stop.restore()
+        loop.close()
+        ckpts.close()  # waits for the last asynchronous save
+        metrics.close()
+        if hasattr(sandbox, "close"):
+            sandbox.close()
+    summary = {"status": status, "step": step, "buffers": buffers.sizes()}
+    if status == "completed":
+        metrics.write_json("summary.json", summary)
+    else:
+        log.warning("stopped at step %d; checkpoint saved; run the same command to resume", step)
+    return summary

@@ -1,0 +1,11 @@
+"""AZR self-play on meta-llama/Llama-3.1-8B with the paper's settings (AZR_SPEC §4.4-4.5).
+
+Pass the downloaded checkpoint: azr-jax train --config configs/llama-3.1-8b.py --set model.hf_dir=DIR
+Lay it out on a machine with --mesh (v4-8, v5p-8, v5e-8, v6e-8, gpu-8); see docs/training.md.
+"""
+
+from azr_jax.run_presets import paper_config
+
+config = paper_config("llama-3.1-8b", "llama-3.1-8b",
+                      # llama.sh: 64 seed triplets, nested helpers allowed, f replaced at its last call
+                      seed_size=64, reject_multiple_functions=False, f_replace_location="any_last")

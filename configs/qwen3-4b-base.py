@@ -1,0 +1,11 @@
+"""AZR self-play on Qwen/Qwen3-4B-Base with the paper's settings (AZR_SPEC §4.4-4.5).
+
+Pass the downloaded checkpoint: azr-jax train --config configs/qwen3-4b-base.py --set model.hf_dir=DIR
+Lay it out on a machine with --mesh (v4-8, v5p-8, v5e-8, v6e-8, gpu-8); see docs/training.md.
+"""
+
+from azr_jax.run_presets import paper_config
+
+config = paper_config("qwen3-4b-base", "qwen3-4b-base",
+                      # qwen3_4b.sh: nested helpers allowed, f replaced at its last call, micro batch 8
+                      reject_multiple_functions=False, f_replace_location="any_last", micro_batch_size=8)

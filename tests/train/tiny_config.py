@@ -1,0 +1,3 @@
+from azr_jax.config import Config
+
+config = Config(name="tiny")
