@@ -40,7 +40,7 @@ class Plan:
     """How to start zygotes on this machine."""
 
     mode: str  # bwrap | unshare | none
-    python: str  # interpreter run inside the sandbox (stdlib only, `-I -S`)
+    python: str  # interpreter run inside the sandbox (stdlib only, `-s -S`, clean environment)
     as_root: bool
     layers: dict = field(default_factory=dict)
     tmpfs_bytes: int = 0
@@ -121,18 +121,31 @@ def bwrap_argv(plan: Plan) -> list[str]:
     return argv + ["--"]
 
 
-def zygote_command(plan: Plan, uid: int | None, scratch: str) -> tuple[list[str], dict, dict]:
+def hash_seed(repeat: int) -> str:
+    """PYTHONHASHSEED of the zygote serving run `repeat` of a job.
+
+    Fixed and different per repeat: hash-dependent programs (set order of strings, `hash()`) give
+    different results in the two runs and fail the determinism check, while every verdict and gold
+    output is the same from one trainer run to the next (reproducible metrics).
+    """
+    return str(1 + repeat)
+
+
+def zygote_command(plan: Plan, uid: int | None, scratch: str, repeat: int = 0) -> tuple[list[str], dict, dict]:
     """(argv, zygote config, extra Popen kwargs) for one zygote.
 
     `uid` is the unprivileged uid to run as when the trainer is root (else None); `scratch` is the
-    scratch root as the zygote sees it.
+    scratch root as the zygote sees it; `repeat` picks the hash seed (see `hash_seed`).
     """
     config = {"scratch": scratch, "pidns": plan.mode in ("bwrap", "unshare"), "drop_uid": None,
               "kill_all_uid": False}
-    popen: dict = {"env": dict(CLEAN_ENV), "start_new_session": True}
-    py = [plan.python, "-I", "-S", "-B", "-c", ZYGOTE_SOURCE]
+    seed = hash_seed(repeat)
+    popen: dict = {"env": {**CLEAN_ENV, "PYTHONHASHSEED": seed}, "start_new_session": True}
+    # -s -S -B instead of -I: -I implies -E, which would ignore PYTHONHASHSEED; the
+    # environment is cleared anyway, so no other PYTHON* variable can reach the interpreter.
+    py = [plan.python, "-s", "-S", "-B", "-c", ZYGOTE_SOURCE]
     if plan.mode == "bwrap":
-        argv = bwrap_argv(plan) + py
+        argv = bwrap_argv(plan)[:-1] + ["--setenv", "PYTHONHASHSEED", seed, "--"] + py
         if uid is not None:  # bwrap runs unprivileged under the dropped uid (its own user namespace)
             popen.update(user=uid, group=uid, extra_groups=[])
     elif plan.mode == "unshare":

@@ -46,7 +46,7 @@ class SandboxStartError(RuntimeError):
 class _Zygote:
     """One sandboxed zygote process and its framed pipe protocol."""
 
-    def __init__(self, plan: isolation.Plan, uid: int | None):
+    def __init__(self, plan: isolation.Plan, uid: int | None, repeat: int = 0):
         self.plan = plan
         self.uid = uid
         self.host_scratch = None
@@ -58,7 +58,7 @@ class _Zygote:
                 os.chown(self.host_scratch, uid, uid)
             os.chmod(self.host_scratch, 0o700)
             scratch = self.host_scratch
-        argv, config, popen = isolation.zygote_command(plan, uid, scratch)
+        argv, config, popen = isolation.zygote_command(plan, uid, scratch, repeat)
         self.proc = subprocess.Popen(
             argv + [json.dumps(config)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, bufsize=0, close_fds=True, **popen,
@@ -322,7 +322,7 @@ class Sandbox:
         if z is None or not z.alive():
             if z is not None:
                 z.close()
-            z = _Zygote(self.plan, self._uid(slot, repeat))
+            z = _Zygote(self.plan, self._uid(slot, repeat), repeat)
             zs[repeat] = z
         return z
 

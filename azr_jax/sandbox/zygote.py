@@ -1,6 +1,6 @@
 """The in-sandbox server ("zygote"): forks one fresh child per job from a pristine state.
 
-This file is NOT imported by the trainer. Its source is passed to `python -I -S -c` inside the
+This file is NOT imported by the trainer. Its source is passed to `python -s -S -B -c` inside the
 sandbox (bubblewrap / unshare namespaces / plain process), so it may use only the standard
 library. The zygote itself never runs model code: for each request it forks a child, the child
 applies resource limits, executes the program and calls `f`, writes one result frame to a
@@ -20,6 +20,10 @@ import select
 import signal
 import struct
 import sys
+
+# `python -c` puts the working directory (the scratch dir) first on sys.path; programs must not
+# shadow standard modules by writing e.g. `math.py` there.
+sys.path[:] = [p for p in sys.path if p not in ("", ".")]
 
 # Pre-imported so children start fast; a fork shares them, and the zygote never runs model code,
 # so every child starts from the same pristine modules (`math.pi = 3` dies with its child).
