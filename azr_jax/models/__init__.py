@@ -23,6 +23,11 @@ _EXPORTS = {
     "hf_tensor_specs": "azr_jax.models.hf_mapping",
     "params_from_hf": "azr_jax.models.hf_mapping",
     "hf_from_params": "azr_jax.models.hf_mapping",
+    "from_pretrained": "azr_jax.models.checkpoint_hf",
+    "Model": "azr_jax.models.checkpoint_hf",
+    "read_hf_config": "azr_jax.models.checkpoint_hf",
+    "load_tokenizer": "azr_jax.models.tokenizer",
+    "Tokenizer": "azr_jax.models.tokenizer",
 }
 
 __all__ = sorted(_EXPORTS)
