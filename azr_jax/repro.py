@@ -117,7 +117,7 @@ def _reference_outputs(hf_dir: str, dtype: str, tokens, mask, positions):
                         "(CPU torch first: pip install torch==2.13.0)") from None
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch_dtype, attn_implementation="eager")
-    model.eval()
+    model.train(False)  # inference mode: dropout off
     with torch.no_grad():
         out = model(input_ids=torch.from_numpy(tokens).long(), attention_mask=torch.from_numpy(mask).long(),
                     position_ids=torch.from_numpy(positions).long(), output_hidden_states=True)
