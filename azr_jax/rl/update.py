@@ -90,6 +90,10 @@ def init_train_state(
     return jax.jit(init, out_shardings=_state_shardings(model_cfg, optimizer, mesh, rules))(params)
 
 
+def _global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 def _split_micro_batches(x_bt: jax.Array, n_micro: int) -> jax.Array:
     """[B, ...] -> [n_micro, B / n_micro, ...], micro-batch k = rows k, k + n, k + 2n, ...
 
@@ -216,7 +220,7 @@ def make_train_step(
         grads, metrics = grads_fn(state.params, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)  # before clipping
+        metrics["grad_norm"] = _global_norm(grads)  # before clipping
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)  # the rate this update used
         return TrainState(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
