@@ -7,20 +7,29 @@ import numpy as np
 
 _NEVER = -3  # a token id no real token equals (and not the wildcard -1)
 WINDOW_FILL = -2  # initial window content: matches no stop-sequence position
+_MIN_SIZE = 4  # EOS / stop tables are padded to powers of two >= this, so their shapes (and
+               # hence the compiled decode loop) rarely change
+
+
+def _padded_size(n: int) -> int:
+    return max(_MIN_SIZE, 1 << max(n - 1, 0).bit_length())
 
 
 def eos_array(eos_ids) -> np.ndarray:
-    """EOS ids as an int32 vector (never empty, so the shape is always valid)."""
-    return np.asarray(list(eos_ids) or [_NEVER], np.int32)
+    """EOS ids as an int32 vector, padded with a value no token equals."""
+    ids = list(eos_ids)
+    out = np.full((_padded_size(len(ids)),), _NEVER, np.int32)
+    out[: len(ids)] = ids
+    return out
 
 
 def stop_table(stop_sequences) -> np.ndarray:
-    """Stop sequences right-aligned in an int32 [S, L] table; -1 marks "any token" padding."""
-    if not stop_sequences:
-        return np.full((1, 1), _NEVER, np.int32)
-    width = max(len(s) for s in stop_sequences)
-    table = np.full((len(stop_sequences), width), -1, np.int32)
+    """Stop sequences right-aligned in an int32 [S, L] table; -1 marks "any token" before a
+    shorter sequence, and padding rows hold a value no token equals."""
+    width = _padded_size(max((len(s) for s in stop_sequences), default=1))
+    table = np.full((_padded_size(len(stop_sequences)), width), _NEVER, np.int32)
     for i, seq in enumerate(stop_sequences):
+        table[i, : width - len(seq)] = -1
         table[i, width - len(seq):] = seq
     return table
 

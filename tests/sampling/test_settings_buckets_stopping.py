@@ -49,23 +49,23 @@ def test_bucket_batch():
 
 def test_stop_sequences_match_only_at_the_end_of_the_window():
     table = jnp.asarray(stop_table([(7, 8), (9,)]))
-    assert table.tolist() == [[7, 8], [-1, 9]]
-    window = jnp.full((4, 2), WINDOW_FILL, jnp.int32)
+    assert table[:2].tolist() == [[-1, -1, 7, 8], [-1, -1, -1, 9]] and (table[2:] == -3).all()
+    window = jnp.full((4, 4), WINDOW_FILL, jnp.int32)
     history = [[7, 8], [8, 7], [3, 9], [8, 0]]  # tokens generated so far per row
     for step in range(2):
         toks = jnp.asarray([h[step] for h in history], jnp.int32)
         window = push_window(window, toks)
     assert ends_with_stop(window, table).tolist() == [True, False, True, False]
     # a single [9] right after the prompt matches; the prompt's own tokens never do
-    w = push_window(jnp.full((1, 2), WINDOW_FILL, jnp.int32), jnp.asarray([9], jnp.int32))
+    w = push_window(jnp.full((1, 4), WINDOW_FILL, jnp.int32), jnp.asarray([9], jnp.int32))
     assert ends_with_stop(w, table).tolist() == [True]
-    w8 = push_window(jnp.full((1, 2), WINDOW_FILL, jnp.int32), jnp.asarray([8], jnp.int32))
+    w8 = push_window(jnp.full((1, 4), WINDOW_FILL, jnp.int32), jnp.asarray([8], jnp.int32))
     assert ends_with_stop(w8, table).tolist() == [False]
 
 
 def test_no_stops_and_no_eos_never_match():
     table = jnp.asarray(stop_table([]))
-    window = jnp.asarray(np.arange(8, dtype=np.int32).reshape(4, 2))
+    window = jnp.asarray(np.arange(16, dtype=np.int32).reshape(4, 4))
     assert not ends_with_stop(window, table).any()
     assert not is_eos(jnp.arange(5, dtype=jnp.int32), jnp.asarray(eos_array([]))).any()
     assert is_eos(jnp.arange(5, dtype=jnp.int32), jnp.asarray(eos_array([3, 0]))).tolist() == [True, False, False, True, False]
