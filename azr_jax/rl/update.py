@@ -124,9 +124,14 @@ def make_grad_fn(
     clip_frac, dual_clip_frac, approx_kl (and ref_kl), tokens.
     """
     keys = BATCH_KEYS + (OPTIONAL_BATCH_KEYS if rl_cfg.kl_coef > 0 else ())
+    batch_shards = 1
     if mesh is not None:
-        micro_sharding = NamedSharding(mesh, PartitionSpec(None, *logical_to_pspec(BATCH_AXES, rules)))
+        batch_pspec = logical_to_pspec(BATCH_AXES, rules, mesh=mesh)
+        micro_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_pspec))
         param_sh = param_shardings(model_cfg, mesh, rules)
+        batch_axis = batch_pspec[0] if len(batch_pspec) else None
+        for axis in (batch_axis,) if isinstance(batch_axis, str) else batch_axis or ():
+            batch_shards *= mesh.shape[axis]
 
     def micro_loss(params, micro):
         logp_bt, entropy_bt = token_logprobs_and_entropy(
@@ -145,6 +150,11 @@ def make_grad_fn(
         micro_rows = min(rl_cfg.micro_batch_size, rows)
         if rows % micro_rows:
             raise UserError(f"batch of {rows} rows is not a multiple of rl.micro_batch_size={micro_rows}")
+        if micro_rows % batch_shards:
+            raise UserError(
+                f"a micro-batch of {micro_rows} rows cannot be split over the {batch_shards} devices of the "
+                f"batch axes; make rl.micro_batch_size (and the batch) a multiple of {batch_shards}"
+            )
         n_micro = rows // micro_rows
         loss_mask_bt = batch["loss_mask"].astype(jnp.float32)
         # Weights over the whole batch: each micro-batch's loss is its share of the full objective.
@@ -232,7 +242,7 @@ def make_train_step(
             return step_fn(state, batch)
 
     state_sh = _state_shardings(model_cfg, optimizer, mesh, rules)
-    batch_sharding = NamedSharding(mesh, logical_to_pspec(BATCH_AXES, rules))
+    batch_sharding = NamedSharding(mesh, logical_to_pspec(BATCH_AXES, rules, mesh=mesh))
     return jax.jit(
         traced,
         in_shardings=(state_sh, batch_sharding),
