@@ -48,6 +48,18 @@ def initialize_from_env() -> bool:
     return jax.process_count() > 1
 
 
+def barrier(name: str, timeout_s: float = 1800.0) -> None:
+    """Wait until every process gets here (coordination service, no device collective).
+
+    Lining processes up before a step keeps a slow compile on one host from running past the
+    CPU collectives' 30 s start-up deadline on another."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed  # the client has no public barrier yet
+
+    jax_distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))
+
+
 def allgather_json(obj) -> list:
     """Every process's JSON-able `obj`, in process order (a collective: all processes call it)."""
     if jax.process_count() == 1:

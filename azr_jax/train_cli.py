@@ -61,6 +61,11 @@ def main(args: argparse.Namespace) -> int:
     workdir = args.workdir or f"runs/{cfg.name}"
     if args.resume_step is not None and args.resume_step <= 0:
         raise UserError(f"--resume-step must be a positive step number, got {args.resume_step}")
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    for noisy in ("absl", "jax", "orbax", "etils"):  # keep the run's own log readable
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from azr_jax.trainer import train
 
     result = train(cfg, workdir, resume_step=args.resume_step, progress=not args.no_progress)

@@ -29,14 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from azr_jax import config as config_lib
 from azr_jax import distributed
 from azr_jax.checkpoint import Checkpoints, abstract_like
 from azr_jax.data import PipelineState, build_prompt_batch, stream_seed
 from azr_jax.errors import UserError
 from azr_jax.metrics import MetricsWriter
 from azr_jax.train_setup import (
-    Policy, SELFPLAY_ROLES, allowed_config_change, check_workdir, load_policy, task_sampler,
+    Policy, SELFPLAY_ROLES, check_workdir, load_policy, task_sampler,
 )
 
 log = logging.getLogger("azr_jax.trainer")
@@ -377,6 +376,7 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
     status, step = "completed", start
     try:
         for step in range(start + 1, cfg.train.steps + 1):
+            distributed.barrier(f"azr-step-{step}")
             state, record, rollouts = loop.step(state, step)
             metrics.write_step(record)
             if cfg.train.audit_every and (step % cfg.train.audit_every == 0 or step == 1):
@@ -396,7 +396,11 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
         metrics.close()
         if hasattr(sandbox, "close"):
             sandbox.close()
-    summary = {"status": status, "step": step, "buffers": buffers.sizes()}
+    # A checksum of the final params, identical on every process (multi-host runs compare it).
+    digest = float(jax.jit(lambda p: sum(jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in jax.tree.leaves(p)))(
+        state.params))
+    log.info("process %d: params digest %.12e", jax.process_index(), digest)
+    summary = {"status": status, "step": step, "buffers": buffers.sizes(), "params_digest": digest}
     if status == "completed":
         metrics.write_json("summary.json", summary)
     else:
