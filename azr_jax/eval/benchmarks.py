@@ -1,0 +1,47 @@
+"""Benchmark items by name: {"id", "task", "problem"} solver records (DESIGN §3.3 problems)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from azr_jax.errors import UserError
+
+
+def load_benchmark(eval_cfg) -> list[dict]:
+    """Items of `eval_cfg.benchmark` (nano | cruxeval), cut to `eval_cfg.max_items` if > 0."""
+    if eval_cfg.benchmark == "nano":
+        from azr_jax.nano.benchmark import DEFAULT_PER_TYPE, nano_benchmark
+
+        per_type = DEFAULT_PER_TYPE if eval_cfg.max_items <= 0 else max(1, eval_cfg.max_items // 3)
+        return nano_benchmark(per_type)
+    if eval_cfg.benchmark == "cruxeval":
+        if not eval_cfg.data_path:
+            raise UserError("eval.benchmark=cruxeval needs eval.data_path (a CRUXEval JSONL file)")
+        items = load_cruxeval(eval_cfg.data_path)
+    else:
+        raise UserError(f"unknown eval.benchmark {eval_cfg.benchmark!r}; known: nano, cruxeval")
+    return items[: eval_cfg.max_items] if eval_cfg.max_items > 0 else items
+
+
+def load_cruxeval(path: str | Path) -> list[dict]:
+    """CRUXEval JSONL ({"code", "input", "output", "id"} per line) as deduction (CRUXEval-O) and
+    abduction (CRUXEval-I) items. Malformed lines raise UserError with their line number."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"benchmark file not found: {p}")
+    items = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{p} line {n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("code", "input", "output")):
+            raise UserError(f"{p} line {n}: expected an object with string fields code, input, output")
+        problem = {"program": row["code"], "input": row["input"], "output": row["output"], "imports": []}
+        name = str(row.get("id", f"line{n}"))
+        items.append({"id": f"cruxeval-o/{name}", "task": "deduction", "problem": problem})
+        items.append({"id": f"cruxeval-i/{name}", "task": "abduction", "problem": problem})
+    return items

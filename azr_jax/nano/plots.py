@@ -1,0 +1,63 @@
+"""PNG plots of a run's metrics.jsonl: reward, valid-proposal rate, learnability and solve rate
+per (role, task) over steps (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from azr_jax.errors import UserError
+
+TASKS = ("deduction", "abduction", "induction")
+ROLES = ("propose", "solve")
+# file stem -> (title, metric keys plotted as one line each)
+PANELS = {
+    "reward": ("mean reward", [f"{role}/{task}/reward" for role in ROLES for task in TASKS]),
+    "valid_rate": ("valid proposal rate", [f"propose/{task}/valid_rate" for task in TASKS]),
+    "learnability": ("proposer learnability (mean over valid proposals)", [f"propose/{task}/learnability" for task in TASKS]),
+    "solve_rate": ("solver accuracy on self-proposed tasks", [f"solve/{task}/accuracy" for task in TASKS]),
+}
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"metrics file not found: {p}")
+    rows = []
+    for n, line in enumerate(p.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{p} line {n}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write one PNG per panel into `out_dir`; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stem, (title, keys) in PANELS.items():
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for key in keys:
+            pts = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker=".", label=key.rsplit("/", 1)[0])
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"{stem}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,261 @@
+"""`azr-jax pretrain`: build the nano base model (the stand-in for human pretraining).
+
+    azr-jax pretrain --config configs/nano_base.py --out azr_jax/nano/base
+
+Steps, all deterministic for a fixed config: generate the procedural corpus (training slice of
+program space only), render every task as AZR transcripts with the host's prompt renderer,
+train the SentencePiece tokenizer on them, then train the `nano` preset decoder (the same
+`forward` as every other model) with next-token cross-entropy on the response tokens. The
+output directory is a Hugging Face-style checkpoint (config.json + model.safetensors +
+tokenizer.model) plus the self-play seed files and a record of how it was built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from azr_jax.errors import UserError
+
+SEED_IO_FILE = "seed_io.jsonl"
+SEED_INDUCTION_FILE = "seed_induction.jsonl"
+RECORD_FILE = "pretrain_record.json"
+_BUCKET = 128  # sequences are padded to a multiple of this (bounds the number of compilations)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="pretraining config, e.g. configs/nano_base.py")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (repeatable), e.g. --set pretrain.steps=100")
+    parser.add_argument("--out", required=True, help="output directory of the base checkpoint")
+
+
+def main(args: argparse.Namespace) -> int:
+    from azr_jax.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out)
+    record = build_base(cfg, out, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(json.dumps({"out": str(out), **{k: record[k] for k in ("num_params", "final_loss", "wall_s")}}))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Corpus -> token arrays
+# ----------------------------------------------------------------------------------------------
+
+
+def corpus_tasks(cfg):
+    """The pretraining corpus's generated tasks (training slice only)."""
+    from azr_jax.nano.corpus import Difficulty, generate_tasks
+
+    p = cfg.pretrain
+    return generate_tasks(p.corpus_seed, p.corpus_programs, Difficulty(max_steps=p.max_program_steps),
+                          heldout=False, num_inputs=cfg.azr.num_inputs)
+
+
+def corpus_transcripts(cfg, tasks):
+    from azr_jax.azr.prompts import Prompts
+    from azr_jax.nano.transcripts import build_transcripts
+
+    return build_transcripts(tasks, Prompts.from_config(cfg.azr), n_references=cfg.azr.n_references,
+                             seed=cfg.pretrain.corpus_seed)
+
+
+def tokenize_transcripts(tok, transcripts, seq_len: int):
+    """(tokens, loss_mask) lists; the loss covers the response and the closing EOS only."""
+    rows = []
+    prompts = tok.encode_batch([t.prompt for t in transcripts])
+    responses = tok.encode_batch([t.response for t in transcripts])
+    for p_ids, r_ids in zip(prompts, responses):
+        ids = p_ids + r_ids + [tok.eos_id]
+        if len(ids) > seq_len:
+            continue
+        rows.append((np.asarray(ids, np.int32), np.asarray([0] * len(p_ids) + [1] * (len(r_ids) + 1), np.float32)))
+    return rows
+
+
+def bucket_rows(rows, batch_size: int):
+    """Group rows by padded length (multiple of `_BUCKET`, right-padded) into [N, T] arrays."""
+    buckets: dict[int, list] = {}
+    for ids, mask in rows:
+        length = _BUCKET * math.ceil(len(ids) / _BUCKET)
+        buckets.setdefault(length, []).append((ids, mask))
+    out = {}
+    for length, items in sorted(buckets.items()):
+        if len(items) < batch_size:
+            continue  # too few to fill one batch of this shape; rare lengths only
+        tokens = np.zeros((len(items), length), np.int32)
+        masks = np.zeros((len(items), length), np.float32)
+        valid = np.zeros((len(items), length), np.float32)
+        for i, (ids, m) in enumerate(items):
+            tokens[i, : len(ids)] = ids
+            masks[i, : len(ids)] = m
+            valid[i, : len(ids)] = 1
+        out[length] = (tokens, masks, valid)
+    if not out:
+        raise UserError("the pretraining corpus is too small for one batch; raise pretrain.corpus_programs")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+
+def nano_model_config(cfg, vocab_size: int):
+    """The `nano` preset with the tokenizer's special ids and any `model.overrides`."""
+    from azr_jax.nano.preset import NANO
+    from azr_jax.nano.tokenizer_train import BOS_ID, EOS_ID, PAD_ID
+
+    model_cfg = NANO.replace(vocab_size=max(NANO.vocab_size, vocab_size), bos_token_id=BOS_ID,
+                             eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    return model_cfg.replace(**cfg.model.overrides) if cfg.model.overrides else model_cfg
+
+
+def make_train_step(model_cfg, optimizer):
+    """A jitted (params, opt_state, batch) -> (params, opt_state, loss) step: response-token CE."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from azr_jax.models import forward
+
+    def loss_fn(params, tokens_bt, loss_mask_bt, valid_bt):
+        positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1], dtype=jnp.int32), tokens_bt.shape)
+        logits_btv, _ = forward(params, tokens_bt, positions_bt, config=model_cfg, mask_bt=valid_bt,
+                                compute_dtype=jnp.float32)
+        logp_btv = jax.nn.log_softmax(logits_btv[:, :-1], axis=-1)
+        target_logp_bt = jnp.take_along_axis(logp_btv, tokens_bt[:, 1:, None], axis=-1)[..., 0]
+        weight_bt = loss_mask_bt[:, 1:]
+        return -(target_logp_bt * weight_bt).sum() / jnp.maximum(weight_bt.sum(), 1.0)
+
+    @jax.jit
+    def step(params, opt_state, tokens_bt, loss_mask_bt, valid_bt):
+        loss, grads = jax.value_and_grad(loss_fn)(params, tokens_bt, loss_mask_bt, valid_bt)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step, jax.jit(loss_fn)
+
+
+def make_optimizer(p):
+    import optax
+
+    warmup = max(1, min(p.warmup_steps, p.steps // 2))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, p.learning_rate, warmup, max(p.steps, warmup + 1),
+                                                  end_value=p.learning_rate * 0.05)
+    return optax.chain(optax.clip_by_global_norm(1.0),
+                       optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=p.weight_decay))
+
+
+def batch_schedule(buckets: dict, steps: int, batch_size: int, seed: int):
+    """Deterministic list of (length, row indices): buckets drawn in proportion to their size,
+    rows reshuffled each time a bucket's epoch ends."""
+    rng = np.random.default_rng(seed)
+    lengths = sorted(buckets)
+    sizes = np.array([len(buckets[length][0]) for length in lengths], np.float64)
+    orders = {length: rng.permutation(len(buckets[length][0])) for length in lengths}
+    cursors = {length: 0 for length in lengths}
+    out = []
+    for _ in range(steps):
+        length = lengths[int(rng.choice(len(lengths), p=sizes / sizes.sum()))]
+        if cursors[length] + batch_size > len(orders[length]):
+            orders[length], cursors[length] = rng.permutation(len(orders[length])), 0
+        out.append((length, orders[length][cursors[length]: cursors[length] + batch_size]))
+        cursors[length] += batch_size
+    return out
+
+
+def train(model_cfg, buckets: dict, p, *, log=None, log_every: int = 50):
+    """Train from a fresh init for `p.steps` steps; returns (params, per-step losses)."""
+    import jax
+
+    from azr_jax.models import init_params
+
+    optimizer = make_optimizer(p)
+    params = init_params(model_cfg, jax.random.key(p.seed))
+    opt_state = optimizer.init(params)
+    step_fn, _ = make_train_step(model_cfg, optimizer)
+    losses = []
+    t0 = time.perf_counter()
+    for i, (length, idx) in enumerate(batch_schedule(buckets, p.steps, p.batch_size, p.seed)):
+        tokens, masks, valid = buckets[length]
+        params, opt_state, loss = step_fn(params, opt_state, tokens[idx], masks[idx], valid[idx])
+        losses.append(float(loss))
+        if log and (i % log_every == 0 or i == p.steps - 1):
+            log(f"pretrain step {i + 1}/{p.steps} len {length} loss {np.mean(losses[-log_every:]):.4f} "
+                f"({time.perf_counter() - t0:.0f}s)")
+    return params, losses
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole build
+# ----------------------------------------------------------------------------------------------
+
+
+def write_seed_files(cfg, out: Path, count: int = 64) -> None:
+    """Self-play seed buffers: training-slice tasks from a seed distinct from the corpus's."""
+    from azr_jax.nano.corpus import Difficulty, generate_tasks
+
+    p = cfg.pretrain
+    tasks = generate_tasks(p.corpus_seed + 1, count, Difficulty(max_steps=p.max_program_steps),
+                           heldout=False, num_inputs=cfg.azr.num_inputs)
+    visible = cfg.azr.num_inputs // 2
+    (out / SEED_IO_FILE).write_text("".join(json.dumps(t.io_record()) + "\n" for t in tasks))
+    (out / SEED_INDUCTION_FILE).write_text("".join(json.dumps(t.induction_record(visible)) + "\n" for t in tasks))
+
+
+def save_checkpoint(out: Path, model_cfg, params, tok) -> None:
+    from safetensors.numpy import save_file
+
+    from azr_jax.models import hf_from_params
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(model_cfg.to_hf_config(dtype="float32"), indent=2) + "\n")
+    tensors = {k: np.asarray(v, np.float32) for k, v in hf_from_params(model_cfg, params).items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    tok.save(out)
+
+
+def build_base(cfg, out: Path, *, log=print) -> dict:
+    """Corpus -> tokenizer -> pretraining -> checkpoint in `out`; returns the build record."""
+    from azr_jax.models.tokenizer import load_tokenizer
+    from azr_jax.nano.tokenizer_train import train_tokenizer
+
+    t0 = time.perf_counter()
+    p = cfg.pretrain
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = corpus_tasks(cfg)
+    transcripts = corpus_transcripts(cfg, tasks)
+    log(f"corpus: {len(tasks)} programs, {len(transcripts)} transcripts")
+    tok_path = train_tokenizer([t.prompt + t.response for t in transcripts], out / "tokenizer.model",
+                               vocab_size=p.vocab_size)
+    tok = load_tokenizer(tok_path)
+    rows = tokenize_transcripts(tok, transcripts, p.seq_len)
+    buckets = bucket_rows(rows, p.batch_size)
+    log(f"tokenizer: {tok.vocab_size} pieces; {len(rows)}/{len(transcripts)} transcripts fit seq_len {p.seq_len}")
+    model_cfg = nano_model_config(cfg, tok.vocab_size)
+    params, losses = train(model_cfg, buckets, p, log=log)
+    save_checkpoint(out, model_cfg, params, tok)
+    write_seed_files(cfg, out)
+    record = {
+        "command": "azr-jax pretrain " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "build_base()",
+        "pretrain": dataclasses.asdict(p),
+        "num_params": model_cfg.num_params(),
+        "tokenizer_pieces": tok.vocab_size,
+        "corpus_programs": len(tasks),
+        "transcripts_used": len(rows),
+        "first_loss": float(np.mean(losses[:20])),
+        "final_loss": float(np.mean(losses[-50:])),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record

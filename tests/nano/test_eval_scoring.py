@@ -1,0 +1,88 @@
+"""Benchmark scoring of hand-made responses with the training scorer, the summary fields, plots."""
+
+import json
+
+import pytest
+
+from azr_jax.config import load_config
+from azr_jax.eval.evaluate import score_items
+from azr_jax.eval.summary import solve_rate_summary
+from azr_jax.nano.benchmark import nano_benchmark
+from azr_jax.nano.plots import PANELS, plot_metrics
+
+
+def _answer(tag, text):
+    return f" reasoning </think> <answer>\n```{tag}\n{text}\n```\n</answer>"
+
+
+def _right(item):
+    p = item["problem"]
+    if item["task"] == "deduction":
+        return _answer("output", p["output"])
+    if item["task"] == "abduction":
+        return _answer("input", p["input"])
+    return _answer("python", p["program"])
+
+
+def _wrong(item):
+    if item["task"] == "deduction":
+        return _answer("output", "'certainly not this'")
+    if item["task"] == "abduction":
+        return _answer("input", "object()")
+    return _answer("python", "def f(x):\n    return None")
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    from azr_jax.sandbox import Sandbox
+
+    cfg = load_config("configs/nano.py")
+    with Sandbox(cfg.sandbox) as sb:
+        yield sb
+
+
+def test_scoring_hand_made_responses(sandbox):
+    cfg = load_config("configs/nano.py")
+    items = nano_benchmark(4)
+    # per type: 2 right, 1 wrong, 1 right answer without the <think>/<answer> format
+    responses = []
+    for it in items:
+        k = int(it["id"].rsplit("/", 1)[1])
+        responses.append(_right(it) if k < 2 else _wrong(it) if k == 2 else _right(it).split("<answer>")[1])
+    result = score_items(items, responses, cfg, sandbox)
+    assert result["n_items"] == 12
+    for task in ("deduction", "abduction", "induction"):
+        got = [r["accuracy"] for r in result["items"] if r["id"].startswith(f"nano/{task}/")]
+        assert got[:3] == [1.0, 1.0, 0.0], (task, got)
+    assert result["format_rate"] == pytest.approx(9 / 12)
+    assert result["solve_rate"] == pytest.approx(sum(result["per_task"].values()) / 3)
+
+
+def test_summary_fields():
+    base = {"solve_rate": 0.2, "per_task": {"deduction": 0.3, "abduction": 0.2, "induction": 0.1},
+            "n_items": 150, "benchmark": "nano"}
+    final = {"solve_rate": 0.35, "per_task": {"deduction": 0.5, "abduction": 0.3, "induction": 0.25},
+             "n_items": 150, "benchmark": "nano"}
+    s = solve_rate_summary(base, final)
+    assert s["base_solve_rate"] == 0.2 and s["final_solve_rate"] == 0.35
+    assert s["solve_rate_gain"] == pytest.approx(0.15)
+    assert s["final_solve_rate/induction"] == 0.25 and s["base_solve_rate/deduction"] == 0.3
+
+
+def test_plots_from_metrics_jsonl(tmp_path):
+    rows = []
+    for step in range(1, 5):
+        row = {"step": step}
+        for task in ("deduction", "abduction", "induction"):
+            row[f"propose/{task}/reward"] = -1 + 0.2 * step
+            row[f"solve/{task}/reward"] = -0.5 + 0.1 * step
+            row[f"propose/{task}/valid_rate"] = 0.2 * step
+            row[f"propose/{task}/learnability"] = None if step == 1 else 0.1 * step
+            row[f"solve/{task}/accuracy"] = 0.1 * step
+        rows.append(row)
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    written = plot_metrics(path, tmp_path / "plots")
+    assert [p.stem for p in written] == list(PANELS)
+    for p in written:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000

@@ -1,0 +1,46 @@
+"""Held-out nano benchmark tasks never enter training: not the pretraining corpus, not the
+self-play seed buffers (by seed and by program hash)."""
+
+import json
+
+from azr_jax.config import load_config
+from azr_jax.nano import BASE_DIR
+from azr_jax.nano.benchmark import BENCHMARK_SEED, TASK_TYPES, nano_benchmark
+from azr_jax.nano.corpus import is_heldout, program_hash
+from azr_jax.nano.pretrain import SEED_INDUCTION_FILE, SEED_IO_FILE, corpus_tasks
+
+CONFIG = "configs/nano_base.py"
+
+
+def _bench_hashes():
+    items = nano_benchmark()
+    assert {it["task"] for it in items} == set(TASK_TYPES)
+    assert all(is_heldout(it["problem"]["program"]) for it in items)
+    return {program_hash(it["problem"]["program"]) for it in items}
+
+
+def test_benchmark_is_disjoint_from_the_pretraining_corpus():
+    cfg = load_config(CONFIG)
+    bench_seeds = {BENCHMARK_SEED + i for i in range(len(TASK_TYPES))}
+    assert not bench_seeds & {cfg.pretrain.corpus_seed, cfg.pretrain.corpus_seed + 1}  # corpus, seed files
+    corpus = {program_hash(t.source) for t in corpus_tasks(cfg)}
+    assert len(corpus) > 500
+    assert not corpus & _bench_hashes()
+
+
+def test_benchmark_is_disjoint_from_the_selfplay_seed_buffers():
+    cfg = load_config("configs/nano.py")
+    assert cfg.azr.seed_file == str(BASE_DIR / SEED_IO_FILE)
+    assert cfg.azr.induction_seed_file == str(BASE_DIR / SEED_INDUCTION_FILE)
+    programs = [json.loads(line)["program"] for name in (SEED_IO_FILE, SEED_INDUCTION_FILE)
+                for line in (BASE_DIR / name).read_text().splitlines()]
+    assert programs and not any(is_heldout(p) for p in programs)
+    seeds = {program_hash(p) for p in programs}
+    assert not seeds & _bench_hashes()
+
+
+def test_benchmark_is_fixed_and_prefix_stable():
+    a, b = nano_benchmark(10), nano_benchmark(20)
+    assert a == nano_benchmark(10)
+    for task in TASK_TYPES:
+        assert [x for x in a if x["task"] == task] == [x for x in b if x["task"] == task][:10]

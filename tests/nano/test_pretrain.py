@@ -1,0 +1,32 @@
+"""Nano pretraining: a few steps on the procedural corpus reduce the response loss."""
+
+import dataclasses
+
+import numpy as np
+
+from azr_jax.config import load_config
+from azr_jax.models.tokenizer import load_tokenizer
+from azr_jax.nano.pretrain import (
+    bucket_rows, corpus_tasks, corpus_transcripts, nano_model_config, tokenize_transcripts, train,
+)
+from azr_jax.nano.tokenizer_train import train_tokenizer
+
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
+        "head_dim": 16}
+
+
+def test_a_few_steps_reduce_loss(tmp_path):
+    cfg = load_config("configs/nano_base.py", ["pretrain.corpus_programs=40", "pretrain.steps=30",
+                                                "pretrain.batch_size=8", "pretrain.learning_rate=0.01",
+                                                "pretrain.warmup_steps=3", "pretrain.seq_len=256"])
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, overrides=TINY))
+    transcripts = [t for t in corpus_transcripts(cfg, corpus_tasks(cfg)) if t.role == "solve"]
+    tok = load_tokenizer(train_tokenizer([t.prompt + t.response for t in transcripts], tmp_path / "tokenizer.model",
+                                         vocab_size=400))
+    rows = tokenize_transcripts(tok, transcripts, cfg.pretrain.seq_len)
+    buckets = bucket_rows(rows, cfg.pretrain.batch_size)
+    model_cfg = nano_model_config(cfg, tok.vocab_size)
+    assert model_cfg.hidden_size == 32 and model_cfg.eos_token_id == tok.eos_id
+    _, losses = train(model_cfg, buckets, cfg.pretrain)
+    assert len(losses) == 30 and np.all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0

@@ -1,0 +1,30 @@
+"""Training the nano SentencePiece tokenizer: code round-trips, tags are single pieces."""
+
+import hashlib
+
+from azr_jax.models.tokenizer import load_tokenizer
+from azr_jax.nano.corpus import generate_tasks
+from azr_jax.nano.tokenizer_train import EOS_ID, PAD_ID, train_tokenizer
+from azr_jax.nano.transcripts import solve_response
+
+
+def _texts():
+    tasks = generate_tasks(0, 150)
+    return [t.source + "\nAssistant: <think>" + solve_response("deduction", t) for t in tasks]
+
+
+def test_train_roundtrip_and_determinism(tmp_path):
+    texts = _texts()
+    a = train_tokenizer(texts, tmp_path / "a" / "tokenizer.model", vocab_size=400)
+    b = train_tokenizer(texts, tmp_path / "b" / "tokenizer.model", vocab_size=400)
+    assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+    tok = load_tokenizer(a)
+    assert tok.eos_id == EOS_ID and tok.pad_id == PAD_ID
+    for text in texts[:20] + ["def g(x):\n    if x:\n        return  'a  b'\n", "unseen ✓ text\t!"]:
+        assert tok.decode(tok.encode(text)) == text  # indentation, double spaces, unseen characters
+    for tag in ("<think>", "</think>", "<answer>", "</answer>", "\n", "    "):
+        assert len(tok.encode(tag)) == 1, tag
+    # no dummy prefix: encoding a split prompt/response gives the same text back
+    prompt, response = texts[0].split("<think>")
+    ids = tok.encode(prompt + "<think>") + tok.encode(response)
+    assert tok.decode(ids) == texts[0]
