@@ -350,6 +350,9 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
     except Exception as e:  # logging set-up must never stop a run
         log.warning("multiprocessing-logging unavailable (%s); worker logs stay in the workers", e)
 
+    if cfg.azr.seed_size and not cfg.azr.seed_file:
+        log.warning("azr.seed_size=%d: the seeding phase is not implemented yet; self-play starts from the "
+                    "identity triplet (give seed triplets with azr.seed_file)", cfg.azr.seed_size)
     policy = load_policy(cfg)
     if generate_fn is None:
         from azr_jax.sampling import generate as generate_fn

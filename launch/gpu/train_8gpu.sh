@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# One 8-GPU node: a single process drives all eight GPUs (fsdp over the node).
+#   launch/gpu/train_8gpu.sh CONFIG [azr-jax train args...]
+#   e.g. launch/gpu/train_8gpu.sh configs/qwen2.5-7b.py --set model.hf_dir=/data/Qwen2.5-7B --workdir runs/q7b
+# Several nodes: start this script on each with JAX_COORDINATOR_ADDRESS=host0:port,
+# JAX_NUM_PROCESSES=<nodes> and JAX_PROCESS_ID=<rank>, and a workdir on a shared filesystem.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+config="$1"; shift
+if [ ! -x .venv/bin/azr-jax ]; then
+  python3 -m venv .venv && .venv/bin/pip install -q -e ".[cuda]"
+fi
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
+exec .venv/bin/azr-jax train --config "$config" --mesh gpu-8 "$@"
