@@ -165,7 +165,7 @@ class TrainSection:
     save_every: int = 10
     keep_checkpoints: int = 3
     log_every: int = 1
-    eval_every: int = 0  # 0 = only at the start and the end
+    eval_every: int = 0  # 0 = only at the start and the end; -1 = never
     audit_every: int = 10  # write sampled rollouts and buffer snapshots every N steps
 
 
