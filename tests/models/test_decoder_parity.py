@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,7 +14,9 @@ from hf_reference import (  # noqa: E402
     bf16_configs, hf_logits, hf_model, left_padded_batch, params_of, progressions, small_config,
 )
 
-from azr_jax.models.decoder import forward  # noqa: E402
+from azr_jax.models.decoder import forward as _forward  # noqa: E402
+
+forward = jax.jit(_forward, static_argnames=("config", "compute_dtype", "return_hidden"))
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "decoder_bf16"
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,

@@ -1,0 +1,133 @@
+"""ModelConfig: parameter counts, FLOPs, HF config round trips, presets, HF tensor mapping."""
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).parent))
+from hf_reference import hf_model, small_config  # noqa: E402
+
+from azr_jax.errors import UserError  # noqa: E402
+from azr_jax.models import PRESETS, ModelConfig, get_preset, register_preset  # noqa: E402
+from azr_jax.models.decoder import init_params, param_axes, param_shapes  # noqa: E402
+from azr_jax.models.hf_mapping import hf_from_params, hf_tensor_specs, params_from_hf  # noqa: E402
+
+
+def _hf_param_count(cfg: ModelConfig) -> int:
+    hf_cfg = transformers.AutoConfig.for_model(**cfg.to_hf_config())
+    with torch.device("meta"):  # shapes only: presets up to 14B cost no memory
+        model = transformers.AutoModelForCausalLM.from_config(hf_cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_num_params_equals_transformers(name):
+    cfg = get_preset(name)
+    assert cfg.num_params() == _hf_param_count(cfg)
+
+
+def test_known_parameter_counts():
+    assert get_preset("qwen2.5-0.5b").num_params() == 494_032_768
+    assert get_preset("qwen2.5-7b").num_params() == 7_615_616_512
+    assert get_preset("llama-3.1-8b").num_params() == 8_030_261_248
+
+
+@pytest.mark.parametrize("arch,tie", [("qwen2", True), ("qwen2", False), ("llama", False), ("qwen3", True)])
+def test_small_num_params_and_tree_match_transformers(arch, tie):
+    cfg = small_config(arch, tie_word_embeddings=tie)
+    model = hf_model(cfg)
+    assert cfg.num_params() == sum(p.numel() for p in model.parameters())
+    params = init_params(cfg, jax.random.key(0))
+    assert sum(x.size for x in jax.tree.leaves(params)) == cfg.num_params()
+    shapes = jax.tree.map(lambda x: x.shape, params)
+    assert shapes == jax.tree.map(tuple, param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))
+    axes = param_axes(cfg)
+    assert jax.tree.structure(axes, is_leaf=lambda x: isinstance(x, tuple)) == jax.tree.structure(params)
+    # Every HF tensor is covered exactly once by the mapping.
+    hf_names = {k for k in model.state_dict() if not (tie and k == "lm_head.weight")}
+    assert {s.hf_name for s in hf_tensor_specs(cfg)} == hf_names
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3"])
+def test_hf_mapping_round_trip(arch):
+    cfg = small_config(arch)
+    params = jax.tree.map(np.asarray, init_params(cfg, jax.random.key(1)))
+    tensors = hf_from_params(cfg, params)
+    back = params_from_hf(cfg, tensors.__getitem__, np.float32)
+    jax.tree.map(np.testing.assert_array_equal, back, params)
+    bad = dict(tensors, **{"model.norm.weight": np.ones(3, np.float32)})
+    with pytest.raises(UserError, match="model.norm.weight"):
+        params_from_hf(cfg, bad.__getitem__)
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-0.5b", "qwen2.5-7b", "llama-3.1-8b", "qwen3-4b-base"])
+def test_to_hf_config_round_trips_through_transformers(name, tmp_path):
+    cfg = get_preset(name)
+    hf_dict = cfg.to_hf_config(dtype="bfloat16")
+    (tmp_path / "config.json").write_text(json.dumps(hf_dict))
+    loaded = transformers.AutoConfig.from_pretrained(tmp_path)
+    assert type(loaded).__name__ == {"qwen2": "Qwen2Config", "llama": "LlamaConfig",
+                                     "qwen3": "Qwen3Config"}[cfg.architecture]
+    assert loaded.architectures == hf_dict["architectures"]
+    # Through transformers' own serialisation (5.x writes rope_parameters) and back.
+    assert ModelConfig.from_hf_config(loaded.to_dict()) == cfg
+    assert ModelConfig.from_hf_config(hf_dict) == cfg
+
+
+def test_from_hf_config_rejects_unsupported():
+    good = get_preset("qwen2.5-0.5b").to_hf_config()
+    with pytest.raises(UserError, match="model_type"):
+        ModelConfig.from_hf_config(dict(good, model_type="mistral"))
+    with pytest.raises(UserError, match="architectures"):
+        ModelConfig.from_hf_config(dict(good, architectures=["Qwen2ForSequenceClassification"]))
+    with pytest.raises(UserError, match="yarn"):
+        ModelConfig.from_hf_config(dict(good, rope_scaling={"type": "yarn", "factor": 4.0}))
+    with pytest.raises(UserError, match="sliding"):
+        ModelConfig.from_hf_config(dict(good, use_sliding_window=True))
+    with pytest.raises(UserError, match="hidden_size"):
+        ModelConfig.from_hf_config({k: v for k, v in good.items() if k != "hidden_size"})
+    with pytest.raises(UserError, match="dynamic"):
+        small_config("llama", rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    with pytest.raises(UserError, match="attention_bias"):
+        small_config("llama", attention_bias=True)
+
+
+def test_llama_eos_list_round_trips():
+    hf = dict(get_preset("llama-3.1-8b").to_hf_config(), eos_token_id=[128001, 128008, 128009])
+    cfg = ModelConfig.from_hf_config(hf)
+    assert cfg.eos_token_id == 128001 and cfg.stop_token_ids == (128001, 128008, 128009)
+    assert cfg.to_hf_config()["eos_token_id"] == [128001, 128008, 128009]
+
+
+def test_flops_per_token_formula():
+    cfg = get_preset("qwen2.5-0.5b")
+    d, f, n, k, h, L, v = 896, 4864, 14, 2, 64, 24, 151936
+    matmul = L * (d * n * h + 2 * d * k * h + n * h * d + 3 * d * f) + d * v
+    assert cfg.flops_per_token(4096) == 6 * matmul + 12 * L * n * h * 4096
+    assert cfg.flops_per_token(2048) < cfg.flops_per_token(4096)
+
+
+def test_presets_registry_and_hashing():
+    cfg = get_preset("qwen3-4b-base")
+    assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+            cfg.intermediate_size, cfg.vocab_size) == (36, 2560, 32, 8, 128, 9728, 151936)
+    assert cfg.tie_word_embeddings and cfg.qk_norm and not cfg.attention_bias
+    llama = get_preset("llama-3.1-8b")
+    assert llama.rope_scaling["rope_type"] == "llama3" and llama.rope_theta == 500000.0
+    assert hash(llama) == hash(ModelConfig.from_hf_config(llama.to_hf_config()))
+    with pytest.raises(UserError, match="qwen2.5-0.5b"):
+        get_preset("qwen2.5-0.5")
+    tiny = small_config("qwen2")
+    register_preset("test-tiny-model-core", tiny)
+    try:
+        assert get_preset("test-tiny-model-core") is tiny
+        with pytest.raises(ValueError):
+            register_preset("test-tiny-model-core", small_config("llama"))
+    finally:
+        PRESETS.pop("test-tiny-model-core")
