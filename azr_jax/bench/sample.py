@@ -1,0 +1,126 @@
+"""`azr-jax bench sample`: sampler tokens/s vs transformers `generate` with a static cache.
+
+Both sides get the same model shape (random weights), batch, prompt length and number of new
+tokens on the same machine, sample at the same temperature with no top-k/top-p, and never stop
+early (no EOS), so both produce exactly batch x new_tokens tokens. Times include prefill and
+exclude compilation (one warm-up call each). On accelerators the figure is also given as a
+fraction of the HBM-bandwidth roofline: every decode step must read all weights once plus the
+KV cache written so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from azr_jax.bench.common import device_info, peak_numbers, time_it
+from azr_jax.bench.model_shape import add_shape_arguments, dtype_from_args, model_config_from_args, model_shape_record
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_shape_arguments(parser, default_preset="qwen2.5-0.5b")
+    parser.add_argument("--batch", type=int, default=8, help="prompts per call")
+    parser.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per row")
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls (median is reported)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip transformers.generate")
+
+
+def roofline_tokens_per_s(cfg, batch: int, prompt_len: int, new_tokens: int, dtype_bytes: int,
+                          hbm_bytes_per_s: float) -> float:
+    """Upper bound on decode tokens/s from memory bandwidth alone.
+
+    Step t reads every weight once (the embedding row gather aside) and the KV of the
+    prompt_len + t tokens of each row; prefill is ignored (it is compute-bound and short).
+    """
+    weight_bytes = (cfg.num_params() - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)) * dtype_bytes
+    kv_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype_bytes
+    context = prompt_len * new_tokens + new_tokens * (new_tokens - 1) / 2  # sum over steps
+    total_bytes = new_tokens * weight_bytes + batch * context * kv_per_token
+    return batch * new_tokens * hbm_bytes_per_s / total_bytes
+
+
+def _jax_side(cfg, args, dtype: str, prompts: list[list[int]]) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    from azr_jax.models import init_params
+    from azr_jax.sampling import SamplingSettings, generate
+
+    jdtype = jnp.dtype(dtype)
+    params = init_params(cfg, jax.random.key(0), dtype=jdtype)
+    settings = SamplingSettings(temperature=args.temperature, max_new_tokens=args.new_tokens)
+    # Exact buckets: the benchmark measures the requested shape, not a padded one.
+    buckets = (args.prompt_len, args.new_tokens)
+    rng = jax.random.key(1)
+
+    def call():
+        out = generate(params, cfg, prompts, rng, settings, compute_dtype=jdtype, length_buckets=buckets)
+        assert out.lengths.min() == args.new_tokens
+        return out
+
+    return time_it(call, warmup=1, repeats=args.repeats)
+
+
+def _torch_side(cfg, args, dtype: str, prompts: list[list[int]]) -> float:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    # No EOS (every row runs to new_tokens); bos/pad ids must lie inside a shrunken vocabulary.
+    hf_cfg = transformers.AutoConfig.for_model(
+        **{**cfg.to_hf_config(), "eos_token_id": None, "bos_token_id": None, "pad_token_id": 0})
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=getattr(torch, dtype)).to(device).eval()
+    ids = torch.tensor(prompts, dtype=torch.long, device=device)
+    attn = torch.ones_like(ids)
+
+    def call():
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids, attention_mask=attn, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                do_sample=args.temperature > 0, temperature=args.temperature or None, top_k=0, top_p=1.0,
+                cache_implementation="static", pad_token_id=0,
+            )
+        if device == "cuda":
+            torch.cuda.synchronize()
+        assert out.shape == (args.batch, args.prompt_len + args.new_tokens)
+        return out
+
+    return time_it(call, warmup=1, repeats=args.repeats)
+
+
+def run(args: argparse.Namespace) -> dict:
+    info = device_info()
+    cfg = model_config_from_args(args)
+    dtype = dtype_from_args(args, info["device"])
+    rng = np.random.default_rng(0)
+    prompts = rng.integers(0, cfg.vocab_size, size=(args.batch, args.prompt_len)).tolist()
+    n_tokens = args.batch * args.new_tokens
+
+    print(f"bench sample: jax sampler, {cfg.num_params() / 1e6:.1f}M params, {dtype}", file=sys.stderr)
+    jax_s = _jax_side(cfg, args, dtype, prompts)
+    result = {
+        "bench": "sample", **info, "model": model_shape_record(cfg), "dtype": dtype,
+        "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+        "temperature": args.temperature, "repeats": args.repeats,
+        "seconds": jax_s, "tokens_per_s": n_tokens / jax_s,
+    }
+    _, hbm = peak_numbers(info["device_kind"])
+    if hbm is not None:
+        roof = roofline_tokens_per_s(cfg, args.batch, args.prompt_len, args.new_tokens, _DTYPE_BYTES[dtype], hbm)
+        result.update(roofline_tokens_per_s=roof, roofline_fraction=result["tokens_per_s"] / roof)
+    else:
+        result.update(roofline_tokens_per_s=None, roofline_fraction=None)  # no bandwidth figure for CPUs
+    if not args.no_baseline:
+        print("bench sample: transformers.generate (static cache)", file=sys.stderr)
+        torch_s = _torch_side(cfg, args, dtype, prompts)
+        result.update(baseline="transformers.generate(cache_implementation='static')",
+                      baseline_seconds=torch_s, baseline_tokens_per_s=n_tokens / torch_s,
+                      ratio=torch_s / jax_s)
+    return result

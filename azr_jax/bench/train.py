@@ -1,0 +1,129 @@
+"""`azr-jax bench train`: update-step tokens/s and MFU vs a torch forward + backward + AdamW step.
+
+Both sides train the same model shape (random weights) on the same batch shape with a
+policy-gradient loss on the second half of each row (the response), gradient clipping and AdamW.
+The JAX side is the real `rl.update.make_train_step` (PPO clipped surrogate, one micro-batch);
+the torch side is transformers' model with the same surrogate written out. Tokens/s counts
+every position of the batch (prompt and response), as MFU's FLOPs do (`flops_per_token`:
+6 x matmul params + attention, forward + backward). Compilation is excluded (one warm-up step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from azr_jax.bench.common import device_info, peak_numbers, time_it
+from azr_jax.bench.model_shape import add_shape_arguments, dtype_from_args, model_config_from_args, model_shape_record
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_shape_arguments(parser, default_preset="qwen2.5-0.5b")
+    parser.add_argument("--batch", type=int, default=8, help="rows per step")
+    parser.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per row (no loss)")
+    parser.add_argument("--new-tokens", type=int, default=64, help="response tokens per row (in the loss)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps (median is reported)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the torch step")
+
+
+def _batch(cfg, args):
+    rng = np.random.default_rng(0)
+    rows, total = args.batch, args.prompt_len + args.new_tokens
+    loss_mask = np.zeros((rows, total), np.int32)
+    loss_mask[:, args.prompt_len:] = 1
+    return {
+        "tokens": rng.integers(0, cfg.vocab_size, size=(rows, total)).astype(np.int32),
+        "positions": np.tile(np.arange(total, dtype=np.int32), (rows, 1)),
+        "mask": np.ones((rows, total), np.int32),
+        "loss_mask": loss_mask,
+        "advantages": (rng.standard_normal((rows, 1)) * loss_mask).astype(np.float32),
+    }
+
+
+def _jax_side(cfg, args, dtype: str, batch: dict) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    from azr_jax.config import OptimSection, RLSection
+    from azr_jax.models import init_params
+    from azr_jax.rl.logprobs import token_logprobs
+    from azr_jax.rl.update import init_train_state, make_train_step
+
+    cd = jnp.dtype(dtype)
+    rl = RLSection(micro_batch_size=args.batch, entropy_coef=0.0)
+    optim = OptimSection(learning_rate=1e-6)
+    state = init_train_state(cfg, optim, jax.jit(lambda k: init_params(cfg, k))(jax.random.key(0)))
+    step = make_train_step(cfg, rl, optim, compute_dtype=cd)
+    dev = {k: jnp.asarray(v) for k, v in batch.items()}
+    # On-policy old logprobs (ratio 1), as in the first PPO epoch of a real step.
+    dev["old_logprobs"] = jax.jit(lambda p, b: token_logprobs(p, b, cfg, cd))(state.params, dev)
+    holder = {"state": state}
+
+    def call():
+        holder["state"], metrics = step(holder["state"], dev)
+        jax.block_until_ready(metrics["loss"])
+
+    return time_it(call, warmup=1, repeats=args.repeats)
+
+
+def _torch_side(cfg, args, dtype: str, batch: dict) -> float:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    hf_cfg = transformers.AutoConfig.for_model(
+        **{**cfg.to_hf_config(), "eos_token_id": None, "bos_token_id": None, "pad_token_id": 0})
+    # float32 master weights with autocast on accelerators, like the JAX side's compute_dtype.
+    model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.0)
+    ids = torch.tensor(batch["tokens"], dtype=torch.long, device=device)
+    mask = torch.tensor(batch["loss_mask"][:, 1:], dtype=torch.float32, device=device)
+    adv = torch.tensor(batch["advantages"][:, 1:], dtype=torch.float32, device=device)
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+    def call():
+        with autocast:
+            logits = model(input_ids=ids).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        ratio = torch.exp(logp - logp.detach())
+        loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.28))
+        loss = (loss * mask).sum() / mask.sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return time_it(call, warmup=1, repeats=args.repeats)
+
+
+def run(args: argparse.Namespace) -> dict:
+    info = device_info()
+    cfg = model_config_from_args(args)
+    dtype = dtype_from_args(args, info["device"])
+    batch = _batch(cfg, args)
+    seq_len = args.prompt_len + args.new_tokens
+    n_tokens = args.batch * seq_len
+    flops_per_token = cfg.flops_per_token(seq_len)
+
+    print(f"bench train: jax update step, {cfg.num_params() / 1e6:.1f}M params, {dtype}", file=sys.stderr)
+    jax_s = _jax_side(cfg, args, dtype, batch)
+    peak_flops, _ = peak_numbers(info["device_kind"])
+    result = {
+        "bench": "train", **info, "model": model_shape_record(cfg), "dtype": dtype,
+        "batch": args.batch, "seq_len": seq_len, "loss_tokens_per_row": args.new_tokens, "repeats": args.repeats,
+        "seconds": jax_s, "tokens_per_s": n_tokens / jax_s, "flops_per_token": flops_per_token,
+        "achieved_flops_per_s": flops_per_token * n_tokens / jax_s,
+        "mfu": None if peak_flops is None else flops_per_token * n_tokens / jax_s / peak_flops,  # no CPU peak
+    }
+    if not args.no_baseline:
+        print("bench train: torch forward + backward + AdamW", file=sys.stderr)
+        torch_s = _torch_side(cfg, args, dtype, batch)
+        result.update(baseline="torch fwd+bwd+AdamW (transformers model)", baseline_seconds=torch_s,
+                      baseline_tokens_per_s=n_tokens / torch_s, ratio=torch_s / jax_s,
+                      baseline_mfu=None if peak_flops is None else flops_per_token * n_tokens / torch_s / peak_flops)
+    return result

@@ -1,0 +1,57 @@
+"""`azr-jax bench sample|train`: flags resolve to the intended shape, the roofline arithmetic, and
+one tiny end-to-end run of each printing the JSON record (values are timings: only their
+presence and sign are checked, never their size)."""
+
+import argparse
+import json
+
+import pytest
+
+from azr_jax.bench import cli as bench_cli
+from azr_jax.bench.model_shape import model_config_from_args
+from azr_jax.bench.sample import roofline_tokens_per_s
+from azr_jax.errors import UserError
+from azr_jax.models import get_preset
+
+TINY = ["--preset", "qwen2.5-0.5b", "--layers", "1", "--hidden", "128", "--vocab", "256",
+        "--batch", "2", "--prompt-len", "8", "--new-tokens", "4", "--repeats", "1"]
+
+
+def _args(name, argv):
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="bench")
+    p = sub.add_parser(name)
+    bench_cli.importlib.import_module(bench_cli.BENCHES[name][0]).add_arguments(p)
+    p.add_argument("--out", default=None)
+    return parser.parse_args([name, *argv])
+
+
+def test_shape_flags_shrink_the_preset():
+    cfg = model_config_from_args(_args("sample", TINY))
+    base = get_preset("qwen2.5-0.5b")
+    assert (cfg.num_layers, cfg.hidden_size, cfg.vocab_size) == (1, 128, 256)
+    assert cfg.num_heads == 128 // base.head_dim and cfg.num_heads % cfg.num_kv_heads == 0
+    over = model_config_from_args(_args("train", ["--set", "model.overrides.num_layers=3"]))
+    assert over.num_layers == 3 and over.hidden_size == base.hidden_size
+    with pytest.raises(UserError):
+        model_config_from_args(_args("sample", ["--hidden", "100"]))  # not a multiple of head_dim
+
+
+def test_roofline_is_weight_plus_kv_bytes_over_bandwidth():
+    cfg = get_preset("qwen2.5-0.5b")
+    weights = cfg.num_params() * 2  # tied embeddings: the output head reads the table once per step
+    kv = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2
+    # one step (new_tokens=1) over a 100-token prompt, batch 4, 1 TB/s
+    want = 4 * 1e12 / (weights + 4 * 100 * kv)
+    assert roofline_tokens_per_s(cfg, 4, 100, 1, 2, 1e12) == pytest.approx(want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sample", "train"])
+def test_bench_prints_one_json_record_with_baseline(name, capsys):
+    assert bench_cli.main(_args(name, TINY)) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["bench"] == name and record["device"] == "cpu"
+    assert record["tokens_per_s"] > 0 and record["baseline_tokens_per_s"] > 0
+    assert record["ratio"] == pytest.approx(record["baseline_seconds"] / record["seconds"])
+    assert record["model"]["layers"] == 1 and record["batch"] == 2
