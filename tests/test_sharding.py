@@ -1,0 +1,102 @@
+"""Mesh construction, logical-axis resolution, and sharded forward == single device."""
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+sys.path.insert(0, str(Path(__file__).parent / "models"))
+sys.path.insert(0, str(Path(__file__).parent / "golden_sharding"))
+from hf_reference import left_padded_batch, small_config  # noqa: E402
+from regenerate import PRESET_NAMES, golden_path, resolved_specs  # noqa: E402
+
+from azr_jax.config import MeshSection  # noqa: E402
+from azr_jax.errors import UserError  # noqa: E402
+from azr_jax.models.decoder import forward, init_params, param_shardings  # noqa: E402
+from azr_jax.sharding import constrain, logical_to_pspec, make_mesh, mesh_rules  # noqa: E402
+
+RULES = MeshSection().rules
+
+
+def test_make_mesh_fills_minus_one_and_rejects_bad_shapes():
+    assert len(jax.devices()) == 8
+    mesh = make_mesh({"data": 2, "fsdp": -1, "tensor": 2})
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert mesh.axis_names == ("data", "fsdp", "tensor")
+    with pytest.raises(UserError, match="needs 6 devices"):
+        make_mesh({"data": 3, "tensor": 2})
+    with pytest.raises(UserError, match="at most one"):
+        make_mesh({"data": -1, "tensor": -1})
+    with pytest.raises(UserError, match="not divisible"):
+        make_mesh({"data": 3, "fsdp": -1})
+
+
+def test_logical_to_pspec_rules():
+    mesh = {"data": 2, "fsdp": 2, "tensor": 2}
+    # A list rule shards over several mesh axes; an axis is used once per array.
+    assert logical_to_pspec(("batch", "length", "embed"), RULES, (8, 16, 64), mesh) == P(("data", "fsdp"))
+    assert logical_to_pspec(("embed", "mlp"), RULES, (64, 128), mesh) == P("fsdp", "tensor")
+    # Not divisible -> that mesh axis falls back to replication (2 kv heads on tensor=4).
+    assert logical_to_pspec(("embed", "kv_heads", "head_dim"), RULES, (64, 2, 16),
+                            {"fsdp": 2, "tensor": 4}) == P("fsdp")
+    # Batch 2 on data=2 x fsdp=2: keep data, drop fsdp.
+    assert logical_to_pspec(("batch",), RULES, (2,), mesh) == P("data")
+    # Size-1 and absent mesh axes shard nothing and are dropped.
+    assert logical_to_pspec(("vocab", "embed"), RULES, (512, 64), {"fsdp": 8, "tensor": 1}) == P(None, "fsdp")
+    # Without a mesh the names are taken as they stand.
+    assert logical_to_pspec(("heads", None), RULES) == P("tensor")
+    with pytest.raises(UserError, match="no sharding rule"):
+        logical_to_pspec(("experts",), RULES)
+
+
+def test_constrain_is_identity_outside_mesh_rules():
+    x = jnp.ones((4, 8))
+    assert constrain(x, ("batch", "embed")) is x
+
+
+def _sharded_logits(cfg, params, tokens, positions, mask, mesh_shape):
+    mesh = make_mesh(mesh_shape)
+    shardings = param_shardings(cfg, mesh, RULES)
+    placed = jax.device_put(params, shardings)
+    with mesh_rules(mesh, RULES):  # entered before tracing: constraints are applied
+        fn = jax.jit(lambda p, t, q, m: forward(p, t, q, config=cfg, mask_bt=m)[0])
+        logits = fn(placed, tokens, positions, mask)
+        text = fn.lower(placed, tokens, positions, mask).as_text()
+    return logits, text, placed
+
+
+@pytest.mark.parametrize("mesh_shape", [{"data": 2, "fsdp": 1, "tensor": 4},
+                                        {"data": 1, "fsdp": 8, "tensor": 1}])
+def test_sharded_forward_equals_single_device(mesh_shape):
+    # 4 query heads and 2 kv heads: on tensor=4 the kv heads fall back to replication.
+    cfg = small_config("qwen2", num_heads=4, num_kv_heads=2, head_dim=16, hidden_size=64,
+                       intermediate_size=128)
+    params = init_params(cfg, jax.random.key(0))
+    tokens, mask, positions = left_padded_batch([16, 5, 11, 16, 2, 9, 13, 7], 16, cfg.vocab_size)
+    reference, _ = jax.jit(lambda p: forward(p, tokens, positions, config=cfg, mask_bt=mask))(params)
+
+    logits, text, placed = _sharded_logits(cfg, params, tokens, positions, mask, mesh_shape)
+    real = mask.astype(bool)
+    assert np.abs(np.asarray(logits) - np.asarray(reference))[real].max() <= 1e-5
+    assert "@Sharding" in text  # with_sharding_constraint custom calls: activations are pinned
+    if mesh_shape["tensor"] == 4:
+        assert placed["layers"]["q_proj_dnh"].sharding.spec == P(None, None, "tensor")
+        assert placed["layers"]["k_proj_dkh"].sharding.spec == P()
+    else:
+        assert placed["layers"]["q_proj_dnh"].sharding.spec == P(None, "fsdp")
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_golden_parameter_shardings(preset):
+    path = golden_path(preset)
+    expected = json.loads(path.read_text())
+    actual = json.loads(json.dumps(resolved_specs(preset)))
+    assert actual == expected, (
+        f"resolved shardings of {preset} changed; if intended, run "
+        "`python tests/golden_sharding/regenerate.py` and review the JSON diff"
+    )
