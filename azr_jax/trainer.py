@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import logging
 import signal
 import threading
@@ -333,6 +334,17 @@ def _host_record(step: int, base_key, buffers, pipeline: PipelineState) -> dict:
             "buffers": buffers.to_state(), "pipeline": pipeline.to_json()}
 
 
+def _evaluate(cfg, policy, params, sandbox, workdir: Path, name: str, primary: bool) -> dict:
+    """Greedy solve rate on the `cfg.eval` benchmark (azr_jax.eval), saved as eval/<name>.json."""
+    from azr_jax.eval.evaluate import evaluate
+
+    result = evaluate(params, policy, cfg, sandbox)
+    if primary:
+        (workdir / "eval").mkdir(parents=True, exist_ok=True)
+        (workdir / "eval" / f"{name}.json").write_text(json.dumps(result, sort_keys=True) + "\n")
+    return result
+
+
 def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress: bool = True,
           generate_fn: GenerateFn | None = None) -> dict:
     """Run (or resume) self-play training in `workdir`; returns {"status", "step", ...}."""
@@ -377,10 +389,18 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
     stop = StopFlag()
     stop.install()
     status, step = "completed", start
+    eval_summary: dict = {}
+    evaluating = cfg.train.eval_every >= 0  # -1: never evaluate
     try:
+        if evaluating and start == 0:
+            _evaluate(cfg, policy, state.params, sandbox, workdir, "base", primary)
         for step in range(start + 1, cfg.train.steps + 1):
             distributed.barrier(f"azr-step-{step}")
             state, record, rollouts = loop.step(state, step)
+            if evaluating and cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0:
+                result = _evaluate(cfg, policy, state.params, sandbox, workdir, f"step_{step}", primary)
+                record["eval/solve_rate"] = result["solve_rate"]
+                record.update({f"eval/solve_rate/{t}": v for t, v in result["per_task"].items()})
             metrics.write_step(record)
             if cfg.train.audit_every and (step % cfg.train.audit_every == 0 or step == 1):
                 metrics.write_rollouts(step, rollouts)
@@ -392,6 +412,13 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
             if stop.requested and not last:
                 status = "stopped"
                 break
+        if evaluating and status == "completed" and step == cfg.train.steps:
+            final = _evaluate(cfg, policy, state.params, sandbox, workdir, "final", primary)
+            base_path = workdir / "eval" / "base.json"
+            if base_path.exists():
+                from azr_jax.eval.summary import solve_rate_summary
+
+                eval_summary = solve_rate_summary(json.loads(base_path.read_text()), final)
     finally:
         stop.restore()
         loop.close()
@@ -403,7 +430,7 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
     digest = float(jax.jit(lambda p: sum(jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in jax.tree.leaves(p)))(
         state.params))
     log.info("process %d: params digest %.12e", jax.process_index(), digest)
-    summary = {"status": status, "step": step, "buffers": buffers.sizes(), "params_digest": digest}
+    summary = {"status": status, "step": step, "buffers": buffers.sizes(), "params_digest": digest, **eval_summary}
     if status == "completed":
         metrics.write_json("summary.json", summary)
     else:

@@ -53,6 +53,6 @@ def scripted_generate(tokenizer):
 
 if __name__ == "__main__":
     workdir, tok = sys.argv[1], Path(sys.argv[2])
-    cfg = load_config(Path(__file__).parent / "tiny_config.py", tiny_overrides(tok) + ["train.steps=2"])
+    cfg = load_config(Path(__file__).parent / "tiny_config.py", tiny_overrides(tok) + ["train.steps=2", "train.eval_every=-1"])
     result = train(cfg, workdir, progress=False, generate_fn=scripted_generate(load_tokenizer(cfg.model.tokenizer)))
     print(result)

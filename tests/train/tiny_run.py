@@ -43,4 +43,5 @@ def tiny_overrides(tokenizer: Path, workers: int = 2) -> list[str]:
         "sampling.max_prompt_len=1024", "sampling.max_response_len=8", "sampling.length_buckets=[16, 128, 256, 512, 1024]",
         "rl.micro_batch_size=4", "optim.learning_rate=1e-3", "train.steps=2", "train.save_every=1",
         "train.audit_every=1", f"sandbox.workers={workers}", "sandbox.timeout_s=5",
+        "eval.max_items=3", "eval.max_response_len=8",
     ]

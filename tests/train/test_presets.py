@@ -1,0 +1,41 @@
+"""Experiment presets load, carry the paper's settings, and lay out on the known machines."""
+
+from pathlib import Path
+
+import pytest
+
+from azr_jax.config import load_config
+from azr_jax.errors import UserError
+from azr_jax.run_presets import TOPOLOGIES, mesh_shape, with_mesh
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PAPER = ["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-coder-3b",
+         "qwen2.5-coder-7b", "qwen2.5-coder-14b", "llama-3.1-8b", "qwen3-4b-base"]
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_presets(name):
+    from azr_jax.models import get_preset
+
+    cfg = load_config(CONFIGS / f"{name}.py")
+    get_preset(cfg.model.preset)  # names a real model shape
+    assert cfg.azr.batch_size == 64 and cfg.azr.n_references == 6 and cfg.azr.n_solver_samples == 8
+    assert cfg.optim.learning_rate == 1e-6 and cfg.rl.entropy_coef == 0.001 and cfg.train.steps == 500
+    assert cfg.sampling.max_prompt_len == 6144 and cfg.sampling.max_response_len == 8096
+    assert cfg.azr.learnability_temperature == 1.0 and cfg.azr.buffer_cap == 16384
+    nested_ok = name in ("llama-3.1-8b", "qwen3-4b-base")
+    assert cfg.azr.reject_multiple_functions is (not nested_ok)
+    assert cfg.azr.f_replace_location == ("any_last" if nested_ok else "not_first")
+    assert cfg.azr.seed_size == (64 if name == "llama-3.1-8b" else 256)
+
+
+def test_mesh_layouts():
+    assert mesh_shape("v5e-8") == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert mesh_shape("v4-8", tensor=2) == {"data": 1, "fsdp": 2, "tensor": 2}
+    cfg = with_mesh(load_config(CONFIGS / "qwen2.5-14b.py"), "gpu-8")
+    assert cfg.mesh.shape == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert set(TOPOLOGIES) == {"v4-8", "v5p-8", "v5e-8", "v6e-8", "gpu-8"}
+    with pytest.raises(UserError, match="unknown mesh topology"):
+        mesh_shape("v9-8")
+    with pytest.raises(UserError, match="does not divide"):
+        mesh_shape("v5e-8", tensor=3)
