@@ -95,7 +95,7 @@ def _global_norm(tree) -> jax.Array:
 
 
 def _split_micro_batches(x_bt: jax.Array, n_micro: int) -> jax.Array:
-    """[B, ...] -> [n_micro, B / n_micro, ...], micro-batch k = rows k, k + n, k + 2n, ...
+    """[B, ...] -> [n_micro, B / n_micro, ...], micro-batch k = rows k, k + n, k + 2n and so on.
 
     Strided (not contiguous) so each device's rows stay on that device when the batch axis is
     sharded: row r of a batch split into D contiguous shards lives on device r // (B / D), and

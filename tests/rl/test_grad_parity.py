@@ -37,7 +37,7 @@ def _model_and_params(tie: bool):
     torch.manual_seed(0)
     hf_cfg = transformers.AutoConfig.for_model(**cfg.to_hf_config())
     hf_cfg._attn_implementation = "eager"
-    model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32).train(False)
     with torch.no_grad():  # larger, non-trivial weights (biases and norms too) so a wrong mapping shows
         for name, p in model.named_parameters():
             if p.ndim >= 2 or "bias" in name:
