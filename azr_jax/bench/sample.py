@@ -76,7 +76,7 @@ def _torch_side(cfg, args, dtype: str, prompts: list[list[int]]) -> float:
     hf_cfg = transformers.AutoConfig.for_model(
         **{**cfg.to_hf_config(), "eos_token_id": None, "bos_token_id": None, "pad_token_id": 0})
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=getattr(torch, dtype)).to(device).eval()
+    model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=getattr(torch, dtype)).to(device).train(False)
     ids = torch.tensor(prompts, dtype=torch.long, device=device)
     attn = torch.ones_like(ids)
 
