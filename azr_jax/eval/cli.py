@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from azr_jax.config import load_config
-    from azr_jax.eval.evaluate import evaluate
+    from azr_jax.eval.evaluate import evaluate, placed_params
     from azr_jax.sandbox import Sandbox
     from azr_jax.train_setup import load_policy
 
@@ -36,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
     policy = load_policy(cfg)
     sandbox = Sandbox(cfg.sandbox)
     try:
-        result = evaluate(policy.params, policy, cfg, sandbox)
+        result = evaluate(placed_params(policy), policy, cfg, sandbox)
     finally:
         sandbox.close()
     result["checkpoint"] = cfg.model.hf_dir

@@ -18,6 +18,13 @@ import numpy as np
 from azr_jax.eval.benchmarks import load_benchmark
 
 
+def placed_params(policy):
+    """`policy.params` laid out on the policy's mesh (as the trainer's state holds them)."""
+    from azr_jax.models import param_shardings
+
+    return jax.device_put(policy.params, param_shardings(policy.config, policy.mesh, policy.rules))
+
+
 def generate_texts(params, policy, prompts: list[str], *, max_new_tokens: int, batch_size: int,
                    generate_fn: Callable | None = None) -> list[str]:
     """Greedy completions of `prompts` (decoded, special tokens dropped), in order."""

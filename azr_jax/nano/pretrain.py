@@ -27,6 +27,7 @@ from azr_jax.errors import UserError
 SEED_IO_FILE = "seed_io.jsonl"
 SEED_INDUCTION_FILE = "seed_induction.jsonl"
 RECORD_FILE = "pretrain_record.json"
+PROPOSE_EVERY = 2  # proposer transcripts for every 2nd program: they are long and need less practice
 _BUCKET = 128  # sequences are padded to a multiple of this (bounds the number of compilations)
 
 
@@ -66,7 +67,7 @@ def corpus_transcripts(cfg, tasks):
     from azr_jax.nano.transcripts import build_transcripts
 
     return build_transcripts(tasks, Prompts.from_config(cfg.azr), n_references=cfg.azr.n_references,
-                             seed=cfg.pretrain.corpus_seed)
+                             seed=cfg.pretrain.corpus_seed, propose_every=PROPOSE_EVERY)
 
 
 def tokenize_transcripts(tok, transcripts, seq_len: int):
@@ -213,6 +214,18 @@ def write_seed_files(cfg, out: Path, count: int = 64) -> None:
     (out / SEED_INDUCTION_FILE).write_text("".join(json.dumps(t.induction_record(visible)) + "\n" for t in tasks))
 
 
+def trim_vocab(model_cfg, params, vocab_size: int):
+    """Drop embedding rows the tokenizer can never produce (the preset reserves 1024; a corpus
+    may support fewer pieces), so sampling cannot emit an id the tokenizer cannot decode."""
+    if model_cfg.vocab_size == vocab_size:
+        return model_cfg, params
+    if not model_cfg.tie_word_embeddings:
+        raise UserError("the nano preset ties its embeddings; untied vocab trimming is not supported")
+    params = dict(params)
+    params["embed"] = {"embedding_vd": np.asarray(params["embed"]["embedding_vd"])[:vocab_size]}
+    return model_cfg.replace(vocab_size=vocab_size), params
+
+
 def save_checkpoint(out: Path, model_cfg, params, tok) -> None:
     from safetensors.numpy import save_file
 
@@ -244,6 +257,7 @@ def build_base(cfg, out: Path, *, log=print) -> dict:
     log(f"tokenizer: {tok.vocab_size} pieces; {len(rows)}/{len(transcripts)} transcripts fit seq_len {p.seq_len}")
     model_cfg = nano_model_config(cfg, tok.vocab_size)
     params, losses = train(model_cfg, buckets, p, log=log)
+    model_cfg, params = trim_vocab(model_cfg, params, tok.vocab_size)
     save_checkpoint(out, model_cfg, params, tok)
     write_seed_files(cfg, out)
     record = {

@@ -17,15 +17,15 @@ PROMPT_DIR = BASE_DIR.parent / "prompts"
 # references and induction inputs: the nano model's context and the CPU budget are small.
 NANO_AZR = AZRSection(
     prompt_dir=str(PROMPT_DIR),
-    n_references=2,
+    n_references=1,
     num_inputs=8,
     seed_file=str(BASE_DIR / "seed_io.jsonl"),
     induction_seed_file=str(BASE_DIR / "seed_induction.jsonl"),
 )
 
 NANO_PRETRAIN = PretrainSection(
-    corpus_seed=0, corpus_programs=3000, max_program_steps=3, vocab_size=1024, steps=500,
-    batch_size=16, seq_len=512, learning_rate=3e-3, warmup_steps=50, weight_decay=0.01, seed=0,
+    corpus_seed=0, corpus_programs=3000, max_program_steps=3, vocab_size=1024, steps=320,
+    batch_size=16, seq_len=512, learning_rate=3e-3, warmup_steps=30, weight_decay=0.01, seed=0,
 )
 
 

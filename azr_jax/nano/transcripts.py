@@ -60,10 +60,13 @@ def solve_problem(task: str, gen: GeneratedTask, visible: int) -> dict:
     return gen.induction_record(visible) if task == "induction" else gen.io_record()
 
 
-def transcripts_for(gen: GeneratedTask, prompts: Prompts, references: list[dict], visible: int) -> list[Transcript]:
-    """All six (role, task) transcripts of one generated task."""
+def transcripts_for(gen: GeneratedTask, prompts: Prompts, references: list[dict], visible: int,
+                    roles: tuple[str, ...] = ("propose", "solve")) -> list[Transcript]:
+    """The (role, task) transcripts of one generated task, for the given roles."""
     out = []
     for role, task in ROLES_TASKS:
+        if role not in roles:
+            continue
         if role == "solve":
             prompt = prompts.solve(task, solve_problem(task, gen, visible))
             response = solve_response(task, gen)
@@ -77,8 +80,10 @@ def transcripts_for(gen: GeneratedTask, prompts: Prompts, references: list[dict]
     return out
 
 
-def build_transcripts(tasks: list[GeneratedTask], prompts: Prompts, *, n_references: int, seed: int) -> list[Transcript]:
-    """Transcripts of every task; proposer references are other tasks of the same corpus."""
+def build_transcripts(tasks: list[GeneratedTask], prompts: Prompts, *, n_references: int, seed: int,
+                      propose_every: int = 1) -> list[Transcript]:
+    """Solver transcripts of every task and proposer transcripts of every `propose_every`-th task
+    (proposer prompts are the long ones); proposer references are other tasks of the corpus."""
     rng = random.Random(seed)
     visible = prompts.num_inputs // 2
     pool = [t.io_record() for t in tasks]
@@ -86,5 +91,6 @@ def build_transcripts(tasks: list[GeneratedTask], prompts: Prompts, *, n_referen
     for i, gen in enumerate(tasks):
         others = rng.sample(range(len(tasks)), min(n_references + 1, len(tasks)))
         refs = [pool[j] for j in others if j != i][:n_references]
-        out.extend(transcripts_for(gen, prompts, refs, visible))
+        roles = ("propose", "solve") if i % propose_every == 0 else ("solve",)
+        out.extend(transcripts_for(gen, prompts, refs, visible, roles))
     return out

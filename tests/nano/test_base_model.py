@@ -1,0 +1,24 @@
+"""The shipped nano base checkpoint loads through the common model path and answers in the AZR
+format (greedy, on held-out benchmark items)."""
+
+import json
+
+from azr_jax.config import load_config
+from azr_jax.nano import BASE_DIR
+from azr_jax.nano.pretrain import RECORD_FILE
+
+
+def test_shipped_base_loads_and_answers_in_format():
+    from azr_jax.eval.evaluate import evaluate, placed_params
+    from azr_jax.sandbox import Sandbox
+    from azr_jax.train_setup import load_policy
+
+    record = json.loads((BASE_DIR / RECORD_FILE).read_text())
+    assert record["command"].startswith("azr-jax pretrain --config configs/nano_base.py")
+    cfg = load_config("configs/nano.py", ["eval.max_items=6"])
+    policy = load_policy(cfg)
+    assert policy.config.num_params() == record["num_params"]
+    with Sandbox(cfg.sandbox) as sb:
+        result = evaluate(placed_params(policy), policy, cfg, sb)
+    assert result["n_items"] == 6
+    assert result["format_rate"] >= 0.5, [it["response"] for it in result["items"]]
