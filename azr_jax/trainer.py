@@ -433,6 +433,11 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
     summary = {"status": status, "step": step, "buffers": buffers.sizes(), "params_digest": digest, **eval_summary}
     if status == "completed":
         metrics.write_json("summary.json", summary)
+        if jax.process_index() == 0:
+            from azr_jax.plots import plot_metrics
+
+            plot_metrics(workdir / "metrics.jsonl", workdir / "plots")
+            log.info("outputs: %s (metrics.jsonl, summary.json, plots/, checkpoints/)", workdir)
     else:
         log.warning("stopped at step %d; checkpoint saved; run the same command to resume", step)
     return summary

@@ -8,7 +8,7 @@ from azr_jax.config import load_config
 from azr_jax.eval.evaluate import score_items
 from azr_jax.eval.summary import solve_rate_summary
 from azr_jax.nano.benchmark import nano_benchmark
-from azr_jax.nano.plots import PANELS, plot_metrics
+from azr_jax.plots import PANELS, plot_metrics
 
 
 def _answer(tag, text):
