@@ -11,5 +11,5 @@ def test_selfcheck_passes():
     r = subprocess.run([sys.executable, "-m", "azr_jax.cli", "selfcheck"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
-    assert [l.split()[1] for l in lines if l.startswith("[ok  ]")] == ["model", "sampler", "sandbox", "scoring"]
+    assert [l[6:].split()[0] for l in lines if l.startswith("[ok  ]")] == ["model", "sampler", "sandbox", "scoring"]
     assert lines[-1] == "selfcheck: all checks passed"
