@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from azr_jax.errors import UserError
+from azr_jax.jsonl import read_objects
 from azr_jax.azr.prompts import induction_visible
 
 TASK_TYPES = ("deduction", "abduction", "induction")
@@ -141,18 +142,8 @@ def load_seed_file(path: str | Path, task: str) -> list[dict]:
     `program`). Entries with an empty gold output (reference validation holes, AZR_SPEC §2.6)
     are unsolvable and skipped."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"seed file not found: {p}")
     out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"seed file {p} line {n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"seed file {p} line {n}: expected a JSON object")
+    for n, row in read_objects(p, "seed file"):
         program = row.get("program", row.get("snippet"))
         missing = [k for k in _REQUIRED[task] if k not in row] + ([] if isinstance(program, str) else ["program"])
         if missing:

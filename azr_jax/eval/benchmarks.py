@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from azr_jax.errors import UserError
+from azr_jax.jsonl import read_objects
 
 
 def load_benchmark(eval_cfg) -> list[dict]:
@@ -28,17 +28,9 @@ def load_cruxeval(path: str | Path) -> list[dict]:
     """CRUXEval JSONL ({"code", "input", "output", "id"} per line) as deduction (CRUXEval-O) and
     abduction (CRUXEval-I) items. Malformed lines raise UserError with their line number."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"benchmark file not found: {p}")
     items = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{p} line {n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("code", "input", "output")):
+    for n, row in read_objects(p, "benchmark file"):
+        if not all(isinstance(row.get(k), str) for k in ("code", "input", "output")):
             raise UserError(f"{p} line {n}: expected an object with string fields code, input, output")
         problem = {"program": row["code"], "input": row["input"], "output": row["output"], "imports": []}
         name = str(row.get("id", f"line{n}"))

@@ -1,0 +1,37 @@
+"""User JSONL files: line-numbered one-line errors; the CRUXEval-format loader on hand-made lines."""
+
+import json
+
+import pytest
+
+from azr_jax.errors import UserError
+from azr_jax.eval.benchmarks import load_cruxeval
+from azr_jax.jsonl import read_objects
+
+
+def test_read_objects_skips_blank_lines_and_names_bad_lines(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"a": 1}\n\n{"a": 2}\n')
+    assert list(read_objects(p, "test file")) == [(1, {"a": 1}), (3, {"a": 2})]
+    p.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(UserError, match=r"test file .* line 2: expected a JSON object"):
+        list(read_objects(p, "test file"))
+    p.write_text('{"a": 1}\n{oops\n')
+    with pytest.raises(UserError, match=r"line 2: not valid JSON"):
+        list(read_objects(p, "test file"))
+    with pytest.raises(UserError, match="test file not found"):
+        list(read_objects(tmp_path / "missing.jsonl", "test file"))
+
+
+def test_cruxeval_lines_become_deduction_and_abduction_items(tmp_path):
+    p = tmp_path / "crux.jsonl"
+    rows = [{"code": "def f(x):\n    return x + 1", "input": "1", "output": "2", "id": "sample_0"},
+            {"code": "def f(s):\n    return s[::-1]", "input": "'ab'", "output": "'ba'"}]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    items = load_cruxeval(p)
+    assert [i["id"] for i in items] == ["cruxeval-o/sample_0", "cruxeval-i/sample_0", "cruxeval-o/line2", "cruxeval-i/line2"]
+    assert [i["task"] for i in items] == ["deduction", "abduction"] * 2
+    assert items[2]["problem"] == {"program": rows[1]["code"], "input": "'ab'", "output": "'ba'", "imports": []}
+    p.write_text(json.dumps({"code": "def f(): pass", "input": 3, "output": "None"}) + "\n")
+    with pytest.raises(UserError, match="line 1: expected an object with string fields"):
+        load_cruxeval(p)
