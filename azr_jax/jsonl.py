@@ -1,4 +1,4 @@
-"""Reading user-supplied JSONL files with one-line errors that name the file and line."""
+"""Reading user-supplied JSON / JSONL files with one-line errors that name the file (and line)."""
 
 from __future__ import annotations
 
@@ -27,3 +27,15 @@ def read_objects(path: str | Path, what: str) -> Iterator[tuple[int, dict]]:
         if not isinstance(row, dict):
             raise UserError(f"{what} {p} line {n}: expected a JSON object")
         yield n, row
+
+
+def read_json_object(path: str | Path, what: str) -> dict:
+    """The JSON object in `path` (e.g. a checkpoint's config.json); UserError if it is not one."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{p} is not valid JSON ({what}): {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p} must hold a JSON object ({what}), found {type(data).__name__}")
+    return data

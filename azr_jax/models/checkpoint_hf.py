@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from azr_jax.errors import UserError
+from azr_jax.jsonl import read_json_object
 from azr_jax.models import decoder
 from azr_jax.models.config import ModelConfig
 from azr_jax.models.hf_mapping import Spec, hf_tensor_specs
@@ -116,16 +117,6 @@ def read_block(reader: SafetensorsReader, spec: Spec, ours_shape: tuple, bounds:
 # ----------------------------------------------------------------------------------------------
 
 
-def _read_json_file(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({what}): {e}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a JSON object ({what})")
-    return data
-
-
 def read_hf_config(path: str | os.PathLike) -> ModelConfig:
     """The `ModelConfig` of an HF checkpoint directory (reads config.json only)."""
     path = Path(path)
@@ -134,7 +125,7 @@ def read_hf_config(path: str | os.PathLike) -> ModelConfig:
     config_file = path / CONFIG_FILE
     if not config_file.is_file():
         raise UserError(f"{path} has no {CONFIG_FILE}; is it a Hugging Face checkpoint directory?")
-    return ModelConfig.from_hf_config(_read_json_file(config_file, "model config"))
+    return ModelConfig.from_hf_config(read_json_object(config_file, "model config"))
 
 
 def _check_tensors(reader: SafetensorsReader, specs: list[Spec], cfg: ModelConfig, path: Path) -> None:
@@ -198,7 +189,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, mesh: jax.sha
             array = _load_param(reader, param_specs, shape, target, _get(shardings, param_path))
             _set(params, param_path, array)
     generation_file = path / GENERATION_CONFIG_FILE
-    generation = _read_json_file(generation_file, "generation config") if generation_file.is_file() else None
+    generation = read_json_object(generation_file, "generation config") if generation_file.is_file() else None
     return Model(cfg, params, tokenizer_path=path, generation_config=generation, mesh=mesh, rules=rules)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from azr_jax.errors import UserError
+from azr_jax.jsonl import read_json_object
 
 TOKENIZER_JSON = "tokenizer.json"
 SENTENCEPIECE_MODEL = "tokenizer.model"
@@ -26,15 +27,8 @@ _LOAD_TIME_KEYS = ("is_local", "local_files_only", "name_or_path")
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a JSON object, found {type(data).__name__}")
-    return data
+    """An optional JSON file of the tokenizer directory ({} when absent)."""
+    return read_json_object(path, "tokenizer metadata") if path.is_file() else {}
 
 
 def _token_text(spec: Any) -> str | None:
