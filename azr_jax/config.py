@@ -144,6 +144,10 @@ class RLSection:
     # token mean within each block of micro_batch_size rows, averaged over blocks; docs/rl.md)
     loss_agg: str = "token-mean"
     micro_batch_size: int = 16
+    # Self-play update on length-bucketed micro-batches (rows sorted by length, each micro-batch
+    # padded to its own bucket; same objective, no compute on padding; azr_jax/rl/bucketed.py).
+    # false: one padded batch, one jitted step (gradient accumulation in lax.scan).
+    pack_by_length: bool = True
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,6 @@ class Policy:
     compute_dtype: Any
     peak_flops: float | None
     advantages_fn: Callable = None
-    logprobs_fn: Callable = None
 
     @property
     def pad_id(self) -> int:
@@ -129,8 +128,7 @@ def load_policy(cfg) -> Policy:
     from azr_jax.models import get_preset, init_params
     from azr_jax.models.tokenizer import load_tokenizer
     from azr_jax.rl.advantages import compute_advantages
-    from azr_jax.rl.logprobs import token_logprobs
-    from azr_jax.sharding import make_mesh, mesh_rules
+    from azr_jax.sharding import make_mesh
 
     m = cfg.model
     if m.hf_dir:
@@ -165,16 +163,9 @@ def load_policy(cfg) -> Policy:
     def advantages_fn(rewards_b, loss_mask_bt, groups_b):
         return compute_advantages(cfg.rl, rewards_b, loss_mask_bt, groups_b, num_groups=6)
 
-    jitted_logprobs = jax.jit(lambda p, b: token_logprobs(p, b, model_cfg, compute_dtype,
-                                                          temperature=cfg.sampling.temperature))
-
-    def logprobs_fn(params, batch):
-        with mesh_rules(mesh, rules):
-            return jitted_logprobs(params, batch)
-
     return Policy(config=model_cfg, params=params, tokenizer=tokenizer, mesh=mesh, rules=rules,
                   compute_dtype=compute_dtype, peak_flops=peak * jax.device_count() if peak else None,
-                  advantages_fn=advantages_fn, logprobs_fn=logprobs_fn)
+                  advantages_fn=advantages_fn)
 
 
 def task_sampler(buffers, role: str, task: str, azr_cfg, step: int, seed: int) -> Callable[[int, np.random.Generator], dict]:

@@ -88,6 +88,7 @@ class SelfPlay:
 
     def __init__(self, cfg, policy: Policy, sandbox, buffers, *, generate_fn: GenerateFn):
         from azr_jax.azr.prompts import Prompts
+        from azr_jax.rl.bucketed import make_bucketed_train_step
         from azr_jax.rl.update import make_train_step
         from azr_jax.sampling import SamplingSettings
 
@@ -102,10 +103,16 @@ class SelfPlay:
         self.rollout_settings = SamplingSettings.from_section(cfg.sampling, eos_ids=stop_ids)
         self.learnability_settings = dataclasses.replace(
             self.rollout_settings, temperature=cfg.azr.learnability_temperature)
-        self.train_step = make_train_step(
-            policy.config, cfg.rl, cfg.optim, total_steps=cfg.train.steps, mesh=policy.mesh,
-            rules=policy.rules, compute_dtype=policy.compute_dtype, remat=cfg.model.remat,
-            temperature=cfg.sampling.temperature)
+        step_kwargs = dict(total_steps=cfg.train.steps, mesh=policy.mesh, rules=policy.rules,
+                           compute_dtype=policy.compute_dtype, remat=cfg.model.remat,
+                           temperature=cfg.sampling.temperature)
+        if cfg.rl.pack_by_length:
+            s = cfg.sampling
+            buckets = sorted(set(s.length_buckets) | {s.max_prompt_len + s.max_response_len})
+            self.train_step = make_bucketed_train_step(policy.config, cfg.rl, cfg.optim, length_buckets=buckets,
+                                                       put_rows=policy.put_batch, **step_kwargs)
+        else:
+            self.train_step = make_train_step(policy.config, cfg.rl, cfg.optim, **step_kwargs)
         self.base_key = jax.random.key(cfg.train.seed)
         self.timers: dict[str, float] = {}
 
@@ -205,10 +212,10 @@ class SelfPlay:
         # Phase 3: one update on the six batches (solver batches only in the solver-only ablation).
         ordered = [batches[rt] for rt in SELFPLAY_ROLES(tasks)]
         trained = [rb for rb in ordered if cfg.azr.train_propose or rb.role == "solve"]
-        update_metrics, gap = self._update(state, trained)
+        update_metrics = self._update(state, trained)
         state = update_metrics.pop("_state")
 
-        record = self._step_record(step, ordered, update_metrics, gap, time.perf_counter() - t_step)
+        record = self._step_record(step, ordered, update_metrics, time.perf_counter() - t_step)
         return state, record, self._rollouts(ordered, step)
 
     def _rollouts(self, ordered: list[RoleBatch], step: int) -> list[dict]:
@@ -259,31 +266,33 @@ class SelfPlay:
         for i in valid_idx:
             self.buffers[task].add(_task_record(validated[i]["problem"]), step)
 
-    def _update(self, state, ordered: list[RoleBatch]):
+    def _update(self, state, ordered: list[RoleBatch]) -> dict:
         from azr_jax.data.pipeline import concat_rows
         from azr_jax.rl.advantages import trrpp_group_id
-        from azr_jax.sampling import logprob_gap, rollout_batch
+        from azr_jax.sampling import rollout_batch
 
         parts = [rollout_batch(rb.prompt_ids, rb.completions, 1, pad_id=self.policy.pad_id,
                                length_buckets=self.cfg.sampling.length_buckets) for rb in ordered]
         batch = concat_rows(parts, pad_id=self.policy.pad_id)
         rewards = np.asarray([r for rb in ordered for r in rb.rewards], np.float32)
         groups = np.asarray([trrpp_group_id(rb.role, rb.task) for rb in ordered for _ in rb.rewards], np.int32)
-        batch = {k: self.policy.put_batch(v) for k, v in batch.items()}
         t0 = time.perf_counter()
-        batch["advantages"] = self.policy.advantages_fn(self.policy.put_replicated(rewards), batch["loss_mask"],
-                                                        self.policy.put_replicated(groups))
-        trainer_lp = self.policy.logprobs_fn(state.params, batch)
-        gap = {k: float(v) for k, v in logprob_gap(batch["old_logprobs"], trainer_lp, batch["loss_mask"]).items()}
+        if self.cfg.rl.pack_by_length:
+            # Host arrays in, host arrays out: the bucketed step packs and places them itself.
+            batch["advantages"] = np.asarray(self.policy.advantages_fn(rewards, batch["loss_mask"], groups))
+        else:
+            batch = {k: self.policy.put_batch(v) for k, v in batch.items()}
+            batch["advantages"] = self.policy.advantages_fn(
+                self.policy.put_replicated(rewards), batch["loss_mask"], self.policy.put_replicated(groups))
         new_state, metrics = self.train_step(state, batch)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         self._add_time("update_s", time.perf_counter() - t0)
         metrics["_state"] = new_state
-        metrics["_tokens"] = int(batch["mask"].sum())
+        metrics["_tokens"] = int(np.asarray(batch["mask"]).sum())
         metrics["_seq_len"] = int(batch["tokens"].shape[1])
-        return metrics, gap
+        return metrics
 
-    def _step_record(self, step, ordered, upd, gap, step_time) -> dict:
+    def _step_record(self, step, ordered, upd, step_time) -> dict:
         rec: dict[str, Any] = {"step": step}
         generated = 0
         for rb in ordered:
@@ -306,8 +315,6 @@ class SelfPlay:
         for k, v in upd.items():
             if not k.startswith("_"):
                 rec[f"update/{k}"] = v
-        for k, v in gap.items():
-            rec[f"update/{k}"] = v
         rec.update(self.timers)
         rec["step_time_s"] = step_time
         gen_s = self.timers.get("generate_s", 0.0)

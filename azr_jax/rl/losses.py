@@ -82,6 +82,11 @@ def clipped_surrogate(
     }
 
 
+def combine_sums(a: dict, b: dict) -> dict:
+    """Accumulate two `policy_loss` metric dicts: `*_max` entries by max, the rest by sum."""
+    return {k: jnp.maximum(a[k], b[k]) if k.endswith("_max") else a[k] + b[k] for k in a}
+
+
 def kl_penalty(logp_bt: jax.Array, ref_logp_bt: jax.Array, kind: str) -> jax.Array:
     """Per-token estimate of KL(pi || pi_ref) from samples of pi.
 
@@ -107,8 +112,9 @@ def policy_loss(
 
     `batch` needs `loss_mask`, `advantages`, `old_logprobs` (and `ref_logprobs` when
     `rl_cfg.kl_coef > 0`). `weights_bt` comes from `aggregation_weights` over the full batch.
-    The returned dict holds the weighted loss terms (already normalised) and `*_sum` masked token
-    sums that the caller divides by the total number of response tokens.
+    The returned dict holds the weighted loss terms (already normalised), `*_sum` masked token
+    sums that the caller divides by the total number of response tokens, and `*_max` maxima
+    (combined over micro-batches with max, see `combine_sums`).
     """
     mask_bt = batch["loss_mask"].astype(jnp.float32)
     surrogate = clipped_surrogate(
@@ -129,6 +135,10 @@ def policy_loss(
         "clip_frac_sum": jnp.sum(mask_bt * surrogate["clipped"]),
         "dual_clip_frac_sum": jnp.sum(mask_bt * surrogate["dual_clipped"]),
         "approx_kl_sum": jnp.sum(mask_bt * surrogate["approx_kl"]),
+        # Sampler-vs-trainer logprob gap at the pre-update params (a free by-product of this pass).
+        "gap_abs_sum": jnp.sum(mask_bt * jnp.abs(batch["old_logprobs"] - logp_bt)),
+        "gap_sum": jnp.sum(mask_bt * (batch["old_logprobs"] - logp_bt)),
+        "gap_abs_max": jnp.max(mask_bt * jnp.abs(batch["old_logprobs"] - logp_bt)),
     }
     if rl_cfg.kl_coef > 0:
         if "ref_logprobs" not in batch:

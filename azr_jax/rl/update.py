@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from azr_jax.errors import UserError
 from azr_jax.models.decoder import param_shapes, param_shardings
 from azr_jax.rl.logprobs import token_logprobs_and_entropy
-from azr_jax.rl.losses import aggregation_weights, policy_loss
+from azr_jax.rl.losses import aggregation_weights, combine_sums, policy_loss
 from azr_jax.rl.optimizer import make_optimizer, make_schedule
 from azr_jax.sharding import logical_to_pspec, mesh_rules
 
@@ -106,6 +106,18 @@ def _split_micro_batches(x_bt: jax.Array, n_micro: int) -> jax.Array:
     return jnp.swapaxes(x, 0, 1)
 
 
+def batch_shard_count(mesh: Mesh | None, rules: dict | None) -> int:
+    """How many shards the batch axis of an update batch is split into on `mesh`."""
+    if mesh is None:
+        return 1
+    batch_pspec = logical_to_pspec(BATCH_AXES, rules, mesh=mesh)
+    batch_axis = batch_pspec[0] if len(batch_pspec) else None
+    shards = 1
+    for axis in (batch_axis,) if isinstance(batch_axis, str) else batch_axis or ():
+        shards *= mesh.shape[axis]
+    return shards
+
+
 def make_grad_fn(
     model_cfg,
     rl_cfg,
@@ -121,25 +133,16 @@ def make_grad_fn(
 
     Not jitted (the train step jits it together with the optimizer). Must be traced under
     `mesh_rules(mesh, rules)` when a mesh is given. Metrics: loss, pg_loss, entropy,
-    clip_frac, dual_clip_frac, approx_kl (and ref_kl), tokens.
+    clip_frac, dual_clip_frac, approx_kl (and ref_kl), logprob_gap_{max,mean,bias}, tokens.
     """
     keys = BATCH_KEYS + (OPTIONAL_BATCH_KEYS if rl_cfg.kl_coef > 0 else ())
-    batch_shards = 1
+    batch_shards = batch_shard_count(mesh, rules)
     if mesh is not None:
         batch_pspec = logical_to_pspec(BATCH_AXES, rules, mesh=mesh)
         micro_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_pspec))
         param_sh = param_shardings(model_cfg, mesh, rules)
-        batch_axis = batch_pspec[0] if len(batch_pspec) else None
-        for axis in (batch_axis,) if isinstance(batch_axis, str) else batch_axis or ():
-            batch_shards *= mesh.shape[axis]
 
-    def micro_loss(params, micro):
-        logp_bt, entropy_bt = token_logprobs_and_entropy(
-            params, micro, model_cfg, compute_dtype, temperature=temperature, remat=remat
-        )
-        return policy_loss(logp_bt, entropy_bt, micro, micro["weights"], rl_cfg)
-
-    micro_grad = jax.value_and_grad(micro_loss, has_aux=True)
+    micro_grad = _micro_grad_fn(model_cfg, rl_cfg, compute_dtype=compute_dtype, remat=remat, temperature=temperature)
 
     def grads_fn(params, batch: dict):
         missing = [k for k in keys if k not in batch]
@@ -171,7 +174,7 @@ def make_grad_fn(
             grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
             if mesh is not None:
                 grads_acc = jax.lax.with_sharding_constraint(grads_acc, param_sh)
-            return (grads_acc, jax.tree.map(jnp.add, sums_acc, sums)), None
+            return (grads_acc, combine_sums(sums_acc, sums)), None
 
         # The metric tree's structure, from the loss alone (cheap: no model in this trace).
         first = jax.tree.map(lambda x: x[0], micro_batches)
@@ -181,22 +184,42 @@ def make_grad_fn(
         zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
         (grads, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_sums), micro_batches)
 
-        n_tokens = jnp.sum(loss_mask_bt)
-        per_token = 1.0 / jnp.maximum(n_tokens, 1.0)
-        metrics = {
-            "loss": sums["loss"],
-            "pg_loss": sums["pg_loss"],
-            "entropy": sums["entropy_sum"] * per_token,
-            "clip_frac": sums["clip_frac_sum"] * per_token,
-            "dual_clip_frac": sums["dual_clip_frac_sum"] * per_token,
-            "approx_kl": sums["approx_kl_sum"] * per_token,
-            "tokens": n_tokens,
-        }
-        if "ref_kl_sum" in sums:
-            metrics["ref_kl"] = sums["ref_kl_sum"] * per_token
-        return grads, metrics
+        return grads, summarize_sums(sums, jnp.sum(loss_mask_bt))
 
     return grads_fn
+
+
+def _micro_grad_fn(model_cfg, rl_cfg, *, compute_dtype, remat, temperature):
+    """value_and_grad of one micro-batch's share of the objective (its rows carry `weights`)."""
+
+    def micro_loss(params, micro):
+        logp_bt, entropy_bt = token_logprobs_and_entropy(
+            params, micro, model_cfg, compute_dtype, temperature=temperature, remat=remat
+        )
+        return policy_loss(logp_bt, entropy_bt, micro, micro["weights"], rl_cfg)
+
+    return jax.value_and_grad(micro_loss, has_aux=True)
+
+
+def summarize_sums(sums: dict, n_tokens: jax.Array) -> dict:
+    """The update's metrics from accumulated `policy_loss` sums over `n_tokens` response tokens."""
+    per_token = 1.0 / jnp.maximum(n_tokens, 1.0)
+    metrics = {
+        "loss": sums["loss"],
+        "pg_loss": sums["pg_loss"],
+        "entropy": sums["entropy_sum"] * per_token,
+        "clip_frac": sums["clip_frac_sum"] * per_token,
+        "dual_clip_frac": sums["dual_clip_frac_sum"] * per_token,
+        "approx_kl": sums["approx_kl_sum"] * per_token,
+        # |sampler - trainer| logprob over response tokens (0 when sampler and update agree)
+        "logprob_gap_max": sums["gap_abs_max"],
+        "logprob_gap_mean": sums["gap_abs_sum"] * per_token,
+        "logprob_gap_bias": sums["gap_sum"] * per_token,
+        "tokens": n_tokens,
+    }
+    if "ref_kl_sum" in sums:
+        metrics["ref_kl"] = sums["ref_kl_sum"] * per_token
+    return metrics
 
 
 def make_train_step(

@@ -1,0 +1,104 @@
+"""The length-bucketed update equals the plain padded update; packing keeps every token's
+position, mask and weight; the logprob gap comes out of the update pass itself."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from azr_jax.errors import UserError
+from azr_jax.rl.bucketed import length_bucketed_micro_batches, make_bucketed_train_step
+from azr_jax.rl.update import init_train_state
+from azr_jax.sharding import make_mesh
+from tests.rl.test_update import BATCH, CFG, OPTIM, PARAMS, RL, RULES, _assert_same_params, _logprobs_fn, _one_step
+
+BUCKETS = (4, 8, 12)
+
+
+def test_packing_moves_spans_to_the_front_longest_first():
+    micro = length_bucketed_micro_batches(BATCH, 4, BUCKETS)
+    lengths = BATCH["mask"].sum(1)
+    assert len(micro) == 4
+    packed_lengths = np.concatenate([m["mask"].sum(1) for m in micro])
+    assert list(packed_lengths) == sorted(lengths, reverse=True)
+    for m in micro:
+        width = m["tokens"].shape[1]
+        assert width in BUCKETS and width >= m["mask"].sum(1).max()
+        assert (m["mask"][:, 0] == 1).all()  # every span starts at column 0
+        for row in range(4):
+            n = m["mask"][row].sum()
+            assert list(m["positions"][row, :n]) == list(range(n))  # positions unchanged by the move
+    # The multiset of (token, loss-mask, advantage) over real tokens is unchanged.
+    def triples(batches):
+        return sorted((int(t), float(lm), float(a)) for b in batches for t, lm, a, mk in
+                      zip(b["tokens"].ravel(), b["loss_mask"].ravel(), b["advantages"].ravel(), b["mask"].ravel()) if mk)
+    assert triples(micro) == triples([BATCH])
+
+
+def test_packing_pads_the_last_micro_batch_and_rejects_gaps():
+    rows = {k: v[:6] for k, v in BATCH.items()}
+    micro = length_bucketed_micro_batches(rows, 4, BUCKETS)
+    assert [m["tokens"].shape[0] for m in micro] == [4, 4]
+    assert micro[1]["mask"][2:].sum() == 0  # two empty rows
+    broken = dict(rows, mask=rows["mask"].copy())
+    row = 0
+    start = int(broken["mask"][row].argmax())
+    broken["mask"][row, start + 1] = 0
+    with pytest.raises(ValueError, match="non-contiguous"):
+        length_bucketed_micro_batches(broken, 4, BUCKETS)
+
+
+@pytest.mark.parametrize("micro", [4, 16])
+def test_bucketed_step_equals_padded_step(micro):
+    plain_state, plain_metrics = _one_step(16)
+    step = make_bucketed_train_step(CFG, dataclasses.replace(RL, micro_batch_size=micro), OPTIM,
+                                    length_buckets=BUCKETS, compute_dtype=jnp.float32)
+    state, metrics = step(init_train_state(CFG, OPTIM, PARAMS), BATCH)
+    metrics = jax.tree.map(float, metrics)
+    _assert_same_params(state.params, plain_state.params)
+    _assert_same_params(state.opt_state, plain_state.opt_state)
+    assert int(state.step) == 1
+    for key, value in plain_metrics.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_update_reports_the_sampler_trainer_gap():
+    # BATCH's old logprobs are the trainer's plus N(0, 0.3) noise on response tokens.
+    _, metrics = _one_step(16)
+    assert 0.1 < metrics["logprob_gap_mean"] < 0.4 and metrics["logprob_gap_max"] > 0.5
+    exact = dict(BATCH)
+    step = make_bucketed_train_step(CFG, RL, OPTIM, length_buckets=BUCKETS, compute_dtype=jnp.float32)
+    exact["old_logprobs"] = np.asarray(_logprobs_fn(jnp.float32)(PARAMS, BATCH))
+    _, metrics = step(init_train_state(CFG, OPTIM, PARAMS), exact)
+    assert float(metrics["logprob_gap_max"]) < 1e-5 and abs(float(metrics["logprob_gap_bias"])) < 1e-6
+
+
+@pytest.mark.slow
+def test_bucketed_step_on_a_mesh_equals_single_device():
+    plain_state, plain_metrics = _one_step(16)
+    mesh = make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
+
+    def put_rows(x):
+        return jax.device_put(x, NamedSharding(mesh, P(("data", "fsdp"))))
+
+    step = make_bucketed_train_step(CFG, dataclasses.replace(RL, micro_batch_size=8), OPTIM, length_buckets=BUCKETS,
+                                    mesh=mesh, rules=RULES, put_rows=put_rows, compute_dtype=jnp.float32)
+    state, metrics = step(init_train_state(CFG, OPTIM, PARAMS, mesh=mesh, rules=RULES), BATCH)
+    _assert_same_params(state.params, plain_state.params)
+    assert float(metrics["loss"]) == pytest.approx(plain_metrics["loss"], rel=1e-5)
+    assert state.params["layers"]["q_proj_dnh"].sharding.spec == P(None, "fsdp", "tensor")
+
+
+def test_bucketed_step_checks_its_input():
+    with pytest.raises(UserError, match="cannot be split over the 8 devices"):
+        make_bucketed_train_step(CFG, dataclasses.replace(RL, micro_batch_size=4), OPTIM, length_buckets=BUCKETS,
+                                 mesh=make_mesh({"data": 1, "fsdp": 8, "tensor": 1}), rules=RULES)
+    step = make_bucketed_train_step(CFG, dataclasses.replace(RL, micro_batch_size=5), OPTIM, length_buckets=BUCKETS)
+    with pytest.raises(UserError, match="not a multiple"):
+        step(init_train_state(CFG, OPTIM, PARAMS), BATCH)
+    with pytest.raises(UserError, match="missing"):
+        step(init_train_state(CFG, OPTIM, PARAMS), {k: v for k, v in BATCH.items() if k != "advantages"})
