@@ -111,6 +111,9 @@ class AZRSection:
     # seed buffer holds this many triplets (paper 256, Llama 64); 0 = start self-play at once.
     seed_size: int = 0
     train_propose: bool = True  # False = solver-only ablation: proposals are not trained on
+    # False = no proposer at all: the solver trains on tasks from the seed buffers only (the
+    # "what does self-play add" baseline); no proposals, no learnability rollouts.
+    propose: bool = True
     prompt_dir: str | None = None  # directory of replacement prompt templates
     max_output_chars: int = 0  # 0 = never truncate gold outputs (reference: 400)
 

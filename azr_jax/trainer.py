@@ -192,6 +192,8 @@ class SelfPlay:
         batches: dict[tuple[str, str], RoleBatch] = {}
         pending: dict[tuple[str, str], Any] = {}
         for k, (role, task) in enumerate(SELFPLAY_ROLES(tasks)):
+            if role == "propose" and not cfg.azr.propose:
+                continue
             if role == "solve" and not cfg.azr.solver_task_lag:
                 self._finish_proposals(batches, pending, step, step_key, params, task)
             rb = self.build_batch(role, task, step, f"{role}/{task}")
@@ -210,7 +212,7 @@ class SelfPlay:
             self._finish_proposals(batches, pending, step, step_key, params, task)
 
         # Phase 3: one update on the six batches (solver batches only in the solver-only ablation).
-        ordered = [batches[rt] for rt in SELFPLAY_ROLES(tasks)]
+        ordered = [batches[rt] for rt in SELFPLAY_ROLES(tasks) if rt in batches]
         trained = [rb for rb in ordered if cfg.azr.train_propose or rb.role == "solve"]
         update_metrics = self._update(state, trained)
         state = update_metrics.pop("_state")

@@ -80,6 +80,7 @@ def make_bucketed_train_step(
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """`train_step(state, batch) -> (state, metrics)` like `update.make_train_step`, but `batch`
     holds host (numpy) arrays and the work runs on length-bucketed micro-batches (module doc).
+    Any number of rows works: the last micro-batch is topped up with empty rows.
 
     `put_rows` places a host [rows, T] array on the mesh, sharded by rows (e.g. `Policy.put_batch`);
     without a mesh arrays go to the default device. `state` is donated. Metrics as `make_train_step`.
@@ -139,8 +140,6 @@ def make_bucketed_train_step(
             raise UserError(f"update batch is missing {missing}; it needs {list(keys)}")
         host = {k: np.asarray(batch[k]) for k in keys}
         rows = host["tokens"].shape[0]
-        if rows % micro_rows and rows > micro_rows:
-            raise UserError(f"batch of {rows} rows is not a multiple of rl.micro_batch_size={micro_rows}")
         loss_mask = host["loss_mask"].astype(np.float32)
         host["weights"] = np.asarray(aggregation_weights(jnp.asarray(loss_mask), rl_cfg.loss_agg,
                                                          chunk_rows=min(micro_rows, rows)))

@@ -1,7 +1,7 @@
 """Driver for the buffer-growth test: `train()` with a scripted generator that writes valid
 proposals (a random policy almost never does). Everything else is the real loop.
 
-usage: python scripted_run.py WORKDIR TOKENIZER_DIR
+usage: python scripted_run.py WORKDIR TOKENIZER_DIR [KEY=VALUE ...]
 """
 
 import sys
@@ -53,6 +53,7 @@ def scripted_generate(tokenizer):
 
 if __name__ == "__main__":
     workdir, tok = sys.argv[1], Path(sys.argv[2])
-    cfg = load_config(Path(__file__).parent / "tiny_config.py", tiny_overrides(tok) + ["train.steps=2", "train.eval_every=-1"])
+    cfg = load_config(Path(__file__).parent / "tiny_config.py",
+                      tiny_overrides(tok) + ["train.steps=2", "train.eval_every=-1"] + sys.argv[3:])
     result = train(cfg, workdir, progress=False, generate_fn=scripted_generate(load_tokenizer(cfg.model.tokenizer)))
     print(result)

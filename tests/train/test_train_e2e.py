@@ -200,3 +200,19 @@ def test_valid_proposals_grow_the_buffers(env):
         assert [x[f"buffer/{task}"] for x in records] == [3, 5]  # identity seed + 2 per step
     buffers = json.loads((workdir / "buffers" / "step_2.json").read_text())
     assert any("return a +" in e["program"] for e in buffers["deduction"]["entries"])
+
+
+@pytest.mark.slow
+def test_seed_only_ablation_trains_the_solver_on_the_seed_buffers(env):
+    """`azr.propose=false`: no proposer batches at all, buffers never grow, solver batches train."""
+    workdir = env["base"] / "seed_only"
+    r = subprocess.run([sys.executable, str(Path(__file__).parent / "scripted_run.py"), str(workdir),
+                        str(env["tok"]), "azr.propose=false"], env=env["env"], capture_output=True, text=True,
+                       timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = read_metrics(workdir / "metrics.jsonl")
+    assert [x["step"] for x in records] == [1, 2]
+    for rec in records:
+        assert not [k for k in rec if k.startswith("propose/")]
+        assert [rec[f"buffer/{t}"] for t in ("abduction", "deduction", "induction")] == [1, 1, 1]
+        assert rec["solve/deduction/format_rate"] == 1.0 and rec["update/tokens"] > 0
