@@ -69,4 +69,24 @@ def main(args: argparse.Namespace) -> int:
     from azr_jax.trainer import train
 
     result = train(cfg, workdir, resume_step=args.resume_step, progress=not args.no_progress)
+    if result.get("status") == "completed":
+        print_report(result, workdir)
     return 0 if result.get("status") in ("completed", "stopped") else 1
+
+
+def print_report(summary: dict, workdir) -> None:
+    """Where the outputs are and, when the run evaluated, the held-out solve rates (stdout)."""
+    from pathlib import Path
+
+    from azr_jax.eval.summary import format_solve_rate_table
+
+    workdir = Path(workdir)
+    table = format_solve_rate_table(summary)
+    if table:
+        print(f"held-out solve rate ({summary.get('benchmark')}, {summary.get('eval_items')} items, greedy):")
+        print(table)
+    print(f"summary: {workdir / 'summary.json'}")
+    print(f"metrics: {workdir / 'metrics.jsonl'}")
+    plots = sorted((workdir / "plots").glob("*.png"))
+    if plots:
+        print(f"plots:   {', '.join(str(p) for p in plots)}")

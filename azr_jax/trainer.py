@@ -347,7 +347,11 @@ def _evaluate(cfg, policy, params, sandbox, workdir: Path, name: str, primary: b
     """Greedy solve rate on the `cfg.eval` benchmark (azr_jax.eval), saved as eval/<name>.json."""
     from azr_jax.eval.evaluate import evaluate
 
+    t0 = time.perf_counter()
+    log.info("evaluating (%s): greedy solve rate on the %s benchmark ...", name, cfg.eval.benchmark)
     result = evaluate(params, policy, cfg, sandbox)
+    log.info("eval %s: solve rate %.3f (%s) in %.0fs", name, result["solve_rate"],
+             ", ".join(f"{t} {v:.3f}" for t, v in result["per_task"].items()), time.perf_counter() - t0)
     if primary:
         (workdir / "eval").mkdir(parents=True, exist_ok=True)
         (workdir / "eval" / f"{name}.json").write_text(json.dumps(result, sort_keys=True) + "\n")

@@ -22,3 +22,18 @@ def solve_rate_summary(base: dict, final: dict) -> dict:
         out[f"base_solve_rate/{task}"] = base["per_task"].get(task)
         out[f"final_solve_rate/{task}"] = final["per_task"].get(task)
     return out
+
+
+def format_solve_rate_table(summary: dict) -> str:
+    """The summary's solve rates as a small text table (base, final, gain per task type)."""
+    tasks = sorted(k.split("/", 1)[1] for k in summary if k.startswith("final_solve_rate/"))
+    if "final_solve_rate" not in summary:
+        return ""
+    rows = [("task", "base", "final", "gain")]
+    for task in tasks + ["mean"]:
+        key = "" if task == "mean" else f"/{task}"
+        base, final = summary.get(f"base_solve_rate{key}"), summary.get(f"final_solve_rate{key}")
+        if base is None or final is None:
+            continue
+        rows.append((task, f"{base:.3f}", f"{final:.3f}", f"{final - base:+.3f}"))
+    return "\n".join(f"{a:<10} {b:>6} {c:>6} {d:>7}" for a, b, c, d in rows)

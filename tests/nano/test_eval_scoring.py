@@ -6,7 +6,7 @@ import pytest
 
 from azr_jax.config import load_config
 from azr_jax.eval.evaluate import score_items
-from azr_jax.eval.summary import solve_rate_summary
+from azr_jax.eval.summary import format_solve_rate_table, solve_rate_summary
 from azr_jax.nano.benchmark import nano_benchmark
 from azr_jax.plots import PANELS, plot_metrics
 
@@ -67,6 +67,11 @@ def test_summary_fields():
     assert s["base_solve_rate"] == 0.2 and s["final_solve_rate"] == 0.35
     assert s["solve_rate_gain"] == pytest.approx(0.15)
     assert s["final_solve_rate/induction"] == 0.25 and s["base_solve_rate/deduction"] == 0.3
+    lines = format_solve_rate_table(s).splitlines()
+    assert lines[0].split() == ["task", "base", "final", "gain"]
+    assert lines[2].split() == ["deduction", "0.300", "0.500", "+0.200"]
+    assert lines[-1].split() == ["mean", "0.200", "0.350", "+0.150"]
+    assert format_solve_rate_table({"status": "completed"}) == ""
 
 
 def test_plots_from_metrics_jsonl(tmp_path):
