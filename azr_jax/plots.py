@@ -33,8 +33,25 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
+def heldout_points(eval_dir: Path, last_step: int) -> dict[str, list[tuple[int, float]]]:
+    """Held-out solve rate per task type (and `mean`) over steps, from a run's eval/*.json:
+    base.json at step 0, step_N.json at N, final.json at `last_step`."""
+    files = [(0, eval_dir / "base.json"), (last_step, eval_dir / "final.json")]
+    files += [(int(p.stem.split("_", 1)[1]), p) for p in eval_dir.glob("step_*.json") if p.stem.split("_", 1)[1].isdigit()]
+    series: dict[str, list[tuple[int, float]]] = {}
+    for step, path in sorted(files, key=lambda x: x[0]):
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        series.setdefault("mean", []).append((step, result["solve_rate"]))
+        for task, rate in result.get("per_task", {}).items():
+            series.setdefault(task, []).append((step, rate))
+    return series
+
+
 def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write one PNG per panel into `out_dir`; returns their paths."""
+    """Write one PNG per panel into `out_dir` (plus `heldout_solve_rate.png` when the run's
+    eval/ directory holds evaluations); returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,6 +74,22 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
             ax.legend(fontsize=7)
         fig.tight_layout()
         path = out_dir / f"{stem}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    last_step = max((row["step"] for row in rows), default=0)
+    series = heldout_points(Path(metrics_path).parent / "eval", last_step)
+    if series:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for name, pts in series.items():
+            ax.plot(*zip(*pts), marker="o", label=name, linewidth=2.5 if name == "mean" else 1.2)
+        ax.set_title("held-out solve rate (greedy; step 0 = base model)")
+        ax.set_xlabel("step")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / "heldout_solve_rate.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)

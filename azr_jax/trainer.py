@@ -410,7 +410,8 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
         for step in range(start + 1, cfg.train.steps + 1):
             distributed.barrier(f"azr-step-{step}")
             state, record, rollouts = loop.step(state, step)
-            if evaluating and cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0:
+            last = step == cfg.train.steps
+            if evaluating and cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0 and not last:
                 result = _evaluate(cfg, policy, state.params, sandbox, workdir, f"step_{step}", primary)
                 record["eval/solve_rate"] = result["solve_rate"]
                 record.update({f"eval/solve_rate/{t}": v for t, v in result["per_task"].items()})
@@ -418,7 +419,6 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
             if cfg.train.audit_every and (step % cfg.train.audit_every == 0 or step == 1):
                 metrics.write_rollouts(step, rollouts)
                 metrics.write_buffers(step, buffers.to_state())
-            last = step == cfg.train.steps
             if step % cfg.train.save_every == 0 or last or stop.requested:
                 pipeline = PipelineState(seed=cfg.train.seed, next_step=step + 1)
                 ckpts.save(step, policy.checkpoint_tree(state), _host_record(step, loop.base_key, buffers, pipeline))

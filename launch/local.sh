@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine (Linux or macOS, Python >= 3.11, no accelerator needed):
-#   bash launch/local.sh main   # install into .venv if needed, then run the main job
-#   bash launch/local.sh test   # install into .venv if needed, then run the whole test suite
+#   bash launch/local.sh main        # install into .venv if needed, then run the main job: the nano
+#                                    # AZR run on CPU (docs/nano.md), outputs in runs/nano
+#   bash launch/local.sh test        # install into .venv if needed, then run the whole test suite
+#   bash launch/local.sh selfcheck   # install if needed, then the one-minute check of the stack
 # Extra arguments are passed on (to `azr-jax train` for main, to pytest for test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +26,8 @@ if [ ! -x "$VENV/bin/azr-jax" ] || [ pyproject.toml -nt "$VENV/.installed" ]; th
 fi
 
 case "$what" in
-  main) exec "$VENV/bin/azr-jax" selfcheck "$@" ;;
+  main) exec "$VENV/bin/azr-jax" train --config configs/nano.py --workdir "${AZR_WORKDIR:-runs/nano}" "$@" ;;
   test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
-  *) echo "usage: bash launch/local.sh main|test [args...]" >&2; exit 2 ;;
+  selfcheck) exec "$VENV/bin/azr-jax" selfcheck "$@" ;;
+  *) echo "usage: bash launch/local.sh main|test|selfcheck [args...]" >&2; exit 2 ;;
 esac

@@ -8,7 +8,7 @@ from azr_jax.config import load_config
 from azr_jax.eval.evaluate import score_items
 from azr_jax.eval.summary import format_solve_rate_table, solve_rate_summary
 from azr_jax.nano.benchmark import nano_benchmark
-from azr_jax.plots import PANELS, plot_metrics
+from azr_jax.plots import PANELS, heldout_points, plot_metrics
 
 
 def _answer(tag, text):
@@ -91,3 +91,19 @@ def test_plots_from_metrics_jsonl(tmp_path):
     assert [p.stem for p in written] == list(PANELS)
     for p in written:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+
+
+def test_heldout_plot_from_the_runs_evaluations(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "solve/deduction/reward": 0.1}) + "\n"
+                                                    for s in (1, 2, 3, 4)))
+    (tmp_path / "eval").mkdir()
+    for name, rate in (("base", 0.1), ("step_2", 0.2), ("final", 0.3)):
+        (tmp_path / "eval" / f"{name}.json").write_text(json.dumps(
+            {"solve_rate": rate, "per_task": {"deduction": rate + 0.1, "abduction": rate, "induction": rate - 0.1}}))
+    series = heldout_points(tmp_path / "eval", last_step=4)
+    assert series["mean"] == [(0, 0.1), (2, 0.2), (4, 0.3)]
+    assert series["deduction"][-1] == (4, pytest.approx(0.4))
+    written = plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "plots")
+    assert written[-1].name == "heldout_solve_rate.png" and written[-1].read_bytes()[:4] == b"\x89PNG"
+    # Without evaluations there is no held-out panel.
+    assert heldout_points(tmp_path / "nothing", last_step=4) == {}
