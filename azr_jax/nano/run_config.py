@@ -24,7 +24,7 @@ NANO_AZR = AZRSection(
 )
 
 NANO_PRETRAIN = PretrainSection(
-    corpus_seed=0, corpus_programs=3000, max_program_steps=3, vocab_size=1024, steps=320,
+    corpus_seed=0, corpus_programs=6000, max_program_steps=3, vocab_size=1024, steps=1000,
     batch_size=16, seq_len=512, learning_rate=3e-3, warmup_steps=30, weight_decay=0.01, seed=0,
 )
 
