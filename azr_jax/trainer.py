@@ -364,6 +364,9 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
     from azr_jax.azr.buffers import TaskBuffers
     from azr_jax.sandbox import Sandbox
 
+    if cfg.rl.kl_coef > 0:
+        raise UserError("rl.kl_coef > 0 needs a frozen reference policy, which self-play training does not keep "
+                        "(the AZR reference trains without a KL term); set rl.kl_coef=0")
     distributed.initialize_from_env()
     workdir = Path(workdir)
     primary = jax.process_index() == 0

@@ -1,4 +1,4 @@
-"""The README's main command on a fresh install: `azr-jax selfcheck` passes end to end."""
+"""`azr-jax selfcheck` (`bash launch/local.sh selfcheck`) on a fresh install passes end to end."""
 
 import subprocess
 import sys
