@@ -80,7 +80,7 @@ def test_run_writes_metrics_checkpoints_and_audit_files(reference_run):
     assert summary["status"] == "completed" and 0.0 <= summary["final_solve_rate"] <= 1.0
     assert "base_solve_rate" in summary and (reference_run / "eval" / "base.json").exists()
     assert sorted(p.name for p in (reference_run / "plots").glob("*.png")) == [
-        "learnability.png", "reward.png", "solve_rate.png", "valid_rate.png"]
+        "heldout_solve_rate.png", "learnability.png", "reward.png", "solve_rate.png", "valid_rate.png"]
 
 
 @pytest.mark.slow
