@@ -15,6 +15,7 @@ BENCHES = {
     "executor": ("azr_jax.bench.executor", "sandboxed validations per second, and a batch with non-terminating programs"),
     "sample": ("azr_jax.bench.sample", "sampler tokens/s vs transformers.generate (static cache) on the same model shape"),
     "train": ("azr_jax.bench.train", "update-step tokens/s and MFU vs a torch fwd+bwd+AdamW step"),
+    "packing": ("azr_jax.bench.packing", "length-bucketed update vs the padded update on a self-play-shaped batch"),
 }
 
 

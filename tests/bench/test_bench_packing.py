@@ -1,0 +1,34 @@
+"""`azr-jax bench packing`: the self-play-shaped batch is laid out like the trainer's rollouts, and
+the benchmark prints one JSON record comparing the bucketed update with the padded one."""
+
+import json
+
+from azr_jax.bench import cli as bench_cli
+from azr_jax.bench.packing import self_play_like_batch
+from tests.bench.test_bench_sample_train import _args
+
+TINY = ["--layers", "1", "--vocab", "64", "--rows", "8", "--solver-len", "20", "30",
+        "--proposer-len", "60", "90", "--response-bucket", "32", "--micro-batch", "4", "--repeats", "1"]
+
+
+def test_batch_layout_is_the_rollout_layout():
+    args = _args("packing", TINY)
+    batch = self_play_like_batch(64, args)
+    lengths = batch["mask"].sum(1)
+    assert (20 <= lengths[:4]).all() and (lengths[:4] <= 30).all() and (60 <= lengths[4:]).all()
+    width = batch["tokens"].shape[1]
+    prompt_width = width - 32
+    for r in range(8):
+        n_resp = int(batch["loss_mask"][r].sum())
+        assert n_resp == lengths[r] // 3
+        assert batch["mask"][r, prompt_width - 1] == 1  # prompts end where the completion bucket starts
+        assert batch["loss_mask"][r, prompt_width] == 1 and batch["loss_mask"][r, :prompt_width].sum() == 0
+        assert list(batch["positions"][r][batch["mask"][r] == 1]) == list(range(lengths[r]))
+
+
+def test_bench_packing_prints_one_record(capsys):
+    assert bench_cli.main(_args("packing", TINY)) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["bench"] == "packing" and record["model"]["layers"] == 1
+    assert record["packed_slots"] < record["padded_slots"] and record["real_tokens"] <= record["packed_slots"]
+    assert record["seconds"] > 0 and record["baseline_seconds"] > 0 and record["ratio"] > 0
