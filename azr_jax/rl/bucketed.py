@@ -29,13 +29,11 @@ from azr_jax.models.decoder import param_shardings
 from azr_jax.rl.losses import aggregation_weights, combine_sums, policy_loss
 from azr_jax.rl.optimizer import make_optimizer, make_schedule
 from azr_jax.rl.update import (
-    BATCH_KEYS, OPTIONAL_BATCH_KEYS, TrainState, _global_norm, batch_shard_count, _micro_grad_fn, _state_shardings, summarize_sums,
+    BATCH_KEYS, OPTIONAL_BATCH_KEYS, TrainState, _global_norm, _micro_grad_fn, _state_shardings, batch_shard_count,
+    summarize_sums,
 )
 from azr_jax.sampling.buckets import bucket_length
 from azr_jax.sharding import mesh_rules
-
-PACKED_KEYS = BATCH_KEYS + ("weights",)
-
 
 def length_bucketed_micro_batches(batch: dict[str, np.ndarray], micro_rows: int, length_buckets) -> list[dict]:
     """Host-side: rows of `batch` ([B, T] numpy arrays, one contiguous `mask` span per row) as
@@ -140,6 +138,9 @@ def make_bucketed_train_step(
             raise UserError(f"update batch is missing {missing}; it needs {list(keys)}")
         host = {k: np.asarray(batch[k]) for k in keys}
         rows = host["tokens"].shape[0]
+        if rl_cfg.loss_agg == "token-mean-per-micro-batch" and rows % micro_rows and rows > micro_rows:
+            raise UserError(f"rl.loss_agg=token-mean-per-micro-batch weighs blocks of rl.micro_batch_size rows: the "
+                            f"batch of {rows} rows must be a multiple of {micro_rows}")
         loss_mask = host["loss_mask"].astype(np.float32)
         host["weights"] = np.asarray(aggregation_weights(jnp.asarray(loss_mask), rl_cfg.loss_agg,
                                                          chunk_rows=min(micro_rows, rows)))

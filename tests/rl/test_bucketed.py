@@ -98,5 +98,8 @@ def test_bucketed_step_checks_its_input():
         make_bucketed_train_step(CFG, dataclasses.replace(RL, micro_batch_size=4), OPTIM, length_buckets=BUCKETS,
                                  mesh=make_mesh({"data": 1, "fsdp": 8, "tensor": 1}), rules=RULES)
     step = make_bucketed_train_step(CFG, RL, OPTIM, length_buckets=BUCKETS)
+    per_block = dataclasses.replace(RL, micro_batch_size=5, loss_agg="token-mean-per-micro-batch")
+    with pytest.raises(UserError, match="must be a multiple of 5"):
+        make_bucketed_train_step(CFG, per_block, OPTIM, length_buckets=BUCKETS)(init_train_state(CFG, OPTIM, PARAMS), BATCH)
     with pytest.raises(UserError, match="missing"):
         step(init_train_state(CFG, OPTIM, PARAMS), {k: v for k, v in BATCH.items() if k != "advantages"})
