@@ -61,37 +61,31 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for stem, (title, keys) in PANELS.items():
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        for key in keys:
-            pts = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker=".", label=key.rsplit("/", 1)[0])
+    def save(fig, ax, title: str, stem: str) -> None:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
         fig.tight_layout()
-        path = out_dir / f"{stem}.png"
-        fig.savefig(path, dpi=100)
+        fig.savefig(out_dir / f"{stem}.png", dpi=100)
         plt.close(fig)
-        written.append(path)
+        written.append(out_dir / f"{stem}.png")
+
+    for stem, (title, keys) in PANELS.items():
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for key in keys:
+            pts = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker=".", label=key.rsplit("/", 1)[0])
+        save(fig, ax, title, stem)
     last_step = max((row["step"] for row in rows), default=0)
     series = heldout_points(Path(metrics_path).parent / "eval", last_step)
     if series:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for name, pts in series.items():
             ax.plot(*zip(*pts), marker="o", label=name, linewidth=2.5 if name == "mean" else 1.2)
-        ax.set_title("held-out solve rate (greedy; step 0 = base model)")
-        ax.set_xlabel("step")
         top = max(rate for pts in series.values() for _, rate in pts)
         ax.set_ylim(0, min(1.0, max(0.3, 1.5 * top)))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / "heldout_solve_rate.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        save(fig, ax, "held-out solve rate (greedy; step 0 = base model)", "heldout_solve_rate")
     return written
