@@ -12,6 +12,7 @@ spares per worker), so several non-terminating programs cost about one timeout, 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import select
@@ -29,6 +30,8 @@ from azr_jax.sandbox import isolation
 from azr_jax.sandbox.jobs import Job, JobResult
 from azr_jax.sandbox.literals import NotALiteral, literal_call_text, parse_call_args, parse_literal, texts_equal, values_equal
 
+LOG = logging.getLogger("azr_jax.sandbox")
+
 SLOTS_PER_WORKER = 4
 STALL_S = 0.25  # a job running longer than this is presumed slow and stops blocking the queue
 GRACE_S = 5.0  # how long past its deadline a zygote may take to answer before it is killed
@@ -37,6 +40,7 @@ MAX_OUTPUT_CHARS = 100_000  # per value text
 MAX_FRAME_BYTES = 8 << 20
 TMPFS_BYTES = 64 << 20
 WARM_REPEATS = 2  # zygotes started ahead of time per slot (one per default repeat)
+SANDBOX_RETRIES = 1  # a job whose zygote broke (not the job's fault) runs again on a fresh zygote
 
 
 class SandboxStartError(RuntimeError):
@@ -110,24 +114,34 @@ class _Zygote:
         except (UnicodeDecodeError, ValueError):
             return None
 
-    def request(self, req: dict, on_stall) -> dict | None:
-        """Send one job; None if the zygote died or did not answer in time (then close it)."""
+    def request(self, req: dict, on_stall) -> dict:
+        """Send one job and return the zygote's answer.
+
+        When the zygote breaks instead of answering (it died, or could not fork), the answer is
+        {"status": "sandbox_error"} and the zygote is closed; one that is still silent past the
+        job's deadline (plus a grace period) gives {"status": "timeout"} and is closed too.
+        """
         data = json.dumps(req).encode("utf-8")
         try:
             self.proc.stdin.write(struct.pack(">I", len(data)) + data)
         except (BrokenPipeError, OSError):
             self.close()
-            return None
+            return {"status": "sandbox_error", "detail": "zygote gone before the job was sent"}
         start = time.monotonic()
+        deadline = start + req["timeout_s"]
         fd = self.proc.stdout.fileno()
         ready, _, _ = select.select([fd], [], [], STALL_S)
         if not ready:
             on_stall()
-        answer = self._recv(start + req["timeout_s"] + GRACE_S)
-        if not isinstance(answer, dict):
-            self.close()
-            return None
-        return answer
+        answer = self._recv(deadline + GRACE_S)
+        if isinstance(answer, dict) and answer.get("status") != "sandbox_error":
+            return answer
+        self.close()
+        if isinstance(answer, dict):
+            return answer
+        if time.monotonic() < deadline:
+            return {"status": "sandbox_error", "detail": "zygote died during the job"}
+        return {"status": "timeout"}
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -365,13 +379,16 @@ class Sandbox:
         req = self._request(job, sent)
         per_call: list[list[tuple]] = [[] for _ in range(n)]  # outcomes of every run
         for r in range(job.repeats):
-            try:
-                z = self._zygote(slot, r)
-            except (SandboxStartError, OSError) as e:
-                return _failed(n, f"sandbox failed to start: {e}", expected=job.expected)
-            answer = z.request(req, permit.release)
-            if answer is None:
-                return _failed(n, "timeout", timed_out=True, expected=job.expected)
+            for attempt in range(1 + SANDBOX_RETRIES):
+                try:
+                    z = self._zygote(slot, r)
+                except (SandboxStartError, OSError) as e:
+                    return _failed(n, f"sandbox failed to start: {e}", expected=job.expected)
+                answer = z.request(req, permit.release)
+                if answer.get("status") != "sandbox_error":
+                    break
+                LOG.warning("sandbox zygote broke (%s); %s", answer.get("detail"),
+                            "running the job again on a fresh one" if attempt < SANDBOX_RETRIES else "giving up")
             outcome = _parse_answer(answer, n)
             if isinstance(outcome, str):
                 timed = outcome == "timeout"
@@ -388,6 +405,8 @@ def _parse_answer(answer: dict, n: int) -> list[tuple] | str:
     status = answer.get("status")
     if status == "timeout":
         return "timeout"
+    if status == "sandbox_error":
+        return f"sandbox failure: {answer.get('detail')}"
     if status == "too_large":
         return "output too large"
     try:

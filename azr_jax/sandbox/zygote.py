@@ -411,7 +411,12 @@ def main():
         req = _recv()
         if req is None:
             return
-        _send(_run_job(req))
+        try:
+            answer = _run_job(req)
+        except OSError as exc:  # fork/pipe/scratch trouble: the sandbox broke, not the program
+            _send({"status": "sandbox_error", "detail": f"{type(exc).__name__}: {exc}"[:300]})
+            return  # the host starts a fresh zygote
+        _send(answer)
 
 
 CONFIG = {}

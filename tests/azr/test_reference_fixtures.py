@@ -92,7 +92,7 @@ def test_untagged_rows_agree_with_reference(scored):
     untagged = [(r, e, o) for r, e, o in scored if not e.get("ref_quirk")]
     for _, e, o in untagged:
         for f in FIELDS:
-            assert o[f] == e[f], (e["id"], f, o[f], e[f])
+            assert o[f] == e[f], (e["id"], f, o[f], e[f], o.get("reason"))
         if e["role"] == "propose":
             assert (o["problem"] is None) == (e["problem"] is None), e["id"]
             if e["problem"] is not None:
@@ -125,7 +125,7 @@ def test_quirk_rows_follow_documented_behaviour(scored):
         if "gold" in row:
             want_gold = [row["gold"]]
         for f in FIELDS:
-            assert o[f] == want[f], (e["id"], f, o[f], want[f])
+            assert o[f] == want[f], (e["id"], f, o[f], want[f], o.get("reason"))
         if "truncated_gold" in codes:
             # the full repr: the reference's text is its first 200 chars + '...' + its last 200
             full = golds(o["problem"])

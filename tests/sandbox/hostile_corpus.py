@@ -99,6 +99,13 @@ def quick_failure(kind: str | None = None):
     return check
 
 
+def zygote_survived_or_sandbox_failure(r: JobResult, ctx: dict) -> None:
+    """Where the kill reaches the zygote, the job is reported as the sandbox breaking (after one
+    retry on a fresh zygote), fast, never as a timeout; elsewhere the program simply returns."""
+    if r.outputs != ["'killed'"]:
+        quick_failure("sandbox failure")(r, ctx)
+
+
 CASES: list[Case] = [
     # --- filesystem ---------------------------------------------------------------------------
     Case("write_outside_dir", """
@@ -319,7 +326,7 @@ import os, signal
 def f(x):
     os.kill(os.getppid(), signal.SIGKILL)
     return 'killed'
-""", lambda r, ctx: None),  # either fails or the zygote survived; the sandbox must keep working (phase 2)
+""", zygote_survived_or_sandbox_failure),
     Case("kill_everything", """
 import os, signal
 def f(x):

@@ -155,6 +155,28 @@ def test_timeouts_run_in_parallel(sb):
     assert wall < 2.5 * 1.5, wall
 
 
+def test_a_broken_zygote_is_not_the_programs_fault(monkeypatch, caplog):
+    """A zygote that breaks (here: its first answer says it could not fork) is replaced and the
+    job runs again; a correct program is not reported as failing or timing out."""
+    from azr_jax.sandbox import pool
+
+    real = pool._Zygote.request
+    broken = {"left": 1}
+
+    def flaky(self, req, on_stall):
+        if broken["left"]:
+            broken["left"] -= 1
+            self.close()
+            return {"status": "sandbox_error", "detail": "OSError: [Errno 11] Resource temporarily unavailable"}
+        return real(self, req, on_stall)
+
+    monkeypatch.setattr(pool._Zygote, "request", flaky)
+    with Sandbox(SandboxSection(timeout_s=1.5, workers=1)) as s, caplog.at_level(logging.WARNING, "azr_jax.sandbox"):
+        (r,) = s.run([Job(ADD, ["1, 1"])])
+    assert r.outputs == ["2"] and r.error is None and not r.timed_out, r
+    assert any("running the job again" in m for m in caplog.messages), caplog.messages
+
+
 def test_isolation_report(sb):
     rep = sb.isolation_report()
     assert rep["mode"] in ("bwrap", "unshare", "none") and rep["workers"] == 2
