@@ -68,9 +68,10 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
         if ax.lines:
             ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out_dir / f"{stem}.png", dpi=100)
+        path = out_dir / f"{stem}.png"
+        fig.savefig(path, dpi=100)
         plt.close(fig)
-        written.append(out_dir / f"{stem}.png")
+        written.append(path)
 
     for stem, (title, keys) in PANELS.items():
         fig, ax = plt.subplots(figsize=(6, 3.6))

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from azr_jax.config import OptimSection, RLSection
     from azr_jax.models import init_params
-    from azr_jax.rl.bucketed import make_bucketed_train_step
+    from azr_jax.rl.bucketed import length_bucketed_micro_batches, make_bucketed_train_step
     from azr_jax.rl.logprobs import token_logprobs
     from azr_jax.rl.update import init_train_state, make_train_step
 
@@ -95,8 +95,6 @@ def run(args: argparse.Namespace) -> dict:
 
     padded_s = timed(make_train_step(cfg, rl, optim, compute_dtype=cd), {k: jnp.asarray(v) for k, v in batch.items()})
     packed_s = timed(make_bucketed_train_step(cfg, rl, optim, length_buckets=buckets, compute_dtype=cd), batch)
-    from azr_jax.rl.bucketed import length_bucketed_micro_batches
-
     packed_slots = sum(m["tokens"].size for m in length_bucketed_micro_batches(batch, args.micro_batch, buckets))
     real = int(batch["mask"].sum())
     return {

@@ -35,6 +35,7 @@ from azr_jax.rl.update import (
 from azr_jax.sampling.buckets import bucket_length
 from azr_jax.sharding import mesh_rules
 
+
 def length_bucketed_micro_batches(batch: dict[str, np.ndarray], micro_rows: int, length_buckets) -> list[dict]:
     """Host-side: rows of `batch` ([B, T] numpy arrays, one contiguous `mask` span per row) as
     micro-batches of `micro_rows` rows, longest rows first, each [micro_rows, bucket] with the
