@@ -63,10 +63,10 @@ def _build(node: ast.AST, depth: int, budget: list[int]):
     raise NotALiteral(f"not a literal: {type(node).__name__}")
 
 
-def _parse_expr(text: str, mode: str = "eval") -> ast.AST:
+def _parse_expr(text: str, mode: str = "eval", max_chars: int | None = None) -> ast.AST:
     if not isinstance(text, str):
         raise NotALiteral(f"expected text, got {type(text).__name__}")
-    if len(text) > MAX_TEXT_CHARS:
+    if len(text) > (MAX_TEXT_CHARS if max_chars is None else max_chars):
         raise NotALiteral("text too long")
     try:
         return ast.parse(text.strip(), mode=mode)
@@ -74,9 +74,9 @@ def _parse_expr(text: str, mode: str = "eval") -> ast.AST:
         raise NotALiteral(f"does not parse: {type(e).__name__}") from None
 
 
-def parse_literal(text: str):
-    """Plain value of a literal text; raises NotALiteral for anything else."""
-    tree = _parse_expr(text)
+def parse_literal(text: str, max_chars: int | None = None):
+    """Plain value of a literal text (at most `max_chars`, default MAX_TEXT_CHARS); raises NotALiteral otherwise."""
+    tree = _parse_expr(text, max_chars=max_chars)
     try:
         return _build(tree.body, 0, [MAX_NODES])
     except (TypeError, ValueError, MemoryError, RecursionError, OverflowError) as e:

@@ -450,16 +450,9 @@ def _parse_answer(answer: dict, n: int) -> list[tuple] | str:
 
 def parse_literal_frame(text: str):
     """Validate the child's result frame: ("done", ((kind, ...), ...)) or ("error", message)."""
-    from azr_jax.sandbox import literals
-
-    if len(text) > MAX_FRAME_BYTES:
-        raise NotALiteral("frame too large")
-    saved = literals.MAX_TEXT_CHARS
-    try:
-        literals.MAX_TEXT_CHARS = MAX_FRAME_BYTES
-        frame = parse_literal(text)
-    finally:
-        literals.MAX_TEXT_CHARS = saved
+    # The frame may be longer than one value text; the limit is passed, never set globally
+    # (worker threads parse frames concurrently).
+    frame = parse_literal(text, max_chars=MAX_FRAME_BYTES)
     ok = isinstance(frame, tuple) and len(frame) == 2
     if ok and frame[0] == "error":
         ok = isinstance(frame[1], str)

@@ -9,6 +9,7 @@ from azr_jax.azr.buffers import identity_induction, identity_triplet
 from azr_jax.azr.scoring import score_records
 from azr_jax.config import load_config
 from azr_jax.sandbox import Sandbox
+from azr_jax.sandbox.jobs import JobResult
 
 OVERRIDES = ["sandbox.timeout_s=4"]
 TASK = {"program": "def f(a, k):\n    return sorted(a)[k]", "input": "[5, 3, 9], 2", "output": "9", "imports": []}
@@ -121,6 +122,32 @@ def test_proposal_reasons(cfg, sb):
     assert reason("deduction", "```python\ndef f(x):\n    return x\n```") == "no_input"
     ten = "".join("```input\n1\n```\n" for _ in range(9)) + "```input\n__import__('os')\n```\n```message\nm\n```"
     assert reason("induction", ten, {"program": "def f(x):\n    return x"}) == "banned_builtin"
+
+
+class BrokenSandbox:
+    """A sandbox whose every job fails the way pool.py reports its own breakage."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def run(self, jobs):
+        return [JobResult(outputs=[None] * len(j.calls), errors=[self.error] * len(j.calls), deterministic=True,
+                          matches=None, timed_out=False, error=self.error) for j in jobs]
+
+    def compare(self, pairs):
+        return [False] * len(pairs)
+
+
+@pytest.mark.parametrize("error, reason", [
+    ("sandbox failure: zygote died during the job", "sandbox_error"),
+    ("sandbox failed to start: no bwrap", "sandbox_error"),
+    ("killed by SIGKILL", "runtime_error"),  # may be the program's own doing: stays the program's fault
+    ("memory", "runtime_error"),
+])
+def test_sandbox_breakage_is_not_reported_as_a_program_error(cfg, error, reason):
+    body = "```python\ndef f(x):\n    return x\n```\n```input\n1\n```"
+    out = one(propose("deduction", body), cfg, BrokenSandbox(error))
+    assert (out["valid"], out["reason"]) == (False, reason)
 
 
 def test_max_output_chars_reproduces_reference_truncation(sb):

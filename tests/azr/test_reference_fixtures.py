@@ -70,14 +70,32 @@ def golds(problem):
     return [problem["output"]] if "output" in problem else list(problem["outputs"])
 
 
+RAW_FAILURES: list = []  # (program, job error, per-call errors) of every sandbox job that did not succeed
+
+
 @pytest.fixture(scope="module")
 def scored():
     cfg = load_config(None, ["azr.boundary_reward=-0.5", "azr.reject_multiple_functions=true", "sandbox.timeout_s=4"])
     records = [json.loads(line) for line in (FIXTURES / "input.jsonl").read_text().splitlines()]
     expected = [json.loads(line) for line in (FIXTURES / "expected.jsonl").read_text().splitlines()]
     with Sandbox(cfg.sandbox) as sb:
+        run = sb.run
+
+        def recording_run(jobs):
+            results = run(jobs)
+            RAW_FAILURES.extend((j.program, r.error, r.errors) for j, r in zip(jobs, results) if not r.ok)
+            return results
+
+        sb.run = recording_run
         out = score_records(records, cfg, sb)
     return list(zip(records, expected, out))
+
+
+def raw(rec) -> list:
+    """The sandbox's own errors for the jobs of this row (assertion messages only: says WHY a row failed)."""
+    text = rec.get("response") or ""
+    return [(err, sorted(set(map(str, errs)))) for prog, err, errs in RAW_FAILURES
+            if prog.strip().splitlines()[-1].strip() in text]
 
 
 def test_every_row_answered_in_order(scored):
@@ -90,9 +108,9 @@ def test_every_row_answered_in_order(scored):
 def test_untagged_rows_agree_with_reference(scored):
     agree = 0
     untagged = [(r, e, o) for r, e, o in scored if not e.get("ref_quirk")]
-    for _, e, o in untagged:
+    for r, e, o in untagged:
         for f in FIELDS:
-            assert o[f] == e[f], (e["id"], f, o[f], e[f], o.get("reason"))
+            assert o[f] == e[f], (e["id"], f, o[f], e[f], o.get("reason"), raw(r))
         if e["role"] == "propose":
             assert (o["problem"] is None) == (e["problem"] is None), e["id"]
             if e["problem"] is not None:
@@ -125,7 +143,7 @@ def test_quirk_rows_follow_documented_behaviour(scored):
         if "gold" in row:
             want_gold = [row["gold"]]
         for f in FIELDS:
-            assert o[f] == want[f], (e["id"], f, o[f], want[f], o.get("reason"))
+            assert o[f] == want[f], (e["id"], f, o[f], want[f], o.get("reason"), raw(rec))
         if "truncated_gold" in codes:
             # the full repr: the reference's text is its first 200 chars + '...' + its last 200
             full = golds(o["problem"])
