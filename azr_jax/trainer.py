@@ -312,6 +312,10 @@ class SelfPlay:
                 rec[f"{name}/learnability"] = (float(np.mean([1.0 - r if 0 < r < 1 else 0.0 for r in rates]))
                                                if rates else None)
         rec["reward/mean"] = float(np.mean([r for rb in ordered for r in rb.rewards]))
+        rec["sandbox_errors"] = sandbox_error_count(ordered)
+        if rec["sandbox_errors"]:
+            log.warning("step %d: %d proposal(s) invalid because the sandbox broke (reason sandbox_error), "
+                        "not because of the program; see the sandbox warnings above", step, rec["sandbox_errors"])
         for task, size in self.buffers.sizes().items():
             rec[f"buffer/{task}"] = int(size)
         for k, v in upd.items():
@@ -331,6 +335,11 @@ class SelfPlay:
 
     def close(self) -> None:
         self.host_pool.shutdown(wait=True)
+
+
+def sandbox_error_count(batches) -> int:
+    """Records of this step that failed because the sandbox itself broke (never the program's fault)."""
+    return sum(s.get("reason") == "sandbox_error" for rb in batches for s in rb.scored)
 
 
 def _task_record(entry: dict) -> dict:

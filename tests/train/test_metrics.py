@@ -50,3 +50,14 @@ def test_disabled_writer_writes_nothing(tmp_path):
     w.write_rollouts(1, [{"id": "x"}])
     w.close()
     assert not (tmp_path / "run").exists()
+
+
+def test_sandbox_error_count_counts_only_sandbox_breakage():
+    from types import SimpleNamespace
+
+    from azr_jax.trainer import sandbox_error_count
+
+    batches = [SimpleNamespace(scored=[{"reason": "sandbox_error"}, {"reason": "runtime_error"}, {"reason": None}]),
+               SimpleNamespace(scored=[{"reason": "sandbox_error"}, {}])]
+    assert sandbox_error_count(batches) == 2
+    assert sandbox_error_count([SimpleNamespace(scored=[{"reason": "timeout"}])]) == 0

@@ -72,6 +72,7 @@ def test_run_writes_metrics_checkpoints_and_audit_files(reference_run):
             assert rec[f"{role}/response_len"] > 0
         assert rec["update/tokens"] > 0 and rec["update/grad_norm"] > 0  # an update was applied
         assert rec["buffer/deduction"] >= 1 and rec["generate_s"] > 0
+        assert rec["sandbox_errors"] == 0
     assert sorted(int(p.name) for p in (reference_run / "checkpoints").iterdir() if p.name.isdigit()) == [1, 2, 3]
     rollouts = [json.loads(l) for l in (reference_run / "rollouts" / "step_1.jsonl").read_text().splitlines()]
     assert sorted({r["role"] + "/" + r["task"] for r in rollouts}) == sorted(ROLES)
