@@ -107,9 +107,14 @@ class AZRSection:
     )
     seed_file: str | None = None  # JSONL of triplets; None = identity triplet only
     induction_seed_file: str | None = None
-    # Seeding phase (AZR_SPEC §1.3): propose-only steps, no update, until the deduction/abduction
-    # seed buffer holds this many triplets (paper 256, Llama 64); 0 = start self-play at once.
+    # Seeding phase (AZR_SPEC §1.3), run before step 1 of a fresh run for each seed file not given:
+    # propose-only rounds, no update, until the deduction/abduction seed triplets and the
+    # induction seed each hold this many tasks (paper 256, Llama 64); 0 = start self-play at once.
     seed_size: int = 0
+    seed_max_rounds: int = 200  # give up seeding after this many rounds (a warning; self-play starts anyway)
+    # Strip comments/docstrings, prints and non-def top-level code from proposed programs before
+    # validation (AZR_SPEC §2.2). Off in self-play (paper D.5); the seeding phase always turns it on.
+    clean_programs: bool = False
     train_propose: bool = True  # False = solver-only ablation: proposals are not trained on
     # False = no proposer at all: the solver trains on tasks from the seed buffers only (the
     # "what does self-play add" baseline); no proposals, no learnability rollouts.
@@ -410,10 +415,13 @@ def validate(cfg: Config) -> Config:
         "sampling.max_response_len": cfg.sampling.max_response_len,
         "rl.micro_batch_size": cfg.rl.micro_batch_size,
         "train.steps": cfg.train.steps,
+        "azr.seed_max_rounds": cfg.azr.seed_max_rounds,
     }
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"config key '{key}' must be positive, got {value!r}")
+    if cfg.azr.seed_size < 0:
+        raise UserError(f"config key 'azr.seed_size' must be >= 0 (0 = no seeding phase), got {cfg.azr.seed_size!r}")
     if cfg.sampling.temperature < 0 or not 0 < cfg.sampling.top_p <= 1:
         raise UserError("sampling.temperature must be >= 0 and sampling.top_p in (0, 1]")
     return cfg

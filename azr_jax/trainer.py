@@ -140,18 +140,72 @@ class SelfPlay:
             return mine
         return distributed.merge_shares(distributed.allgather_json(mine), n_items)
 
-    def _submit(self, records: list[dict]):
+    def _submit(self, records: list[dict], cfg=None):
         """Score this process's share of `records` on the host thread (sandbox process pool)."""
         from azr_jax.azr.scoring import score_records
 
         share = distributed.local_share(records)
+        cfg = cfg or self.cfg
 
         def job():
             t0 = time.perf_counter()
-            out = score_records(share, self.cfg, self.sandbox) if share else []
+            out = score_records(share, cfg, self.sandbox) if share else []
             return out, time.perf_counter() - t0
 
         return self.host_pool.submit(job)
+
+    # ------------------------------------------------------------------ seeding phase
+
+    def seed_buffers(self, params, *, triplets: bool, induction: bool) -> dict:
+        """The seeding phase (AZR_SPEC §1.3): propose-only rounds, no update, before step 1.
+
+        `triplets`: abduction and deduction proposals (references drawn from the seed so far)
+        until `azr.seed_size` distinct triplets, each added to both buffers; `induction`: induction
+        proposals over the seed programs until the induction buffer holds `azr.seed_size` tasks.
+        Programs are cleaned first (`azr.clean_programs`, as the reference's seeding scripts do).
+        Returns what happened per phase: rounds, proposals, valid, added, seconds.
+        """
+        target = self.cfg.azr.seed_size
+        scoring_cfg = dataclasses.replace(self.cfg, azr=dataclasses.replace(self.cfg.azr, clean_programs=True))
+        key = jax.random.fold_in(self.base_key, 0)  # steps fold in 1, 2, ...: no collision
+        report = {}
+        phases = []
+        if triplets:
+            phases.append(("triplets", ("abduction", "deduction"), "deduction"))
+        if induction:
+            phases.append(("induction", ("induction",), "induction"))
+        for name, tasks, counted in phases:
+            t0 = time.perf_counter()
+            stats = {"rounds": 0, "proposals": 0, "valid": 0, "added": 0}
+            while len(self.buffers[counted]) < target and stats["rounds"] < self.cfg.azr.seed_max_rounds:
+                r = stats["rounds"]
+                for k, task in enumerate(tasks):
+                    rb = self.build_batch("propose", task, 0, f"seed/{name}/{r}/{task}")
+                    rb.completions = self._generate(params, rb.prompt_ids, jax.random.fold_in(key, 2 * r + k),
+                                                    self.rollout_settings)
+                    rb.texts = self.policy.decode_all(rb.completions)
+                    scored = self._collect(self._submit(self._records(rb, 0), scoring_cfg), len(rb.jobs))
+                    stats["proposals"] += len(scored)
+                    for s in scored:
+                        if not s["valid"]:
+                            continue
+                        stats["valid"] += 1
+                        if len(self.buffers[counted]) >= target:
+                            continue
+                        entry = _task_record(s["problem"])
+                        added = [self.buffers[t].add(entry, 0) for t in
+                                 (("deduction", "abduction") if name == "triplets" else ("induction",))]
+                        stats["added"] += int(added[0])
+                stats["rounds"] += 1
+                log.info("seeding %s: round %d, %d/%d seed tasks (%d valid of %d proposals so far)", name,
+                         stats["rounds"], len(self.buffers[counted]), target, stats["valid"], stats["proposals"])
+            stats["seconds"] = time.perf_counter() - t0
+            stats["size"] = len(self.buffers[counted])
+            if stats["size"] < target:
+                log.warning("seeding %s stopped after azr.seed_max_rounds=%d rounds with %d of %d seed tasks; "
+                            "self-play starts from these", name, stats["rounds"], stats["size"], target)
+            report[name] = stats
+        return report
 
     # ------------------------------------------------------------------ one step
 
@@ -352,6 +406,28 @@ def _host_record(step: int, base_key, buffers, pipeline: PipelineState) -> dict:
             "buffers": buffers.to_state(), "pipeline": pipeline.to_json()}
 
 
+def _seed(cfg, loop: SelfPlay, params, workdir: Path, primary: bool) -> None:
+    """Run the seeding phase for each seed file not given; write the seeds as reusable files."""
+    triplets, induction = not cfg.azr.seed_file, not cfg.azr.induction_seed_file
+    if not (triplets or induction):
+        return
+    log.info("seeding phase: up to %d seed tasks per buffer before step 1 (azr.seed_size)", cfg.azr.seed_size)
+    report = loop.seed_buffers(params, triplets=triplets, induction=induction)
+    if not primary:
+        return
+    out = workdir / "seed"
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"triplets": ("deduction", "seed_triplets.jsonl"), "induction": ("induction", "seed_induction.jsonl")}
+    for name, stats in report.items():
+        task, filename = files[name]
+        lines = [json.dumps(_task_record(e), sort_keys=True) for e in loop.buffers[task].entries]
+        (out / filename).write_text("".join(line + "\n" for line in lines))
+        stats["file"] = str(out / filename)
+    (out / "seeding.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    log.info("seeding done: %s (reuse them with azr.seed_file / azr.induction_seed_file)",
+             ", ".join(f"{n} {s['size']} in {s['seconds']:.0f}s" for n, s in report.items()))
+
+
 def _evaluate(cfg, policy, params, sandbox, workdir: Path, name: str, primary: bool) -> dict:
     """Greedy solve rate on the `cfg.eval` benchmark (azr_jax.eval), saved as eval/<name>.json."""
     from azr_jax.eval.evaluate import evaluate
@@ -387,9 +463,6 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
     except Exception as e:  # logging set-up must never stop a run
         log.warning("multiprocessing-logging unavailable (%s); worker logs stay in the workers", e)
 
-    if cfg.azr.seed_size and not cfg.azr.seed_file:
-        log.warning("azr.seed_size=%d: the seeding phase is not implemented yet; self-play starts from the "
-                    "identity triplet (give seed triplets with azr.seed_file)", cfg.azr.seed_size)
     policy = load_policy(cfg)
     if generate_fn is None:
         from azr_jax.sampling import generate as generate_fn
@@ -417,6 +490,8 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
     eval_summary: dict = {}
     evaluating = cfg.train.eval_every >= 0  # -1: never evaluate
     try:
+        if start == 0 and cfg.azr.seed_size:
+            _seed(cfg, loop, state.params, workdir, primary)
         if evaluating and start == 0:
             _evaluate(cfg, policy, state.params, sandbox, workdir, "base", primary)
         for step in range(start + 1, cfg.train.steps + 1):

@@ -42,6 +42,8 @@ def test_unknown_key_names_the_closest_valid_key():
     ("azr.solver_task_lag=maybe", "expects a bool"),
     ("rl.whiten_stats=median", "must be one of"),
     ("azr.batch_size=0", "must be positive"),
+    ("azr.seed_size=-1", "0 = no seeding phase"),
+    ("azr.seed_max_rounds=0", "must be positive"),
     ("azr.task_types=[\"translation\"]", "unknown task type"),
     ("novalue", "key=value"),
 ])

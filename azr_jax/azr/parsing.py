@@ -188,11 +188,55 @@ class Program:
     imports: list[str]
 
 
-def prepare_program(source: str, *, f_replace_location: str, reject_multiple_functions: bool) -> Program | str:
-    """Parse a proposed program and rename its entry function to `f`; a reason code on failure."""
+class _StripPrints(ast.NodeTransformer):
+    """Drop `print(...)` expression statements (a body left empty gets `pass`)."""
+
+    def visit_Expr(self, node):
+        call = node.value
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "print":
+            return None
+        return node
+
+    def generic_visit(self, node):
+        super().generic_visit(node)
+        if isinstance(getattr(node, "body", None), list) and not node.body:
+            node.body = [ast.Pass()]
+        if isinstance(node, ast.Try) and not node.handlers and not node.finalbody:
+            node.finalbody = [ast.Pass()]
+        return node
+
+
+def _without_docstring(body: list) -> list:
+    first = body[0] if body else None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        return body[1:] or [ast.Pass()]
+    return body
+
+
+def clean_program(source: str) -> str | None:
+    """The seeding transforms (AZR_SPEC §2.2): no comments or docstrings (AST round trip), only
+    top-level imports, functions and classes, no `print` calls. None if `source` does not parse."""
+    tree = parse_program(source)
+    if tree is None:
+        return None
+    keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    tree.body = [node for node in tree.body if isinstance(node, keep)]
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            node.body = _without_docstring(node.body)
+    tree = ast.fix_missing_locations(_StripPrints().visit(tree))
+    return ast.unparse(tree)
+
+
+def prepare_program(source: str, *, f_replace_location: str, reject_multiple_functions: bool,
+                    clean: bool = False) -> Program | str:
+    """Parse a proposed program and rename its entry function to `f`; a reason code on failure.
+    `clean` applies the seeding transforms (`clean_program`) first."""
     source = source.strip()
     if not source:
         return "empty_code"
+    if clean:
+        source = clean_program(source) or source  # unparsable text keeps its own syntax_error below
     tree = parse_program(source)
     if tree is None:
         return "syntax_error"

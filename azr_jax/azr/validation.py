@@ -58,7 +58,8 @@ def parse_proposal(task: str, response: str, problem: dict | None, azr_cfg) -> P
         if not given and not parsing.blocks_tagged(answer, ("input",)):
             return "no_input"
         prepared = parsing.prepare_program(
-            code, f_replace_location=azr_cfg.f_replace_location, reject_multiple_functions=azr_cfg.reject_multiple_functions
+            code, f_replace_location=azr_cfg.f_replace_location, reject_multiple_functions=azr_cfg.reject_multiple_functions,
+            clean=azr_cfg.clean_programs,
         )
         if isinstance(prepared, str):
             return prepared

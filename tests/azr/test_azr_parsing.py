@@ -110,3 +110,25 @@ def test_parse_call_args_accepts_args_and_kwargs_only():
     assert parsing.parse_call_args("7, 2)") is None
     assert parsing.parse_call_args("1) + f(2") is None  # not a single call of f
     assert parsing.parse_call_args("[" * 100_000) is None  # absurd nesting is refused, not a crash
+
+
+def test_clean_program_applies_the_seeding_transforms():
+    src = (
+        "import math  # needed\nLIMIT = 3\n\n\ndef helper(a):\n    '''Doc.'''\n    print('debug', a)  # trace\n"
+        "    if a:\n        print(a)\n    try:\n        print(1)\n    finally:\n        print(2)\n    return math.floor(a)\n\n"
+        "print(helper(2))\n\n\nclass Box:\n    \"\"\"A box.\"\"\"\n    size = 1\n"
+    )
+    out = parsing.clean_program(src)
+    assert "#" not in out and "print" not in out and "Doc." not in out and "A box." not in out
+    assert "LIMIT" not in out  # top-level statements other than imports, defs and classes go
+    assert out.startswith("import math\n") and "size = 1" in out
+    compile(out, "<cleaned>", "exec")  # emptied bodies got `pass`: still valid Python
+    assert parsing.clean_program("def f(:") is None
+
+
+def test_prepare_program_cleans_before_renaming_only_when_asked():
+    src = "def g(x):\n    # c\n    print(x)\n    return g(x - 1) if x else 0"
+    plain = parsing.prepare_program(src, f_replace_location="not_first", reject_multiple_functions=True)
+    cleaned = parsing.prepare_program(src, f_replace_location="not_first", reject_multiple_functions=True, clean=True)
+    assert "# c" in plain.source and "print(x)" in plain.source
+    assert cleaned.source == "def f(x):\n    return f(x - 1) if x else 0"

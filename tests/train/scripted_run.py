@@ -30,9 +30,10 @@ def scripted_generate(tokenizer):
             prompt = tokenizer.decode(ids)
             c = base + i  # a different program per prompt and step, so the buffers grow
             if "write a Python program together" in prompt:
-                text = answer(("python", f"def f(a):\n    return a + {c}"), ("input", str(i)))
+                # a comment and a print: the seeding phase must strip them, self-play keeps them
+                text = answer(("python", f"def f(a):\n    # shift\n    print(a)\n    return a + {c}"), ("input", str(i)))
             elif "choose inputs and a hint" in prompt:
-                text = answer(*[("input", repr(f"x{j}")) for j in range(2)], ("message", "echo"))
+                text = answer(*[("input", str(c + j)) for j in range(2)], ("message", "shift"))
             elif "predict the output" in prompt:
                 text = answer(("output", "1"))
             elif "find an input" in prompt:

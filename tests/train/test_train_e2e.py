@@ -205,6 +205,34 @@ def test_valid_proposals_grow_the_buffers(env):
 
 
 @pytest.mark.slow
+def test_seeding_phase_fills_the_seed_buffers_before_step_1(env):
+    """`azr.seed_size=5` without seed files: propose-only rounds (cleaned programs, no update)
+    until 5 triplets and 5 induction tasks, written as reusable seed files; then self-play."""
+    from azr_jax.azr.buffers import IDENTITY_PROGRAM, load_seed_file
+
+    workdir = env["base"] / "seeding"
+    r = subprocess.run([sys.executable, str(Path(__file__).parent / "scripted_run.py"), str(workdir),
+                        str(env["tok"]), "azr.seed_size=5", "train.steps=1"], env=env["env"], capture_output=True,
+                       text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((workdir / "seed" / "seeding.json").read_text())
+    # one round: 2 abduction + 2 deduction proposals, all valid, + the identity triplet = 5
+    assert {k: report["triplets"][k] for k in ("rounds", "proposals", "valid", "added", "size")} == \
+        {"rounds": 1, "proposals": 4, "valid": 4, "added": 4, "size": 5}
+    assert report["induction"]["size"] == 5 and report["induction"]["rounds"] == 2  # 2 per round + identity
+    triplets = load_seed_file(workdir / "seed" / "seed_triplets.jsonl", "deduction")
+    assert len(triplets) == 5 and triplets[0]["program"] == IDENTITY_PROGRAM
+    for t in triplets[1:]:
+        assert "return a +" in t["program"] and "print" not in t["program"] and "#" not in t["program"]
+    assert len(load_seed_file(workdir / "seed" / "seed_induction.jsonl", "induction")) == 5
+    rec = read_metrics(workdir / "metrics.jsonl")[0]
+    assert (rec["buffer/deduction"], rec["buffer/abduction"], rec["buffer/induction"]) == (7, 7, 7)  # + 2 in step 1
+    buffers = json.loads((workdir / "buffers" / "step_1.json").read_text())
+    selfplay = [e for e in buffers["deduction"]["entries"] if e["step"] == 1]
+    assert len(selfplay) == 2 and all("print(a)" in e["program"] for e in selfplay)  # self-play does not clean
+
+
+@pytest.mark.slow
 def test_seed_only_ablation_trains_the_solver_on_the_seed_buffers(env):
     """`azr.propose=false`: no proposer batches at all, buffers never grow, solver batches train."""
     workdir = env["base"] / "seed_only"
