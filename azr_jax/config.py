@@ -187,6 +187,10 @@ class EvalSection:
     data_path: str | None = None
     max_items: int = 0  # 0 = all
     max_response_len: int = 1024
+    # Completions per item: 1 = pass@1 (greedy at temperature 0); k > 1 also reports pass@k
+    # (an item counts when any of its k samples is right) and needs temperature > 0.
+    samples: int = 1
+    temperature: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -416,10 +420,15 @@ def validate(cfg: Config) -> Config:
         "rl.micro_batch_size": cfg.rl.micro_batch_size,
         "train.steps": cfg.train.steps,
         "azr.seed_max_rounds": cfg.azr.seed_max_rounds,
+        "eval.samples": cfg.eval.samples,
     }
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"config key '{key}' must be positive, got {value!r}")
+    if cfg.eval.samples > 1 and cfg.eval.temperature <= 0:
+        raise UserError(f"eval.samples={cfg.eval.samples} needs eval.temperature > 0 (greedy samples are all the same)")
+    if cfg.eval.temperature < 0:
+        raise UserError("eval.temperature must be >= 0 (0 = greedy)")
     if cfg.azr.seed_size < 0:
         raise UserError(f"config key 'azr.seed_size' must be >= 0 (0 = no seeding phase), got {cfg.azr.seed_size!r}")
     if cfg.sampling.temperature < 0 or not 0 < cfg.sampling.top_p <= 1:

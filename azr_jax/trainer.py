@@ -422,7 +422,7 @@ def _seed(cfg, loop: SelfPlay, params, workdir: Path, primary: bool) -> None:
         task, filename = files[name]
         lines = [json.dumps(_task_record(e), sort_keys=True) for e in loop.buffers[task].entries]
         (out / filename).write_text("".join(line + "\n" for line in lines))
-        stats["file"] = str(out / filename)
+        stats["file"] = filename  # beside seeding.json
     (out / "seeding.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     log.info("seeding done: %s (reuse them with azr.seed_file / azr.induction_seed_file)",
              ", ".join(f"{n} {s['size']} in {s['seconds']:.0f}s" for n, s in report.items()))

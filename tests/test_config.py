@@ -44,6 +44,7 @@ def test_unknown_key_names_the_closest_valid_key():
     ("azr.batch_size=0", "must be positive"),
     ("azr.seed_size=-1", "0 = no seeding phase"),
     ("azr.seed_max_rounds=0", "must be positive"),
+    ("eval.samples=4", "needs eval.temperature > 0"),
     ("azr.task_types=[\"translation\"]", "unknown task type"),
     ("novalue", "key=value"),
 ])

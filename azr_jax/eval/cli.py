@@ -1,8 +1,10 @@
-"""`azr-jax eval`: greedy pass@1 of a checkpoint on a benchmark, scored by the training scorer.
+"""`azr-jax eval`: pass@1 (greedy) or pass@k of a checkpoint on a benchmark, scored by the training scorer.
 
     azr-jax eval --config configs/nano.py                       # the shipped nano base model
     azr-jax eval --config configs/nano.py --checkpoint DIR      # any HF-style checkpoint directory
     azr-jax eval --config configs/nano.py --set eval.benchmark=cruxeval --set eval.data_path=crux.jsonl
+    azr-jax eval --config configs/nano.py --set eval.samples=8 --set eval.temperature=1.0   # + pass@8
+    azr-jax eval --run runs/nano [--step 30]                    # a training run's checkpoint (default: newest)
 
 Prints one JSON object (solve rate overall and per task type); `--out` also writes it, with
 every item's response and verdict.
@@ -13,15 +15,38 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
+
+from azr_jax.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment config (.py under configs/ or a config.json)")
+    parser.add_argument("--config", default=None,
+                        help="experiment config (.py under configs/ or a config.json); default with --run: the run's config.json")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (repeatable), e.g. --set eval.max_items=30")
     parser.add_argument("--checkpoint", default=None,
                         help="Hugging Face-style checkpoint directory (default: the config's model.hf_dir)")
+    parser.add_argument("--run", default=None, metavar="WORKDIR",
+                        help="evaluate the policy of an `azr-jax train` run (its Orbax checkpoint) instead of a base model")
+    parser.add_argument("--step", type=int, default=None, help="with --run: the checkpoint step (default: the newest)")
     parser.add_argument("--out", default=None, help="also write the full result (with responses) to this JSON file")
+
+
+def run_params(cfg, policy, workdir: Path, step: int | None):
+    """The policy params of a training run's checkpoint `step` (default: the newest complete one)."""
+    from azr_jax.checkpoint import Checkpoints, abstract_like
+
+    ckpts = Checkpoints(workdir / "checkpoints")
+    try:
+        step = ckpts.latest_step() if step is None else step
+        if step is None:
+            raise UserError(f"no checkpoint in {workdir / 'checkpoints'}")
+        state = policy.init_state(cfg)
+        restored, _ = ckpts.restore(step, abstract_like(policy.checkpoint_tree(state)))
+    finally:
+        ckpts.close()
+    return policy.state_from_tree(restored).params, step
 
 
 def main(args: argparse.Namespace) -> int:
@@ -30,16 +55,28 @@ def main(args: argparse.Namespace) -> int:
     from azr_jax.sandbox import Sandbox
     from azr_jax.train_setup import load_policy
 
-    cfg = load_config(args.config, args.overrides)
+    if args.config is None and args.run is None:
+        raise UserError("give --config (a base model) or --run WORKDIR (a training run's checkpoint)")
+    if args.step is not None and args.run is None:
+        raise UserError("--step needs --run WORKDIR")
+    if args.run and args.checkpoint:
+        raise UserError("--run and --checkpoint are two different models; give one")
+    config = args.config or Path(args.run) / "config.json"
+    cfg = load_config(config, args.overrides)
     if args.checkpoint:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_dir=args.checkpoint, tokenizer=None))
     policy = load_policy(cfg)
+    if args.run:
+        params, step = run_params(cfg, policy, Path(args.run), args.step)
+        source = f"{args.run} (step {step})"
+    else:
+        params, source = placed_params(policy), cfg.model.hf_dir
     sandbox = Sandbox(cfg.sandbox)
     try:
-        result = evaluate(placed_params(policy), policy, cfg, sandbox)
+        result = evaluate(params, policy, cfg, sandbox)
     finally:
         sandbox.close()
-    result["checkpoint"] = cfg.model.hf_dir
+    result["checkpoint"] = source
     brief = {k: v for k, v in result.items() if k != "items"}
     print(json.dumps(brief, sort_keys=True))
     if args.out:

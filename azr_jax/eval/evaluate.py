@@ -26,17 +26,20 @@ def placed_params(policy):
 
 
 def generate_texts(params, policy, prompts: list[str], *, max_new_tokens: int, batch_size: int,
-                   generate_fn: Callable | None = None) -> list[str]:
-    """Greedy completions of `prompts` (decoded, special tokens dropped), in order."""
+                   generate_fn: Callable | None = None, temperature: float = 0.0, n_samples: int = 1,
+                   seed: int = 0) -> list[str]:
+    """Completions of `prompts` (decoded, special tokens dropped): `n_samples` per prompt,
+    consecutive, in prompt order; greedy at temperature 0."""
     from azr_jax.sampling import SamplingSettings
 
     if generate_fn is None:
         from azr_jax.sampling import generate as generate_fn
-    settings = SamplingSettings(temperature=0.0, max_new_tokens=max_new_tokens, eos_ids=policy.stop_ids)
+    settings = SamplingSettings(temperature=temperature, max_new_tokens=max_new_tokens, eos_ids=policy.stop_ids)
     texts = []
-    for start in range(0, len(prompts), batch_size):
+    for b, start in enumerate(range(0, len(prompts), batch_size)):
         ids = policy.tokenizer.encode_batch(prompts[start: start + batch_size])
-        out = generate_fn(params, policy.config, ids, jax.random.key(0), settings, mesh=policy.mesh,
+        key = jax.random.fold_in(jax.random.key(seed), b)
+        out = generate_fn(params, policy.config, ids, key, settings, n_samples=n_samples, mesh=policy.mesh,
                           rules=policy.rules, compute_dtype=policy.compute_dtype, pad_id=policy.pad_id)
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         texts.extend(policy.tokenizer.decode(tokens[i, : lengths[i]].tolist(), skip_special_tokens=True)
@@ -44,39 +47,61 @@ def generate_texts(params, policy, prompts: list[str], *, max_new_tokens: int, b
     return texts
 
 
-def score_items(items: list[dict], responses: list[str], cfg, sandbox) -> dict:
-    """Accuracy of `responses` on `items` with `azr.scoring.score_records` (the trainer's scorer)."""
+def score_items(items: list[dict], responses: list[str], cfg, sandbox, samples: int = 1) -> dict:
+    """Accuracy of `responses` (`samples` consecutive ones per item) on `items` with
+    `azr.scoring.score_records` (the trainer's scorer). An item's accuracy is the mean over its
+    samples; with samples > 1, `pass_at_k` counts an item when any sample is right."""
     from azr_jax.azr.scoring import score_records
 
-    records = [{"id": it["id"], "role": "solve", "task": it["task"], "response": r, "problem": it["problem"]}
-               for it, r in zip(items, responses)]
+    if len(responses) != len(items) * samples:
+        raise ValueError(f"{len(responses)} responses for {len(items)} items x {samples} samples")
+    records = [{"id": f"{it['id']}#{j}" if samples > 1 else it["id"], "role": "solve", "task": it["task"],
+                "response": responses[i * samples + j], "problem": it["problem"]}
+               for i, it in enumerate(items) for j in range(samples)]
     scored = score_records(records, cfg, sandbox)
-    per_task: dict[str, list[float]] = {}
-    for it, s in zip(items, scored):
-        per_task.setdefault(it["task"], []).append(float(s["accuracy"] or 0.0))
-    rates = {task: float(np.mean(v)) for task, v in per_task.items()}
-    return {
+    accs = [[float(s["accuracy"] or 0.0) for s in scored[i * samples:(i + 1) * samples]] for i in range(len(items))]
+
+    def by_task(values: list[float]) -> dict:
+        per_task: dict[str, list[float]] = {}
+        for it, v in zip(items, values):
+            per_task.setdefault(it["task"], []).append(v)
+        return {task: float(np.mean(v)) for task, v in per_task.items()}
+
+    rates = by_task([float(np.mean(a)) for a in accs])
+    result = {
         "solve_rate": float(np.mean(list(rates.values()))) if rates else 0.0,
         "per_task": rates,
         "format_rate": float(np.mean([bool(s["format_ok"]) for s in scored])) if scored else 0.0,
         "n_items": len(items),
-        "items": [{"id": it["id"], "accuracy": s["accuracy"], "format_ok": s["format_ok"]}
-                  for it, s in zip(items, scored)],
+        "items": [{"id": it["id"], "accuracy": float(np.mean(a)) if samples > 1 else a[0],
+                   "format_ok": scored[i * samples]["format_ok"]} | ({"accuracies": a} if samples > 1 else {})
+                  for i, (it, a) in enumerate(zip(items, accs))],
     }
+    if samples > 1:
+        best = by_task([max(a) for a in accs])
+        result["pass_at_k"] = {"k": samples, "solve_rate": float(np.mean(list(best.values()))) if best else 0.0,
+                               "per_task": best}
+    return result
 
 
 def evaluate(params, policy, cfg, sandbox, *, items: list[dict] | None = None, batch_size: int = 64,
              generate_fn: Callable | None = None) -> dict:
-    """Greedy pass@1 of `params` on `items` (default: the `cfg.eval` benchmark)."""
+    """Solve rate of `params` on `items` (default: the `cfg.eval` benchmark): greedy pass@1, or
+    with `eval.samples` = k > 1 the mean accuracy of k samples at `eval.temperature` plus pass@k."""
     from azr_jax.azr.prompts import Prompts
 
     items = load_benchmark(cfg.eval) if items is None else items
     prompts = Prompts.from_config(cfg.azr)
     texts = [prompts.solve(it["task"], it["problem"]) for it in items]
+    k = cfg.eval.samples
     responses = generate_texts(params, policy, texts, max_new_tokens=cfg.eval.max_response_len,
-                               batch_size=batch_size, generate_fn=generate_fn)
-    result = score_items(items, responses, cfg, sandbox)
-    result["benchmark"] = cfg.eval.benchmark
-    for it, r in zip(result["items"], responses):
-        it["response"] = r
+                               batch_size=batch_size, generate_fn=generate_fn, temperature=cfg.eval.temperature,
+                               n_samples=k)
+    result = score_items(items, responses, cfg, sandbox, samples=k)
+    result.update(benchmark=cfg.eval.benchmark, samples=k, temperature=cfg.eval.temperature)
+    for i, it in enumerate(result["items"]):
+        if k == 1:
+            it["response"] = responses[i]
+        else:
+            it["responses"] = responses[i * k:(i + 1) * k]
     return result

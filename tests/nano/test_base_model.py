@@ -22,3 +22,19 @@ def test_shipped_base_loads_and_answers_in_format():
         result = evaluate(placed_params(policy), policy, cfg, sb)
     assert result["n_items"] == 6
     assert result["format_rate"] >= 0.5, [it["response"] for it in result["items"]]
+
+
+def test_sampled_evaluation_reports_pass_at_k():
+    from azr_jax.eval.evaluate import evaluate, placed_params
+    from azr_jax.sandbox import Sandbox
+    from azr_jax.train_setup import load_policy
+
+    cfg = load_config("configs/nano.py", ["eval.max_items=3", "eval.samples=4", "eval.temperature=1.0",
+                                          "eval.max_response_len=96"])
+    policy = load_policy(cfg)
+    with Sandbox(cfg.sandbox) as sb:
+        result = evaluate(placed_params(policy), policy, cfg, sb)
+    assert result["samples"] == 4 and result["pass_at_k"]["k"] == 4
+    assert all(len(it["responses"]) == 4 for it in result["items"])
+    assert any(len(set(it["responses"])) > 1 for it in result["items"])  # sampled, not greedy
+    assert result["pass_at_k"]["solve_rate"] >= result["solve_rate"]

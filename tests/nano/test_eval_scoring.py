@@ -58,6 +58,23 @@ def test_scoring_hand_made_responses(sandbox):
     assert result["solve_rate"] == pytest.approx(sum(result["per_task"].values()) / 3)
 
 
+def test_scoring_several_samples_per_item_gives_mean_accuracy_and_pass_at_k(sandbox):
+    cfg = load_config("configs/nano.py")
+    items = nano_benchmark(2)  # two items per task type
+    responses = []
+    for it in items:  # first item of each type: one right of two; second: none right
+        first = it["id"].endswith("/0")
+        responses += [_right(it) if first else _wrong(it), _wrong(it)]
+    result = score_items(items, responses, cfg, sandbox, samples=2)
+    for task in ("deduction", "abduction", "induction"):
+        assert result["per_task"][task] == pytest.approx(0.25)  # (0.5 + 0) / 2
+        assert result["pass_at_k"]["per_task"][task] == pytest.approx(0.5)
+    assert result["pass_at_k"]["k"] == 2 and result["pass_at_k"]["solve_rate"] == pytest.approx(0.5)
+    assert [r["accuracies"] for r in result["items"][:2]] == [[1.0, 0.0], [0.0, 0.0]]
+    with pytest.raises(ValueError, match="responses"):
+        score_items(items, responses[:-1], cfg, sandbox, samples=2)
+
+
 def test_summary_fields():
     base = {"solve_rate": 0.2, "per_task": {"deduction": 0.3, "abduction": 0.2, "induction": 0.1},
             "n_items": 150, "benchmark": "nano"}

@@ -85,6 +85,24 @@ def test_run_writes_metrics_checkpoints_and_audit_files(reference_run):
 
 
 @pytest.mark.slow
+def test_eval_of_a_run_checkpoint_reproduces_its_final_evaluation(env, reference_run, tmp_path):
+    """`azr-jax eval --run WORKDIR` restores the run's newest Orbax checkpoint and gets exactly
+    the run's own final evaluation (greedy, same scorer)."""
+    out = tmp_path / "eval.json"
+    argv = [sys.executable, "-m", "azr_jax.cli", "eval", "--run", str(reference_run), "--out", str(out)]
+    r = subprocess.run(argv, env=env["env"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(out.read_text())
+    final = json.loads((reference_run / "eval" / "final.json").read_text())
+    assert got["checkpoint"].endswith("(step 3)")
+    assert [(i["id"], i["accuracy"], i["response"]) for i in got["items"]] == \
+        [(i["id"], i["accuracy"], i["response"]) for i in final["items"]]
+    bad = subprocess.run([sys.executable, "-m", "azr_jax.cli", "eval", "--run", str(reference_run), "--step", "9"],
+                         env=env["env"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert bad.returncode != 0 and "no complete checkpoint for step 9" in bad.stderr
+
+
+@pytest.mark.slow
 def test_sigkill_and_restart_ends_with_the_uninterrupted_metrics(env, reference_run):
     workdir = env["base"] / "killed"
     proc = subprocess.Popen(_argv(env, workdir, "train.steps=3"), env=env["env"], cwd=ROOT,
