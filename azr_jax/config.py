@@ -116,6 +116,9 @@ class AZRSection:
     # validation (AZR_SPEC §2.2). Off in self-play (paper D.5); the seeding phase always turns it on.
     clean_programs: bool = False
     train_propose: bool = True  # False = solver-only ablation: proposals are not trained on
+    # True = also train the solver on the learnability rollouts (n_solver_samples per valid
+    # proposal, in the solve/<task> TRR++ group). A deviation: the reference discards them.
+    train_learnability_rollouts: bool = False
     # False = no proposer at all: the solver trains on tasks from the seed buffers only (the
     # "what does self-play add" baseline); no proposals, no learnability rollouts.
     propose: bool = True
@@ -429,6 +432,9 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"eval.samples={cfg.eval.samples} needs eval.temperature > 0 (greedy samples are all the same)")
     if cfg.eval.temperature < 0:
         raise UserError("eval.temperature must be >= 0 (0 = greedy)")
+    if cfg.azr.train_learnability_rollouts and cfg.azr.learnability_temperature != cfg.sampling.temperature:
+        raise UserError("azr.train_learnability_rollouts needs azr.learnability_temperature == sampling.temperature "
+                        "(the update scores every row at sampling.temperature)")
     if cfg.azr.seed_size < 0:
         raise UserError(f"config key 'azr.seed_size' must be >= 0 (0 = no seeding phase), got {cfg.azr.seed_size!r}")
     if cfg.sampling.temperature < 0 or not 0 < cfg.sampling.top_p <= 1:

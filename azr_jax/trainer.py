@@ -59,6 +59,9 @@ class RoleBatch:
     scored: list[dict] = dataclasses.field(default_factory=list)
     rewards: list[float] = dataclasses.field(default_factory=list)
     solve_rates: list[float | None] = dataclasses.field(default_factory=list)
+    n_samples: int = 1  # completions per prompt (rows i*n .. i*n+n-1 belong to prompt i)
+    # propose batches with `azr.train_learnability_rollouts`: the solver rollouts on their valid tasks
+    learn_batch: "RoleBatch | None" = None
 
 
 class StopFlag:
@@ -268,6 +271,7 @@ class SelfPlay:
         # Phase 3: one update on the six batches (solver batches only in the solver-only ablation).
         ordered = [batches[rt] for rt in SELFPLAY_ROLES(tasks) if rt in batches]
         trained = [rb for rb in ordered if cfg.azr.train_propose or rb.role == "solve"]
+        trained += [rb.learn_batch for rb in ordered if rb.learn_batch is not None]
         update_metrics = self._update(state, trained)
         state = update_metrics.pop("_state")
 
@@ -315,6 +319,11 @@ class SelfPlay:
                 rates[i] = mean_solve_rate(accs)
                 validated[i] = dict(validated[i], accuracy=rates[i],
                                     solver_responses=texts[k * n:(k + 1) * n])
+            if cfg.azr.train_learnability_rollouts:
+                # Deviation (off by default): these solver samples join the solve/<task> TRR++ group.
+                rb.learn_batch = RoleBatch("solve", task, prompt_ids, [{"problem": p} for p in problems],
+                                           completions=comp, texts=texts, scored=scored,
+                                           rewards=[float(s["reward"]) for s in scored], n_samples=n)
         rb.scored = validated
         rb.solve_rates = rates
         rb.rewards = [float(proposer_reward(s["valid"], s["format_ok"], rates[i], cfg.azr.boundary_reward))
@@ -327,7 +336,7 @@ class SelfPlay:
         from azr_jax.rl.advantages import trrpp_group_id
         from azr_jax.sampling import rollout_batch
 
-        parts = [rollout_batch(rb.prompt_ids, rb.completions, 1, pad_id=self.policy.pad_id,
+        parts = [rollout_batch(rb.prompt_ids, rb.completions, rb.n_samples, pad_id=self.policy.pad_id,
                                length_buckets=self.cfg.sampling.length_buckets) for rb in ordered]
         batch = concat_rows(parts, pad_id=self.policy.pad_id)
         rewards = np.asarray([r for rb in ordered for r in rb.rewards], np.float32)

@@ -53,6 +53,12 @@ def test_bad_values_are_user_errors(item, match):
         apply_overrides(Config(), [item])
 
 
+def test_training_on_learnability_rollouts_needs_one_temperature():
+    with pytest.raises(UserError, match="learnability_temperature == sampling.temperature"):
+        apply_overrides(Config(), ["azr.train_learnability_rollouts=true", "azr.learnability_temperature=0.5"])
+    assert apply_overrides(Config(), ["azr.train_learnability_rollouts=true"]).azr.train_learnability_rollouts
+
+
 def test_json_round_trip(tmp_path):
     cfg = apply_overrides(Config(), ["azr.boundary_reward=0.0", "name=x"])
     p = tmp_path / "config.json"

@@ -220,6 +220,17 @@ def test_valid_proposals_grow_the_buffers(env):
         assert [x[f"buffer/{task}"] for x in records] == [3, 5]  # identity seed + 2 per step
     buffers = json.loads((workdir / "buffers" / "step_2.json").read_text())
     assert any("return a +" in e["program"] for e in buffers["deduction"]["entries"])
+    # azr.train_learnability_rollouts: the same step 1 also trains on the solver rollouts of the
+    # 6 valid proposals (2 each), so the update sees more tokens; rewards and buffers are unchanged
+    more = env["base"] / "scripted_learn"
+    r = subprocess.run([sys.executable, str(Path(__file__).parent / "scripted_run.py"), str(more),
+                        str(env["tok"]), "train.steps=1", "azr.train_learnability_rollouts=true"], env=env["env"],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with_learn = read_metrics(more / "metrics.jsonl")[0]
+    assert with_learn["update/tokens"] > records[0]["update/tokens"]
+    for key in ("propose/deduction/reward", "solve/deduction/reward", "buffer/induction"):
+        assert with_learn[key] == records[0][key]
 
 
 @pytest.mark.slow
