@@ -211,6 +211,9 @@ class PretrainSection:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     seed: int = 0  # parameter init and batch order
+    # Continue from this nano checkpoint directory (its weights and its tokenizer, which is then
+    # not retrained) with a fresh optimizer and schedule; None = train from a random init.
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -175,14 +176,15 @@ def batch_schedule(buckets: dict, steps: int, batch_size: int, seed: int):
     return out
 
 
-def train(model_cfg, buckets: dict, p, *, log=None, log_every: int = 50):
-    """Train from a fresh init for `p.steps` steps; returns (params, per-step losses)."""
+def train(model_cfg, buckets: dict, p, *, log=None, log_every: int = 50, params=None):
+    """Train for `p.steps` steps from `params` (default: a fresh init); returns (params, per-step losses)."""
     import jax
 
     from azr_jax.models import init_params
 
     optimizer = make_optimizer(p)
-    params = init_params(model_cfg, jax.random.key(p.seed))
+    if params is None:
+        params = init_params(model_cfg, jax.random.key(p.seed))
     opt_state = optimizer.init(params)
     step_fn, _ = make_train_step(model_cfg, optimizer)
     losses = []
@@ -249,14 +251,29 @@ def build_base(cfg, out: Path, *, log=print) -> dict:
     tasks = corpus_tasks(cfg)
     transcripts = corpus_transcripts(cfg, tasks)
     log(f"corpus: {len(tasks)} programs, {len(transcripts)} transcripts")
-    tok_path = train_tokenizer([t.prompt + t.response for t in transcripts], out / "tokenizer.model",
-                               vocab_size=p.vocab_size)
-    tok = load_tokenizer(tok_path)
+    init = None
+    if p.init_from:
+        from azr_jax.models import from_pretrained
+
+        src = Path(p.init_from)
+        if not (src / "model.safetensors").is_file() or not (src / "tokenizer.model").is_file():
+            raise UserError(f"pretrain.init_from {src} is not a nano checkpoint (model.safetensors + tokenizer.model)")
+        if src.resolve() != out.resolve():
+            shutil.copyfile(src / "tokenizer.model", out / "tokenizer.model")
+        tok = load_tokenizer(out / "tokenizer.model")
+        init = from_pretrained(src, dtype=np.float32)
+        log(f"continuing from {src} (its tokenizer, {tok.vocab_size} pieces)")
+    else:
+        tok = load_tokenizer(train_tokenizer([t.prompt + t.response for t in transcripts], out / "tokenizer.model",
+                                             vocab_size=p.vocab_size))
     rows = tokenize_transcripts(tok, transcripts, p.seq_len)
     buckets = bucket_rows(rows, p.batch_size)
     log(f"tokenizer: {tok.vocab_size} pieces; {len(rows)}/{len(transcripts)} transcripts fit seq_len {p.seq_len}")
-    model_cfg = nano_model_config(cfg, tok.vocab_size)
-    params, losses = train(model_cfg, buckets, p, log=log)
+    if init is not None:
+        model_cfg, start = init.config, {k: v for k, v in init.params.items()}
+    else:
+        model_cfg, start = nano_model_config(cfg, tok.vocab_size), None
+    params, losses = train(model_cfg, buckets, p, log=log, params=start)
     model_cfg, params = trim_vocab(model_cfg, params, tok.vocab_size)
     save_checkpoint(out, model_cfg, params, tok)
     write_seed_files(cfg, out)

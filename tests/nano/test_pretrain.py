@@ -32,3 +32,23 @@ def test_a_few_steps_reduce_loss(tmp_path):
     _, losses = train(model_cfg, buckets, cfg.pretrain)
     assert len(losses) == 20 and np.all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0
+
+
+def test_pretraining_continues_from_a_checkpoint(tmp_path):
+    import json
+
+    import pytest
+
+    from azr_jax.errors import UserError
+    from azr_jax.nano import BASE_DIR
+    from azr_jax.nano.pretrain import RECORD_FILE, build_base
+
+    overrides = ["pretrain.corpus_programs=40", "pretrain.steps=2", "pretrain.batch_size=4", "pretrain.warmup_steps=1"]
+    cfg = load_config("configs/nano_base.py", overrides + [f"pretrain.init_from={BASE_DIR}"])
+    record = build_base(cfg, tmp_path / "cont", log=lambda msg: None)
+    assert (tmp_path / "cont" / "tokenizer.model").read_bytes() == (BASE_DIR / "tokenizer.model").read_bytes()
+    assert record["num_params"] == json.loads((BASE_DIR / RECORD_FILE).read_text())["num_params"]
+    assert record["first_loss"] < 1.5  # the shipped weights: a random init starts near ln(786) = 6.7
+    with pytest.raises(UserError, match="not a nano checkpoint"):
+        build_base(load_config("configs/nano_base.py", overrides + [f"pretrain.init_from={tmp_path}"]),
+                   tmp_path / "bad", log=lambda msg: None)
