@@ -17,7 +17,9 @@ collected in a fixed order, so overlap never changes what is computed.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import signal
@@ -116,6 +118,8 @@ class SelfPlay:
                                                        put_rows=policy.put_batch, **step_kwargs)
         else:
             self.train_step = make_train_step(policy.config, cfg.rl, cfg.optim, **step_kwargs)
+        # rl.kl_coef > 0: the starting policy, frozen (a copy: the update donates the live params).
+        self.ref_params = jax.jit(lambda t: jax.tree.map(jnp.copy, t))(policy.params) if cfg.rl.kl_coef > 0 else None
         self.base_key = jax.random.key(cfg.train.seed)
         self.timers: dict[str, float] = {}
 
@@ -339,6 +343,8 @@ class SelfPlay:
         parts = [rollout_batch(rb.prompt_ids, rb.completions, rb.n_samples, pad_id=self.policy.pad_id,
                                length_buckets=self.cfg.sampling.length_buckets) for rb in ordered]
         batch = concat_rows(parts, pad_id=self.policy.pad_id)
+        # Rows the sandbox failed to judge carry no loss and no weight in their group's statistics.
+        batch["loss_mask"][sandbox_error_rows(ordered)] = 0
         rewards = np.asarray([r for rb in ordered for r in rb.rewards], np.float32)
         groups = np.asarray([trrpp_group_id(rb.role, rb.task) for rb in ordered for _ in rb.rewards], np.int32)
         t0 = time.perf_counter()
@@ -349,13 +355,32 @@ class SelfPlay:
             batch = {k: self.policy.put_batch(v) for k, v in batch.items()}
             batch["advantages"] = self.policy.advantages_fn(
                 self.policy.put_replicated(rewards), batch["loss_mask"], self.policy.put_replicated(groups))
-        new_state, metrics = self.train_step(state, batch)
+            if self.ref_params is not None:
+                batch["ref_logprobs"] = self._reference_logprobs(self.ref_params, batch)
+        if self.ref_params is not None and self.cfg.rl.pack_by_length:
+            new_state, metrics = self.train_step(state, batch, ref_params=self.ref_params)
+        else:
+            new_state, metrics = self.train_step(state, batch)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         self._add_time("update_s", time.perf_counter() - t0)
         metrics["_state"] = new_state
         metrics["_tokens"] = int(np.asarray(batch["mask"]).sum())
         metrics["_seq_len"] = int(batch["tokens"].shape[1])
         return metrics
+
+    @functools.cached_property
+    def _reference_logprobs(self):
+        from azr_jax.rl.logprobs import token_logprobs
+
+        cfg, policy = self.cfg, self.policy
+        from azr_jax.sharding import mesh_rules
+
+        def reference_logprobs(ref_params, batch):
+            with mesh_rules(policy.mesh, policy.rules) if policy.mesh is not None else contextlib.nullcontext():
+                return token_logprobs(ref_params, batch, policy.config, policy.compute_dtype,
+                                      temperature=cfg.sampling.temperature)
+
+        return jax.jit(reference_logprobs)
 
     def _step_record(self, step, ordered, upd, step_time) -> dict:
         rec: dict[str, Any] = {"step": step}
@@ -377,8 +402,9 @@ class SelfPlay:
         rec["reward/mean"] = float(np.mean([r for rb in ordered for r in rb.rewards]))
         rec["sandbox_errors"] = sandbox_error_count(ordered)
         if rec["sandbox_errors"]:
-            log.warning("step %d: %d proposal(s) invalid because the sandbox broke (reason sandbox_error), "
-                        "not because of the program; see the sandbox warnings above", step, rec["sandbox_errors"])
+            log.warning("step %d: %d response(s) not judged because the sandbox broke (reason sandbox_error), "
+                        "not because of the program; they are left out of the update; see the sandbox warnings "
+                        "above", step, rec["sandbox_errors"])
         for task, size in self.buffers.sizes().items():
             rec[f"buffer/{task}"] = int(size)
         for k, v in upd.items():
@@ -403,6 +429,19 @@ class SelfPlay:
 def sandbox_error_count(batches) -> int:
     """Records of this step that failed because the sandbox itself broke (never the program's fault)."""
     return sum(s.get("reason") == "sandbox_error" for rb in batches for s in rb.scored)
+
+
+def sandbox_error_rows(batches) -> np.ndarray:
+    """bool [rows]: update rows (in `batches` order) whose verdict is `reason: sandbox_error`.
+
+    Their reward says nothing about the response (the sandbox broke, not the program), so the
+    update leaves them out instead of training on a -1 or a 0 the policy did not earn."""
+    flags = []
+    for rb in batches:
+        if len(rb.scored) != len(rb.rewards):
+            raise ValueError(f"{rb.role}/{rb.task}: {len(rb.scored)} verdicts for {len(rb.rewards)} rewards")
+        flags += [s.get("reason") == "sandbox_error" for s in rb.scored]
+    return np.asarray(flags, bool)
 
 
 def _task_record(entry: dict) -> dict:
@@ -458,9 +497,6 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
     from azr_jax.azr.buffers import TaskBuffers
     from azr_jax.sandbox import Sandbox
 
-    if cfg.rl.kl_coef > 0:
-        raise UserError("rl.kl_coef > 0 needs a frozen reference policy, which self-play training does not keep "
-                        "(the AZR reference trains without a KL term); set rl.kl_coef=0")
     distributed.initialize_from_env()
     workdir = Path(workdir)
     primary = jax.process_index() == 0

@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from azr_jax.errors import UserError
 from azr_jax.models.decoder import param_shardings
+from azr_jax.rl.logprobs import token_logprobs
 from azr_jax.rl.losses import aggregation_weights, combine_sums, policy_loss
 from azr_jax.rl.optimizer import make_optimizer, make_schedule
 from azr_jax.rl.update import (
@@ -83,6 +84,10 @@ def make_bucketed_train_step(
 
     `put_rows` places a host [rows, T] array on the mesh, sharded by rows (e.g. `Policy.put_batch`);
     without a mesh arrays go to the default device. `state` is donated. Metrics as `make_train_step`.
+
+    With `rl.kl_coef > 0` the batch either carries `ref_logprobs`, or `train_step(state, batch,
+    ref_params=P)` computes them micro-batch by micro-batch under the frozen reference params P
+    (a forward pass on the packed rows, so no work on padding).
     """
     keys = BATCH_KEYS + (OPTIONAL_BATCH_KEYS if rl_cfg.kl_coef > 0 else ())
     micro_rows = rl_cfg.micro_batch_size
@@ -100,6 +105,9 @@ def make_bucketed_train_step(
         (_, sums), grads = micro_grad(params, micro)
         return jax.tree.map(jnp.add, grads_acc, grads), combine_sums(sums_acc, sums)
 
+    def reference_logprobs(ref_params, micro):
+        return token_logprobs(ref_params, micro, model_cfg, compute_dtype, temperature=temperature)
+
     def zeros(params, micro):
         sums = jax.eval_shape(lambda m: policy_loss(m["old_logprobs"], m["old_logprobs"], m, m["weights"], rl_cfg)[1],
                               micro)
@@ -116,6 +124,7 @@ def make_bucketed_train_step(
 
     if mesh is None:
         accumulate_jit = jax.jit(accumulate, donate_argnums=1)
+        reference_jit = jax.jit(reference_logprobs)
         zeros_jit = jax.jit(zeros)
         apply_jit = jax.jit(apply, donate_argnums=0)
     else:
@@ -130,14 +139,17 @@ def make_bucketed_train_step(
             return traced
 
         accumulate_jit = jax.jit(under_rules(accumulate), out_shardings=acc_sh, donate_argnums=1)
+        reference_jit = jax.jit(under_rules(reference_logprobs))
         zeros_jit = jax.jit(zeros, out_shardings=acc_sh)
         apply_jit = jax.jit(apply, out_shardings=(state_sh, replicated), donate_argnums=0)
 
-    def train_step(state: TrainState, batch: dict[str, Any]):
-        missing = [k for k in keys if k not in batch]
+    def train_step(state: TrainState, batch: dict[str, Any], ref_params=None):
+        from_reference = ref_params is not None and "ref_logprobs" not in batch
+        wanted = [k for k in keys if not (from_reference and k == "ref_logprobs")]
+        missing = [k for k in wanted if k not in batch]
         if missing:
             raise UserError(f"update batch is missing {missing}; it needs {list(keys)}")
-        host = {k: np.asarray(batch[k]) for k in keys}
+        host = {k: np.asarray(batch[k]) for k in wanted}
         rows = host["tokens"].shape[0]
         if rl_cfg.loss_agg == "token-mean-per-micro-batch" and rows % micro_rows and rows > micro_rows:
             raise UserError(f"rl.loss_agg=token-mean-per-micro-batch weighs blocks of rl.micro_batch_size rows: the "
@@ -147,6 +159,9 @@ def make_bucketed_train_step(
                                                          chunk_rows=min(micro_rows, rows)))
         micro_batches = length_bucketed_micro_batches(host, micro_rows, length_buckets)
         placed = [{k: put(v) for k, v in micro.items()} for micro in micro_batches]
+        if from_reference and rl_cfg.kl_coef > 0:
+            for micro in placed:
+                micro["ref_logprobs"] = reference_jit(ref_params, micro)
         acc = zeros_jit(state.params, placed[0])
         for micro in placed:
             acc = accumulate_jit(state.params, acc, micro)

@@ -72,6 +72,21 @@ def test_trrpp_groups_are_independent():
     assert got_bt[0, 0] < 0 < got_bt[1, 0]
 
 
+@pytest.mark.parametrize("whiten_stats", ["token", "sequence"])
+def test_trrpp_rows_without_loss_tokens_leave_the_group_statistics_alone(whiten_stats):
+    # How the trainer leaves a row out (a sandbox_error verdict): its loss mask is zeroed. The
+    # other rows' advantages must be those of the group without it, whatever its reward.
+    mask_bt = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1]], np.float32)
+    kept = np.asarray(adv.trr_plus_plus(np.array([1.0, 0.0, 0.5]), mask_bt, np.zeros(3, np.int32), num_groups=1,
+                                        whiten_stats=whiten_stats))
+    left_out = np.concatenate([mask_bt, np.zeros((1, 3), np.float32)])
+    for reward in (-1.0, 7.0):
+        got = np.asarray(adv.trr_plus_plus(np.array([1.0, 0.0, 0.5, reward]), left_out, np.zeros(4, np.int32),
+                                           num_groups=1, whiten_stats=whiten_stats))
+        np.testing.assert_allclose(got[:3], kept, atol=1e-6)
+        np.testing.assert_array_equal(got[3], 0.0)
+
+
 def test_single_token_group_has_zero_advantage():
     got_bt = np.asarray(adv.trr_plus_plus(np.array([3.0]), np.array([[1.0, 0.0]]), np.array([0]), num_groups=1))
     np.testing.assert_array_equal(got_bt, [[0.0, 0.0]])

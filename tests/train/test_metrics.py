@@ -61,3 +61,20 @@ def test_sandbox_error_count_counts_only_sandbox_breakage():
                SimpleNamespace(scored=[{"reason": "sandbox_error"}, {}])]
     assert sandbox_error_count(batches) == 2
     assert sandbox_error_count([SimpleNamespace(scored=[{"reason": "timeout"}])]) == 0
+
+
+def test_sandbox_error_rows_flag_the_update_rows_the_sandbox_did_not_judge():
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pytest
+
+    from azr_jax.trainer import sandbox_error_rows
+
+    batches = [SimpleNamespace(role="propose", task="deduction", rewards=[-1.0, 0.5],
+                               scored=[{"reason": "sandbox_error"}, {"reason": None}]),
+               SimpleNamespace(role="solve", task="deduction", rewards=[0.0, 1.0, 0.0],
+                               scored=[{"reason": "runtime_error"}, {}, {"reason": "sandbox_error"}])]
+    np.testing.assert_array_equal(sandbox_error_rows(batches), [True, False, False, False, True])
+    with pytest.raises(ValueError, match="2 verdicts for 1 rewards"):
+        sandbox_error_rows([SimpleNamespace(role="solve", task="abduction", rewards=[0.0], scored=[{}, {}])])

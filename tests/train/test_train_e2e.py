@@ -275,3 +275,16 @@ def test_seed_only_ablation_trains_the_solver_on_the_seed_buffers(env):
         assert not [k for k in rec if k.startswith("propose/")]
         assert [rec[f"buffer/{t}"] for t in ("abduction", "deduction", "induction")] == [1, 1, 1]
         assert rec["solve/deduction/format_rate"] == 1.0 and rec["update/tokens"] > 0
+
+
+@pytest.mark.slow
+def test_kl_to_the_starting_policy_is_zero_at_step_1_and_grows(env):
+    """`rl.kl_coef > 0`: the trainer keeps the starting params as the frozen reference; the update
+    reports the policy's KL to it (`update/ref_kl`), zero before the first update."""
+    workdir = env["base"] / "kl"
+    r = _run(env, workdir, "train.steps=3", "rl.kl_coef=0.1", "train.eval_every=-1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    kl = [x["update/ref_kl"] for x in read_metrics(workdir / "metrics.jsonl")]
+    assert len(kl) == 3
+    assert abs(kl[0]) < 1e-6
+    assert kl[2] > 1e-6
