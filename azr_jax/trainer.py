@@ -268,7 +268,7 @@ class SelfPlay:
         for task in tasks:
             rb = batches[("solve", task)]
             rb.scored = self._collect(pending.pop(("solve", task)), len(rb.jobs))
-            rb.rewards = [float(s["reward"]) for s in rb.scored]
+            rb.rewards = [trained_reward(s) for s in rb.scored]
         for task in tasks:
             self._finish_proposals(batches, pending, step, step_key, params, task)
 
@@ -298,7 +298,7 @@ class SelfPlay:
     def _finish_proposals(self, batches, pending, step, step_key, params, task) -> None:
         """Validate proposals of `task`, run the learnability rollouts, set proposer rewards and
         add valid tasks to the buffers (once per step and task)."""
-        from azr_jax.azr.rewards import mean_solve_rate, proposer_reward
+        from azr_jax.azr.rewards import judged_solve_rate, proposer_reward
 
         rb = batches.get(("propose", task))
         if rb is None or rb.scored:
@@ -319,18 +319,20 @@ class SelfPlay:
                              for k, i in enumerate(valid_idx) for j in range(n)]
             scored = self._collect(self._submit(solve_records), len(solve_records))
             for k, i in enumerate(valid_idx):
-                accs = [float(s["accuracy"] or 0.0) for s in scored[k * n:(k + 1) * n]]
-                rates[i] = mean_solve_rate(accs)
+                rates[i] = judged_solve_rate(scored[k * n:(k + 1) * n])
                 validated[i] = dict(validated[i], accuracy=rates[i],
                                     solver_responses=texts[k * n:(k + 1) * n])
+                if rates[i] is None:  # no rollout judged: the proposal's reward is unknown
+                    validated[i]["reason"] = "sandbox_error"
             if cfg.azr.train_learnability_rollouts:
                 # Deviation (off by default): these solver samples join the solve/<task> TRR++ group.
                 rb.learn_batch = RoleBatch("solve", task, prompt_ids, [{"problem": p} for p in problems],
                                            completions=comp, texts=texts, scored=scored,
-                                           rewards=[float(s["reward"]) for s in scored], n_samples=n)
+                                           rewards=[trained_reward(s) for s in scored], n_samples=n)
         rb.scored = validated
         rb.solve_rates = rates
-        rb.rewards = [float(proposer_reward(s["valid"], s["format_ok"], rates[i], cfg.azr.boundary_reward))
+        rb.rewards = [trained_reward(dict(s, reward=proposer_reward(s["valid"], s["format_ok"], rates[i],
+                                                                    cfg.azr.boundary_reward)))
                       for i, s in enumerate(validated)]
         for i in valid_idx:
             self.buffers[task].add(_task_record(validated[i]["problem"]), step)
@@ -429,6 +431,16 @@ class SelfPlay:
 def sandbox_error_count(batches) -> int:
     """Records of this step that failed because the sandbox itself broke (never the program's fault)."""
     return sum(s.get("reason") == "sandbox_error" for rb in batches for s in rb.scored)
+
+
+def trained_reward(verdict: dict) -> float:
+    """The reward a scored row enters the update with. A verdict without one (`reward: None`: the
+    sandbox never judged it) gets 0.0, a placeholder: `sandbox_error_rows` masks such rows out."""
+    if verdict["reward"] is not None:
+        return float(verdict["reward"])
+    if verdict.get("reason") != "sandbox_error":
+        raise ValueError(f"a scored row without a reward that the update would not mask: {verdict}")
+    return 0.0
 
 
 def sandbox_error_rows(batches) -> np.ndarray:

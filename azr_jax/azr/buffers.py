@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from azr_jax import pyast
 from azr_jax.errors import UserError
 from azr_jax.jsonl import read_objects
 from azr_jax.azr.prompts import induction_visible
@@ -56,7 +57,7 @@ def identity_induction() -> dict:
 
 def _normalise_code(text: str, mode: str = "exec") -> str:
     try:
-        return ast.unparse(ast.parse(text, mode=mode))
+        return ast.unparse(pyast.parse(text, mode=mode))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return " ".join(text.split())
 

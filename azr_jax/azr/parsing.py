@@ -12,6 +12,8 @@ import io
 import re
 from dataclasses import dataclass
 
+from azr_jax import pyast
+
 FORMAT_RE = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
 # An opening fence with an optional tag on the same line, the body, and the closing fence.
 FENCE_RE = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
@@ -92,7 +94,7 @@ def induction_message(answer: str) -> str:
 def parse_program(source: str) -> ast.Module | None:
     """`ast.parse` that returns None for anything unparsable (including absurd nesting)."""
     try:
-        return ast.parse(source)
+        return pyast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
 
@@ -100,7 +102,7 @@ def parse_program(source: str) -> ast.Module | None:
 def parse_call_args(args_text: str) -> ast.Expression | None:
     """Parse `f(<args_text>)`; None unless it is exactly one call of `f` with those arguments."""
     try:
-        tree = ast.parse(f"{ENTRY_NAME}(\n{args_text}\n)", mode="eval")
+        tree = pyast.parse(f"{ENTRY_NAME}(\n{args_text}\n)", mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     body = tree.body

@@ -37,6 +37,13 @@ def mean_solve_rate(accuracies: list[float]) -> float | None:
     return float(sum(accuracies)) / len(accuracies)
 
 
+def judged_solve_rate(rollouts: list[dict]) -> float | None:
+    """Mean accuracy of scored solver rollouts, over those the sandbox judged: a rollout scored
+    `reason: sandbox_error` was never checked, so it counts neither as right nor as wrong.
+    None when no rollout was judged."""
+    return mean_solve_rate([float(r["accuracy"] or 0.0) for r in rollouts if r.get("reason") != "sandbox_error"])
+
+
 def learnability(solve_rate: float, boundary_reward: float) -> float:
     """`1 - r` for a task solved sometimes; `boundary_reward` when solved always or never."""
     if solve_rate <= 0.0 or solve_rate >= 1.0:

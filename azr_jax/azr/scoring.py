@@ -20,6 +20,7 @@ from azr_jax.azr.parsing import format_ok as check_format
 from azr_jax.azr.validation import (
     ParsedProposal,
     SolverAnswer,
+    failure_reason,
     job_accuracy,
     judge_proposal,
     parse_proposal,
@@ -107,7 +108,8 @@ def _check_key(check: tuple) -> tuple:
 
 
 def _run_checks(answers: list[SolverAnswer], sandbox) -> dict:
-    """Accuracy of every distinct pending check, in one compare and one run call."""
+    """Accuracy of every distinct pending check, in one compare and one run call; None for a
+    check whose job the sandbox itself failed to run (it was never judged)."""
     compares, jobs = {}, {}
     for a in answers:
         if a.check is None:
@@ -120,11 +122,12 @@ def _run_checks(answers: list[SolverAnswer], sandbox) -> dict:
         results.update({k: 1.0 if v else 0.0 for k, v in zip(compares, verdicts)})
     if jobs:
         outcomes = sandbox.run([c[1] for c in jobs.values()])
-        results.update({k: job_accuracy(r) for k, r in zip(jobs, outcomes)})
+        results.update({k: None if failure_reason(r) == "sandbox_error" else job_accuracy(r)
+                        for k, r in zip(jobs, outcomes)})
     return results
 
 
-def _accuracy(answer: SolverAnswer, results: dict) -> float:
+def _accuracy(answer: SolverAnswer, results: dict) -> float | None:
     return 0.0 if answer.check is None else results[_check_key(answer.check)]
 
 
@@ -166,12 +169,17 @@ def score_records(records: list, cfg, sandbox) -> list[dict]:
             answer = p.answers[0]
             accuracy = _accuracy(answer, results)
             formatted = p.format_ok and (answer.found or rec["task"] != "induction")
-            out[i] = {"id": rec["id"], "format_ok": p.format_ok, "valid": answer.found, "reason": answer.reason,
-                      "problem": None, "accuracy": accuracy, "reward": rewards.solver_reward(formatted, accuracy)}
+            reward = None if accuracy is None else rewards.solver_reward(formatted, accuracy)
+            reason = answer.reason if accuracy is not None else "sandbox_error"  # not judged: no reward
+            out[i] = {"id": rec["id"], "format_ok": p.format_ok, "valid": answer.found, "reason": reason,
+                      "problem": None, "accuracy": accuracy, "reward": reward}
         else:
             valid = p.problem is not None
-            rate = rewards.mean_solve_rate([_accuracy(a, results) for a in p.answers]) if valid else None
+            judged = [acc for acc in (_accuracy(a, results) for a in p.answers) if acc is not None]
+            rate = rewards.mean_solve_rate(judged) if valid else None
             reason = p.reason if not valid else (None if p.format_ok else "bad_format")
+            if valid and p.answers and not judged:
+                reason = "sandbox_error"  # rollouts given, none judged: the learnability is unknown
             out[i] = {"id": rec["id"], "format_ok": p.format_ok, "valid": valid, "reason": reason, "problem": p.problem,
                       "accuracy": rate, "reward": rewards.proposer_reward(valid, p.format_ok, rate, azr.boundary_reward)}
     return out

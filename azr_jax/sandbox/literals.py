@@ -12,6 +12,8 @@ from __future__ import annotations
 import ast
 import math
 
+from azr_jax import pyast
+
 MAX_TEXT_CHARS = 1_000_000
 MAX_NODES = 200_000
 MAX_DEPTH = 100
@@ -69,7 +71,7 @@ def _parse_expr(text: str, mode: str = "eval", max_chars: int | None = None) -> 
     if len(text) > (MAX_TEXT_CHARS if max_chars is None else max_chars):
         raise NotALiteral("text too long")
     try:
-        return ast.parse(text.strip(), mode=mode)
+        return pyast.parse(text.strip(), mode=mode)
     except (SyntaxError, ValueError, MemoryError, RecursionError, OverflowError) as e:
         raise NotALiteral(f"does not parse: {type(e).__name__}") from None
 

@@ -39,3 +39,11 @@ def test_proposer_reward(valid, fmt, rate, boundary, expected):
 def test_mean_solve_rate():
     assert rewards.mean_solve_rate([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]) == 3 / 8
     assert rewards.mean_solve_rate([]) is None
+
+
+def test_judged_solve_rate_ignores_rollouts_the_sandbox_did_not_judge():
+    broke = {"accuracy": 0.0, "reason": "sandbox_error"}
+    rollouts = [{"accuracy": 1.0, "reason": None}, {"accuracy": None, "reason": "wrong_answer"}, broke, broke]
+    assert rewards.judged_solve_rate(rollouts) == 0.5  # 1 right of 2 judged, not 1 of 4
+    assert rewards.judged_solve_rate([broke, broke]) is None
+    assert rewards.judged_solve_rate([{"accuracy": 1.0}]) == 1.0

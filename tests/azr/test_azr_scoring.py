@@ -150,6 +150,39 @@ def test_sandbox_breakage_is_not_reported_as_a_program_error(cfg, error, reason)
     assert (out["valid"], out["reason"]) == (False, reason)
 
 
+class BreaksAfterValidation(BrokenSandbox):
+    """Validates proposals with a real sandbox (the first run call), then breaks on every job."""
+
+    def __init__(self, sb, error):
+        super().__init__(error)
+        self.sb, self.calls = sb, 0
+
+    def run(self, jobs):
+        self.calls += 1
+        return self.sb.run(jobs) if self.calls == 1 else super().run(jobs)
+
+
+@pytest.mark.parametrize("error, broke", [("sandbox failure: zygote died during the job", True),
+                                          ("killed by SIGKILL", False)])
+def test_solver_checks_the_sandbox_failed_to_run_are_marked_not_judged(cfg, sb, error, broke):
+    program = "```python\ndef f(x):\n    return x\n```"
+    out = one(solve("induction", identity_induction(), program), cfg, BrokenSandbox(error))
+    if broke:
+        assert (out["reason"], out["accuracy"], out["reward"]) == ("sandbox_error", None, None)
+    else:
+        assert (out["reason"], out["accuracy"], out["reward"]) == (None, 0.0, -0.5)
+    # Learnability rollouts that were never judged give no solve rate (and no reward) at all.
+    inputs = "".join(f"```input\n{i}\n```\n" for i in range(cfg.azr.num_inputs))
+    proposal = propose("induction", inputs + "```message\nreturn the input\n```",
+                       problem={"program": "def f(x):\n    return x"}, solver_responses=[answer(program)] * 2)
+    out = one(proposal, cfg, BreaksAfterValidation(sb, error))
+    assert out["valid"] is True
+    if broke:
+        assert (out["reason"], out["accuracy"], out["reward"]) == ("sandbox_error", None, None)
+    else:
+        assert (out["reason"], out["accuracy"], out["reward"]) == (None, 0.0, -0.5)
+
+
 def test_max_output_chars_reproduces_reference_truncation(sb):
     cfg400 = load_config(None, OVERRIDES + ["azr.max_output_chars=400"])
     out = one(propose("deduction", "```python\ndef f(n):\n    return 'a' * n\n```\n```input\n500\n```"), cfg400, sb)

@@ -93,7 +93,7 @@ def scored():
 
 def raw(rec) -> list:
     """The sandbox's own errors for the jobs of this row (assertion messages only: says WHY a row failed)."""
-    text = rec.get("response") or ""
+    text = (rec.get("response") or "") + ((rec.get("problem") or {}).get("program") or "")  # induction: given program
     return [(err, sorted(set(map(str, errs)))) for prog, err, errs in RAW_FAILURES
             if prog.strip().splitlines()[-1].strip() in text]
 

@@ -78,3 +78,14 @@ def test_sandbox_error_rows_flag_the_update_rows_the_sandbox_did_not_judge():
     np.testing.assert_array_equal(sandbox_error_rows(batches), [True, False, False, False, True])
     with pytest.raises(ValueError, match="2 verdicts for 1 rewards"):
         sandbox_error_rows([SimpleNamespace(role="solve", task="abduction", rewards=[0.0], scored=[{}, {}])])
+
+
+def test_trained_reward_is_a_placeholder_only_for_rows_the_update_masks():
+    import pytest
+
+    from azr_jax.trainer import trained_reward
+
+    assert trained_reward({"reward": -0.5, "reason": None}) == -0.5
+    assert trained_reward({"reward": None, "reason": "sandbox_error"}) == 0.0
+    with pytest.raises(ValueError, match="would not mask"):
+        trained_reward({"reward": None, "reason": None})
