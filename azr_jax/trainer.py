@@ -373,9 +373,9 @@ class SelfPlay:
     @functools.cached_property
     def _reference_logprobs(self):
         from azr_jax.rl.logprobs import token_logprobs
+        from azr_jax.sharding import mesh_rules
 
         cfg, policy = self.cfg, self.policy
-        from azr_jax.sharding import mesh_rules
 
         def reference_logprobs(ref_params, batch):
             with mesh_rules(policy.mesh, policy.rules) if policy.mesh is not None else contextlib.nullcontext():
