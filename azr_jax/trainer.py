@@ -391,7 +391,8 @@ class SelfPlay:
             name = f"{rb.role}/{rb.task}"
             lengths = np.asarray(rb.completions.lengths)
             generated += int(lengths.sum())
-            rec[f"{name}/reward"] = float(np.mean(rb.rewards))
+            judged = _judged_rewards(rb)
+            rec[f"{name}/reward"] = float(np.mean(judged)) if judged else None
             rec[f"{name}/valid_rate"] = float(np.mean([bool(s["valid"]) for s in rb.scored]))
             rec[f"{name}/format_rate"] = float(np.mean([bool(s["format_ok"]) for s in rb.scored]))
             rec[f"{name}/response_len"] = float(lengths.mean())
@@ -401,7 +402,8 @@ class SelfPlay:
                 rates = [r for r in rb.solve_rates if r is not None]
                 rec[f"{name}/learnability"] = (float(np.mean([1.0 - r if 0 < r < 1 else 0.0 for r in rates]))
                                                if rates else None)
-        rec["reward/mean"] = float(np.mean([r for rb in ordered for r in rb.rewards]))
+        judged = [r for rb in ordered for r in _judged_rewards(rb)]
+        rec["reward/mean"] = float(np.mean(judged)) if judged else None
         rec["sandbox_errors"] = sandbox_error_count(ordered)
         if rec["sandbox_errors"]:
             log.warning("step %d: %d response(s) not judged because the sandbox broke (reason sandbox_error), "
@@ -441,6 +443,11 @@ def trained_reward(verdict: dict) -> float:
     if verdict.get("reason") != "sandbox_error":
         raise ValueError(f"a scored row without a reward that the update would not mask: {verdict}")
     return 0.0
+
+
+def _judged_rewards(rb) -> list[float]:
+    """The rewards of `rb` without the placeholders of rows the sandbox did not judge (metrics)."""
+    return [r for r, s in zip(rb.rewards, rb.scored) if s.get("reason") != "sandbox_error"]
 
 
 def sandbox_error_rows(batches) -> np.ndarray:

@@ -89,3 +89,13 @@ def test_trained_reward_is_a_placeholder_only_for_rows_the_update_masks():
     assert trained_reward({"reward": None, "reason": "sandbox_error"}) == 0.0
     with pytest.raises(ValueError, match="would not mask"):
         trained_reward({"reward": None, "reason": None})
+
+
+def test_reward_metrics_leave_out_the_placeholders_of_unjudged_rows():
+    from types import SimpleNamespace
+
+    from azr_jax.trainer import _judged_rewards
+
+    rb = SimpleNamespace(rewards=[1.0, 0.0, -0.5], scored=[{}, {"reason": "sandbox_error"}, {"reason": "wrong"}])
+    assert _judged_rewards(rb) == [1.0, -0.5]
+    assert _judged_rewards(SimpleNamespace(rewards=[0.0], scored=[{"reason": "sandbox_error"}])) == []

@@ -177,6 +177,9 @@ def _one_error_line(r):
 def test_bad_config_key_and_type_are_one_line(env):
     assert "did you mean 'azr.batch_size'" in _one_error_line(_run(env, env["base"] / "bad1", "azr.batch_sise=2"))
     assert "expects an int" in _one_error_line(_run(env, env["base"] / "bad2", "azr.batch_size=two"))
+    # A combination that is refused (rl.kl_coef > 0 used to be; it is supported now, see the KL test below).
+    assert "needs azr.learnability_temperature == sampling.temperature" in _one_error_line(_run(
+        env, env["base"] / "bad4", "azr.train_learnability_rollouts=true", "azr.learnability_temperature=0.5"))
     assert "unknown mesh topology" in _one_error_line(subprocess.run(
         _argv(env, env["base"] / "bad3") + ["--mesh", "v9-8"], env=env["env"], capture_output=True, text=True, cwd=ROOT))
 
