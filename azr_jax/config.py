@@ -124,6 +124,13 @@ class AZRSection:
     propose: bool = True
     prompt_dir: str | None = None  # directory of replacement prompt templates
     max_output_chars: int = 0  # 0 = never truncate gold outputs (reference: 400)
+    # Answer-diversity bonus for valid proposals (AZR_SPEC §3.4; implemented but off in the
+    # reference and the paper): min(coef * (1 - p(answer)), max) added to the proposer reward,
+    # p = the share of the task's buffer (plus this step's valid proposals) with the same answer:
+    # the same value (`value`, the reference's flat table) or the same Python type (`type`).
+    answer_diversity_coef: float = 0.0
+    answer_diversity_max: float = 0.5
+    answer_diversity_level: str = "value"  # value | type
 
 
 @dataclass(frozen=True)
@@ -398,6 +405,7 @@ _CHOICES = {
     ("azr", "pred_data_mix"): ("max_new", "uniform"),
     ("azr", "f_replace_location"): ("not_first", "any_last"),
     ("azr", "code_location"): ("first", "last"),
+    ("azr", "answer_diversity_level"): ("value", "type"),
     ("sandbox", "isolation"): ("auto", "bwrap", "unshare", "none"),
     ("rl", "whiten_stats"): ("token", "sequence"),
     ("rl", "kl_type"): ("k1", "k3"),
@@ -442,6 +450,8 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"config key 'azr.seed_size' must be >= 0 (0 = no seeding phase), got {cfg.azr.seed_size!r}")
     if cfg.sampling.temperature < 0 or not 0 < cfg.sampling.top_p <= 1:
         raise UserError("sampling.temperature must be >= 0 and sampling.top_p in (0, 1]")
+    if cfg.azr.answer_diversity_coef < 0 or cfg.azr.answer_diversity_max < 0:
+        raise UserError("azr.answer_diversity_coef and azr.answer_diversity_max must be >= 0 (coef 0 = off)")
     return cfg
 
 

@@ -291,6 +291,8 @@ class SelfPlay:
                 if scored.get("solver_responses") is not None:
                     rec["solver_responses"] = scored["solver_responses"]
                 rec["scored"] = {k: scored.get(k) for k in ("format_ok", "valid", "reason", "problem", "accuracy")}
+                if "diversity_bonus" in scored:
+                    rec["scored"]["diversity_bonus"] = scored["diversity_bonus"]
                 rec["scored"]["reward"] = reward
                 out.append(rec)
         return out
@@ -329,13 +331,30 @@ class SelfPlay:
                 rb.learn_batch = RoleBatch("solve", task, prompt_ids, [{"problem": p} for p in problems],
                                            completions=comp, texts=texts, scored=scored,
                                            rewards=[trained_reward(s) for s in scored], n_samples=n)
+        rewards = [proposer_reward(s["valid"], s["format_ok"], rates[i], cfg.azr.boundary_reward)
+                   for i, s in enumerate(validated)]
+        if cfg.azr.answer_diversity_coef > 0 and valid_idx:
+            self._add_diversity_bonus(task, validated, rewards, valid_idx)
         rb.scored = validated
         rb.solve_rates = rates
-        rb.rewards = [trained_reward(dict(s, reward=proposer_reward(s["valid"], s["format_ok"], rates[i],
-                                                                    cfg.azr.boundary_reward)))
-                      for i, s in enumerate(validated)]
+        rb.rewards = [trained_reward(dict(s, reward=rewards[i])) for i, s in enumerate(validated)]
         for i in valid_idx:
             self.buffers[task].add(_task_record(validated[i]["problem"]), step)
+
+    def _add_diversity_bonus(self, task, validated, rewards, valid_idx) -> None:
+        """Add the answer-diversity bonus to the rewards of the valid proposals (in place); the
+        verdicts record it as `answer_diversity` / `diversity_bonus`, so an audit can subtract it."""
+        from azr_jax.azr.rewards import answer_diversity, answer_key, diversity_bonus, task_answer
+
+        azr = self.cfg.azr
+        key = lambda problem: answer_key(task_answer(task, problem), azr.answer_diversity_level)  # noqa: E731
+        history = [key(e) for e in self.buffers[task].entries]
+        answers = [key(validated[i]["problem"]) for i in valid_idx]
+        for i, div in zip(valid_idx, answer_diversity(answers, history)):
+            bonus = diversity_bonus(div, azr.answer_diversity_coef, azr.answer_diversity_max)
+            validated[i] = dict(validated[i], answer_diversity=div, diversity_bonus=bonus)
+            if rewards[i] is not None:  # unjudged (sandbox_error) rows stay out of the update
+                rewards[i] += bonus
 
     def _update(self, state, ordered: list[RoleBatch]) -> dict:
         from azr_jax.data.pipeline import concat_rows
@@ -399,6 +418,9 @@ class SelfPlay:
             accs = [s["accuracy"] for s in rb.scored if s.get("accuracy") is not None]
             rec[f"{name}/accuracy"] = float(np.mean(accs)) if accs else None
             if rb.role == "propose":
+                divs = [s["answer_diversity"] for s in rb.scored if "answer_diversity" in s]
+                if divs:
+                    rec[f"{name}/answer_diversity"] = float(np.mean(divs))
                 rates = [r for r in rb.solve_rates if r is not None]
                 rec[f"{name}/learnability"] = (float(np.mean([1.0 - r if 0 < r < 1 else 0.0 for r in rates]))
                                                if rates else None)

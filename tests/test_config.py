@@ -44,6 +44,8 @@ def test_unknown_key_names_the_closest_valid_key():
     ("azr.batch_size=0", "must be positive"),
     ("azr.seed_size=-1", "0 = no seeding phase"),
     ("azr.seed_max_rounds=0", "must be positive"),
+    ("azr.answer_diversity_coef=-0.1", "coef 0 = off"),
+    ("azr.answer_diversity_level=shape", "must be one of"),
     ("eval.samples=4", "needs eval.temperature > 0"),
     ("azr.task_types=[\"translation\"]", "unknown task type"),
     ("novalue", "key=value"),

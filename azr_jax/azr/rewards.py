@@ -11,9 +11,17 @@
 | propose | valid and formatted, no solver rollouts given             | None (no reward)  |
 
 `boundary_reward` is 0.0 in the paper (Eq. 4) and -0.5 in the reference code (GitHub issue #37).
+
+Optional (off by default, as in the reference): a valid proposal's reward gains an answer-diversity
+bonus `min(coef * (1 - p(answer)), max)` (AZR_SPEC §3.4), `answer_diversity` below.
 """
 
 from __future__ import annotations
+
+from collections import Counter
+import json
+
+from azr_jax.sandbox.literals import NotALiteral, parse_literal
 
 FORMAT_PENALTY = -1.0
 WRONG_ANSWER_REWARD = -0.5
@@ -58,3 +66,46 @@ def proposer_reward(valid: bool, format_ok: bool, solve_rate: float | None, boun
     if solve_rate is None:
         return None
     return learnability(solve_rate, boundary_reward)
+
+
+def task_answer(task: str, problem: dict) -> list[str]:
+    """What the solver of `problem` must produce, as value texts: the output (deduction), the
+    input (abduction), or all the outputs (induction: the behaviour to synthesise)."""
+    if task == "deduction":
+        return [problem["output"]]
+    if task == "abduction":
+        return [problem["input"]]
+    if task == "induction":
+        return list(problem["outputs"])
+    raise ValueError(f"unknown task type {task!r}")
+
+
+def answer_key(texts: list[str], level: str) -> str:
+    """The key answers are counted by. `value`: the canonical texts (the reference's flat table);
+    `type`: the Python type names of the values (int, list, str, ...; `other` for a text that is
+    not a literal), so that the bonus tracks which kinds of answers dominate the buffer."""
+    keys = []
+    for text in texts:
+        try:
+            value = parse_literal(text, max_chars=10_000)
+            keys.append(type(value).__name__ if level == "type" else repr(value))
+        except NotALiteral:
+            keys.append("other" if level == "type" else " ".join(text.split()))
+    if level == "type":
+        keys = sorted(set(keys))
+    elif level != "value":
+        raise ValueError(f"unknown answer-diversity level {level!r}")
+    return json.dumps(keys)
+
+
+def answer_diversity(answers: list[str], history: list[str]) -> list[float]:
+    """`1 - p(answer)` for each of `answers`, p = its share of `history + answers` (the buffer's
+    answers plus this batch's, so a batch repeating one answer is penalised at once)."""
+    counts = Counter(history) + Counter(answers)
+    total = len(history) + len(answers)
+    return [1.0 - counts[a] / total for a in answers]
+
+
+def diversity_bonus(diversity: float, coef: float, cap: float) -> float:
+    """The reference's clipped intrinsic term: `min(coef * value, max)`."""
+    return min(coef * diversity, cap)

@@ -47,3 +47,37 @@ def test_judged_solve_rate_ignores_rollouts_the_sandbox_did_not_judge():
     assert rewards.judged_solve_rate(rollouts) == 0.5  # 1 right of 2 judged, not 1 of 4
     assert rewards.judged_solve_rate([broke, broke]) is None
     assert rewards.judged_solve_rate([{"accuracy": 1.0}]) == 1.0
+
+
+def test_task_answer_is_what_the_solver_must_produce():
+    triplet = {"program": "def f(n):\n    return n % 2", "input": "7", "output": "1"}
+    assert rewards.task_answer("deduction", triplet) == ["1"]
+    assert rewards.task_answer("abduction", triplet) == ["7"]
+    assert rewards.task_answer("induction", {"outputs": ["0", "1"]}) == ["0", "1"]
+    with pytest.raises(ValueError, match="unknown task type"):
+        rewards.task_answer("translation", triplet)
+
+
+def test_answer_keys_by_value_and_by_type():
+    assert rewards.answer_key(["[1,2]"], "value") == rewards.answer_key(["[1, 2]"], "value")  # canonical text
+    assert rewards.answer_key(["[1, 2]"], "value") != rewards.answer_key(["[1, 3]"], "value")
+    assert rewards.answer_key(["[1, 2]"], "type") == rewards.answer_key(["[7]"], "type") == '["list"]'
+    assert rewards.answer_key(["1, 'a'"], "type") == '["tuple"]'  # two abduction arguments
+    assert rewards.answer_key(["x +"], "type") == '["other"]'  # not a literal: never evaluated
+    assert rewards.answer_key(["1", "[2]", "3"], "type") == '["int", "list"]'  # induction outputs
+    with pytest.raises(ValueError, match="level"):
+        rewards.answer_key(["1"], "shape")
+
+
+def test_answer_diversity_counts_history_and_the_batch_itself():
+    # history 0, 1, 0; batch 0, [5]: p(0) = 3/5, p([5]) = 1/5
+    assert rewards.answer_diversity(["0", "[5]"], ["0", "1", "0"]) == pytest.approx([0.4, 0.8])
+    # a batch that repeats one answer is penalised even with an empty history
+    assert rewards.answer_diversity(["0", "0"], []) == [0.0, 0.0]
+    assert rewards.answer_diversity(["a", "b"], []) == [0.5, 0.5]
+
+
+def test_diversity_bonus_is_clipped_at_its_max():
+    assert rewards.diversity_bonus(0.8, 0.5, 0.5) == pytest.approx(0.4)
+    assert rewards.diversity_bonus(0.8, 2.0, 0.5) == 0.5
+    assert rewards.diversity_bonus(0.8, 0.0, 0.5) == 0.0

@@ -3,6 +3,8 @@
 import io
 import json
 
+import pytest
+
 from azr_jax.metrics import MetricsWriter, ProgressLine, is_timing_key, read_metrics, truncate_metrics, without_timings
 
 
@@ -99,3 +101,34 @@ def test_reward_metrics_leave_out_the_placeholders_of_unjudged_rows():
     rb = SimpleNamespace(rewards=[1.0, 0.0, -0.5], scored=[{}, {"reason": "sandbox_error"}, {"reason": "wrong"}])
     assert _judged_rewards(rb) == [1.0, -0.5]
     assert _judged_rewards(SimpleNamespace(rewards=[0.0], scored=[{"reason": "sandbox_error"}])) == []
+
+
+@pytest.mark.parametrize("level", ["value", "type"])
+def test_diversity_bonus_goes_to_valid_judged_proposals_only(level):
+    from types import SimpleNamespace
+
+    from azr_jax.azr.buffers import TaskBuffer
+    from azr_jax.config import AZRSection
+    from azr_jax.trainer import SelfPlay
+
+    buffer = TaskBuffer("deduction")
+    for i, out in enumerate(["0", "0", "1"]):
+        buffer.add({"program": f"def f(n):\n    return n % {i + 2}", "input": "4", "output": out, "imports": []}, 0)
+    azr = AZRSection(answer_diversity_coef=0.5, answer_diversity_max=0.3, answer_diversity_level=level)
+    fake = SimpleNamespace(cfg=SimpleNamespace(azr=azr), buffers={"deduction": buffer})
+    problem = lambda out: {"program": "def f(xs):\n    return xs", "input": out, "output": out, "imports": []}  # noqa: E731
+    validated = [{"valid": True, "problem": problem("0")}, {"valid": False},
+                 {"valid": True, "problem": problem("[1, 2]")}, {"valid": True, "problem": problem("[3]"),
+                                                                   "reason": "sandbox_error"}]
+    rewards = [-0.5, -1.0, 0.25, None]
+    SelfPlay._add_diversity_bonus(fake, "deduction", validated, rewards, [0, 2, 3])
+    if level == "value":  # history 0, 0, 1 + batch 0, [1, 2], [3]: p(0) = 3/6, the others 1/6
+        expected = [0.5, 5 / 6, 5 / 6]
+    else:  # by type: four ints, two lists in six
+        expected = [2 / 6, 4 / 6, 4 / 6]
+    assert [validated[i]["answer_diversity"] for i in (0, 2, 3)] == pytest.approx(expected)
+    assert "answer_diversity" not in validated[1]
+    assert rewards[0] == pytest.approx(-0.5 + 0.5 * expected[0])
+    assert rewards[1] == -1.0  # invalid: no bonus
+    assert rewards[2] == pytest.approx(0.25 + min(0.5 * expected[1], 0.3))
+    assert rewards[3] is None  # unjudged rows stay unjudged
