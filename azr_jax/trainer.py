@@ -524,8 +524,9 @@ def _evaluate(cfg, policy, params, sandbox, workdir: Path, name: str, primary: b
     t0 = time.perf_counter()
     log.info("evaluating (%s): greedy solve rate on the %s benchmark ...", name, cfg.eval.benchmark)
     result = evaluate(params, policy, cfg, sandbox)
-    log.info("eval %s: solve rate %.3f (%s) in %.0fs", name, result["solve_rate"],
-             ", ".join(f"{t} {v:.3f}" for t, v in result["per_task"].items()), time.perf_counter() - t0)
+    log.info("eval %s: solve rate %.3f (%s) in %.0fs%s", name, result["solve_rate"],
+             ", ".join(f"{t} {v:.3f}" for t, v in result["per_task"].items()), time.perf_counter() - t0,
+             f", {result['sandbox_errors']} answer(s) unchecked" if result.get("sandbox_errors") else "")
     if primary:
         (workdir / "eval").mkdir(parents=True, exist_ok=True)
         (workdir / "eval" / f"{name}.json").write_text(json.dumps(result, sort_keys=True) + "\n")

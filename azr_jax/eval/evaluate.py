@@ -10,12 +10,16 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from typing import Callable
 
 import jax
 import numpy as np
 
 from azr_jax.eval.benchmarks import load_benchmark
+
+log = logging.getLogger(__name__)
 
 
 def placed_params(policy):
@@ -59,6 +63,16 @@ def score_items(items: list[dict], responses: list[str], cfg, sandbox, samples: 
                 "response": responses[i * samples + j], "problem": it["problem"]}
                for i, it in enumerate(items) for j in range(samples)]
     scored = score_records(records, cfg, sandbox)
+    broken = [i for i, s in enumerate(scored) if s.get("reason") == "sandbox_error"]
+    if broken:  # the sandbox failed to check these answers: one more try before counting them
+        for i, s in zip(broken, score_records([records[i] for i in broken], cfg, sandbox)):
+            scored[i] = s
+        broken = [i for i in broken if scored[i].get("reason") == "sandbox_error"]
+        if broken:
+            log.warning("evaluation: %d answer(s) could not be checked because the sandbox broke (reason "
+                        "sandbox_error); they count as wrong, so the solve rate is a lower bound; see the "
+                        "sandbox warnings above", len(broken))
+    unchecked = Counter(b // samples for b in broken)  # item -> its samples the sandbox never checked
     accs = [[float(s["accuracy"] or 0.0) for s in scored[i * samples:(i + 1) * samples]] for i in range(len(items))]
 
     def by_task(values: list[float]) -> dict:
@@ -73,8 +87,10 @@ def score_items(items: list[dict], responses: list[str], cfg, sandbox, samples: 
         "per_task": rates,
         "format_rate": float(np.mean([bool(s["format_ok"]) for s in scored])) if scored else 0.0,
         "n_items": len(items),
+        "sandbox_errors": len(broken),  # answers never checked (counted as wrong); should be 0
         "items": [{"id": it["id"], "accuracy": float(np.mean(a)) if samples > 1 else a[0],
                    "format_ok": scored[i * samples]["format_ok"]} | ({"accuracies": a} if samples > 1 else {})
+                  | ({"sandbox_errors": unchecked[i]} if unchecked[i] else {})
                   for i, (it, a) in enumerate(zip(items, accs))],
     }
     if samples > 1:

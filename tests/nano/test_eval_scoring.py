@@ -124,3 +124,41 @@ def test_heldout_plot_from_the_runs_evaluations(tmp_path):
     assert written[-1].name == "heldout_solve_rate.png" and written[-1].read_bytes()[:4] == b"\x89PNG"
     # Without evaluations there is no held-out panel.
     assert heldout_points(tmp_path / "nothing", last_step=4) == {}
+
+
+class _BreaksFirst:
+    """The real sandbox, except that its first `broken_calls` run calls fail the way the pool
+    reports its own breakage (every job: `sandbox failure: ...`)."""
+
+    def __init__(self, sb, broken_calls):
+        self.sb, self.left = sb, broken_calls
+
+    def run(self, jobs):
+        from azr_jax.sandbox import JobResult
+
+        if self.left <= 0:
+            return self.sb.run(jobs)
+        self.left -= 1
+        err = "sandbox failure: zygote died during the job"
+        return [JobResult(outputs=[None] * len(j.calls), errors=[err] * len(j.calls), deterministic=True,
+                          matches=None, timed_out=False, error=err) for j in jobs]
+
+    def compare(self, pairs):
+        return self.sb.compare(pairs)
+
+
+def test_answers_the_sandbox_failed_to_check_are_retried_then_reported(sandbox, caplog):
+    cfg = load_config("configs/nano.py")
+    items = nano_benchmark(2)
+    responses = [_right(it) for it in items]
+    # broken once: the retry checks them, nothing is lost
+    once = score_items(items, responses, cfg, _BreaksFirst(sandbox, 1))
+    assert once["sandbox_errors"] == 0 and once["solve_rate"] == 1.0
+    assert not any("sandbox_errors" in r for r in once["items"])
+    # broken for good: counted as wrong, but counted and flagged, with a warning
+    with caplog.at_level("WARNING"):
+        never = score_items(items, responses, cfg, _BreaksFirst(sandbox, 10**6))
+    flagged = [r for r in never["items"] if r.get("sandbox_errors")]
+    assert never["sandbox_errors"] == len(flagged) > 0
+    assert all(r["accuracy"] == 0.0 for r in flagged)
+    assert "lower bound" in caplog.text
