@@ -54,18 +54,25 @@ def generate_texts(params, policy, prompts: list[str], *, max_new_tokens: int, b
 def score_items(items: list[dict], responses: list[str], cfg, sandbox, samples: int = 1) -> dict:
     """Accuracy of `responses` (`samples` consecutive ones per item) on `items` with
     `azr.scoring.score_records` (the trainer's scorer). An item's accuracy is the mean over its
-    samples; with samples > 1, `pass_at_k` counts an item when any sample is right."""
+    samples; with samples > 1, `pass_at_k` counts an item when any sample is right. On several
+    processes (multi-host) this is a collective: every process calls it with the same arguments,
+    sandbox-checks its share of the answers and returns the same result."""
     from azr_jax.azr.scoring import score_records
+    from azr_jax.distributed import share_results
 
     if len(responses) != len(items) * samples:
         raise ValueError(f"{len(responses)} responses for {len(items)} items x {samples} samples")
     records = [{"id": f"{it['id']}#{j}" if samples > 1 else it["id"], "role": "solve", "task": it["task"],
                 "response": responses[i * samples + j], "problem": it["problem"]}
                for i, it in enumerate(items) for j in range(samples)]
-    scored = score_records(records, cfg, sandbox)
+    def score(recs: list[dict]) -> list[dict]:
+        # Each process checks its strided share with its own sandbox; all receive every verdict.
+        return share_results(recs, lambda share: score_records(share, cfg, sandbox) if share else [])
+
+    scored = score(records)
     broken = [i for i, s in enumerate(scored) if s.get("reason") == "sandbox_error"]
     if broken:  # the sandbox failed to check these answers: one more try before counting them
-        for i, s in zip(broken, score_records([records[i] for i in broken], cfg, sandbox)):
+        for i, s in zip(broken, score([records[i] for i in broken])):
             scored[i] = s
         broken = [i for i in broken if scored[i].get("reason") == "sandbox_error"]
         if broken:
