@@ -35,7 +35,10 @@ class Checkpoints:
             create=True,
         )
         self.save_every = save_every
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "host"))
+        # Handlers named up front, so a fresh manager (a resumed run) can read a checkpoint's
+        # metadata before restoring it.
+        handlers = {"state": ocp.StandardCheckpointHandler(), "host": ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def all_steps(self) -> list[int]:
         """Steps of the complete checkpoints (unfinished temporary directories are not listed)."""
@@ -64,6 +67,7 @@ class Checkpoints:
             raise UserError(
                 f"no complete checkpoint for step {step} in {self.directory}; available: {self.all_steps()}"
             )
+        self._check_shapes(step, abstract_state)
         try:
             restored = self._manager.restore(
                 step,
@@ -82,9 +86,43 @@ class Checkpoints:
             raise UserError(f"checkpoint {self.directory / str(step)} is corrupt: its host record does not match")
         return restored.state, host
 
+    def _check_shapes(self, step: int, abstract_state: Any) -> None:
+        """Compare the saved arrays' names and shapes with the restore target before reading any
+        data, so a config change (another model size, optimizer) is named leaf by leaf, and no
+        half-started Orbax read is left behind. Unreadable metadata is left to `restore`."""
+        try:
+            saved = _shapes_by_path(self._manager.item_metadata(step).state)
+        except Exception:
+            return
+        if not saved:
+            return
+        wanted = _shapes_by_path(abstract_state)
+        problems = [f"{k}: saved {saved[k]}, expected {wanted[k]}"
+                    for k in sorted(saved.keys() & wanted.keys()) if saved[k] != wanted[k]]
+        problems += [f"{k}: not in the checkpoint" for k in sorted(wanted.keys() - saved.keys())]
+        problems += [f"{k}: in the checkpoint only" for k in sorted(saved.keys() - wanted.keys())]
+        if problems:
+            more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise UserError(
+                f"checkpoint {self.directory / str(step)} is incompatible with this config: "
+                f"{'; '.join(problems[:3])}{more}; delete it or resume an older step with --resume-step"
+            )
+
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
+    """`{"opt_state/0/mu/w": shape}`: paths spelled alike for live pytrees (named tuples, dicts)
+    and Orbax's saved-tree metadata (where named tuples come back as dicts)."""
+    def name(entry):
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                return str(getattr(entry, attr))
+        return str(entry)
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(name(e) for e in path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
 
 
 def abstract_like(tree: Any) -> Any:

@@ -55,5 +55,30 @@ def test_incompatible_shapes_are_a_user_error(tmp_path):
     ckpt.close()
     other = {"params": {"w": jnp.zeros((5, 3)), "b": jnp.zeros(3)}}
     other["opt_state"] = optax.adamw(1e-3).init(other["params"])
-    with pytest.raises(UserError, match="corrupt or incompatible"):
+    with pytest.raises(UserError, match=r"incompatible with this config: opt_state/0/mu/w: saved \(4, 3\), "
+                                         r"expected \(5, 3\); .*; params/w: saved \(4, 3\), expected \(5, 3\); delete it"):
         Checkpoints(tmp_path / "ck").restore(1, abstract_like(other))
+
+
+def test_another_optimizer_names_the_missing_and_extra_state(tmp_path):
+    ckpt = Checkpoints(tmp_path / "ck")
+    ckpt.save(1, _state(1), {"step": 1})
+    ckpt.close()
+    params = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
+    other = {"params": params, "opt_state": optax.sgd(1e-3, momentum=0.9).init(params)}
+    with pytest.raises(UserError) as err:
+        Checkpoints(tmp_path / "ck").restore(1, abstract_like(other))
+    message = str(err.value)
+    assert "opt_state/0/trace/b: not in the checkpoint" in message
+    assert "opt_state/0/count: in the checkpoint only" in message
+
+
+def test_a_fresh_manager_restores_what_another_saved(tmp_path):
+    # a resumed run opens the directory anew: the metadata check must accept its own checkpoints
+    ckpt = Checkpoints(tmp_path / "ck")
+    ckpt.save(2, _state(2), {"step": 2})
+    ckpt.close()
+    state, host = Checkpoints(tmp_path / "ck").restore(2, abstract_like(_state(0)))
+    assert host == {"step": 2}
+    assert np.array_equal(state["params"]["w"], np.full((4, 3), 2.0))
+    assert jax.tree.structure(state) == jax.tree.structure(_state(0))
