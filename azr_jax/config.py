@@ -40,6 +40,9 @@ class ModelSection:
     compute_dtype: str = "bfloat16"  # activations / matmuls
     param_dtype: str = "float32"  # master weights
     remat: str = "none"  # rematerialisation policy of the update step: none | full | dots
+    # False runs the layers as a Python loop instead of one lax.scan (ModelConfig.scan_layers):
+    # faster on CPU, slower to compile for deep models.
+    scan_layers: bool = True
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,7 @@ def load_policy(cfg) -> Policy:
             jax.random.fold_in(jax.random.key(cfg.train.seed), 7))
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise UserError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model_cfg.vocab_size}")
+    model_cfg = model_cfg.replace(scan_layers=m.scan_layers)
     mesh = make_mesh(cfg.mesh.shape)
     rules = dict(cfg.mesh.rules)
     compute_dtype = _DTYPES[m.compute_dtype]

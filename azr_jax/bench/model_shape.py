@@ -1,7 +1,7 @@
 """Model shape and dtype flags shared by `bench sample` and `bench train`.
 
 The shape starts from a preset (`--preset`, or `model.preset` of `--config`/`--set`), takes
-`model.overrides`, then the shrink flags: `--layers`, `--hidden` (query heads follow as
+`model.overrides` and `model.scan_layers`, then the shrink flags: `--layers`, `--hidden` (query heads follow as
 hidden // head_dim, the MLP keeps the preset's width ratio), `--vocab`.
 """
 
@@ -51,6 +51,7 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
     cfg = get_preset(preset)
     if cfg_file.model.overrides:
         cfg = cfg.replace(**cfg_file.model.overrides)
+    cfg = cfg.replace(scan_layers=cfg_file.model.scan_layers)
     if args.layers is not None:
         cfg = cfg.replace(num_layers=args.layers)
     if args.hidden is not None:
@@ -70,4 +71,5 @@ def model_shape_record(cfg: ModelConfig) -> dict:
         "architecture": cfg.architecture, "layers": cfg.num_layers, "hidden": cfg.hidden_size,
         "heads": cfg.num_heads, "kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
         "mlp": cfg.intermediate_size, "vocab": cfg.vocab_size, "params": cfg.num_params(),
+        "scan_layers": cfg.scan_layers,
     }

@@ -77,6 +77,12 @@ class ModelConfig:
     # Further stop tokens (Llama 3.1 instruct lists several eos ids in config.json).
     extra_eos_token_ids: tuple = field(default_factory=tuple)
     pad_token_id: int | None = None
+    # How the layers run, not what they compute (never written to config.json): True = one
+    # `lax.scan` over the stacked layers (compiles once per layer shape; the choice for deep
+    # models on accelerators), False = a Python loop, unrolled by XLA. On CPU the loop's
+    # backward is faster: the scan stacks its per-layer residuals into zero-initialised
+    # buffers (docs/benchmarks.md). Set through the run config's `model.scan_layers`.
+    scan_layers: bool = True
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:

@@ -1,13 +1,15 @@
 """Pure-JAX dense decoder (Qwen2/2.5, Llama 3.x, Qwen3) with a static-shape KV cache.
 
 Parameters are a nested dict (tree names and shapes are a contract, see docs/architecture.md);
-the layers are stacked on a leading axis and run with `lax.scan`. Numerics: RMSNorm, RoPE and
+the layers are stacked on a leading axis and run with `lax.scan` (or a Python loop:
+`ModelConfig.scan_layers`). Numerics: RMSNorm, RoPE and
 softmax in float32, matmuls in `compute_dtype` (float32 matmuls at HIGHEST precision, so GPU
 TF32 / TPU bf16 passes never leak into float32 runs), logits in float32.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -163,8 +165,25 @@ def _precision(compute_dtype: Any) -> lax.Precision:
     return lax.Precision.HIGHEST if jnp.dtype(compute_dtype) == jnp.float32 else lax.Precision.DEFAULT
 
 
+def _matmul(x, w, contract: int, precision):
+    """Contract the last `contract` axes of x with the first `contract` axes of w.
+
+    The leading (token) axes of x are flattened to one, so each matmul is 2-D: with batch and
+    length as two contracting axes in the weight gradient, XLA:CPU copies a transposed
+    [features, tokens] gradient first (measured: the MLP's backward twice as slow); a single
+    token axis needs no copy. Same arithmetic on every backend.
+    """
+    lead, inner = x.shape[: x.ndim - contract], x.shape[x.ndim - contract:]
+    k = 1
+    for d in inner:
+        k *= d
+    out = w.shape[contract:]
+    y = jnp.dot(x.reshape(-1, k), w.reshape(k, -1), precision=precision)
+    return y.reshape(*lead, *out)
+
+
 def _attention(q_btnh, k_bskh, v_bskh, allowed_bts, precision):
-    """Grouped-query attention; scores and softmax in float32."""
+    """Grouped-query attention over a KV cache (the sampler's path); scores and softmax in float32."""
     b, t, n, h = q_btnh.shape
     kv = k_bskh.shape[2]
     q_btkgh = q_btnh.reshape(b, t, kv, n // kv, h)
@@ -175,6 +194,70 @@ def _attention(q_btnh, k_bskh, v_bskh, allowed_bts, precision):
     probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(v_bskh.dtype)
     out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh, precision=precision)
     return out_btkgh.reshape(b, t, n, h)
+
+
+# Full-sequence attention (training and logprob passes): the same arithmetic as `_attention`,
+# laid out per KV head as [batch, kv_head, group * query, ...] with a hand-written backward.
+# Every matmul then has one contracting axis, and the two gradients that contract over the
+# queries (dK, dV) are written with the small operand first, so XLA:CPU transposes only [.., h]
+# tensors, never the [queries, keys] probabilities (autodiff of `_attention` copied them three
+# times per layer; measured in docs/benchmarks.md).
+
+
+def _core_scores(q_bkmh, k_bksh, allowed_bkgts, precision):
+    b, kv, m, h = q_bkmh.shape
+    scores_bkms = jnp.einsum("bkmh,bksh->bkms", q_bkmh, k_bksh,
+                             preferred_element_type=jnp.float32, precision=precision) * (h ** -0.5)
+    t, s = allowed_bkgts.shape[3:]
+    g = m // t
+    scores_bkgts = jnp.where(allowed_bkgts, scores_bkms.reshape(b, kv, g, t, s), _MASKED_SCORE)
+    return jax.nn.softmax(scores_bkgts, axis=-1).reshape(b, kv, m, s)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _core_attention(q_bkmh, k_bksh, v_bksh, allowed_bkgts, precision):
+    probs_bkms = _core_scores(q_bkmh, k_bksh, allowed_bkgts, precision)
+    return jnp.einsum("bkms,bksh->bkmh", probs_bkms.astype(v_bksh.dtype), v_bksh, precision=precision)
+
+
+def _core_attention_fwd(q_bkmh, k_bksh, v_bksh, allowed_bkgts, precision):
+    probs_bkms = _core_scores(q_bkmh, k_bksh, allowed_bkgts, precision)
+    out_bkmh = jnp.einsum("bkms,bksh->bkmh", probs_bkms.astype(v_bksh.dtype), v_bksh, precision=precision)
+    return out_bkmh, (q_bkmh, k_bksh, v_bksh, allowed_bkgts, probs_bkms, out_bkmh)
+
+
+def _core_attention_bwd(precision, residuals, d_out_bkmh):
+    q_bkmh, k_bksh, v_bksh, allowed_bkgts, probs_bkms, out_bkmh = residuals
+    b, kv, m, h = q_bkmh.shape
+    t, s = allowed_bkgts.shape[3:]
+    g = m // t
+    d_probs_bkms = jnp.einsum("bkmh,bksh->bkms", d_out_bkmh, v_bksh,
+                              preferred_element_type=jnp.float32, precision=precision)
+    # Softmax backward. sum_s dP * P = dO . O per query (O = P V), a reduction over h instead of
+    # over the keys. Masked scores got a constant, so their gradient is zero (as autodiff's).
+    row_bkm1 = jnp.sum(d_out_bkmh.astype(jnp.float32) * out_bkmh.astype(jnp.float32), axis=-1, keepdims=True)
+    d_scores_bkms = probs_bkms * (d_probs_bkms - row_bkm1)
+    d_scores_bkgts = jnp.where(allowed_bkgts, d_scores_bkms.reshape(b, kv, g, t, s), 0.0)
+    d_scores_bkms = (d_scores_bkgts * (h ** -0.5)).reshape(b, kv, m, s)
+    d_q = jnp.einsum("bkms,bksh->bkmh", d_scores_bkms.astype(k_bksh.dtype), k_bksh, precision=precision)
+    d_k = jnp.einsum("bkmh,bkms->bksh", q_bkmh, d_scores_bkms.astype(q_bkmh.dtype), precision=precision)
+    d_v = jnp.einsum("bkmh,bkms->bksh", d_out_bkmh, probs_bkms.astype(d_out_bkmh.dtype), precision=precision)
+    return d_q.astype(q_bkmh.dtype), d_k.astype(k_bksh.dtype), d_v.astype(v_bksh.dtype), None
+
+
+_core_attention.defvjp(_core_attention_fwd, _core_attention_bwd)
+
+
+def _sequence_attention(q_btnh, k_bskh, v_bskh, allowed_bts, precision):
+    """`_attention` without a cache (keys = the T tokens), in the per-KV-head layout above."""
+    b, t, n, h = q_btnh.shape
+    kv = k_bskh.shape[2]
+    g = n // kv
+    q_bkmh = q_btnh.reshape(b, t, kv, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, h)
+    k_bksh = k_bskh.transpose(0, 2, 1, 3)
+    v_bksh = v_bskh.transpose(0, 2, 1, 3)
+    out_bkmh = _core_attention(q_bkmh, k_bksh, v_bksh, allowed_bts[:, None, None, :, :], precision)
+    return out_bkmh.reshape(b, kv, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 def forward(
@@ -226,9 +309,9 @@ def forward(
         lp = jax.tree.map(lambda w: w.astype(cd), lp)
 
         h_btd = rms_norm(x_btd, lp["attn_norm_d"], cfg.rms_norm_eps)
-        q_btnh = jnp.einsum("btd,dnh->btnh", h_btd, lp["q_proj_dnh"], precision=prec)
-        k_btkh = jnp.einsum("btd,dkh->btkh", h_btd, lp["k_proj_dkh"], precision=prec)
-        v_btkh = jnp.einsum("btd,dkh->btkh", h_btd, lp["v_proj_dkh"], precision=prec)
+        q_btnh = _matmul(h_btd, lp["q_proj_dnh"], 1, prec)
+        k_btkh = _matmul(h_btd, lp["k_proj_dkh"], 1, prec)
+        v_btkh = _matmul(h_btd, lp["v_proj_dkh"], 1, prec)
         if cfg.attention_bias:
             q_btnh = q_btnh + lp["q_bias_nh"]
             k_btkh = k_btkh + lp["k_bias_kh"]
@@ -250,15 +333,18 @@ def forward(
             keys_bskh = lax.dynamic_index_in_dim(k_cache, layer_idx, 0, keepdims=False).astype(cd)
             values_bskh = lax.dynamic_index_in_dim(v_cache, layer_idx, 0, keepdims=False).astype(cd)
 
-        attn_btnh = _attention(q_btnh, keys_bskh, values_bskh, allowed_bts, prec)
-        attn_btd = jnp.einsum("btnh,nhd->btd", attn_btnh, lp["o_proj_nhd"], precision=prec)
+        if k_cache is None:
+            attn_btnh = _sequence_attention(q_btnh, keys_bskh, values_bskh, allowed_bts, prec)
+        else:
+            attn_btnh = _attention(q_btnh, keys_bskh, values_bskh, allowed_bts, prec)
+        attn_btd = _matmul(attn_btnh, lp["o_proj_nhd"], 2, prec)
         x_out_btd = constrain(x_btd + attn_btd, _ACT_BTD)
 
         h_btd = rms_norm(x_out_btd, lp["mlp_norm_d"], cfg.rms_norm_eps)
-        gate_btf = jnp.einsum("btd,df->btf", h_btd, lp["gate_proj_df"], precision=prec)
-        up_btf = jnp.einsum("btd,df->btf", h_btd, lp["up_proj_df"], precision=prec)
+        gate_btf = _matmul(h_btd, lp["gate_proj_df"], 1, prec)
+        up_btf = _matmul(h_btd, lp["up_proj_df"], 1, prec)
         act_btf = constrain(jax.nn.silu(gate_btf) * up_btf, ("batch", "length", "mlp"))
-        mlp_btd = jnp.einsum("btf,fd->btd", act_btf, lp["down_proj_fd"], precision=prec)
+        mlp_btd = _matmul(act_btf, lp["down_proj_fd"], 1, prec)
         x_out_btd = constrain(x_out_btd + mlp_btd, _ACT_BTD)
         return (x_out_btd, k_cache, v_cache), (x_btd if return_hidden else None)
 
@@ -269,17 +355,25 @@ def forward(
         raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
     if remat != "none":  # prevent_cse=False is safe (and faster) inside scan
         layer = jax.checkpoint(layer, policy=REMAT_POLICIES[remat], prevent_cse=False)
-    (x_btd, k_cache, v_cache), layer_inputs = lax.scan(
-        layer, (x_btd, k_cache, v_cache), (params["layers"], layer_ids)
-    )
+    carry = (x_btd, k_cache, v_cache)
+    if cfg.scan_layers:
+        carry, layer_inputs = lax.scan(layer, carry, (params["layers"], layer_ids))
+    else:
+        per_layer = []
+        for i in range(cfg.num_layers):
+            carry, layer_input = layer(carry, (jax.tree.map(lambda w: w[i], params["layers"]), layer_ids[i]))
+            per_layer.append(layer_input)
+        layer_inputs = jnp.stack(per_layer) if return_hidden else None
+    x_btd, k_cache, v_cache = carry
 
     x_btd = rms_norm(x_btd, params["final_norm_d"], cfg.rms_norm_eps)
     if cfg.tie_word_embeddings:
-        logits_btv = jnp.einsum("btd,vd->btv", x_btd, params["embed"]["embedding_vd"].astype(cd),
-                                preferred_element_type=jnp.float32, precision=prec)
+        spec, head = "md,vd->mv", params["embed"]["embedding_vd"]
     else:
-        logits_btv = jnp.einsum("btd,dv->btv", x_btd, params["lm_head_dv"].astype(cd),
-                                preferred_element_type=jnp.float32, precision=prec)
+        spec, head = "md,dv->mv", params["lm_head_dv"]
+    # Tokens flattened to one axis, as in `_matmul` (the head's weight gradient is the largest).
+    logits_btv = jnp.einsum(spec, x_btd.reshape(b * t, -1), head.astype(cd),
+                            preferred_element_type=jnp.float32, precision=prec).reshape(b, t, -1)
     logits_btv = constrain(logits_btv, ("batch", "length", "vocab"))
 
     new_cache = None

@@ -113,12 +113,12 @@ def bucket_rows(rows, batch_size: int):
 
 
 def nano_model_config(cfg, vocab_size: int):
-    """The `nano` preset with the tokenizer's special ids and any `model.overrides`."""
+    """The `nano` preset with the tokenizer's special ids, `model.scan_layers` and any `model.overrides`."""
     from azr_jax.nano.preset import NANO
     from azr_jax.nano.tokenizer_train import BOS_ID, EOS_ID, PAD_ID
 
     model_cfg = NANO.replace(vocab_size=max(NANO.vocab_size, vocab_size), bos_token_id=BOS_ID,
-                             eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+                             eos_token_id=EOS_ID, pad_token_id=PAD_ID, scan_layers=cfg.model.scan_layers)
     return model_cfg.replace(**cfg.model.overrides) if cfg.model.overrides else model_cfg
 
 
@@ -270,7 +270,7 @@ def build_base(cfg, out: Path, *, log=print) -> dict:
     buckets = bucket_rows(rows, p.batch_size)
     log(f"tokenizer: {tok.vocab_size} pieces; {len(rows)}/{len(transcripts)} transcripts fit seq_len {p.seq_len}")
     if init is not None:
-        model_cfg, start = init.config, {k: v for k, v in init.params.items()}
+        model_cfg, start = init.config.replace(scan_layers=cfg.model.scan_layers), {k: v for k, v in init.params.items()}
     else:
         model_cfg, start = nano_model_config(cfg, tok.vocab_size), None
     params, losses = train(model_cfg, buckets, p, log=log, params=start)

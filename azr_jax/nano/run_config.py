@@ -32,7 +32,7 @@ NANO_PRETRAIN = PretrainSection(
 def nano_base_config() -> Config:
     return Config(
         name="nano_base",
-        model=ModelSection(preset="nano", compute_dtype="float32", param_dtype="float32"),
+        model=ModelSection(preset="nano", compute_dtype="float32", param_dtype="float32", scan_layers=False),
         azr=NANO_AZR,
         pretrain=NANO_PRETRAIN,
         eval=EvalSection(benchmark="nano", max_response_len=160),
@@ -43,7 +43,8 @@ def nano_selfplay_config() -> Config:
     """Self-play from the shipped base model on a laptop CPU (the README's first command)."""
     return Config(
         name="nano",
-        model=ModelSection(preset="nano", hf_dir=str(BASE_DIR), compute_dtype="float32", param_dtype="float32"),
+        model=ModelSection(preset="nano", hf_dir=str(BASE_DIR), compute_dtype="float32", param_dtype="float32",
+                           scan_layers=False),  # 4 layers on CPU: the loop's update is faster
         mesh=nano_base_config().mesh,
         sampling=SamplingSection(temperature=1.0, top_p=1.0, top_k=0, max_prompt_len=640, max_response_len=256,
                                  length_buckets=[128, 256, 384, 512, 640]),

@@ -18,6 +18,8 @@ def test_shipped_base_loads_and_answers_in_format():
     cfg = load_config("configs/nano.py", ["eval.max_items=6"])
     policy = load_policy(cfg)
     assert policy.config.num_params() == record["num_params"]
+    assert policy.config.scan_layers is False  # model.scan_layers of the nano config reaches the model
+    assert load_policy(load_config("configs/nano.py", ["model.scan_layers=true"])).config.scan_layers is True
     with Sandbox(cfg.sandbox) as sb:
         result = evaluate(placed_params(policy), policy, cfg, sb)
     assert result["n_items"] == 6
