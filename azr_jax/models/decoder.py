@@ -216,8 +216,7 @@ def _core_scores(q_bkmh, k_bksh, allowed_bkgts, precision):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _core_attention(q_bkmh, k_bksh, v_bksh, allowed_bkgts, precision):
-    probs_bkms = _core_scores(q_bkmh, k_bksh, allowed_bkgts, precision)
-    return jnp.einsum("bkms,bksh->bkmh", probs_bkms.astype(v_bksh.dtype), v_bksh, precision=precision)
+    return _core_attention_fwd(q_bkmh, k_bksh, v_bksh, allowed_bkgts, precision)[0]
 
 
 def _core_attention_fwd(q_bkmh, k_bksh, v_bksh, allowed_bkgts, precision):
@@ -353,8 +352,8 @@ def forward(
     layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
     if remat not in REMAT_POLICIES:
         raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
-    if remat != "none":  # prevent_cse=False is safe (and faster) inside scan
-        layer = jax.checkpoint(layer, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    if remat != "none":  # prevent_cse=False is safe (and faster) inside scan, not in a loop
+        layer = jax.checkpoint(layer, policy=REMAT_POLICIES[remat], prevent_cse=not cfg.scan_layers)
     carry = (x_btd, k_cache, v_cache)
     if cfg.scan_layers:
         carry, layer_inputs = lax.scan(layer, carry, (params["layers"], layer_ids))

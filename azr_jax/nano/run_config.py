@@ -48,8 +48,8 @@ def nano_selfplay_config() -> Config:
         mesh=nano_base_config().mesh,
         sampling=SamplingSection(temperature=1.0, top_p=1.0, top_k=0, max_prompt_len=640, max_response_len=256,
                                  length_buckets=[128, 256, 384, 512, 640]),
-        # 8 tasks per (role, task) batch: on 2 cores a step takes ~15 s, so 45 steps fit the
-        # 15-minute budget with the four evaluations (docs/nano.md has the measurements).
+        # 8 tasks per (role, task) batch: on 2 cores a step takes ~6 s, so 45 steps and the four
+        # evaluations take about 6 minutes (docs/nano.md has the measurements).
         azr=dataclasses.replace(NANO_AZR, batch_size=8, n_solver_samples=4, buffer_cap=4096),
         sandbox=SandboxSection(timeout_s=5.0, workers=2),
         rl=RLSection(micro_batch_size=16),

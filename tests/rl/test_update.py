@@ -126,6 +126,19 @@ def test_sharded_step_equals_single_device(full_batch_step, mesh_shape, micro, r
     assert mu.sharding.spec == q_spec
 
 
+@pytest.mark.slow
+def test_layer_loop_sharded_step_equals_scanned_single_device(full_batch_step):
+    """`scan_layers=False` (the Python layer loop) on an FSDP x tensor mesh with full remat gives
+    the scanned single-device step."""
+    cfg = CFG.replace(scan_layers=False)
+    mesh = make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
+    step = make_train_step(cfg, dataclasses.replace(RL, micro_batch_size=8), OPTIM, mesh=mesh, rules=RULES,
+                           compute_dtype=jnp.float32, remat="full")
+    state, metrics = step(init_train_state(cfg, OPTIM, PARAMS, mesh=mesh, rules=RULES), BATCH)
+    _assert_same_params(state.params, full_batch_step[0].params)
+    assert float(metrics["loss"]) == pytest.approx(full_batch_step[1]["loss"], rel=1e-5)
+
+
 def test_bf16_steps_learn_with_float32_master_weights_and_donated_state():
     # bfloat16 compute, float32 master weights; on-policy steps as AZR runs them (ratio = 1).
     step, _ = _step_fn(4, compute_dtype=jnp.bfloat16)
