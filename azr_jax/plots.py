@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from azr_jax.errors import UserError
 
 TASKS = ("deduction", "abduction", "induction")
@@ -33,20 +35,27 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
-def heldout_points(eval_dir: Path, last_step: int) -> dict[str, list[tuple[int, float]]]:
-    """Held-out solve rate per task type (and `mean`) over steps, from a run's eval/*.json:
-    base.json at step 0, step_N.json at N, final.json at `last_step`."""
+def _evaluations(eval_dir: Path, last_step: int) -> list[tuple[int, dict]]:
+    """A run's eval/*.json by step: base.json at step 0, step_N.json at N, final.json at `last_step`."""
     files = [(0, eval_dir / "base.json"), (last_step, eval_dir / "final.json")]
     files += [(int(p.stem.split("_", 1)[1]), p) for p in eval_dir.glob("step_*.json") if p.stem.split("_", 1)[1].isdigit()]
+    return [(step, json.loads(path.read_text())) for step, path in sorted(files, key=lambda x: x[0]) if path.is_file()]
+
+
+def heldout_points(eval_dir: Path, last_step: int) -> dict[str, list[tuple[int, float]]]:
+    """Held-out solve rate per task type (and `mean`) over steps, from a run's eval/*.json."""
     series: dict[str, list[tuple[int, float]]] = {}
-    for step, path in sorted(files, key=lambda x: x[0]):
-        if not path.is_file():
-            continue
-        result = json.loads(path.read_text())
+    for step, result in _evaluations(eval_dir, last_step):
         series.setdefault("mean", []).append((step, result["solve_rate"]))
         for task, rate in result.get("per_task", {}).items():
             series.setdefault(task, []).append((step, rate))
     return series
+
+
+def heldout_mean_band(eval_dir: Path, last_step: int) -> list[tuple[int, float, float]]:
+    """(step, mean solve rate, its standard error) for the evaluations that record one."""
+    return [(step, r["solve_rate"], r["solve_rate_stderr"]) for step, r in _evaluations(eval_dir, last_step)
+            if r.get("solve_rate_stderr") is not None]
 
 
 def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
@@ -86,6 +95,11 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for name, pts in series.items():
             ax.plot(*zip(*pts), marker="o", label=name, linewidth=2.5 if name == "mean" else 1.2)
+        band = heldout_mean_band(Path(metrics_path).parent / "eval", last_step)
+        if len(band) > 1:  # how far the mean could move on another draw of benchmark items
+            steps, rates, errors = (np.array(x) for x in zip(*band))
+            ax.fill_between(steps, rates - errors, rates + errors, color=ax.lines[0].get_color(), alpha=0.15,
+                            label="mean ± 1 standard error")
         top = max(rate for pts in series.values() for _, rate in pts)
         ax.set_ylim(0, min(1.0, max(0.3, 1.5 * top)))
         save(fig, ax, "held-out solve rate (greedy; step 0 = base model)", "heldout_solve_rate")

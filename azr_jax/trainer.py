@@ -524,7 +524,9 @@ def _evaluate(cfg, policy, params, sandbox, workdir: Path, name: str, primary: b
     t0 = time.perf_counter()
     log.info("evaluating (%s): greedy solve rate on the %s benchmark ...", name, cfg.eval.benchmark)
     result = evaluate(params, policy, cfg, sandbox)
-    log.info("eval %s: solve rate %.3f (%s) in %.0fs%s", name, result["solve_rate"],
+    stderr = result.get("solve_rate_stderr")
+    log.info("eval %s: solve rate %.3f%s (%s) in %.0fs%s", name, result["solve_rate"],
+             f" ± {stderr:.3f} (standard error)" if stderr is not None else "",
              ", ".join(f"{t} {v:.3f}" for t, v in result["per_task"].items()), time.perf_counter() - t0,
              f", {result['sandbox_errors']} answer(s) unchecked" if result.get("sandbox_errors") else "")
     if primary:

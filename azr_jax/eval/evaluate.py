@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from azr_jax.eval.benchmarks import load_benchmark
+from azr_jax.eval.summary import solve_rate_stderr
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,12 @@ def score_items(items: list[dict], responses: list[str], cfg, sandbox, samples: 
         "format_rate": float(np.mean([bool(s["format_ok"]) for s in scored])) if scored else 0.0,
         "n_items": len(items),
         "sandbox_errors": len(broken),  # answers never checked (counted as wrong); should be 0
-        "items": [{"id": it["id"], "accuracy": float(np.mean(a)) if samples > 1 else a[0],
+        "items": [{"id": it["id"], "task": it["task"], "accuracy": float(np.mean(a)) if samples > 1 else a[0],
                    "format_ok": scored[i * samples]["format_ok"]} | ({"accuracies": a} if samples > 1 else {})
                   | ({"sandbox_errors": unchecked[i]} if unchecked[i] else {})
                   for i, (it, a) in enumerate(zip(items, accs))],
     }
+    result["solve_rate_stderr"] = solve_rate_stderr(result)
     if samples > 1:
         best = by_task([max(a) for a in accs])
         result["pass_at_k"] = {"k": samples, "solve_rate": float(np.mean(list(best.values()))) if best else 0.0,

@@ -6,9 +6,10 @@ import pytest
 
 from azr_jax.config import load_config
 from azr_jax.eval.evaluate import score_items
-from azr_jax.eval.summary import format_solve_rate_table, solve_rate_summary
+from azr_jax.eval.summary import (format_solve_rate_table, gain_stderr, macro_mean_stderr, solve_rate_stderr,
+                                  solve_rate_summary)
 from azr_jax.nano.benchmark import nano_benchmark
-from azr_jax.plots import PANELS, heldout_points, plot_metrics
+from azr_jax.plots import PANELS, heldout_mean_band, heldout_points, plot_metrics
 
 
 def _answer(tag, text):
@@ -56,6 +57,9 @@ def test_scoring_hand_made_responses(sandbox):
         assert got[:3] == [1.0, 1.0, 0.0], (task, got)
     assert result["format_rate"] == pytest.approx(9 / 12)
     assert result["solve_rate"] == pytest.approx(sum(result["per_task"].values()) / 3)
+    assert [r["task"] for r in result["items"]] == [it["task"] for it in items]
+    # each type: accuracies 1, 1, 0, 0 -> sample variance 1/3 over 4 items; three equal types
+    assert result["solve_rate_stderr"] == pytest.approx((3 * (1 / 3) / 4) ** 0.5 / 3)
 
 
 def test_scoring_several_samples_per_item_gives_mean_accuracy_and_pass_at_k(sandbox):
@@ -91,6 +95,40 @@ def test_summary_fields():
     assert format_solve_rate_table({"status": "completed"}) == ""
 
 
+def _eval(per_item: dict[str, list[float]]) -> dict:
+    items = [{"id": f"nano/{t}/{i}", "task": t, "accuracy": a} for t, accs in per_item.items() for i, a in enumerate(accs)]
+    rates = {t: sum(a) / len(a) for t, a in per_item.items()}
+    return {"solve_rate": sum(rates.values()) / len(rates), "per_task": rates, "n_items": len(items), "items": items}
+
+
+def test_standard_errors_of_the_solve_rate_and_the_paired_gain():
+    # One type's standard error is its sample standard deviation over sqrt(n); types weigh 1/T each.
+    assert macro_mean_stderr(["a"] * 4, [1, 0, 1, 0]) == pytest.approx((1 / 3) ** 0.5 / 2)
+    assert macro_mean_stderr(["a", "a", "b", "b"], [1, 0, 1, 1]) == pytest.approx((0.5 / 2) ** 0.5 / 2)
+    assert macro_mean_stderr(["a", "a", "b"], [1, 0, 1]) is None  # one item says nothing of its spread
+    base = _eval({"deduction": [1, 0, 0, 0], "abduction": [1, 1, 0, 0]})
+    same_items_flipped = _eval({"deduction": [0, 1, 0, 0], "abduction": [1, 0, 1, 0]})
+    one_more_right = _eval({"deduction": [1, 1, 0, 0], "abduction": [1, 1, 0, 0]})
+    # equal rates with the right answers moved: unpaired errors would call this a tie; the paired
+    # error sees items change in both directions
+    assert gain_stderr(base, same_items_flipped) > 0
+    # one item gained, nothing lost: the paired error is that of the change vector alone
+    assert gain_stderr(base, one_more_right) == pytest.approx(macro_mean_stderr(["d"] * 4, [0, 1, 0, 0]) / 2)
+    assert gain_stderr(base, base) == 0.0
+    assert gain_stderr(base, _eval({"deduction": [1, 0, 0], "abduction": [1, 1, 0]})) is None  # other items
+    legacy = base | {"items": [{"id": it["id"], "accuracy": it["accuracy"]} for it in base["items"]]}
+    assert solve_rate_stderr(legacy) is None and gain_stderr(legacy, legacy) is None
+
+    s = solve_rate_summary(base, one_more_right)
+    assert s["base_solve_rate_stderr"] == pytest.approx(solve_rate_stderr(base))
+    assert s["final_solve_rate_stderr"] == pytest.approx(solve_rate_stderr(one_more_right))
+    assert s["solve_rate_gain_stderr"] == pytest.approx(gain_stderr(base, one_more_right))
+    last = format_solve_rate_table(s).splitlines()[-1].split()
+    assert last[:2] == ["std", "error"]
+    assert [float(x) for x in last[2:5]] == pytest.approx(
+        [s["base_solve_rate_stderr"], s["final_solve_rate_stderr"], s["solve_rate_gain_stderr"]], abs=5e-4)
+
+
 def test_plots_from_metrics_jsonl(tmp_path):
     rows = []
     for step in range(1, 5):
@@ -116,10 +154,12 @@ def test_heldout_plot_from_the_runs_evaluations(tmp_path):
     (tmp_path / "eval").mkdir()
     for name, rate in (("base", 0.1), ("step_2", 0.2), ("final", 0.3)):
         (tmp_path / "eval" / f"{name}.json").write_text(json.dumps(
-            {"solve_rate": rate, "per_task": {"deduction": rate + 0.1, "abduction": rate, "induction": rate - 0.1}}))
+            {"solve_rate": rate, "per_task": {"deduction": rate + 0.1, "abduction": rate, "induction": rate - 0.1}}
+            | ({} if name == "step_2" else {"solve_rate_stderr": rate / 10})))  # step_2: an older file
     series = heldout_points(tmp_path / "eval", last_step=4)
     assert series["mean"] == [(0, 0.1), (2, 0.2), (4, 0.3)]
     assert series["deduction"][-1] == (4, pytest.approx(0.4))
+    assert heldout_mean_band(tmp_path / "eval", last_step=4) == [(0, 0.1, 0.01), (4, 0.3, 0.03)]
     written = plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "plots")
     assert written[-1].name == "heldout_solve_rate.png" and written[-1].read_bytes()[:4] == b"\x89PNG"
     # Without evaluations there is no held-out panel.
