@@ -147,6 +147,7 @@ class SandboxSection:
     max_open_files: int = 64
     max_processes: int = 16
     isolation: str = "auto"  # auto | bwrap | unshare | none (none only with an explicit warning)
+    seccomp: bool = True  # syscall filter in every mode (azr_jax/sandbox/seccomp.py)
 
 
 @dataclass(frozen=True)

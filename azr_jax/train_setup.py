@@ -18,7 +18,8 @@ from azr_jax.errors import UserError
 # Keys that may differ between a workdir's config and the config it is resumed with: how long
 # to run and how often to log or save, never anything that changes what a step computes.
 RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.keep_checkpoints", "train.log_every",
-                     "train.eval_every", "train.audit_every", "sandbox.workers", "sandbox.isolation")
+                     "train.eval_every", "train.audit_every", "sandbox.workers", "sandbox.isolation",
+                     "sandbox.seccomp")
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

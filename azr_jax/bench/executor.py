@@ -3,7 +3,8 @@
 A validation = one proposal run the way the trainer validates it: `repeats` fresh processes
 (different hash seeds), each calling `f` twice, outputs compared structurally. Measured on the
 corpus in `executor_programs.py` with the configured isolation, then (baseline, same run) with
-isolation `none` (plain processes with rlimits). Second figure: the wall time of a batch in which
+isolation `none` (plain processes with rlimits) and with the same isolation but no seccomp
+filter (`sandbox.seccomp=false`). Second figure: the wall time of a batch in which
 `--hang-fraction` of the programs never terminate, in units of the timeout.
 """
 
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hang-jobs", type=int, default=100, help="size of the batch with non-terminating programs")
     parser.add_argument("--hang-fraction", type=float, default=0.05, help="share of programs that never terminate")
     parser.add_argument("--hang-timeout-s", type=float, default=2.0, help="sandbox.timeout_s for the hanging batch")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the isolation=none baseline")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the baselines (isolation=none; seccomp off)")
 
 
 def _corpus_jobs(n: int) -> list[Job]:
@@ -71,6 +72,13 @@ def run(args: argparse.Namespace) -> dict:
             "baseline_validations_per_s": round(base_rate, 1),
             "ratio": round(rate / base_rate, 3),
         })
+        if cfg.seccomp:  # what the syscall filter costs: same isolation, filter off
+            print(f"[bench executor] baseline isolation={cfg.isolation}, seccomp off ...", file=sys.stderr)
+            off_rate, _, _ = _validations_per_s(type(cfg)(**{**cfg.__dict__, "seccomp": False}), args.jobs)
+            result.update({
+                "seccomp_off_validations_per_s": round(off_rate, 1),
+                "seccomp_ratio": round(rate / off_rate, 3),
+            })
     n_hang = max(1, round(args.hang_jobs * args.hang_fraction))
     jobs = _corpus_jobs(args.hang_jobs)
     stride = args.hang_jobs // n_hang

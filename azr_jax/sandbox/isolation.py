@@ -6,6 +6,8 @@ Modes, strongest first (config `sandbox.isolation`: auto | bwrap | unshare | non
 - unshare: util-linux `unshare` with net/pid/ipc/uts/mount namespaces; the rest of the filesystem
   stays as it is (write protection then rests on the dropped uid when the trainer is root).
 - none: plain processes with rlimits only.
+In every mode the zygote installs a seccomp filter on itself (seccomp.py) unless
+`sandbox.seccomp=false`; where it cannot, the layer is reported missing.
 When the trainer runs as root, every zygote runs under its own unprivileged uid (RLIMIT_NPROC
 does not apply to root, and root can write anywhere).
 """
@@ -21,6 +23,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from azr_jax.sandbox import seccomp as seccomp_filter
 
 LOG = logging.getLogger("azr_jax.sandbox")
 
@@ -44,6 +48,7 @@ class Plan:
     as_root: bool
     layers: dict = field(default_factory=dict)
     tmpfs_bytes: int = 0
+    seccomp: bytes | None = None  # the BPF filter each zygote installs on itself (seccomp.py)
 
     def missing(self) -> list[str]:
         return [k for k, v in self.layers.items() if v is False]
@@ -138,7 +143,7 @@ def zygote_command(plan: Plan, uid: int | None, scratch: str, repeat: int = 0) -
     scratch root as the zygote sees it; `repeat` picks the hash seed (see `hash_seed`).
     """
     config = {"scratch": scratch, "pidns": plan.mode in ("bwrap", "unshare"), "drop_uid": None,
-              "kill_all_uid": False}
+              "kill_all_uid": False, "seccomp": plan.seccomp.hex() if plan.seccomp else None}
     seed = hash_seed(repeat)
     popen: dict = {"env": {**CLEAN_ENV, "PYTHONHASHSEED": seed}, "start_new_session": True}
     # -s -S -B instead of -I: -I implies -E, which would ignore PYTHONHASHSEED; the
@@ -166,7 +171,8 @@ def zygote_command(plan: Plan, uid: int | None, scratch: str, repeat: int = 0) -
     return argv, config, popen
 
 
-def layers_for(mode: str, as_root: bool) -> dict:
+def layers_for(mode: str, as_root: bool, seccomp: bool | str = True) -> dict:
+    """`seccomp`: True (installed), False (wanted but unavailable) or why it is off."""
     bw, un = mode == "bwrap", mode == "unshare"
     return {
         "rlimits": True,
@@ -179,16 +185,30 @@ def layers_for(mode: str, as_root: bool) -> dict:
         "read_only_filesystem": bw,
         "private_tmp": bw,
         "clean_env": True,
-        "no_new_privs": bw,
-        "seccomp": "not implemented (namespaces, rlimits and the uid are the walls)",
+        "no_new_privs": bw or seccomp is True,  # the zygote sets it to install its filter
+        "seccomp": seccomp,
     }
 
 
-def make_plan(mode: str, tmpfs_bytes: int) -> Plan:
+def make_plan(mode: str, tmpfs_bytes: int, seccomp: bool = True) -> Plan:
+    """`seccomp`: whether to filter syscalls (config `sandbox.seccomp`)."""
     as_root = os.geteuid() == 0
     python = sandbox_python(as_root)
-    return Plan(mode=mode, python=python, as_root=as_root, layers=layers_for(mode, as_root),
-                tmpfs_bytes=tmpfs_bytes if mode == "bwrap" and _bwrap_supports("--size") else 0)
+    program = seccomp_filter.filter_program() if seccomp else None
+    if not seccomp:
+        state: bool | str = "off (sandbox.seccomp=false)"
+    else:
+        state = program is not None  # False: no filter for this architecture
+    return Plan(mode=mode, python=python, as_root=as_root, layers=layers_for(mode, as_root, state),
+                tmpfs_bytes=tmpfs_bytes if mode == "bwrap" and _bwrap_supports("--size") else 0,
+                seccomp=program)
+
+
+def without_seccomp(plan: Plan) -> Plan:
+    """The same plan with the filter marked unavailable (its installation failed here)."""
+    return Plan(mode=plan.mode, python=plan.python, as_root=plan.as_root,
+                layers={**plan.layers, "seccomp": False, "no_new_privs": plan.mode == "bwrap"},
+                tmpfs_bytes=plan.tmpfs_bytes, seccomp=None)
 
 
 def candidate_modes(requested: str) -> list[str]:

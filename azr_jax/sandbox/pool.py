@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import queue
 import select
 import shutil
@@ -47,6 +48,10 @@ class SandboxStartError(RuntimeError):
     pass
 
 
+class SeccompNotInstalled(SandboxStartError):
+    """The zygote started but could not load the syscall filter the plan requires."""
+
+
 class _Zygote:
     """One sandboxed zygote process and its framed pipe protocol."""
 
@@ -72,6 +77,9 @@ class _Zygote:
             err = self._stderr_tail()
             self.close()
             raise SandboxStartError(f"sandbox ({plan.mode}) did not start: {err or 'no answer'}")
+        if plan.seccomp is not None and hello.get("seccomp") is not True:
+            self.close()
+            raise SeccompNotInstalled(f"the zygote could not install it: {hello.get('seccomp')}")
         self.info = hello
 
     def _stderr_tail(self) -> str:
@@ -234,16 +242,27 @@ class Sandbox:
     def _choose_plan(self) -> tuple[isolation.Plan, dict[str, str]]:
         failures: dict[str, str] = {}
         for mode in isolation.candidate_modes(self.cfg.isolation):
-            plan = isolation.make_plan(mode, TMPFS_BYTES)
-            self.plan = plan
-            try:
-                probe = _Zygote(plan, self._uid(0, 15))
-            except (SandboxStartError, OSError) as e:
-                failures[mode] = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-                continue
-            probe.close()
-            return plan, failures
+            plan = isolation.make_plan(mode, TMPFS_BYTES, self.cfg.seccomp)
+            if self.cfg.seccomp and plan.seccomp is None:
+                failures["seccomp"] = f"no filter is defined for the {platform.machine()} architecture"
+            plan = self._probe(plan, failures)
+            if plan is not None:
+                return plan, failures
         raise UserError(f"sandbox isolation '{self.cfg.isolation}' is not available here: {failures}")
+
+    def _probe(self, plan: isolation.Plan, failures: dict[str, str]) -> isolation.Plan | None:
+        """`plan` if a zygote starts under it; without the filter if only that failed; else None."""
+        for attempt in (plan, isolation.without_seccomp(plan)):
+            self.plan = attempt
+            try:
+                _Zygote(attempt, self._uid(0, 15)).close()
+                return attempt
+            except SeccompNotInstalled as e:
+                failures["seccomp"] = str(e)[:300]
+            except (SandboxStartError, OSError) as e:
+                failures[plan.mode] = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+                return None
+        return None
 
     def isolation_report(self) -> dict:
         """Which isolation layers are active for this sandbox."""

@@ -27,7 +27,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from azr_jax.config import SandboxSection  # noqa: E402
-from azr_jax.sandbox import Job, JobResult, Sandbox  # noqa: E402
+from azr_jax.sandbox import Job, JobResult, Sandbox, seccomp  # noqa: E402
+from azr_jax.sandbox.literals import parse_literal  # noqa: E402
 
 TIMEOUT_S = 2.0
 SECRET_ENV = "AZR_HOSTILE_SECRET"
@@ -46,9 +47,12 @@ class Case:
     # Protecting the trainer user's own files needs bwrap's read-only view, or a dropped uid
     # (trainer is root); unshare/none run as the trainer's uid when it is unprivileged.
     own_files: bool = False
+    # Modes where the claim holds only through the seccomp filter (claimed when it is installed).
+    seccomp_modes: tuple = ()
 
-    def claimed(self, mode: str) -> bool:
-        return mode in self.modes and (not self.own_files or mode == "bwrap" or os.geteuid() == 0)
+    def claimed(self, mode: str, seccomp: bool = False) -> bool:
+        in_mode = mode in self.modes or (seccomp and mode in self.seccomp_modes)
+        return in_mode and (not self.own_files or mode == "bwrap" or os.geteuid() == 0)
 
 
 def failed(r: JobResult, *, kind: str | None = None) -> None:
@@ -251,7 +255,8 @@ def f(x):
         return 'connected'
     except OSError:
         return 'blocked'
-""", output_is("'blocked'"), modes=("bwrap", "unshare")),
+""", output_is("'blocked'"), modes=("bwrap", "unshare"),
+         seccomp_modes=("none",)),
     Case("internet", """
 import socket
 def f(x):
@@ -260,12 +265,80 @@ def f(x):
         return 'connected'
     except OSError:
         return 'blocked'
-""", output_is("'blocked'"), modes=("bwrap", "unshare")),
+""", output_is("'blocked'"), modes=("bwrap", "unshare"),
+         seccomp_modes=("none",)),
     Case("network_interfaces", """
 import socket
 def f(x):
-    return sorted(name for _, name in socket.if_nameindex())
-""", output_is("['lo']"), modes=("bwrap", "unshare")),
+    try:
+        return sorted(name for _, name in socket.if_nameindex())
+    except OSError:  # the seccomp filter denies the netlink socket this needs
+        return 'blocked'
+""", lambda r, ctx: output_is("'blocked'" if ctx["seccomp"] else "['lo']")(r, ctx), modes=("bwrap", "unshare")),
+    # --- syscalls the seccomp filter denies (azr_jax/sandbox/seccomp.py) -----------------------
+    Case("seccomp_denied_syscalls", """
+import ctypes
+NR = @SYSCALLS@
+def f(x):
+    libc = ctypes.CDLL(None, use_errno=True)
+    out = []
+    for name, args in (('unshare', (0x10000000,)), ('setns', (0, 0)), ('ptrace', (0, 0, 0, 0)),
+                       ('mount', (0, 0, 0, 0, 0)), ('chroot', (0,)), ('bpf', (0, 0, 0)),
+                       ('perf_event_open', (0, 0, 0, 0, 0)), ('userfaultfd', (0,)),
+                       ('io_uring_setup', (1, 0)), ('keyctl', (0, 0)), ('pidfd_getfd', (0, 0, 0)),
+                       ('process_vm_readv', (0, 0, 0, 0, 0, 0))):
+        ctypes.set_errno(0)
+        ret = libc.syscall(NR[name], *args)
+        out.append((name, ret, ctypes.get_errno()))
+    return out
+""", lambda r, ctx: _assert(
+        r.outputs[0] is not None and all(t[1:] == (-1, 1) for t in parse_literal(r.outputs[0])),
+        f"a denied syscall ran or the probe failed: {r}"),
+         modes=(), seccomp_modes=("bwrap", "unshare", "none")),
+    Case("seccomp_new_namespace_via_clone", """
+import ctypes, signal
+NR = @SYSCALLS@
+def f(x):
+    libc = ctypes.CDLL(None, use_errno=True)
+    out = []
+    for flag in (0x10000000, 0x40000000, 0x20000):  # CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWNS
+        ctypes.set_errno(0)
+        ret = libc.syscall(NR['clone'], flag | signal.SIGCHLD, 0, 0, 0, 0)
+        if ret == 0:
+            libc._exit(0)  # a child in a new namespace: the filter let it through
+        out.append((ret, ctypes.get_errno()))
+    return out
+""", output_is("[(-1, 1), (-1, 1), (-1, 1)]"), modes=(), seccomp_modes=("bwrap", "unshare", "none")),
+    Case("seccomp_sockets_but_unix", """
+import socket
+def f(x):
+    out = []
+    for family, kind in ((socket.AF_INET, socket.SOCK_STREAM), (socket.AF_INET6, socket.SOCK_DGRAM),
+                         (socket.AF_INET, socket.SOCK_RAW), (socket.AF_NETLINK, socket.SOCK_RAW),
+                         (socket.AF_PACKET, socket.SOCK_RAW)):
+        try:
+            socket.socket(family, kind).close()
+            out.append('opened')
+        except OSError as e:
+            out.append(e.errno)
+    a, b = socket.socketpair()
+    a.sendall(b'ok')
+    out.append(b.recv(2).decode())
+    return out
+""", output_is("[1, 1, 1, 1, 1, 'ok']"), modes=(), seccomp_modes=("bwrap", "unshare", "none")),
+    Case("threads_and_fork_under_seccomp", """
+import os, threading
+def f(x):
+    box = []
+    t = threading.Thread(target=lambda: box.append(x + 1))  # glibc tries clone3 first (ENOSYS)
+    t.start()
+    t.join()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    _, status = os.waitpid(pid, 0)
+    return box + [os.WEXITSTATUS(status)]
+""", output_is("[1, 7]"), modes=("bwrap", "unshare")),  # none, unprivileged: all zygotes share one uid's NPROC
     # --- processes, time, memory ----------------------------------------------------------------
     Case("infinite_loop", "def f(x):\n    while True:\n        pass\n", fails("timeout")),
     Case("sleep_forever", "import time\ndef f(x):\n    time.sleep(10 ** 6)\n", fails("timeout")),
@@ -445,7 +518,7 @@ def _forged_frame_check(r: JobResult) -> None:
 
 
 def _fill(program: str, ctx: dict) -> str:
-    for key in ("TOKEN", "REPO", "SECRET_FILE", "PORT", "OUTSIDE"):
+    for key in ("TOKEN", "REPO", "SECRET_FILE", "PORT", "OUTSIDE", "SYSCALLS"):
         program = program.replace(f"@{key}@", str(ctx[key.lower()]))
     return program
 
@@ -493,9 +566,10 @@ def run_corpus(mode: str, workers: int = 2) -> tuple[list[tuple[str, str]], dict
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
-    ctx = {"token": token, "repo": REPO, "secret_file": secret, "port": listener.getsockname()[1], "outside": outside}
+    arch = seccomp.native_arch()
+    ctx = {"token": token, "repo": REPO, "secret_file": secret, "port": listener.getsockname()[1], "outside": outside,
+           "syscalls": repr(seccomp.ARCHES[arch]["nr"] if arch else {})}
     os.environ[SECRET_ENV] = token  # the trainer's environment: must not reach the programs
-    cases = [c for c in CASES if c.claimed(mode)]
     failures: list[tuple[str, str]] = []
     facts: dict = {}
     cfg = SandboxSection(isolation=mode, timeout_s=TIMEOUT_S, workers=workers, memory_mb=256,
@@ -503,6 +577,10 @@ def run_corpus(mode: str, workers: int = 2) -> tuple[list[tuple[str, str]], dict
     sb = Sandbox(cfg)
     try:
         facts["report"] = sb.isolation_report()
+        filtered = ctx["seccomp"] = facts["report"]["layers"]["seccomp"] is True
+        if arch is not None and not filtered:
+            failures.append(("seccomp", f"the filter for {arch} is not installed: {facts['report']['layers']}"))
+        cases = [c for c in CASES if c.claimed(mode, filtered)]
         results: dict[str, JobResult] = {}
         for phase in (1, 2):
             batch = [c for c in cases if c.phase == phase]

@@ -1,0 +1,28 @@
+"""`azr-jax bench executor`: one JSON record with the configured isolation, both baselines
+(isolation=none; the same isolation without the seccomp filter) and the hanging batch."""
+
+import json
+
+from azr_jax.bench import cli as bench_cli
+from tests.bench.test_bench_sample_train import _args
+
+SMALL = ["--set", "sandbox.isolation=none", "--set", "sandbox.workers=1", "--jobs", "8",
+         "--hang-jobs", "4", "--hang-fraction", "0.25", "--hang-timeout-s", "0.5"]
+
+
+def test_bench_executor_record_has_both_baselines(capsys):
+    assert bench_cli.main(_args("executor", SMALL)) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["bench"] == "executor" and record["isolation"]["mode"] == "none"
+    assert record["valid_jobs"] == 8 and record["validations_per_s"] > 0
+    assert record["baseline_validations_per_s"] > 0 and record["seccomp_off_validations_per_s"] > 0
+    assert record["seccomp_ratio"] == round(record["validations_per_s"] / record["seccomp_off_validations_per_s"], 3)
+    hang = record["hang_batch"]
+    assert hang["never_terminate"] == 1 and hang["timed_out"] == 1
+
+
+def test_bench_executor_without_seccomp_has_no_seccomp_baseline(capsys):
+    assert bench_cli.main(_args("executor", SMALL + ["--set", "sandbox.seccomp=false"])) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["isolation"]["layers"]["seccomp"] == "off (sandbox.seccomp=false)"
+    assert "seccomp_off_validations_per_s" not in record and record["baseline_validations_per_s"] > 0
