@@ -42,20 +42,28 @@ def _evaluations(eval_dir: Path, last_step: int) -> list[tuple[int, dict]]:
     return [(step, json.loads(path.read_text())) for step, path in sorted(files, key=lambda x: x[0]) if path.is_file()]
 
 
-def heldout_points(eval_dir: Path, last_step: int) -> dict[str, list[tuple[int, float]]]:
-    """Held-out solve rate per task type (and `mean`) over steps, from a run's eval/*.json."""
+def _points(evaluations: list[tuple[int, dict]]) -> dict[str, list[tuple[int, float]]]:
     series: dict[str, list[tuple[int, float]]] = {}
-    for step, result in _evaluations(eval_dir, last_step):
+    for step, result in evaluations:
         series.setdefault("mean", []).append((step, result["solve_rate"]))
         for task, rate in result.get("per_task", {}).items():
             series.setdefault(task, []).append((step, rate))
     return series
 
 
+def _band(evaluations: list[tuple[int, dict]]) -> list[tuple[int, float, float]]:
+    return [(step, r["solve_rate"], r["solve_rate_stderr"]) for step, r in evaluations
+            if r.get("solve_rate_stderr") is not None]
+
+
+def heldout_points(eval_dir: Path, last_step: int) -> dict[str, list[tuple[int, float]]]:
+    """Held-out solve rate per task type (and `mean`) over steps, from a run's eval/*.json."""
+    return _points(_evaluations(eval_dir, last_step))
+
+
 def heldout_mean_band(eval_dir: Path, last_step: int) -> list[tuple[int, float, float]]:
     """(step, mean solve rate, its standard error) for the evaluations that record one."""
-    return [(step, r["solve_rate"], r["solve_rate_stderr"]) for step, r in _evaluations(eval_dir, last_step)
-            if r.get("solve_rate_stderr") is not None]
+    return _band(_evaluations(eval_dir, last_step))
 
 
 def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
@@ -90,12 +98,13 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
                 ax.plot(*zip(*pts), marker=".", label=key.rsplit("/", 1)[0])
         save(fig, ax, title, stem)
     last_step = max((row["step"] for row in rows), default=0)
-    series = heldout_points(Path(metrics_path).parent / "eval", last_step)
+    evaluations = _evaluations(Path(metrics_path).parent / "eval", last_step)
+    series = _points(evaluations)
     if series:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for name, pts in series.items():
             ax.plot(*zip(*pts), marker="o", label=name, linewidth=2.5 if name == "mean" else 1.2)
-        band = heldout_mean_band(Path(metrics_path).parent / "eval", last_step)
+        band = _band(evaluations)
         if len(band) > 1:  # how far the mean could move on another draw of benchmark items
             steps, rates, errors = (np.array(x) for x in zip(*band))
             ax.fill_between(steps, rates - errors, rates + errors, color=ax.lines[0].get_color(), alpha=0.15,
