@@ -140,3 +140,27 @@ def test_filter_is_on_by_default_where_defined():
         pytest.skip("no seccomp filter is defined for this architecture")
     assert report["layers"]["seccomp"] is True and report["layers"]["no_new_privs"] is True
     assert r.outputs == [None] and "PermissionError" in r.errors[0], r
+
+
+def _defines(path: str) -> dict[str, int]:
+    p = Path(path)
+    if not p.is_file():
+        pytest.skip(f"{path} is not installed here (linux-libc-dev)")
+    return {m[0]: int(m[1], 0) for m in re.findall(r"#define\s+(\w+)\s+(0x[0-9a-fA-F]+|\d+)", p.read_text())}
+
+
+def test_constants_match_kernel_headers():
+    em = _defines("/usr/include/linux/elf-em.h")
+    audit = _defines("/usr/include/linux/audit.h")
+    flags = audit["__AUDIT_ARCH_64BIT"] | audit["__AUDIT_ARCH_LE"]
+    assert seccomp.ARCHES["x86_64"]["audit_arch"] == em["EM_X86_64"] | flags
+    assert seccomp.ARCHES["aarch64"]["audit_arch"] == em["EM_AARCH64"] | flags
+    sc = _defines("/usr/include/linux/seccomp.h")
+    assert (sc["SECCOMP_RET_KILL_PROCESS"], sc["SECCOMP_RET_ERRNO"], sc["SECCOMP_RET_ALLOW"]) == (KILL, seccomp.RET_ERRNO, ALLOW)
+    # The zygote passes these as literals (it may import only the standard library).
+    prctl = _defines("/usr/include/linux/prctl.h")
+    zygote = (Path(seccomp.__file__).with_name("zygote.py")).read_text()
+    assert (prctl["PR_SET_NO_NEW_PRIVS"], prctl["PR_SET_SECCOMP"], sc["SECCOMP_MODE_FILTER"]) == (38, 22, 2)
+    assert "libc.prctl(38, 1," in zygote and "libc.prctl(22, 2," in zygote
+    sched = _defines("/usr/include/linux/sched.h")
+    assert seccomp.CLONE_NEW_FLAGS == sum(sched[f"CLONE_{n}"] for n in CLONE_NEW) == sum(CLONE_NEW.values())
