@@ -207,8 +207,7 @@ def make_plan(mode: str, tmpfs_bytes: int, seccomp: bool = True) -> Plan:
 def without_seccomp(plan: Plan) -> Plan:
     """The same plan with the filter marked unavailable (its installation failed here)."""
     return Plan(mode=plan.mode, python=plan.python, as_root=plan.as_root,
-                layers={**plan.layers, "seccomp": False, "no_new_privs": plan.mode == "bwrap"},
-                tmpfs_bytes=plan.tmpfs_bytes, seccomp=None)
+                layers=layers_for(plan.mode, plan.as_root, False), tmpfs_bytes=plan.tmpfs_bytes, seccomp=None)
 
 
 def candidate_modes(requested: str) -> list[str]:
