@@ -142,7 +142,7 @@ class SandboxSection:
 
     timeout_s: float = 10.0
     workers: int = 0  # 0 = number of CPU cores
-    memory_mb: int = 1024
+    memory_mb: int = 1024  # each process's address space, and the job's processes together
     max_file_mb: int = 16
     max_open_files: int = 64
     max_processes: int = 16

@@ -35,6 +35,7 @@ LOG = logging.getLogger("azr_jax.sandbox")
 
 SLOTS_PER_WORKER = 4
 STALL_S = 0.25  # a job running longer than this is presumed slow and stops blocking the queue
+MEMORY_POLL_S = 0.025  # how often a running job's processes have their resident memory summed
 GRACE_S = 5.0  # how long past its deadline a zygote may take to answer before it is killed
 START_TIMEOUT_S = 30.0
 MAX_OUTPUT_CHARS = 100_000  # per value text
@@ -369,6 +370,7 @@ class Sandbox:
             "stall_s": STALL_S,
             "max_output_chars": MAX_OUTPUT_CHARS,
             "max_frame_bytes": MAX_FRAME_BYTES,
+            "memory_poll_s": MEMORY_POLL_S,
             "limits": {
                 "cpu_s": int(cfg.timeout_s) + 1,
                 "file_bytes": cfg.max_file_mb << 20,
@@ -376,6 +378,7 @@ class Sandbox:
                 # the zygote, its pid-1 reaper and the job share the uid inside the namespace
                 "processes": cfg.max_processes + 2,
                 "memory_bytes": cfg.memory_mb << 20,
+                "job_memory_bytes": cfg.memory_mb << 20,
             },
         }
 
@@ -428,6 +431,8 @@ def _parse_answer(answer: dict, n: int) -> list[tuple] | str:
         return f"sandbox failure: {answer.get('detail')}"
     if status == "too_large":
         return "output too large"
+    if status == "memory":
+        return "memory"
     try:
         frame = parse_literal_frame(answer.get("frame") or "")
     except NotALiteral:

@@ -221,6 +221,45 @@ def _other_pids():
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (me, 1)]
 
 
+def _status_fields(pid):
+    """(real uid, anonymous + shared-memory resident bytes) of a process, or None if it is gone.
+
+    /proc/<pid>/status stays readable when the process is not dumpable (the jobs inherit that
+    from the zygote), unlike smaps.
+    """
+    uid, resident = None, 0
+    try:
+        with open("/proc/%d/status" % pid, "rb") as fh:
+            for line in fh:
+                if line.startswith((b"RssAnon:", b"RssShmem:")):
+                    resident += int(line.split()[1]) << 10
+                elif line.startswith(b"Uid:"):
+                    uid = int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return uid, resident
+
+
+def _job_resident_bytes(child_pid, pidns):
+    """Resident memory of the job's processes together: the set `_kill_everything` ends."""
+    if pidns:
+        return sum((_status_fields(p) or (0, 0))[1] for p in _other_pids())
+    me, uid, total = os.getpid(), os.getuid(), 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        pid = int(name)
+        try:
+            in_group = os.getpgid(pid) == child_pid
+        except OSError:
+            continue
+        if in_group or CONFIG.get("kill_all_uid"):
+            fields = _status_fields(pid)
+            if fields is not None and (in_group or fields[0] == uid):
+                total += fields[1]
+    return total
+
+
 def _kill_everything(child_pid, pidns):
     """Kill the job's whole process tree, daemons included, and reap what we can."""
     if pidns:
@@ -310,12 +349,21 @@ def _run_job(req):
     too_large = False
     pipe_open = True
     stall_at = _monotonic() + req["stall_s"]
+    # RLIMIT_AS caps each process; the job's processes together are capped by polling their
+    # resident memory (no cgroups needed). Most jobs end before the first poll.
+    job_memory = req["limits"]["job_memory_bytes"]
+    poll_at = _monotonic() + req["memory_poll_s"]
     while True:
         now = _monotonic()
         remaining = deadline - now
         if remaining <= 0:
             status = "timeout"
             break
+        if now >= poll_at:
+            if _job_resident_bytes(pid, CONFIG["pidns"]) > job_memory:
+                status = "memory"
+                break
+            poll_at = now + req["memory_poll_s"]
         if stall_at is not None and now >= stall_at:
             # Slow job (likely a hang): lowest CPU priority, so jobs that finish keep the cores.
             try:
@@ -324,7 +372,9 @@ def _run_job(req):
                 pass
             stall_at = None
         fds = [rfd, pidfd] if pipe_open else [pidfd]
-        wait = remaining if stall_at is None else min(remaining, max(0.0, stall_at - now))
+        wait = min(remaining, max(0.0, poll_at - now))
+        if stall_at is not None:
+            wait = min(wait, max(0.0, stall_at - now))
         ready, _, _ = select.select(fds, [], [], wait)
         if rfd in ready:
             chunk = os.read(rfd, 1 << 16)

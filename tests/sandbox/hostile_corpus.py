@@ -103,6 +103,14 @@ def quick_failure(kind: str | None = None):
     return check
 
 
+def quick_failure_of(*kinds: str):
+    def check(r: JobResult, ctx: dict) -> None:
+        quick_failure()(r, ctx)
+        errs = [e for e in [r.error] + list(r.errors) if e is not None]
+        assert any(k in e for k in kinds for e in errs), f"expected an error containing one of {kinds}, got {errs}"
+    return check
+
+
 def zygote_survived_or_sandbox_failure(r: JobResult, ctx: dict) -> None:
     """Where the kill reaches the zygote, the job is reported as the sandbox breaking (after one
     retry on a fresh zygote), fast, never as a timeout; elsewhere the program simply returns."""
@@ -377,6 +385,30 @@ def f(x):
     while True:
         chunks.append(bytearray(1 << 24))
 """, fails()),  # MemoryError, or the deadline when zero-filling is slow on a loaded machine
+    # Each child stays under RLIMIT_AS; together they pass the job's memory_mb (polled). In none
+    # mode as an unprivileged user RLIMIT_NPROC counts the user's other processes and refuses
+    # the forks instead.
+    Case("memory_spread_over_processes", """
+import os, time
+def f(x):
+    for _ in range(6):
+        if os.fork() == 0:
+            block = b'x' * (100 << 20)
+            time.sleep(60)
+    time.sleep(60)
+""", quick_failure_of("memory", "BlockingIOError")),
+    Case("memory_spread_over_daemons", """
+import os, time
+def f(x):
+    for _ in range(6):
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                block = b'x' * (100 << 20)
+                time.sleep(60)
+            os._exit(0)
+    time.sleep(60)
+""", quick_failure("memory"), modes=("bwrap", "unshare")),
     Case("recursion_bomb", """
 import sys
 def f(x):

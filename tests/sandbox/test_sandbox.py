@@ -123,6 +123,27 @@ def test_job_level_errors(sb):
     assert r_exit.error == "exited before reporting (exit status 3)"
 
 
+@pytest.mark.parametrize("isolation", ["auto", "none"])
+def test_job_memory_is_capped_across_processes(isolation):
+    """memory_mb caps each process (RLIMIT_AS) and the job's processes together (polled resident
+    memory): five forked children of 60 MiB each fail a 200 MiB job, one process of 120 MiB and a
+    job of three 40 MiB children stay within it."""
+    spread = ("import os, time\ndef f(x):\n    kids = []\n    for _ in range(N):\n"
+              "        pid = os.fork()\n        if pid == 0:\n            block = b'x' * (MIB << 20)\n"
+              "            time.sleep(0.3)\n            os._exit(0)\n        kids.append(pid)\n"
+              "    for k in kids:\n        os.waitpid(k, 0)\n    return N\n")
+    single = "import time\ndef f(x):\n    block = b'x' * (120 << 20)\n    time.sleep(0.1)\n    return len(block) >> 20\n"
+    with Sandbox(SandboxSection(isolation=isolation, timeout_s=10, workers=2, memory_mb=200)) as s:
+        over, under, alone = s.run([
+            Job(spread.replace("MIB", "60").replace("N", "5"), ["0"]),
+            Job(spread.replace("MIB", "40").replace("N", "3"), ["0"]),
+            Job(single, ["0"]),
+        ])
+    assert over.error == "memory" and over.outputs == [None] and not over.timed_out, over
+    assert under.outputs == ["3"], under
+    assert alone.outputs == ["120"], alone
+
+
 def test_determinism(sb):
     r_acc, r_counter, r_set, r_ok = sb.run([
         Job("def f(x, seen=[]):\n    seen.append(x)\n    return len(seen)\n", ["1"]),
