@@ -377,8 +377,8 @@ class Sandbox:
                 "open_files": cfg.max_open_files,
                 # the zygote, its pid-1 reaper and the job share the uid inside the namespace
                 "processes": cfg.max_processes + 2,
+                # RLIMIT_AS of each process, and the cap on the job's processes together
                 "memory_bytes": cfg.memory_mb << 20,
-                "job_memory_bytes": cfg.memory_mb << 20,
             },
         }
 

@@ -351,7 +351,7 @@ def _run_job(req):
     stall_at = _monotonic() + req["stall_s"]
     # RLIMIT_AS caps each process; the job's processes together are capped by polling their
     # resident memory (no cgroups needed). Most jobs end before the first poll.
-    job_memory = req["limits"]["job_memory_bytes"]
+    job_memory = req["limits"]["memory_bytes"]
     poll_at = _monotonic() + req["memory_poll_s"]
     while True:
         now = _monotonic()
