@@ -242,21 +242,19 @@ def _status_fields(pid):
 
 def _job_resident_bytes(child_pid, pidns):
     """Resident memory of the job's processes together: the set `_kill_everything` ends."""
-    if pidns:
-        return sum((_status_fields(p) or (0, 0))[1] for p in _other_pids())
-    me, uid, total = os.getpid(), os.getuid(), 0
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
-            continue
-        pid = int(name)
-        try:
-            in_group = os.getpgid(pid) == child_pid
-        except OSError:
-            continue
-        if in_group or CONFIG.get("kill_all_uid"):
-            fields = _status_fields(pid)
-            if fields is not None and (in_group or fields[0] == uid):
-                total += fields[1]
+    uid, total = os.getuid(), 0
+    for pid in _other_pids():
+        in_group = False
+        if not pidns:
+            try:
+                in_group = os.getpgid(pid) == child_pid
+            except OSError:
+                continue
+            if not in_group and not CONFIG.get("kill_all_uid"):
+                continue
+        fields = _status_fields(pid)
+        if fields is not None and (pidns or in_group or fields[0] == uid):
+            total += fields[1]
     return total
 
 
