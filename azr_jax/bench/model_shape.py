@@ -61,6 +61,11 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
     return cfg
 
 
+def remat_from_args(args: argparse.Namespace) -> str:
+    """The update step's rematerialisation policy (`model.remat` of `--config`/`--set`)."""
+    return load_config(args.config, args.set).model.remat
+
+
 def dtype_from_args(args: argparse.Namespace, platform: str) -> str:
     return args.dtype or ("float32" if platform == "cpu" else "bfloat16")
 

@@ -5,7 +5,10 @@ policy-gradient loss on the second half of each row (the response), gradient cli
 The JAX side is the real `rl.update.make_train_step` (PPO clipped surrogate, one micro-batch);
 the torch side is transformers' model with the same surrogate written out. Tokens/s counts
 every position of the batch (prompt and response), as MFU's FLOPs do (`flops_per_token`:
-6 x matmul params + attention, forward + backward). Compilation is excluded (one warm-up step).
+6 x matmul params + attention, forward + backward; recomputation is not counted). Compilation is
+excluded (one warm-up step). `--set model.remat=full|dots` recomputes each layer in the backward
+pass (long sequences do not fit otherwise); the torch side then turns on transformers' gradient
+checkpointing, which recomputes whole layers (the counterpart of `full`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import sys
 import numpy as np
 
 from azr_jax.bench.common import device_info, peak_numbers, time_it
-from azr_jax.bench.model_shape import add_shape_arguments, dtype_from_args, model_config_from_args, model_shape_record
+from azr_jax.bench.model_shape import (add_shape_arguments, dtype_from_args, model_config_from_args, model_shape_record,
+                                       remat_from_args)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +46,7 @@ def _batch(cfg, args):
     }
 
 
-def _jax_side(cfg, args, dtype: str, batch: dict) -> float:
+def _jax_side(cfg, args, dtype: str, remat: str, batch: dict) -> float:
     import jax
     import jax.numpy as jnp
 
@@ -55,7 +59,7 @@ def _jax_side(cfg, args, dtype: str, batch: dict) -> float:
     rl = RLSection(micro_batch_size=args.batch, entropy_coef=0.0)
     optim = OptimSection(learning_rate=1e-6)
     state = init_train_state(cfg, optim, jax.jit(lambda k: init_params(cfg, k))(jax.random.key(0)))
-    step = make_train_step(cfg, rl, optim, compute_dtype=cd)
+    step = make_train_step(cfg, rl, optim, compute_dtype=cd, remat=remat)
     dev = {k: jnp.asarray(v) for k, v in batch.items()}
     # On-policy old logprobs (ratio 1), as in the first PPO epoch of a real step.
     dev["old_logprobs"] = jax.jit(lambda p, b: token_logprobs(p, b, cfg, cd))(state.params, dev)
@@ -68,7 +72,7 @@ def _jax_side(cfg, args, dtype: str, batch: dict) -> float:
     return time_it(call, warmup=1, repeats=args.repeats)
 
 
-def _torch_side(cfg, args, dtype: str, batch: dict) -> float:
+def _torch_side(cfg, args, dtype: str, remat: str, batch: dict) -> float:
     import torch
     import transformers
 
@@ -78,6 +82,9 @@ def _torch_side(cfg, args, dtype: str, batch: dict) -> float:
         **{**cfg.to_hf_config(), "eos_token_id": None, "bos_token_id": None, "pad_token_id": 0})
     # float32 master weights with autocast on accelerators, like the JAX side's compute_dtype.
     model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32).to(device).train()
+    if remat != "none":  # renamed in transformers 5.2x; the GPU machines' 5.17 has only the old name
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.0)
     ids = torch.tensor(batch["tokens"], dtype=torch.long, device=device)
     mask = torch.tensor(batch["loss_mask"][:, 1:], dtype=torch.float32, device=device)
@@ -105,24 +112,27 @@ def run(args: argparse.Namespace) -> dict:
     info = device_info()
     cfg = model_config_from_args(args)
     dtype = dtype_from_args(args, info["device"])
+    remat = remat_from_args(args)
     batch = _batch(cfg, args)
     seq_len = args.prompt_len + args.new_tokens
     n_tokens = args.batch * seq_len
     flops_per_token = cfg.flops_per_token(seq_len)
 
-    print(f"bench train: jax update step, {cfg.num_params() / 1e6:.1f}M params, {dtype}", file=sys.stderr)
-    jax_s = _jax_side(cfg, args, dtype, batch)
+    print(f"bench train: jax update step, {cfg.num_params() / 1e6:.1f}M params, {dtype}, remat {remat}",
+          file=sys.stderr)
+    jax_s = _jax_side(cfg, args, dtype, remat, batch)
     peak_flops, _ = peak_numbers(info["device_kind"])
     result = {
         "bench": "train", **info, "model": model_shape_record(cfg), "dtype": dtype,
-        "batch": args.batch, "seq_len": seq_len, "loss_tokens_per_row": args.new_tokens, "repeats": args.repeats,
+        "batch": args.batch, "seq_len": seq_len, "loss_tokens_per_row": args.new_tokens, "remat": remat,
+        "repeats": args.repeats,
         "seconds": jax_s, "tokens_per_s": n_tokens / jax_s, "flops_per_token": flops_per_token,
         "achieved_flops_per_s": flops_per_token * n_tokens / jax_s,
         "mfu": None if peak_flops is None else flops_per_token * n_tokens / jax_s / peak_flops,  # no CPU peak
     }
     if not args.no_baseline:
         print("bench train: torch forward + backward + AdamW", file=sys.stderr)
-        torch_s = _torch_side(cfg, args, dtype, batch)
+        torch_s = _torch_side(cfg, args, dtype, remat, batch)
         result.update(baseline="torch fwd+bwd+AdamW (transformers model)", baseline_seconds=torch_s,
                       baseline_tokens_per_s=n_tokens / torch_s, ratio=torch_s / jax_s,
                       baseline_mfu=None if peak_flops is None else flops_per_token * n_tokens / torch_s / peak_flops)

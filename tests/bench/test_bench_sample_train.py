@@ -55,3 +55,14 @@ def test_bench_prints_one_json_record_with_baseline(name, capsys):
     assert record["tokens_per_s"] > 0 and record["baseline_tokens_per_s"] > 0
     assert record["ratio"] == pytest.approx(record["baseline_seconds"] / record["seconds"])
     assert record["model"]["layers"] == 1 and record["batch"] == 2
+
+
+@pytest.mark.slow
+def test_bench_train_passes_remat_to_both_sides(capsys):
+    """`--set model.remat=full` (needed for long sequences on one GPU) reaches the JAX step and
+    turns on gradient checkpointing in the torch baseline; the record says which."""
+    assert bench_cli.main(_args("train", [*TINY, "--set", "model.remat=full"])) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["remat"] == "full" and record["tokens_per_s"] > 0 and record["baseline_tokens_per_s"] > 0
+    with pytest.raises(UserError):
+        bench_cli.main(_args("train", [*TINY, "--set", "model.remat=everything"]))
