@@ -45,7 +45,7 @@ bench train_1.5b 150 train --preset qwen2.5-1.5b --batch 8 --prompt-len 2048 --n
 JAX_PLATFORMS="${TEST_PLATFORMS:-cuda}" step parity_tests 180 "$PY" -m pytest -q -p no:cacheprovider \
   tests/models/test_decoder_parity.py tests/models/test_decoder_cache.py tests/rl/test_grad_parity.py \
   tests/rl/test_update.py tests/rl/test_learning.py tests/sampling/test_sampler.py
-tail -n 3 "$out/parity_tests.log"
+tail -n 3 "$out/parity_tests.log"; echo
 bench sample_coder3b 120 sample --preset qwen2.5-coder-3b --batch 64 --prompt-len 512 --new-tokens 512 --repeats 2
 bench train_coder3b 120 train --preset qwen2.5-coder-3b --batch 4 --prompt-len 1024 --new-tokens 1024 \
   --set model.remat=full --repeats 2
