@@ -37,7 +37,7 @@ bench() {  # bench NAME SECONDS ARGS... : one benchmark record in OUTDIR/NAME.js
   # BENCH_EXTRA (appended, so it wins) shrinks every shape for a dry run on a CPU machine.
   step "$name" "$limit" "$PY" -m azr_jax.cli bench "$@" ${BENCH_EXTRA:-} --out "$out/$name.json"
 }
-# The target shapes of docs/benchmarks.md first (Qwen2.5-1.5B); the paper's Coder-3B last.
+# The target shapes of docs/benchmarks.md first (Qwen2.5-1.5B); Coder-3B (the paper's smallest size) last.
 bench sample_1.5b 150 sample --preset qwen2.5-1.5b --batch 128 --prompt-len 512 --new-tokens 512 --repeats 3
 bench train_1.5b 150 train --preset qwen2.5-1.5b --batch 8 --prompt-len 2048 --new-tokens 2048 \
   --set model.remat=full --repeats 3
