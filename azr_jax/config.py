@@ -166,6 +166,10 @@ class RLSection:
     # token mean within each block of micro_batch_size rows, averaged over blocks; docs/rl.md)
     loss_agg: str = "token-mean"
     micro_batch_size: int = 16
+    # The ratio's pi_old. recompute (reference): the update's own pre-update logprobs, so the
+    # ratio is 1 as after verl's recompute before its single optimizer step; batch: the batch's
+    # `old_logprobs` (in self-play the sampler's), so the clip also acts on sampler/trainer gaps.
+    old_logprobs: str = "recompute"
     # Self-play update on length-bucketed micro-batches (rows sorted by length, each micro-batch
     # padded to its own bucket; same objective, no compute on padding; azr_jax/rl/bucketed.py).
     # false: one padded batch, one jitted step (gradient accumulation in lax.scan).
@@ -413,6 +417,7 @@ _CHOICES = {
     ("sandbox", "isolation"): ("auto", "bwrap", "unshare", "none"),
     ("rl", "whiten_stats"): ("token", "sequence"),
     ("rl", "kl_type"): ("k1", "k3"),
+    ("rl", "old_logprobs"): ("recompute", "batch"),
     ("rl", "loss_agg"): ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "token-mean-per-micro-batch"),
     ("optim", "schedule"): ("constant", "cosine", "linear"),
 }
@@ -452,8 +457,12 @@ def validate(cfg: Config) -> Config:
                         "(the update scores every row at sampling.temperature)")
     if cfg.azr.seed_size < 0:
         raise UserError(f"config key 'azr.seed_size' must be >= 0 (0 = no seeding phase), got {cfg.azr.seed_size!r}")
-    if cfg.sampling.temperature < 0 or not 0 < cfg.sampling.top_p <= 1:
-        raise UserError("sampling.temperature must be >= 0 and sampling.top_p in (0, 1]")
+    if cfg.sampling.temperature <= 0 or not 0 < cfg.sampling.top_p <= 1:
+        # The update divides the logits by the rollout temperature; greedy is for evaluation.
+        raise UserError("sampling.temperature must be > 0 and sampling.top_p in (0, 1] "
+                        "(rollouts are sampled; greedy evaluation is eval.temperature=0)")
+    if cfg.rl.dual_clip is not None and cfg.rl.dual_clip <= 1:
+        raise UserError(f"rl.dual_clip must be > 1 or null (off), got {cfg.rl.dual_clip!r}")
     if cfg.azr.answer_diversity_coef < 0 or cfg.azr.answer_diversity_max < 0:
         raise UserError("azr.answer_diversity_coef and azr.answer_diversity_max must be >= 0 (coef 0 = off)")
     return cfg

@@ -48,6 +48,9 @@ def test_unknown_key_names_the_closest_valid_key():
     ("azr.answer_diversity_level=shape", "must be one of"),
     ("eval.samples=4", "needs eval.temperature > 0"),
     ("azr.task_types=[\"translation\"]", "unknown task type"),
+    ("sampling.temperature=0", "must be > 0"),  # the update divides the logits by it
+    ("rl.dual_clip=1.0", "must be > 1 or null"),
+    ("rl.old_logprobs=sampler", "must be one of"),
     ("novalue", "key=value"),
 ])
 def test_bad_values_are_user_errors(item, match):

@@ -28,7 +28,7 @@ from azr_jax.errors import UserError
 from azr_jax.models.decoder import param_shardings
 from azr_jax.rl.logprobs import token_logprobs
 from azr_jax.rl.losses import aggregation_weights, combine_sums, policy_loss
-from azr_jax.rl.optimizer import make_optimizer, make_schedule
+from azr_jax.rl.optimizer import apply_if_finite, make_optimizer, make_schedule
 from azr_jax.rl.update import (
     BATCH_KEYS, OPTIONAL_BATCH_KEYS, TrainState, _global_norm, _micro_grad_fn, _state_shardings, batch_shard_count,
     summarize_sums,
@@ -116,11 +116,10 @@ def make_bucketed_train_step(
     def apply(state, acc, n_tokens):
         grads, sums = acc
         metrics = summarize_sums(sums, n_tokens)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params, opt_state, metrics["skipped"] = apply_if_finite(optimizer, grads, state.opt_state, state.params)
         metrics["grad_norm"] = _global_norm(grads)
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
-        return TrainState(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
-                          step=state.step + 1), metrics
+        return TrainState(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
     if mesh is None:
         accumulate_jit = jax.jit(accumulate, donate_argnums=1)

@@ -117,9 +117,17 @@ def policy_loss(
     (combined over micro-batches with max, see `combine_sums`).
     """
     mask_bt = batch["loss_mask"].astype(jnp.float32)
+    # One optimizer step per batch: the pre-update logprobs are this pass's, so "recompute" needs
+    # no second forward (ratio exactly 1, gradient -A * grad log pi).
+    if rl_cfg.old_logprobs == "recompute":
+        old_logp_bt = jax.lax.stop_gradient(logp_bt)
+    elif rl_cfg.old_logprobs == "batch":
+        old_logp_bt = batch["old_logprobs"]
+    else:
+        raise ValueError(f"rl.old_logprobs must be 'recompute' or 'batch', got {rl_cfg.old_logprobs!r}")
     surrogate = clipped_surrogate(
         logp_bt,
-        batch["old_logprobs"],
+        old_logp_bt,
         batch["advantages"],
         eps_low=rl_cfg.clip_eps_low,
         eps_high=rl_cfg.clip_eps_high,

@@ -6,6 +6,8 @@ decay 0.0 (master) / 0.01 (paper branch), applied to every parameter as torch's 
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from azr_jax.errors import UserError
@@ -54,3 +56,21 @@ def make_optimizer(optim_cfg, total_steps: int | None = None) -> optax.GradientT
     if optim_cfg.grad_clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip_norm), adamw)
     return adamw
+
+
+def apply_if_finite(optimizer: optax.GradientTransformation, grads, opt_state, params):
+    """One optimizer step, skipped when any gradient is NaN or infinite (as verl skips the step on
+    a non-finite gradient norm): params and optimizer state (its step count included) stay as they
+    were, so one bad batch cannot poison the weights or the Adam moments.
+
+    Returns (params, opt_state, skipped) with `skipped` a float32 0/1 scalar.
+    """
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(optax.tree.norm(grads))
+
+    def keep_if_finite(new, old):
+        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    return (keep_if_finite(new_params, params), keep_if_finite(new_opt_state, opt_state),
+            1.0 - finite.astype(jnp.float32))

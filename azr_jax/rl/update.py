@@ -23,7 +23,7 @@ from azr_jax.errors import UserError
 from azr_jax.models.decoder import param_shapes, param_shardings
 from azr_jax.rl.logprobs import token_logprobs_and_entropy
 from azr_jax.rl.losses import aggregation_weights, combine_sums, policy_loss
-from azr_jax.rl.optimizer import make_optimizer, make_schedule
+from azr_jax.rl.optimizer import apply_if_finite, make_optimizer, make_schedule
 from azr_jax.sharding import logical_to_pspec, mesh_rules
 
 BATCH_KEYS = ("tokens", "positions", "mask", "loss_mask", "advantages", "old_logprobs")
@@ -240,7 +240,8 @@ def make_train_step(
     B must be a multiple of `rl_cfg.micro_batch_size` (or smaller than it: one micro-batch), and
     under a mesh each micro-batch a multiple of the devices on the batch axes. `state` is donated:
     do not reuse the state passed in. Metrics are float32 scalars: loss, pg_loss, entropy,
-    clip_frac, dual_clip_frac, approx_kl (and ref_kl), grad_norm, lr, tokens (response tokens).
+    clip_frac, dual_clip_frac, approx_kl (and ref_kl), grad_norm, lr, tokens (response tokens),
+    skipped (1 when a non-finite gradient skipped the optimizer step).
     `temperature` divides the logits (the rollout temperature, AZR_SPEC §4.2).
     """
     optimizer = make_optimizer(optim_cfg, total_steps)
@@ -251,8 +252,7 @@ def make_train_step(
 
     def step_fn(state: TrainState, batch: dict):
         grads, metrics = grads_fn(state.params, batch)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params, opt_state, metrics["skipped"] = apply_if_finite(optimizer, grads, state.opt_state, state.params)
         metrics["grad_norm"] = _global_norm(grads)  # before clipping
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)  # the rate this update used
         return TrainState(params=params, opt_state=opt_state, step=state.step + 1), metrics

@@ -136,7 +136,7 @@ def test_token_logprobs_and_entropy_match_torch(setup):
 
 def test_loss_and_grads_match_torch(setup):
     cfg, model, params, batch = setup
-    rl = RLSection(entropy_coef=0.01, kl_coef=0.05, kl_type="k3", micro_batch_size=4)
+    rl = RLSection(entropy_coef=0.01, kl_coef=0.05, kl_type="k3", micro_batch_size=4, old_logprobs="batch")
 
     loss_t, clipped, dual = _torch_objective(model, batch, rl)
     assert clipped > 0 and dual > 0, "the batch must exercise the clip and the dual clip"

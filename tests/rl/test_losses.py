@@ -118,7 +118,7 @@ def test_policy_loss_combines_terms():
     logp = jnp.asarray(batch["old_logprobs"] + rng.normal(size=(4, 6)).astype(np.float32) * 0.3)
     entropy = jnp.asarray(rng.random((4, 6)).astype(np.float32))
     w = losses.aggregation_weights(batch["loss_mask"], "token-mean")
-    base = RLSection(entropy_coef=0.0, kl_coef=0.0)
+    base = RLSection(entropy_coef=0.0, kl_coef=0.0, old_logprobs="batch")
     pg_only, m0 = losses.policy_loss(logp, entropy, batch, w, base)
     with_ent, m1 = losses.policy_loss(logp, entropy, batch, w, dataclasses.replace(base, entropy_coef=0.01))
     with_kl, m2 = losses.policy_loss(logp, entropy, batch, w, dataclasses.replace(base, kl_coef=0.1, kl_type="k1"))
@@ -133,17 +133,46 @@ def test_policy_loss_combines_terms():
         losses.policy_loss(logp, entropy, no_ref, w, dataclasses.replace(base, kl_coef=0.1))
 
 
-def test_padding_tokens_do_not_leak():
+@pytest.mark.parametrize("old_logprobs", ["recompute", "batch"])
+def test_padding_tokens_do_not_leak(old_logprobs):
     # Garbage (huge) old logprobs and advantages on padding must not change the loss or make it NaN.
+    rl = RLSection(old_logprobs=old_logprobs)
     rng = np.random.default_rng(1)
     batch = _batch(rng)
     logp = jnp.asarray(batch["old_logprobs"] - 0.1)
     entropy = jnp.ones((4, 6))
     w = losses.aggregation_weights(batch["loss_mask"], "token-mean")
-    clean, _ = losses.policy_loss(logp, entropy, batch, w, RLSection())
+    clean, _ = losses.policy_loss(logp, entropy, batch, w, rl)
     dirty = dict(batch)
     pad = batch["loss_mask"] == 0
     dirty["old_logprobs"] = np.where(pad, -1e4, batch["old_logprobs"]).astype(np.float32)
     dirty["advantages"] = np.where(pad, 1e3, batch["advantages"]).astype(np.float32)
-    got, _ = losses.policy_loss(logp, entropy, dirty, w, RLSection())
+    got, _ = losses.policy_loss(logp, entropy, dirty, w, rl)
     np.testing.assert_allclose(float(got), float(clean), rtol=1e-6)
+
+
+def test_recomputed_old_logprobs_make_the_update_on_policy_reinforce():
+    """rl.old_logprobs=recompute (the default, the reference's recompute before its single
+    optimizer step): ratio 1 whatever the batch's old_logprobs say, so no clipping and the
+    gradient is -sum(w * A * grad log pi); the batch's old_logprobs only feed the gap metrics."""
+    rng = np.random.default_rng(2)
+    batch = _batch(rng)
+    logp = jnp.asarray(batch["old_logprobs"] + rng.normal(size=(4, 6)).astype(np.float32))  # far off-policy
+    entropy = jnp.zeros((4, 6))
+    w = losses.aggregation_weights(batch["loss_mask"], "token-mean")
+    rl = RLSection(entropy_coef=0.0)
+    assert rl.old_logprobs == "recompute"
+
+    def loss_of(lp, cfg):
+        return losses.policy_loss(lp, entropy, batch, w, cfg)
+
+    (loss, metrics), grad = jax.value_and_grad(loss_of, has_aux=True)(logp, rl)
+    np.testing.assert_allclose(float(loss), float(-jnp.sum(w * batch["advantages"])), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(-w * batch["advantages"]), rtol=1e-6, atol=1e-8)
+    assert float(metrics["clip_frac_sum"]) == 0 and float(metrics["dual_clip_frac_sum"]) == 0
+    assert float(metrics["approx_kl_sum"]) == 0
+    gap = float(jnp.sum(batch["loss_mask"] * jnp.abs(batch["old_logprobs"] - logp)))
+    assert float(metrics["gap_abs_sum"]) == pytest.approx(gap, rel=1e-6) and gap > 1
+    # The same batch with the batch's old_logprobs is clipped: the two modes really differ.
+    _, batch_metrics = loss_of(logp, dataclasses.replace(rl, old_logprobs="batch"))
+    assert float(batch_metrics["clip_frac_sum"]) > 0

@@ -29,7 +29,8 @@ CFG = ModelConfig(
 )
 RULES = MeshSection().rules
 OPTIM = OptimSection(learning_rate=0.5, eps=1.0, weight_decay=0.01)
-RL = RLSection(micro_batch_size=16, entropy_coef=0.01)
+# "batch": the ratio uses the batch's off-policy old_logprobs, so the clip is exercised.
+RL = RLSection(micro_batch_size=16, entropy_coef=0.01, old_logprobs="batch")
 B, T = 16, 12
 PARAMS = init_params(CFG, jax.random.key(0))
 
