@@ -309,9 +309,19 @@ class SelfPlay:
         validated = self._collect(pending.pop(("propose", task)), len(rb.jobs))
         valid_idx = [i for i, s in enumerate(validated) if s["valid"]]
         rates: list[float | None] = [None] * len(validated)
+        encoded = {i: self.policy.tokenizer.encode(self.prompts.solve(task, _task_record(validated[i]["problem"])))
+                   for i in valid_idx}
+        # As the reference: a valid task whose solver prompt is over sampling.max_prompt_len gets
+        # solve rate 0 (so the boundary reward), no rollouts, and stays out of the buffer, where
+        # no solver batch could use it anyway.
+        too_long = [i for i in valid_idx if len(encoded[i]) > cfg.sampling.max_prompt_len]
+        for i in too_long:
+            rates[i] = 0.0
+            validated[i] = dict(validated[i], accuracy=0.0, solver_prompt_too_long=True)
+        valid_idx = [i for i in valid_idx if i not in too_long]
         if valid_idx:
             problems = [_task_record(validated[i]["problem"]) for i in valid_idx]
-            prompt_ids = [self.policy.tokenizer.encode(self.prompts.solve(task, p)) for p in problems]
+            prompt_ids = [encoded[i] for i in valid_idx]
             n = cfg.azr.n_solver_samples
             key = jax.random.fold_in(jax.random.fold_in(step_key, 1000), cfg.azr.task_types.index(task))
             comp = self._generate(params, prompt_ids, key, self.learnability_settings, n_samples=n)
@@ -342,7 +352,7 @@ class SelfPlay:
             self.buffers[task].add(_task_record(validated[i]["problem"]), step)
 
     def _add_diversity_bonus(self, task, validated, rewards, valid_idx) -> None:
-        """Add the answer-diversity bonus to the rewards of the valid proposals (in place); the
+        """Add the answer-diversity bonus to the positive rewards of the valid proposals (in place); the
         verdicts record it as `answer_diversity` / `diversity_bonus`, so an audit can subtract it."""
         from azr_jax.azr.rewards import answer_diversity, answer_key, diversity_bonus, task_answer
 
@@ -353,8 +363,12 @@ class SelfPlay:
         for i, div in zip(valid_idx, answer_diversity(answers, history)):
             bonus = diversity_bonus(div, azr.answer_diversity_coef, azr.answer_diversity_max)
             validated[i] = dict(validated[i], answer_diversity=div, diversity_bonus=bonus)
-            if rewards[i] is not None:  # unjudged (sandbox_error) rows stay out of the update
+            # As the reference's intrinsic terms: only on top of a positive learnability reward
+            # (not for boundary, badly formatted or unjudged proposals).
+            if rewards[i] is not None and rewards[i] > 0:
                 rewards[i] += bonus
+            else:
+                validated[i]["diversity_bonus"] = 0.0
 
     def _update(self, state, ordered: list[RoleBatch]) -> dict:
         from azr_jax.data.pipeline import concat_rows
@@ -436,6 +450,9 @@ class SelfPlay:
         for k, v in upd.items():
             if not k.startswith("_"):
                 rec[f"update/{k}"] = v
+        if upd.get("skipped"):
+            log.warning("step %d: the gradient was not finite (grad_norm %s); the update was skipped and the "
+                        "parameters and optimizer state are unchanged", step, upd.get("grad_norm"))
         rec.update(self.timers)
         rec["step_time_s"] = step_time
         gen_s = self.timers.get("generate_s", 0.0)

@@ -14,7 +14,8 @@ Rules:
   does (its "newest tasks first" sampling then keeps returning old tail entries).
 - Proposer references: K entries uniformly without replacement (fewer if the buffer is smaller).
 - Solver tasks (`max_new`): entries added at or after `new_since_step` first (uniformly, without
-  replacement), the rest of the batch uniformly from the whole buffer (with replacement).
+  replacement), the rest of the batch uniformly from the whole buffer (without replacement
+  within the fill while the buffer is large enough, as the reference's `random.sample`).
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ class TaskBuffer:
         chosen = [new[i] for i in rng.choice(len(new), size=take, replace=False)] if take else []
         rest = n - take
         if rest:
-            chosen += [self.entries[i] for i in rng.choice(len(self.entries), size=rest, replace=True)]
+            # the reference's random.sample: distinct within the fill (it may repeat a "new" pick)
+            chosen += [self.entries[i] for i in rng.choice(len(self.entries), size=rest, replace=rest > len(self.entries))]
         return chosen
 
     def to_state(self) -> dict:

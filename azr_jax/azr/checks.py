@@ -19,6 +19,10 @@ ALWAYS_BANNED = ("importlib", "builtins", "ctypes", "sys.modules", "gc")
 
 # Builtins that run or fetch code by name, read the terminal, or stop in a debugger.
 BANNED_BUILTINS = frozenset({"eval", "exec", "compile", "__import__", "breakpoint", "input", "globals", "__builtins__"})
+# The only banned builtin a program may reuse as its own name (`def f(input)` is common and
+# harmless). For the others any use is refused, because the binding itself may be the builtin
+# (`eval = eval`, `def f(x, exec=exec)`), which a scope-free check cannot tell apart.
+OWN_NAME_OK = frozenset({"input"})
 
 # Attributes that lead from ordinary objects to interpreter internals (classic sandbox escapes).
 ESCAPE_ATTRIBUTES = frozenset({
@@ -134,7 +138,7 @@ def check_tree(tree: ast.AST, banned: list[str] | tuple[str, ...]) -> Violation 
             if hit:
                 return Violation("banned_import", f"{'.'.join(parts)} ({hit})")
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-            if node.id in BANNED_BUILTINS and node.id not in bound:
+            if node.id in BANNED_BUILTINS and not (node.id in OWN_NAME_OK and node.id in bound):
                 return Violation("banned_builtin", node.id)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             # `globals()['__builtins__']`, `getattr(x, '__subclasses__')` and similar spellings.

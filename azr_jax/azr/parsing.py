@@ -65,14 +65,52 @@ def _xml_tag(text: str, tag: str) -> list[str]:
     return [m.group(1).strip() for m in re.finditer(rf"<{tag}>(.*?)</{tag}>", text, re.DOTALL)]
 
 
+_CALL_SCAN_LIMIT = 32  # closing parentheses tried per `label(`: bounds the work on odd texts
+
+
+def _parses_as_call(arguments: str) -> bool:
+    try:
+        pyast.parse(f"f({arguments})", mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
+
+
+def _call_arguments(text: str, label: str) -> list[str]:
+    """Argument texts of `label(...)` spellings: each call's parentheses are closed at the first
+    `)` that leaves a parsable call, so nested brackets and strings with parentheses survive."""
+    found = []
+    for m in re.finditer(rf"\b{label}[ \t]*\(", text, re.IGNORECASE):
+        closing = [i for i, ch in enumerate(text[m.end():], m.end()) if ch == ")"][:_CALL_SCAN_LIMIT]
+        for end in closing:
+            if _parses_as_call(text[m.end():end]):
+                found.append(text[m.end():end].strip())
+                break
+    return found
+
+
+def _sentence(text: str, label: str) -> list[str]:
+    """"The <label> is X." → X (to the end of the answer, a final full stop dropped)."""
+    matches = list(re.finditer(rf"the {label} is[ \t\n]*(.*?)\.?[ \t\n]*$", text, re.IGNORECASE | re.DOTALL))
+    return [m.group(1).strip() for m in matches]
+
+
 def labelled_value(answer: str, label: str, *, last: bool = True, whole_answer_fallback: bool = True) -> str:
     """The value a solver or proposer gave under `label` (input / output / message).
 
-    Order of preference: fenced ```label``` blocks, `# Label:` lines, `<label>` tags, and finally
-    (for solver answers) the whole answer text. `last` picks the final candidate of a kind, so a
-    model that corrects itself ("No wait: ...") is judged on its correction.
+    Order of preference: fenced ```label``` blocks, `# Label:` lines, `<label>` tags. Solver
+    answers (`whole_answer_fallback`) then try, as the reference does, a `label(...)` call (before
+    the tags there), the sentence "the <label> is ...", and finally the whole answer text. `last`
+    picks the final candidate of a kind, so a model that corrects itself ("No wait: ...") is
+    judged on its correction.
     """
-    for candidates in (blocks_tagged(answer, (label,)), _comment_line(answer, label), _xml_tag(answer, label)):
+    kinds = [blocks_tagged(answer, (label,)), _comment_line(answer, label)]
+    if whole_answer_fallback:
+        kinds.append(_call_arguments(answer, label))
+    kinds.append(_xml_tag(answer, label))
+    if whole_answer_fallback:
+        kinds.append(_sentence(answer, label))
+    for candidates in kinds:
         if candidates:
             return candidates[-1] if last else candidates[0]
     return answer.strip() if whole_answer_fallback else ""

@@ -12,7 +12,7 @@
 
 `boundary_reward` is 0.0 in the paper (Eq. 4) and -0.5 in the reference code (GitHub issue #37).
 
-Optional (off by default, as in the reference): a valid proposal's reward gains an answer-diversity
+Optional (off by default, as in the reference): a positive proposer reward gains an answer-diversity
 bonus `min(coef * (1 - p(answer)), max)` (AZR_SPEC §3.4), `answer_diversity` below.
 """
 

@@ -22,7 +22,7 @@ CHUNK = 256  # records per score_records call: bounds memory and gives regular p
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--in", dest="input", required=True, help="rollouts JSONL (DESIGN §3.3 input schema)")
+    parser.add_argument("--in", dest="input", required=True, help="rollouts JSONL (input schema: docs/scoring.md)")
     parser.add_argument("--out", dest="output", required=True, help="where to write the scored JSONL")
     parser.add_argument("--config", default=None, help="config file (.py or config.json); default: built-in defaults")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

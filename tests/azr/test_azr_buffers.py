@@ -74,6 +74,11 @@ def test_solver_tasks_max_new_puts_newest_first_then_fills():
     assert {t["input"] for t in few} <= {"17", "18", "19"} and len({t["input"] for t in few}) == 2
     none_new = buf.sample_solver_tasks(5, np.random.default_rng(1), new_since_step=99)
     assert len(none_new) == 5
+    # the fill is distinct (the reference's random.sample), on every seed
+    for seed in range(50):
+        fill = buf.sample_solver_tasks(20, np.random.default_rng(seed), new_since_step=99)
+        assert len({t["input"] for t in fill}) == 20
+    assert len(buf.sample_solver_tasks(30, np.random.default_rng(0), new_since_step=99)) == 30  # more than the buffer
     uniform = buf.sample_solver_tasks(20, np.random.default_rng(1), new_since_step=3, mix="uniform")
     assert len({t["input"] for t in uniform}) == 20  # without replacement while the buffer is big enough
 

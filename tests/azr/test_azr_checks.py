@@ -39,6 +39,10 @@ def verdict(src):
         ("t = getattr(len, '__globals__')", "escape_attribute"),
         ("def f(x):\n    return input()", "banned_builtin"),
         ("def f(x):\n    return compile(x, 'a', 'single')", "banned_builtin"),
+        # rebinding a builtin to itself does not make it the program's own name
+        ("eval = eval\ndef f(x):\n    return eval(x)", "banned_builtin"),
+        ("def f(x, exec=exec):\n    return exec(x)", "banned_builtin"),
+        ("def f(x):\n    c = compile\n    return c(x, 'a', 'eval')", "banned_builtin"),
     ],
 )
 def test_rejected(src, code):

@@ -43,6 +43,20 @@ def test_labelled_value_fallback_chain():
     assert parsing.labelled_value("nothing here", "message", whole_answer_fallback=False) == ""
 
 
+def test_solver_answers_also_accept_a_call_and_a_sentence_as_the_reference_does():
+    value = parsing.labelled_value
+    assert value("So output([1, (2, 3)]) it is", "output") == "[1, (2, 3)]"  # nested brackets kept
+    assert value('input("a)b", 2)', "input") == '"a)b", 2'  # a parenthesis inside a string
+    assert value("The output is 5.", "output") == "5"
+    assert value("Hmm. The input is [1, 2]", "input") == "[1, 2]"
+    # the order: a call before a tag, a tag before the sentence
+    assert value("output(1) <output>2</output>", "output") == "1"
+    assert value("<input>3</input> and the input is 4", "input") == "3"
+    # proposer fields (no whole-answer fallback) do not take these spellings
+    assert value("the message is add one", "message", whole_answer_fallback=False) == ""
+    assert value("input(5)", "input", last=False, whole_answer_fallback=False) == ""
+
+
 def test_induction_inputs_and_message_forms():
     answer = "```input\n1\n```\n```python\n2\n```\n```input\n3\n```\n<message>Add one.</message>"
     assert parsing.induction_inputs(answer) == ["1", "3"]

@@ -2,8 +2,11 @@
 proposals (a random policy almost never does). Everything else is the real loop.
 
 usage: python scripted_run.py WORKDIR TOKENIZER_DIR [KEY=VALUE ...]
+With SCRIPTED_LONG_PROGRAMS=1 the proposed programs carry a long string constant, so their
+solver prompts are over any small sampling.max_prompt_len.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from azr_jax.trainer import train  # noqa: E402
 
 
 def scripted_generate(tokenizer):
+    padding = ("    pad = '" + " ".join(str(k) for k in range(1500)) + "'\n") if os.environ.get("SCRIPTED_LONG_PROGRAMS") else ""
     def answer(*blocks):
         return " plan </think> <answer>\n" + "\n".join(f"```{t}\n{x}\n```" for t, x in blocks) + "\n</answer>"
 
@@ -31,7 +35,8 @@ def scripted_generate(tokenizer):
             c = base + i  # a different program per prompt and step, so the buffers grow
             if "write a Python program together" in prompt:
                 # a comment and a print: the seeding phase must strip them, self-play keeps them
-                text = answer(("python", f"def f(a):\n    # shift\n    print(a)\n    return a + {c}"), ("input", str(i)))
+                text = answer(("python", f"def f(a):\n    # shift\n    print(a)\n{padding}    return a + {c}"),
+                              ("input", str(i)))
             elif "choose inputs and a hint" in prompt:
                 text = answer(*[("input", str(c + j)) for j in range(2)], ("message", "shift"))
             elif "predict the output" in prompt:

@@ -104,7 +104,7 @@ def test_reward_metrics_leave_out_the_placeholders_of_unjudged_rows():
 
 
 @pytest.mark.parametrize("level", ["value", "type"])
-def test_diversity_bonus_goes_to_valid_judged_proposals_only(level):
+def test_diversity_bonus_goes_to_positive_proposer_rewards_only(level):
     from types import SimpleNamespace
 
     from azr_jax.azr.buffers import TaskBuffer
@@ -128,7 +128,7 @@ def test_diversity_bonus_goes_to_valid_judged_proposals_only(level):
         expected = [2 / 6, 4 / 6, 4 / 6]
     assert [validated[i]["answer_diversity"] for i in (0, 2, 3)] == pytest.approx(expected)
     assert "answer_diversity" not in validated[1]
-    assert rewards[0] == pytest.approx(-0.5 + 0.5 * expected[0])
+    assert rewards[0] == -0.5 and validated[0]["diversity_bonus"] == 0.0  # boundary: no bonus (reference)
     assert rewards[1] == -1.0  # invalid: no bonus
     assert rewards[2] == pytest.approx(0.25 + min(0.5 * expected[1], 0.3))
     assert rewards[3] is None  # unjudged rows stay unjudged

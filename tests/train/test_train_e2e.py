@@ -236,6 +236,26 @@ def test_valid_proposals_grow_the_buffers(env):
 
 
 @pytest.mark.slow
+def test_valid_tasks_whose_solver_prompt_is_too_long_get_no_rollouts_and_stay_out_of_the_buffers(env):
+    """As the reference: a valid proposal whose solver prompt is over sampling.max_prompt_len gets
+    solve rate 0 (the boundary reward) and is not added to its buffer."""
+    workdir = env["base"] / "scripted_long"
+    r = subprocess.run([sys.executable, str(Path(__file__).parent / "scripted_run.py"), str(workdir),
+                        str(env["tok"])], env=dict(env["env"], SCRIPTED_LONG_PROGRAMS="1"),
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = read_metrics(workdir / "metrics.jsonl")
+    for task in ("deduction", "abduction"):
+        assert [x[f"propose/{task}/valid_rate"] for x in records] == [1.0, 1.0]
+        assert [x[f"propose/{task}/reward"] for x in records] == [-0.5, -0.5]
+        assert [x[f"buffer/{task}"] for x in records] == [1, 1]  # only the identity seed
+    audit = [json.loads(line) for line in (workdir / "rollouts" / "step_1.jsonl").read_text().splitlines()]
+    long_proposals = [a for a in audit if a["role"] == "propose" and a["task"] == "deduction"]
+    assert long_proposals and all(a["scored"]["valid"] and a["scored"]["accuracy"] == 0.0 for a in long_proposals)
+    assert all("solver_responses" not in a for a in long_proposals)
+
+
+@pytest.mark.slow
 def test_seeding_phase_fills_the_seed_buffers_before_step_1(env):
     """`azr.seed_size=5` without seed files: propose-only rounds (cleaned programs, no update)
     until 5 triplets and 5 induction tasks, written as reusable seed files; then self-play."""
