@@ -18,7 +18,8 @@ starting: pick a preset from configs/ (nano.py runs on a laptop CPU); the resolv
   written to WORKDIR/config.json.
 resuming: run the same command again; training continues from the newest complete checkpoint in
   WORKDIR/checkpoints (--resume-step N picks an older one). A workdir holding a run of a
-  different config is refused; only train.steps and the logging/saving intervals may change.
+  different config is refused; only train.steps, the logging/saving/evaluation intervals and
+  sandbox.workers/isolation/seccomp may change.
 overriding: --set section.key=value (JSON values: numbers, lists, null, true), e.g.
   --set train.steps=50 --set azr.batch_size=16 --set mesh.shape='{"data":1,"fsdp":8,"tensor":1}'.
   --mesh TOPOLOGY lays the preset out on v4-8, v5p-8, v5e-8, v6e-8 or gpu-8.
