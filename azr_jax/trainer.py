@@ -291,8 +291,9 @@ class SelfPlay:
                 if scored.get("solver_responses") is not None:
                     rec["solver_responses"] = scored["solver_responses"]
                 rec["scored"] = {k: scored.get(k) for k in ("format_ok", "valid", "reason", "problem", "accuracy")}
-                if "diversity_bonus" in scored:
-                    rec["scored"]["diversity_bonus"] = scored["diversity_bonus"]
+                for extra in ("diversity_bonus", "solver_prompt_too_long"):
+                    if extra in scored:
+                        rec["scored"][extra] = scored[extra]
                 rec["scored"]["reward"] = reward
                 out.append(rec)
         return out

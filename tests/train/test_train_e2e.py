@@ -251,7 +251,8 @@ def test_valid_tasks_whose_solver_prompt_is_too_long_get_no_rollouts_and_stay_ou
         assert [x[f"buffer/{task}"] for x in records] == [1, 1]  # only the identity seed
     audit = [json.loads(line) for line in (workdir / "rollouts" / "step_1.jsonl").read_text().splitlines()]
     long_proposals = [a for a in audit if a["role"] == "propose" and a["task"] == "deduction"]
-    assert long_proposals and all(a["scored"]["valid"] and a["scored"]["accuracy"] == 0.0 for a in long_proposals)
+    assert long_proposals and all(a["scored"]["valid"] and a["scored"]["accuracy"] == 0.0
+                                  and a["scored"]["solver_prompt_too_long"] for a in long_proposals)
     assert all("solver_responses" not in a for a in long_proposals)
 
 
