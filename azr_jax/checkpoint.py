@@ -48,6 +48,14 @@ class Checkpoints:
         steps = self.all_steps()
         return steps[-1] if steps else None
 
+    def delete_after(self, step: int) -> list[int]:
+        """Delete the checkpoints newer than `step` (a run resumed from an older step abandons
+        them; kept, they would collide with its saves and win the next plain resume)."""
+        newer = [s for s in self.all_steps() if s > step]
+        for s in newer:
+            self._manager.delete(s)
+        return newer
+
     def save(self, step: int, state: Any, host: dict) -> None:
         """Start an asynchronous save; returns once the device arrays are copied off the step."""
         self._manager.save(

@@ -80,7 +80,9 @@ class SamplingSection:
     max_response_len: int = 8096
     # Prompt/response lengths are padded up to one of these buckets to bound recompilation.
     length_buckets: list = field(default_factory=lambda: [256, 512, 1024, 2048, 4096, 8192])
-    eval_temperature: float = 0.0  # greedy evaluation, as the paper does
+    # Not read by `azr-jax eval` or the trainer's evaluations, which use `eval.temperature`
+    # (0 = greedy, as the paper); kept so existing config files still load.
+    eval_temperature: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -432,6 +434,8 @@ def validate(cfg: Config) -> Config:
     for t in cfg.azr.task_types:
         if t not in ("abduction", "deduction", "induction"):
             raise UserError(f"config key 'azr.task_types': unknown task type {t!r}")
+    if not cfg.azr.task_types or len(set(cfg.azr.task_types)) != len(cfg.azr.task_types):
+        raise UserError(f"config key 'azr.task_types' needs one or more distinct task types, got {cfg.azr.task_types!r}")
     positive = {
         "azr.batch_size": cfg.azr.batch_size,
         "azr.n_solver_samples": cfg.azr.n_solver_samples,

@@ -42,7 +42,11 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def allowed_config_change(old: dict, new: dict) -> list[str]:
     """Keys whose values differ between two config dicts and are not allowed to on resume."""
     a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+    # A cosine or linear schedule decays to 0 at train.steps: another length changes every rate.
+    if a.get("train.steps") != b.get("train.steps") and b.get("optim.schedule", "constant") != "constant":
+        differ.append("train.steps (optim.schedule decays over it)")
+    return differ
 
 
 def check_workdir(cfg, workdir: Path, *, write: bool) -> None:

@@ -80,8 +80,13 @@ class StopFlag:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second signal: do not wait for the step to finish
+            self.restore()
+            log.warning("received %s again: stopping now, without a checkpoint", signal.Signals(signum).name)
+            raise KeyboardInterrupt
         self.requested = True
-        log.warning("received %s: stopping after this step", signal.Signals(signum).name)
+        log.warning("received %s: stopping after this step (send it again to stop at once)",
+                    signal.Signals(signum).name)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -122,6 +127,8 @@ class SelfPlay:
         self.ref_params = jax.jit(lambda t: jax.tree.map(jnp.copy, t))(policy.params) if cfg.rl.kl_coef > 0 else None
         self.base_key = jax.random.key(cfg.train.seed)
         self.timers: dict[str, float] = {}
+        self.generated_tokens = 0  # this step's sampled tokens, learnability rollouts included
+        self.learnability_sandbox_errors = 0
 
     # ------------------------------------------------------------------ device side
 
@@ -132,6 +139,7 @@ class SelfPlay:
             rules=self.policy.rules, compute_dtype=self.policy.compute_dtype, pad_id=self.policy.pad_id,
             length_buckets=self.cfg.sampling.length_buckets)
         self._add_time("generate_s", time.perf_counter() - t0)
+        self.generated_tokens += int(np.asarray(completions.lengths).sum())  # learnability rollouts too
         return completions
 
     def _add_time(self, name: str, seconds: float) -> None:
@@ -244,6 +252,8 @@ class SelfPlay:
         """Run one self-play step; returns the new train state, the metrics record and the rollouts."""
         cfg = self.cfg
         self.timers = {}
+        self.generated_tokens = 0
+        self.learnability_sandbox_errors = 0
         t_step = time.perf_counter()
         step_key = jax.random.fold_in(self.base_key, step)
         params = state.params
@@ -331,6 +341,7 @@ class SelfPlay:
                               "response": texts[k * n + j], "problem": problems[k]}
                              for k, i in enumerate(valid_idx) for j in range(n)]
             scored = self._collect(self._submit(solve_records), len(solve_records))
+            self.learnability_sandbox_errors += sum(s.get("reason") == "sandbox_error" for s in scored)
             for k, i in enumerate(valid_idx):
                 rates[i] = judged_solve_rate(scored[k * n:(k + 1) * n])
                 validated[i] = dict(validated[i], accuracy=rates[i],
@@ -420,11 +431,9 @@ class SelfPlay:
 
     def _step_record(self, step, ordered, upd, step_time) -> dict:
         rec: dict[str, Any] = {"step": step}
-        generated = 0
         for rb in ordered:
             name = f"{rb.role}/{rb.task}"
             lengths = np.asarray(rb.completions.lengths)
-            generated += int(lengths.sum())
             judged = _judged_rewards(rb)
             rec[f"{name}/reward"] = float(np.mean(judged)) if judged else None
             rec[f"{name}/valid_rate"] = float(np.mean([bool(s["valid"]) for s in rb.scored]))
@@ -441,7 +450,7 @@ class SelfPlay:
                                                if rates else None)
         judged = [r for rb in ordered for r in _judged_rewards(rb)]
         rec["reward/mean"] = float(np.mean(judged)) if judged else None
-        rec["sandbox_errors"] = sandbox_error_count(ordered)
+        rec["sandbox_errors"] = sandbox_error_count(ordered) + self.learnability_sandbox_errors
         if rec["sandbox_errors"]:
             log.warning("step %d: %d response(s) not judged because the sandbox broke (reason sandbox_error), "
                         "not because of the program; they are left out of the update; see the sandbox warnings "
@@ -457,7 +466,7 @@ class SelfPlay:
         rec.update(self.timers)
         rec["step_time_s"] = step_time
         gen_s = self.timers.get("generate_s", 0.0)
-        rec["generate_tokens_per_s"] = generated / gen_s if gen_s > 0 else None
+        rec["generate_tokens_per_s"] = self.generated_tokens / gen_s if gen_s > 0 else None
         update_s = self.timers.get("update_s", 0.0)
         flops = self.policy.config.flops_per_token(upd["_seq_len"]) * upd["_tokens"]  # forward + backward
         rec["update_flops_per_s"] = flops / update_s if update_s > 0 else None
@@ -540,7 +549,8 @@ def _evaluate(cfg, policy, params, sandbox, workdir: Path, name: str, primary: b
     from azr_jax.eval.evaluate import evaluate
 
     t0 = time.perf_counter()
-    log.info("evaluating (%s): greedy solve rate on the %s benchmark ...", name, cfg.eval.benchmark)
+    how = "greedy" if cfg.eval.temperature <= 0 else f"{cfg.eval.samples} samples at T={cfg.eval.temperature}"
+    log.info("evaluating (%s): %s solve rate on the %s benchmark ...", name, how, cfg.eval.benchmark)
     result = evaluate(params, policy, cfg, sandbox)
     stderr = result.get("solve_rate_stderr")
     log.info("eval %s: solve rate %.3f%s (%s) in %.0fs%s", name, result["solve_rate"],
@@ -587,6 +597,10 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
         buffers = TaskBuffers.from_state(host["buffers"])
         start = PipelineState.from_json(host["pipeline"]).next_step - 1
         log.info("resumed from checkpoint step %d", start)
+        dropped = ckpts.delete_after(restore_from)
+        if dropped:
+            log.warning("--resume-step %d: deleted the newer checkpoints %s of the abandoned continuation",
+                        restore_from, dropped)
     metrics = MetricsWriter(workdir, total_steps=cfg.train.steps, start_step=start, enabled=primary,
                             progress=progress)
     sandbox = Sandbox(cfg.sandbox)

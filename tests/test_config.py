@@ -98,3 +98,22 @@ def test_cli_help_lists_commands():
     assert r.returncode == 0
     for name in ("train", "score", "bench", "repro", "pretrain", "eval"):
         assert name in r.stdout
+
+
+@pytest.mark.parametrize("task_types", ['[]', '["deduction", "deduction"]'])
+def test_task_types_must_be_distinct_and_not_empty(task_types):
+    with pytest.raises(UserError, match="distinct task types"):
+        apply_overrides(Config(), [f"azr.task_types={task_types}"])
+
+
+def test_resuming_with_another_length_is_refused_only_for_a_decaying_schedule():
+    from azr_jax.config import to_dict
+    from azr_jax.train_setup import allowed_config_change
+
+    def as_dict(*items):
+        return to_dict(apply_overrides(Config(), list(items)))
+
+    assert allowed_config_change(as_dict("train.steps=10"), as_dict("train.steps=20")) == []
+    cosine = "optim.schedule=cosine"
+    assert allowed_config_change(as_dict(cosine, "train.steps=10"), as_dict(cosine, "train.steps=20")) == [
+        "train.steps (optim.schedule decays over it)"]

@@ -164,6 +164,8 @@ def load_seed_file(path: str | Path, task: str) -> list[dict]:
             if str(row["output"]) == "":
                 continue
             out.append({"program": program, "input": str(row["input"]), "output": str(row["output"]), "imports": list(imports)})
+    if not out:
+        raise UserError(f"seed file {p} has no usable {task} seed (empty, or every gold output is empty)")
     return out
 
 

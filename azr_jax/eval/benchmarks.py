@@ -1,4 +1,4 @@
-"""Benchmark items by name: {"id", "task", "problem"} solver records (DESIGN §3.3 problems)."""
+"""Benchmark items by name: {"id", "task", "problem"} solver records (task records as in docs/scoring.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from azr_jax.jsonl import read_objects
 
 
 def load_benchmark(eval_cfg) -> list[dict]:
-    """Items of `eval_cfg.benchmark` (nano | cruxeval), cut to `eval_cfg.max_items` if > 0."""
+    """Items of `eval_cfg.benchmark` (nano | cruxeval), cut to `eval_cfg.max_items` if > 0 (nano:
+    `max_items // 3` items per task type, at least one, so the three types stay balanced)."""
     if eval_cfg.benchmark == "nano":
         from azr_jax.nano.benchmark import DEFAULT_PER_TYPE, nano_benchmark
 

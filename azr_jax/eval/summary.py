@@ -1,4 +1,5 @@
-"""The figures a run's `summary.json` carries about evaluation (DESIGN §3.4).
+"""The figures a run's `summary.json` carries about evaluation (docs/training.md, "What a run
+leaves in its workdir").
 
 The trainer evaluates at the start (base) and the end (final) with `eval.evaluate.evaluate`
 and merges `solve_rate_summary(base, final)` into its summary. Plain Python.

@@ -122,3 +122,7 @@ def test_seed_file_loading(tmp_path):
         load_seed_file(p, "deduction")
     with pytest.raises(UserError, match="not found"):
         load_seed_file(tmp_path / "missing.jsonl", "induction")
+    for text in ("", json.dumps(rows[1]) + "\n"):  # empty, or only empty golds: an error, not empty buffers
+        p.write_text(text)
+        with pytest.raises(UserError, match="no usable deduction seed"):
+            load_seed_file(p, "deduction")

@@ -132,3 +132,22 @@ def test_diversity_bonus_goes_to_positive_proposer_rewards_only(level):
     assert rewards[1] == -1.0  # invalid: no bonus
     assert rewards[2] == pytest.approx(0.25 + min(0.5 * expected[1], 0.3))
     assert rewards[3] is None  # unjudged rows stay unjudged
+
+
+def test_a_second_stop_signal_interrupts_at_once():
+    import os
+    import signal
+
+    from azr_jax.trainer import StopFlag
+
+    previous = signal.getsignal(signal.SIGTERM)
+    stop = StopFlag()
+    stop.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested  # the first one only asks the loop to stop after the step
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored by the second
+    finally:
+        stop.restore()

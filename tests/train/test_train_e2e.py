@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -122,6 +123,22 @@ def test_sigkill_and_restart_ends_with_the_uninterrupted_metrics(env, reference_
     resumed = [without_timings(x) for x in read_metrics(workdir / "metrics.jsonl")]
     reference = [without_timings(x) for x in read_metrics(reference_run / "metrics.jsonl")]
     assert resumed == reference
+
+
+@pytest.mark.slow
+def test_resume_from_an_older_step_replaces_the_newer_checkpoints(env, reference_run):
+    """--resume-step 1 in a finished 3-step run: the newer checkpoints are deleted (else saving
+    step 2 collides with the old one), and the rerun ends with the uninterrupted metrics."""
+    workdir = env["base"] / "rewound"
+    shutil.copytree(reference_run, workdir)
+    r = subprocess.run(_argv(env, workdir, "train.steps=3") + ["--resume-step", "1"], env=env["env"],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "deleted the newer checkpoints [2, 3]" in r.stderr
+    rerun = [without_timings(x) for x in read_metrics(workdir / "metrics.jsonl")]
+    reference = [without_timings(x) for x in read_metrics(reference_run / "metrics.jsonl")]
+    assert rerun == reference
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [1, 2, 3]
 
 
 @pytest.mark.slow
