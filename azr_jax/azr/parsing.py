@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import io
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -81,8 +82,8 @@ def _call_arguments(text: str, label: str) -> list[str]:
     `)` that leaves a parsable call, so nested brackets and strings with parentheses survive."""
     found = []
     for m in re.finditer(rf"\b{label}[ \t]*\(", text, re.IGNORECASE):
-        closing = [i for i, ch in enumerate(text[m.end():], m.end()) if ch == ")"][:_CALL_SCAN_LIMIT]
-        for end in closing:
+        closing = (i for i, ch in enumerate(text[m.end():], m.end()) if ch == ")")
+        for end in itertools.islice(closing, _CALL_SCAN_LIMIT):
             if _parses_as_call(text[m.end():end]):
                 found.append(text[m.end():end].strip())
                 break

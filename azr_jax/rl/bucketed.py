@@ -116,8 +116,9 @@ def make_bucketed_train_step(
     def apply(state, acc, n_tokens):
         grads, sums = acc
         metrics = summarize_sums(sums, n_tokens)
-        params, opt_state, metrics["skipped"] = apply_if_finite(optimizer, grads, state.opt_state, state.params)
         metrics["grad_norm"] = _global_norm(grads)
+        params, opt_state, metrics["skipped"] = apply_if_finite(optimizer, grads, metrics["grad_norm"],
+                                                                state.opt_state, state.params)
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
         return TrainState(params=params, opt_state=opt_state, step=state.step + 1), metrics
 

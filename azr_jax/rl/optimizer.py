@@ -58,16 +58,16 @@ def make_optimizer(optim_cfg, total_steps: int | None = None) -> optax.GradientT
     return adamw
 
 
-def apply_if_finite(optimizer: optax.GradientTransformation, grads, opt_state, params):
-    """One optimizer step, skipped when any gradient is NaN or infinite (as verl skips the step on
-    a non-finite gradient norm): params and optimizer state (its step count included) stay as they
-    were, so one bad batch cannot poison the weights or the Adam moments.
+def apply_if_finite(optimizer: optax.GradientTransformation, grads, grad_norm, opt_state, params):
+    """One optimizer step, skipped when the gradient norm `grad_norm` (the caller's, also logged)
+    is NaN or infinite, as verl skips such a step: params and optimizer state (its step count
+    included) stay as they were, so one bad batch cannot poison the weights or the Adam moments.
 
     Returns (params, opt_state, skipped) with `skipped` a float32 0/1 scalar.
     """
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    finite = jnp.isfinite(optax.tree.norm(grads))
+    finite = jnp.isfinite(grad_norm)
 
     def keep_if_finite(new, old):
         return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

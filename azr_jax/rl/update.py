@@ -252,8 +252,9 @@ def make_train_step(
 
     def step_fn(state: TrainState, batch: dict):
         grads, metrics = grads_fn(state.params, batch)
-        params, opt_state, metrics["skipped"] = apply_if_finite(optimizer, grads, state.opt_state, state.params)
         metrics["grad_norm"] = _global_norm(grads)  # before clipping
+        params, opt_state, metrics["skipped"] = apply_if_finite(optimizer, grads, metrics["grad_norm"],
+                                                                state.opt_state, state.params)
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)  # the rate this update used
         return TrainState(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
