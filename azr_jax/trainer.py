@@ -189,14 +189,15 @@ class SelfPlay:
             phases.append(("triplets", ("abduction", "deduction"), "deduction"))
         if induction:
             phases.append(("induction", ("induction",), "induction"))
-        for name, tasks, counted in phases:
+        for phase, (name, tasks, counted) in enumerate(phases):
+            phase_key = jax.random.fold_in(key, phase)  # the phases must not share sampling noise
             t0 = time.perf_counter()
             stats = {"rounds": 0, "proposals": 0, "valid": 0, "added": 0}
             while len(self.buffers[counted]) < target and stats["rounds"] < self.cfg.azr.seed_max_rounds:
                 r = stats["rounds"]
                 for k, task in enumerate(tasks):
                     rb = self.build_batch("propose", task, 0, f"seed/{name}/{r}/{task}")
-                    rb.completions = self._generate(params, rb.prompt_ids, jax.random.fold_in(key, 2 * r + k),
+                    rb.completions = self._generate(params, rb.prompt_ids, jax.random.fold_in(phase_key, 2 * r + k),
                                                     self.rollout_settings)
                     rb.texts = self.policy.decode_all(rb.completions)
                     scored = self._collect(self._submit(self._records(rb, 0), scoring_cfg), len(rb.jobs))

@@ -293,7 +293,12 @@ def test_seeding_phase_fills_the_seed_buffers_before_step_1(env):
     assert len(triplets) == 5 and triplets[0]["program"] == IDENTITY_PROGRAM
     for t in triplets[1:]:
         assert "return a +" in t["program"] and "print" not in t["program"] and "#" not in t["program"]
-    assert len(load_seed_file(workdir / "seed" / "seed_induction.jsonl", "induction")) == 5
+    induction = load_seed_file(workdir / "seed" / "seed_induction.jsonl", "induction")
+    assert len(induction) == 5
+    # Each phase samples with its own key: the scripted generator derives the programs' constants
+    # and the induction inputs from its key, so a shared key would make them coincide.
+    constants = {int(t["program"].rsplit("+", 1)[1]) for t in triplets[1:]}
+    assert not constants & {int(p["inputs"][0]) for p in induction[1:]}
     rec = read_metrics(workdir / "metrics.jsonl")[0]
     assert (rec["buffer/deduction"], rec["buffer/abduction"], rec["buffer/induction"]) == (7, 7, 7)  # + 2 in step 1
     buffers = json.loads((workdir / "buffers" / "step_1.json").read_text())
