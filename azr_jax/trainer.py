@@ -321,18 +321,18 @@ class SelfPlay:
         validated = self._collect(pending.pop(("propose", task)), len(rb.jobs))
         valid_idx = [i for i, s in enumerate(validated) if s["valid"]]
         rates: list[float | None] = [None] * len(validated)
-        encoded = {i: self.policy.tokenizer.encode(self.prompts.solve(task, _task_record(validated[i]["problem"])))
-                   for i in valid_idx}
+        records = {i: _task_record(validated[i]["problem"]) for i in valid_idx}
+        encoded = {i: self.policy.tokenizer.encode(self.prompts.solve(task, records[i])) for i in valid_idx}
         # As the reference: a valid task whose solver prompt is over sampling.max_prompt_len gets
         # solve rate 0 (so the boundary reward), no rollouts, and stays out of the buffer, where
         # no solver batch could use it anyway.
-        too_long = [i for i in valid_idx if len(encoded[i]) > cfg.sampling.max_prompt_len]
+        too_long = {i for i in valid_idx if len(encoded[i]) > cfg.sampling.max_prompt_len}
         for i in too_long:
             rates[i] = 0.0
             validated[i] = dict(validated[i], accuracy=0.0, solver_prompt_too_long=True)
         valid_idx = [i for i in valid_idx if i not in too_long]
         if valid_idx:
-            problems = [_task_record(validated[i]["problem"]) for i in valid_idx]
+            problems = [records[i] for i in valid_idx]
             prompt_ids = [encoded[i] for i in valid_idx]
             n = cfg.azr.n_solver_samples
             key = jax.random.fold_in(jax.random.fold_in(step_key, 1000), cfg.azr.task_types.index(task))
@@ -362,7 +362,7 @@ class SelfPlay:
         rb.solve_rates = rates
         rb.rewards = [trained_reward(dict(s, reward=rewards[i])) for i, s in enumerate(validated)]
         for i in valid_idx:
-            self.buffers[task].add(_task_record(validated[i]["problem"]), step)
+            self.buffers[task].add(records[i], step)
 
     def _add_diversity_bonus(self, task, validated, rewards, valid_idx) -> None:
         """Add the answer-diversity bonus to the positive rewards of the valid proposals (in place); the
