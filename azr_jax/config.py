@@ -80,8 +80,8 @@ class SamplingSection:
     max_response_len: int = 8096
     # Prompt/response lengths are padded up to one of these buckets to bound recompilation.
     length_buckets: list = field(default_factory=lambda: [256, 512, 1024, 2048, 4096, 8192])
-    # Not read by `azr-jax eval` or the trainer's evaluations, which use `eval.temperature`
-    # (0 = greedy, as the paper); kept so existing config files still load.
+    # Not read: `azr-jax eval` and the trainer's evaluations use `eval.temperature` (0 = greedy,
+    # as the paper). Kept so existing config files still load; any other value is refused.
     eval_temperature: float = 0.0
 
 
@@ -465,6 +465,8 @@ def validate(cfg: Config) -> Config:
         # The update divides the logits by the rollout temperature; greedy is for evaluation.
         raise UserError("sampling.temperature must be > 0 and sampling.top_p in (0, 1] "
                         "(rollouts are sampled; greedy evaluation is eval.temperature=0)")
+    if cfg.sampling.eval_temperature != 0:
+        raise UserError("sampling.eval_temperature is not read; set eval.temperature (0 = greedy) instead")
     if cfg.rl.dual_clip is not None and cfg.rl.dual_clip <= 1:
         raise UserError(f"rl.dual_clip must be > 1 or null (off), got {cfg.rl.dual_clip!r}")
     if cfg.azr.answer_diversity_coef < 0 or cfg.azr.answer_diversity_max < 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,6 +50,16 @@ def allowed_config_change(old: dict, new: dict) -> list[str]:
     return differ
 
 
+# The trainer folds the step number (0 for seeding, then 1, 2, ...) into key(train.seed); random
+# initialisation folds in the largest uint32, a step no run reaches, so it shares no key with sampling.
+INIT_KEY_FOLD = 2**32 - 1
+
+
+def init_key(seed: int) -> jax.Array:
+    """The key of a random-init policy's parameters for `train.seed`."""
+    return jax.random.fold_in(jax.random.key(seed), np.uint32(INIT_KEY_FOLD))
+
+
 def check_workdir(cfg, workdir: Path, *, write: bool) -> None:
     """Refuse a workdir holding a run of a different config; write the resolved config."""
     path = workdir / "config.json"
@@ -67,7 +78,14 @@ def check_workdir(cfg, workdir: Path, *, write: bool) -> None:
                             f"use a new --workdir or the same config")
     if write:
         workdir.mkdir(parents=True, exist_ok=True)
-        path.write_text(config_lib.to_json(cfg) + "\n")
+        # Written beside and renamed into place: the other processes of a multi-host run read this
+        # file while process 0 rewrites it, and must see the old or the new file, never half of one.
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_text(config_lib.to_json(cfg) + "\n")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @dataclasses.dataclass
@@ -156,7 +174,7 @@ def load_policy(cfg) -> Policy:
                 raise UserError(f"model.overrides: {e}") from None
         tokenizer = load_tokenizer(m.tokenizer)
         params = jax.jit(lambda key: init_params(model_cfg, key, dtype=_DTYPES[m.param_dtype]))(
-            jax.random.fold_in(jax.random.key(cfg.train.seed), 7))
+            init_key(cfg.train.seed))
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise UserError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model_cfg.vocab_size}")
     model_cfg = model_cfg.replace(scan_layers=m.scan_layers)

@@ -395,6 +395,8 @@ class SelfPlay:
         batch["loss_mask"][sandbox_error_rows(ordered)] = 0
         rewards = np.asarray([r for rb in ordered for r in rb.rewards], np.float32)
         groups = np.asarray([trrpp_group_id(rb.role, rb.task) for rb in ordered for _ in rb.rewards], np.int32)
+        # Counted on the host batch: on several processes the placed arrays are not fully addressable.
+        n_tokens, seq_len = int(batch["mask"].sum()), int(batch["tokens"].shape[1])
         t0 = time.perf_counter()
         if self.cfg.rl.pack_by_length:
             # Host arrays in, host arrays out: the bucketed step packs and places them itself.
@@ -412,8 +414,8 @@ class SelfPlay:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         self._add_time("update_s", time.perf_counter() - t0)
         metrics["_state"] = new_state
-        metrics["_tokens"] = int(np.asarray(batch["mask"]).sum())
-        metrics["_seq_len"] = int(batch["tokens"].shape[1])
+        metrics["_tokens"] = n_tokens
+        metrics["_seq_len"] = seq_len
         return metrics
 
     @functools.cached_property

@@ -50,6 +50,7 @@ def test_unknown_key_names_the_closest_valid_key():
     ("azr.task_types=[\"translation\"]", "unknown task type"),
     ("sampling.temperature=0", "must be > 0"),  # the update divides the logits by it
     ("rl.dual_clip=1.0", "must be > 1 or null"),
+    ("sampling.eval_temperature=0.7", "set eval.temperature"),  # nothing reads it
     ("rl.old_logprobs=sampler", "must be one of"),
     ("novalue", "key=value"),
 ])

@@ -92,7 +92,9 @@ def prompt_stream(pick: Callable[[int, np.random.Generator], dict], render: Call
         .seed(seed)
         .random_map(lambda index, rng: pick(index, rng))
         .map(render_and_tokenize)
-        .to_iter_dataset()
+        # Read in this thread, one candidate at a time: Grain's default read-ahead renders and
+        # tokenizes every candidate (16 per prompt) to deliver the first few that are needed.
+        .to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
         .filter(lambda item: len(item[2]) <= max_prompt_len)
     )
 

@@ -62,13 +62,13 @@ class SamplingSettings:
         return self.temperature == 0
 
     @classmethod
-    def from_section(cls, section, *, eos_ids=(), stop_sequences=(), evaluation: bool = False,
+    def from_section(cls, section, *, eos_ids=(), stop_sequences=(),
                      max_new_tokens: int | None = None) -> "SamplingSettings":
-        """Build settings from a `config.SamplingSection` (rollouts, or greedy evaluation)."""
+        """The rollout settings of a `config.SamplingSection`."""
         return cls(
-            temperature=section.eval_temperature if evaluation else section.temperature,
-            top_p=1.0 if evaluation else section.top_p,
-            top_k=0 if evaluation else section.top_k,
+            temperature=section.temperature,
+            top_p=section.top_p,
+            top_k=section.top_k,
             max_new_tokens=max_new_tokens or section.max_response_len,
             eos_ids=tuple(eos_ids),
             stop_sequences=tuple(stop_sequences),

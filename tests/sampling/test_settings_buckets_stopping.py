@@ -31,8 +31,7 @@ def test_settings_from_config_section():
     sec = SamplingSection(temperature=0.8, top_p=0.9, top_k=5, max_response_len=77)
     roll = SamplingSettings.from_section(sec, eos_ids=[1])
     assert (roll.temperature, roll.top_p, roll.top_k, roll.max_new_tokens, roll.eos_ids) == (0.8, 0.9, 5, 77, (1,))
-    ev = SamplingSettings.from_section(sec, evaluation=True, max_new_tokens=10)
-    assert ev.greedy and ev.top_p == 1.0 and ev.top_k == 0 and ev.max_new_tokens == 10
+    assert SamplingSettings.from_section(sec, max_new_tokens=10).max_new_tokens == 10
 
 
 def test_bucket_length():

@@ -42,6 +42,21 @@ def test_prompts_over_the_limit_are_skipped_and_resampled():
     assert max(job["index"] for job in batch.jobs) >= 5
 
 
+def test_the_stream_renders_only_the_candidates_it_needs():
+    rendered = []
+
+    def counting_render(job):
+        rendered.append(job["index"])
+        return render(job)
+
+    batch = build_prompt_batch(pick, counting_render, encode, batch_size=5, max_prompt_len=7, seed=3, pad_id=0,
+                               length_buckets=[8, 16, 32, 64])
+    # Candidates are drawn in index order; each up to the last one kept is rendered once, none after
+    # (Grain's default read-ahead rendered all 80 candidates of the stream).
+    last = max(job["index"] for job in batch.jobs)
+    assert sorted(rendered) == list(range(last + 1))
+
+
 def test_impossible_limit_is_a_user_error():
     with pytest.raises(UserError, match="raise sampling.max_prompt_len"):
         _batch(0, max_prompt_len=2)

@@ -158,7 +158,8 @@ def test_sigterm_saves_and_exits_cleanly(env):
 
 
 @pytest.mark.slow
-def test_two_processes_under_jax_distributed_end_with_the_same_params(env):
+@pytest.mark.parametrize("packed", [True, False], ids=["pack_by_length", "padded"])
+def test_two_processes_under_jax_distributed_end_with_the_same_params(env, packed):
     import socket
 
     with socket.socket() as s:
@@ -168,9 +169,9 @@ def test_two_processes_under_jax_distributed_end_with_the_same_params(env):
     for pid in range(2):
         e = dict(env["env"], JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                  JAX_PROCESS_ID=str(pid))
-        workdir = env["base"] / "multihost"
+        workdir = env["base"] / f"multihost_{packed}"
         argv = _argv(env, workdir, "train.steps=2", "train.save_every=100", "sandbox.workers=1", "train.eval_every=-1",
-                     "azr.batch_size=2", "rl.micro_batch_size=2",
+                     "azr.batch_size=2", "rl.micro_batch_size=2", f"rl.pack_by_length={str(packed).lower()}",
                      'mesh.shape={"data": 1, "fsdp": -1, "tensor": 1}')
         argv += ["--set", "name=multihost"]
         procs.append(subprocess.Popen(argv + ["--set", "train.audit_every=0"], env=e, cwd=ROOT,
@@ -182,7 +183,7 @@ def test_two_processes_under_jax_distributed_end_with_the_same_params(env):
     # the printed parameter digests agree.
     digests = [[l for l in err.splitlines() if "params digest" in l][-1].split("params digest")[-1] for _, err in outs]
     assert digests[0] == digests[1]
-    assert [r["step"] for r in read_metrics(env["base"] / "multihost" / "metrics.jsonl")] == [1, 2]
+    assert [r["step"] for r in read_metrics(env["base"] / f"multihost_{packed}" / "metrics.jsonl")] == [1, 2]
 
 
 def _one_error_line(r):

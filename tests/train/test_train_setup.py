@@ -1,0 +1,58 @@
+"""Policy set-up: the random-initialisation key is its own, not one of the trainer's step keys."""
+
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from azr_jax.config import load_config
+from azr_jax.models.decoder import init_params
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_run import make_tokenizer, tiny_overrides  # noqa: E402
+
+CONFIG = str(Path(__file__).parent / "tiny_config.py")
+
+
+def test_random_init_uses_a_key_no_step_uses(tmp_path):
+    from azr_jax.train_setup import init_key, load_policy
+
+    cfg = load_config(CONFIG, tiny_overrides(make_tokenizer(tmp_path / "tok")) + ["train.seed=5"])
+    policy = load_policy(cfg)
+    expected = init_params(policy.config, init_key(5))
+    # (up to float rounding: the policy's initialisation is jitted; another key differs by ~0.02)
+    assert all(np.allclose(a, b, rtol=0, atol=1e-7) for a, b in zip(jax.tree.leaves(policy.params),
+                                                                    jax.tree.leaves(expected)))
+    # The trainer samples step s (0 = seeding) with fold_in(key(train.seed), s).
+    base = jax.random.key(5)
+    step_keys = jax.vmap(lambda s: jax.random.key_data(jax.random.fold_in(base, s)))(np.arange(100_000, dtype=np.uint32))
+    init = np.asarray(jax.random.key_data(init_key(5)))
+    assert not np.any(np.all(np.asarray(step_keys) == init, axis=1))
+
+
+def test_config_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """Other processes of a multi-host run read config.json while process 0 rewrites it."""
+    from azr_jax import config as config_lib
+    from azr_jax.train_setup import check_workdir
+
+    cfg = config_lib.load_config(CONFIG, ["train.steps=3"])
+    check_workdir(cfg, tmp_path, write=True)
+    before = (tmp_path / "config.json").read_text()
+    real_write_text = Path.write_text
+
+    def write_half_then_fail(self, text, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", write_half_then_fail)
+    resumed = config_lib.load_config(CONFIG, ["train.steps=4"])  # an allowed change on resume
+    try:
+        check_workdir(resumed, tmp_path, write=True)
+    except OSError:
+        pass
+    monkeypatch.undo()
+    assert (tmp_path / "config.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+    check_workdir(resumed, tmp_path, write=True)
+    assert config_lib.load_config(str(tmp_path / "config.json")).train.steps == 4
