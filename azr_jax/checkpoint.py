@@ -33,6 +33,9 @@ class Checkpoints:
             save_interval_steps=1,  # the trainer decides when to save (every N steps, SIGTERM, end)
             enable_async_checkpointing=async_save,
             create=True,
+            # A save killed mid-write leaves `<step>.orbax-checkpoint-tmp-*`; left in place, pruning
+            # the re-saved step later removes that directory instead and keeps one too many.
+            cleanup_tmp_directories=True,
         )
         self.save_every = save_every
         # Handlers named up front, so a fresh manager (a resumed run) can read a checkpoint's

@@ -195,8 +195,8 @@ class TrainSection:
     steps: int = 500
     seed: int = 0
     save_every: int = 10
-    keep_checkpoints: int = 3
-    log_every: int = 1
+    keep_checkpoints: int = 3  # the newest N complete checkpoints stay on disk
+    log_every: int = 1  # the progress line on stderr; metrics.jsonl and TensorBoard get every step
     eval_every: int = 0  # 0 = only at the start and the end; -1 = never
     audit_every: int = 10  # write sampled rollouts and buffer snapshots every N steps
 
@@ -446,6 +446,9 @@ def validate(cfg: Config) -> Config:
         "sampling.max_response_len": cfg.sampling.max_response_len,
         "rl.micro_batch_size": cfg.rl.micro_batch_size,
         "train.steps": cfg.train.steps,
+        "train.save_every": cfg.train.save_every,
+        "train.keep_checkpoints": cfg.train.keep_checkpoints,
+        "train.log_every": cfg.train.log_every,
         "azr.seed_max_rounds": cfg.azr.seed_max_rounds,
         "eval.samples": cfg.eval.samples,
     }

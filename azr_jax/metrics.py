@@ -97,9 +97,11 @@ class MetricsWriter:
     """Writes step records to `metrics.jsonl` and TensorBoard, audit files to `rollouts/`."""
 
     def __init__(self, workdir: str | Path, *, total_steps: int, start_step: int = 0,
-                 enabled: bool = True, progress: bool = True):
+                 enabled: bool = True, progress: bool = True, progress_every: int = 1):
         self.workdir = Path(workdir)
         self.enabled = enabled
+        self.total_steps = total_steps
+        self.progress_every = progress_every  # the progress line; metrics.jsonl gets every step
         self._jsonl = None
         self._tb = None
         self._progress = None
@@ -133,7 +135,7 @@ class MetricsWriter:
                 if math.isfinite(value):
                     self._tb.add_scalar(key, value, step)
         self._tb.flush()
-        if self._progress is not None:
+        if self._progress is not None and (step % self.progress_every == 0 or step == self.total_steps):
             shown = {k: record[k] for k in ("reward/mean", "buffer/deduction", "step_time_s") if k in record}
             self._progress.update(step, shown)
 

@@ -149,17 +149,22 @@ def load_policy(cfg) -> Policy:
     """Model config, initial params and tokenizer from `cfg.model`, placed on `cfg.mesh`."""
     from azr_jax.bench.common import peak_numbers
     from azr_jax.models import get_preset, init_params
+    from azr_jax.models.decoder import param_shardings
     from azr_jax.models.tokenizer import load_tokenizer
     from azr_jax.rl.advantages import compute_advantages
     from azr_jax.sharding import make_mesh
 
     m = cfg.model
+    # The mesh first: every parameter is created (or read) straight into its sharding, never
+    # gathered on one device (which would not fit for large models and which jit then refuses).
+    mesh = make_mesh(cfg.mesh.shape)
+    rules = dict(cfg.mesh.rules)
     if m.hf_dir:
         from azr_jax.models import from_pretrained
 
         if not Path(m.hf_dir).is_dir():
             raise UserError(f"model.hf_dir {m.hf_dir} is not a directory (a Hugging Face checkpoint is expected)")
-        model = from_pretrained(m.hf_dir, dtype=_DTYPES[m.param_dtype])
+        model = from_pretrained(m.hf_dir, dtype=_DTYPES[m.param_dtype], mesh=mesh, rules=rules)
         model_cfg, params = model.config, model.params
         tokenizer = load_tokenizer(m.tokenizer) if m.tokenizer else model.tokenizer
     else:
@@ -173,13 +178,11 @@ def load_policy(cfg) -> Policy:
             except TypeError as e:
                 raise UserError(f"model.overrides: {e}") from None
         tokenizer = load_tokenizer(m.tokenizer)
-        params = jax.jit(lambda key: init_params(model_cfg, key, dtype=_DTYPES[m.param_dtype]))(
-            init_key(cfg.train.seed))
+        params = jax.jit(lambda key: init_params(model_cfg, key, dtype=_DTYPES[m.param_dtype]),
+                         out_shardings=param_shardings(model_cfg, mesh, rules))(init_key(cfg.train.seed))
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise UserError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model_cfg.vocab_size}")
     model_cfg = model_cfg.replace(scan_layers=m.scan_layers)
-    mesh = make_mesh(cfg.mesh.shape)
-    rules = dict(cfg.mesh.rules)
     compute_dtype = _DTYPES[m.compute_dtype]
     peak, _ = peak_numbers(getattr(jax.devices()[0], "device_kind", ""))
 

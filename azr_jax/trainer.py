@@ -605,7 +605,7 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
             log.warning("--resume-step %d: deleted the newer checkpoints %s of the abandoned continuation",
                         restore_from, dropped)
     metrics = MetricsWriter(workdir, total_steps=cfg.train.steps, start_step=start, enabled=primary,
-                            progress=progress)
+                            progress=progress, progress_every=cfg.train.log_every)
     sandbox = Sandbox(cfg.sandbox)
     loop = SelfPlay(cfg, policy, sandbox, buffers, generate_fn=generate_fn)
     stop = StopFlag()

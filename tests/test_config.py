@@ -43,6 +43,9 @@ def test_unknown_key_names_the_closest_valid_key():
     ("rl.whiten_stats=median", "must be one of"),
     ("azr.batch_size=0", "must be positive"),
     ("azr.seed_size=-1", "0 = no seeding phase"),
+    ("train.keep_checkpoints=0", "must be positive"),  # Orbax would delete every checkpoint
+    ("train.save_every=0", "must be positive"),
+    ("train.log_every=0", "must be positive"),
     ("azr.seed_max_rounds=0", "must be positive"),
     ("azr.answer_diversity_coef=-0.1", "coef 0 = off"),
     ("azr.answer_diversity_level=shape", "must be one of"),

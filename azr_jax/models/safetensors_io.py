@@ -218,9 +218,6 @@ def write_checkpoint(directory: str | os.PathLike, tensors: list[TensorPlan],
         f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     if write:
         directory.mkdir(parents=True, exist_ok=True)
-        # A previous save in the other layout would leave a second, stale set of weights.
-        stale = directory / (INDEX_FILE if len(shards) == 1 else SINGLE_FILE)
-        stale.unlink(missing_ok=True)
     written = []
     for file_name, shard in zip(names, shards):
         path = directory / file_name
@@ -245,4 +242,11 @@ def write_checkpoint(directory: str | os.PathLike, tensors: list[TensorPlan],
                  "weight_map": {t.name: file_name for file_name, shard in zip(names, shards) for t in shard}}
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
         written.append(directory / INDEX_FILE)
+    if write:
+        # A previous save in the other layout, or sharded in another count, would leave a second,
+        # stale set of weights. Removed last: `produce` may still have been reading them.
+        stale = [directory / SINGLE_FILE, directory / INDEX_FILE, *directory.glob("model-*-of-*.safetensors")]
+        for path in stale:
+            if path not in written:
+                path.unlink(missing_ok=True)
     return written

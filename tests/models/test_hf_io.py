@@ -185,6 +185,30 @@ def test_random_azr_model_exports_to_transformers(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_saving_again_leaves_only_the_new_layout(tmp_path):
+    """Sharded in 3, then in more pieces, then in one file, into the same directory: each time
+    exactly one set of weights remains, and it loads."""
+    cfg = small_config("qwen2", tie_word_embeddings=False)
+    model = Model(cfg, init_params(cfg, jax.random.key(1)))
+    total = sum(np.asarray(x).nbytes for x in jax.tree.leaves(model.params))
+
+    def weight_files():
+        return sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("model"))
+
+    model.save_pretrained(tmp_path, max_shard_size=total // 3 + 1)
+    first = weight_files()
+    model.save_pretrained(tmp_path, max_shard_size=total // 6 + 1)
+    second = weight_files()
+    assert not set(first) & set(second) - {"model.safetensors.index.json"}
+    n = len(second) - 1
+    assert n > len(first) - 1 and second == sorted([f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+                                                  + ["model.safetensors.index.json"])
+    model.save_pretrained(tmp_path)
+    assert weight_files() == ["model.safetensors"]
+    for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(from_pretrained(tmp_path).params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input: one UserError with a message that says what is wrong
 # ----------------------------------------------------------------------------------------------

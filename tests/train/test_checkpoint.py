@@ -82,3 +82,20 @@ def test_a_fresh_manager_restores_what_another_saved(tmp_path):
     assert host == {"step": 2}
     assert np.array_equal(state["params"]["w"], np.full((4, 3), 2.0))
     assert jax.tree.structure(state) == jax.tree.structure(_state(0))
+
+
+def test_a_save_killed_mid_write_does_not_break_keeping_the_last_k(tmp_path):
+    import shutil
+
+    ckpt = Checkpoints(tmp_path / "ck", keep=2)
+    ckpt.save(4, _state(4), {"step": 4})
+    ckpt.close()
+    # What a SIGKILL during the save of step 5 leaves behind.
+    shutil.copytree(tmp_path / "ck" / "4", tmp_path / "ck" / "5.orbax-checkpoint-tmp-123")
+    resumed = Checkpoints(tmp_path / "ck", keep=2)
+    assert resumed.all_steps() == [4]
+    for step in (5, 6, 7):
+        resumed.save(step, _state(step), {"step": step})
+    resumed.close()
+    assert Checkpoints(tmp_path / "ck", keep=2).all_steps() == [6, 7]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["6", "7"]

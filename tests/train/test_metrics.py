@@ -46,6 +46,16 @@ def test_progress_line_without_terminal_prints_one_line_per_update():
     assert len(lines) == 2 and "step 2/4" in lines[1] and "reward/mean=0.25" in lines[1]
 
 
+def test_progress_line_every_log_every_steps_and_at_the_last(tmp_path, capsys):
+    w = MetricsWriter(tmp_path, total_steps=5, progress=True, progress_every=2)
+    for step in range(1, 6):
+        w.write_step({"step": step, "reward/mean": 0.1 * step})
+    w.close()
+    shown = [line.split("step ")[1].split(" ")[0] for line in capsys.readouterr().err.splitlines() if "step " in line]
+    assert shown == ["2/5", "4/5", "5/5"]
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+
+
 def test_disabled_writer_writes_nothing(tmp_path):
     w = MetricsWriter(tmp_path / "run", total_steps=1, enabled=False)
     w.write_step({"step": 1})

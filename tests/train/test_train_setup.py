@@ -56,3 +56,19 @@ def test_config_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
     check_workdir(resumed, tmp_path, write=True)
     assert config_lib.load_config(str(tmp_path / "config.json")).train.steps == 4
+
+
+def test_weights_are_placed_on_the_whole_mesh_from_a_checkpoint_and_at_random_init(tmp_path):
+    """On 8 devices both ways of getting weights come out sharded over the mesh, and the train
+    state builds from them (weights read onto one device made init_train_state fail)."""
+    from azr_jax.train_setup import load_policy
+
+    assert jax.device_count() == 8  # tests/conftest.py
+    tiny = load_config(CONFIG, tiny_overrides(make_tokenizer(tmp_path / "tok")))
+    for cfg in (load_config("configs/nano.py"), tiny):
+        policy = load_policy(cfg)
+        for leaf in jax.tree.leaves(policy.params):
+            assert len(leaf.sharding.device_set) == 8
+        state = policy.init_state(cfg)
+        assert any(len(leaf.addressable_shards) == 8 and leaf.addressable_shards[0].data.shape != leaf.shape
+                   for leaf in jax.tree.leaves(state.params))  # some are split, not all replicated
