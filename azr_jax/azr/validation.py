@@ -92,16 +92,12 @@ def clip_output(text: str, max_chars: int) -> str:
     return text[:half] + "..." + text[-half:]
 
 
-# Job-level errors that come from the sandbox itself (see azr_jax/sandbox/pool.py), never from the program.
-SANDBOX_FAULTS = ("sandbox failure", "sandbox failed to start", "sandbox setup failed")
-
-
 def failure_reason(result: JobResult) -> str | None:
     """Why a validation run does not give a task (None when it does)."""
     if result.timed_out:
         return "timeout"
-    if result.error and result.error.startswith(SANDBOX_FAULTS):
-        return "sandbox_error"  # the sandbox broke, not the program: told apart for debugging
+    if result.sandbox_fault:
+        return "sandbox_error"  # the sandbox broke, not the program: the response was not judged
     if not result.deterministic:
         return "nondeterministic"
     for err in [result.error] + list(result.errors or []):

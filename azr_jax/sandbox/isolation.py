@@ -117,12 +117,18 @@ def bwrap_argv(plan: Plan) -> list[str]:
     prefix = _python_prefix(plan.python)
     if not prefix.startswith("/usr"):
         argv += ["--ro-bind", prefix, prefix]
-    argv += ["--proc", "/proc", "--dev", "/dev"]
+    # A read-only /dev (device nodes such as /dev/null still work): its tmpfs would otherwise be
+    # unbounded scratch space, shared by every job of the zygote.
+    argv += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]
     if plan.tmpfs_bytes:
         argv += ["--size", str(plan.tmpfs_bytes)]
     argv += ["--tmpfs", "/tmp", "--chdir", "/tmp"]
     if _bwrap_supports("--disable-userns"):
         argv += ["--disable-userns"]  # no nested user namespaces (a common kernel attack surface)
+    if _bwrap_supports("--as-pid-1"):
+        # The zygote itself is pid 1: no bwrap reaper holding the zygote's pipes to the host as
+        # fds a job of the same uid could open through /proc/1/fd, and a job cannot kill pid 1.
+        argv += ["--as-pid-1"]
     return argv + ["--"]
 
 

@@ -34,6 +34,10 @@ class JobResult:
     matches: list[bool] | None  # per call, structural equality with expected (None without expected)
     timed_out: bool
     error: str | None = None  # job-level failure (syntax error, import failure, crash, timeout)
+    # The sandbox itself broke (could not start, or its zygote failed twice): the program was not
+    # judged. Set only by host code, never from anything a program reports, so a program cannot
+    # pass its own failure off as the sandbox's (such rows are left out of the update).
+    sandbox_fault: bool = False
 
     @property
     def ok(self) -> bool:

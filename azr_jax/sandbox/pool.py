@@ -17,7 +17,6 @@ import os
 import platform
 import queue
 import select
-import shutil
 import signal
 import struct
 import subprocess
@@ -126,9 +125,10 @@ class _Zygote:
     def request(self, req: dict, on_stall) -> dict:
         """Send one job and return the zygote's answer.
 
-        When the zygote breaks instead of answering (it died, or could not fork), the answer is
-        {"status": "sandbox_error"} and the zygote is closed; one that is still silent past the
-        job's deadline (plus a grace period) gives {"status": "timeout"} and is closed too.
+        When the zygote could not take the job or reports its own failure (fork, pipe, scratch),
+        the answer is {"status": "sandbox_error"}; when it dies while the job runs (the program may
+        have killed it), {"status": "zygote_died"}. Either way the zygote is closed; one that is
+        still silent past the job's deadline (plus a grace period) gives {"status": "timeout"}.
         """
         data = json.dumps(req).encode("utf-8")
         try:
@@ -149,7 +149,7 @@ class _Zygote:
         if isinstance(answer, dict):
             return answer
         if time.monotonic() < deadline:
-            return {"status": "sandbox_error", "detail": "zygote died during the job"}
+            return {"status": "zygote_died", "detail": "zygote died during the job"}
         return {"status": "timeout"}
 
     def alive(self) -> bool:
@@ -171,8 +171,20 @@ class _Zygote:
             except OSError:
                 pass
         if self.host_scratch:
-            shutil.rmtree(self.host_scratch, ignore_errors=True)
+            _remove_tree(self.host_scratch)
             self.host_scratch = None
+
+
+def _remove_tree(path: str) -> None:
+    """Best-effort removal of a scratch tree a job may have left in any shape (normally the zygote
+    has emptied it): `rm -rf` walks trees of any depth, where shutil.rmtree recurses in Python."""
+    try:
+        subprocess.run(["chmod", "-R", "u+rwx", path], capture_output=True, timeout=60)
+        subprocess.run(["rm", "-rf", "--one-file-system", path], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    if os.path.exists(path):
+        LOG.warning("could not remove the sandbox scratch directory %s", path)
 
 
 class _Permit:
@@ -208,9 +220,10 @@ class _Batch:
 
 
 def _failed(n: int, error: str, *, timed_out: bool = False, deterministic: bool = True,
-            expected: list | None = None) -> JobResult:
+            expected: list | None = None, sandbox_fault: bool = False) -> JobResult:
     return JobResult(outputs=[None] * n, errors=[error] * n, deterministic=deterministic,
-                     matches=None if expected is None else [False] * n, timed_out=timed_out, error=error)
+                     matches=None if expected is None else [False] * n, timed_out=timed_out, error=error,
+                     sandbox_fault=sandbox_fault)
 
 
 class Sandbox:
@@ -310,7 +323,10 @@ class Sandbox:
         with self._lock:
             for zs in self._zygotes:
                 for z in zs.values():
-                    z.close()
+                    try:
+                        z.close()
+                    except Exception as e:  # noqa: BLE001 - close every other zygote regardless
+                        LOG.warning("closing a sandbox zygote failed: %s: %s", type(e).__name__, e)
                 zs.clear()
 
     def __enter__(self) -> "Sandbox":
@@ -345,7 +361,8 @@ class Sandbox:
             try:
                 result = self._execute(slot, job, permit)
             except Exception as e:  # noqa: BLE001 - one broken job must not hang the batch
-                result = _failed(len(job.calls), f"sandbox failure: {type(e).__name__}: {e}", expected=job.expected)
+                result = _failed(len(job.calls), f"sandbox failure: {type(e).__name__}: {e}", expected=job.expected,
+                                 sandbox_fault=True)
             finally:
                 permit.release()
             batch.put(i, result)
@@ -355,6 +372,7 @@ class Sandbox:
         z = zs.get(repeat)
         if z is None or not z.alive():
             if z is not None:
+                del zs[repeat]  # whatever close() does, a dead zygote is never handed out again
                 z.close()
             z = _Zygote(self.plan, self._uid(slot, repeat), repeat)
             zs[repeat] = z
@@ -405,13 +423,19 @@ class Sandbox:
                 try:
                     z = self._zygote(slot, r)
                 except (SandboxStartError, OSError) as e:
-                    return _failed(n, f"sandbox failed to start: {e}", expected=job.expected)
+                    return _failed(n, f"sandbox failed to start: {e}", expected=job.expected, sandbox_fault=True)
                 answer = z.request(req, permit.release)
-                if answer.get("status") != "sandbox_error":
+                if answer.get("status") not in ("sandbox_error", "zygote_died"):
                     break
                 LOG.warning("sandbox zygote broke (%s); %s", answer.get("detail"),
                             "running the job again on a fresh one" if attempt < SANDBOX_RETRIES else "giving up")
-            outcome = _parse_answer(answer, n)
+            if answer.get("status") == "sandbox_error":  # reported by the zygote or the host, not the program
+                return _failed(n, f"sandbox failure: {answer.get('detail')}", expected=job.expected,
+                               sandbox_fault=True)
+            try:
+                outcome = _parse_answer(answer, n)
+            except Exception as e:  # noqa: BLE001 - a frame our parser chokes on is the program's output
+                outcome = f"unrepresentable: {type(e).__name__}"[:300]
             if isinstance(outcome, str):
                 timed = outcome == "timeout"
                 return _failed(n, outcome, timed_out=timed, expected=job.expected)
@@ -427,8 +451,10 @@ def _parse_answer(answer: dict, n: int) -> list[tuple] | str:
     status = answer.get("status")
     if status == "timeout":
         return "timeout"
-    if status == "sandbox_error":
-        return f"sandbox failure: {answer.get('detail')}"
+    if status == "zygote_died":
+        # Twice in a row while this job ran: its program is the likely killer (any process in the
+        # sandbox may signal the zygote), so it counts against the program.
+        return "the sandbox's zygote died during the job"
     if status == "too_large":
         return "output too large"
     if status == "memory":
@@ -465,8 +491,13 @@ def _parse_answer(answer: dict, n: int) -> list[tuple] | str:
             except NotALiteral:
                 out.append(("err", "unrepresentable: forged output text", False))
                 continue
+            try:
+                canonical = repr(v1)
+            except ValueError:  # e.g. an int with more digits than Python prints
+                out.append(("err", "unrepresentable: output too large to print", False))
+                continue
             if values_equal(v1, v2):
-                out.append(("ok", v1, repr(v1)))
+                out.append(("ok", v1, canonical))
             else:
                 out.append(("err", "nondeterministic", True))
     return out

@@ -296,37 +296,56 @@ def _reap():
             return
 
 
-def _wipe(path):
-    """Remove everything in `path` (the job may have chmod-ed things to 000)."""
-    for root, dirs, files in os.walk(path, topdown=False):
-        for name in files:
+def _wipe(root):
+    """Empty the directory `root` (kept itself) of whatever the job left there.
+
+    No recursion and every path one name long, relative to an open directory, so a tree of any
+    depth goes; directories chmod-ed to 000 are opened up first; symlinks are removed, never
+    followed. The job's processes are dead by now, so nothing changes the tree meanwhile.
+    """
+    stuck = set()  # (device, inode) of directories that could not be entered or removed
+    names = []  # the path from `root` down to the directory `fd` is open on
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, 0o700)
+        while True:
+            sub = None
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    try:
+                        if not entry.is_dir(follow_symlinks=False):
+                            os.unlink(entry.name, dir_fd=fd)
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                        if (st.st_dev, st.st_ino) not in stuck:
+                            sub = (entry.name, (st.st_dev, st.st_ino))
+                            break
+                    except OSError:
+                        pass
+            if sub is not None:
+                name, ident = sub
+                try:
+                    os.chmod(name, 0o700, dir_fd=fd)
+                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError:
+                    stuck.add(ident)
+                    continue
+                os.close(fd)
+                fd = child
+                names.append((name, ident))
+                continue
+            if not names:
+                return
+            parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            name, ident = names.pop()
             try:
-                os.unlink(os.path.join(root, name))
+                os.rmdir(name, dir_fd=fd)
             except OSError:
-                pass
-        for name in dirs:
-            full = os.path.join(root, name)
-            try:
-                if os.path.islink(full):
-                    os.unlink(full)
-                else:
-                    os.chmod(full, 0o700)
-                    os.rmdir(full)
-            except OSError:
-                pass
-    os.chmod(path, 0o700)
-    for root, dirs, files in os.walk(path):
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o700)
-    leftover = os.listdir(path)
-    if leftover:
-        for name in leftover:
-            full = os.path.join(path, name)
-            if os.path.isdir(full) and not os.path.islink(full):
-                _wipe(full)
-                os.rmdir(full)
-            else:
-                os.unlink(full)
+                stuck.add(ident)
+    finally:
+        os.close(fd)
 
 
 def _run_job(req):
@@ -409,8 +428,9 @@ def _run_job(req):
             exit_code = None
     os.close(rfd)
     os.close(pidfd)
-    _wipe(scratch)
-    os.rmdir(scratch)
+    # The whole scratch root, not only the job's directory: whatever a job writes anywhere it can
+    # (in bwrap, all of /tmp) must not reach the next job, nor fill the tmpfs for it.
+    _wipe(CONFIG["scratch"])
     signal_no = None
     if exit_code is not None and os.WIFSIGNALED(exit_code):
         signal_no = os.WTERMSIG(exit_code)

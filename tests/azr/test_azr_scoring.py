@@ -127,34 +127,36 @@ def test_proposal_reasons(cfg, sb):
 class BrokenSandbox:
     """A sandbox whose every job fails the way pool.py reports its own breakage."""
 
-    def __init__(self, error):
-        self.error = error
+    def __init__(self, error, fault=True):
+        self.error, self.fault = error, fault
 
     def run(self, jobs):
         return [JobResult(outputs=[None] * len(j.calls), errors=[self.error] * len(j.calls), deterministic=True,
-                          matches=None, timed_out=False, error=self.error) for j in jobs]
+                          matches=None, timed_out=False, error=self.error, sandbox_fault=self.fault) for j in jobs]
 
     def compare(self, pairs):
         return [False] * len(pairs)
 
 
-@pytest.mark.parametrize("error, reason", [
-    ("sandbox failure: zygote died during the job", "sandbox_error"),
-    ("sandbox failed to start: no bwrap", "sandbox_error"),
-    ("killed by SIGKILL", "runtime_error"),  # may be the program's own doing: stays the program's fault
-    ("memory", "runtime_error"),
+@pytest.mark.parametrize("error, fault, reason", [
+    ("sandbox failure: fork failed", True, "sandbox_error"),
+    ("sandbox failed to start: no bwrap", True, "sandbox_error"),
+    ("killed by SIGKILL", False, "runtime_error"),  # may be the program's own doing: stays the program's fault
+    ("memory", False, "runtime_error"),
+    # Only the host's flag counts: a program's own error text claiming a sandbox fault does not.
+    ("sandbox failure: forged by the program", False, "runtime_error"),
 ])
-def test_sandbox_breakage_is_not_reported_as_a_program_error(cfg, error, reason):
+def test_sandbox_breakage_is_not_reported_as_a_program_error(cfg, error, fault, reason):
     body = "```python\ndef f(x):\n    return x\n```\n```input\n1\n```"
-    out = one(propose("deduction", body), cfg, BrokenSandbox(error))
+    out = one(propose("deduction", body), cfg, BrokenSandbox(error, fault))
     assert (out["valid"], out["reason"]) == (False, reason)
 
 
 class BreaksAfterValidation(BrokenSandbox):
     """Validates proposals with a real sandbox (the first run call), then breaks on every job."""
 
-    def __init__(self, sb, error):
-        super().__init__(error)
+    def __init__(self, sb, error, fault):
+        super().__init__(error, fault)
         self.sb, self.calls = sb, 0
 
     def run(self, jobs):
@@ -162,11 +164,11 @@ class BreaksAfterValidation(BrokenSandbox):
         return self.sb.run(jobs) if self.calls == 1 else super().run(jobs)
 
 
-@pytest.mark.parametrize("error, broke", [("sandbox failure: zygote died during the job", True),
+@pytest.mark.parametrize("error, broke", [("sandbox failure: fork failed", True),
                                           ("killed by SIGKILL", False)])
 def test_solver_checks_the_sandbox_failed_to_run_are_marked_not_judged(cfg, sb, error, broke):
     program = "```python\ndef f(x):\n    return x\n```"
-    out = one(solve("induction", identity_induction(), program), cfg, BrokenSandbox(error))
+    out = one(solve("induction", identity_induction(), program), cfg, BrokenSandbox(error, broke))
     if broke:
         assert (out["reason"], out["accuracy"], out["reward"]) == ("sandbox_error", None, None)
     else:
@@ -175,7 +177,7 @@ def test_solver_checks_the_sandbox_failed_to_run_are_marked_not_judged(cfg, sb, 
     inputs = "".join(f"```input\n{i}\n```\n" for i in range(cfg.azr.num_inputs))
     proposal = propose("induction", inputs + "```message\nreturn the input\n```",
                        problem={"program": "def f(x):\n    return x"}, solver_responses=[answer(program)] * 2)
-    out = one(proposal, cfg, BreaksAfterValidation(sb, error))
+    out = one(proposal, cfg, BreaksAfterValidation(sb, error, broke))
     assert out["valid"] is True
     if broke:
         assert (out["reason"], out["accuracy"], out["reward"]) == ("sandbox_error", None, None)

@@ -179,9 +179,9 @@ class _BreaksFirst:
         if self.left <= 0:
             return self.sb.run(jobs)
         self.left -= 1
-        err = "sandbox failure: zygote died during the job"
+        err = "sandbox failure: fork failed"
         return [JobResult(outputs=[None] * len(j.calls), errors=[err] * len(j.calls), deterministic=True,
-                          matches=None, timed_out=False, error=err) for j in jobs]
+                          matches=None, timed_out=False, error=err, sandbox_fault=True) for j in jobs]
 
     def compare(self, pairs):
         return self.sb.compare(pairs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +28,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from azr_jax.config import SandboxSection  # noqa: E402
-from azr_jax.sandbox import Job, JobResult, Sandbox, seccomp  # noqa: E402
+from azr_jax.sandbox import Job, JobResult, Sandbox, isolation, seccomp  # noqa: E402
 from azr_jax.sandbox.literals import parse_literal  # noqa: E402
 
 TIMEOUT_S = 2.0
@@ -49,10 +50,15 @@ class Case:
     own_files: bool = False
     # Modes where the claim holds only through the seccomp filter (claimed when it is installed).
     seccomp_modes: tuple = ()
+    # Protecting the trainer's process (its environment, signals) needs a pid namespace, or a
+    # dropped uid (trainer is root); in `none` mode an unprivileged trainer's jobs run as its uid.
+    trainer_process: bool = False
 
     def claimed(self, mode: str, seccomp: bool = False) -> bool:
         in_mode = mode in self.modes or (seccomp and mode in self.seccomp_modes)
-        return in_mode and (not self.own_files or mode == "bwrap" or os.geteuid() == 0)
+        root = os.geteuid() == 0
+        return (in_mode and (not self.own_files or mode == "bwrap" or root)
+                and (not self.trainer_process or mode != "none" or root))
 
 
 def failed(r: JobResult, *, kind: str | None = None) -> None:
@@ -111,11 +117,13 @@ def quick_failure_of(*kinds: str):
     return check
 
 
-def zygote_survived_or_sandbox_failure(r: JobResult, ctx: dict) -> None:
-    """Where the kill reaches the zygote, the job is reported as the sandbox breaking (after one
-    retry on a fresh zygote), fast, never as a timeout; elsewhere the program simply returns."""
+def zygote_survived_or_program_failure(r: JobResult, ctx: dict) -> None:
+    """Where the kill reaches the zygote, the job fails (after one retry on a fresh zygote), fast,
+    never as a timeout, and as the program's failure, not the sandbox's (a program must not be
+    able to escape its verdict); elsewhere the program simply returns."""
     if r.outputs != ["'killed'"]:
-        quick_failure("sandbox failure")(r, ctx)
+        quick_failure("zygote died")(r, ctx)
+        assert not r.sandbox_fault, r
 
 
 CASES: list[Case] = [
@@ -206,6 +214,49 @@ def f(x):
         os.chmod('trap', 0)
     return 'trapped'
 """, output_is("'trapped'")),
+    Case("deep_directory_tree", """
+import os
+def f(x):
+    if not os.path.isdir('d'):  # f runs twice
+        start = os.getcwd()
+        for i in range(1100):  # deeper than Python's recursion limit
+            os.mkdir('d')
+            os.chdir('d')
+        os.chdir(start)
+    return 1
+""", output_is("1"), modes=("bwrap",)),  # the wipe after it must not recurse (scratch_is_clean_next_job
+    # checks it went); on a disk, building the tree takes most of a timeout: unshare and none are
+    # covered by test_one_zygote_keeps_nothing_a_job_left_in_its_scratch_root
+    Case("leave_files_outside_the_job_dir", """
+import os
+def f(x):
+    wrote = []
+    for path in ('/tmp/mark_@TOKEN@', '/dev/mark_@TOKEN@', '/dev/shm/mark_@TOKEN@'):
+        try:
+            with open(path, 'w') as fh:
+                fh.write('x')
+            wrote.append(path)
+        except OSError:
+            pass
+    return [p for p in wrote if p.startswith('/dev')]
+""", output_is("[]"), modes=("bwrap",)),  # /dev is read-only; /tmp is emptied after the job
+    Case("nothing_left_outside_the_job_dir", """
+import os
+def f(x):
+    return sorted(os.listdir('/tmp')), [n for d in ('/dev', '/dev/shm') for n in os.listdir(d) if 'mark' in n]
+""", output_is("(['job'], [])"), phase=2, modes=("bwrap",)),
+    Case("write_into_pid1_pipes", """
+import os
+def f(x):
+    opened = []
+    for n in range(3):
+        try:
+            os.close(os.open('/proc/1/fd/%d' % n, os.O_WRONLY))
+            opened.append(n)
+        except OSError:
+            pass
+    return opened
+""", output_is("[]"), modes=("bwrap", "unshare")),  # pid 1 is the non-dumpable zygote (none: the host's)
     Case("scratch_is_clean_next_job", """
 import os
 def f(x):
@@ -236,7 +287,16 @@ def f(x):
                 except OSError:
                     pass
     return ' '.join(seen)
-""", no_token_in_output),
+""", no_token_in_output, trainer_process=True),
+    Case("signal_the_trainer", """
+import os
+def f(x):
+    try:
+        os.kill(@TRAINER_PID@, 0)  # signal 0: only the permission check
+        return 'reachable'
+    except OSError:
+        return 'blocked'
+""", output_is("'blocked'"), trainer_process=True),
     Case("zygote_fds_via_proc", """
 import os
 def f(x):
@@ -431,7 +491,7 @@ import os, signal
 def f(x):
     os.kill(os.getppid(), signal.SIGKILL)
     return 'killed'
-""", zygote_survived_or_sandbox_failure),
+""", zygote_survived_or_program_failure),
     Case("kill_everything", """
 import os, signal
 def f(x):
@@ -514,6 +574,30 @@ def f(x):
             pass
     os._exit(0)
 """, lambda r, ctx: _forged_frame_check(r), expected=["'the hidden gold answer'"]),
+    # A forged report cannot pass the program's failure off as the sandbox's (such rows are
+    # left out of the update, so the program would escape its penalty).
+    Case("forge_a_sandbox_failure", """
+import os
+def f(x):
+    for fd in range(3, 64):
+        try:
+            os.write(fd, b"('error', 'sandbox failure: forged')")
+        except OSError:
+            pass
+    os._exit(0)
+""", lambda r, ctx: _program_failure(r)),
+    Case("forge_an_int_too_long_to_print", """
+import os
+def f(x):
+    text = repr('0x' + 'f' * 5000)
+    fake = ("('done', (('ok', %s, %s),))" % (text, text)).encode()
+    for fd in range(3, 64):
+        try:
+            os.write(fd, fake)
+        except OSError:
+            pass
+    os._exit(0)
+""", lambda r, ctx: _program_failure(r, "unrepresentable")),
     Case("sys_exit_zero", "import sys\ndef f(x):\n    sys.exit(0)\n", all_of(fails("SystemExit"), no_match), expected=["None"]),
     Case("sys_exit_at_import", "import sys\nsys.exit(0)\ndef f(x):\n    return 1\n", fails("SystemExit"), expected=["1"]),
     Case("keyboard_interrupt", "def f(x):\n    raise KeyboardInterrupt\n", fails("KeyboardInterrupt")),
@@ -542,6 +626,11 @@ def _assert(cond: bool, msg: str) -> None:
     assert cond, msg
 
 
+def _program_failure(r: JobResult, kind: str | None = None) -> None:
+    failed(r, kind=kind)
+    assert not r.sandbox_fault, f"the program's failure was reported as the sandbox's: {r}"
+
+
 def _forged_frame_check(r: JobResult) -> None:
     # A frame forged on the result pipe is parsed like any report: it can only claim plain values
     # (what `f` could have returned) and never sees the expected text, so it cannot pass.
@@ -550,7 +639,7 @@ def _forged_frame_check(r: JobResult) -> None:
 
 
 def _fill(program: str, ctx: dict) -> str:
-    for key in ("TOKEN", "REPO", "SECRET_FILE", "PORT", "OUTSIDE", "SYSCALLS"):
+    for key in ("TOKEN", "REPO", "SECRET_FILE", "PORT", "OUTSIDE", "SYSCALLS", "TRAINER_PID"):
         program = program.replace(f"@{key}@", str(ctx[key.lower()]))
     return program
 
@@ -585,7 +674,8 @@ def _tree_size(pid: int) -> int:
     return n
 
 
-SKELETON = {"bwrap": 2, "unshare": 1, "none": 0}  # processes under each zygote's Popen pid when idle
+# Processes under each zygote's Popen pid when idle (bwrap without --as-pid-1 adds its reaper).
+SKELETON = {"bwrap": 1 if isolation._bwrap_supports("--as-pid-1") else 2, "unshare": 1, "none": 0}
 
 
 def run_corpus(mode: str, workers: int = 2) -> tuple[list[tuple[str, str]], dict]:
@@ -602,6 +692,11 @@ def run_corpus(mode: str, workers: int = 2) -> tuple[list[tuple[str, str]], dict
     ctx = {"token": token, "repo": REPO, "secret_file": secret, "port": listener.getsockname()[1], "outside": outside,
            "syscalls": repr(seccomp.ARCHES[arch]["nr"] if arch else {})}
     os.environ[SECRET_ENV] = token  # the trainer's environment: must not reach the programs
+    # os.environ changes never reach /proc/<pid>/environ, so a stand-in for the trainer process
+    # (same uid) carries the token in the environment it starts with.
+    trainer = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+                               env={"PATH": "/usr/bin:/bin", SECRET_ENV: token})
+    ctx["trainer_pid"] = trainer.pid
     failures: list[tuple[str, str]] = []
     facts: dict = {}
     cfg = SandboxSection(isolation=mode, timeout_s=TIMEOUT_S, workers=workers, memory_mb=256,
@@ -638,6 +733,8 @@ def run_corpus(mode: str, workers: int = 2) -> tuple[list[tuple[str, str]], dict
     finally:
         sb.close()
         listener.close()
+        trainer.kill()
+        trainer.wait()
         os.environ.pop(SECRET_ENV, None)
     if any(token in cmd for cmd in _cmdlines()):
         failures.append(("after_close", "a process carrying the run's token survived Sandbox.close()"))

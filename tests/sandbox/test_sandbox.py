@@ -179,6 +179,52 @@ def test_state_does_not_leak_between_jobs(sb):
     assert {x.outputs[0] for x in r} == {"(3.141592653589793, 1)"}
 
 
+@pytest.mark.parametrize("isolation", ["bwrap", "unshare", "none"])
+def test_one_zygote_keeps_nothing_a_job_left_in_its_scratch_root(isolation):
+    """Two jobs on the same zygote: files the first leaves anywhere in the scratch root (in bwrap
+    all of /tmp), not only in its own job directory, are gone for the second."""
+    from azr_jax.sandbox import pool
+
+    with Sandbox(SandboxSection(isolation=isolation, timeout_s=10, workers=1)) as s:
+        z = pool._Zygote(s.plan, s._uid(0, 9))
+        try:
+            def run(program):
+                job = Job(program, ["0"], repeats=1)
+                return pool._parse_answer(z.request(s._request(job, ["0"]), lambda: None), 1)
+
+            # A tree deeper than Python's recursion limit (the wipe once recursed and broke on it).
+            first = run("import os\ndef f(x):\n    open('../left_behind', 'w').write('x')\n"
+                        "    os.makedirs('../tree/a/b', exist_ok=True)\n"
+                        "    if not os.path.isdir('deep'):\n        start = os.getcwd()\n"
+                        "        for i in range(1100):\n            os.mkdir('deep')\n            os.chdir('deep')\n"
+                        "        os.chdir(start)\n    return sorted(os.listdir('..'))")
+            assert first[0][1] == ["job", "left_behind", "tree"], first
+            second = run("import os\ndef f(x):\n    return sorted(os.listdir('..'))")
+            assert second[0][1] == ["job"], second
+        finally:
+            z.close()
+
+
+def test_host_removes_a_scratch_tree_of_any_depth_and_mode(tmp_path):
+    """What a zygote that died mid-job leaves to the host: deeper than Python's recursion limit,
+    with a directory chmod-ed to 000."""
+    from azr_jax.sandbox.pool import _remove_tree
+
+    root = tmp_path / "scratch"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY)
+    for _ in range(2500):  # relative to an open directory: the full path grows past PATH_MAX
+        os.mkdir("dd", dir_fd=fd)
+        deeper = os.open("dd", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = deeper
+    os.close(fd)
+    os.mkdir(root / "locked")
+    os.chmod(root / "locked", 0)
+    _remove_tree(str(root))
+    assert not root.exists()
+
+
 def test_timeouts_run_in_parallel(sb):
     loops = [Job("def f(x):\n    while True:\n        pass\n", ["0"]) for _ in range(4)]
     quick = [Job(ADD, ["1, 1"]) for _ in range(12)]
