@@ -34,15 +34,17 @@ def _build(node: ast.AST, depth: int, budget: list[int]):
         if isinstance(value, float) and not math.isfinite(value):
             raise NotALiteral("non-finite float")
         return value
+    # Signs, complex literals and the frozenset(...) wrapper add no nesting level: the depth
+    # counted here must equal the container depth the sandbox checks outputs against.
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        operand = _build(node.operand, depth + 1, budget)
+        operand = _build(node.operand, depth, budget)
         if type(operand) not in (int, float, complex):
             raise NotALiteral("sign applied to a non-number")
         return -operand if isinstance(node.op, ast.USub) else +operand
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
         # Only complex literals such as `1+2j` / `-1-0j` (what repr(complex) prints).
-        left = _build(node.left, depth + 1, budget)
-        right = _build(node.right, depth + 1, budget)
+        left = _build(node.left, depth, budget)
+        right = _build(node.right, depth, budget)
         if type(left) not in (int, float) or type(right) is not complex:
             raise NotALiteral("only complex literals may use + or -")
         return left + right if isinstance(node.op, ast.Add) else left - right
@@ -61,7 +63,7 @@ def _build(node: ast.AST, depth: int, budget: list[int]):
         if node.func.id == "set" and not node.args:
             return set()
         if node.func.id == "frozenset" and len(node.args) <= 1:
-            return frozenset(_build(node.args[0], depth + 1, budget)) if node.args else frozenset()
+            return frozenset(_build(node.args[0], depth, budget)) if node.args else frozenset()
     raise NotALiteral(f"not a literal: {type(node).__name__}")
 
 

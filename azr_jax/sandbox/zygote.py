@@ -179,7 +179,9 @@ def _child(req, wfd, scratch):
                     args, kwargs = prebuilt[i][k]
                     value = namespace["f"](*args, **kwargs)
                 else:
-                    value = eval(compile("f(" + call + ")", "<call>", "eval"), namespace)
+                    # The newline lets a trailing comment end the argument text, as in the
+                    # host's parse of the same call.
+                    value = eval(compile("f(" + call + "\n)", "<call>", "eval"), namespace)
                 _check_plain(value)
                 try:
                     text = _repr(value)

@@ -95,6 +95,21 @@ def test_expression_vs_literal_args(sb):
     assert [e.split(":")[0] if e else e for e in r_lit.errors] == ["bad_args", None, "bad_args", "bad_args"]
 
 
+def test_host_and_sandbox_agree_on_what_they_accept(sb):
+    """Outputs at the sandbox's depth limit whose text has signs or frozenset wrappers, and a
+    call whose text ends in a comment (the host's parse accepts it, so the sandbox must too)."""
+    nest = "def f(n, leaf):\n    v = leaf\n    for _ in range(n):\n        v = [v]\n    return v\n"
+    frozen = "def f(n):\n    v = frozenset()\n    for _ in range(n):\n        v = frozenset([v])\n    return v\n"
+    r_neg, r_cplx, r_frozen, r_comment = sb.run([
+        Job(nest, ["100, -1"]), Job(nest, ["100, -1-2j"]), Job(frozen, ["60"]),
+        Job("def f(x):\n    return x * 2\n", ["3  # three"]),
+    ])
+    assert r_neg.outputs == ["[" * 100 + "-1" + "]" * 100], r_neg
+    assert r_cplx.outputs == ["[" * 100 + "(-1-2j)" + "]" * 100], r_cplx
+    assert r_frozen.ok and r_frozen.outputs[0].count("frozenset") == 61, r_frozen
+    assert r_comment.outputs == ["6"], r_comment
+
+
 def test_errors_are_failures(sb):
     progs = {
         "raise ValueError('bad')": "ValueError: bad",
