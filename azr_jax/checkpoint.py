@@ -90,7 +90,7 @@ class Checkpoints:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(
                 f"checkpoint {self.directory / str(step)} is corrupt or incompatible with this config "
-                f"({type(e).__name__}: {reason[:200]}); delete it or resume an older step with --resume-step"
+                f"({type(e).__name__}: {reason[:200]}); delete it, or use an older step (train --resume-step N, eval --step N)"
             ) from None
         host = restored.host
         if not isinstance(host, dict) or host.get("step") != step:
@@ -116,7 +116,7 @@ class Checkpoints:
             more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
             raise UserError(
                 f"checkpoint {self.directory / str(step)} is incompatible with this config: "
-                f"{'; '.join(problems[:3])}{more}; delete it or resume an older step with --resume-step"
+                f"{'; '.join(problems[:3])}{more}; delete it, or use an older step (train --resume-step N, eval --step N)"
             )
 
     def close(self) -> None:

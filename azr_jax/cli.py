@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 
 from azr_jax.errors import UserError
@@ -46,7 +47,11 @@ def _lazy_parser(argv: list[str]) -> argparse.ArgumentParser:
         module_name, help_text = COMMANDS[argv[0]]
         p = sub.add_parser(argv[0], help=help_text, description=help_text)
         p.set_defaults(_module=module_name)
-        importlib.import_module(module_name).add_arguments(p)
+        add_arguments = importlib.import_module(module_name).add_arguments
+        if "argv" in inspect.signature(add_arguments).parameters:  # flags that depend on the argv
+            add_arguments(p, argv=argv[1:])
+        else:
+            add_arguments(p)
         return parser
     return build_parser()
 

@@ -36,7 +36,7 @@ class ModelSection:
     preset: str = "nano"  # a name from azr_jax.models.presets, used when hf_dir is None
     hf_dir: str | None = None  # Hugging Face checkpoint directory (config.json + safetensors)
     tokenizer: str | None = None  # tokenizer.json / SentencePiece .model; default: inside hf_dir
-    overrides: dict = field(default_factory=dict)  # ModelConfig fields to replace in the preset
+    overrides: dict = field(default_factory=dict)  # ModelConfig fields to replace in the preset (random init only; refused with hf_dir)
     compute_dtype: str = "bfloat16"  # activations / matmuls
     param_dtype: str = "float32"  # master weights
     remat: str = "none"  # rematerialisation policy of the update step: none | full | dots
@@ -203,7 +203,7 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class EvalSection:
-    benchmark: str = "nano"  # nano | cruxeval | humaneval | ...
+    benchmark: str = "nano"  # nano (shipped) | cruxeval (needs eval.data_path, a CRUXEval JSONL file)
     data_path: str | None = None
     max_items: int = 0  # 0 = all
     max_response_len: int = 1024
@@ -352,6 +352,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def from_dict(data: dict, cls: type = Config, prefix: str = "") -> Any:
     """Build a (nested) config from plain data, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise UserError(f"config {'section ' + repr(prefix[:-1]) if prefix else 'file'} must be a mapping of keys "
+                        f"to values, got {type(data).__name__}")
     types_ = _field_types(cls)
     kwargs = {}
     for k, v in data.items():
@@ -417,12 +420,29 @@ _CHOICES = {
     ("azr", "code_location"): ("first", "last"),
     ("azr", "answer_diversity_level"): ("value", "type"),
     ("sandbox", "isolation"): ("auto", "bwrap", "unshare", "none"),
+    ("rl", "estimator"): ("trr++", "reinforce++", "grpo", "rloo"),  # rl/advantages.py REGISTRY
     ("rl", "whiten_stats"): ("token", "sequence"),
     ("rl", "kl_type"): ("k1", "k3"),
     ("rl", "old_logprobs"): ("recompute", "batch"),
     ("rl", "loss_agg"): ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "token-mean-per-micro-batch"),
     ("optim", "schedule"): ("constant", "cosine", "linear"),
 }
+
+
+def _check_mesh(mesh: "MeshSection") -> None:
+    shape = mesh.shape
+    if not isinstance(shape, dict) or not shape:
+        raise UserError(f"config key 'mesh.shape' must map axis names to sizes, got {shape!r}")
+    for axis, size in shape.items():
+        if type(size) is not int or not (size > 0 or size == -1):
+            raise UserError(f"config key 'mesh.shape.{axis}' must be a positive int or -1 (the rest), got {size!r}")
+    if not isinstance(mesh.rules, dict):
+        raise UserError(f"config key 'mesh.rules' must map logical axes to mesh axes, got {mesh.rules!r}")
+    for logical, target in mesh.rules.items():
+        targets = [] if target is None else [target] if isinstance(target, str) else target
+        if not isinstance(targets, list) or any(t not in shape for t in targets):
+            raise UserError(f"config key 'mesh.rules.{logical}' must name axes of mesh.shape {list(shape)} "
+                            f"(a name, a list of names, or null), got {target!r}")
 
 
 def validate(cfg: Config) -> Config:
@@ -468,6 +488,9 @@ def validate(cfg: Config) -> Config:
         # The update divides the logits by the rollout temperature; greedy is for evaluation.
         raise UserError("sampling.temperature must be > 0 and sampling.top_p in (0, 1] "
                         "(rollouts are sampled; greedy evaluation is eval.temperature=0)")
+    if cfg.sandbox.workers < 0:
+        raise UserError(f"config key 'sandbox.workers' must be >= 0 (0 = one per CPU core), got {cfg.sandbox.workers!r}")
+    _check_mesh(cfg.mesh)
     if cfg.sampling.eval_temperature != 0:
         raise UserError("sampling.eval_temperature is not read; set eval.temperature (0 = greedy) instead")
     if cfg.rl.dual_clip is not None and cfg.rl.dual_clip <= 1:
@@ -507,12 +530,21 @@ def _load_py_config(p: Path) -> Config:
         raise
     except Exception as e:  # a broken config file: say where, not a traceback
         raise UserError(f"config file {p} failed to load: {type(e).__name__}: {e}") from None
-    if hasattr(module, "get_config"):
-        cfg = module.get_config()
-    elif hasattr(module, "config"):
-        cfg = module.config
-    else:
-        raise UserError(f"config file {p} must define `config = Config(...)` or `get_config()`")
+    try:
+        if hasattr(module, "get_config"):
+            cfg = module.get_config()
+        elif hasattr(module, "config"):
+            cfg = module.config
+        else:
+            raise UserError(f"config file {p} must define `config = Config(...)` or `get_config()`")
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"config file {p}: get_config() failed: {type(e).__name__}: {e}") from None
     if not isinstance(cfg, Config):
         raise UserError(f"config file {p}: `config` must be an azr_jax.config.Config")
-    return cfg
+    # Through the same type checks as a config.json or --set (a dataclass does not check types).
+    try:
+        return from_dict(to_dict(cfg))
+    except UserError as e:
+        raise UserError(f"config file {p}: {e}") from None

@@ -1,8 +1,10 @@
-"""Reading user-supplied JSON / JSONL files with one-line errors that name the file (and line)."""
+"""Reading user-supplied JSON / JSONL files with one-line errors that name the file (and line), and
+checking output paths before long work writes to them."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -39,3 +41,24 @@ def read_json_object(path: str | Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{p} must hold a JSON object ({what}), found {type(data).__name__}")
     return data
+
+
+def check_output_file(path: str | Path, what: str) -> Path:
+    """`path` as a file to be written after long work (an evaluation, a benchmark): UserError now,
+    not a traceback at the end, if its directory is missing or it is a directory."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{what} {p} is a directory; give a file path")
+    if not p.parent.is_dir():
+        raise UserError(f"{what} {p}: directory {p.parent} does not exist")
+    if not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UserError(f"{what} {p} is not writable")
+    return p
+
+
+def check_output_dir(path: str | Path, what: str) -> Path:
+    """`path` as a directory to create or write into: UserError if a file is in the way."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {p} exists and is not a directory")
+    return p

@@ -17,17 +17,20 @@ EPILOG = """\
 starting: pick a preset from configs/ (nano.py runs on a laptop CPU); the resolved config is
   written to WORKDIR/config.json.
 resuming: run the same command again; training continues from the newest complete checkpoint in
-  WORKDIR/checkpoints (--resume-step N picks an older one). A workdir holding a run of a
-  different config is refused; only train.steps, the logging/saving/evaluation intervals and
-  sandbox.workers/isolation/seccomp may change.
+  WORKDIR/checkpoints (--resume-step N picks an older one and DELETES the newer checkpoints, so
+  the run continues from there). A workdir holding a checkpoint of a different config is
+  refused (one without a checkpoint, from a start that failed, takes the new config); only
+  train.steps, the logging/saving/evaluation intervals and sandbox.workers/isolation/seccomp
+  may change.
 overriding: --set section.key=value (JSON values: numbers, lists, null, true), e.g.
   --set train.steps=50 --set azr.batch_size=16 --set mesh.shape='{"data":1,"fsdp":8,"tensor":1}'.
   --mesh TOPOLOGY lays the preset out on v4-8, v5p-8, v5e-8, v6e-8 or gpu-8.
 outputs (WORKDIR): config.json, metrics.jsonl (one line per step), tensorboard/,
   checkpoints/<step>/, rollouts/step_N.jsonl and buffers/step_N.json (audit), summary.json.
 stopping: SIGTERM (or Ctrl-C) saves a checkpoint after the current step and exits.
-multi-host: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or run on a TPU
-  slice, where they are discovered) and start the same command on every host.
+multi-host: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (on a multi-host
+  TPU slice set AZR_TPU_MULTIHOST=1 instead, and JAX discovers them) and start the same command
+  on every host, with a --workdir on a filesystem they share.
 See docs/training.md."""
 
 
@@ -42,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mesh", default=None, metavar="TOPOLOGY",
                         help="lay the model out on a known machine: v4-8, v5p-8, v5e-8, v6e-8, gpu-8")
     parser.add_argument("--resume-step", type=int, default=None, metavar="N",
-                        help="resume from checkpoint step N instead of the newest one")
+                        help="resume from checkpoint step N instead of the newest one; the newer "
+                             "checkpoints are deleted")
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
@@ -84,7 +88,9 @@ def print_report(summary: dict, workdir) -> None:
     workdir = Path(workdir)
     table = format_solve_rate_table(summary)
     if table:
-        print(f"held-out solve rate ({summary.get('benchmark')}, {summary.get('eval_items')} items, greedy):")
+        t, k = summary.get("eval_temperature", 0.0), summary.get("eval_samples", 1)
+        how = "greedy" if not t else f"mean of {k} sample{'s' if k > 1 else ''} at temperature {t:g}"
+        print(f"held-out solve rate ({summary.get('benchmark')}, {summary.get('eval_items')} items, {how}):")
         print(table)
     print(f"summary: {workdir / 'summary.json'}")
     print(f"metrics: {workdir / 'metrics.jsonl'}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -15,6 +16,8 @@ import numpy as np
 
 from azr_jax import config as config_lib
 from azr_jax.errors import UserError
+
+log = logging.getLogger("azr_jax.train")
 
 # Keys that may differ between a workdir's config and the config it is resumed with: how long
 # to run and how often to log or save, never anything that changes what a step computes.
@@ -60,6 +63,13 @@ def init_key(seed: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), np.uint32(INIT_KEY_FOLD))
 
 
+def has_checkpoint(workdir: Path) -> bool:
+    """Whether `workdir` holds a complete training checkpoint (Orbax names those by their step;
+    a save still in progress or killed is a `<step>.orbax-checkpoint-tmp-*` directory)."""
+    ckpts = workdir / "checkpoints"
+    return ckpts.is_dir() and any(p.name.isdigit() and p.is_dir() for p in ckpts.iterdir())
+
+
 def check_workdir(cfg, workdir: Path, *, write: bool) -> None:
     """Refuse a workdir holding a run of a different config; write the resolved config."""
     path = workdir / "config.json"
@@ -72,10 +82,13 @@ def check_workdir(cfg, workdir: Path, *, write: bool) -> None:
         if not isinstance(old, dict):
             raise UserError(f"{path} does not hold a config; is {workdir} a training run directory?")
         differ = allowed_config_change(old, new)
-        if differ:
+        if differ and has_checkpoint(workdir):
             shown = ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
             raise UserError(f"workdir {workdir} holds a run of a different config (differs in {shown}); "
                             f"use a new --workdir or the same config")
+        if differ:  # a start that failed before its first checkpoint: nothing to resume, start afresh
+            log.warning("workdir %s has a config.json but no checkpoint; starting afresh with the new config "
+                        "(differs in %s)", workdir, ", ".join(differ[:5]))
     if write:
         workdir.mkdir(parents=True, exist_ok=True)
         # Written beside and renamed into place: the other processes of a multi-host run read this
@@ -164,6 +177,9 @@ def load_policy(cfg) -> Policy:
 
         if not Path(m.hf_dir).is_dir():
             raise UserError(f"model.hf_dir {m.hf_dir} is not a directory (a Hugging Face checkpoint is expected)")
+        if m.overrides:
+            raise UserError(f"model.overrides {dict(m.overrides)} would be ignored: with model.hf_dir the "
+                            f"checkpoint's config.json fixes the architecture (overrides are for random init)")
         model = from_pretrained(m.hf_dir, dtype=_DTYPES[m.param_dtype], mesh=mesh, rules=rules)
         model_cfg, params = model.config, model.params
         tokenizer = load_tokenizer(m.tokenizer) if m.tokenizer else model.tokenizer

@@ -572,8 +572,10 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
     from azr_jax.azr.buffers import TaskBuffers
     from azr_jax.sandbox import Sandbox
 
+    from azr_jax.jsonl import check_output_dir
+
     distributed.initialize_from_env()
-    workdir = Path(workdir)
+    workdir = check_output_dir(workdir, "--workdir")
     primary = jax.process_index() == 0
     check_workdir(cfg, workdir, write=primary)
     try:

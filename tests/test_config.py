@@ -44,6 +44,10 @@ def test_unknown_key_names_the_closest_valid_key():
     ("azr.batch_size=0", "must be positive"),
     ("azr.seed_size=-1", "0 = no seeding phase"),
     ("train.keep_checkpoints=0", "must be positive"),  # Orbax would delete every checkpoint
+    ("rl.estimator=bogus", "must be one of"),
+    ("sandbox.workers=-3", "0 = one per CPU core"),
+    ('mesh.shape={"data": 1, "fsdp": "abc"}', "positive int or -1"),
+    ('mesh.rules={"batch": "bogus_axis"}', "must name axes of mesh.shape"),
     ("train.save_every=0", "must be positive"),
     ("train.log_every=0", "must be positive"),
     ("azr.seed_max_rounds=0", "must be positive"),
@@ -87,6 +91,39 @@ def test_python_config_files(tmp_path):
         load_config(bad)
     with pytest.raises(UserError, match="config file not found"):
         load_config(tmp_path / "missing.py")
+    # A .py config goes through the same type checks as a config.json (a dataclass checks none).
+    typed = tmp_path / "typed.py"
+    typed.write_text("from azr_jax.config import Config, TrainSection\nconfig = Config(train=TrainSection(steps=[10]))\n")
+    with pytest.raises(UserError, match="typed.py: config key 'train.steps' expects an int"):
+        load_config(typed)
+    raising = tmp_path / "raising.py"
+    raising.write_text("def get_config():\n    raise KeyError('model')\n")
+    with pytest.raises(UserError, match="get_config\\(\\) failed: KeyError"):
+        load_config(raising)
+    listed = tmp_path / "config.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(UserError, match="must be a mapping"):
+        load_config(listed)
+
+
+def test_output_paths_are_checked_before_the_work(tmp_path):
+    from azr_jax.cli import main
+
+    def error_line(argv):
+        r = subprocess.run([sys.executable, "-m", "azr_jax.cli", *argv], capture_output=True, text=True)
+        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("azr-jax: error:"), r.stderr[-2000:]
+        return lines[0]
+
+    rollouts = tmp_path / "in.jsonl"
+    rollouts.write_text("")
+    assert "is a directory" in error_line(["score", "--in", str(rollouts), "--out", str(tmp_path)])
+    assert "does not exist" in error_line(["eval", "--config", "configs/nano.py", "--out", str(tmp_path / "no" / "x.json")])
+    assert "does not exist" in error_line(["bench", "executor", "--out", str(tmp_path / "no" / "x.json")])
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert "is not a directory" in error_line(["pretrain", "--config", "configs/nano_base.py", "--out", str(a_file)])
+    assert "is not a directory" in error_line(["train", "--config", "configs/nano.py", "--workdir", str(a_file)])
 
 
 def test_cli_reports_bad_input_as_one_line(tmp_path):

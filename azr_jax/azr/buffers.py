@@ -148,9 +148,11 @@ def load_seed_file(path: str | Path, task: str) -> list[dict]:
     out = []
     for n, row in read_objects(p, "seed file"):
         program = row.get("program", row.get("snippet"))
-        missing = [k for k in _REQUIRED[task] if k not in row] + ([] if isinstance(program, str) else ["program"])
+        missing = [k for k in _REQUIRED[task] if k not in row] + ([] if program is not None else ["program"])
         if missing:
             raise UserError(f"seed file {p} line {n}: missing field(s) {missing} for a {task} seed")
+        if not isinstance(program, str):
+            raise UserError(f"seed file {p} line {n}: 'program' must be a string, got {type(program).__name__}")
         imports = row.get("imports") or []
         if task == "induction":
             inputs, outputs = [str(x) for x in row["inputs"]], [str(x) for x in row["outputs"]]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from azr_jax.config import load_config
 from azr_jax.errors import UserError
+from azr_jax.jsonl import check_output_file
 
 CHUNK = 256  # records per score_records call: bounds memory and gives regular progress
 
@@ -99,8 +100,7 @@ def main(args: argparse.Namespace) -> int:
     in_path, out_path = Path(args.input), Path(args.output)
     if not in_path.is_file():  # fail before starting the sandbox
         raise UserError(f"input file not found: {in_path}")
-    if not out_path.parent.is_dir():
-        raise UserError(f"output directory does not exist: {out_path.parent}")
+    check_output_file(out_path, "--out")
     with Sandbox(cfg.sandbox) as sandbox:
         counts = score_file(in_path, out_path, cfg, sandbox)
     print(_summary(counts), file=sys.stderr)

@@ -19,10 +19,11 @@ BENCHES = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
+    """`argv`: the arguments after `bench` (default: the process's), which pick the benchmark."""
     sub = parser.add_subparsers(dest="bench", metavar="NAME")
     sub.required = True
-    chosen = next((a for a in sys.argv[1:] if a in BENCHES), None)
+    chosen = next((a for a in (sys.argv[1:] if argv is None else argv) if a in BENCHES), None)
     for name, (module_name, help_text) in BENCHES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:  # only the chosen benchmark's module (and its imports) is loaded
@@ -31,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from azr_jax.jsonl import check_output_file
+
+    if args.out:
+        check_output_file(args.out, "--out")  # before the benchmark, not after it
     module = importlib.import_module(BENCHES[args.bench][0])
     result = module.run(args)
     text = json.dumps(result, sort_keys=True)

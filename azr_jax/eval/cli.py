@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from azr_jax.errors import UserError
+from azr_jax.jsonl import check_output_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +62,8 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("--step needs --run WORKDIR")
     if args.run and args.checkpoint:
         raise UserError("--run and --checkpoint are two different models; give one")
+    if args.out:
+        check_output_file(args.out, "--out")  # before the evaluation, not after it
     config = args.config or Path(args.run) / "config.json"
     cfg = load_config(config, args.overrides)
     if args.checkpoint:

@@ -50,6 +50,8 @@ def solve_rate_summary(base: dict, final: dict) -> dict:
     out = {
         "benchmark": final.get("benchmark", base.get("benchmark")),
         "eval_items": final.get("n_items"),
+        "eval_samples": final.get("samples", 1),
+        "eval_temperature": final.get("temperature", 0.0),
         "base_solve_rate": base["solve_rate"],
         "final_solve_rate": final["solve_rate"],
         "solve_rate_gain": final["solve_rate"] - base["solve_rate"],

@@ -42,8 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from azr_jax.config import load_config
 
+    from azr_jax.jsonl import check_output_dir
+
     cfg = load_config(args.config, args.overrides)
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
     record = build_base(cfg, out, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(json.dumps({"out": str(out), **{k: record[k] for k in ("num_params", "final_loss", "wall_s")}}))
     return 0

@@ -11,4 +11,8 @@ if [ ! -x .venv/bin/azr-jax ]; then
   python3 -m venv .venv && .venv/bin/pip install -q -e ".[cuda]"
 fi
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
+if [ "${JAX_NUM_PROCESSES:-1}" -gt 1 ]; then
+  # Several nodes: fsdp over every GPU of every node (the preset's -1); gpu-8 would fix it at 8.
+  exec .venv/bin/azr-jax train --config "$config" "$@"
+fi
 exec .venv/bin/azr-jax train --config "$config" --mesh gpu-8 "$@"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Copy this checkout to every worker of a TPU VM and run `azr-jax train` on all of them at once.
 #   launch/tpu/run_all_workers.sh NAME ZONE CONFIG [azr-jax train args...]
-# On a slice with several hosts, AZR_TPU_MULTIHOST=1 makes every worker join jax.distributed
-# (JAX discovers the coordinator on TPU VMs); each host runs its own sandbox pool.
+# On a slice with several hosts, run it with AZR_TPU_MULTIHOST=1 set here: every worker then joins
+# jax.distributed (JAX discovers the coordinator on TPU VMs); each host runs its own sandbox pool.
+# Give a --workdir on a filesystem all workers share (e.g. a GCS FUSE mount): checkpoints are
+# written by every host.
 set -euo pipefail
 name="$1"; zone="$2"; config="$3"; shift 3
 here="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -12,5 +14,5 @@ args=$(printf ' %q' "$@")
 gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command "
   set -e; mkdir -p ~/azr-jax && tar -xzf ~/azr-jax.tgz -C ~/azr-jax && cd ~/azr-jax
   python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu]'
-  AZR_TPU_MULTIHOST=\${AZR_TPU_MULTIHOST:-0} nohup .venv/bin/azr-jax train --config $config$args > train.log 2>&1 &
+  AZR_TPU_MULTIHOST=${AZR_TPU_MULTIHOST:-0} nohup .venv/bin/azr-jax train --config $config$args > train.log 2>&1 &
   echo started on \$(hostname)"

@@ -117,6 +117,9 @@ def test_seed_file_loading(tmp_path):
     p.write_text('{"program": "x", "input": "1"}\n')
     with pytest.raises(UserError, match="line 1: missing field"):
         load_seed_file(p, "deduction")
+    p.write_text('{"program": 5, "input": "1", "output": "1"}\n')
+    with pytest.raises(UserError, match="line 1: 'program' must be a string, got int"):
+        load_seed_file(p, "deduction")
     p.write_text("not json\n")
     with pytest.raises(UserError, match="line 1: not valid JSON"):
         load_seed_file(p, "deduction")

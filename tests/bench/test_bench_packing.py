@@ -32,3 +32,13 @@ def test_bench_packing_prints_one_record(capsys):
     assert record["bench"] == "packing" and record["model"]["layers"] == 1
     assert record["packed_slots"] < record["padded_slots"] and record["real_tokens"] <= record["packed_slots"]
     assert record["seconds"] > 0 and record["baseline_seconds"] > 0 and record["ratio"] > 0
+
+
+def test_cli_main_argv_picks_the_benchmark_flags(monkeypatch):
+    """`azr_jax.cli.main(argv)` (not only the process's sys.argv) decides which flags load."""
+    from azr_jax.cli import _lazy_parser
+
+    monkeypatch.setattr("sys.argv", ["azr-jax"])
+    argv = ["bench", "packing", "--rows", "4"]
+    args = _lazy_parser(argv).parse_args(argv)
+    assert args.bench == "packing" and args.rows == 4

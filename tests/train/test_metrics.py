@@ -161,3 +161,16 @@ def test_a_second_stop_signal_interrupts_at_once():
         assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored by the second
     finally:
         stop.restore()
+
+
+def test_the_end_of_run_report_says_how_the_benchmark_was_decoded(tmp_path, capsys):
+    from azr_jax.eval.summary import solve_rate_summary
+    from azr_jax.train_cli import print_report
+
+    def result(rate, **kw):
+        return {"solve_rate": rate, "per_task": {"deduction": rate}, "n_items": 2, "benchmark": "nano", **kw}
+
+    print_report(solve_rate_summary(result(0.1), result(0.2)), tmp_path)
+    assert "(nano, 2 items, greedy)" in capsys.readouterr().out
+    print_report(solve_rate_summary(result(0.1), result(0.2, samples=4, temperature=1.0)), tmp_path)
+    assert "(nano, 2 items, mean of 4 samples at temperature 1)" in capsys.readouterr().out

@@ -206,6 +206,7 @@ def test_workdir_of_a_different_config_is_refused(env):
     workdir = env["base"] / "other"
     workdir.mkdir()
     (workdir / "config.json").write_text(json.dumps({"name": "someone-else", "azr": {"batch_size": 64}}))
+    (workdir / "checkpoints" / "3").mkdir(parents=True)  # without a checkpoint it would start afresh
     assert "holds a run of a different config" in _one_error_line(_run(env, workdir))
 
 

@@ -72,3 +72,32 @@ def test_weights_are_placed_on_the_whole_mesh_from_a_checkpoint_and_at_random_in
         state = policy.init_state(cfg)
         assert any(len(leaf.addressable_shards) == 8 and leaf.addressable_shards[0].data.shape != leaf.shape
                    for leaf in jax.tree.leaves(state.params))  # some are split, not all replicated
+
+
+def test_a_workdir_without_a_checkpoint_takes_a_corrected_config(tmp_path):
+    """A start that failed before its first checkpoint (say, a mistyped model.hf_dir) must not
+    lock its workdir against the corrected command; one with a checkpoint keeps its config."""
+    import pytest
+
+    from azr_jax import config as config_lib
+    from azr_jax.errors import UserError
+    from azr_jax.train_setup import check_workdir
+
+    check_workdir(config_lib.load_config(CONFIG, ["azr.batch_size=2"]), tmp_path, write=True)
+    (tmp_path / "checkpoints" / "1.orbax-checkpoint-tmp-5").mkdir(parents=True)  # a killed save
+    corrected = config_lib.load_config(CONFIG, ["azr.batch_size=4"])
+    check_workdir(corrected, tmp_path, write=True)
+    assert config_lib.load_config(str(tmp_path / "config.json")).azr.batch_size == 4
+    (tmp_path / "checkpoints" / "1").mkdir()
+    with pytest.raises(UserError, match="holds a run of a different config"):
+        check_workdir(config_lib.load_config(CONFIG, ["azr.batch_size=8"]), tmp_path, write=True)
+
+
+def test_overrides_with_a_checkpoint_are_refused_not_ignored():
+    import pytest
+
+    from azr_jax.errors import UserError
+    from azr_jax.train_setup import load_policy
+
+    with pytest.raises(UserError, match="would be ignored"):
+        load_policy(load_config("configs/nano.py", ['model.overrides={"num_layerz": 2}']))
