@@ -126,6 +126,21 @@ def zygote_survived_or_program_failure(r: JobResult, ctx: dict) -> None:
         assert not r.sandbox_fault, r
 
 
+def _forger(fake: str) -> str:
+    """A program that writes the bytes expression `fake` to every fd it may hold, then exits."""
+    return f"""
+import os
+def f(x):
+    fake = {fake}
+    for fd in range(3, 64):
+        try:
+            os.write(fd, fake)
+        except OSError:
+            pass
+    os._exit(0)
+"""
+
+
 CASES: list[Case] = [
     # --- filesystem ---------------------------------------------------------------------------
     Case("write_outside_dir", """
@@ -563,41 +578,14 @@ def f(x):
     print("('done', (('ok', \\"'gold'\\", \\"'gold'\\"),))", flush=True)
     os._exit(0)
 """, all_of(no_match, quick_failure()), expected=["'gold'"]),
-    Case("write_fake_frame_to_every_fd", """
-import os
-def f(x):
-    fake = b"('done', (('ok', \\"'gold'\\", \\"'gold'\\"),))"
-    for fd in range(3, 64):
-        try:
-            os.write(fd, fake)
-        except OSError:
-            pass
-    os._exit(0)
-""", lambda r, ctx: _forged_frame_check(r), expected=["'the hidden gold answer'"]),
+    Case("write_fake_frame_to_every_fd", _forger("""b"('done', (('ok', \\"'gold'\\", \\"'gold'\\"),))\""""),
+         lambda r, ctx: _forged_frame_check(r), expected=["'the hidden gold answer'"]),
     # A forged report cannot pass the program's failure off as the sandbox's (such rows are
     # left out of the update, so the program would escape its penalty).
-    Case("forge_a_sandbox_failure", """
-import os
-def f(x):
-    for fd in range(3, 64):
-        try:
-            os.write(fd, b"('error', 'sandbox failure: forged')")
-        except OSError:
-            pass
-    os._exit(0)
-""", lambda r, ctx: _program_failure(r)),
-    Case("forge_an_int_too_long_to_print", """
-import os
-def f(x):
-    text = repr('0x' + 'f' * 5000)
-    fake = ("('done', (('ok', %s, %s),))" % (text, text)).encode()
-    for fd in range(3, 64):
-        try:
-            os.write(fd, fake)
-        except OSError:
-            pass
-    os._exit(0)
-""", lambda r, ctx: _program_failure(r, "unrepresentable")),
+    Case("forge_a_sandbox_failure", _forger("""b"('error', 'sandbox failure: forged')\""""),
+         lambda r, ctx: _program_failure(r)),
+    Case("forge_an_int_too_long_to_print", _forger("""("('done', (('ok', %s, %s),))" % ((repr('0x' + 'f' * 5000),) * 2)).encode()"""),
+         lambda r, ctx: _program_failure(r, "unrepresentable")),
     Case("sys_exit_zero", "import sys\ndef f(x):\n    sys.exit(0)\n", all_of(fails("SystemExit"), no_match), expected=["None"]),
     Case("sys_exit_at_import", "import sys\nsys.exit(0)\ndef f(x):\n    return 1\n", fails("SystemExit"), expected=["1"]),
     Case("keyboard_interrupt", "def f(x):\n    raise KeyboardInterrupt\n", fails("KeyboardInterrupt")),
