@@ -384,17 +384,34 @@ class SelfPlay:
                 validated[i]["diversity_bonus"] = 0.0
 
     def _update(self, state, ordered: list[RoleBatch]) -> dict:
-        from azr_jax.data.pipeline import concat_rows
+        from azr_jax.data.pipeline import concat_rows, pad_rows
         from azr_jax.rl.advantages import trrpp_group_id
         from azr_jax.sampling import rollout_batch
 
-        parts = [rollout_batch(rb.prompt_ids, rb.completions, rb.n_samples, pad_id=self.policy.pad_id,
-                               length_buckets=self.cfg.sampling.length_buckets) for rb in ordered]
-        batch = concat_rows(parts, pad_id=self.policy.pad_id)
+        pad_id, micro, rl_cfg = self.policy.pad_id, self.cfg.rl.micro_batch_size, self.cfg.rl
+        parts, rewards, groups = [], [], []
+        for rb in ordered:
+            part = rollout_batch(rb.prompt_ids, rb.completions, rb.n_samples, pad_id=pad_id,
+                                 length_buckets=self.cfg.sampling.length_buckets)
+            rows = part["tokens"].shape[0]
+            # The per-micro-batch token mean weighs blocks of `micro` rows, and each block must hold
+            # one (role, task): empty rows fill the last block (a part's row count varies when the
+            # learnability rollouts are trained on).
+            padded = rows + (-rows % micro if rl_cfg.loss_agg == "token-mean-per-micro-batch" else 0)
+            parts.append(pad_rows(part, padded, pad_id=pad_id))
+            rewards += list(rb.rewards) + [0.0] * (padded - rows)
+            groups += [trrpp_group_id(rb.role, rb.task)] * padded
+        batch = concat_rows(parts, pad_id=pad_id)
+        if not rl_cfg.pack_by_length:  # the padded layout splits the batch into whole micro-batches
+            rows = batch["tokens"].shape[0]
+            batch = pad_rows(batch, rows + -rows % micro, pad_id=pad_id)
+            rewards += [0.0] * (batch["tokens"].shape[0] - rows)
+            groups += [groups[-1]] * (batch["tokens"].shape[0] - rows)
         # Rows the sandbox failed to judge carry no loss and no weight in their group's statistics.
-        batch["loss_mask"][sandbox_error_rows(ordered)] = 0
-        rewards = np.asarray([r for rb in ordered for r in rb.rewards], np.float32)
-        groups = np.asarray([trrpp_group_id(rb.role, rb.task) for rb in ordered for _ in rb.rewards], np.int32)
+        unjudged = sandbox_error_rows(ordered, padded_to=micro if rl_cfg.loss_agg == "token-mean-per-micro-batch" else 1)
+        batch["loss_mask"][np.flatnonzero(unjudged)] = 0
+        rewards = np.asarray(rewards, np.float32)
+        groups = np.asarray(groups, np.int32)
         # Counted on the host batch: on several processes the placed arrays are not fully addressable.
         n_tokens, seq_len = int(batch["mask"].sum()), int(batch["tokens"].shape[1])
         t0 = time.perf_counter()
@@ -502,8 +519,9 @@ def _judged_rewards(rb) -> list[float]:
     return [r for r, s in zip(rb.rewards, rb.scored) if s.get("reason") != "sandbox_error"]
 
 
-def sandbox_error_rows(batches) -> np.ndarray:
-    """bool [rows]: update rows (in `batches` order) whose verdict is `reason: sandbox_error`.
+def sandbox_error_rows(batches, padded_to: int = 1) -> np.ndarray:
+    """bool [rows]: update rows (in `batches` order) whose verdict is `reason: sandbox_error`;
+    `padded_to`: each batch's rows are followed by empty rows up to a multiple of it (False).
 
     Their reward says nothing about the response (the sandbox broke, not the program), so the
     update leaves them out instead of training on a -1 or a 0 the policy did not earn."""
@@ -511,7 +529,7 @@ def sandbox_error_rows(batches) -> np.ndarray:
     for rb in batches:
         if len(rb.scored) != len(rb.rewards):
             raise ValueError(f"{rb.role}/{rb.task}: {len(rb.scored)} verdicts for {len(rb.rewards)} rewards")
-        flags += [s.get("reason") == "sandbox_error" for s in rb.scored]
+        flags += [s.get("reason") == "sandbox_error" for s in rb.scored] + [False] * (-len(rb.scored) % padded_to)
     return np.asarray(flags, bool)
 
 

@@ -159,6 +159,17 @@ def concat_rows(parts: Sequence[dict[str, np.ndarray]], *, pad_id: int) -> dict[
     return out
 
 
+def pad_rows(part: dict[str, np.ndarray], rows: int, *, pad_id: int) -> dict[str, np.ndarray]:
+    """`part` ([B, T] arrays) with empty rows appended up to `rows`: `tokens` pad_id, the rest 0,
+    so they carry no loss and no weight in any statistics."""
+    extra = rows - part["tokens"].shape[0]
+    if extra < 0:
+        raise ValueError(f"cannot pad {part['tokens'].shape[0]} rows to {rows}")
+    if extra == 0:
+        return part
+    return {k: np.pad(v, ((0, extra), (0, 0)), constant_values=pad_id if k == "tokens" else 0) for k, v in part.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineState:
     """Everything the pipeline needs to reproduce its next batches: streams are pure functions of

@@ -44,9 +44,25 @@ def _segment_sum(x_b: jax.Array, group_ids_b: jax.Array, num_groups: int) -> jax
     return jax.ops.segment_sum(x_b, group_ids_b, num_segments=num_groups)
 
 
+def _has_tokens(response_mask_bt: jax.Array) -> jax.Array:
+    """float32 [B]: 1 for rows with at least one response (loss) token."""
+    return (jnp.sum(jnp.asarray(response_mask_bt, jnp.float32), axis=-1) > 0).astype(jnp.float32)
+
+
 def _broadcast(adv_b: jax.Array, response_mask_bt: jax.Array) -> jax.Array:
     mask_bt = response_mask_bt.astype(jnp.float32)
     return adv_b[:, None] * mask_bt
+
+
+def _centered(rewards_b, lengths_b, group_ids_b, num_groups, mean_g):
+    """R - mean of the group, exactly 0 in a group whose rewards are all equal: the rounded mean
+    of inexact rewards (0.3, a diversity bonus) would otherwise leave ~1e-8, which the whitening's
+    rsqrt(var + 1e-8) turns into a spurious ~1e-4 advantage."""
+    has_tokens_b = lengths_b > 0
+    hi_g = jax.ops.segment_max(jnp.where(has_tokens_b, rewards_b, -jnp.inf), group_ids_b, num_segments=num_groups)
+    lo_g = jax.ops.segment_min(jnp.where(has_tokens_b, rewards_b, jnp.inf), group_ids_b, num_segments=num_groups)
+    constant_b = (hi_g == lo_g)[group_ids_b]
+    return jnp.where(constant_b, 0.0, rewards_b - mean_g[group_ids_b])
 
 
 def _whiten_token_weighted(rewards_b, lengths_b, group_ids_b, num_groups):
@@ -58,7 +74,7 @@ def _whiten_token_weighted(rewards_b, lengths_b, group_ids_b, num_groups):
     n_tok_g = _segment_sum(lengths_b, group_ids_b, num_groups)
     safe_n_g = jnp.maximum(n_tok_g, 1.0)
     mean_g = _segment_sum(lengths_b * rewards_b, group_ids_b, num_groups) / safe_n_g
-    centered_b = rewards_b - mean_g[group_ids_b]
+    centered_b = _centered(rewards_b, lengths_b, group_ids_b, num_groups, mean_g)
     var_g = _segment_sum(lengths_b * centered_b**2, group_ids_b, num_groups) / safe_n_g
     # Bessel factor over tokens; a group with a single token has var 0 (and a zero advantage).
     bessel_g = jnp.where(n_tok_g > 1, n_tok_g / jnp.maximum(n_tok_g - 1.0, 1.0), 0.0)
@@ -71,7 +87,7 @@ def _whiten_per_sequence(rewards_b, lengths_b, group_ids_b, num_groups):
     has_tokens_b = (lengths_b > 0).astype(jnp.float32)
     n_seq_g = jnp.maximum(_segment_sum(has_tokens_b, group_ids_b, num_groups), 1.0)
     mean_g = _segment_sum(has_tokens_b * rewards_b, group_ids_b, num_groups) / n_seq_g
-    centered_b = rewards_b - mean_g[group_ids_b]
+    centered_b = _centered(rewards_b, lengths_b, group_ids_b, num_groups, mean_g)
     var_g = _segment_sum(has_tokens_b * centered_b**2, group_ids_b, num_groups) / n_seq_g
     return centered_b * jax.lax.rsqrt(var_g[group_ids_b] + WHITEN_EPS)
 
@@ -128,11 +144,13 @@ def grpo(
     rewards_b = jnp.asarray(rewards_b, jnp.float32)
     group_ids_b = jnp.asarray(group_ids_b, jnp.int32)
     num_groups = rewards_b.shape[0] if num_groups is None else num_groups
-    n_g = _segment_sum(jnp.ones_like(rewards_b), group_ids_b, num_groups)
-    mean_g = _segment_sum(rewards_b, group_ids_b, num_groups) / jnp.maximum(n_g, 1.0)
+    # Rows without loss tokens (unjudged, padding) take no part in the statistics.
+    counted_b = _has_tokens(response_mask_bt)
+    n_g = _segment_sum(counted_b, group_ids_b, num_groups)
+    mean_g = _segment_sum(counted_b * rewards_b, group_ids_b, num_groups) / jnp.maximum(n_g, 1.0)
     singleton_b = n_g[group_ids_b] <= 1
     centered_b = rewards_b - jnp.where(singleton_b, 0.0, mean_g[group_ids_b])
-    sq_dev_b = jnp.where(singleton_b, 0.0, centered_b**2)
+    sq_dev_b = jnp.where(singleton_b, 0.0, counted_b * centered_b**2)
     var_g = _segment_sum(sq_dev_b, group_ids_b, num_groups) / jnp.maximum(n_g - 1.0, 1.0)
     std_b = jnp.where(singleton_b, 1.0, jnp.sqrt(var_g[group_ids_b]))
     adv_b = centered_b / (std_b + GRPO_EPS) if normalize_by_std else centered_b
@@ -147,8 +165,9 @@ def rloo(rewards_b, response_mask_bt, group_ids_b, *, num_groups: int | None = N
     rewards_b = jnp.asarray(rewards_b, jnp.float32)
     group_ids_b = jnp.asarray(group_ids_b, jnp.int32)
     num_groups = rewards_b.shape[0] if num_groups is None else num_groups
-    n_g = _segment_sum(jnp.ones_like(rewards_b), group_ids_b, num_groups)
-    sum_g = _segment_sum(rewards_b, group_ids_b, num_groups)
+    counted_b = _has_tokens(response_mask_bt)  # rows without loss tokens take no part
+    n_g = _segment_sum(counted_b, group_ids_b, num_groups)
+    sum_g = _segment_sum(counted_b * rewards_b, group_ids_b, num_groups)
     n_b, sum_b = n_g[group_ids_b], sum_g[group_ids_b]
     others_mean_b = (sum_b - rewards_b) / jnp.maximum(n_b - 1.0, 1.0)
     adv_b = jnp.where(n_b > 1, rewards_b - others_mean_b, rewards_b)

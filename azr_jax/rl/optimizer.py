@@ -60,8 +60,10 @@ def make_optimizer(optim_cfg, total_steps: int | None = None) -> optax.GradientT
 
 def apply_if_finite(optimizer: optax.GradientTransformation, grads, grad_norm, opt_state, params):
     """One optimizer step, skipped when the gradient norm `grad_norm` (the caller's, also logged)
-    is NaN or infinite, as verl skips such a step: params and optimizer state (its step count
-    included) stay as they were, so one bad batch cannot poison the weights or the Adam moments.
+    is NaN or infinite, as verl skips such a step: params and the Adam state (moments and their
+    bias-correction count) stay as they were, so one bad batch cannot poison the weights or the
+    moments. The learning-rate schedule still advances, as verl steps its scheduler either way,
+    so the rate used stays schedule(update count), the one logged.
 
     Returns (params, opt_state, skipped) with `skipped` a float32 0/1 scalar.
     """
@@ -72,5 +74,10 @@ def apply_if_finite(optimizer: optax.GradientTransformation, grads, grad_norm, o
     def keep_if_finite(new, old):
         return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
-    return (keep_if_finite(new_params, params), keep_if_finite(new_opt_state, opt_state),
-            1.0 - finite.astype(jnp.float32))
+    def is_schedule(x):
+        return isinstance(x, optax.ScaleByScheduleState)
+
+    kept_state = keep_if_finite(new_opt_state, opt_state)
+    kept_state = jax.tree.map(lambda kept, new: new if is_schedule(kept) else kept, kept_state, new_opt_state,
+                              is_leaf=is_schedule)
+    return keep_if_finite(new_params, params), kept_state, 1.0 - finite.astype(jnp.float32)

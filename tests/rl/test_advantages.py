@@ -72,17 +72,19 @@ def test_trrpp_groups_are_independent():
     assert got_bt[0, 0] < 0 < got_bt[1, 0]
 
 
-@pytest.mark.parametrize("whiten_stats", ["token", "sequence"])
-def test_trrpp_rows_without_loss_tokens_leave_the_group_statistics_alone(whiten_stats):
-    # How the trainer leaves a row out (a sandbox_error verdict): its loss mask is zeroed. The
-    # other rows' advantages must be those of the group without it, whatever its reward.
+@pytest.mark.parametrize("name, opts", [("trr++", {"whiten_stats": "token"}), ("trr++", {"whiten_stats": "sequence"}),
+                                        ("reinforce++", {}), ("grpo", {}), ("rloo", {})])
+def test_rows_without_loss_tokens_leave_the_group_statistics_alone(name, opts):
+    # How the trainer leaves a row out (a sandbox_error verdict, or an empty row padding a
+    # micro-batch): its loss mask is zeroed. The other rows' advantages must be those of the
+    # group without it, whatever its reward.
+    estimator = adv.REGISTRY[name]
     mask_bt = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1]], np.float32)
-    kept = np.asarray(adv.trr_plus_plus(np.array([1.0, 0.0, 0.5]), mask_bt, np.zeros(3, np.int32), num_groups=1,
-                                        whiten_stats=whiten_stats))
+    kept = np.asarray(estimator(np.array([1.0, 0.0, 0.5]), mask_bt, np.zeros(3, np.int32), num_groups=1, **opts))
     left_out = np.concatenate([mask_bt, np.zeros((1, 3), np.float32)])
     for reward in (-1.0, 7.0):
-        got = np.asarray(adv.trr_plus_plus(np.array([1.0, 0.0, 0.5, reward]), left_out, np.zeros(4, np.int32),
-                                           num_groups=1, whiten_stats=whiten_stats))
+        got = np.asarray(estimator(np.array([1.0, 0.0, 0.5, reward]), left_out, np.zeros(4, np.int32),
+                                   num_groups=1, **opts))
         np.testing.assert_allclose(got[:3], kept, atol=1e-6)
         np.testing.assert_array_equal(got[3], 0.0)
 
@@ -97,6 +99,19 @@ def test_all_equal_rewards_give_zero(name):
     mask_bt = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 1]], np.float32)
     got_bt = np.asarray(adv.REGISTRY[name](np.full(4, 0.7), mask_bt, np.array([0, 0, 1, 1])))
     np.testing.assert_allclose(got_bt, 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(adv.REGISTRY))
+@pytest.mark.parametrize("reward", [0.1, 0.3, 0.7, 1.0 / 3.0])
+def test_equal_inexact_rewards_give_exactly_zero(name, reward):
+    # Float32 rewards that are not exact (a diversity bonus) once left ~1e-8 after centring,
+    # which the whitening's rsqrt(var + 1e-8) scaled up to a ~1e-4 advantage.
+    mask_bt = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]], np.float32)
+    groups = np.array([0, 0, 0, 1, 1])
+    for whiten in ({"whiten_stats": "token"}, {"whiten_stats": "sequence"}) if name in ("trr++", "reinforce++") else ({},):
+        got_bt = np.asarray(adv.REGISTRY[name](np.full(5, reward, np.float32), mask_bt, groups, num_groups=2, **whiten))
+        # RLOO divides by nothing: its rounding stays at float32 resolution.
+        np.testing.assert_allclose(got_bt, 0.0, atol=1e-7 if name == "rloo" else 0.0)
 
 
 def test_reinforce_plus_plus_ignores_groups():

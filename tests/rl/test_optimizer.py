@@ -46,3 +46,22 @@ def test_adamw_with_clipping_matches_torch(weight_decay):
         torch.nn.utils.clip_grad_norm_([tw], 1.0)
         topt.step()
     np.testing.assert_allclose(np.asarray(params["w"]), tw.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_skipped_step_advances_the_schedule_but_not_adam():
+    """verl skips a non-finite step but still steps its scheduler: after a skipped first step
+    the second uses schedule(1), not schedule(0) (0 during warmup, which would not move params)."""
+    import jax.numpy as jnp
+
+    from azr_jax.rl.optimizer import apply_if_finite
+
+    opt = make_optimizer(OptimSection(learning_rate=1.0, warmup_steps=2, grad_clip_norm=0.0, weight_decay=0.0))
+    params = {"w": jnp.ones(3)}
+    state = opt.init(params)
+    bad, good = {"w": jnp.full(3, jnp.nan)}, {"w": jnp.ones(3)}
+    params, state, skipped = apply_if_finite(opt, bad, jnp.linalg.norm(bad["w"]), state, params)
+    assert float(skipped) == 1.0 and np.array_equal(params["w"], np.ones(3))
+    params, state, skipped = apply_if_finite(opt, good, jnp.linalg.norm(good["w"]), state, params)
+    # Adam's first step (bias-corrected) moves each weight by the rate: schedule(1) = 0.5.
+    assert float(skipped) == 0.0
+    np.testing.assert_allclose(np.asarray(params["w"]), 0.5, rtol=1e-5)

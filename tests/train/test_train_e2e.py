@@ -255,6 +255,24 @@ def test_valid_proposals_grow_the_buffers(env):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("extra", [
+    # 3 learnability rollouts per valid proposal: parts of 3k rows, blocks of 4 (empty rows fill them)
+    ("azr.train_learnability_rollouts=true", "azr.n_solver_samples=3", "rl.loss_agg=token-mean-per-micro-batch"),
+    ("azr.train_learnability_rollouts=true", "azr.n_solver_samples=3", "rl.pack_by_length=false"),
+    ("azr.batch_size=3", "rl.pack_by_length=false"),  # 18 rows, micro-batches of 4
+], ids=["per-micro-batch-mean", "padded-learnability", "padded-odd-batch"])
+def test_row_counts_that_are_not_a_multiple_of_the_micro_batch_train(env, extra):
+    """These once passed config validation and then failed in the first update."""
+    workdir = env["base"] / ("rows_" + "_".join(x.split("=")[0].split(".")[-1] for x in extra))
+    r = subprocess.run([sys.executable, str(Path(__file__).parent / "scripted_run.py"), str(workdir),
+                        str(env["tok"]), "train.steps=1", "rl.micro_batch_size=4", *extra], env=env["env"],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (record,) = read_metrics(workdir / "metrics.jsonl")
+    assert record["update/skipped"] == 0.0 and record["update/tokens"] > 0
+
+
+@pytest.mark.slow
 def test_valid_tasks_whose_solver_prompt_is_too_long_get_no_rollouts_and_stay_out_of_the_buffers(env):
     """As the reference: a valid proposal whose solver prompt is over sampling.max_prompt_len gets
     solve rate 0 (the boundary reward) and is not added to its buffer."""
