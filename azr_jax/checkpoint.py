@@ -26,16 +26,18 @@ class Checkpoints:
     """Save / find / restore the checkpoints of one run directory."""
 
     def __init__(self, directory: str | Path, *, keep: int = 3, save_every: int = 1,
-                 async_save: bool = True):
+                 async_save: bool = True, writer: bool = False):
+        """`writer`: the training run that owns the directory. Only it creates the directory and
+        removes what a save killed mid-write left (`<step>.orbax-checkpoint-tmp-*`; left in place,
+        pruning the re-saved step later removes that directory instead and keeps one too many).
+        A reader (`azr-jax eval --run` beside a live run) must not: that may be a save in progress."""
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             save_interval_steps=1,  # the trainer decides when to save (every N steps, SIGTERM, end)
             enable_async_checkpointing=async_save,
-            create=True,
-            # A save killed mid-write leaves `<step>.orbax-checkpoint-tmp-*`; left in place, pruning
-            # the re-saved step later removes that directory instead and keeps one too many.
-            cleanup_tmp_directories=True,
+            create=writer,
+            cleanup_tmp_directories=writer,
         )
         self.save_every = save_every
         # Handlers named up front, so a fresh manager (a resumed run) can read a checkpoint's

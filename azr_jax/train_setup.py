@@ -141,11 +141,12 @@ class Policy:
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, NamedSharding(self.mesh, PartitionSpec()), lambda idx: x[idx])
 
-    def init_state(self, cfg):
+    def init_state(self, cfg, abstract: bool = False):
+        """The train state at step 0; `abstract`: only its shapes and shardings (a restore target)."""
         from azr_jax.rl.update import init_train_state
 
         return init_train_state(self.config, cfg.optim, self.params, total_steps=cfg.train.steps, mesh=self.mesh,
-                                rules=self.rules)
+                                rules=self.rules, abstract=abstract)
 
     @staticmethod
     def checkpoint_tree(state) -> dict:

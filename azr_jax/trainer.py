@@ -123,8 +123,9 @@ class SelfPlay:
                                                        put_rows=policy.put_batch, **step_kwargs)
         else:
             self.train_step = make_train_step(policy.config, cfg.rl, cfg.optim, **step_kwargs)
-        # rl.kl_coef > 0: the starting policy, frozen (a copy: the update donates the live params).
-        self.ref_params = jax.jit(lambda t: jax.tree.map(jnp.copy, t))(policy.params) if cfg.rl.kl_coef > 0 else None
+        # rl.kl_coef > 0: the starting policy, frozen. The loaded weights themselves: the update
+        # donates only the train state, which holds its own copy.
+        self.ref_params = policy.params if cfg.rl.kl_coef > 0 else None
         self.base_key = jax.random.key(cfg.train.seed)
         self.timers: dict[str, float] = {}
         self.generated_tokens = 0  # this step's sampled tokens, learnability rollouts included
@@ -606,13 +607,15 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
     policy = load_policy(cfg)
     if generate_fn is None:
         from azr_jax.sampling import generate as generate_fn
-    ckpts = Checkpoints(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    ckpts = Checkpoints(workdir / "checkpoints", keep=cfg.train.keep_checkpoints, writer=True)
     buffers = TaskBuffers.seeded(cfg.azr)
-    state = policy.init_state(cfg)
     start = 0
     restore_from = resume_step if resume_step is not None else ckpts.latest_step()
-    if restore_from is not None:
-        restored, host = ckpts.restore(restore_from, abstract_like(policy.checkpoint_tree(state)))
+    if restore_from is None:
+        state = policy.init_state(cfg)
+    else:  # restored straight into an abstract target: no throwaway state of the same size
+        target = abstract_like(policy.checkpoint_tree(policy.init_state(cfg, abstract=True)))
+        restored, host = ckpts.restore(restore_from, target)
         state = policy.state_from_tree(restored)
         expected = np.asarray(jax.random.key_data(jax.random.key(cfg.train.seed))).tolist()
         if host.get("rng_key") != expected:
@@ -628,6 +631,9 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
                             progress=progress, progress_every=cfg.train.log_every)
     sandbox = Sandbox(cfg.sandbox)
     loop = SelfPlay(cfg, policy, sandbox, buffers, generate_fn=generate_fn)
+    # The train state holds its own float32 copy of the weights; the loaded ones stay alive only
+    # as the KL reference (rl.kl_coef > 0), which the loop keeps itself.
+    policy.params = None
     stop = StopFlag()
     stop.install()
     status, step = "completed", start
@@ -650,10 +656,16 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
             if cfg.train.audit_every and (step % cfg.train.audit_every == 0 or step == 1):
                 metrics.write_rollouts(step, rollouts)
                 metrics.write_buffers(step, buffers.to_state())
-            if step % cfg.train.save_every == 0 or last or stop.requested:
+            # Read once, and agreed on by every process: a preemption signal reaches the hosts
+            # at different times, and one that stopped alone would leave the others waiting
+            # for it in the collective save or at the next step's barrier.
+            stopping = any(distributed.allgather_json(stop.requested))
+            if stopping and not stop.requested:
+                log.warning("another process received a stop signal: stopping after this step")
+            if step % cfg.train.save_every == 0 or last or stopping:
                 pipeline = PipelineState(seed=cfg.train.seed, next_step=step + 1)
                 ckpts.save(step, policy.checkpoint_tree(state), _host_record(step, loop.base_key, buffers, pipeline))
-            if stop.requested and not last:
+            if stopping and not last:
                 status = "stopped"
                 break
         if evaluating and status == "completed" and step == cfg.train.steps:

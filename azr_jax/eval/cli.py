@@ -43,8 +43,8 @@ def run_params(cfg, policy, workdir: Path, step: int | None):
         step = ckpts.latest_step() if step is None else step
         if step is None:
             raise UserError(f"no checkpoint in {workdir / 'checkpoints'}")
-        state = policy.init_state(cfg)
-        restored, _ = ckpts.restore(step, abstract_like(policy.checkpoint_tree(state)))
+        target = abstract_like(policy.checkpoint_tree(policy.init_state(cfg, abstract=True)))
+        restored, _ = ckpts.restore(step, target)
     finally:
         ckpts.close()
     return policy.state_from_tree(restored).params, step
@@ -64,6 +64,13 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("--run and --checkpoint are two different models; give one")
     if args.out:
         check_output_file(args.out, "--out")  # before the evaluation, not after it
+    import jax
+
+    from azr_jax import distributed
+
+    # Under JAX_COORDINATOR_ADDRESS/... (or AZR_TPU_MULTIHOST=1) every host runs this command:
+    # one global mesh, each host's sandbox checking its share of the answers.
+    distributed.initialize_from_env()
     config = args.config or Path(args.run) / "config.json"
     cfg = load_config(config, args.overrides)
     if args.checkpoint:
@@ -80,9 +87,10 @@ def main(args: argparse.Namespace) -> int:
     finally:
         sandbox.close()
     result["checkpoint"] = source
+    result["processes"] = jax.process_count()
     brief = {k: v for k, v in result.items() if k != "items"}
     print(json.dumps(brief, sort_keys=True))
-    if args.out:
+    if args.out and jax.process_index() == 0:  # every process holds the same result
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1, sort_keys=True)
     return 0

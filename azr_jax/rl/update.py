@@ -77,17 +77,28 @@ def init_train_state(
     total_steps: int | None = None,
     mesh: Mesh | None = None,
     rules: dict | None = None,
+    abstract: bool = False,
 ) -> TrainState:
-    """A TrainState at step 0 for `params` (cast to float32), placed on `mesh` when given."""
+    """A TrainState at step 0 for `params` (cast to float32), placed on `mesh` when given.
+
+    `abstract=True`: only its shapes, dtypes and shardings (`jax.ShapeDtypeStruct`s, nothing
+    allocated), the target a checkpoint is restored into.
+    """
     optimizer = make_optimizer(optim_cfg, total_steps)
 
     def init(p):
-        p = jax.tree.map(lambda x: x.astype(jnp.float32), p)
+        # An explicit copy: the update donates the state, and the weights passed in may live on
+        # (the KL reference), so the two must never share buffers (jit forwards unchanged inputs).
+        p = jax.tree.map(lambda x: jnp.copy(x.astype(jnp.float32)), p)
         return TrainState(params=p, opt_state=optimizer.init(p), step=jnp.zeros((), jnp.int32))
 
     if mesh is None:
-        return jax.jit(init)(params)
-    return jax.jit(init, out_shardings=_state_shardings(model_cfg, optimizer, mesh, rules))(params)
+        fn = jax.jit(init)
+    else:
+        fn = jax.jit(init, out_shardings=_state_shardings(model_cfg, optimizer, mesh, rules))
+    if abstract:
+        return fn.eval_shape(params)
+    return fn(params)
 
 
 def _global_norm(tree) -> jax.Array:
@@ -244,6 +255,11 @@ def make_train_step(
     skipped (1 when a non-finite gradient skipped the optimizer step).
     `temperature` divides the logits (the rollout temperature, AZR_SPEC §4.2).
     """
+    shards = batch_shard_count(mesh, rules)
+    if rl_cfg.micro_batch_size % shards:
+        # Said now: the batch's sharding would otherwise fail inside jit, after a whole step.
+        raise UserError(f"rl.micro_batch_size={rl_cfg.micro_batch_size} cannot be split over the {shards} devices "
+                        f"of the batch axes; make it a multiple of {shards}")
     optimizer = make_optimizer(optim_cfg, total_steps)
     schedule = make_schedule(optim_cfg, total_steps)
     grads_fn = make_grad_fn(

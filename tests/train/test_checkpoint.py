@@ -17,7 +17,7 @@ def _state(scale):
 
 
 def test_round_trip_keeps_last_k_and_host_record(tmp_path):
-    ckpt = Checkpoints(tmp_path / "ck", keep=2)
+    ckpt = Checkpoints(tmp_path / "ck", keep=2, writer=True)
     for step in (1, 2, 3):
         ckpt.save(step, _state(step), {"step": step, "buffers": {"deduction": [{"program": "def f(a): return a"}]}})
     ckpt.wait()
@@ -30,7 +30,7 @@ def test_round_trip_keeps_last_k_and_host_record(tmp_path):
 
 
 def test_missing_step_is_a_user_error(tmp_path):
-    ckpt = Checkpoints(tmp_path / "ck")
+    ckpt = Checkpoints(tmp_path / "ck", writer=True)
     ckpt.save(1, _state(1), {"step": 1})
     ckpt.wait()
     with pytest.raises(UserError, match=r"no complete checkpoint for step 5 .*available: \[1\]"):
@@ -39,7 +39,7 @@ def test_missing_step_is_a_user_error(tmp_path):
 
 
 def test_corrupt_checkpoint_is_a_user_error(tmp_path):
-    ckpt = Checkpoints(tmp_path / "ck")
+    ckpt = Checkpoints(tmp_path / "ck", writer=True)
     ckpt.save(1, _state(1), {"step": 1})
     ckpt.close()
     for f in (tmp_path / "ck" / "1" / "state").rglob("*"):
@@ -50,7 +50,7 @@ def test_corrupt_checkpoint_is_a_user_error(tmp_path):
 
 
 def test_incompatible_shapes_are_a_user_error(tmp_path):
-    ckpt = Checkpoints(tmp_path / "ck")
+    ckpt = Checkpoints(tmp_path / "ck", writer=True)
     ckpt.save(1, _state(1), {"step": 1})
     ckpt.close()
     other = {"params": {"w": jnp.zeros((5, 3)), "b": jnp.zeros(3)}}
@@ -61,7 +61,7 @@ def test_incompatible_shapes_are_a_user_error(tmp_path):
 
 
 def test_another_optimizer_names_the_missing_and_extra_state(tmp_path):
-    ckpt = Checkpoints(tmp_path / "ck")
+    ckpt = Checkpoints(tmp_path / "ck", writer=True)
     ckpt.save(1, _state(1), {"step": 1})
     ckpt.close()
     params = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
@@ -75,7 +75,7 @@ def test_another_optimizer_names_the_missing_and_extra_state(tmp_path):
 
 def test_a_fresh_manager_restores_what_another_saved(tmp_path):
     # a resumed run opens the directory anew: the metadata check must accept its own checkpoints
-    ckpt = Checkpoints(tmp_path / "ck")
+    ckpt = Checkpoints(tmp_path / "ck", writer=True)
     ckpt.save(2, _state(2), {"step": 2})
     ckpt.close()
     state, host = Checkpoints(tmp_path / "ck").restore(2, abstract_like(_state(0)))
@@ -87,15 +87,30 @@ def test_a_fresh_manager_restores_what_another_saved(tmp_path):
 def test_a_save_killed_mid_write_does_not_break_keeping_the_last_k(tmp_path):
     import shutil
 
-    ckpt = Checkpoints(tmp_path / "ck", keep=2)
+    ckpt = Checkpoints(tmp_path / "ck", keep=2, writer=True)
     ckpt.save(4, _state(4), {"step": 4})
     ckpt.close()
     # What a SIGKILL during the save of step 5 leaves behind.
     shutil.copytree(tmp_path / "ck" / "4", tmp_path / "ck" / "5.orbax-checkpoint-tmp-123")
-    resumed = Checkpoints(tmp_path / "ck", keep=2)
+    resumed = Checkpoints(tmp_path / "ck", keep=2, writer=True)
     assert resumed.all_steps() == [4]
     for step in (5, 6, 7):
         resumed.save(step, _state(step), {"step": step})
     resumed.close()
-    assert Checkpoints(tmp_path / "ck", keep=2).all_steps() == [6, 7]
+    assert Checkpoints(tmp_path / "ck", keep=2, writer=True).all_steps() == [6, 7]
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["6", "7"]
+
+
+def test_a_reader_leaves_a_save_in_progress_alone(tmp_path):
+    """`azr-jax eval --run` beside a live run opens the same directory: the temporary directory
+    of the trainer's save in progress must survive it (removing it crashed the trainer)."""
+    ckpt = Checkpoints(tmp_path / "ck", writer=True)
+    ckpt.save(1, _state(1), {"step": 1})
+    ckpt.close()
+    in_progress = tmp_path / "ck" / "2.orbax-checkpoint-tmp-7"
+    in_progress.mkdir()
+    reader = Checkpoints(tmp_path / "ck")
+    assert reader.latest_step() == 1
+    state, _ = reader.restore(1, abstract_like(_state(0)))
+    reader.close()
+    assert in_progress.is_dir() and np.array_equal(state["params"]["w"], np.full((4, 3), 1.0))

@@ -186,6 +186,43 @@ def test_two_processes_under_jax_distributed_end_with_the_same_params(env, packe
     assert [r["step"] for r in read_metrics(env["base"] / f"multihost_{packed}" / "metrics.jsonl")] == [1, 2]
 
 
+@pytest.mark.slow
+def test_a_stop_signal_to_one_process_stops_every_process_at_the_same_step(env):
+    """Preemption reaches the hosts at different times: SIGTERM to process 0 alone must stop both
+    after the same step, with one checkpoint (one process stopping alone left the other waiting
+    at the next step's barrier and itself in the collective save: a deadlock)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = env["base"] / "multihost_stop"
+    procs = []
+    for pid in range(2):
+        e = dict(env["env"], JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                 JAX_PROCESS_ID=str(pid))
+        argv = _argv(env, workdir, "train.steps=50", "train.save_every=100", "sandbox.workers=1",
+                     "train.eval_every=-1", "train.audit_every=0", "azr.batch_size=2", "rl.micro_batch_size=2",
+                     'mesh.shape={"data": 1, "fsdp": -1, "tensor": 1}', "name=multihost_stop")
+        procs.append(subprocess.Popen(argv, env=e, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    metrics_path = workdir / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not (metrics_path.exists() and metrics_path.read_text().strip()):
+        time.sleep(0.2)
+    procs[0].send_signal(signal.SIGTERM)
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "another process received a stop signal" in outs[1][1]
+    steps = [r["step"] for r in read_metrics(metrics_path)]
+    assert steps and steps[-1] < 50
+    assert sorted(int(d.name) for d in (workdir / "checkpoints").iterdir() if d.name.isdigit()) == [steps[-1]]
+
+
 def _one_error_line(r):
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("azr-jax: error:"), r.stderr[-2000:]

@@ -72,6 +72,14 @@ def test_weights_are_placed_on_the_whole_mesh_from_a_checkpoint_and_at_random_in
         state = policy.init_state(cfg)
         assert any(len(leaf.addressable_shards) == 8 and leaf.addressable_shards[0].data.shape != leaf.shape
                    for leaf in jax.tree.leaves(state.params))  # some are split, not all replicated
+        # The state never shares buffers with the loaded weights (the update donates the state;
+        # the loaded weights live on as the KL reference).
+        for loaded, held in zip(jax.tree.leaves(policy.params), jax.tree.leaves(state.params)):
+            assert loaded.addressable_shards[0].data.unsafe_buffer_pointer() != \
+                held.addressable_shards[0].data.unsafe_buffer_pointer()
+        abstract = policy.init_state(cfg, abstract=True)
+        assert all(isinstance(a, jax.ShapeDtypeStruct) and (a.shape, a.dtype, a.sharding) == (b.shape, b.dtype, b.sharding)
+                   for a, b in zip(jax.tree.leaves(abstract), jax.tree.leaves(state)))
 
 
 def test_a_workdir_without_a_checkpoint_takes_a_corrected_config(tmp_path):
