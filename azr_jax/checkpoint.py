@@ -13,6 +13,11 @@ previous checkpoint as the newest complete one. The last `keep` checkpoints are 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +86,25 @@ class Checkpoints:
                 f"no complete checkpoint for step {step} in {self.directory}; available: {self.all_steps()}"
             )
         self._check_shapes(step, abstract_state)
+        # A corrupt checkpoint fails one read while the others still run; they then fail in their
+        # own threads, printing tracebacks on stderr. Held back here: replayed when the restore
+        # works, dropped (after the other reads have ended) when it does not.
         try:
-            restored = self._manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), host=ocp.args.JsonRestore()
-                ),
-            )
+            with _stderr_held_back() as held:
+                try:
+                    restored = self._manager.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(abstract_state), host=ocp.args.JsonRestore()
+                        ),
+                    )
+                except Exception:
+                    time.sleep(1.0)
+                    held.drop()
+                    raise
         except Exception as e:  # truncated files, wrong shapes, missing items: say which checkpoint
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = reason.split(" See full TensorStore details")[0]  # the rest is a repr, not a reason
             raise UserError(
                 f"checkpoint {self.directory / str(step)} is corrupt or incompatible with this config "
                 f"({type(e).__name__}: {reason[:200]}); delete it, or use an older step (train --resume-step N, eval --step N)"
@@ -136,6 +151,40 @@ def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
         return str(entry)
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {"/".join(name(e) for e in path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
+
+
+class _HeldBack:
+    def __init__(self):
+        self.keep = True
+
+    def drop(self) -> None:
+        self.keep = False
+
+
+@contextlib.contextmanager
+def _stderr_held_back():
+    """File descriptor 2 (what native threads write to) goes to a temporary file inside the
+    block; its content is written to the real stderr at the end unless `drop()` was called."""
+    held = _HeldBack()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield held
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield held
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if held.keep:
+                sink.seek(0)
+                text = sink.read()
+                if text:
+                    os.write(2, text)
 
 
 def abstract_like(tree: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import os
 import sys
 
 from azr_jax.errors import UserError
@@ -56,7 +57,9 @@ def _lazy_parser(argv: list[str]) -> argparse.ArgumentParser:
     return build_parser()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, process_exit: bool = False) -> int:
+    """Run one command; returns the exit status. `process_exit`: the process ends right after
+    (the `azr-jax` executable), so an error line may silence stderr behind it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = _lazy_parser(argv)
@@ -64,12 +67,39 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(args._module)
         return int(module.main(args) or 0)
     except UserError as e:
-        print(f"azr-jax: error: {e}", file=sys.stderr)
+        if process_exit:
+            _say_last(f"azr-jax: error: {e}\n")
+        else:
+            print(f"azr-jax: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("azr-jax: interrupted", file=sys.stderr)
         return 130
 
 
+def _say_last(text: str) -> None:
+    """Write `text` as the last thing on stderr. Background threads of libraries interrupted
+    mid-work (Orbax's asynchronous reads of a corrupt checkpoint) would otherwise print
+    tracebacks around it while the interpreter shuts down: stderr goes to /dev/null first, and
+    the text to the original stream."""
+    sys.stderr.flush()
+    try:
+        fd = sys.stderr.fileno()
+        original = os.dup(fd)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stderr (captured, embedded): just print
+        print(text, end="", file=sys.stderr, flush=True)
+        return
+    os.write(original, text.encode("utf-8", "replace"))
+    os.close(original)
+
+
+def run() -> None:
+    """The `azr-jax` executable."""
+    sys.exit(main(process_exit=True))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -64,17 +64,26 @@ class ProgressLine:
     """A one-line progress display on stderr: rewritten in place on a terminal, one line per
     update otherwise (so CI logs stay readable)."""
 
+    RECENT = 10  # the time per step is the mean over this many recent steps
+
     def __init__(self, total: int, start: int = 0, stream: TextIO | None = None):
         self.total = total
         self.start = start
         self.stream = stream or sys.stderr
         self.t0 = time.perf_counter()
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._seen: list[tuple[int, float]] = []  # (step, time) of the updates so far
 
-    def update(self, step: int, fields: dict[str, float]) -> None:
-        done = step - self.start
-        elapsed = time.perf_counter() - self.t0
-        per_step = elapsed / done if done > 0 else 0.0
+    def update(self, step: int, fields: dict[str, float], now: float | None = None) -> None:
+        now = time.perf_counter() if now is None else now
+        self._seen = (self._seen + [(step, now)])[-(self.RECENT + 1):]
+        if len(self._seen) > 1:
+            # Between updates only: the first step also paid for compilation, seeding and the
+            # base evaluation, and would inflate the estimate several times over.
+            (s0, t0), (s1, t1) = self._seen[0], self._seen[-1]
+            per_step = (t1 - t0) / max(s1 - s0, 1)
+        else:
+            per_step = (now - self.t0) / max(step - self.start, 1)
         eta = per_step * (self.total - step)
         width = 20
         filled = int(width * step / max(self.total, 1))

@@ -25,7 +25,9 @@ CHUNK = 256  # records per score_records call: bounds memory and gives regular p
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in", dest="input", required=True, help="rollouts JSONL (input schema: docs/scoring.md)")
     parser.add_argument("--out", dest="output", required=True, help="where to write the scored JSONL")
-    parser.add_argument("--config", default=None, help="config file (.py or config.json); default: built-in defaults")
+    parser.add_argument("--config", default=None,
+                        help="config file (.py or config.json); default: the run's config.json when --in is a "
+                             "run's rollouts/step_N.jsonl, else the built-in defaults")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set azr.boundary_reward=0.0 (repeatable)")
 
@@ -90,17 +92,29 @@ def _summary(counts: dict) -> str:
     for group, s in sorted(counts["groups"].items()):
         mean = f"{s['reward_sum'] / s['rewarded']:+.3f}" if s["rewarded"] else "n/a"
         parts.append(f"{group}: {s['n']} ({s['valid']} valid, mean reward {mean})")
-    return f"azr-jax score: {counts['lines']} lines, {counts['errors']} malformed; " + "; ".join(parts)
+    return "; ".join([f"azr-jax score: {counts['lines']} lines, {counts['errors']} malformed"] + parts)
+
+
+def run_config_of(in_path: Path) -> Path | None:
+    """WORKDIR/config.json when `in_path` is a training run's WORKDIR/rollouts/step_N.jsonl."""
+    candidate = in_path.parent.parent / "config.json"
+    return candidate if in_path.parent.name == "rollouts" and candidate.is_file() else None
 
 
 def main(args: argparse.Namespace) -> int:
     from azr_jax.sandbox import Sandbox
 
-    cfg = load_config(args.config, args.overrides)
     in_path, out_path = Path(args.input), Path(args.output)
+    # A run's audit file scores to the rewards it trained on only under the run's own settings
+    # (num_inputs, boundary reward, ...), not the defaults.
+    config = args.config or run_config_of(in_path)
+    cfg = load_config(config, args.overrides)
     if not in_path.is_file():  # fail before starting the sandbox
         raise UserError(f"input file not found: {in_path}")
     check_output_file(out_path, "--out")
+    if args.config is None:
+        print(f"azr-jax score: using {config} (the run's config; --config to choose another)" if config else
+              "azr-jax score: using the built-in default config (--config to choose one)", file=sys.stderr)
     with Sandbox(cfg.sandbox) as sandbox:
         counts = score_file(in_path, out_path, cfg, sandbox)
     print(_summary(counts), file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 BENCHES = {
@@ -31,13 +32,24 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None
         p.add_argument("--out", default=None, help="also write the JSON result to this file")
 
 
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # not available on this platform
+        return None
+
+
 def main(args: argparse.Namespace) -> int:
     from azr_jax.jsonl import check_output_file
 
     if args.out:
         check_output_file(args.out, "--out")  # before the benchmark, not after it
     module = importlib.import_module(BENCHES[args.bench][0])
+    load_start = _load_average()
     result = module.run(args)
+    # Other work on the machine skews both sides of a comparison, not always equally: a load
+    # average above the core count says this record's timings were contended.
+    result.update(host_load_1min_start=load_start, host_load_1min_end=_load_average(), host_cpus=os.cpu_count())
     text = json.dumps(result, sort_keys=True)
     print(text)
     if args.out:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from azr_jax.errors import UserError
@@ -83,7 +84,8 @@ def main(args: argparse.Namespace) -> int:
         params, source = placed_params(policy), cfg.model.hf_dir
     sandbox = Sandbox(cfg.sandbox)
     try:
-        result = evaluate(params, policy, cfg, sandbox)
+        result = evaluate(params, policy, cfg, sandbox,
+                          progress=lambda msg: print(f"azr-jax eval: {msg}", file=sys.stderr, flush=True))
     finally:
         sandbox.close()
     result["checkpoint"] = source

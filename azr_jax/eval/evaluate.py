@@ -32,15 +32,18 @@ def placed_params(policy):
 
 def generate_texts(params, policy, prompts: list[str], *, max_new_tokens: int, batch_size: int,
                    generate_fn: Callable | None = None, temperature: float = 0.0, n_samples: int = 1,
-                   seed: int = 0) -> list[str]:
+                   seed: int = 0, progress: Callable[[str], None] | None = None) -> list[str]:
     """Completions of `prompts` (decoded, special tokens dropped): `n_samples` per prompt,
-    consecutive, in prompt order; greedy at temperature 0."""
+    consecutive, in prompt order; greedy at temperature 0. `progress` gets a line per batch."""
+    import time
+
     from azr_jax.sampling import SamplingSettings
 
     if generate_fn is None:
         from azr_jax.sampling import generate as generate_fn
     settings = SamplingSettings(temperature=temperature, max_new_tokens=max_new_tokens, eos_ids=policy.stop_ids)
     texts = []
+    t0 = time.perf_counter()
     for b, start in enumerate(range(0, len(prompts), batch_size)):
         ids = policy.tokenizer.encode_batch(prompts[start: start + batch_size])
         key = jax.random.fold_in(jax.random.key(seed), b)
@@ -49,6 +52,9 @@ def generate_texts(params, policy, prompts: list[str], *, max_new_tokens: int, b
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         texts.extend(policy.tokenizer.decode(tokens[i, : lengths[i]].tolist(), skip_special_tokens=True)
                      for i in range(len(tokens)))
+        if progress is not None:
+            done = min(start + batch_size, len(prompts))
+            progress(f"generated {done}/{len(prompts)} prompts x {n_samples} ({time.perf_counter() - t0:.0f}s)")
     return texts
 
 
@@ -110,7 +116,7 @@ def score_items(items: list[dict], responses: list[str], cfg, sandbox, samples: 
 
 
 def evaluate(params, policy, cfg, sandbox, *, items: list[dict] | None = None, batch_size: int = 64,
-             generate_fn: Callable | None = None) -> dict:
+             generate_fn: Callable | None = None, progress: Callable[[str], None] | None = None) -> dict:
     """Solve rate of `params` on `items` (default: the `cfg.eval` benchmark): greedy pass@1, or
     with `eval.samples` = k > 1 the mean accuracy of k samples at `eval.temperature` plus pass@k."""
     from azr_jax.azr.prompts import Prompts
@@ -121,7 +127,9 @@ def evaluate(params, policy, cfg, sandbox, *, items: list[dict] | None = None, b
     k = cfg.eval.samples
     responses = generate_texts(params, policy, texts, max_new_tokens=cfg.eval.max_response_len,
                                batch_size=batch_size, generate_fn=generate_fn, temperature=cfg.eval.temperature,
-                               n_samples=k)
+                               n_samples=k, progress=progress)
+    if progress is not None:
+        progress(f"checking {len(responses)} answers in the sandbox")
     result = score_items(items, responses, cfg, sandbox, samples=k)
     result.update(benchmark=cfg.eval.benchmark, samples=k, temperature=cfg.eval.temperature)
     for i, it in enumerate(result["items"]):

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -239,6 +240,11 @@ def save_checkpoint(out: Path, model_cfg, params, tok) -> None:
     (out / "config.json").write_text(json.dumps(model_cfg.to_hf_config(dtype="float32"), indent=2) + "\n")
     tensors = {k: np.asarray(v, np.float32) for k, v in hf_from_params(model_cfg, params).items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    # safetensors creates the file 0600; like every other file here it should follow the umask
+    # (the sandbox tests and other users read the shipped base).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out / "model.safetensors", 0o666 & ~umask)
     tok.save(out)
 
 

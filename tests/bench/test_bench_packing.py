@@ -31,6 +31,8 @@ def test_bench_packing_prints_one_record(capsys):
     record = json.loads(capsys.readouterr().out)
     assert record["bench"] == "packing" and record["model"]["layers"] == 1
     assert record["packed_slots"] < record["padded_slots"] and record["real_tokens"] <= record["packed_slots"]
+    # how busy the machine was, so a contended comparison can be told apart
+    assert record["host_load_1min_start"] >= 0 and record["host_load_1min_end"] >= 0 and record["host_cpus"] >= 1
     assert record["seconds"] > 0 and record["baseline_seconds"] > 0 and record["ratio"] > 0
 
 

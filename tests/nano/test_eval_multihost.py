@@ -64,6 +64,7 @@ def test_eval_cli_joins_jax_distributed(tmp_path):
 
     alone = subprocess.run(argv(tmp_path / "alone.json"), env=env, cwd=root, capture_output=True, text=True, timeout=300)
     assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "azr-jax eval: generated 3/3 prompts" in alone.stderr  # progress while it works
     port = str(_free_port())
     procs = [subprocess.Popen(argv(tmp_path / "pair.json"), cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",

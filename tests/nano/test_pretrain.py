@@ -49,6 +49,12 @@ def test_pretraining_continues_from_a_checkpoint(tmp_path):
     assert (tmp_path / "cont" / "tokenizer.model").read_bytes() == (BASE_DIR / "tokenizer.model").read_bytes()
     assert record["num_params"] == json.loads((BASE_DIR / RECORD_FILE).read_text())["num_params"]
     assert record["first_loss"] < 1.5  # the shipped weights: a random init starts near ln(786) = 6.7
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "cont").iterdir() if f.is_file()}
+    assert modes["model.safetensors"] == 0o666 & ~umask, modes  # safetensors alone writes 0600
     with pytest.raises(UserError, match="not a nano checkpoint"):
         build_base(load_config("configs/nano_base.py", overrides + [f"pretrain.init_from={tmp_path}"]),
                    tmp_path / "bad", log=lambda msg: None)

@@ -46,6 +46,19 @@ def test_progress_line_without_terminal_prints_one_line_per_update():
     assert len(lines) == 2 and "step 2/4" in lines[1] and "reward/mean=0.25" in lines[1]
 
 
+def test_progress_eta_leaves_out_the_slow_first_step():
+    """Step 1 also compiles and runs the base evaluation (40 s here, 10 s per later step): the
+    estimate must come from the steps after it, not from the mean since the start."""
+    out = io.StringIO()
+    p = ProgressLine(total=45, start=0, stream=out)
+    t0 = p.t0
+    p.update(1, {}, now=t0 + 40.0)
+    for step in range(2, 6):
+        p.update(step, {}, now=t0 + 40.0 + 10.0 * (step - 1))
+    last = out.getvalue().splitlines()[-1]
+    assert "10.0s/step" in last and "eta 400s" in last, last
+
+
 def test_progress_line_every_log_every_steps_and_at_the_last(tmp_path, capsys):
     w = MetricsWriter(tmp_path, total_steps=5, progress=True, progress_every=2)
     for step in range(1, 6):

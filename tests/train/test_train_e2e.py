@@ -278,6 +278,17 @@ def test_valid_proposals_grow_the_buffers(env):
         assert [x[f"buffer/{task}"] for x in records] == [3, 5]  # identity seed + 2 per step
     buffers = json.loads((workdir / "buffers" / "step_2.json").read_text())
     assert any("return a +" in e["program"] for e in buffers["deduction"]["entries"])
+    # The audit file re-scores to what the run trained on, without --config: `score` reads the
+    # run's config.json (this run's azr.num_inputs=2 differs from the default 10).
+    audit = workdir / "rollouts" / "step_1.jsonl"
+    r = subprocess.run([sys.executable, "-m", "azr_jax.cli", "score", "--in", str(audit), "--out",
+                        str(workdir / "rescored.jsonl")], env=env["env"], capture_output=True, text=True, timeout=300,
+                       cwd=ROOT)
+    assert r.returncode == 0 and "the run's config" in r.stderr, r.stderr[-2000:]
+    trained = [json.loads(line)["scored"] for line in audit.read_text().splitlines()]
+    rescored = [json.loads(line) for line in (workdir / "rescored.jsonl").read_text().splitlines()]
+    assert [(t["valid"], t["reward"]) for t in trained] == [(x["valid"], x["reward"]) for x in rescored]
+    assert sum(t["valid"] for t in trained) >= 6
     # azr.train_learnability_rollouts: the same step 1 also trains on the solver rollouts of the
     # 6 valid proposals (2 each), so the update sees more tokens; rewards and buffers are unchanged
     more = env["base"] / "scripted_learn"
