@@ -60,6 +60,12 @@ ROWS = {
 }
 
 
+# Programs whose result follows object addresses (a set of instances): two processes lay the
+# heap out differently in almost every run, but not in every one (ASLR moves whole pages, not
+# the offsets within them), so here the verdict is `nondeterministic` or, rarely, the reference's.
+ADDRESS_DEPENDENT = {"pd-0123", "pa-0123"}
+
+
 def value(text):
     return ast.literal_eval(text)  # test-only: fixture texts and sandbox reprs
 
@@ -126,6 +132,9 @@ def test_quirk_rows_follow_documented_behaviour(scored):
     tagged = [(r, e, o) for r, e, o in scored if e.get("ref_quirk")]
     exact = 0
     for rec, e, o in tagged:
+        if e["id"] in ADDRESS_DEPENDENT and o["reason"] != "nondeterministic":
+            assert all(o[f] == e[f] for f in FIELDS), (e["id"], o, raw(rec))
+            continue
         codes = e["ref_quirk"].split(",")
         assert all(c in QUIRKS for c in codes), e["ref_quirk"]
         want = {f: e[f] for f in FIELDS}
