@@ -90,7 +90,7 @@ class Checkpoints:
         # own threads, printing tracebacks on stderr. Held back here: replayed when the restore
         # works, dropped (after the other reads have ended) when it does not.
         try:
-            with _stderr_held_back() as held:
+            with _stderr_held_back():
                 try:
                     restored = self._manager.restore(
                         step,
@@ -99,8 +99,7 @@ class Checkpoints:
                         ),
                     )
                 except Exception:
-                    time.sleep(1.0)
-                    held.drop()
+                    time.sleep(1.0)  # the other reads end meanwhile
                     raise
         except Exception as e:  # truncated files, wrong shapes, missing items: say which checkpoint
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -153,38 +152,33 @@ def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
     return {"/".join(name(e) for e in path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
 
 
-class _HeldBack:
-    def __init__(self):
-        self.keep = True
-
-    def drop(self) -> None:
-        self.keep = False
-
-
 @contextlib.contextmanager
 def _stderr_held_back():
     """File descriptor 2 (what native threads write to) goes to a temporary file inside the
-    block; its content is written to the real stderr at the end unless `drop()` was called."""
-    held = _HeldBack()
+    block; written to the real stderr after it, or dropped if the block raised."""
     try:
         saved = os.dup(2)
     except OSError:
-        yield held
+        yield
         return
     sys.stderr.flush()
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
-            yield held
+            yield
+        except BaseException:
+            raised = True
+            raise
+        else:
+            raised = False
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            if held.keep:
-                sink.seek(0)
-                text = sink.read()
-                if text:
-                    os.write(2, text)
+            sink.seek(0)
+            text = sink.read()
+            if text and not raised:
+                os.write(2, text)
 
 
 def abstract_like(tree: Any) -> Any:

@@ -390,15 +390,16 @@ class SelfPlay:
         from azr_jax.sampling import rollout_batch
 
         pad_id, micro, rl_cfg = self.policy.pad_id, self.cfg.rl.micro_batch_size, self.cfg.rl
+        # The per-micro-batch token mean weighs blocks of `micro` rows, and each block must hold
+        # one (role, task): empty rows fill each part's last block (a part's row count varies when
+        # the learnability rollouts are trained on).
+        block = micro if rl_cfg.loss_agg == "token-mean-per-micro-batch" else 1
         parts, rewards, groups = [], [], []
         for rb in ordered:
             part = rollout_batch(rb.prompt_ids, rb.completions, rb.n_samples, pad_id=pad_id,
                                  length_buckets=self.cfg.sampling.length_buckets)
             rows = part["tokens"].shape[0]
-            # The per-micro-batch token mean weighs blocks of `micro` rows, and each block must hold
-            # one (role, task): empty rows fill the last block (a part's row count varies when the
-            # learnability rollouts are trained on).
-            padded = rows + (-rows % micro if rl_cfg.loss_agg == "token-mean-per-micro-batch" else 0)
+            padded = rows + -rows % block
             parts.append(pad_rows(part, padded, pad_id=pad_id))
             rewards += list(rb.rewards) + [0.0] * (padded - rows)
             groups += [trrpp_group_id(rb.role, rb.task)] * padded
@@ -409,7 +410,7 @@ class SelfPlay:
             rewards += [0.0] * (batch["tokens"].shape[0] - rows)
             groups += [groups[-1]] * (batch["tokens"].shape[0] - rows)
         # Rows the sandbox failed to judge carry no loss and no weight in their group's statistics.
-        unjudged = sandbox_error_rows(ordered, padded_to=micro if rl_cfg.loss_agg == "token-mean-per-micro-batch" else 1)
+        unjudged = sandbox_error_rows(ordered, padded_to=block)
         batch["loss_mask"][np.flatnonzero(unjudged)] = 0
         rewards = np.asarray(rewards, np.float32)
         groups = np.asarray(groups, np.int32)
@@ -589,9 +590,8 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
           generate_fn: GenerateFn | None = None) -> dict:
     """Run (or resume) self-play training in `workdir`; returns {"status", "step", ...}."""
     from azr_jax.azr.buffers import TaskBuffers
-    from azr_jax.sandbox import Sandbox
-
     from azr_jax.jsonl import check_output_dir
+    from azr_jax.sandbox import Sandbox
 
     distributed.initialize_from_env()
     workdir = check_output_dir(workdir, "--workdir")

@@ -114,3 +114,17 @@ def test_a_reader_leaves_a_save_in_progress_alone(tmp_path):
     state, _ = reader.restore(1, abstract_like(_state(0)))
     reader.close()
     assert in_progress.is_dir() and np.array_equal(state["params"]["w"], np.full((4, 3), 1.0))
+
+
+def test_stderr_of_a_restore_is_replayed_when_it_works_and_dropped_when_it_fails(capfd):
+    import os
+
+    from azr_jax.checkpoint import _stderr_held_back
+
+    with _stderr_held_back():
+        os.write(2, b"an orbax warning\n")
+    with pytest.raises(RuntimeError):
+        with _stderr_held_back():
+            os.write(2, b"traceback of a failed read\n")
+            raise RuntimeError("corrupt")
+    assert capfd.readouterr().err == "an orbax warning\n"
