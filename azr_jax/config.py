@@ -93,6 +93,10 @@ class AZRSection:
     batch_size: int = 64  # sequences per (role, task) batch; 6 batches per step
     n_references: int = 6  # K reference snippets shown to deduction/abduction proposers
     n_solver_samples: int = 8  # N learnability rollouts per valid proposal
+    # Completions per task in each solve/<task> batch (reference and paper: 1). With
+    # rl.estimator=grpo or rloo and more than 1, each task's completions are one group
+    # (a per-prompt baseline); under trr++ they stay in the solve/<task> group. A deviation.
+    solver_samples: int = 1
     learnability_temperature: float = 1.0  # AZR_SPEC §3.2: sample, never greedy
     num_inputs: int = 10  # induction proposals must give this many inputs
     boundary_reward: float = -0.5  # proposer reward when all or none of N solved (paper: 0.0)
@@ -459,6 +463,7 @@ def validate(cfg: Config) -> Config:
     positive = {
         "azr.batch_size": cfg.azr.batch_size,
         "azr.n_solver_samples": cfg.azr.n_solver_samples,
+        "azr.solver_samples": cfg.azr.solver_samples,
         "azr.num_inputs": cfg.azr.num_inputs,
         "azr.buffer_cap": cfg.azr.buffer_cap,
         "sandbox.timeout_s": cfg.sandbox.timeout_s,

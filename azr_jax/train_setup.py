@@ -165,7 +165,7 @@ def load_policy(cfg) -> Policy:
     from azr_jax.models import get_preset, init_params
     from azr_jax.models.decoder import param_shardings
     from azr_jax.models.tokenizer import load_tokenizer
-    from azr_jax.rl.advantages import compute_advantages
+    from azr_jax.rl.advantages import NUM_TRRPP_GROUPS, compute_advantages
     from azr_jax.sharding import make_mesh
 
     m = cfg.model
@@ -205,7 +205,9 @@ def load_policy(cfg) -> Policy:
 
     @jax.jit
     def advantages_fn(rewards_b, loss_mask_bt, groups_b):
-        return compute_advantages(cfg.rl, rewards_b, loss_mask_bt, groups_b, num_groups=6)
+        # Static under jit: per-prompt group ids (grpo/rloo) stay below 6 + the row count.
+        return compute_advantages(cfg.rl, rewards_b, loss_mask_bt, groups_b,
+                                  num_groups=NUM_TRRPP_GROUPS + rewards_b.shape[0])
 
     return Policy(config=model_cfg, params=params, tokenizer=tokenizer, mesh=mesh, rules=rules,
                   compute_dtype=compute_dtype, peak_flops=peak * jax.device_count() if peak else None,

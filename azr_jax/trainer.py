@@ -241,8 +241,11 @@ class SelfPlay:
 
     def _records(self, rb: RoleBatch, step: int) -> list[dict]:
         out = []
-        for i, (job, text) in enumerate(zip(rb.jobs, rb.texts)):
-            rec = {"id": f"{step}/{rb.role}/{rb.task}/{i}", "role": rb.role, "task": rb.task, "response": text}
+        n = rb.n_samples
+        for row, text in enumerate(rb.texts):
+            i, job = row // n, rb.jobs[row // n]
+            suffix = f"/{row % n}" if n > 1 else ""
+            rec = {"id": f"{step}/{rb.role}/{rb.task}/{i}{suffix}", "role": rb.role, "task": rb.task, "response": text}
             if rb.role == "solve":
                 rec["problem"] = _task_record(job["problem"])
             elif rb.task == "induction":
@@ -270,8 +273,9 @@ class SelfPlay:
             if role == "solve" and not cfg.azr.solver_task_lag:
                 self._finish_proposals(batches, pending, step, step_key, params, task)
             rb = self.build_batch(role, task, step, f"{role}/{task}")
+            rb.n_samples = cfg.azr.solver_samples if role == "solve" else 1
             rb.completions = self._generate(params, rb.prompt_ids, jax.random.fold_in(step_key, k),
-                                            self.rollout_settings)
+                                            self.rollout_settings, n_samples=rb.n_samples)
             rb.texts = self.policy.decode_all(rb.completions)
             batches[(role, task)] = rb
             pending[(role, task)] = self._submit(self._records(rb, step))
@@ -279,7 +283,7 @@ class SelfPlay:
         # Phase 2: solver scores, then learnability rollouts for every valid proposal.
         for task in tasks:
             rb = batches[("solve", task)]
-            rb.scored = self._collect(pending.pop(("solve", task)), len(rb.jobs))
+            rb.scored = self._collect(pending.pop(("solve", task)), len(rb.texts))
             rb.rewards = [trained_reward(s) for s in rb.scored]
         for task in tasks:
             self._finish_proposals(batches, pending, step, step_key, params, task)
@@ -386,7 +390,7 @@ class SelfPlay:
 
     def _update(self, state, ordered: list[RoleBatch]) -> dict:
         from azr_jax.data.pipeline import concat_rows, pad_rows
-        from azr_jax.rl.advantages import trrpp_group_id
+        from azr_jax.rl.advantages import update_group_ids
         from azr_jax.sampling import rollout_batch
 
         pad_id, micro, rl_cfg = self.policy.pad_id, self.cfg.rl.micro_batch_size, self.cfg.rl
@@ -394,7 +398,7 @@ class SelfPlay:
         # one (role, task): empty rows fill each part's last block (a part's row count varies when
         # the learnability rollouts are trained on).
         block = micro if rl_cfg.loss_agg == "token-mean-per-micro-batch" else 1
-        parts, rewards, groups = [], [], []
+        parts, rewards, layout = [], [], []
         for rb in ordered:
             part = rollout_batch(rb.prompt_ids, rb.completions, rb.n_samples, pad_id=pad_id,
                                  length_buckets=self.cfg.sampling.length_buckets)
@@ -402,7 +406,8 @@ class SelfPlay:
             padded = rows + -rows % block
             parts.append(pad_rows(part, padded, pad_id=pad_id))
             rewards += list(rb.rewards) + [0.0] * (padded - rows)
-            groups += [trrpp_group_id(rb.role, rb.task)] * padded
+            layout.append((rb.role, rb.task, rows, rb.n_samples, padded))
+        groups = update_group_ids(layout, rl_cfg.estimator)
         batch = concat_rows(parts, pad_id=pad_id)
         if not rl_cfg.pack_by_length:  # the padded layout splits the batch into whole micro-batches
             rows = batch["tokens"].shape[0]
@@ -610,7 +615,9 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
     ckpts = Checkpoints(workdir / "checkpoints", keep=cfg.train.keep_checkpoints, writer=True)
     buffers = TaskBuffers.seeded(cfg.azr)
     start = 0
-    restore_from = resume_step if resume_step is not None else ckpts.latest_step()
+    restore_from = distributed.agree(resume_step if resume_step is not None else ckpts.latest_step(),
+                                     "the checkpoint step to resume from (null: a fresh start)",
+                                     "every process must see the same --workdir (shared storage, listed alike)")
     if restore_from is None:
         state = policy.init_state(cfg)
     else:  # restored straight into an abstract target: no throwaway state of the same size

@@ -51,6 +51,7 @@ def test_unknown_key_names_the_closest_valid_key():
     ("train.save_every=0", "must be positive"),
     ("train.log_every=0", "must be positive"),
     ("azr.seed_max_rounds=0", "must be positive"),
+    ("azr.solver_samples=0", "must be positive"),
     ("azr.answer_diversity_coef=-0.1", "coef 0 = off"),
     ("azr.answer_diversity_level=shape", "must be one of"),
     ("eval.samples=4", "needs eval.temperature > 0"),

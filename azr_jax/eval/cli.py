@@ -37,11 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_params(cfg, policy, workdir: Path, step: int | None):
     """The policy params of a training run's checkpoint `step` (default: the newest complete one)."""
+    from azr_jax import distributed
     from azr_jax.checkpoint import Checkpoints, abstract_like
 
     ckpts = Checkpoints(workdir / "checkpoints")
     try:
-        step = ckpts.latest_step() if step is None else step
+        if step is None:  # a save finishing between two processes' listings: they must not differ
+            step = distributed.agree(ckpts.latest_step(), "the newest checkpoint step",
+                                     "pass --step, or give every process the same view of the run directory")
         if step is None:
             raise UserError(f"no checkpoint in {workdir / 'checkpoints'}")
         target = abstract_like(policy.checkpoint_tree(policy.init_state(cfg, abstract=True)))

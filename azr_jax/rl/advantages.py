@@ -40,6 +40,31 @@ def trrpp_group_id(role: str, task: str) -> int:
     return ROLES.index(role) * len(TASKS) + TASKS.index(task)
 
 
+# Estimators whose group is, in their usual sense, the completions of one prompt.
+PER_PROMPT_ESTIMATORS = ("grpo", "rloo")
+
+
+def update_group_ids(parts, estimator: str) -> list[int]:
+    """Group id of every update row. `parts`: (role, task, rows, n_samples, padded_rows) per
+    batch, in update order; rows i*n .. i*n+n-1 of a batch share prompt i, rows from `rows` to
+    `padded_rows` are empty fill (no loss tokens, so no weight in any group).
+
+    Every row's group is its (role, task) pair (ids 0-5, `trrpp_group_id`), except that under
+    a per-prompt estimator (`grpo`, `rloo`) a prompt sampled more than once is a group of its
+    own (ids from `NUM_TRRPP_GROUPS` on): a per-prompt baseline. Ids stay below
+    `NUM_TRRPP_GROUPS + total rows`."""
+    ids: list[int] = []
+    next_id = NUM_TRRPP_GROUPS
+    for role, task, rows, n, padded in parts:
+        if n > 1 and estimator in PER_PROMPT_ESTIMATORS:
+            own = [next_id + r // n for r in range(rows)]
+            next_id += -(-rows // n)
+            ids += own + [own[-1] if own else trrpp_group_id(role, task)] * (padded - rows)
+        else:
+            ids += [trrpp_group_id(role, task)] * padded
+    return ids
+
+
 def _segment_sum(x_b: jax.Array, group_ids_b: jax.Array, num_groups: int) -> jax.Array:
     return jax.ops.segment_sum(x_b, group_ids_b, num_segments=num_groups)
 

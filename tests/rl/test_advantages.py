@@ -168,3 +168,34 @@ def test_group_id_table():
     assert ids == set(range(adv.NUM_TRRPP_GROUPS))
     with pytest.raises(ValueError):
         adv.trrpp_group_id("solve", "error")
+
+
+def test_update_group_ids_one_sample_per_prompt_are_the_role_task_pairs():
+    layout = [("propose", "deduction", 3, 1, 4), ("solve", "deduction", 2, 1, 2)]
+    for estimator in ("trr++", "grpo", "rloo"):
+        assert adv.update_group_ids(layout, estimator) == [1, 1, 1, 1, 4, 4]
+
+
+def test_update_group_ids_per_prompt_only_for_per_prompt_estimators():
+    # solve/abduction: 2 prompts x 3 samples, filled to 8 rows; propose/induction: 2 rows
+    layout = [("solve", "abduction", 6, 3, 8), ("propose", "induction", 2, 1, 2)]
+    assert adv.update_group_ids(layout, "trr++") == [3] * 8 + [2, 2]
+    got = adv.update_group_ids(layout, "grpo")
+    assert got == [6, 6, 6, 7, 7, 7, 7, 7, 2, 2]
+    assert max(got) < adv.NUM_TRRPP_GROUPS + len(got)
+
+
+def test_grpo_per_prompt_groups_from_the_update_layout():
+    """A prompt whose samples all earn the same reward gets no advantage even when the other
+    prompt of its batch differs: the baseline is the prompt's own (per (role, task) it would not be)."""
+    layout = [("solve", "deduction", 4, 2, 4)]
+    rewards_b = np.array([1.0, 1.0, 1.0, 0.0], np.float32)
+    mask_bt = np.ones((4, 2), np.float32)
+    groups_b = np.array(adv.update_group_ids(layout, "grpo"))
+    per_prompt = adv.compute_advantages(RLSection(estimator="grpo"), rewards_b, mask_bt, groups_b,
+                                        num_groups=adv.NUM_TRRPP_GROUPS + 4)
+    np.testing.assert_array_equal(per_prompt[:2], 0.0)
+    assert per_prompt[2, 0] > 0 > per_prompt[3, 0]
+    per_task = adv.compute_advantages(RLSection(), rewards_b, mask_bt,
+                                      np.array(adv.update_group_ids(layout, "trr++")), num_groups=6)
+    assert per_task[0, 0] > 0

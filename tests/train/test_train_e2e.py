@@ -321,6 +321,27 @@ def test_row_counts_that_are_not_a_multiple_of_the_micro_batch_train(env, extra)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["trr++", "grpo"])
+def test_several_solver_samples_per_task_are_scored_audited_and_trained(env, estimator):
+    """`azr.solver_samples=3`: each solver task's prompt is sampled 3 times; every completion is
+    scored, audited (ids PROMPT/SAMPLE) and trained on, per prompt group under grpo."""
+    workdir = env["base"] / f"solver_samples_{estimator}"
+    r = subprocess.run([sys.executable, str(Path(__file__).parent / "scripted_run.py"), str(workdir),
+                        str(env["tok"]), "train.steps=1", "azr.batch_size=2", "azr.solver_samples=3",
+                        f"rl.estimator={estimator}", "rl.micro_batch_size=4"], env=env["env"],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (record,) = read_metrics(workdir / "metrics.jsonl")
+    assert record["update/skipped"] == 0.0 and record["update/tokens"] > 0
+    audit = [json.loads(line) for line in (workdir / "rollouts" / "step_1.jsonl").read_text().splitlines()]
+    for task in ("abduction", "deduction", "induction"):
+        solve = [a for a in audit if a["role"] == "solve" and a["task"] == task]
+        assert [a["id"] for a in solve] == [f"1/solve/{task}/{i}/{j}" for i in range(2) for j in range(3)]
+        assert all("reward" in a["scored"] for a in solve)
+        assert len([a for a in audit if a["role"] == "propose" and a["task"] == task]) == 2
+
+
+@pytest.mark.slow
 def test_valid_tasks_whose_solver_prompt_is_too_long_get_no_rollouts_and_stay_out_of_the_buffers(env):
     """As the reference: a valid proposal whose solver prompt is over sampling.max_prompt_len gets
     solve rate 0 (the boundary reward) and is not added to its buffer."""

@@ -1,0 +1,59 @@
+"""`distributed.agree` on two real processes: the resume step (and `eval --run`'s newest step)
+is read from each process's own directory listing, so processes that see the run directory
+differently must stop with one clear error instead of restoring different states."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = """
+import sys
+import jax
+from azr_jax import distributed
+from azr_jax.errors import UserError
+port, pid, mine = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+value = None if mine == "none" else int(mine)
+try:
+    print("agreed", distributed.agree(value, "the checkpoint step"))
+except UserError as e:
+    print("error", e)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _pair(values: tuple[str, str]) -> list[str]:
+    port = str(_free_port())
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, port, str(pid), v], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid, v in enumerate(values)]
+    outs = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        assert p.returncode == 0, err[-2000:]
+        outs.append(out.strip().splitlines()[-1])
+    return outs
+
+
+@pytest.mark.slow
+def test_processes_that_see_the_same_step_agree_and_others_stop_with_one_error():
+    assert _pair(("7", "7")) == ["agreed 7", "agreed 7"]
+    assert _pair(("none", "none")) == ["agreed None", "agreed None"]
+    for line in _pair(("7", "6")):
+        assert line.startswith("error the processes disagree on the checkpoint step: [7, 6]"), line
