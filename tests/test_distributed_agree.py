@@ -3,12 +3,12 @@ is read from each process's own directory listing, so processes that see the run
 differently must stop with one clear error instead of restoring different states."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from process_group import communicate_all, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = """
@@ -26,29 +26,17 @@ except UserError as e:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _pair(values: tuple[str, str]) -> list[str]:
-    port = str(_free_port())
+    port = str(free_port())
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
                PYTHONPATH=str(ROOT))
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, port, str(pid), v], env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid, v in enumerate(values)]
-    outs = []
-    for p in procs:
-        try:
-            out, err = p.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
+    lines = []
+    for p, (out, err) in zip(procs, communicate_all(procs, timeout=120)):
         assert p.returncode == 0, err[-2000:]
-        outs.append(out.strip().splitlines()[-1])
-    return outs
+        lines.append(out.strip().splitlines()[-1])
+    return lines
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ Loading places only local blocks; saving gathers one tensor at a time with colle
 only process 0 writes. transformers must reload the result with identical tensors.
 """
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +12,8 @@ import numpy as np
 import pytest
 import torch
 from hf_reference import hf_model, small_config
+from process_group import communicate_all, free_port
 from transformers import AutoModelForCausalLM
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -29,18 +23,10 @@ def test_two_process_load_and_save_roundtrip(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     hf.save_pretrained(src, max_shard_size="100KB")
     worker = Path(__file__).with_name("multihost_hf_worker.py")
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, str(worker), str(port), str(pid), str(src), str(dst)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for pid in (0, 1)]
-    outputs = []
-    for p in procs:
-        try:
-            out, _ = p.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-        outputs.append(out)
+    outputs = [out for out, _ in communicate_all(procs, timeout=300)]
     for pid, (p, out) in enumerate(zip(procs, outputs)):
         assert p.returncode == 0 and f"process {pid}: ok" in out, out[-3000:]
 

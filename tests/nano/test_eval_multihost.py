@@ -2,18 +2,12 @@
 both processes return the same result as one process scoring everything."""
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+from process_group import communicate_all, free_port
 
 
 def _run(port: str, pids: tuple[int, ...], tmp_path: Path) -> list[dict]:
@@ -22,14 +16,7 @@ def _run(port: str, pids: tuple[int, ...], tmp_path: Path) -> list[dict]:
     procs = [subprocess.Popen([sys.executable, str(worker), port, str(pid), str(out)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for pid, out in zip(pids, outs)]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
+    logs = [out for out, _ in communicate_all(procs, timeout=300)]
     for pid, p, log in zip(pids, procs, logs):
         assert p.returncode == 0 and f"process {pid}: ok" in log, log[-3000:]
     return [json.loads(o.read_text()) for o in outs]
@@ -38,7 +25,7 @@ def _run(port: str, pids: tuple[int, ...], tmp_path: Path) -> list[dict]:
 @pytest.mark.slow
 def test_two_processes_split_the_sandbox_checks_and_agree(tmp_path):
     (alone,) = _run("single", (0,), tmp_path)
-    pair = _run(str(_free_port()), (0, 1), tmp_path)
+    pair = _run(str(free_port()), (0, 1), tmp_path)
     assert pair[0]["result"] == pair[1]["result"] == alone["result"]
     result = alone["result"]
     assert result["n_items"] == 6 and result["sandbox_errors"] == 0
@@ -65,12 +52,12 @@ def test_eval_cli_joins_jax_distributed(tmp_path):
     alone = subprocess.run(argv(tmp_path / "alone.json"), env=env, cwd=root, capture_output=True, text=True, timeout=300)
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert "azr-jax eval: generated 3/3 prompts" in alone.stderr  # progress while it works
-    port = str(_free_port())
+    port = str(free_port())
     procs = [subprocess.Popen(argv(tmp_path / "pair.json"), cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                                                   JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid)))
              for pid in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
+    outs = communicate_all(procs, timeout=300)
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     brief = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]

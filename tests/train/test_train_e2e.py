@@ -24,6 +24,7 @@ from azr_jax.metrics import read_metrics, without_timings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_run import make_tokenizer, tiny_overrides  # noqa: E402
+from process_group import communicate_all, free_port  # noqa: E402  (tests/, on the path via conftest)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(Path(__file__).parent / "tiny_config.py")
@@ -160,11 +161,7 @@ def test_sigterm_saves_and_exits_cleanly(env):
 @pytest.mark.slow
 @pytest.mark.parametrize("packed", [True, False], ids=["pack_by_length", "padded"])
 def test_two_processes_under_jax_distributed_end_with_the_same_params(env, packed):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     procs = []
     for pid in range(2):
         e = dict(env["env"], JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
@@ -176,7 +173,7 @@ def test_two_processes_under_jax_distributed_end_with_the_same_params(env, packe
         argv += ["--set", "name=multihost"]
         procs.append(subprocess.Popen(argv + ["--set", "train.audit_every=0"], env=e, cwd=ROOT,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outs = [p.communicate(timeout=900) for p in procs]
+    outs = communicate_all(procs, timeout=900)
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     # Process 0 writes the metrics; every process saved its shards of the final checkpoint and
@@ -191,11 +188,7 @@ def test_a_stop_signal_to_one_process_stops_every_process_at_the_same_step(env):
     """Preemption reaches the hosts at different times: SIGTERM to process 0 alone must stop both
     after the same step, with one checkpoint (one process stopping alone left the other waiting
     at the next step's barrier and itself in the collective save: a deadlock)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     workdir = env["base"] / "multihost_stop"
     procs = []
     for pid in range(2):
