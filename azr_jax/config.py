@@ -126,7 +126,8 @@ class AZRSection:
     clean_programs: bool = False
     train_propose: bool = True  # False = solver-only ablation: proposals are not trained on
     # True = also train the solver on the learnability rollouts (n_solver_samples per valid
-    # proposal, in the solve/<task> TRR++ group). A deviation: the reference discards them.
+    # proposal, in the solve/<task> group; under grpo/rloo each proposal's samples form their
+    # own group). A deviation: the reference discards them.
     train_learnability_rollouts: bool = False
     # False = no proposer at all: the solver trains on tasks from the seed buffers only (the
     # "what does self-play add" baseline); no proposals, no learnability rollouts.

@@ -74,11 +74,19 @@ def allgather_json(obj) -> list:
     return [json.loads(bytes(row[: int(n)]).decode()) for row, n in zip(everything, lengths.reshape(-1))]
 
 
+_agreements = 0
+
+
 def agree(value, what: str, hint: str = "every process must see the same directory (shared storage, listed alike)"):
     """`value` if every process computed the same one (a collective), else a UserError naming
     what each process found: for choices read from a shared filesystem, which every process must
     see alike (a directory that is not shared, or an eventually consistent listing, would let the
     processes restore different states and deadlock later)."""
+    global _agreements
+    # Line up first: a host still loading weights would miss the collective's start-up deadline.
+    # Every process calls agree() equally often, so the barrier names match.
+    _agreements += 1
+    barrier(f"azr-agree-{_agreements}")
     values = allgather_json(value)
     if any(v != values[0] for v in values):
         raise UserError(f"the processes disagree on {what}: {values} (process order); {hint}")

@@ -355,7 +355,8 @@ class SelfPlay:
                 if rates[i] is None:  # no rollout judged: the proposal's reward is unknown
                     validated[i]["reason"] = "sandbox_error"
             if cfg.azr.train_learnability_rollouts:
-                # Deviation (off by default): these solver samples join the solve/<task> TRR++ group.
+                # Deviation (off by default): these solver samples join the solve/<task> group
+                # (under grpo/rloo each proposal's samples are a group of their own: update_group_ids).
                 rb.learn_batch = RoleBatch("solve", task, prompt_ids, [{"problem": p} for p in problems],
                                            completions=comp, texts=texts, scored=scored,
                                            rewards=[trained_reward(s) for s in scored], n_samples=n)
