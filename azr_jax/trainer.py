@@ -399,7 +399,7 @@ class SelfPlay:
         # one (role, task): empty rows fill each part's last block (a part's row count varies when
         # the learnability rollouts are trained on).
         block = micro if rl_cfg.loss_agg == "token-mean-per-micro-batch" else 1
-        parts, rewards, layout = [], [], []
+        parts, rewards, unjudged, layout = [], [], [], []
         for rb in ordered:
             part = rollout_batch(rb.prompt_ids, rb.completions, rb.n_samples, pad_id=pad_id,
                                  length_buckets=self.cfg.sampling.length_buckets)
@@ -407,6 +407,7 @@ class SelfPlay:
             padded = rows + -rows % block
             parts.append(pad_rows(part, padded, pad_id=pad_id))
             rewards += list(rb.rewards) + [0.0] * (padded - rows)
+            unjudged += list(sandbox_error_rows([rb])) + [False] * (padded - rows)
             layout.append((rb.role, rb.task, rows, rb.n_samples, padded))
         groups = update_group_ids(layout, rl_cfg.estimator)
         batch = concat_rows(parts, pad_id=pad_id)
@@ -416,7 +417,6 @@ class SelfPlay:
             rewards += [0.0] * (batch["tokens"].shape[0] - rows)
             groups += [groups[-1]] * (batch["tokens"].shape[0] - rows)
         # Rows the sandbox failed to judge carry no loss and no weight in their group's statistics.
-        unjudged = sandbox_error_rows(ordered, padded_to=block)
         batch["loss_mask"][np.flatnonzero(unjudged)] = 0
         rewards = np.asarray(rewards, np.float32)
         groups = np.asarray(groups, np.int32)
@@ -527,9 +527,8 @@ def _judged_rewards(rb) -> list[float]:
     return [r for r, s in zip(rb.rewards, rb.scored) if s.get("reason") != "sandbox_error"]
 
 
-def sandbox_error_rows(batches, padded_to: int = 1) -> np.ndarray:
-    """bool [rows]: update rows (in `batches` order) whose verdict is `reason: sandbox_error`;
-    `padded_to`: each batch's rows are followed by empty rows up to a multiple of it (False).
+def sandbox_error_rows(batches) -> np.ndarray:
+    """bool [rows]: update rows (in `batches` order) whose verdict is `reason: sandbox_error`.
 
     Their reward says nothing about the response (the sandbox broke, not the program), so the
     update leaves them out instead of training on a -1 or a 0 the policy did not earn."""
@@ -537,7 +536,7 @@ def sandbox_error_rows(batches, padded_to: int = 1) -> np.ndarray:
     for rb in batches:
         if len(rb.scored) != len(rb.rewards):
             raise ValueError(f"{rb.role}/{rb.task}: {len(rb.scored)} verdicts for {len(rb.rewards)} rewards")
-        flags += [s.get("reason") == "sandbox_error" for s in rb.scored] + [False] * (-len(rb.scored) % padded_to)
+        flags += [s.get("reason") == "sandbox_error" for s in rb.scored]
     return np.asarray(flags, bool)
 
 

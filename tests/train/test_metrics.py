@@ -187,3 +187,55 @@ def test_the_end_of_run_report_says_how_the_benchmark_was_decoded(tmp_path, caps
     assert "(nano, 2 items, greedy)" in capsys.readouterr().out
     print_report(solve_rate_summary(result(0.1), result(0.2, samples=4, temperature=1.0)), tmp_path)
     assert "(nano, 2 items, mean of 4 samples at temperature 1)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("loss_agg,pack", [("token-mean-per-micro-batch", True), ("token-mean", False)])
+def test_update_rows_line_up_with_rewards_groups_and_unjudged_masks(loss_agg, pack):
+    """`SelfPlay._update` pads each (role, task) part to whole blocks (per-micro-batch mean) or the
+    whole batch to whole micro-batches (padded layout): every row's reward, group and loss mask
+    must still be its own, and exactly the unjudged rows lose their loss tokens."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from azr_jax.config import Config, RLSection
+    from azr_jax.sampling import Completions
+    from azr_jax.trainer import RoleBatch, SelfPlay
+
+    def part(role, task, rewards, reasons, n_samples=1):
+        rows = len(rewards)
+        tokens = np.arange(1, rows * 2 + 1, dtype=np.int32).reshape(rows, 2)
+        comp = Completions(tokens=tokens, logprobs=np.zeros(tokens.shape, np.float32),
+                           lengths=np.full(rows, 2, np.int32), finished=np.ones(rows, bool))
+        return RoleBatch(role, task, [[7, 8]] * (rows // n_samples), [{}] * (rows // n_samples), completions=comp,
+                         scored=[{"reason": r} for r in reasons], rewards=rewards, n_samples=n_samples)
+
+    seen = {}
+
+    def advantages_fn(rewards, loss_mask, groups):
+        seen.update(rewards=np.asarray(rewards), loss_mask=np.asarray(loss_mask), groups=np.asarray(groups))
+        return np.zeros(np.shape(loss_mask), np.float32)
+
+    loop = SelfPlay.__new__(SelfPlay)
+    loop.cfg = dataclasses.replace(Config(), rl=RLSection(estimator="grpo", micro_batch_size=4, loss_agg=loss_agg,
+                                                          pack_by_length=pack))
+    loop.policy = SimpleNamespace(pad_id=0, advantages_fn=advantages_fn, put_batch=lambda x: x,
+                                  put_replicated=lambda x: x)
+    loop.ref_params, loop.timers = None, {}
+    loop.train_step = lambda state, batch: (state, {"loss": 0.0})
+    ordered = [part("propose", "deduction", [0.5, -1.0, 1.0], [None, "sandbox_error", None]),
+               part("solve", "deduction", [1.0, 0.0, 1.0, 0.0, 0.0, 1.0], [None] * 5 + ["sandbox_error"], n_samples=2)]
+    loop._update("state", ordered)
+    has_loss = seen["loss_mask"].sum(axis=1) > 0
+    if pack:  # parts padded to blocks of 4: 3 + 1 empty, 6 + 2 empty
+        rewards = [0.5, -1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+        loss = [1, 0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0]
+        groups = [1, 1, 1, 1, 6, 6, 7, 7, 8, 8, 8, 8]
+    else:  # one batch of 9 rows padded to 12
+        rewards = [0.5, -1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+        loss = [1, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
+        groups = [1, 1, 1, 6, 6, 7, 7, 8, 8, 8, 8, 8]
+    np.testing.assert_array_equal(seen["rewards"], rewards)
+    np.testing.assert_array_equal(has_loss, np.array(loss, bool))
+    np.testing.assert_array_equal(seen["groups"], groups)
