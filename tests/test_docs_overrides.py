@@ -12,7 +12,7 @@ from azr_jax.config import Config, apply_overrides
 from azr_jax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-USER_FACING = ["README.md", "docs/*.md", "configs/*.py", "launch/**/*.sh", "launch/**/*.md", "notebooks/*.ipynb"]
+USER_FACING = ["README.md", "docs/*.md", "configs/*.py", "launch/**/*.sh", "launch/**/*.md", "notebooks/*.py"]
 SET_KEY = re.compile(r"--set[ =]+[\"']?([A-Za-z_][\w.]*)=")
 PLACEHOLDERS = {"k", "section.key"}  # the syntax itself, written out in the docs
 SECTIONS = "model|mesh|sampling|azr|sandbox|rl|optim|train|eval|pretrain"
