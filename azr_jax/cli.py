@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("azr_jax.train_cli", "self-play training (resumes from the newest checkpoint in --workdir)"),
     "score": ("azr_jax.azr.score_cli", "score model completions offline with the trainer's code (JSONL in, JSONL out)"),
     "eval": ("azr_jax.eval.cli", "evaluate a checkpoint on a benchmark"),
+    "convert": ("azr_jax.convert_cli", "write a training run's policy as a Hugging Face checkpoint directory"),
     "pretrain": ("azr_jax.nano.pretrain", "build the nano base model and tokenizer from the procedural corpus"),
     "bench": ("azr_jax.bench.cli", "performance benchmarks; prints one JSON object"),
     "repro": ("azr_jax.repro", "parity reports against the PyTorch reference stack"),

@@ -138,7 +138,7 @@ def test_cli_reports_bad_input_as_one_line(tmp_path):
 def test_cli_help_lists_commands():
     r = subprocess.run([sys.executable, "-m", "azr_jax.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0
-    for name in ("train", "score", "bench", "repro", "pretrain", "eval"):
+    for name in ("train", "score", "bench", "repro", "pretrain", "eval", "convert"):
         assert name in r.stdout
 
 

@@ -78,7 +78,9 @@ def main(args: argparse.Namespace) -> int:
     config = args.config or Path(args.run) / "config.json"
     cfg = load_config(config, args.overrides)
     if args.checkpoint:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_dir=args.checkpoint, tokenizer=None))
+        # The checkpoint's own config.json and tokenizer define the model (as for a run's base).
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_dir=args.checkpoint, tokenizer=None,
+                                                                 overrides={}))
     policy = load_policy(cfg)
     if args.run:
         params, step = run_params(cfg, policy, Path(args.run), args.step)

@@ -104,6 +104,79 @@ def test_eval_of_a_run_checkpoint_reproduces_its_final_evaluation(env, reference
     assert bad.returncode != 0 and "no complete checkpoint for step 9" in bad.stderr
 
 
+def _cli(env, *argv, timeout=600):
+    return subprocess.run([sys.executable, "-m", "azr_jax.cli", *argv], env=env["env"], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_convert_writes_the_policy_that_eval_and_transformers_read(env, reference_run, tmp_path):
+    """`azr-jax convert` turns the run's Orbax checkpoint into a Hugging Face directory: evaluated
+    from that directory the policy gives exactly the run's final evaluation, and transformers
+    loads the weights and the tokenizer with the same logits and token ids."""
+    import numpy as np
+    import torch
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from azr_jax.models import from_pretrained
+
+    hf = tmp_path / "hf"
+    r = _cli(env, "convert", "--run", str(reference_run), "--out", str(hf))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.splitlines()[-1])["step"] == 3
+    ev = _cli(env, "eval", "--config", str(reference_run / "config.json"), "--checkpoint", str(hf),
+              "--out", str(tmp_path / "eval.json"))
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    got = json.loads((tmp_path / "eval.json").read_text())
+    final = json.loads((reference_run / "eval" / "final.json").read_text())
+    assert [(i["id"], i["accuracy"], i["response"]) for i in got["items"]] == \
+        [(i["id"], i["accuracy"], i["response"]) for i in final["items"]]
+
+    ours = from_pretrained(hf)
+    text = "def f(a):\n    return a + 1\n<answer> 42 </answer>"
+    ids = ours.tokenizer.encode(text)
+    # Not AutoTokenizer: transformers 5 picks Qwen2's tokenizer class from model_type, and this
+    # run's tokenizer is not Qwen's (a real Qwen run exports Qwen's own).
+    assert PreTrainedTokenizerFast.from_pretrained(hf).encode(text, add_special_tokens=False) == ids
+    with torch.no_grad():
+        theirs = AutoModelForCausalLM.from_pretrained(hf).eval()(torch.tensor([ids])).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours.logits(np.array([ids]))), theirs, atol=1e-4)  # 1 row x ~20 tokens
+
+    # Another step is another policy.
+    w3 = load_file(str(hf / "model.safetensors"))
+    step1 = tmp_path / "step1"
+    r = _cli(env, "convert", "--run", str(reference_run), "--step", "1", "--out", str(step1))
+    assert r.returncode == 0, r.stderr[-3000:]
+    w1 = load_file(str(step1 / "model.safetensors"))
+    assert w1.keys() == w3.keys() and any(not np.array_equal(w1[k], w3[k]) for k in w3)
+    # --dtype writes the same weights rounded to it.
+    bf16 = tmp_path / "bf16"
+    r = _cli(env, "convert", "--run", str(reference_run), "--out", str(bf16), "--dtype", "bfloat16")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((bf16 / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    loaded = AutoModelForCausalLM.from_pretrained(bf16, dtype=torch.bfloat16).state_dict()
+    for name, value in w3.items():
+        assert loaded[name].dtype == torch.bfloat16
+        assert torch.equal(loaded[name], torch.from_numpy(value).to(torch.bfloat16)), name
+
+
+@pytest.mark.slow
+def test_convert_refuses_bad_input_in_one_line(env, reference_run, tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("")
+    for argv, message in [
+        (["--run", str(reference_run), "--out", str(full)], "is not empty"),
+        (["--run", str(tmp_path), "--out", str(tmp_path / "a")], "is not a training run directory"),
+        (["--run", str(reference_run), "--step", "9", "--out", str(tmp_path / "b")], "no complete checkpoint for step 9"),
+        (["--run", str(reference_run), "--out", str(tmp_path / "c"), "--max-shard-size", "lots"], "invalid shard size"),
+    ]:
+        r = _cli(env, "convert", *argv)
+        assert r.returncode == 2 and message in r.stderr, (argv, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr
+
+
 @pytest.mark.slow
 def test_sigkill_and_restart_ends_with_the_uninterrupted_metrics(env, reference_run):
     workdir = env["base"] / "killed"

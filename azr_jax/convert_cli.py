@@ -1,0 +1,97 @@
+"""`azr-jax convert`: a training run's policy as a Hugging Face checkpoint directory.
+
+    azr-jax convert --run runs/q7b --out exported/q7b            # the newest complete checkpoint
+    azr-jax convert --run runs/q7b --step 200 --out DIR --dtype bfloat16
+
+Writes what `transformers.AutoModelForCausalLM.from_pretrained(DIR)` and vLLM load unchanged:
+config.json, generation_config.json, safetensors (sharded above `--max-shard-size`) and the run's
+tokenizer, so a trained policy can be evaluated with any harness (or by `azr-jax eval --checkpoint
+DIR`). Only the policy's parameters are read from the Orbax checkpoint; the optimizer state stays
+behind. Multi-host: run it on every host, as training (each process reads its shards; process 0
+writes the files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from azr_jax.errors import UserError
+from azr_jax.jsonl import check_output_dir
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, metavar="WORKDIR", help="the `azr-jax train` run directory")
+    parser.add_argument("--step", type=int, default=None, help="the checkpoint step (default: the newest complete one)")
+    parser.add_argument("--out", required=True, help="directory to write the Hugging Face checkpoint into (new or empty)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="cast the weights before writing (default: the run's model.param_dtype)")
+    parser.add_argument("--max-shard-size", default="5GB", help="split the safetensors above this size (default 5GB)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the run's config, e.g. --set model.hf_dir=DIR when its base moved")
+
+
+def base_generation_config(hf_dir: str | None) -> dict | None:
+    """The base checkpoint's generation_config.json (its stop ids and sampling defaults), if any."""
+    from azr_jax.models.checkpoint_hf import GENERATION_CONFIG_FILE
+
+    path = Path(hf_dir) / GENERATION_CONFIG_FILE if hf_dir else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+
+
+def exported_model_config(policy, model_section):
+    """The policy's model config, with the special ids of the tokenizer the run used when that is
+    not the base checkpoint's own (a random init, or `model.tokenizer` set): a preset carries its
+    family's ids (Qwen's 151643 ...), which would not fit another tokenizer's vocabulary."""
+    if model_section.hf_dir and not model_section.tokenizer:
+        return policy.config
+    tok = policy.tokenizer
+    return policy.config.replace(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
+                                 extra_eos_token_ids=tuple(i for i in tok.eos_ids if i != tok.eos_id))
+
+
+def main(args: argparse.Namespace) -> int:
+    import jax
+    import jax.numpy as jnp
+
+    from azr_jax import distributed
+    from azr_jax.config import load_config
+    from azr_jax.eval.cli import run_params
+    from azr_jax.models.checkpoint_hf import Model, parse_size
+    from azr_jax.train_setup import load_policy
+
+    run = Path(args.run)
+    if not (run / "config.json").is_file():
+        raise UserError(f"{run} is not a training run directory (no config.json)")
+    out = check_output_dir(args.out, "--out")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty; give a new or empty directory")
+    parse_size(args.max_shard_size)  # a bad size is said now, not after the restore
+
+    distributed.initialize_from_env()
+    cfg = load_config(run / "config.json", args.overrides)
+    say = lambda msg: print(f"azr-jax convert: {msg}", file=sys.stderr, flush=True)
+    say(f"restoring the policy of {run} ...")
+    policy = load_policy(cfg)
+    params, step = run_params(cfg, policy, run, args.step)
+    if args.dtype:
+        params = jax.tree.map(lambda x: x.astype(jnp.dtype(args.dtype)), params)
+    own_tokenizer = bool(cfg.model.hf_dir) and not cfg.model.tokenizer
+    model = Model(exported_model_config(policy, cfg.model), params, tokenizer=policy.tokenizer,
+                  generation_config=base_generation_config(cfg.model.hf_dir) if own_tokenizer else None,
+                  mesh=policy.mesh, rules=policy.rules)
+    say(f"writing step {step} to {out} ...")
+    model.save_pretrained(out, max_shard_size=args.max_shard_size)
+    dtype = str(jax.tree.leaves(params)[0].dtype)
+    print(json.dumps({"run": str(run), "step": step, "out": str(out), "dtype": dtype,
+                      "params": policy.config.num_params()}, sort_keys=True))
+    return 0
