@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -81,23 +81,45 @@ class Checkpoints:
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restore `step` into the structure/shardings of `abstract_state` (a pytree of
         `jax.ShapeDtypeStruct`, e.g. from `abstract_like`). Raises UserError if it is unreadable."""
+        self._check_step(step)
+        self._check_shapes(step, abstract_state)
+        restored = self._read(step, lambda: self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), host=ocp.args.JsonRestore())))
+        host = restored.host
+        if not isinstance(host, dict) or host.get("step") != step:
+            raise UserError(f"checkpoint {self.directory / str(step)} is corrupt: its host record does not match")
+        return restored.state, host
+
+    def restore_part(self, step: int, abstract_part: dict) -> dict:
+        """Only the top-level entries of the saved state that `abstract_part` names (e.g.
+        `{"params": ...}`): a policy read for evaluation or export leaves the optimizer's moments
+        (twice the params under Adam) on disk. Same checks and errors as `restore`."""
+        self._check_step(step)
+        self._check_shapes(step, abstract_part, partial=True)
+        restore_args = jax.tree.map(
+            lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape, dtype=s.dtype), abstract_part)
+        # The standard handler restores whole items; the PyTree handler reads the same files and
+        # can skip entries.
+        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+            return self._read(step, lambda: reader.restore(
+                self.directory / str(step) / "state",
+                args=ocp.args.PyTreeRestore(item=abstract_part, restore_args=restore_args, partial_restore=True)))
+
+    def _check_step(self, step: int) -> None:
         if step not in self.all_steps():
             raise UserError(
                 f"no complete checkpoint for step {step} in {self.directory}; available: {self.all_steps()}"
             )
-        self._check_shapes(step, abstract_state)
+
+    def _read(self, step: int, read: Callable[[], Any]) -> Any:
+        """`read()`, with a failure said as one UserError naming the checkpoint."""
         # A corrupt checkpoint fails one read while the others still run; they then fail in their
         # own threads, printing tracebacks on stderr. Held back here: replayed when the restore
         # works, dropped (after the other reads have ended) when it does not.
         try:
             with _stderr_held_back():
                 try:
-                    restored = self._manager.restore(
-                        step,
-                        args=ocp.args.Composite(
-                            state=ocp.args.StandardRestore(abstract_state), host=ocp.args.JsonRestore()
-                        ),
-                    )
+                    return read()
                 except Exception:
                     time.sleep(1.0)  # the other reads end meanwhile
                     raise
@@ -108,15 +130,12 @@ class Checkpoints:
                 f"checkpoint {self.directory / str(step)} is corrupt or incompatible with this config "
                 f"({type(e).__name__}: {reason[:200]}); delete it, or use an older step (train --resume-step N, eval --step N)"
             ) from None
-        host = restored.host
-        if not isinstance(host, dict) or host.get("step") != step:
-            raise UserError(f"checkpoint {self.directory / str(step)} is corrupt: its host record does not match")
-        return restored.state, host
 
-    def _check_shapes(self, step: int, abstract_state: Any) -> None:
+    def _check_shapes(self, step: int, abstract_state: Any, *, partial: bool = False) -> None:
         """Compare the saved arrays' names and shapes with the restore target before reading any
         data, so a config change (another model size, optimizer) is named leaf by leaf, and no
-        half-started Orbax read is left behind. Unreadable metadata is left to `restore`."""
+        half-started Orbax read is left behind. Unreadable metadata is left to `restore`.
+        `partial`: only the target's top-level entries are compared."""
         try:
             saved = _shapes_by_path(self._manager.item_metadata(step).state)
         except Exception:
@@ -124,6 +143,8 @@ class Checkpoints:
         if not saved:
             return
         wanted = _shapes_by_path(abstract_state)
+        if partial:
+            saved = {k: v for k, v in saved.items() if k.split("/")[0] in abstract_state}
         problems = [f"{k}: saved {saved[k]}, expected {wanted[k]}"
                     for k in sorted(saved.keys() & wanted.keys()) if saved[k] != wanted[k]]
         problems += [f"{k}: not in the checkpoint" for k in sorted(wanted.keys() - saved.keys())]

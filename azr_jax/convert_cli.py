@@ -6,8 +6,8 @@
 Writes what `transformers.AutoModelForCausalLM.from_pretrained(DIR)` and vLLM load unchanged:
 config.json, generation_config.json, safetensors (sharded above `--max-shard-size`) and the run's
 tokenizer, so a trained policy can be evaluated with any harness (or by `azr-jax eval --checkpoint
-DIR`). Only the policy's parameters are written; the restore reads the whole train state (the
-optimizer's moments too), so it needs the memory a resumed run needs. Multi-host: run it on every host, as training (each process reads its shards; process 0
+DIR`). Only the policy's parameters are read from the Orbax checkpoint; the optimizer's moments
+stay on disk. Multi-host: run it on every host, as training (each process reads its shards; process 0
 writes the files).
 """
 

@@ -48,10 +48,11 @@ def run_params(cfg, policy, workdir: Path, step: int | None):
         if step is None:
             raise UserError(f"no checkpoint in {workdir / 'checkpoints'}")
         target = abstract_like(policy.checkpoint_tree(policy.init_state(cfg, abstract=True)))
-        restored, _ = ckpts.restore(step, target)
+        # The params alone: the optimizer state (twice their size under Adam) stays on disk.
+        restored = ckpts.restore_part(step, {"params": target["params"]})
     finally:
         ckpts.close()
-    return policy.state_from_tree(restored).params, step
+    return restored["params"], step
 
 
 def main(args: argparse.Namespace) -> int:

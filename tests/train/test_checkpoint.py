@@ -128,3 +128,35 @@ def test_stderr_of_a_restore_is_replayed_when_it_works_and_dropped_when_it_fails
             os.write(2, b"traceback of a failed read\n")
             raise RuntimeError("corrupt")
     assert capfd.readouterr().err == "an orbax warning\n"
+
+
+def test_the_params_alone_restore_as_in_the_whole_state(tmp_path):
+    ckpt = Checkpoints(tmp_path / "ck", writer=True)
+    ckpt.save(1, _state(1), {"step": 1})
+    ckpt.save(2, _state(2), {"step": 2})
+    ckpt.close()
+    reader = Checkpoints(tmp_path / "ck")
+    target = abstract_like(_state(0))
+    part = reader.restore_part(2, {"params": target["params"]})
+    assert list(part) == ["params"]  # no optimizer state read
+    whole, _ = reader.restore(2, target)
+    for name in ("w", "b"):
+        assert np.array_equal(part["params"][name], whole["params"][name])
+    assert np.array_equal(part["params"]["w"], np.full((4, 3), 2.0))  # step 2, not step 1
+    with pytest.raises(UserError, match=r"incompatible with this config: params/w: saved \(4, 3\), expected \(5, 3\)"):
+        reader.restore_part(2, {"params": {"w": jax.ShapeDtypeStruct((5, 3), jnp.float32),
+                                           "b": jax.ShapeDtypeStruct((3,), jnp.float32)}})
+    with pytest.raises(UserError, match=r"no complete checkpoint for step 7"):
+        reader.restore_part(7, {"params": target["params"]})
+    reader.close()
+
+
+def test_a_corrupt_checkpoint_is_a_user_error_for_the_params_alone(tmp_path):
+    ckpt = Checkpoints(tmp_path / "ck", writer=True)
+    ckpt.save(1, _state(1), {"step": 1})
+    ckpt.close()
+    for f in (tmp_path / "ck" / "1" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="corrupt or incompatible"):
+        Checkpoints(tmp_path / "ck").restore_part(1, {"params": abstract_like(_state(0))["params"]})

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from azr_jax.metrics import read_metrics, without_timings
@@ -114,7 +115,6 @@ def test_convert_writes_the_policy_that_eval_and_transformers_read(env, referenc
     """`azr-jax convert` turns the run's Orbax checkpoint into a Hugging Face directory: evaluated
     from that directory the policy gives exactly the run's final evaluation, and transformers
     loads the weights and the tokenizer with the same logits and token ids."""
-    import numpy as np
     import torch
     from safetensors.numpy import load_file
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
@@ -254,6 +254,23 @@ def test_two_processes_under_jax_distributed_end_with_the_same_params(env, packe
     digests = [[l for l in err.splitlines() if "params digest" in l][-1].split("params digest")[-1] for _, err in outs]
     assert digests[0] == digests[1]
     assert [r["step"] for r in read_metrics(env["base"] / f"multihost_{packed}" / "metrics.jsonl")] == [1, 2]
+
+    # Exported by both processes (each reads its shards of the params; process 0 writes), the
+    # policy is the one a single process exports from the same checkpoint.
+    from safetensors.numpy import load_file
+
+    workdir, port = env["base"] / f"multihost_{packed}", free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "azr_jax.cli", "convert", "--run", str(workdir), "--out",
+                               str(workdir / "hf2")],
+                              env=dict(env["env"], JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                       JAX_PROCESS_ID=str(pid)),
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)]
+    for p, (_, err) in zip(procs, communicate_all(procs, timeout=600)):
+        assert p.returncode == 0, err[-3000:]
+    one = _cli(env, "convert", "--run", str(workdir), "--out", str(workdir / "hf1"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two, single = load_file(str(workdir / "hf2" / "model.safetensors")), load_file(str(workdir / "hf1" / "model.safetensors"))
+    assert two.keys() == single.keys() and all(np.array_equal(two[k], single[k]) for k in two)
 
 
 @pytest.mark.slow
