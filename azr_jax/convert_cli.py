@@ -81,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(run / "config.json", args.overrides)
     say = lambda msg: print(f"azr-jax convert: {msg}", file=sys.stderr, flush=True)
     say(f"restoring the policy of {run} ...")
-    policy = load_policy(cfg)
+    policy = load_policy(cfg, weights=False)  # the params come from the run's checkpoint
     params, step = run_params(cfg, policy, run, args.step)
     if args.dtype:
         params = jax.tree.map(lambda x: x.astype(jnp.dtype(args.dtype)), params)
@@ -89,6 +89,9 @@ def main(args: argparse.Namespace) -> int:
     model = Model(exported_model_config(policy, cfg.model), params, tokenizer=policy.tokenizer,
                   generation_config=base_generation_config(cfg.model.hf_dir) if own_tokenizer else None,
                   mesh=policy.mesh, rules=policy.rules)
+    # Every process has checked --out and restored its shards before process 0 writes anything,
+    # and they start the per-tensor gathers together (the CPU collectives' start-up deadline).
+    distributed.barrier("azr-convert-write")
     say(f"writing step {step} to {out} ...")
     model.save_pretrained(out, max_shard_size=args.max_shard_size)
     dtype = str(jax.tree.leaves(params)[0].dtype)

@@ -159,8 +159,22 @@ class Policy:
         return TrainState(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"])
 
 
-def load_policy(cfg) -> Policy:
-    """Model config, initial params and tokenizer from `cfg.model`, placed on `cfg.mesh`."""
+def _abstract_params(model_cfg, dtype, mesh, rules):
+    """The parameter tree's shapes and shardings in `dtype`, nothing allocated."""
+    from azr_jax.models import init_params
+    from azr_jax.models.decoder import param_shardings
+
+    shapes = jax.eval_shape(lambda key: init_params(model_cfg, key, dtype=dtype), jax.random.key(0))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                        param_shardings(model_cfg, mesh, rules))
+
+
+def load_policy(cfg, *, weights: bool = True) -> Policy:
+    """Model config, initial params and tokenizer from `cfg.model`, placed on `cfg.mesh`.
+
+    `weights=False`: `params` are only shapes, dtypes and shardings (`jax.ShapeDtypeStruct`s);
+    nothing is read from the base's safetensors or allocated. For callers that take the params
+    from a training run's checkpoint instead (`eval --run`, `convert`)."""
     from azr_jax.bench.common import peak_numbers
     from azr_jax.models import get_preset, init_params
     from azr_jax.models.decoder import param_shardings
@@ -175,15 +189,21 @@ def load_policy(cfg) -> Policy:
     rules = dict(cfg.mesh.rules)
     if m.hf_dir:
         from azr_jax.models import from_pretrained
+        from azr_jax.models.checkpoint_hf import read_hf_config
 
         if not Path(m.hf_dir).is_dir():
             raise UserError(f"model.hf_dir {m.hf_dir} is not a directory (a Hugging Face checkpoint is expected)")
         if m.overrides:
             raise UserError(f"model.overrides {dict(m.overrides)} would be ignored: with model.hf_dir the "
                             f"checkpoint's config.json fixes the architecture (overrides are for random init)")
-        model = from_pretrained(m.hf_dir, dtype=_DTYPES[m.param_dtype], mesh=mesh, rules=rules)
-        model_cfg, params = model.config, model.params
-        tokenizer = load_tokenizer(m.tokenizer) if m.tokenizer else model.tokenizer
+        if weights:
+            model = from_pretrained(m.hf_dir, dtype=_DTYPES[m.param_dtype], mesh=mesh, rules=rules)
+            model_cfg, params = model.config, model.params
+            tokenizer = load_tokenizer(m.tokenizer) if m.tokenizer else model.tokenizer
+        else:
+            model_cfg = read_hf_config(m.hf_dir)
+            params = _abstract_params(model_cfg, _DTYPES[m.param_dtype], mesh, rules)
+            tokenizer = load_tokenizer(m.tokenizer or m.hf_dir)
     else:
         if not m.tokenizer:
             raise UserError(f"model preset '{m.preset}' needs weights: set model.hf_dir to a local Hugging Face "
@@ -195,8 +215,11 @@ def load_policy(cfg) -> Policy:
             except TypeError as e:
                 raise UserError(f"model.overrides: {e}") from None
         tokenizer = load_tokenizer(m.tokenizer)
-        params = jax.jit(lambda key: init_params(model_cfg, key, dtype=_DTYPES[m.param_dtype]),
-                         out_shardings=param_shardings(model_cfg, mesh, rules))(init_key(cfg.train.seed))
+        if weights:
+            params = jax.jit(lambda key: init_params(model_cfg, key, dtype=_DTYPES[m.param_dtype]),
+                             out_shardings=param_shardings(model_cfg, mesh, rules))(init_key(cfg.train.seed))
+        else:
+            params = _abstract_params(model_cfg, _DTYPES[m.param_dtype], mesh, rules)
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise UserError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model_cfg.vocab_size}")
     model_cfg = model_cfg.replace(scan_layers=m.scan_layers)

@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
         # The checkpoint's own config.json and tokenizer define the model (as for a run's base).
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_dir=args.checkpoint, tokenizer=None,
                                                                  overrides={}))
-    policy = load_policy(cfg)
+    policy = load_policy(cfg, weights=not args.run)  # a run's params come from its checkpoint
     if args.run:
         params, step = run_params(cfg, policy, Path(args.run), args.step)
         source = f"{args.run} (step {step})"

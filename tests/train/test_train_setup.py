@@ -109,3 +109,26 @@ def test_overrides_with_a_checkpoint_are_refused_not_ignored():
 
     with pytest.raises(UserError, match="would be ignored"):
         load_policy(load_config("configs/nano.py", ['model.overrides={"num_layerz": 2}']))
+
+
+def test_a_policy_without_weights_has_the_loaded_ones_shapes_and_reads_no_safetensors(tmp_path):
+    """`eval --run` and `convert` take the params from a run's checkpoint: the policy they build
+    only describes them (8 devices), so a base whose weights are gone still works."""
+    import shutil
+
+    from azr_jax.train_setup import load_policy
+
+    base = tmp_path / "base"
+    shutil.copytree("azr_jax/nano/base", base)
+    tiny = load_config(CONFIG, tiny_overrides(make_tokenizer(tmp_path / "tok")))
+    for cfg in (load_config("configs/nano.py", [f"model.hf_dir={base}"]), tiny):
+        loaded, described = load_policy(cfg), load_policy(cfg, weights=False)
+        assert described.config == loaded.config
+        assert described.tokenizer.encode("def f(a):\n    return a") == loaded.tokenizer.encode("def f(a):\n    return a")
+        for a, b in zip(jax.tree.leaves(described.params), jax.tree.leaves(loaded.params)):
+            assert isinstance(a, jax.ShapeDtypeStruct) and (a.shape, a.dtype, a.sharding) == (b.shape, b.dtype, b.sharding)
+        assert jax.tree.structure(described.init_state(cfg, abstract=True)) == \
+            jax.tree.structure(loaded.init_state(cfg, abstract=True))
+    (base / "model.safetensors").unlink()
+    described = load_policy(load_config("configs/nano.py", [f"model.hf_dir={base}"]), weights=False)
+    assert described.config.num_params() == 1085824
