@@ -35,28 +35,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override the run's config, e.g. --set model.hf_dir=DIR when its base moved")
 
 
-def base_generation_config(hf_dir: str | None) -> dict | None:
-    """The base checkpoint's generation_config.json (its stop ids and sampling defaults), if any."""
+def exported_metadata(policy, model_section):
+    """(model config, generation config) to write. A base checkpoint's own tokenizer keeps the
+    base's special ids and generation_config.json. Another tokenizer (a random init, or
+    `model.tokenizer` set) gives its ids: a preset carries its family's ids (Qwen's 151643 ...),
+    which would not fit that tokenizer's vocabulary; the generation config is then derived."""
+    from azr_jax.jsonl import read_json_object
     from azr_jax.models.checkpoint_hf import GENERATION_CONFIG_FILE
 
-    path = Path(hf_dir) / GENERATION_CONFIG_FILE if hf_dir else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-
-
-def exported_model_config(policy, model_section):
-    """The policy's model config, with the special ids of the tokenizer the run used when that is
-    not the base checkpoint's own (a random init, or `model.tokenizer` set): a preset carries its
-    family's ids (Qwen's 151643 ...), which would not fit another tokenizer's vocabulary."""
     if model_section.hf_dir and not model_section.tokenizer:
-        return policy.config
+        path = Path(model_section.hf_dir) / GENERATION_CONFIG_FILE
+        return policy.config, read_json_object(path, "generation config") if path.is_file() else None
     tok = policy.tokenizer
     return policy.config.replace(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
-                                 extra_eos_token_ids=tuple(i for i in tok.eos_ids if i != tok.eos_id))
+                                 extra_eos_token_ids=tuple(i for i in tok.eos_ids if i != tok.eos_id)), None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -85,9 +77,8 @@ def main(args: argparse.Namespace) -> int:
     params, step = run_params(cfg, policy, run, args.step)
     if args.dtype:
         params = jax.tree.map(lambda x: x.astype(jnp.dtype(args.dtype)), params)
-    own_tokenizer = bool(cfg.model.hf_dir) and not cfg.model.tokenizer
-    model = Model(exported_model_config(policy, cfg.model), params, tokenizer=policy.tokenizer,
-                  generation_config=base_generation_config(cfg.model.hf_dir) if own_tokenizer else None,
+    model_cfg, generation_config = exported_metadata(policy, cfg.model)
+    model = Model(model_cfg, params, tokenizer=policy.tokenizer, generation_config=generation_config,
                   mesh=policy.mesh, rules=policy.rules)
     # Every process has checked --out and restored its shards before process 0 writes anything,
     # and they start the per-tensor gathers together (the CPU collectives' start-up deadline).

@@ -199,11 +199,10 @@ def load_policy(cfg, *, weights: bool = True) -> Policy:
         if weights:
             model = from_pretrained(m.hf_dir, dtype=_DTYPES[m.param_dtype], mesh=mesh, rules=rules)
             model_cfg, params = model.config, model.params
-            tokenizer = load_tokenizer(m.tokenizer) if m.tokenizer else model.tokenizer
         else:
             model_cfg = read_hf_config(m.hf_dir)
             params = _abstract_params(model_cfg, _DTYPES[m.param_dtype], mesh, rules)
-            tokenizer = load_tokenizer(m.tokenizer or m.hf_dir)
+        tokenizer = load_tokenizer(m.tokenizer or m.hf_dir)  # the checkpoint's own unless one is named
     else:
         if not m.tokenizer:
             raise UserError(f"model preset '{m.preset}' needs weights: set model.hf_dir to a local Hugging Face "

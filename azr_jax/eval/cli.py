@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_params(cfg, policy, workdir: Path, step: int | None):
     """The policy params of a training run's checkpoint `step` (default: the newest complete one)."""
     from azr_jax import distributed
-    from azr_jax.checkpoint import Checkpoints, abstract_like
+    from azr_jax.checkpoint import Checkpoints
 
     ckpts = Checkpoints(workdir / "checkpoints")
     try:
@@ -47,9 +47,8 @@ def run_params(cfg, policy, workdir: Path, step: int | None):
                                      "pass --step, or give every process the same view of the run directory")
         if step is None:
             raise UserError(f"no checkpoint in {workdir / 'checkpoints'}")
-        target = abstract_like(policy.checkpoint_tree(policy.init_state(cfg, abstract=True)))
         # The params alone: the optimizer state (twice their size under Adam) stays on disk.
-        restored = ckpts.restore_part(step, {"params": target["params"]})
+        restored = ckpts.restore_part(step, {"params": policy.init_state(cfg, abstract=True).params})
     finally:
         ckpts.close()
     return restored["params"], step
