@@ -79,6 +79,57 @@ def test_scoring_several_samples_per_item_gives_mean_accuracy_and_pass_at_k(sand
         score_items(items, responses[:-1], cfg, sandbox, samples=2)
 
 
+# Hand-made CRUXEval-format lines: a literal input, an input written as a call (CRUXEval has 10
+# such, e.g. `dict(did=0)`, `range(100, 120)`) and one that passes a lambda (2 in CRUXEval).
+CRUX_LINES = [
+    {"code": "def f(xs):\n    return sorted(xs)[::-1]", "input": "[3, 1, 2]", "output": "[3, 2, 1]", "id": "lit"},
+    {"code": "def f(d):\n    return sorted(d)", "input": "dict(b=1, a=2)", "output": "['a', 'b']", "id": "call"},
+    {"code": "def f(xs, keep):\n    return [x for x in xs if keep(x)]", "input": "[1, 2, 3], lambda x: x > 1",
+     "output": "[2, 3]", "id": "lambda"},
+]
+
+
+def test_cruxeval_items_are_scored_with_literal_answers(sandbox, tmp_path):
+    """Abduction answers must be literals (docs/deviations.md, `answer_expression_eval`), CRUXEval's
+    gold inputs included: a gold written as a call scores 0 and its literal value 1; a lambda
+    argument has no literal form, so that item cannot be solved."""
+    from azr_jax.eval.benchmarks import load_cruxeval
+
+    path = tmp_path / "crux.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in CRUX_LINES))
+    items = load_cruxeval(path)
+    gold = [_right(it) for it in items]
+    result = score_items(items, gold, load_config("configs/nano.py"), sandbox)
+    assert [(r["id"], r["accuracy"]) for r in result["items"]] == [
+        ("cruxeval-o/lit", 1.0), ("cruxeval-i/lit", 1.0), ("cruxeval-o/call", 1.0), ("cruxeval-i/call", 0.0),
+        ("cruxeval-o/lambda", 1.0), ("cruxeval-i/lambda", 0.0)]
+    assert result["per_task"] == {"deduction": 1.0, "abduction": pytest.approx(1 / 3)}
+    literal = [_answer("input", "{'b': 1, 'a': 2}"), _answer("input", "sorted([3, 2, 1])")]
+    again = score_items([items[3], items[1]], literal, load_config("configs/nano.py"), sandbox)
+    assert [r["accuracy"] for r in again["items"]] == [1.0, 0.0]  # the literal value; an expression
+
+
+def test_eval_cli_on_a_cruxeval_file(tmp_path):
+    import subprocess
+    import sys
+
+    path, out = tmp_path / "crux.jsonl", tmp_path / "eval.json"
+    path.write_text("".join(json.dumps(line) + "\n" for line in CRUX_LINES))
+    base = [sys.executable, "-m", "azr_jax.cli", "eval", "--config", "configs/nano.py", "--set", "eval.benchmark=cruxeval"]
+    r = subprocess.run(base + ["--set", f"eval.data_path={path}", "--set", "eval.max_items=4", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "cruxeval" and result["n_items"] == 4
+    assert [i["id"] for i in result["items"]] == ["cruxeval-o/lit", "cruxeval-i/lit", "cruxeval-o/call", "cruxeval-i/call"]
+    assert sorted(result["per_task"]) == ["abduction", "deduction"]
+    assert all(isinstance(i["response"], str) and i["response"] for i in result["items"])
+    assert json.loads(r.stdout.strip().splitlines()[-1])["n_items"] == 4
+    missing = subprocess.run(base, capture_output=True, text=True, timeout=600)
+    lines = [l for l in missing.stderr.splitlines() if l.strip()]
+    assert missing.returncode != 0 and len(lines) == 1 and "needs eval.data_path" in lines[0], missing.stderr[-2000:]
+
+
 def test_summary_fields():
     base = {"solve_rate": 0.2, "per_task": {"deduction": 0.3, "abduction": 0.2, "induction": 0.1},
             "n_items": 150, "benchmark": "nano"}
