@@ -1,6 +1,8 @@
 """Benchmark scoring of hand-made responses with the training scorer, the summary fields, plots."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -89,32 +91,32 @@ CRUX_LINES = [
 ]
 
 
+def _crux_file(tmp_path):
+    path = tmp_path / "crux.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in CRUX_LINES))
+    return path
+
+
 def test_cruxeval_items_are_scored_with_literal_answers(sandbox, tmp_path):
     """Abduction answers must be literals (docs/deviations.md, `answer_expression_eval`), CRUXEval's
     gold inputs included: a gold written as a call scores 0 and its literal value 1; a lambda
     argument has no literal form, so that item cannot be solved."""
     from azr_jax.eval.benchmarks import load_cruxeval
 
-    path = tmp_path / "crux.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in CRUX_LINES))
-    items = load_cruxeval(path)
-    gold = [_right(it) for it in items]
-    result = score_items(items, gold, load_config("configs/nano.py"), sandbox)
+    cfg = load_config("configs/nano.py")
+    items = load_cruxeval(_crux_file(tmp_path))
+    result = score_items(items, [_right(it) for it in items], cfg, sandbox)
     assert [(r["id"], r["accuracy"]) for r in result["items"]] == [
         ("cruxeval-o/lit", 1.0), ("cruxeval-i/lit", 1.0), ("cruxeval-o/call", 1.0), ("cruxeval-i/call", 0.0),
         ("cruxeval-o/lambda", 1.0), ("cruxeval-i/lambda", 0.0)]
     assert result["per_task"] == {"deduction": 1.0, "abduction": pytest.approx(1 / 3)}
     literal = [_answer("input", "{'b': 1, 'a': 2}"), _answer("input", "sorted([3, 2, 1])")]
-    again = score_items([items[3], items[1]], literal, load_config("configs/nano.py"), sandbox)
+    again = score_items([items[3], items[1]], literal, cfg, sandbox)
     assert [r["accuracy"] for r in again["items"]] == [1.0, 0.0]  # the literal value; an expression
 
 
 def test_eval_cli_on_a_cruxeval_file(tmp_path):
-    import subprocess
-    import sys
-
-    path, out = tmp_path / "crux.jsonl", tmp_path / "eval.json"
-    path.write_text("".join(json.dumps(line) + "\n" for line in CRUX_LINES))
+    path, out = _crux_file(tmp_path), tmp_path / "eval.json"
     base = [sys.executable, "-m", "azr_jax.cli", "eval", "--config", "configs/nano.py", "--set", "eval.benchmark=cruxeval"]
     r = subprocess.run(base + ["--set", f"eval.data_path={path}", "--set", "eval.max_items=4", "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
