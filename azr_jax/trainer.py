@@ -363,14 +363,14 @@ class SelfPlay:
         rewards = [proposer_reward(s["valid"], s["format_ok"], rates[i], cfg.azr.boundary_reward)
                    for i, s in enumerate(validated)]
         if cfg.azr.answer_diversity_coef > 0 and valid_idx:
-            self._add_diversity_bonus(task, validated, rewards, valid_idx)
+            self._add_diversity_bonus(task, validated, rewards, rates, valid_idx)
         rb.scored = validated
         rb.solve_rates = rates
         rb.rewards = [trained_reward(dict(s, reward=rewards[i])) for i, s in enumerate(validated)]
         for i in valid_idx:
             self.buffers[task].add(records[i], step)
 
-    def _add_diversity_bonus(self, task, validated, rewards, valid_idx) -> None:
+    def _add_diversity_bonus(self, task, validated, rewards, rates, valid_idx) -> None:
         """Add the answer-diversity bonus to the positive rewards of the valid proposals (in place); the
         verdicts record it as `answer_diversity` / `diversity_bonus`, so an audit can subtract it."""
         from azr_jax.azr.rewards import answer_diversity, answer_key, diversity_bonus, task_answer
@@ -382,9 +382,11 @@ class SelfPlay:
         for i, div in zip(valid_idx, answer_diversity(answers, history)):
             bonus = diversity_bonus(div, azr.answer_diversity_coef, azr.answer_diversity_max)
             validated[i] = dict(validated[i], answer_diversity=div, diversity_bonus=bonus)
-            # As the reference's intrinsic terms: only on top of a positive learnability reward
-            # (not for boundary, badly formatted or unjudged proposals).
-            if rewards[i] is not None and rewards[i] > 0:
+            # As the reference's intrinsic terms: only on top of a positive learnability reward,
+            # 0 < solve rate < 1 (not for boundary, badly formatted or unjudged proposals, even
+            # where a positive `azr.boundary_reward` makes a boundary reward positive).
+            learnable = rates[i] is not None and 0 < rates[i] < 1
+            if learnable and rewards[i] is not None and rewards[i] > 0:
                 rewards[i] += bonus
             else:
                 validated[i]["diversity_bonus"] = 0.0

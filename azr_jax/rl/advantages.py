@@ -174,7 +174,7 @@ def grpo(
     n_g = _segment_sum(counted_b, group_ids_b, num_groups)
     mean_g = _segment_sum(counted_b * rewards_b, group_ids_b, num_groups) / jnp.maximum(n_g, 1.0)
     singleton_b = n_g[group_ids_b] <= 1
-    centered_b = rewards_b - jnp.where(singleton_b, 0.0, mean_g[group_ids_b])
+    centered_b = jnp.where(singleton_b, rewards_b, _centered(rewards_b, counted_b, group_ids_b, num_groups, mean_g))
     sq_dev_b = jnp.where(singleton_b, 0.0, counted_b * centered_b**2)
     var_g = _segment_sum(sq_dev_b, group_ids_b, num_groups) / jnp.maximum(n_g - 1.0, 1.0)
     std_b = jnp.where(singleton_b, 1.0, jnp.sqrt(var_g[group_ids_b]))
@@ -192,10 +192,10 @@ def rloo(rewards_b, response_mask_bt, group_ids_b, *, num_groups: int | None = N
     num_groups = rewards_b.shape[0] if num_groups is None else num_groups
     counted_b = _has_tokens(response_mask_bt)  # rows without loss tokens take no part
     n_g = _segment_sum(counted_b, group_ids_b, num_groups)
-    sum_g = _segment_sum(counted_b * rewards_b, group_ids_b, num_groups)
-    n_b, sum_b = n_g[group_ids_b], sum_g[group_ids_b]
-    others_mean_b = (sum_b - rewards_b) / jnp.maximum(n_b - 1.0, 1.0)
-    adv_b = jnp.where(n_b > 1, rewards_b - others_mean_b, rewards_b)
+    mean_g = _segment_sum(counted_b * rewards_b, group_ids_b, num_groups) / jnp.maximum(n_g, 1.0)
+    n_b = n_g[group_ids_b]
+    centered_b = _centered(rewards_b, counted_b, group_ids_b, num_groups, mean_g)
+    adv_b = jnp.where(n_b > 1, n_b / jnp.maximum(n_b - 1.0, 1.0) * centered_b, rewards_b)
     return _broadcast(adv_b, response_mask_bt)
 
 

@@ -106,12 +106,15 @@ def test_all_equal_rewards_give_zero(name):
 def test_equal_inexact_rewards_give_exactly_zero(name, reward):
     # Float32 rewards that are not exact (a diversity bonus) once left ~1e-8 after centring,
     # which the whitening's rsqrt(var + 1e-8) scaled up to a ~1e-4 advantage.
-    mask_bt = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]], np.float32)
-    groups = np.array([0, 0, 0, 1, 1])
+    # Groups of 3, 2, 7 and 10 rows: the rounding of the mean cancels in some sizes, not in others
+    # (GRPO once gave |A| = 0.056 for seven rows of 0.7).
+    sizes = [3, 2, 7, 10]
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    mask_bt = (np.arange(4)[None, :] < 1 + np.arange(groups.size)[:, None] % 4).astype(np.float32)
     for whiten in ({"whiten_stats": "token"}, {"whiten_stats": "sequence"}) if name in ("trr++", "reinforce++") else ({},):
-        got_bt = np.asarray(adv.REGISTRY[name](np.full(5, reward, np.float32), mask_bt, groups, num_groups=2, **whiten))
-        # RLOO divides by nothing: its rounding stays at float32 resolution.
-        np.testing.assert_allclose(got_bt, 0.0, atol=1e-7 if name == "rloo" else 0.0)
+        rewards_b = np.full(groups.size, reward, np.float32)
+        got_bt = np.asarray(adv.REGISTRY[name](rewards_b, mask_bt, groups, num_groups=len(sizes), **whiten))
+        np.testing.assert_array_equal(got_bt, 0.0)
 
 
 def test_reinforce_plus_plus_ignores_groups():

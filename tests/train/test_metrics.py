@@ -144,7 +144,8 @@ def test_diversity_bonus_goes_to_positive_proposer_rewards_only(level):
                  {"valid": True, "problem": problem("[1, 2]")}, {"valid": True, "problem": problem("[3]"),
                                                                    "reason": "sandbox_error"}]
     rewards = [-0.5, -1.0, 0.25, None]
-    SelfPlay._add_diversity_bonus(fake, "deduction", validated, rewards, [0, 2, 3])
+    rates = [1.0, None, 0.75, None]
+    SelfPlay._add_diversity_bonus(fake, "deduction", validated, rewards, rates, [0, 2, 3])
     if level == "value":  # history 0, 0, 1 + batch 0, [1, 2], [3]: p(0) = 3/6, the others 1/6
         expected = [0.5, 5 / 6, 5 / 6]
     else:  # by type: four ints, two lists in six
@@ -155,6 +156,11 @@ def test_diversity_bonus_goes_to_positive_proposer_rewards_only(level):
     assert rewards[1] == -1.0  # invalid: no bonus
     assert rewards[2] == pytest.approx(0.25 + min(0.5 * expected[1], 0.3))
     assert rewards[3] is None  # unjudged rows stay unjudged
+    # A positive boundary reward (azr.boundary_reward > 0) is still a boundary: no bonus.
+    boundary = [dict(validated[0])]
+    positive = [0.2]
+    SelfPlay._add_diversity_bonus(fake, "deduction", boundary, positive, [0.0], [0])
+    assert positive == [0.2] and boundary[0]["diversity_bonus"] == 0.0
 
 
 def test_a_second_stop_signal_interrupts_at_once():
