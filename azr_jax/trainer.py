@@ -352,7 +352,7 @@ class SelfPlay:
                 rates[i] = judged_solve_rate(scored[k * n:(k + 1) * n])
                 validated[i] = dict(validated[i], accuracy=rates[i],
                                     solver_responses=texts[k * n:(k + 1) * n])
-                if rates[i] is None:  # no rollout judged: the proposal's reward is unknown
+                if rates[i] is None and validated[i]["format_ok"]:  # no rollout judged: reward unknown
                     validated[i]["reason"] = "sandbox_error"
             if cfg.azr.train_learnability_rollouts:
                 # Deviation (off by default): these solver samples join the solve/<task> group
@@ -526,7 +526,13 @@ def trained_reward(verdict: dict) -> float:
 
 def _judged_rewards(rb) -> list[float]:
     """The rewards of `rb` without the placeholders of rows the sandbox did not judge (metrics)."""
-    return [r for r, s in zip(rb.rewards, rb.scored) if s.get("reason") != "sandbox_error"]
+    return [r for r, s in zip(rb.rewards, rb.scored) if not _reward_unknown(s)]
+
+
+def _reward_unknown(verdict: dict) -> bool:
+    """An unchecked response (`reason: sandbox_error`) whose reward depended on the check; one
+    whose format fails keeps its -1 (the scorer sets it), and is trained on."""
+    return verdict.get("reason") == "sandbox_error" and verdict.get("reward") is None
 
 
 def sandbox_error_rows(batches) -> np.ndarray:
@@ -538,7 +544,7 @@ def sandbox_error_rows(batches) -> np.ndarray:
     for rb in batches:
         if len(rb.scored) != len(rb.rewards):
             raise ValueError(f"{rb.role}/{rb.task}: {len(rb.scored)} verdicts for {len(rb.rewards)} rewards")
-        flags += [s.get("reason") == "sandbox_error" for s in rb.scored]
+        flags += [_reward_unknown(s) for s in rb.scored]
     return np.asarray(flags, bool)
 
 

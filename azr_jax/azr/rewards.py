@@ -27,10 +27,11 @@ FORMAT_PENALTY = -1.0
 WRONG_ANSWER_REWARD = -0.5
 
 
-def solver_reward(answer_formatted: bool, accuracy: float) -> float:
+def solver_reward(answer_formatted: bool, accuracy: float | None) -> float:
     """Reward of one solver completion. `answer_formatted` is the R1 format check, and for
     induction also requires a code block in the answer (the reference counts its absence as a
-    format failure)."""
+    format failure). `accuracy` is None for an answer the sandbox did not check, which has a
+    reward only when its format fails."""
     if not answer_formatted:
         return FORMAT_PENALTY
     if accuracy <= 0.0:

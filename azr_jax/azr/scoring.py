@@ -169,8 +169,11 @@ def score_records(records: list, cfg, sandbox) -> list[dict]:
             answer = p.answers[0]
             accuracy = _accuracy(answer, results)
             formatted = p.format_ok and (answer.found or rec["task"] != "induction")
-            reward = None if accuracy is None else rewards.solver_reward(formatted, accuracy)
-            reason = answer.reason if accuracy is not None else "sandbox_error"  # not judged: no reward
+            # An unchecked answer (`sandbox_error`) has no reward, unless its format already
+            # fails: that -1 does not depend on the check.
+            judged_or_penalised = accuracy is not None or not formatted
+            reward = rewards.solver_reward(formatted, accuracy) if judged_or_penalised else None
+            reason = answer.reason if accuracy is not None else "sandbox_error"
             out[i] = {"id": rec["id"], "format_ok": p.format_ok, "valid": answer.found, "reason": reason,
                       "problem": None, "accuracy": accuracy, "reward": reward}
         else:
@@ -178,8 +181,11 @@ def score_records(records: list, cfg, sandbox) -> list[dict]:
             judged = [acc for acc in (_accuracy(a, results) for a in p.answers) if acc is not None]
             rate = rewards.mean_solve_rate(judged) if valid else None
             reason = p.reason if not valid else (None if p.format_ok else "bad_format")
-            if valid and p.answers and not judged:
+            if valid and p.format_ok and p.answers and not judged:
                 reason = "sandbox_error"  # rollouts given, none judged: the learnability is unknown
+            reward = rewards.proposer_reward(valid, p.format_ok, rate, azr.boundary_reward)
+            if reason == "sandbox_error" and p.format_ok:
+                reward = None  # validation or rollouts unchecked; a format failure's -1 stands
             out[i] = {"id": rec["id"], "format_ok": p.format_ok, "valid": valid, "reason": reason, "problem": p.problem,
-                      "accuracy": rate, "reward": rewards.proposer_reward(valid, p.format_ok, rate, azr.boundary_reward)}
+                      "accuracy": rate, "reward": reward}
     return out

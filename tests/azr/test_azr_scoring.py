@@ -185,6 +185,32 @@ def test_solver_checks_the_sandbox_failed_to_run_are_marked_not_judged(cfg, sb, 
         assert (out["reason"], out["accuracy"], out["reward"]) == (None, 0.0, -0.5)
 
 
+def test_a_format_failure_keeps_its_penalty_when_the_sandbox_breaks(cfg, sb):
+    # The -1 of a badly formatted response does not depend on the sandbox, so an unchecked answer
+    # or rollout does not turn it into `reward: null` (which the update would mask).
+    broken = BrokenSandbox("sandbox failure: fork failed", True)
+    program = "```python\ndef f(x):\n    return x\n```"
+    unformatted = solve("induction", identity_induction(), program)
+    unformatted["response"] = f"<answer>{program}</answer>"  # no </think>
+    for sandbox, accuracy in ((sb, 1.0), (broken, None)):
+        out = one(unformatted, cfg, sandbox)
+        assert (out["format_ok"], out["accuracy"], out["reward"]) == (False, accuracy, -1.0)
+    assert one(unformatted, cfg, broken)["reason"] == "sandbox_error"  # still counted as unchecked
+    inputs = "".join(f"```input\n{i}\n```\n" for i in range(cfg.azr.num_inputs))
+    proposal = propose("induction", inputs + "```message\nreturn the input\n```",
+                       problem={"program": "def f(x):\n    return x"}, solver_responses=[answer(program)] * 2)
+    proposal["response"] = proposal["response"].replace(" thinking </think>", "")
+    out = one(proposal, cfg, BreaksAfterValidation(sb, "sandbox failure: fork failed", True))
+    assert (out["valid"], out["reason"], out["accuracy"], out["reward"]) == (True, "bad_format", None, -1.0)
+    # A well-formatted proposal whose validation broke has no reward (the trainer masks it).
+    good = "```python\ndef f(x):\n    return x\n```\n```input\n1\n```"
+    out = one(propose("deduction", good), cfg, broken)
+    assert (out["valid"], out["reason"], out["reward"]) == (False, "sandbox_error", None)
+    unformatted_proposal = propose("deduction", good)
+    unformatted_proposal["response"] = unformatted_proposal["response"].replace(" thinking </think>", "")
+    assert one(unformatted_proposal, cfg, broken)["reward"] == -1.0
+
+
 def test_max_output_chars_reproduces_reference_truncation(sb):
     cfg400 = load_config(None, OVERRIDES + ["azr.max_output_chars=400"])
     out = one(propose("deduction", "```python\ndef f(n):\n    return 'a' * n\n```\n```input\n500\n```"), cfg400, sb)

@@ -99,8 +99,11 @@ def test_sandbox_error_rows_flag_the_update_rows_the_sandbox_did_not_judge():
     batches = [SimpleNamespace(role="propose", task="deduction", rewards=[-1.0, 0.5],
                                scored=[{"reason": "sandbox_error"}, {"reason": None}]),
                SimpleNamespace(role="solve", task="deduction", rewards=[0.0, 1.0, 0.0],
-                               scored=[{"reason": "runtime_error"}, {}, {"reason": "sandbox_error"}])]
-    np.testing.assert_array_equal(sandbox_error_rows(batches), [True, False, False, False, True])
+                               scored=[{"reason": "runtime_error"}, {}, {"reason": "sandbox_error"}]),
+               # unchecked, but its format failed: the scorer's -1 stands and is trained on
+               SimpleNamespace(role="solve", task="abduction", rewards=[-1.0],
+                               scored=[{"reason": "sandbox_error", "format_ok": False, "reward": -1.0}])]
+    np.testing.assert_array_equal(sandbox_error_rows(batches), [True, False, False, False, True, False])
     with pytest.raises(ValueError, match="2 verdicts for 1 rewards"):
         sandbox_error_rows([SimpleNamespace(role="solve", task="abduction", rewards=[0.0], scored=[{}, {}])])
 
