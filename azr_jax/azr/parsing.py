@@ -8,14 +8,18 @@ format check prepends `<think>` before matching.
 from __future__ import annotations
 
 import ast
+import bisect
 import io
-import itertools
 import re
 from dataclasses import dataclass
 
 from azr_jax import pyast
 
-FORMAT_RE = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+# The R1 format is `<think>.*?</think>\s*<answer>.*?</answer>` anchored at the start; that regex
+# rescans the rest of the text from every `</think><answer>` pair that is not closed (quadratic),
+# so `format_ok` finds the first pair and then looks for a `</answer>` after it, which matches
+# exactly the same texts.
+THINK_THEN_ANSWER_RE = re.compile(r"</think>\s*<answer>")
 # An opening fence with an optional tag on the same line, the body, and the closing fence.
 FENCE_RE = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
 CODE_TAGS = ("python", "py", "python3", "")
@@ -25,7 +29,8 @@ ENTRY_NAME = "f"
 
 def format_ok(response: str) -> bool:
     """The R1 format: `<think>…</think>` then `<answer>…</answer>`, anchored at the start."""
-    return FORMAT_RE.match("<think>" + response) is not None
+    opened = THINK_THEN_ANSWER_RE.search(response)
+    return opened is not None and response.find("</answer>", opened.end()) >= 0
 
 
 def extract_answer(response: str) -> str | None:
@@ -58,15 +63,29 @@ def code_blocks(text: str) -> list[str]:
 
 def _comment_line(text: str, label: str) -> list[str]:
     """Values of `# Label: value` lines (a fallback some models use instead of a fenced block)."""
-    pattern = re.compile(rf"^[ \t]*#[ \t]*{label}[ \t]*:[ \t]*(.+?)[ \t]*$", re.MULTILINE | re.IGNORECASE)
-    return [m.group(1) for m in pattern.finditer(text)]
+    # The value is taken greedily and stripped in Python: a lazy `(.+?)[ \t]*$` rescans the
+    # trailing blanks once per character, quadratic on a line padded with spaces.
+    pattern = re.compile(rf"^[ \t]*#[ \t]*{label}[ \t]*:(.+)$", re.MULTILINE | re.IGNORECASE)
+    # A value of blanks only keeps its last blank, as that lazy regex did.
+    return [m.group(1).strip(" \t") or m.group(1)[-1] for m in pattern.finditer(text)]
 
 
 def _xml_tag(text: str, tag: str) -> list[str]:
-    return [m.group(1).strip() for m in re.finditer(rf"<{tag}>(.*?)</{tag}>", text, re.DOTALL)]
+    """Bodies of `<tag>...</tag>`, each closed at the first `</tag>` after it (str.find, not a lazy
+    regex, which would rescan the rest of the text from every unclosed `<tag>`)."""
+    opening, closing = f"<{tag}>", f"</{tag}>"
+    found, pos = [], 0
+    while (start := text.find(opening, pos)) >= 0:
+        end = text.find(closing, start + len(opening))
+        if end < 0:
+            break
+        found.append(text[start + len(opening):end].strip())
+        pos = end + len(closing)
+    return found
 
 
 _CALL_SCAN_LIMIT = 32  # closing parentheses tried per `label(`: bounds the work on odd texts
+_CALL_PARSE_LIMIT = 256  # parses per answer: each is as long as the text, so this keeps the work linear
 
 
 def _parses_as_call(arguments: str) -> bool:
@@ -77,23 +96,32 @@ def _parses_as_call(arguments: str) -> bool:
     return True
 
 
-def _call_arguments(text: str, label: str) -> list[str]:
-    """Argument texts of `label(...)` spellings: each call's parentheses are closed at the first
-    `)` that leaves a parsable call, so nested brackets and strings with parentheses survive."""
-    found = []
-    for m in re.finditer(rf"\b{label}[ \t]*\(", text, re.IGNORECASE):
-        closing = (i for i, ch in enumerate(text[m.end():], m.end()) if ch == ")")
-        for end in itertools.islice(closing, _CALL_SCAN_LIMIT):
-            if _parses_as_call(text[m.end():end]):
-                found.append(text[m.end():end].strip())
-                break
-    return found
+def _call_arguments(text: str, label: str, last: bool) -> list[str]:
+    """Argument text of the last (`last`) or first `label(...)` spelling that parses, as a list of
+    at most one: each call's parentheses are closed at the first `)` that leaves a parsable call,
+    so nested brackets and strings with parentheses survive."""
+    closings = [m.start() for m in re.finditer(r"\)", text)]
+    starts = [m.end() for m in re.finditer(rf"\b{label}[ \t]*\(", text, re.IGNORECASE)]
+    budget = _CALL_PARSE_LIMIT
+    for start in reversed(starts) if last else starts:
+        first = bisect.bisect_left(closings, start)
+        for end in closings[first:first + _CALL_SCAN_LIMIT]:
+            if budget == 0:
+                return []
+            budget -= 1
+            if _parses_as_call(text[start:end]):
+                return [text[start:end].strip()]
+    return []
 
 
 def _sentence(text: str, label: str) -> list[str]:
     """"The <label> is X." → X (to the end of the answer, a final full stop dropped)."""
-    matches = list(re.finditer(rf"the {label} is[ \t\n]*(.*?)\.?[ \t\n]*$", text, re.IGNORECASE | re.DOTALL))
-    return [m.group(1).strip() for m in matches]
+    # Plain string operations: a lazy regex for "X, then an optional stop and blanks to the end"
+    # rescans the trailing blanks once per character of X.
+    m = re.search(rf"the {label} is", text, re.IGNORECASE)
+    if m is None:
+        return []
+    return [text[m.end():].strip(" \t\n").removesuffix(".").strip()]
 
 
 def labelled_value(answer: str, label: str, *, last: bool = True, whole_answer_fallback: bool = True) -> str:
@@ -107,7 +135,7 @@ def labelled_value(answer: str, label: str, *, last: bool = True, whole_answer_f
     """
     kinds = [blocks_tagged(answer, (label,)), _comment_line(answer, label)]
     if whole_answer_fallback:
-        kinds.append(_call_arguments(answer, label))
+        kinds.append(_call_arguments(answer, label, last))
     kinds.append(_xml_tag(answer, label))
     if whole_answer_fallback:
         kinds.append(_sentence(answer, label))
@@ -256,7 +284,8 @@ def _without_docstring(body: list) -> list:
 
 def clean_program(source: str) -> str | None:
     """The seeding transforms (AZR_SPEC §2.2): no comments or docstrings (AST round trip), only
-    top-level imports, functions and classes, no `print` calls. None if `source` does not parse."""
+    top-level imports, functions and classes, no `print` calls. None if `source` does not parse,
+    or is nested too deeply for the transforms."""
     tree = parse_program(source)
     if tree is None:
         return None
@@ -265,8 +294,13 @@ def clean_program(source: str) -> str | None:
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             node.body = _without_docstring(node.body)
-    tree = ast.fix_missing_locations(_StripPrints().visit(tree))
-    return ast.unparse(tree)
+    # The visitor and `ast.unparse` recurse in Python, which runs out of stack well before the
+    # parser does (`x+1+1…` with 900 terms parses).
+    try:
+        tree = ast.fix_missing_locations(_StripPrints().visit(tree))
+        return ast.unparse(tree)
+    except (RecursionError, MemoryError):
+        return None
 
 
 def prepare_program(source: str, *, f_replace_location: str, reject_multiple_functions: bool,
@@ -277,7 +311,9 @@ def prepare_program(source: str, *, f_replace_location: str, reject_multiple_fun
     if not source:
         return "empty_code"
     if clean:
-        source = clean_program(source) or source  # unparsable text keeps its own syntax_error below
+        source = clean_program(source)
+        if source is None:  # unparsable, or too deeply nested to clean: refused like absurd nesting
+            return "syntax_error"
     tree = parse_program(source)
     if tree is None:
         return "syntax_error"

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import Counter
 import json
 
-from azr_jax.sandbox.literals import NotALiteral, parse_literal
+from azr_jax.sandbox.literals import parse_literal
 
 FORMAT_PENALTY = -1.0
 WRONG_ANSWER_REWARD = -0.5
@@ -90,7 +90,7 @@ def answer_key(texts: list[str], level: str) -> str:
         try:
             value = parse_literal(text, max_chars=10_000)
             keys.append(type(value).__name__ if level == "type" else repr(value))
-        except NotALiteral:
+        except ValueError:  # NotALiteral, or a value repr() refuses (an int over the digit limit)
             keys.append("other" if level == "type" else " ".join(text.split()))
     if level == "type":
         keys = sorted(set(keys))

@@ -36,9 +36,15 @@ def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"input file not found: {path}")
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"input file {path} is not UTF-8 text: {e}") from None
+    # Records end at "\n" only: str.splitlines() would also split at U+2028, U+0085, ... which a
+    # JSON string may hold unescaped (ensure_ascii=False).
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last record
+    return [line.removesuffix("\r") for line in lines]
 
 
 def _decode(line: str):
@@ -49,6 +55,10 @@ def _decode(line: str):
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         return None, f"not valid JSON: {e.msg} (column {e.colno})"
+    except RecursionError:
+        return None, "not valid JSON: nested too deeply"
+    except ValueError as e:  # e.g. an integer over Python's int-str digit limit
+        return None, f"not valid JSON: {e}"
     if not isinstance(obj, dict):
         return None, "not a JSON object"
     return obj, None

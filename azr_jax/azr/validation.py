@@ -81,6 +81,8 @@ def with_imports(program: str, imports: list) -> str:
 
 
 def proposal_job(p: ParsedProposal) -> Job:
+    # Each input runs on the program's fresh module state (docs/sandbox.md), so an induction
+    # gold output does not depend on the inputs before it, nor on the order of the inputs.
     return Job(program=with_imports(p.program, p.imports), calls=list(p.inputs), args_mode="expression", expected=None, repeats=2)
 
 

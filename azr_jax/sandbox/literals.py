@@ -2,15 +2,16 @@
 
 Value texts are what the sandbox reports (`repr` of plain builtin data) and what solvers answer.
 They are parsed here with `ast` (which never executes anything) into plain values, accepting
-only literals: None/bool/int/float/complex/str/bytes constants, tuples, lists, dicts, sets,
-`set()`, `frozenset(...)` and signed numbers. No names, calls (other than those two), attributes
-or operators, so a text can never run code or produce an object with a custom `__eq__`.
+only literals: None/bool/int/float/complex/str/bytes constants (finite numbers, ints that
+repr() can print), tuples, lists, dicts, sets, `set()`, `frozenset(...)` and signed numbers. No
+names, calls (other than those two), attributes or operators, so a text can never run code or
+produce an object with a custom `__eq__`.
 """
 
 from __future__ import annotations
 
 import ast
-import math
+import cmath
 
 from azr_jax import pyast
 
@@ -23,6 +24,15 @@ class NotALiteral(ValueError):
     """The text is not a plain, bounded Python literal."""
 
 
+def _printable(value: int) -> bool:
+    """Whether `repr(value)` is within Python's int-str digit limit (`sys.set_int_max_str_digits`)."""
+    try:
+        repr(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _build(node: ast.AST, depth: int, budget: list[int]):
     budget[0] -= 1
     if budget[0] < 0 or depth > MAX_DEPTH:
@@ -31,8 +41,12 @@ def _build(node: ast.AST, depth: int, budget: list[int]):
         value = node.value
         if value is Ellipsis:
             raise NotALiteral("'...' is not a value")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise NotALiteral("non-finite float")
+        if isinstance(value, (float, complex)) and not cmath.isfinite(value):
+            raise NotALiteral("non-finite number")  # `1e309j` is infj: its repr is no literal
+        if isinstance(value, int) and not _printable(value):
+            # A hex, octal or binary literal can stand for an int whose decimal text is over
+            # Python's int-str digit limit: repr() of it raises ValueError.
+            raise NotALiteral("int too long to print")
         return value
     # Signs, complex literals and the frozenset(...) wrapper add no nesting level: the depth
     # counted here must equal the container depth the sandbox checks outputs against.

@@ -37,6 +37,7 @@ PREIMPORT = (
 _repr, _type, _len, _isinstance, _str = builtins.repr, builtins.type, builtins.len, builtins.isinstance, builtins.str
 _float_is_finite = __import__("math").isfinite
 _write, _exit, _close = os.write, os._exit, os.close
+_gc_collect = __import__("gc").collect
 
 PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)
 PLAIN_CONTAINERS = (list, tuple, set, frozenset, dict)
@@ -153,22 +154,28 @@ def _child(req, wfd, scratch):
                 prebuilt.append(exc)
         else:
             prebuilt.append(None)
-    namespace = {"__name__": "__sandbox__", "__builtins__": builtins}
     try:
         code = compile(req["program"], "<program>", "exec")
     except BaseException as exc:  # noqa: BLE001
         _finish(wfd, ("error", _describe(exc)))
-    try:
-        exec(code, namespace)
-    except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt included
-        _finish(wfd, ("error", "program raised " + _describe(exc)))
-    if not callable(namespace.get("f")):
-        _finish(wfd, ("error", "program does not define a function f"))
+    namespace = _load(code, wfd)
+    used = False
     results = []
     for i, call in enumerate(calls):
         if call is None:
             results.append(("skip",))
             continue
+        # Every call sees the program's fresh module state, as if it ran alone (the reference
+        # runs each input as its own snippet): a program that keeps state in its globals
+        # (`seen = set()`) must not give outputs that depend on which calls ran before.
+        if used:
+            # Free the previous call's state first, so the job holds one copy at a time:
+            # clear() breaks the globals <-> functions cycle, collect() what other cycles
+            # (classes) still hold.
+            namespace.clear()
+            _gc_collect()
+            namespace = _load(code, wfd)
+        used = True
         texts = []
         err = None
         for k in range(2):  # twice in one process: catches accumulators and global counters
@@ -198,6 +205,18 @@ def _child(req, wfd, scratch):
                 break
         results.append(("ok", texts[0], texts[1]) if err is None else ("err", err, k))
     _finish(wfd, ("done", tuple(results)))
+
+
+def _load(code, wfd):
+    """Execute the program into a fresh module namespace; a failure ends the job."""
+    namespace = {"__name__": "__sandbox__", "__builtins__": builtins}
+    try:
+        exec(code, namespace)
+    except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt included
+        _finish(wfd, ("error", "program raised " + _describe(exc)))
+    if not callable(namespace.get("f")):
+        _finish(wfd, ("error", "program does not define a function f"))
+    return namespace
 
 
 class _Unrepresentable(Exception):

@@ -20,6 +20,22 @@ def test_format_check_is_anchored_r1_regex(response, ok):
     assert parsing.format_ok(response) is ok
 
 
+def test_format_check_agrees_with_the_r1_regex_on_random_texts():
+    # format_ok avoids the regex (quadratic on many unclosed `</think><answer>` pairs) but must
+    # accept exactly the texts it accepts.
+    import random
+    import re
+
+    r1 = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+    pieces = ["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "x", "\t", "<", "/", "answer>", "\u2003"]
+    rng = random.Random(0)
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 10)))
+        assert parsing.format_ok(text) is (r1.match("<think>" + text) is not None), repr(text)
+    assert parsing.format_ok("</think><answer>" * 3_000 + "</answer>")
+    assert not parsing.format_ok("</think><answer>" * 3_000)
+
+
 def test_extract_answer_takes_last_answer_and_runs_to_end_when_unclosed():
     assert parsing.extract_answer("</think><answer>draft</answer> again <answer> final </answer>") == "final"
     assert parsing.extract_answer("</think><answer>```input\n1\n```\n") == "```input\n1\n```"
@@ -55,6 +71,26 @@ def test_solver_answers_also_accept_a_call_and_a_sentence_as_the_reference_does(
     # proposer fields (no whole-answer fallback) do not take these spellings
     assert value("the message is add one", "message", whole_answer_fallback=False) == ""
     assert value("input(5)", "input", last=False, whole_answer_fallback=False) == ""
+
+
+def test_extraction_of_30_kB_adversarial_answers_is_linear(monkeypatch):
+    """A lazy regex rescanned the blanks of a padded `# Output:` line or "the output is" sentence
+    once per character, and every `output(` of a text was parsed once per `)` after it: seconds
+    to minutes on 30 kB. The scan for calls now parses at most `_CALL_PARSE_LIMIT` (256) texts, not
+    up to 32 per `output(` (128 000 here)."""
+    value = parsing.labelled_value
+    padded = "a" + " " * 30_000 + "b"
+    assert value("# output: " + padded, "output") == padded
+    assert value("the output is " + padded + ". ", "output") == padded
+    assert value("<output>" * 4_000, "output") == "<output>" * 4_000  # unclosed tags: the whole answer
+    parses = []
+    monkeypatch.setattr(parsing, "_parses_as_call", lambda text: parses.append(text) or False)
+    for answer in ("output(" * 4_000 + ")" * 32, "output(" * 4_000 + "]" + ")" * 32):
+        parses.clear()
+        assert value(answer, "output") == answer
+        assert len(parses) <= 256
+    monkeypatch.undo()
+    assert value("output(" * 4_000 + ")" * 32, "output") == ""  # the innermost call, as before
 
 
 def test_induction_inputs_and_message_forms():
@@ -138,6 +174,17 @@ def test_clean_program_applies_the_seeding_transforms():
     assert out.startswith("import math\n") and "size = 1" in out
     compile(out, "<cleaned>", "exec")  # emptied bodies got `pass`: still valid Python
     assert parsing.clean_program("def f(:") is None
+
+
+def test_a_program_too_deep_to_clean_is_a_syntax_error_not_a_crash():
+    """`x+1+1…` with 900 terms parses, but the cleaning visitor and `ast.unparse` recurse in Python
+    and ran out of stack (RecursionError through score_records, ending seeding): with cleaning on
+    such a program is refused like one nested too deeply to parse."""
+    src = "def f(x):\n    return x" + "+1" * 900
+    assert parsing.clean_program(src) is None
+    kwargs = dict(f_replace_location="not_first", reject_multiple_functions=True)
+    assert parsing.prepare_program(src, clean=True, **kwargs) == "syntax_error"
+    assert isinstance(parsing.prepare_program(src, **kwargs), parsing.Program)  # uncleaned it stays a program
 
 
 def test_prepare_program_cleans_before_renaming_only_when_asked():

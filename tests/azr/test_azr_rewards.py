@@ -1,5 +1,7 @@
 """Every row of the reward table (AZR_SPEC §3)."""
 
+import json
+
 import pytest
 
 from azr_jax.azr import rewards
@@ -67,6 +69,18 @@ def test_answer_keys_by_value_and_by_type():
     assert rewards.answer_key(["1", "[2]", "3"], "type") == '["int", "list"]'  # induction outputs
     with pytest.raises(ValueError, match="level"):
         rewards.answer_key(["1"], "shape")
+
+
+def test_answer_key_of_an_int_too_long_to_print(monkeypatch):
+    """`0x` + 9990 `f`s stands for an int repr() refuses (over Python's int-str digit limit); its
+    key raised ValueError, and with the diversity bonus on one such abduction input in a buffer
+    crashed every later step. It is no literal, so its key is its text."""
+    too_long = "0x" + "f" * 9990
+    assert rewards.answer_key([too_long], "value") == json.dumps([too_long])
+    assert rewards.answer_key([too_long], "type") == '["other"]'
+    # A value repr() refuses is keyed by its text too, should the parser ever return one.
+    monkeypatch.setattr(rewards, "parse_literal", lambda text, max_chars: 10 ** 5000)
+    assert rewards.answer_key(["7"], "value") == '["7"]'
 
 
 def test_answer_diversity_counts_history_and_the_batch_itself():

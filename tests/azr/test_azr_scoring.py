@@ -263,7 +263,51 @@ def test_cli_scores_every_line_and_reports_malformed_ones(tmp_path, capsys):
     assert "6 lines, 5 malformed" in err and "solve/deduction: 1 (1 valid, mean reward +1.000)" in err
 
 
+def test_cli_splits_records_at_newlines_only_and_survives_any_line(tmp_path, capsys):
+    """U+2028 and U+0085 inside a record written with ensure_ascii=False are not line breaks (str.splitlines
+    split there); a line nested too deeply for the JSON parser, or with an integer over Python's
+    digit limit, is one bad record, not a crash with nothing written."""
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    wide = solve("deduction", TASK, "```output\n9\n```", rid="a\u2028b\x85c")
+    lines = [json.dumps(wide, ensure_ascii=False), "[" * 100_000 + "]" * 100_000, '{"id": ' + "1" * 5_000 + "}",
+             json.dumps(solve("deduction", TASK, "```output\n9\n```", rid="crlf"))]
+    src.write_bytes(("\n".join(lines[:3]) + "\n" + lines[3] + "\r\n").encode("utf-8"))
+    assert cli.main(["score", "--in", str(src), "--out", str(dst), "--set", "sandbox.timeout_s=4"]) == 0
+    rows = [json.loads(line) for line in dst.read_text(encoding="utf-8").split("\n")[:-1]]
+    assert [r["id"] for r in rows] == ["a\u2028b\x85c", None, None, "crlf"]
+    assert rows[0]["reward"] == 1.0 and rows[3]["reward"] == 1.0
+    assert rows[1]["reason"] == "bad_record" and "nested too deeply" in rows[1]["error"]
+    assert rows[2]["reason"] == "bad_record" and "not valid JSON" in rows[2]["error"]
+    assert "4 lines, 2 malformed" in capsys.readouterr().err
+
+
+def test_seeding_refuses_a_program_too_deep_to_clean(sb):
+    """With `azr.clean_programs` (always on while seeding) a proposal `x+1+1…` of 900 terms raised
+    RecursionError out of score_records; it is an invalid proposal like any other."""
+    cfg = load_config(None, OVERRIDES + ["azr.clean_programs=true"])
+    body = "```python\ndef f(x):\n    return x" + "+1" * 900 + "\n```\n```input\n1\n```"
+    ok, deep = score_records([propose("deduction", "```python\ndef f(x):\n    return x+1\n```\n```input\n1\n```"),
+                              propose("deduction", body)], cfg, sb)
+    assert ok["valid"] and ok["problem"]["output"] == "2", ok
+    assert not deep["valid"] and deep["reason"] == "syntax_error" and deep["reward"] == -1.0, deep
+
+
 def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert cli.main(["score", "--in", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"azr-jax: error: input file not found: {tmp_path / 'missing.jsonl'}"]
+
+
+STATEFUL_PROGRAM = "seen = set()\ndef f(x):\n    seen.add(x)\n    return len(seen)"
+
+
+def test_induction_gold_outputs_do_not_depend_on_the_order_of_the_inputs(cfg, sb):
+    """Each input runs on the program's fresh module state (AZR_SPEC §1.8: each input is executed
+    on the program), so a program that keeps state in its globals gives every input its own
+    output, and the gold program itself, run on the hidden inputs alone, solves the task."""
+    inputs = "".join(f"```input\n{i}\n```\n" for i in range(10))
+    rec = propose("induction", inputs + "```message\ncount distinct\n```", problem={"program": STATEFUL_PROGRAM},
+                  solver_responses=[answer(f"```python\n{STATEFUL_PROGRAM}\n```")])
+    out = one(rec, cfg, sb)
+    assert out["valid"] and out["problem"]["outputs"] == ["1"] * 10, out
+    assert out["accuracy"] == 1.0, out

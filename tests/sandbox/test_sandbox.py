@@ -61,6 +61,22 @@ def test_canonical_and_literal_parsing():
             literal_call_text(bad)
 
 
+def test_non_finite_complex_and_ints_too_long_to_print_are_not_literals():
+    """`1e309j` is infj, like `1e309` not a literal; a hex, octal or binary literal can stand for an
+    int whose decimal text is over Python's int-str digit limit (repr() raises ValueError), which
+    broke callers that render the value (the answer-diversity key)."""
+    too_long = "0x" + "f" * 9990
+    for bad in ("1e309j", "-1e309j", "1+1e309j", "[1, 1e309j]", too_long, "-" + too_long, "0b" + "1" * 20_000,
+                "[" + too_long + "]"):
+        with pytest.raises(NotALiteral):
+            parse_literal(bad)
+    with pytest.raises(NotALiteral):
+        literal_call_text("1, " + too_long)
+    assert not texts_equal("1e309j", "1e309j") and not texts_equal(too_long, too_long)
+    assert parse_literal("0x" + "f" * 3000) == 16 ** 3000 - 1  # 3612 digits: within the limit
+    assert parse_literal("1e308j") == 1e308j
+
+
 def test_job_validation():
     with pytest.raises(ValueError):
         Job(ADD, ["1"], args_mode="python")
@@ -192,6 +208,39 @@ def test_state_does_not_leak_between_jobs(sb):
     sb.run([Job("import math, builtins\nmath.pi = 3\nbuiltins.abs = lambda x: 7\ndef f(x):\n    return 0", ["0"])] * 4)
     r = sb.run([Job("import math\ndef f(x):\n    return (math.pi, abs(-1))", ["0"])] * 4)
     assert {x.outputs[0] for x in r} == {"(3.141592653589793, 1)"}
+
+
+STATEFUL = "seen = set()\ndef f(x):\n    seen.add(x)\n    return len(seen)\n"
+
+
+def test_each_call_sees_the_programs_fresh_module_state(sb):
+    """The calls of one job do not share the program's globals, so an output does not depend on
+    which calls ran before it (the reference runs each input as a snippet of its own); the two
+    runs of one call still share them, so a global counter stays nondeterministic."""
+    fwd, rev, lit, counter = sb.run([
+        Job(STATEFUL, [str(i) for i in range(10)]),
+        Job(STATEFUL, [str(i) for i in reversed(range(10))]),
+        Job(STATEFUL, ["7", "8", "9"], args_mode="literal", expected=["1", "1", "1"], repeats=1),
+        Job("N = [0]\ndef f(x):\n    N[0] += 1\n    return N[0]\n", ["0", "1"]),
+    ])
+    assert fwd.ok and fwd.outputs == ["1"] * 10, fwd
+    assert rev.ok and rev.outputs == ["1"] * 10, rev
+    assert lit.ok and lit.matches == [True, True, True], lit
+    assert counter.errors == ["nondeterministic"] * 2
+
+
+def test_a_calls_module_state_is_freed_before_the_next_call():
+    """Fresh module state per call must not pile up copies of it: each call's namespace is freed
+    (also when a class, a reference cycle, holds the data) before the next call loads its own,
+    so the job still holds one copy at a time (160 MiB under a 256 MiB address-space limit)."""
+    with Sandbox(SandboxSection(timeout_s=10, workers=1, memory_mb=256)) as s:
+        plain, in_class = s.run([
+            Job("DATA = bytes(160 << 20)\ndef f(x):\n    return len(DATA) + x\n", ["0", "1", "2"]),
+            Job("class T:\n    DATA = bytes(160 << 20)\ndef f(x):\n    return len(T.DATA) + x\n", ["0", "1", "2"]),
+        ])
+    n = 160 << 20
+    assert plain.ok and plain.outputs == [str(n), str(n + 1), str(n + 2)], plain
+    assert in_class.ok and in_class.outputs == [str(n), str(n + 1), str(n + 2)], in_class
 
 
 @pytest.mark.parametrize("isolation", ["bwrap", "unshare", "none"])
