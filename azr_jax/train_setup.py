@@ -222,6 +222,8 @@ def load_policy(cfg, *, weights: bool = True) -> Policy:
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise UserError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model_cfg.vocab_size}")
     model_cfg = model_cfg.replace(scan_layers=m.scan_layers)
+    if tokenizer.vocab_size < model_cfg.vocab_size:  # never sample an id the tokenizer cannot decode
+        model_cfg = model_cfg.replace(tokenizer_vocab_size=tokenizer.vocab_size)
     compute_dtype = _DTYPES[m.compute_dtype]
     peak, _ = peak_numbers(getattr(jax.devices()[0], "device_kind", ""))
 

@@ -83,6 +83,11 @@ class ModelConfig:
     # backward is faster: the scan stacks its per-layer residuals into zero-initialised
     # buffers (docs/benchmarks.md). Set through the run config's `model.scan_layers`.
     scan_layers: bool = True
+    # Also never written to config.json: the tokenizer's size where the embedding rows are padded
+    # past it (Qwen2.5: 152064 rows, 151665 tokens; a random-init model over a smaller tokenizer).
+    # Logits of the ids at or above it are masked, so the policy never samples an id the tokenizer
+    # cannot decode, and the sampler and the update agree on the distribution. Set by the trainer.
+    tokenizer_vocab_size: int | None = None
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
@@ -109,6 +114,9 @@ class ModelConfig:
                 f"qk_norm={self.qk_norm} does not match architecture {self.architecture!r} "
                 "(q/k norms exist exactly in qwen3)"
             )
+        limit = self.tokenizer_vocab_size
+        if limit is not None and not (isinstance(limit, int) and 0 < limit <= self.vocab_size):
+            raise UserError(f"tokenizer_vocab_size must be in [1, vocab_size={self.vocab_size}], got {limit!r}")
         if self.head_dim % 2:
             raise UserError(f"head_dim must be even for RoPE, got {self.head_dim}")
         object.__setattr__(self, "rope_scaling", _normalise_rope_scaling(self.rope_scaling))
@@ -266,7 +274,8 @@ class ModelConfig:
             num_layers=int(need("num_hidden_layers")),
             num_heads=heads,
             num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-            head_dim=int(hf.get("head_dim") or hidden // heads),
+            # transformers' Qwen3Config defaults head_dim to 128, not hidden / heads
+            head_dim=int(hf.get("head_dim") or (128 if model_type == "qwen3" else hidden // heads)),
             rope_theta=float(rope_theta),
             rope_scaling=rope_scaling,
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),

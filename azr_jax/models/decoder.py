@@ -26,6 +26,7 @@ Cache = dict
 # Masked attention scores. Finite (not -inf) so a query with no visible key (a padding row)
 # gets a uniform softmax instead of NaN; far below any real score so it never wins.
 _MASKED_SCORE = -1e30
+UNKNOWN_TOKEN_LOGIT = -1e9  # ids past ModelConfig.tokenizer_vocab_size (see output_logits)
 _INIT_STD = 0.02  # transformers' initializer_range for these families
 
 _ACT_BTD = ("batch", "length", "embed")
@@ -163,6 +164,25 @@ def rms_norm(x: jnp.ndarray, weight: jnp.ndarray, eps: float) -> jnp.ndarray:
 
 def _precision(compute_dtype: Any) -> lax.Precision:
     return lax.Precision.HIGHEST if jnp.dtype(compute_dtype) == jnp.float32 else lax.Precision.DEFAULT
+
+
+def output_logits(params, x_md: jnp.ndarray, cfg: ModelConfig, compute_dtype: Any = jnp.float32) -> jnp.ndarray:
+    """float32 logits [M, V] of final normed states [M, D] (the forward pass and the sampler).
+
+    Ids at or above `cfg.tokenizer_vocab_size` get a large finite logit, not -inf: their
+    probability underflows to exactly 0 and the entropy's p * logit stays 0 (0 * inf is nan).
+    """
+    cd = jnp.dtype(compute_dtype)
+    if cfg.tie_word_embeddings:
+        spec, head = "md,vd->mv", params["embed"]["embedding_vd"]
+    else:
+        spec, head = "md,dv->mv", params["lm_head_dv"]
+    logits_mv = jnp.einsum(spec, x_md.astype(cd), head.astype(cd),
+                           preferred_element_type=jnp.float32, precision=_precision(cd))
+    if cfg.tokenizer_vocab_size is not None and cfg.tokenizer_vocab_size < cfg.vocab_size:
+        known_v = jnp.arange(cfg.vocab_size) < cfg.tokenizer_vocab_size
+        logits_mv = jnp.where(known_v, logits_mv, UNKNOWN_TOKEN_LOGIT)
+    return logits_mv
 
 
 def _matmul(x, w, contract: int, precision):
@@ -366,13 +386,8 @@ def forward(
     x_btd, k_cache, v_cache = carry
 
     x_btd = rms_norm(x_btd, params["final_norm_d"], cfg.rms_norm_eps)
-    if cfg.tie_word_embeddings:
-        spec, head = "md,vd->mv", params["embed"]["embedding_vd"]
-    else:
-        spec, head = "md,dv->mv", params["lm_head_dv"]
     # Tokens flattened to one axis, as in `_matmul` (the head's weight gradient is the largest).
-    logits_btv = jnp.einsum(spec, x_btd.reshape(b * t, -1), head.astype(cd),
-                            preferred_element_type=jnp.float32, precision=prec).reshape(b, t, -1)
+    logits_btv = output_logits(params, x_btd.reshape(b * t, -1), cfg, cd).reshape(b, t, -1)
     logits_btv = constrain(logits_btv, ("batch", "length", "vocab"))
 
     new_cache = None

@@ -72,7 +72,8 @@ class _HFBackend:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def vocab_size(self) -> int:
-        return self.tok.get_vocab_size(with_added_tokens=True)
+        # One past the largest id (added tokens included), which is the count for dense ids.
+        return max(self.tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
 
     def token_to_id(self, token: str) -> int | None:
         return self.tok.token_to_id(token)
@@ -173,7 +174,7 @@ class Tokenizer:
         self._tokenizer_config = {k: v for k, v in (tokenizer_config or {}).items() if k not in _LOAD_TIME_KEYS}
         self._chat_template = chat_template
         self.bos_id, self.eos_id, self.pad_id, self.eos_ids = self._resolve_special_ids(
-            generation_config or {}, model_config or {})
+            generation_config, model_config or {})
 
     # -- special ids ---------------------------------------------------------------------------
 
@@ -189,7 +190,8 @@ class Tokenizer:
             raise UserError(f"{TOKENIZER_CONFIG} names {key} {text!r}, which is not in the vocabulary")
         return True, token_id
 
-    def _resolve_special_ids(self, gen: dict, cfg: dict):
+    def _resolve_special_ids(self, generation_config: dict | None, cfg: dict):
+        gen = generation_config or {}
         defaults = self._backend.default_ids()
         resolved: dict[str, int | None] = {}
         for name in ("bos", "eos", "pad"):
@@ -202,8 +204,10 @@ class Tokenizer:
         if resolved["pad"] is None:
             resolved["pad"] = eos_id if eos_id is not None else 0
         # Every id that ends a generation: the tokenizer's EOS plus generation_config's list
-        # (Llama 3 Instruct stops on <|eot_id|> as well as <|end_of_text|>).
-        stop = ([eos_id] if eos_id is not None else []) + _as_id_list(gen.get("eos_token_id"))
+        # (Llama 3 Instruct stops on <|eot_id|> as well as <|end_of_text|>); without a
+        # generation_config.json, config.json's list, from which transformers derives one.
+        listed = gen.get("eos_token_id") if generation_config is not None else cfg.get("eos_token_id")
+        stop = ([eos_id] if eos_id is not None else []) + _as_id_list(listed)
         eos_ids = tuple(dict.fromkeys(stop))
         size = self._backend.vocab_size()
         for name, token_id in (*resolved.items(), *(("eos", i) for i in eos_ids)):
@@ -312,11 +316,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     directory = file.parent
     backend = _HFBackend(file) if file.suffix == ".json" else _SentencePieceBackend(file)
     template_file = directory / CHAT_TEMPLATE
+    generation_file = directory / "generation_config.json"
     return Tokenizer(
         backend,
         source=file,
         tokenizer_config=_read_json(directory / TOKENIZER_CONFIG),
-        generation_config=_read_json(directory / "generation_config.json"),
+        generation_config=_read_json(generation_file) if generation_file.is_file() else None,
         model_config=_read_json(directory / "config.json"),
         chat_template=template_file.read_text(encoding="utf-8") if template_file.is_file() else None,
     )

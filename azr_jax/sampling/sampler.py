@@ -28,6 +28,7 @@ import numpy as np
 
 from azr_jax.errors import UserError
 from azr_jax.models import cache_axes, forward, init_cache
+from azr_jax.models.decoder import output_logits
 from azr_jax.sampling.buckets import DEFAULT_LENGTH_BUCKETS, bucket_batch, bucket_length
 from azr_jax.sampling.select import choose_tokens
 from azr_jax.sampling.settings import SamplingSettings
@@ -86,17 +87,6 @@ def _in_mesh(mesh, rules):
     return mesh_rules(mesh, dict(rules))
 
 
-def _output_logits(params, x_bd, config, compute_dtype):
-    """The decoder's output head on final normed states, with the decoder's numerics."""
-    cd = jnp.dtype(compute_dtype)
-    precision = jax.lax.Precision.HIGHEST if cd == jnp.float32 else jax.lax.Precision.DEFAULT
-    if config.tie_word_embeddings:
-        return jnp.einsum("bd,vd->bv", x_bd.astype(cd), params["embed"]["embedding_vd"].astype(cd),
-                          preferred_element_type=jnp.float32, precision=precision)
-    return jnp.einsum("bd,dv->bv", x_bd.astype(cd), params["lm_head_dv"].astype(cd),
-                      preferred_element_type=jnp.float32, precision=precision)
-
-
 @functools.partial(jax.jit, static_argnames=("config", "compute_dtype", "n_samples", "response_len", "mesh", "rules"))
 def _prefill(params, tokens_bt, positions_bt, mask_bt, *, config, compute_dtype, n_samples, response_len, mesh, rules):
     """Prompt pass; returns the cache (rows repeated n times, room for the response) and the
@@ -108,7 +98,7 @@ def _prefill(params, tokens_bt, positions_bt, mask_bt, *, config, compute_dtype,
         # output head to it alone, so the unused [B, P, V] logits are dead code XLA removes.
         _, cache, hidden_lbtd = forward(params, tokens_bt, positions_bt, config=config, mask_bt=mask_bt,
                                         cache=cache, compute_dtype=compute_dtype, return_hidden=True)
-        logits_bv = _output_logits(params, hidden_lbtd[-1, :, -1], config, compute_dtype)
+        logits_bv = output_logits(params, hidden_lbtd[-1, :, -1], config, compute_dtype)
         logits_bv = constrain(jnp.repeat(logits_bv, n_samples, axis=0), ("batch", "vocab"))
         # The n samples of a prompt start from copies of its cache rows, widened for the response
         # (the last generated token is never fed back, but one spare slot is cheap).

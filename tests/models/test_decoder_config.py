@@ -105,6 +105,15 @@ def test_llama_eos_list_round_trips():
     assert cfg.to_hf_config()["eos_token_id"] == [128001, 128008, 128009]
 
 
+def test_a_config_without_head_dim_takes_transformers_default():
+    for name in ("qwen2.5-0.5b", "llama-3.1-8b", "qwen3-4b-base"):
+        hf = {k: v for k, v in get_preset(name).to_hf_config().items() if k != "head_dim"}
+        theirs = transformers.AutoConfig.for_model(**hf)
+        expected = getattr(theirs, "head_dim", None) or theirs.hidden_size // theirs.num_attention_heads
+        assert ModelConfig.from_hf_config(hf).head_dim == expected, name
+    assert expected == 128  # Qwen3Config's default, not hidden / heads (2560 / 32 = 80)
+
+
 def test_flops_per_token_formula():
     cfg = get_preset("qwen2.5-0.5b")
     d, f, n, k, h, L, v = 896, 4864, 14, 2, 64, 24, 151936

@@ -109,6 +109,12 @@ def test_special_ids_fall_back_to_generation_and_model_config(tmp_path):
     d = _train_bpe(tmp_path / "b")
     tok = load_tokenizer(d / "tokenizer.json")  # a file path works too
     assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.eos_ids) == (None, None, 0, ())
+    # Stop ids: generation_config.json's list; without that file, config.json's (as transformers
+    # derives the generation config from it).
+    d = _train_bpe(tmp_path / "c", model_config={"eos_token_id": [2, 3]})
+    assert load_tokenizer(d).eos_ids == (2, 3)
+    d = _train_bpe(tmp_path / "d", generation_config={"eos_token_id": [2]}, model_config={"eos_token_id": [2, 3]})
+    assert load_tokenizer(d).eos_ids == (2,)
 
 
 def test_sentencepiece_matches_processor_and_roundtrips(tmp_path):

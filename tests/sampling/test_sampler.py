@@ -12,8 +12,8 @@ from jax import monitoring
 
 from azr_jax.errors import UserError
 from azr_jax.models import forward
-from azr_jax.rl.logprobs import token_logprobs
-from azr_jax.sampling import Completions, SamplingSettings, logprob_gap, rollout_batch
+from azr_jax.rl.logprobs import token_logprobs, token_logprobs_and_entropy
+from azr_jax.sampling import Completions, SamplingSettings, generate, logprob_gap, rollout_batch
 
 from tiny_sampler_model import BUCKETS, CFG, GREEDY, PROMPTS, gen as _gen
 
@@ -129,6 +129,29 @@ def test_sampler_logprobs_equal_trainer_logprobs(params):
     # The gap metric is not blind: a shifted logprob shows up.
     bumped = batch["old_logprobs"] + 0.01 * batch["loss_mask"]
     assert float(logprob_gap(bumped, trainer_lp, batch["loss_mask"])["logprob_gap_max"]) > 0.009
+
+
+def test_ids_past_the_tokenizer_are_never_sampled_and_carry_no_probability(params):
+    # A model vocabulary padded past its tokenizer's (Qwen2.5; a random-init model over a smaller
+    # tokenizer): ids >= tokenizer_vocab_size could not be decoded, so the policy never draws them.
+    from azr_jax.models.decoder import forward
+
+    limited = CFG.replace(tokenizer_vocab_size=20)
+    s = SamplingSettings(temperature=1.0, max_new_tokens=8)
+    free = _gen(params, s, n=8, key=3)
+    assert free.tokens.max() >= 20  # without the limit, these random weights do sample such ids
+    out = generate(params, limited, PROMPTS, jax.random.key(3), s, n_samples=8, length_buckets=BUCKETS)
+    assert out.tokens.max() < 20 and out.lengths.sum() > 0
+    batch = {k: jnp.asarray(v) for k, v in rollout_batch(PROMPTS, out, 8, length_buckets=BUCKETS).items()}
+    logp_bt, entropy_bt = token_logprobs_and_entropy(params, batch, limited)
+    gap = logprob_gap(batch["old_logprobs"], logp_bt, batch["loss_mask"])
+    assert float(gap["logprob_gap_max"]) <= 1e-5  # the sampler and the update agree
+    assert np.isfinite(np.asarray(entropy_bt)).all()
+    logits = forward(params, batch["tokens"], batch["positions"], config=limited, mask_bt=batch["mask"])[0]
+    probs = jax.nn.softmax(logits, axis=-1)
+    assert float(probs[..., 20:].max()) == 0.0
+    with pytest.raises(UserError, match="tokenizer_vocab_size"):
+        CFG.replace(tokenizer_vocab_size=33)
 
 
 def test_rollout_batch_layout():
