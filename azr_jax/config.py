@@ -203,7 +203,7 @@ class TrainSection:
     keep_checkpoints: int = 3  # the newest N complete checkpoints stay on disk
     log_every: int = 1  # the progress line on stderr; metrics.jsonl and TensorBoard get every step
     eval_every: int = 0  # 0 = only at the start and the end; -1 = never
-    audit_every: int = 10  # write sampled rollouts and buffer snapshots every N steps
+    audit_every: int = 10  # write sampled rollouts and buffer snapshots every N steps (and at step 1); 0 = never
 
 
 @dataclass(frozen=True)
@@ -431,6 +431,7 @@ _CHOICES = {
     ("rl", "old_logprobs"): ("recompute", "batch"),
     ("rl", "loss_agg"): ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "token-mean-per-micro-batch"),
     ("optim", "schedule"): ("constant", "cosine", "linear"),
+    ("eval", "benchmark"): ("nano", "cruxeval"),  # eval/benchmarks.py
 }
 
 
@@ -483,6 +484,10 @@ def validate(cfg: Config) -> Config:
             raise UserError(f"config key '{key}' must be positive, got {value!r}")
     if cfg.eval.samples > 1 and cfg.eval.temperature <= 0:
         raise UserError(f"eval.samples={cfg.eval.samples} needs eval.temperature > 0 (greedy samples are all the same)")
+    if cfg.eval.benchmark == "cruxeval" and not cfg.eval.data_path:
+        raise UserError("eval.benchmark=cruxeval needs eval.data_path (a CRUXEval JSONL file)")
+    if cfg.train.audit_every < 0:
+        raise UserError(f"config key 'train.audit_every' must be >= 0 (0 = no rollout audit), got {cfg.train.audit_every!r}")
     if cfg.eval.temperature < 0:
         raise UserError("eval.temperature must be >= 0 (0 = greedy)")
     if cfg.azr.train_learnability_rollouts and cfg.azr.learnability_temperature != cfg.sampling.temperature:

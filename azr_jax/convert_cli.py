@@ -6,7 +6,7 @@
 Writes what `transformers.AutoModelForCausalLM.from_pretrained(DIR)` and vLLM load unchanged:
 config.json, generation_config.json, safetensors (sharded above `--max-shard-size`) and the run's
 tokenizer, so a trained policy can be evaluated with any harness (or by `azr-jax eval --checkpoint
-DIR`). Only the policy's parameters are read from the Orbax checkpoint; the optimizer's moments
+DIR --config WORKDIR/config.json`). Only the policy's parameters are read from the Orbax checkpoint; the optimizer's moments
 stay on disk. Multi-host: run it on every host, as training (each process reads its shards; process 0
 writes the files).
 """
@@ -75,8 +75,10 @@ def main(args: argparse.Namespace) -> int:
     say(f"restoring the policy of {run} ...")
     policy = load_policy(cfg, weights=False)  # the params come from the run's checkpoint
     params, step = run_params(cfg, policy, run, args.step)
-    if args.dtype:
-        params = jax.tree.map(lambda x: x.astype(jnp.dtype(args.dtype)), params)
+    # The train state keeps float32 master weights whatever model.param_dtype says; the export
+    # is written in that dtype unless --dtype names another.
+    dtype = jnp.dtype(args.dtype or cfg.model.param_dtype)
+    params = jax.tree.map(lambda x: x.astype(dtype), params)
     model_cfg, generation_config = exported_metadata(policy, cfg.model)
     model = Model(model_cfg, params, tokenizer=policy.tokenizer, generation_config=generation_config,
                   mesh=policy.mesh, rules=policy.rules)
@@ -85,7 +87,6 @@ def main(args: argparse.Namespace) -> int:
     distributed.barrier("azr-convert-write")
     say(f"writing step {step} to {out} ...")
     model.save_pretrained(out, max_shard_size=args.max_shard_size)
-    dtype = str(jax.tree.leaves(params)[0].dtype)
-    print(json.dumps({"run": str(run), "step": step, "out": str(out), "dtype": dtype,
+    print(json.dumps({"run": str(run), "step": step, "out": str(out), "dtype": str(dtype),
                       "params": policy.config.num_params()}, sort_keys=True))
     return 0

@@ -654,6 +654,10 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
     status, step = "completed", start
     eval_summary: dict = {}
     evaluating = cfg.train.eval_every >= 0  # -1: never evaluate
+    if evaluating:
+        from azr_jax.eval.benchmarks import load_benchmark
+
+        load_benchmark(cfg.eval)  # a missing or malformed benchmark file is said now, not after seeding
     try:
         if start == 0 and cfg.azr.seed_size:
             _seed(cfg, loop, state.params, workdir, primary)

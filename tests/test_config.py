@@ -60,6 +60,9 @@ def test_unknown_key_names_the_closest_valid_key():
     ("rl.dual_clip=1.0", "must be > 1 or null"),
     ("sampling.eval_temperature=0.7", "set eval.temperature"),  # nothing reads it
     ("rl.old_logprobs=sampler", "must be one of"),
+    ("eval.benchmark=humaneval", "must be one of"),  # said at load, not after a seeding phase
+    ("eval.benchmark=cruxeval", "needs eval.data_path"),
+    ("train.audit_every=-1", "0 = no rollout audit"),
     ("novalue", "key=value"),
 ])
 def test_bad_values_are_user_errors(item, match):

@@ -13,10 +13,10 @@ from azr_jax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 USER_FACING = ["README.md", "docs/*.md", "configs/*.py", "launch/**/*.sh", "launch/**/*.md", "notebooks/*.py"]
-SET_KEY = re.compile(r"--set[ =]+[\"']?([A-Za-z_][\w.]*)=")
+SET_KEY = re.compile(r"--set(?:=|\s+)[\"']?([A-Za-z_][\w.]*)=")  # \s: a command wrapped after --set
 PLACEHOLDERS = {"k", "section.key"}  # the syntax itself, written out in the docs
 SECTIONS = "model|mesh|sampling|azr|sandbox|rl|optim|train|eval|pretrain"
-BACKTICKED_KEY = re.compile(rf"`((?:{SECTIONS})\.[a-z_][\w.]*)[=`]")
+BACKTICKED_KEY = re.compile(rf"`((?:{SECTIONS})\.[a-z_][\w.]*)(?:[=`]| [=<>])")  # also `rl.kl_coef > 0`
 FILE_SUFFIXES = (".json", ".safetensors")  # e.g. `model.safetensors`, a file, not a key
 
 

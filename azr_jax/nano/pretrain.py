@@ -255,6 +255,12 @@ def build_base(cfg, out: Path, *, log=print) -> dict:
 
     t0 = time.perf_counter()
     p = cfg.pretrain
+    # Settle the model's shape before anything is written into `out` (which may be the shipped base).
+    if p.init_from and cfg.model.overrides:
+        raise UserError("model.overrides cannot reshape a model continued from pretrain.init_from; "
+                        "drop one of the two")
+    if not p.init_from:
+        nano_model_config(cfg, p.vocab_size)  # an unknown or bad override fails here, not after the tokenizer
     out.mkdir(parents=True, exist_ok=True)
     tasks = corpus_tasks(cfg)
     transcripts = corpus_transcripts(cfg, tasks)

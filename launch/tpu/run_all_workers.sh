@@ -14,5 +14,5 @@ args=$(printf ' %q' "$@")
 gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command "
   set -e; mkdir -p ~/azr-jax && tar -xzf ~/azr-jax.tgz -C ~/azr-jax && cd ~/azr-jax
   python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu]'
-  AZR_TPU_MULTIHOST=${AZR_TPU_MULTIHOST:-0} nohup .venv/bin/azr-jax train --config $config$args > train.log 2>&1 &
+  AZR_TPU_MULTIHOST=${AZR_TPU_MULTIHOST:-0} nohup .venv/bin/azr-jax train --config $(printf '%q' "$config")$args > train.log 2>&1 &
   echo started on \$(hostname)"

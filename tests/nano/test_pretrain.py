@@ -58,3 +58,24 @@ def test_pretraining_continues_from_a_checkpoint(tmp_path):
     with pytest.raises(UserError, match="not a nano checkpoint"):
         build_base(load_config("configs/nano_base.py", overrides + [f"pretrain.init_from={tmp_path}"]),
                    tmp_path / "bad", log=lambda msg: None)
+
+
+def test_a_bad_model_override_fails_before_anything_is_written(tmp_path):
+    # The documented rebuild writes into azr_jax/nano/base: a typo must not replace its tokenizer.
+    import pytest
+
+    from azr_jax.errors import UserError
+    from azr_jax.nano import BASE_DIR
+    from azr_jax.nano.pretrain import build_base
+
+    small = ["pretrain.corpus_programs=40", "pretrain.steps=2", "pretrain.batch_size=4"]
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="num_layerz"):
+        build_base(load_config("configs/nano_base.py", small + ['model.overrides={"num_layerz": 2}']), out,
+                   log=lambda msg: None)
+    assert not out.exists()
+    with pytest.raises(UserError, match="pretrain.init_from"):  # refused, not silently ignored
+        build_base(load_config("configs/nano_base.py", small + [f"pretrain.init_from={BASE_DIR}",
+                                                                'model.overrides={"num_layers": 2}']), out,
+                   log=lambda msg: None)
+    assert not out.exists()

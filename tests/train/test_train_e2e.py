@@ -159,6 +159,12 @@ def test_convert_writes_the_policy_that_eval_and_transformers_read(env, referenc
     for name, value in w3.items():
         assert loaded[name].dtype == torch.bfloat16
         assert torch.equal(loaded[name], torch.from_numpy(value).to(torch.bfloat16)), name
+    # Without --dtype the export takes model.param_dtype (the restored train state is float32).
+    pd = tmp_path / "param_dtype"
+    r = _cli(env, "convert", "--run", str(reference_run), "--out", str(pd), "--set", "model.param_dtype=bfloat16")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.splitlines()[-1])["dtype"] == "bfloat16"
+    assert json.loads((pd / "config.json").read_text())["torch_dtype"] == "bfloat16"
 
 
 @pytest.mark.slow

@@ -132,3 +132,34 @@ def test_a_policy_without_weights_has_the_loaded_ones_shapes_and_reads_no_safete
     (base / "model.safetensors").unlink()
     described = load_policy(load_config("configs/nano.py", [f"model.hf_dir={base}"]), weights=False)
     assert described.config.num_params() == 1085824
+
+
+def test_a_model_vocabulary_padded_past_the_tokenizer_masks_the_extra_ids(tmp_path):
+    # The tiny preset's embedding has more rows than the test tokenizer has tokens (as Qwen2.5's
+    # has): the policy's model config records the tokenizer's size, so those ids are never sampled.
+    from azr_jax.train_setup import load_policy
+
+    cfg = load_config(CONFIG, tiny_overrides(make_tokenizer(tmp_path / "tok")))
+    policy = load_policy(cfg, weights=False)
+    assert policy.tokenizer.vocab_size < policy.config.vocab_size
+    assert policy.config.tokenizer_vocab_size == policy.tokenizer.vocab_size
+    assert "tokenizer_vocab_size" not in policy.config.to_hf_config()  # an export keeps transformers' view
+
+
+def test_a_missing_benchmark_file_is_said_before_the_seeding_phase(tmp_path, monkeypatch):
+    # On a paper preset seeding takes hours: a mistyped eval.data_path must not wait for it.
+    import pytest
+
+    from azr_jax.errors import UserError
+    from azr_jax.trainer import SelfPlay, train
+
+    def no_seeding(*args, **kwargs):
+        raise AssertionError("seeding started before the benchmark was checked")
+
+    monkeypatch.setattr(SelfPlay, "seed_buffers", no_seeding)
+    missing = tmp_path / "crux.jsonl"
+    cfg = load_config(CONFIG, tiny_overrides(make_tokenizer(tmp_path / "tok")) + [
+        "azr.seed_file=null", "azr.induction_seed_file=null", "azr.seed_size=2",
+        "eval.benchmark=cruxeval", f"eval.data_path={missing}", "rl.micro_batch_size=8"])
+    with pytest.raises(UserError, match="crux.jsonl"):
+        train(cfg, tmp_path / "run", progress=False)
