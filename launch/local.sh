@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One entry point for a fresh machine (Linux or macOS, Python >= 3.11, no accelerator needed):
+# One entry point for a fresh Linux machine (Python >= 3.11, no accelerator needed):
 #   bash launch/local.sh main        # install into .venv if needed, then run the main job: the nano
 #                                    # AZR run on CPU (docs/nano.md), outputs in runs/nano
 #   bash launch/local.sh test        # install into .venv if needed, then run the whole test suite

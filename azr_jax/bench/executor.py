@@ -23,7 +23,7 @@ from azr_jax.bench.executor_programs import NEVER_ENDS, PROGRAMS
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="config file (its `sandbox` section is used)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. sandbox.workers=4")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. sandbox.workers=4 (repeatable)")
     parser.add_argument("--jobs", type=int, default=400, help="validations per timed batch")
     parser.add_argument("--hang-jobs", type=int, default=100, help="size of the batch with non-terminating programs")
     parser.add_argument("--hang-fraction", type=float, default=0.05, help="share of programs that never terminate")
