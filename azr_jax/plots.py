@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from azr_jax.errors import UserError
+from azr_jax.eval.summary import decoding_description
 
 TASKS = ("deduction", "abduction", "induction")
 ROLES = ("propose", "solve")
@@ -111,5 +112,7 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
                             label="mean ± 1 standard error")
         top = max(rate for pts in series.values() for _, rate in pts)
         ax.set_ylim(0, min(1.0, max(0.3, 1.5 * top)))
-        save(fig, ax, "held-out solve rate (greedy; step 0 = base model)", "heldout_solve_rate")
+        last = evaluations[-1][1]
+        how = decoding_description(last.get("temperature", 0.0), last.get("samples", 1))
+        save(fig, ax, f"held-out solve rate ({how}; step 0 = base model)", "heldout_solve_rate")
     return written

@@ -84,13 +84,12 @@ def print_report(summary: dict, workdir) -> None:
     """Where the outputs are and, when the run evaluated, the held-out solve rates (stdout)."""
     from pathlib import Path
 
-    from azr_jax.eval.summary import format_solve_rate_table
+    from azr_jax.eval.summary import decoding_description, format_solve_rate_table
 
     workdir = Path(workdir)
     table = format_solve_rate_table(summary)
     if table:
-        t, k = summary.get("eval_temperature", 0.0), summary.get("eval_samples", 1)
-        how = "greedy" if not t else f"mean of {k} sample{'s' if k > 1 else ''} at temperature {t:g}"
+        how = decoding_description(summary.get("eval_temperature", 0.0), summary.get("eval_samples", 1))
         print(f"held-out solve rate ({summary.get('benchmark')}, {summary.get('eval_items')} items, {how}):")
         print(table)
     print(f"summary: {workdir / 'summary.json'}")

@@ -310,7 +310,8 @@ class SelfPlay:
                 for extra in ("diversity_bonus", "solver_prompt_too_long"):
                     if extra in scored:
                         rec["scored"][extra] = scored[extra]
-                rec["scored"]["reward"] = reward
+                # A row the update masks (its reward depended on an unchecked result) has none.
+                rec["scored"]["reward"] = None if _reward_unknown(scored) else reward
                 out.append(rec)
         return out
 
@@ -580,6 +581,20 @@ def _seed(cfg, loop: SelfPlay, params, workdir: Path, primary: bool) -> None:
              ", ".join(f"{n} {s['size']} in {s['seconds']:.0f}s" for n, s in report.items()))
 
 
+def _drop_outputs_after(workdir: Path, step: int) -> None:
+    """Remove the evaluations (and summary) of steps after `step`, the checkpoint a run resumes
+    from: they belong to the continuation being replaced, and the plots would mix them in."""
+    stale = [p for p in (workdir / "eval").glob("step_*.json")
+             if p.stem[len("step_"):].isdigit() and int(p.stem[len("step_"):]) > step]
+    summary = workdir / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("step", 0) > step:
+        stale += [summary, workdir / "eval" / "final.json"]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.warning("resuming at step %d: removed %s of the later steps", step, ", ".join(p.name for p in stale))
+
+
 def _evaluate(cfg, policy, params, sandbox, workdir: Path, name: str, primary: bool) -> dict:
     """Greedy solve rate on the `cfg.eval` benchmark (azr_jax.eval), saved as eval/<name>.json."""
     from azr_jax.eval.evaluate import evaluate
@@ -642,6 +657,8 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
         if dropped:
             log.warning("--resume-step %d: deleted the newer checkpoints %s of the abandoned continuation",
                         restore_from, dropped)
+        if primary:
+            _drop_outputs_after(workdir, start)
     metrics = MetricsWriter(workdir, total_steps=cfg.train.steps, start_step=start, enabled=primary,
                             progress=progress, progress_every=cfg.train.log_every)
     sandbox = Sandbox(cfg.sandbox)

@@ -11,7 +11,9 @@ Rules:
   equal an existing entry's is not added.
 - Cap: at most `cap` entries. `drop_oldest` (default) evicts the oldest entries to admit new
   ones; `keep_oldest` refuses new entries once full, which is what the reference's `list[:cap]`
-  does (its "newest tasks first" sampling then keeps returning old tail entries).
+  does. Only the eviction is the reference's: its "newest tasks first" sampling then keeps
+  returning the list's last (old) entries, while `max_new` here finds no recent entry and draws
+  uniformly from the whole buffer.
 - Proposer references: K entries uniformly without replacement (fewer if the buffer is smaller).
 - Solver tasks (`max_new`): entries added at or after `new_since_step` first (uniformly, without
   replacement), the rest of the batch uniformly from the whole buffer (without replacement

@@ -86,3 +86,10 @@ def format_solve_rate_table(summary: dict) -> str:
         lines.append(f"{'std error':<10} {errors[0]:>6.3f} {errors[1]:>6.3f} {errors[2]:>7.3f}"
                      "  (over the items; the gain's is paired)")
     return "\n".join(lines)
+
+
+def decoding_description(temperature: float, samples: int) -> str:
+    """How an evaluation decoded, in words: "greedy" or "mean of k samples at temperature t"."""
+    if not temperature:
+        return "greedy"
+    return f"mean of {samples} sample{'s' if samples > 1 else ''} at temperature {temperature:g}"

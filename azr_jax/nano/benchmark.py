@@ -21,7 +21,9 @@ NUM_INPUTS = 8  # induction pairs per item (first half visible), as in the nano 
 def nano_benchmark(per_type: int = DEFAULT_PER_TYPE) -> list[dict]:
     """`per_type` items of each task type: {"id", "task", "problem"} (problem = DESIGN §3.3 record).
 
-    Each item uses its own program; a larger `per_type` extends the list (same first items).
+    Each item is one draw from the held-out slice of the generator, which repeats itself: of the
+    default 150 items, 4 repeat another item exactly (2 deduction, 2 abduction) and there are 94
+    distinct programs. A larger `per_type` extends the list (same first items).
     """
     items = []
     for t_index, task in enumerate(TASK_TYPES):

@@ -8,8 +8,8 @@ import pytest
 
 from azr_jax.config import load_config
 from azr_jax.eval.evaluate import score_items
-from azr_jax.eval.summary import (format_solve_rate_table, gain_stderr, macro_mean_stderr, solve_rate_stderr,
-                                  solve_rate_summary)
+from azr_jax.eval.summary import (decoding_description, format_solve_rate_table, gain_stderr, macro_mean_stderr,
+                                  solve_rate_stderr, solve_rate_summary)
 from azr_jax.nano.benchmark import nano_benchmark
 from azr_jax.plots import PANELS, heldout_mean_band, heldout_points, plot_metrics
 
@@ -255,3 +255,10 @@ def test_answers_the_sandbox_failed_to_check_are_retried_then_reported(sandbox, 
     assert never["sandbox_errors"] == len(flagged) > 0
     assert all(r["accuracy"] == 0.0 for r in flagged)
     assert "lower bound" in caplog.text
+
+
+def test_decoding_is_described_as_it_was_done():
+    # The report and the held-out plot's title say "greedy" only for a greedy evaluation.
+    assert decoding_description(0.0, 1) == "greedy"
+    assert decoding_description(1.0, 8) == "mean of 8 samples at temperature 1"
+    assert decoding_description(0.7, 1) == "mean of 1 sample at temperature 0.7"

@@ -248,3 +248,41 @@ def test_update_rows_line_up_with_rewards_groups_and_unjudged_masks(loss_agg, pa
     np.testing.assert_array_equal(seen["rewards"], rewards)
     np.testing.assert_array_equal(has_loss, np.array(loss, bool))
     np.testing.assert_array_equal(seen["groups"], groups)
+
+
+def test_the_audit_records_no_reward_for_a_row_the_update_masks():
+    # A proposal whose validation the sandbox could not run: the proposer reward formula says -1
+    # (not valid), but the row is masked, so its audit record must not claim it trained on -1.
+    from types import SimpleNamespace
+
+    from azr_jax.azr.buffers import TaskBuffers
+    from azr_jax.config import AZRSection
+    from azr_jax.trainer import RoleBatch, SelfPlay, sandbox_error_rows
+
+    cfg = SimpleNamespace(azr=AZRSection(), sampling=SimpleNamespace(max_prompt_len=6144))
+    verdict = {"id": "1/propose/deduction/0", "format_ok": True, "valid": False, "reason": "sandbox_error",
+               "problem": None, "accuracy": None, "reward": None}  # as score_records gives it
+    stub = SimpleNamespace(cfg=cfg, _collect=lambda future, n: [dict(verdict)], buffers=TaskBuffers.seeded(cfg.azr),
+                           _records=lambda rb, step: [{"id": s["id"]} for s in rb.scored])
+    rb = RoleBatch("propose", "deduction", [[1]], [{}])
+    SelfPlay._finish_proposals(stub, {("propose", "deduction"): rb}, {("propose", "deduction"): None}, 1, None, None,
+                               "deduction")
+    assert sandbox_error_rows([rb]).tolist() == [True]
+    (record,) = SelfPlay._rollouts(stub, [rb], 1)
+    assert record["scored"]["reason"] == "sandbox_error" and record["scored"]["reward"] is None
+
+
+def test_resuming_removes_the_evaluations_of_later_steps(tmp_path):
+    import json
+
+    from azr_jax.trainer import _drop_outputs_after
+
+    (tmp_path / "eval").mkdir()
+    for name in ("base", "step_10", "step_20", "step_30", "final"):
+        (tmp_path / "eval" / f"{name}.json").write_text("{}")
+    (tmp_path / "summary.json").write_text(json.dumps({"step": 30}))
+    _drop_outputs_after(tmp_path, 30)  # resuming the finished run itself: nothing is stale
+    assert len(list((tmp_path / "eval").iterdir())) == 5 and (tmp_path / "summary.json").exists()
+    _drop_outputs_after(tmp_path, 10)  # --resume-step 10: steps 20, 30 and the final belong to the old branch
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["base.json", "step_10.json"]
+    assert not (tmp_path / "summary.json").exists()
