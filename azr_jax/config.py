@@ -446,8 +446,8 @@ def _check_mesh(mesh: "MeshSection") -> None:
         raise UserError(f"config key 'mesh.rules' must map logical axes to mesh axes, got {mesh.rules!r}")
     for logical, target in mesh.rules.items():
         targets = [] if target is None else [target] if isinstance(target, str) else target
-        if not isinstance(targets, list) or any(t not in shape for t in targets):
-            raise UserError(f"config key 'mesh.rules.{logical}' must name axes of mesh.shape {list(shape)} "
+        if not isinstance(targets, list) or any(t not in shape for t in targets) or len(set(targets)) < len(targets):
+            raise UserError(f"config key 'mesh.rules.{logical}' must name distinct axes of mesh.shape {list(shape)} "
                             f"(a name, a list of names, or null), got {target!r}")
 
 

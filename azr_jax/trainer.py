@@ -67,10 +67,14 @@ class RoleBatch:
 
 
 class StopFlag:
-    """Set by SIGTERM / SIGINT; the loop saves a checkpoint after the current step and exits."""
+    """Set by SIGTERM / SIGINT; the loop saves a checkpoint after the current step and exits.
 
-    def __init__(self):
+    Until `stepping` is set (the start-up: loading, restoring) there is nothing to save, so a
+    signal stops at once."""
+
+    def __init__(self, stepping: bool = True):
         self.requested = False
+        self.stepping = stepping
         self._previous = {}
 
     def install(self) -> None:
@@ -80,6 +84,10 @@ class StopFlag:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        if not self.stepping:
+            self.restore()
+            log.warning("received %s before the first step: stopping now", signal.Signals(signum).name)
+            raise KeyboardInterrupt
         if self.requested:  # a second signal: do not wait for the step to finish
             self.restore()
             log.warning("received %s again: stopping now, without a checkpoint", signal.Signals(signum).name)
@@ -147,14 +155,28 @@ class SelfPlay:
         self.timers[name] = self.timers.get(name, 0.0) + seconds
 
     def _collect(self, future, n_items: int):
-        """Wait for a host job, then share results across processes (collectives stay on this thread)."""
+        """Wait for a host job, then share results across processes (collectives stay on this thread).
+
+        A job that failed on one process fails on all of them together: the others would wait
+        in the gather for a share that never comes."""
         t0 = time.perf_counter()
-        mine, seconds = future.result()
+        if jax.process_count() == 1:
+            mine, seconds = future.result()
+        else:
+            try:
+                mine, seconds = future.result()
+                failure = error = None
+            except Exception as e:  # noqa: BLE001 - any failure is shared, then raised
+                mine, seconds, failure, error = [], 0.0, f"{type(e).__name__}: {e}", e
         self._add_time("host_idle_s", time.perf_counter() - t0)
         self._add_time("execute_s", seconds)
         if jax.process_count() == 1:
             return mine
-        return distributed.merge_shares(distributed.allgather_json(mine), n_items)
+        gathered = distributed.allgather_json({"error": failure} if failure else {"share": mine})
+        failed = [f"process {i}: {g['error']}" for i, g in enumerate(gathered) if "error" in g]
+        if failed:
+            raise RuntimeError("host-side scoring failed on " + "; ".join(failed)) from error
+        return distributed.merge_shares([g["share"] for g in gathered], n_items)
 
     def _submit(self, records: list[dict], cfg=None):
         """Score this process's share of `records` on the host thread (sandbox process pool)."""
@@ -617,11 +639,22 @@ def _evaluate(cfg, policy, params, sandbox, workdir: Path, name: str, primary: b
 def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress: bool = True,
           generate_fn: GenerateFn | None = None) -> dict:
     """Run (or resume) self-play training in `workdir`; returns {"status", "step", ...}."""
+    distributed.initialize_from_env()
+    # Installed before the start-up, which can take minutes: on a multi-host run JAX's own
+    # handler would otherwise swallow a SIGTERM that arrives then, and the run would go on.
+    stop = StopFlag(stepping=False)
+    stop.install()
+    try:
+        return _train(cfg, workdir, stop, resume_step=resume_step, progress=progress, generate_fn=generate_fn)
+    finally:
+        stop.restore()
+
+
+def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) -> dict:
     from azr_jax.azr.buffers import TaskBuffers
     from azr_jax.jsonl import check_output_dir
     from azr_jax.sandbox import Sandbox
 
-    distributed.initialize_from_env()
     workdir = check_output_dir(workdir, "--workdir")
     primary = jax.process_index() == 0
     check_workdir(cfg, workdir, write=primary)
@@ -638,9 +671,12 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
     ckpts = Checkpoints(workdir / "checkpoints", keep=cfg.train.keep_checkpoints, writer=True)
     buffers = TaskBuffers.seeded(cfg.azr)
     start = 0
-    restore_from = distributed.agree(resume_step if resume_step is not None else ckpts.latest_step(),
-                                     "the checkpoint step to resume from (null: a fresh start)",
-                                     "every process must see the same --workdir (shared storage, listed alike)")
+    # The listing is compared too: with --resume-step the step itself is the same everywhere, but a
+    # process that lists other checkpoints would fail (or delete) alone while the others wait.
+    restore_from, _ = distributed.agree(
+        [resume_step if resume_step is not None else ckpts.latest_step(), ckpts.all_steps()],
+        "the checkpoint step to resume from (null: a fresh start) and the checkpoints listed",
+        "every process must see the same --workdir (shared storage, listed alike)")
     if restore_from is None:
         state = policy.init_state(cfg)
     else:  # restored straight into an abstract target: no throwaway state of the same size
@@ -666,8 +702,7 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
     # The train state holds its own float32 copy of the weights; the loaded ones stay alive only
     # as the KL reference (rl.kl_coef > 0), which the loop keeps itself.
     policy.params = None
-    stop = StopFlag()
-    stop.install()
+    stop.stepping = True
     status, step = "completed", start
     eval_summary: dict = {}
     evaluating = cfg.train.eval_every >= 0  # -1: never evaluate
@@ -712,7 +747,6 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
 
                 eval_summary = solve_rate_summary(json.loads(base_path.read_text()), final)
     finally:
-        stop.restore()
         loop.close()
         ckpts.close()  # waits for the last asynchronous save
         metrics.close()

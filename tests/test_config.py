@@ -47,7 +47,8 @@ def test_unknown_key_names_the_closest_valid_key():
     ("rl.estimator=bogus", "must be one of"),
     ("sandbox.workers=-3", "0 = one per CPU core"),
     ('mesh.shape={"data": 1, "fsdp": "abc"}', "positive int or -1"),
-    ('mesh.rules={"batch": "bogus_axis"}', "must name axes of mesh.shape"),
+    ('mesh.rules={"batch": "bogus_axis"}', "must name distinct axes of mesh.shape"),
+    ('mesh.rules={"batch": ["fsdp", "fsdp"]}', "must name distinct axes"),  # a DuplicateSpecError later
     ("train.save_every=0", "must be positive"),
     ("train.log_every=0", "must be positive"),
     ("azr.seed_max_rounds=0", "must be positive"),

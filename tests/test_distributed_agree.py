@@ -45,3 +45,38 @@ def test_processes_that_see_the_same_step_agree_and_others_stop_with_one_error()
     assert _pair(("none", "none")) == ["agreed None", "agreed None"]
     for line in _pair(("7", "6")):
         assert line.startswith("error the processes disagree on the checkpoint step: [7, 6]"), line
+
+
+COLLECT_WORKER = """
+import sys
+from concurrent.futures import Future
+from types import SimpleNamespace
+import jax
+from azr_jax.trainer import SelfPlay
+port, pid = sys.argv[1], int(sys.argv[2])
+jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+loop = SimpleNamespace(_add_time=lambda name, seconds: None)
+future = Future()
+if pid == 1:
+    future.set_exception(ValueError("boom"))
+else:
+    future.set_result(([{"id": "0"}], 0.1))
+try:
+    print("collected", SelfPlay._collect(loop, future, 2))
+except RuntimeError as e:
+    print("error", e)
+"""
+
+
+@pytest.mark.slow
+def test_a_host_job_that_fails_on_one_process_fails_on_every_process():
+    # Before, the other process waited in the gather for the failed one's share (about 5 minutes,
+    # then the coordination service aborted both with a message that did not name the error).
+    port = str(free_port())
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", COLLECT_WORKER, port, str(pid)], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid in (0, 1)]
+    for p, (out, err) in zip(procs, communicate_all(procs, timeout=120)):
+        assert p.returncode == 0, err[-2000:]
+        assert out.strip().splitlines()[-1] == "error host-side scoring failed on process 1: ValueError: boom"

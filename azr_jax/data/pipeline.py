@@ -13,7 +13,8 @@ next index, as the reference does (AZR_SPEC §1.6: skip and resample).
 
 Padding follows the sampler's conventions: prompts are left-padded to a length bucket, rows to
 a batch bucket divisible by the number of batch shards (padding rows repeat the last prompt and
-are marked in `row_mask`, so every shape the sampler sees comes from a small fixed set).
+are marked in `row_mask`, so every shape the sampler sees comes from a small fixed set). The
+trainer itself reads only `prompt_ids` and `jobs`: `sampling.generate` pads to the same buckets.
 """
 
 from __future__ import annotations

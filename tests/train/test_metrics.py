@@ -185,6 +185,30 @@ def test_a_second_stop_signal_interrupts_at_once():
         stop.restore()
 
 
+def test_a_stop_signal_before_the_first_step_stops_at_once():
+    # train() installs its handler before the start-up (on a multi-host run JAX's own handler
+    # would otherwise swallow the signal); with nothing to save yet, the first signal stops.
+    import os
+    import signal
+
+    from azr_jax.trainer import StopFlag
+
+    previous = signal.getsignal(signal.SIGTERM)
+    stop = StopFlag(stepping=False)
+    stop.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is previous
+        stop = StopFlag(stepping=False)
+        stop.install()
+        stop.stepping = True  # the loop is about to start: the first signal only asks it to stop
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+    finally:
+        stop.restore()
+
+
 def test_the_end_of_run_report_says_how_the_benchmark_was_decoded(tmp_path, capsys):
     from azr_jax.eval.summary import solve_rate_summary
     from azr_jax.train_cli import print_report
