@@ -2,8 +2,11 @@
 
 Both sides train the same model shape (random weights) on the same batch shape with a
 policy-gradient loss on the second half of each row (the response), gradient clipping and AdamW.
-The JAX side is the real `rl.update.make_train_step` (PPO clipped surrogate, one micro-batch);
-the torch side is transformers' model with the same surrogate written out. Tokens/s counts
+The JAX side is the real `rl.update.make_train_step` (PPO clipped surrogate; `--micro-batch`
+rows per forward/backward, gradients accumulated); the torch side is transformers' model with
+the same surrogate written out, over the same micro-batches. The torch side runs first and frees
+its GPU memory before the JAX side starts (JAX keeps what it allocates until the process ends);
+a baseline that fails is recorded as `baseline_error`, the JAX figure is kept. Tokens/s counts
 every position of the batch (prompt and response), as MFU's FLOPs do (`flops_per_token`:
 6 x matmul params + attention, forward + backward; recomputation is not counted). Compilation is
 excluded (one warm-up step). `--set model.remat=full|dots` recomputes each layer in the backward
@@ -29,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per row (no loss)")
     parser.add_argument("--new-tokens", type=int, default=64, help="response tokens per row (in the loss)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps (median is reported)")
+    parser.add_argument("--micro-batch", type=int, default=None,
+                        help="rows per forward/backward on both sides, gradients accumulated (default: --batch); "
+                             "bounds the float32 logits, batch x length x vocab x 4 bytes per copy")
     parser.add_argument("--no-baseline", action="store_true", help="skip the torch step")
 
 
@@ -56,7 +62,7 @@ def _jax_side(cfg, args, dtype: str, remat: str, batch: dict) -> float:
     from azr_jax.rl.update import init_train_state, make_train_step
 
     cd = jnp.dtype(dtype)
-    rl = RLSection(micro_batch_size=args.batch, entropy_coef=0.0)
+    rl = RLSection(micro_batch_size=_micro(args), entropy_coef=0.0)
     optim = OptimSection(learning_rate=1e-6)
     state = init_train_state(cfg, optim, jax.jit(lambda k: init_params(cfg, k))(jax.random.key(0)))
     step = make_train_step(cfg, rl, optim, compute_dtype=cd, remat=remat)
@@ -91,21 +97,38 @@ def _torch_side(cfg, args, dtype: str, remat: str, batch: dict) -> float:
     adv = torch.tensor(batch["advantages"][:, 1:], dtype=torch.float32, device=device)
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
+    micro = _micro(args)
+
     def call():
-        with autocast:
-            logits = model(input_ids=ids).logits[:, :-1].float()
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-        ratio = torch.exp(logp - logp.detach())
-        loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.28))
-        loss = (loss * mask).sum() / mask.sum()
-        loss.backward()
+        for lo in range(0, ids.shape[0], micro):  # token-mean over the whole batch, as the JAX side
+            rows = slice(lo, lo + micro)
+            with autocast:
+                logits = model(input_ids=ids[rows]).logits[:, :-1].float()
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[rows, 1:, None])[..., 0]
+            ratio = torch.exp(logp - logp.detach())
+            loss = torch.maximum(-adv[rows] * ratio, -adv[rows] * ratio.clamp(0.8, 1.28))
+            ((loss * mask[rows]).sum() / mask.sum()).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if device == "cuda":
             torch.cuda.synchronize()
 
-    return time_it(call, warmup=1, repeats=args.repeats)
+    try:
+        return time_it(call, warmup=1, repeats=args.repeats), device
+    finally:
+        del model, opt
+        if device == "cuda":
+            torch.cuda.empty_cache()  # hand the memory back before the JAX side allocates its own
+
+
+def _micro(args) -> int:
+    micro = args.micro_batch or args.batch
+    if args.batch % micro:
+        from azr_jax.errors import UserError
+
+        raise UserError(f"--micro-batch {micro} must divide --batch {args.batch}")
+    return micro
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -118,22 +141,32 @@ def run(args: argparse.Namespace) -> dict:
     n_tokens = args.batch * seq_len
     flops_per_token = cfg.flops_per_token(seq_len)
 
+    _micro(args)  # a bad --micro-batch is said before anything runs
+    peak_flops, _ = peak_numbers(info["device_kind"])
+    baseline: dict = {}
+    if not args.no_baseline:
+        print("bench train: torch forward + backward + AdamW", file=sys.stderr)
+        try:
+            torch_s, torch_device = _torch_side(cfg, args, dtype, remat, batch)
+            baseline = {"baseline_seconds": torch_s, "baseline_device": torch_device}
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory: keep the JAX figure
+            baseline = {"baseline_error": f"{type(e).__name__}: {e}"[:500]}
     print(f"bench train: jax update step, {cfg.num_params() / 1e6:.1f}M params, {dtype}, remat {remat}",
           file=sys.stderr)
     jax_s = _jax_side(cfg, args, dtype, remat, batch)
-    peak_flops, _ = peak_numbers(info["device_kind"])
     result = {
         "bench": "train", **info, "model": model_shape_record(cfg), "dtype": dtype,
-        "batch": args.batch, "seq_len": seq_len, "loss_tokens_per_row": args.new_tokens, "remat": remat,
-        "repeats": args.repeats,
+        "batch": args.batch, "micro_batch": _micro(args), "seq_len": seq_len, "loss_tokens_per_row": args.new_tokens,
+        "remat": remat, "repeats": args.repeats,
         "seconds": jax_s, "tokens_per_s": n_tokens / jax_s, "flops_per_token": flops_per_token,
         "achieved_flops_per_s": flops_per_token * n_tokens / jax_s,
         "mfu": None if peak_flops is None else flops_per_token * n_tokens / jax_s / peak_flops,  # no CPU peak
     }
-    if not args.no_baseline:
-        print("bench train: torch forward + backward + AdamW", file=sys.stderr)
-        torch_s = _torch_side(cfg, args, dtype, remat, batch)
-        result.update(baseline="torch fwd+bwd+AdamW (transformers model)", baseline_seconds=torch_s,
+    if "baseline_seconds" in baseline:
+        torch_s = baseline["baseline_seconds"]
+        result.update(baseline="torch fwd+bwd+AdamW (transformers model)", **baseline,
                       baseline_tokens_per_s=n_tokens / torch_s, ratio=torch_s / jax_s,
                       baseline_mfu=None if peak_flops is None else flops_per_token * n_tokens / torch_s / peak_flops)
+    elif baseline:
+        result.update(baseline="torch fwd+bwd+AdamW (transformers model)", **baseline)
     return result

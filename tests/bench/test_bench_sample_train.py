@@ -66,3 +66,26 @@ def test_bench_train_passes_remat_to_both_sides(capsys):
     assert record["remat"] == "full" and record["tokens_per_s"] > 0 and record["baseline_tokens_per_s"] > 0
     with pytest.raises(UserError):
         bench_cli.main(_args("train", [*TINY, "--set", "model.remat=everything"]))
+
+
+@pytest.mark.slow
+def test_bench_train_micro_batches_both_sides_and_keeps_the_jax_figure_when_the_baseline_fails(capsys, monkeypatch):
+    # Micro-batches bound the float32 logits (batch x length x vocab) at real model sizes; a
+    # baseline that runs out of memory must not lose the JAX side's record.
+    from azr_jax.bench import train as bench_train
+
+    assert bench_cli.main(_args("train", [*TINY, "--micro-batch", "1"])) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["micro_batch"] == 1 and record["batch"] == 2 and record["baseline_device"] == "cpu"
+    assert record["baseline_tokens_per_s"] > 0
+
+    def out_of_memory(*args):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(bench_train, "_torch_side", out_of_memory)
+    assert bench_cli.main(_args("train", TINY)) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["tokens_per_s"] > 0 and record["baseline_error"] == "RuntimeError: CUDA out of memory"
+    assert "ratio" not in record
+    with pytest.raises(UserError, match="must divide"):
+        bench_cli.main(_args("train", [*TINY, "--micro-batch", "3"]))

@@ -44,3 +44,22 @@ def test_benchmark_is_fixed_and_prefix_stable():
     assert a == nano_benchmark(10)
     for task in TASK_TYPES:
         assert [x for x in a if x["task"] == task] == [x for x in b if x["task"] == task][:10]
+
+
+def test_behaviour_overlap_counts_what_text_disjointness_leaves():
+    # `python -m azr_jax.nano.overlap` measures, against the pretraining corpus, how many benchmark
+    # programs compute the same function as a corpus program (docs/nano.md). Its counts are right
+    # at both ends: the benchmark's own tasks as the corpus overlap everywhere, no corpus nowhere.
+    from azr_jax.nano.benchmark import BENCHMARK_DIFFICULTY, NUM_INPUTS
+    from azr_jax.nano.corpus import generate_tasks
+    from azr_jax.nano.overlap import behaviour_overlap
+
+    per_type = 4
+    itself = [g for i, _ in enumerate(TASK_TYPES)
+              for g in generate_tasks(BENCHMARK_SEED + i, per_type, BENCHMARK_DIFFICULTY, heldout=True, num_inputs=NUM_INPUTS)]
+    full = behaviour_overlap(itself, per_type)
+    assert full["equivalent_programs"] == full["benchmark_programs"] > 0
+    assert full["induction_items_fit_by_corpus"] == f"{per_type}/{per_type}"
+    assert full["items_seen_as_pairs"] == {"deduction": f"{per_type}/{per_type}", "abduction": f"{per_type}/{per_type}"}
+    none = behaviour_overlap([], per_type)
+    assert none["equivalent_programs"] == 0 and none["induction_items_fit_by_corpus"] == f"0/{per_type}"
