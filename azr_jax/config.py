@@ -223,7 +223,7 @@ class PretrainSection:
     """`azr-jax pretrain`: the nano base model's procedural corpus, tokenizer and training run."""
 
     corpus_seed: int = 0  # generator seed of the pretraining corpus (the benchmark uses its own)
-    corpus_programs: int = 6000  # generated programs; each yields six role/task transcripts
+    corpus_programs: int = 6000  # programs drawn (repeats included); three solver transcripts each, proposer ones for every 2nd
     max_program_steps: int = 3  # generator difficulty: pipeline length 1..this
     vocab_size: int = 1024
     steps: int = 1500

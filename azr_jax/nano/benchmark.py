@@ -3,7 +3,9 @@
 Items come from `BENCHMARK_SEED` (never used for the pretraining corpus, seeds 0.., or the
 self-play seed files, corpus seed + 1) and only from programs whose source hash falls in the
 held-out slice (`corpus.is_heldout`), which the pretraining corpus and the seed buffers exclude
-by construction. The benchmark is fixed: it does not depend on any training setting.
+by construction (by text: `azr_jax.nano.overlap` counts the benchmark programs that compute
+the same function as a corpus program). The benchmark is fixed: it does not depend on any
+training setting.
 Plain Python, no JAX.
 """
 

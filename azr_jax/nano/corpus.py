@@ -16,7 +16,8 @@ a test checks the two agree through the sandbox).
 Difficulty is tunable (`Difficulty`: number of steps, constant ranges, input sizes) so the
 base model solves some held-out tasks but not all. Programs are split by a hash of their
 source into a held-out slice (`is_heldout`) used only by the nano benchmark and a training
-slice used for pretraining and the self-play seed buffer; the two never meet.
+slice used for pretraining and the self-play seed buffer; no program text is in both (two
+texts can still compute the same function: `python -m azr_jax.nano.overlap`).
 
 Plain Python, no JAX.
 """

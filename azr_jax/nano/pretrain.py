@@ -47,7 +47,8 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = check_output_dir(args.out, "--out")
-    record = build_base(cfg, out, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    command = "azr-jax pretrain " + " ".join(sys.argv[2:])  # as typed (the CLI's argv: azr-jax pretrain ...)
+    record = build_base(cfg, out, log=lambda msg: print(msg, file=sys.stderr, flush=True), command=command)
     print(json.dumps({"out": str(out), **{k: record[k] for k in ("num_params", "final_loss", "wall_s")}}))
     return 0
 
@@ -248,7 +249,7 @@ def save_checkpoint(out: Path, model_cfg, params, tok) -> None:
     tok.save(out)
 
 
-def build_base(cfg, out: Path, *, log=print) -> dict:
+def build_base(cfg, out: Path, *, log=print, command: str = "build_base()") -> dict:
     """Corpus -> tokenizer -> pretraining -> checkpoint in `out`; returns the build record."""
     from azr_jax.models.tokenizer import load_tokenizer
     from azr_jax.nano.tokenizer_train import train_tokenizer
@@ -292,7 +293,7 @@ def build_base(cfg, out: Path, *, log=print) -> dict:
     save_checkpoint(out, model_cfg, params, tok)
     write_seed_files(cfg, out)
     record = {
-        "command": "azr-jax pretrain " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "build_base()",
+        "command": command,
         "pretrain": dataclasses.asdict(p),
         "num_params": model_cfg.num_params(),
         "tokenizer_pieces": tok.vocab_size,

@@ -49,6 +49,7 @@ def test_pretraining_continues_from_a_checkpoint(tmp_path):
     assert (tmp_path / "cont" / "tokenizer.model").read_bytes() == (BASE_DIR / "tokenizer.model").read_bytes()
     assert record["num_params"] == json.loads((BASE_DIR / RECORD_FILE).read_text())["num_params"]
     assert record["first_loss"] < 1.5  # the shipped weights: a random init starts near ln(786) = 6.7
+    assert record["command"] == "build_base()"  # called from Python: not this process's argv (pytest's)
     import os
 
     umask = os.umask(0)
