@@ -44,7 +44,10 @@ def aggregation_weights(loss_mask_bt: jax.Array, mode: str, chunk_rows: int | No
         n_chunks = rows // chunk_rows
         tokens_c = jnp.sum(lengths_b.reshape(n_chunks, chunk_rows), axis=-1)
         tokens_b = jnp.repeat(jnp.maximum(tokens_c, 1.0), chunk_rows)
-        return mask_bt / (tokens_b[:, None] * n_chunks)
+        # Blocks without a loss token (all padding or unjudged rows, which the reference never
+        # has) do not count: they would scale the whole update down by (n - 1) / n.
+        n_live = jnp.maximum(jnp.sum(tokens_c > 0), 1).astype(jnp.float32)
+        return mask_bt / (tokens_b[:, None] * n_live)
     raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {list(AGGREGATIONS)}")
 
 

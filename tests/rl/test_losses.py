@@ -80,8 +80,13 @@ def test_aggregation_weights_by_hand():
     # Reference weighting with blocks of 2 rows: block 0 has 4 tokens, block 1 has 4; 2 blocks.
     w = np.asarray(losses.aggregation_weights(MASK_BT, "token-mean-per-micro-batch", chunk_rows=2))
     np.testing.assert_allclose(w, MASK_BT / (4 * 2))
+    # Blocks of 1 row: row 2 has no tokens, so 3 blocks count (an empty block, all padding or
+    # unjudged rows, would otherwise scale the update by (n - 1) / n).
     w = np.asarray(losses.aggregation_weights(MASK_BT, "token-mean-per-micro-batch", chunk_rows=1))
-    np.testing.assert_allclose(w, MASK_BT / np.maximum(lengths, 1)[:, None] / 4)
+    np.testing.assert_allclose(w, MASK_BT / np.maximum(lengths, 1)[:, None] / 3)
+    half_empty = np.array([[1, 1], [1, 0], [0, 0], [0, 0]], np.float32)
+    w = np.asarray(losses.aggregation_weights(half_empty, "token-mean-per-micro-batch", chunk_rows=2))
+    np.testing.assert_allclose(w, half_empty / 3)  # the token mean of the one block with tokens
     with pytest.raises(ValueError):
         losses.aggregation_weights(MASK_BT, "token-mean-per-micro-batch", chunk_rows=3)
     with pytest.raises(ValueError):
