@@ -211,7 +211,7 @@ def f(x):
         for _ in range(1000):
             fh.write(b'x' * (1 << 20))
     return 'filled'
-""", fails()),
+""", fails("File too large")),  # RLIMIT_FSIZE (sandbox.max_file_mb), before bwrap's 64 MiB scratch
     Case("disk_bomb_many_files", """
 def f(x):
     for i in range(10000):
@@ -278,11 +278,13 @@ def f(x):
     return sorted(os.listdir('.'))
 """, output_is("[]"), phase=2),
     # --- secrets, environment, /proc ------------------------------------------------------------
+    # A yes/no answer, not the text: a whole environment differs between the two runs (the hash
+    # seed), so its output would be dropped as nondeterministic and a leak could not show.
     Case("env_secret", """
 import os
 def f(x):
-    return sorted(os.environ.items())
-""", no_token_in_output),
+    return '@TOKEN@' in repr(sorted(os.environ.items()))
+""", output_is("False")),
     Case("proc_1_environ", """
 def f(x):
     try:
@@ -301,8 +303,8 @@ def f(x):
                     seen.append(open('/proc/%s/%s' % (pid, name), 'rb').read().decode('latin-1'))
                 except OSError:
                     pass
-    return ' '.join(seen)
-""", no_token_in_output, trainer_process=True),
+    return '@TOKEN@' in ' '.join(seen)
+""", output_is("False"), trainer_process=True),
     Case("signal_the_trainer", """
 import os
 def f(x):

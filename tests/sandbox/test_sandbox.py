@@ -289,17 +289,15 @@ def test_host_removes_a_scratch_tree_of_any_depth_and_mode(tmp_path):
     assert not root.exists()
 
 
-def test_timeouts_run_in_parallel(sb):
+def test_timeouts_among_quick_jobs_are_reported_per_job(sb):
+    # How long a batch with hanging jobs takes (they run in parallel: about one timeout for four
+    # loops on two workers) is measured by `azr-jax bench executor`'s hang batch, not asserted here.
     loops = [Job("def f(x):\n    while True:\n        pass\n", ["0"]) for _ in range(4)]
     quick = [Job(ADD, ["1, 1"]) for _ in range(12)]
-    t0 = time.monotonic()
     results = sb.run(loops[:2] + quick[:6] + loops[2:] + quick[6:])
-    wall = time.monotonic() - t0
     assert [r.timed_out for r in results] == [True] * 2 + [False] * 6 + [True] * 2 + [False] * 6
     assert all(r.error == "timeout" and r.errors == ["timeout"] for r in results if r.timed_out)
     assert all(r.outputs == ["2"] for r in results if not r.timed_out)
-    # four infinite loops on two workers: about one timeout (1.5 s), never four in a row (6 s)
-    assert wall < 2.5 * 1.5, wall
 
 
 def test_a_broken_zygote_is_not_the_programs_fault(monkeypatch, caplog):

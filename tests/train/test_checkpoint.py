@@ -11,8 +11,12 @@ from azr_jax.errors import UserError
 
 
 def _state(scale):
+    """Params and an AdamW state after one update whose gradient depends on `scale` (a fresh
+    state is all zeros, so restoring one in place of another would go unnoticed)."""
     params = {"w": jnp.full((4, 3), float(scale)), "b": jnp.arange(3, dtype=jnp.float32)}
-    opt_state = optax.adamw(1e-3).init(params)
+    opt = optax.adamw(1e-3)
+    grads = jax.tree.map(lambda p: p * 0.5 + 1.0, params)
+    _, opt_state = opt.update(grads, opt.init(params), params)
     return {"params": params, "opt_state": opt_state}
 
 
@@ -24,6 +28,9 @@ def test_round_trip_keeps_last_k_and_host_record(tmp_path):
     assert ckpt.all_steps() == [2, 3] and ckpt.latest_step() == 3
     state, host = ckpt.restore(3, abstract_like(_state(0)))
     assert np.array_equal(state["params"]["w"], np.full((4, 3), 3.0))
+    for got, want in zip(jax.tree.leaves(state["opt_state"]), jax.tree.leaves(_state(3)["opt_state"])):
+        np.testing.assert_array_equal(got, want)  # the moments and the count, not a fresh state
+    assert float(jax.tree.leaves(state["opt_state"])[0]) == 1  # AdamW's step count
     assert jax.tree.structure(state) == jax.tree.structure(_state(0))  # optax NamedTuples survive
     assert host["buffers"]["deduction"][0]["program"] == "def f(a): return a"
     ckpt.close()
