@@ -603,6 +603,21 @@ def _seed(cfg, loop: SelfPlay, params, workdir: Path, primary: bool) -> None:
              ", ".join(f"{n} {s['size']} in {s['seconds']:.0f}s" for n, s in report.items()))
 
 
+def _delete_newer_checkpoints(ckpts, step: int, stop: StopFlag) -> list[int]:
+    """`ckpts.delete_after(step)`, not cut short by a stop signal: stopped half-way, it would
+    leave the abandoned branch's newest checkpoint for the next plain resume to pick. A signal
+    that arrives meanwhile stops the run once the deletion is done."""
+    stepping, stop.stepping = stop.stepping, True  # a first signal only sets `requested`
+    try:
+        dropped = ckpts.delete_after(step)
+    finally:
+        stop.stepping = stepping
+    if stop.requested and not stepping:
+        log.warning("stopping now: a stop signal arrived while the newer checkpoints were deleted")
+        raise KeyboardInterrupt
+    return dropped
+
+
 def _drop_outputs_after(workdir: Path, step: int) -> None:
     """Remove the evaluations (and summary) of steps after `step`, the checkpoint a run resumes
     from: they belong to the continuation being replaced, and the plots would mix them in."""
@@ -689,7 +704,7 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
         buffers = TaskBuffers.from_state(host["buffers"])
         start = PipelineState.from_json(host["pipeline"]).next_step - 1
         log.info("resumed from checkpoint step %d", start)
-        dropped = ckpts.delete_after(restore_from)
+        dropped = _delete_newer_checkpoints(ckpts, restore_from, stop)
         if dropped:
             log.warning("--resume-step %d: deleted the newer checkpoints %s of the abandoned continuation",
                         restore_from, dropped)

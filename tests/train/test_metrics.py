@@ -209,6 +209,38 @@ def test_a_stop_signal_before_the_first_step_stops_at_once():
         stop.restore()
 
 
+def test_a_stop_signal_does_not_cut_the_deletion_of_newer_checkpoints_short():
+    # --resume-step deletes the abandoned branch's checkpoints; stopped half-way, the next plain
+    # resume would pick that branch's newest. The signal is acted on once the deletion is done.
+    import os
+    import signal
+
+    from azr_jax.trainer import StopFlag, _delete_newer_checkpoints
+
+    class Checkpoints:
+        def __init__(self):
+            self.steps = [1, 2, 3]
+
+        def delete_after(self, step):
+            dropped = []
+            for s in [s for s in self.steps if s > step]:
+                if not dropped:
+                    os.kill(os.getpid(), signal.SIGTERM)  # arrives before the first deletion
+                self.steps.remove(s)
+                dropped.append(s)
+            return dropped
+
+    stop = StopFlag(stepping=False)
+    stop.install()
+    try:
+        ckpts = Checkpoints()
+        with pytest.raises(KeyboardInterrupt):
+            _delete_newer_checkpoints(ckpts, 1, stop)
+        assert ckpts.steps == [1] and not stop.stepping
+    finally:
+        stop.restore()
+
+
 def test_the_end_of_run_report_says_how_the_benchmark_was_decoded(tmp_path, capsys):
     from azr_jax.eval.summary import solve_rate_summary
     from azr_jax.train_cli import print_report
