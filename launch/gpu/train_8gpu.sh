@@ -8,8 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 config="$1"; shift
 if [ ! -x .venv/bin/azr-jax ]; then
-  python3 -m venv .venv && .venv/bin/pip install -q -e ".[cuda]"
+  "${AZR_PYTHON:-python3}" -m venv .venv && .venv/bin/pip install -q -e ".[cuda]"
 fi
+# A .venv made for the CPU (launch/local.sh) has no CUDA jax: say so instead of failing on the mesh.
+.venv/bin/python -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' || {
+  echo "[azr-jax] .venv's jax sees no GPU: install the CUDA build (.venv/bin/pip install -e '.[cuda]')" >&2; exit 2; }
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
 if [ "${JAX_NUM_PROCESSES:-1}" -gt 1 ]; then
   # Several nodes: fsdp over every GPU of every node (the preset's -1); gpu-8 would fix it at 8.
