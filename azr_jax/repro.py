@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from importlib import resources
 from pathlib import Path
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="parameter and compute dtype on both sides (default float32)")
     p.add_argument("--seq-len", type=int, default=256, help="padded sequence length (default 256)")
     p.add_argument("--batch", type=int, default=3,
-                   help="rows; row i holds seq_len - i * seq_len // (2 * batch) real tokens (default 3)")
+                   help="rows; row i holds seq_len - i * (seq_len // (2 * batch)) real tokens (default 3)")
     p.add_argument("--text-file", help="text to tokenize (default: a Python code sample shipped with azr-jax)")
     p.add_argument("--random-tokens", action="store_true",
                    help="use random token ids instead of text (the default when the checkpoint has no tokenizer)")
@@ -184,10 +185,21 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _json_safe(value):
+    """`value` with non-finite floats as None: a broken checkpoint's NaN is not valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def model_parity_main(args: argparse.Namespace) -> int:
     report = model_parity(args)
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(_json_safe(report), allow_nan=False))
     else:
         print(format_report(report))
     sys.stdout.flush()

@@ -13,6 +13,16 @@ import time
 from typing import Callable
 
 
+class CheckFailed(Exception):
+    pass
+
+
+def _require(condition: bool, message) -> None:
+    """A check's condition (not `assert`, which `python -O` / PYTHONOPTIMIZE strips)."""
+    if not condition:
+        raise CheckFailed(message)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-sandbox", action="store_true", help="skip the sandbox and scoring checks")
 
@@ -39,7 +49,7 @@ def _check_model() -> str:
         step, cache = forward(params, tokens[:, t:t + 1], positions[:, t:t + 1], config=cfg, cache=cache)
         steps.append(step)
     diff = float(jnp.max(jnp.abs(jnp.concatenate(steps, axis=1) - full)))
-    assert diff < 1e-4, f"prefill+decode differs from the full forward by {diff:.2e}"
+    _require(diff < 1e-4, f"prefill+decode differs from the full forward by {diff:.2e}")
     return f"{cfg.num_params():,} params on {jax.devices()[0].platform}; cached decode == full forward (max |diff| {diff:.1e})"
 
 
@@ -65,7 +75,7 @@ def _check_sampler() -> str:
              "mask": jnp.ones_like(jnp.asarray(seq))}
     trainer_lp = np.asarray(token_logprobs(params, batch, cfg))[0, len(prompt):]
     gap = float(np.max(np.abs(trainer_lp - out.logprobs[0, :n])))
-    assert gap < 1e-4, f"sampler and trainer logprobs differ by {gap:.2e}"
+    _require(gap < 1e-4, f"sampler and trainer logprobs differ by {gap:.2e}")
     return f"sampled {n} tokens; sampler vs trainer logprob gap {gap:.1e}"
 
 
@@ -84,8 +94,8 @@ def _check_sandbox() -> str:
             Job(program="def f(a):\n    return sorted(a)[::-1]", calls=["[3, 1, 2]"]),
             Job(program="def f(p):\n    open(p, 'w').write('x')\n    return 1", calls=[repr(target)]),
         ])
-    assert ok.outputs == ["[3, 2, 1]"] and ok.deterministic, f"simple program failed: {ok}"
-    assert not os.path.exists(target), f"a sandboxed program wrote to the host's {target}"
+    _require(ok.outputs == ["[3, 2, 1]"] and ok.deterministic, f"simple program failed: {ok}")
+    _require(not os.path.exists(target), f"a sandboxed program wrote to the host's {target}")
     active = [k for k, v in report.get("layers", {}).items() if v is True]
     missing = report.get("missing") or []
     note = f"; MISSING: {', '.join(missing)}" if missing else ""
@@ -108,8 +118,8 @@ def _check_scoring() -> str:
     ]
     with Sandbox(SandboxSection(timeout_s=5.0, workers=2)) as sb:
         propose, solve = score_records(records, cfg, sb)
-    assert propose["valid"] and propose["reward"] == 0.5, propose
-    assert solve["accuracy"] == 1.0 and solve["reward"] == 1.0, solve
+    _require(propose["valid"] and propose["reward"] == 0.5, propose)
+    _require(solve["accuracy"] == 1.0 and solve["reward"] == 1.0, solve)
     return "proposal validated (learnability 0.5), solver answer scored 1.0"
 
 

@@ -134,3 +134,13 @@ def test_installed_command_prints_one_line_for_a_missing_directory(tmp_path):
                           capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [f"azr-jax: error: checkpoint directory {tmp_path / 'nope'} does not exist"]
+
+
+def test_json_report_of_a_broken_checkpoint_is_strict_json():
+    # A checkpoint whose weights hold NaN gives NaN differences; `--json` prints them as null
+    # (json.dumps would write the bare NaN token, which strict JSON readers reject).
+    from azr_jax.repro import _json_safe
+
+    report = {"max_abs_logit_diff": float("nan"), "hidden_max_abs_diff": [0.0, float("inf")], "passed": False}
+    text = json.dumps(_json_safe(report), allow_nan=False)
+    assert json.loads(text) == {"max_abs_logit_diff": None, "hidden_max_abs_diff": [0.0, None], "passed": False}

@@ -67,6 +67,20 @@ def test_bucketed_step_equals_padded_step(micro):
         assert metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.parametrize("loss_agg", ["seq-mean-token-mean", "seq-mean-token-sum", "token-mean-per-micro-batch"])
+def test_bucketed_step_equals_padded_step_for_every_aggregation(loss_agg):
+    # The weights are computed once over the whole batch in row order, so packing (which sorts
+    # rows by length) must not change what each token weighs, whatever the aggregation.
+    rl = dataclasses.replace(RL, micro_batch_size=4, loss_agg=loss_agg)
+    plain = make_train_step(CFG, rl, OPTIM, compute_dtype=jnp.float32)
+    packed = make_bucketed_train_step(CFG, rl, OPTIM, length_buckets=BUCKETS, compute_dtype=jnp.float32)
+    plain_state, plain_metrics = plain(init_train_state(CFG, OPTIM, PARAMS), BATCH)
+    state, metrics = packed(init_train_state(CFG, OPTIM, PARAMS), BATCH)
+    _assert_same_params(state.params, plain_state.params)
+    assert float(metrics["loss"]) == pytest.approx(float(plain_metrics["loss"]), rel=1e-5, abs=1e-6)
+    assert float(metrics["grad_norm"]) == pytest.approx(float(plain_metrics["grad_norm"]), rel=1e-5)
+
+
 def test_update_reports_the_sampler_trainer_gap():
     # BATCH's old logprobs are the trainer's plus N(0, 0.3) noise on response tokens.
     _, metrics = _one_step(16)
