@@ -61,7 +61,8 @@ def _jax_side(cfg, args, dtype: str, prompts: list[list[int]]) -> float:
 
     def call():
         out = generate(params, cfg, prompts, rng, settings, compute_dtype=jdtype, length_buckets=buckets)
-        assert out.lengths.min() == args.new_tokens
+        if out.lengths.min() != args.new_tokens:  # every row must decode the whole budget, or tokens/s lies
+            raise RuntimeError(f"a row stopped after {out.lengths.min()} of {args.new_tokens} tokens")
         return out
 
     return time_it(call, warmup=1, repeats=args.repeats)
@@ -89,7 +90,8 @@ def _torch_side(cfg, args, dtype: str, prompts: list[list[int]]) -> float:
             )
         if device == "cuda":
             torch.cuda.synchronize()
-        assert out.shape == (args.batch, args.prompt_len + args.new_tokens)
+        if out.shape != (args.batch, args.prompt_len + args.new_tokens):
+            raise RuntimeError(f"transformers.generate returned shape {tuple(out.shape)}")
         return out
 
     return time_it(call, warmup=1, repeats=args.repeats)

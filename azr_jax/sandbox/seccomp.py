@@ -183,7 +183,8 @@ def filter_program(arch: str | None = None) -> bytes | None:
             if target is None:
                 return 0
             delta = labels[target] - here - 1
-            assert 0 <= delta < 256, (target, delta)  # classic BPF jumps are forward, 8 bits
+            if not 0 <= delta < 256:  # classic BPF jumps are forward, 8 bits (not an assert: python -O)
+                raise ValueError(f"seccomp filter jump to {target!r} out of range: {delta}")
             return delta
 
         out.append(struct.pack("<HBBI", code, offset(jt), offset(jf), k))
