@@ -60,6 +60,8 @@ class _HFBackend:
             self.tok = HFTokenizer.from_file(str(path))
         except Exception as e:  # the Rust side raises a bare Exception on malformed files
             raise UserError(f"cannot read tokenizer {path}: {e}") from None
+        # One past the largest id (added tokens included), which is the count for dense ids.
+        self._size = max(self.tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
 
     def encode(self, text: str) -> list[int]:
         # Special-token strings in `text` (e.g. "<|im_start|>") still map to their ids, as in transformers.
@@ -72,8 +74,7 @@ class _HFBackend:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def vocab_size(self) -> int:
-        # One past the largest id (added tokens included), which is the count for dense ids.
-        return max(self.tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+        return self._size
 
     def token_to_id(self, token: str) -> int | None:
         return self.tok.token_to_id(token)

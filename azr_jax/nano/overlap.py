@@ -6,7 +6,7 @@ Different texts can compute the same function, though (`n = n // 3` and `n = n /
 n = n % 5` agree on every int input the generator draws, 0..9), so text disjointness does not
 make the benchmark's behaviours unseen. This measures what is left:
 
-    python -m azr_jax.nano.overlap        # one JSON object (about 5 s)
+    python -m azr_jax.nano.overlap        # one JSON object
 
 - `equivalent_programs`: benchmark programs that compute the same outputs as some corpus program
   on the generator's whole input domain (every int, every word, every list it can draw),
@@ -69,10 +69,16 @@ def behaviour_overlap(corpus: list, per_type: int = DEFAULT_PER_TYPE) -> dict:
     for prog in programs.values():
         equivalent[prog.in_type][0] += bool(twins(prog))
         equivalent[prog.in_type][1] += 1
-    corpus_programs = {t.source: t.program for t in corpus}.values()
-    fit = sum(any(behaviour(p, list(g.induction_inputs)) == behaviour(g.program, list(g.induction_inputs))
-                  for p in corpus_programs if p.in_type == g.program.in_type)
-              for g in bench["induction"])
+    # The induction inputs lie in the domain: read their outputs off the behaviours computed above.
+    position = {t: {repr(v): i for i, v in enumerate(values)} for t, values in domain.items()}
+
+    def fits(g) -> bool:
+        where = [position[g.program.in_type][repr(v)] for v in g.induction_inputs]
+        want = tuple(repr(g.program.run(v)) for v in g.induction_inputs)
+        return any(tuple(outputs[i] for i in where) == want
+                   for in_type, outputs in by_behaviour if in_type == g.program.in_type)
+
+    fit = sum(fits(g) for g in bench["induction"])
     seen = {}
     for task in ("deduction", "abduction"):
         seen[task] = sum(any(repr(g.input_value) in {repr(v) for v in (t.input_value, *t.induction_inputs)}
