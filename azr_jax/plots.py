@@ -36,10 +36,14 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
+def intermediate_evaluations(eval_dir: Path) -> list[tuple[int, Path]]:
+    """(N, path) of a run's eval/step_N.json files."""
+    return [(int(p.stem[len("step_"):]), p) for p in eval_dir.glob("step_*.json") if p.stem[len("step_"):].isdigit()]
+
+
 def _evaluations(eval_dir: Path, last_step: int) -> list[tuple[int, dict]]:
     """A run's eval/*.json by step: base.json at step 0, step_N.json at N, final.json at `last_step`."""
-    files = [(0, eval_dir / "base.json"), (last_step, eval_dir / "final.json")]
-    files += [(int(p.stem.split("_", 1)[1]), p) for p in eval_dir.glob("step_*.json") if p.stem.split("_", 1)[1].isdigit()]
+    files = [(0, eval_dir / "base.json"), (last_step, eval_dir / "final.json")] + intermediate_evaluations(eval_dir)
     return [(step, json.loads(path.read_text())) for step, path in sorted(files, key=lambda x: x[0]) if path.is_file()]
 
 

@@ -621,8 +621,9 @@ def _delete_newer_checkpoints(ckpts, step: int, stop: StopFlag) -> list[int]:
 def _drop_outputs_after(workdir: Path, step: int) -> None:
     """Remove the evaluations (and summary) of steps after `step`, the checkpoint a run resumes
     from: they belong to the continuation being replaced, and the plots would mix them in."""
-    stale = [p for p in (workdir / "eval").glob("step_*.json")
-             if p.stem[len("step_"):].isdigit() and int(p.stem[len("step_"):]) > step]
+    from azr_jax.plots import intermediate_evaluations
+
+    stale = [path for n, path in intermediate_evaluations(workdir / "eval") if n > step]
     summary = workdir / "summary.json"
     if summary.is_file() and json.loads(summary.read_text()).get("step", 0) > step:
         stale += [summary, workdir / "eval" / "final.json"]

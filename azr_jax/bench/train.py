@@ -78,7 +78,7 @@ def _jax_side(cfg, args, dtype: str, remat: str, batch: dict) -> float:
     return time_it(call, warmup=1, repeats=args.repeats)
 
 
-def _torch_side(cfg, args, dtype: str, remat: str, batch: dict) -> float:
+def _torch_side(cfg, args, dtype: str, remat: str, batch: dict) -> tuple[float, str]:
     import torch
     import transformers
 
