@@ -24,6 +24,11 @@ class NotALiteral(ValueError):
     """The text is not a plain, bounded Python literal."""
 
 
+# Below this many bits an int has fewer decimal digits than any int-str limit Python allows
+# (at least 640), so only larger ones are rendered to check (not every literal on the scoring path).
+_PRINTABLE_BITS = 2_000
+
+
 def _printable(value: int) -> bool:
     """Whether `repr(value)` is within Python's int-str digit limit (`sys.set_int_max_str_digits`)."""
     try:
@@ -43,7 +48,7 @@ def _build(node: ast.AST, depth: int, budget: list[int]):
             raise NotALiteral("'...' is not a value")
         if isinstance(value, (float, complex)) and not cmath.isfinite(value):
             raise NotALiteral("non-finite number")  # `1e309j` is infj: its repr is no literal
-        if isinstance(value, int) and not _printable(value):
+        if isinstance(value, int) and value.bit_length() > _PRINTABLE_BITS and not _printable(value):
             # A hex, octal or binary literal can stand for an int whose decimal text is over
             # Python's int-str digit limit: repr() of it raises ValueError.
             raise NotALiteral("int too long to print")
