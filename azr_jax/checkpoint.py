@@ -9,11 +9,17 @@ One checkpoint per saved step under `WORKDIR/checkpoints/<step>/`, with two item
 Saves are asynchronous (the next step runs while the previous one is written); Orbax writes
 into a temporary directory and renames it when complete, so a run killed mid-save leaves the
 previous checkpoint as the newest complete one. The last `keep` checkpoints are kept.
+
+Going back to an older step (`train --resume-step N`) deletes the newer checkpoints. A
+`rollback.json` written before the first deletion and removed after the last makes that
+crash-safe: while it exists, step N counts as the newest checkpoint, so a run killed half-way
+(SIGKILL, a lost host) resumes from N, not from what is left of the abandoned continuation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import tempfile
@@ -55,15 +61,43 @@ class Checkpoints:
         return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
+        """The newest complete checkpoint, or the step an unfinished `delete_after` goes back to."""
+        pending = self.pending_rollback()
+        if pending is not None:
+            return pending
         steps = self.all_steps()
         return steps[-1] if steps else None
 
+    @property
+    def _rollback_file(self) -> Path:
+        return self.directory / "rollback.json"
+
+    def pending_rollback(self) -> int | None:
+        """The step of a `delete_after` that was interrupted (None: none was)."""
+        try:
+            record = json.loads(self._rollback_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise UserError(f"{self._rollback_file} is unreadable ({e}); it records an interrupted "
+                            f"--resume-step: resume with --resume-step N to say which step to continue from") from None
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise UserError(f"{self._rollback_file} has no step; resume with --resume-step N to say which step to continue from")
+        return step
+
     def delete_after(self, step: int) -> list[int]:
         """Delete the checkpoints newer than `step` (a run resumed from an older step abandons
-        them; kept, they would collide with its saves and win the next plain resume)."""
+        them; kept, they would collide with its saves and win the next plain resume). Every
+        process calls it (Orbax deletes on the primary one and synchronizes)."""
         newer = [s for s in self.all_steps() if s > step]
+        primary = jax.process_index() == 0
+        if newer and primary:
+            _write_durably(self._rollback_file, json.dumps({"step": step, "abandoned": newer}) + "\n")
         for s in newer:
             self._manager.delete(s)
+        if primary:
+            self._rollback_file.unlink(missing_ok=True)
         return newer
 
     def save(self, step: int, state: Any, host: dict) -> None:
@@ -200,6 +234,21 @@ def _stderr_held_back():
             text = sink.read()
             if text and not raised:
                 os.write(2, text)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically, flushed to disk before it returns."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def abstract_like(tree: Any) -> Any:

@@ -604,9 +604,9 @@ def _seed(cfg, loop: SelfPlay, params, workdir: Path, primary: bool) -> None:
 
 
 def _delete_newer_checkpoints(ckpts, step: int, stop: StopFlag) -> list[int]:
-    """`ckpts.delete_after(step)`, not cut short by a stop signal: stopped half-way, it would
-    leave the abandoned branch's newest checkpoint for the next plain resume to pick. A signal
-    that arrives meanwhile stops the run once the deletion is done."""
+    """`ckpts.delete_after(step)`, not cut short by a stop signal (a kill half-way is caught by
+    its rollback record instead). A signal that arrives meanwhile stops the run once the
+    deletion is done."""
     stepping, stop.stepping = stop.stepping, True  # a first signal only sets `requested`
     try:
         dropped = ckpts.delete_after(step)
@@ -693,6 +693,9 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
         [resume_step if resume_step is not None else ckpts.latest_step(), ckpts.all_steps()],
         "the checkpoint step to resume from (null: a fresh start) and the checkpoints listed",
         "every process must see the same --workdir (shared storage, listed alike)")
+    if resume_step is None and ckpts.pending_rollback() is not None:  # latest_step() returned it
+        log.warning("an earlier --resume-step %d was interrupted while it deleted the newer checkpoints; "
+                    "resuming from step %d and finishing the deletion", restore_from, restore_from)
     if restore_from is None:
         state = policy.init_state(cfg)
     else:  # restored straight into an abstract target: no throwaway state of the same size

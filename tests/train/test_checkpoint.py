@@ -159,3 +159,38 @@ def test_the_params_alone_restore_as_in_the_whole_state(tmp_path):
         reader.restore_part(7, {"params": target["params"]})
     reader.close()
 
+
+
+def test_going_back_is_recorded_until_every_newer_checkpoint_is_deleted(tmp_path):
+    ckpt = Checkpoints(tmp_path / "ck", keep=5, writer=True)
+    for step in (1, 2, 3):
+        ckpt.save(step, _state(step), {"step": step})
+    ckpt.wait()
+    deleted = []
+
+    def killed_after_one(step):  # the process dies after its first deletion
+        if deleted:
+            raise SystemExit("killed")
+        deleted.append(step)
+        real_delete(step)
+
+    real_delete, ckpt._manager.delete = ckpt._manager.delete, killed_after_one
+    with pytest.raises(SystemExit):
+        ckpt.delete_after(1)
+    assert deleted == [2]
+    # The next run sees step 1 as the newest, although step 3 is still complete on disk.
+    again = Checkpoints(tmp_path / "ck", keep=5, writer=True)
+    assert again.all_steps() == [1, 3] and again.pending_rollback() == 1 and again.latest_step() == 1
+    assert again.delete_after(1) == [3]
+    assert again.pending_rollback() is None and again.latest_step() == 1
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["1"]
+    again.close()
+
+
+def test_a_damaged_rollback_record_is_a_user_error(tmp_path):
+    ckpt = Checkpoints(tmp_path / "ck", writer=True)
+    ckpt.save(1, _state(1), {"step": 1})
+    ckpt.close()
+    (tmp_path / "ck" / "rollback.json").write_text('{"abandoned": [2]}')
+    with pytest.raises(UserError, match="rollback.json has no step; resume with --resume-step N"):
+        Checkpoints(tmp_path / "ck").latest_step()

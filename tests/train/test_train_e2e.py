@@ -222,6 +222,24 @@ def test_resume_from_an_older_step_replaces_the_newer_checkpoints(env, reference
 
 
 @pytest.mark.slow
+def test_a_resume_step_killed_while_deleting_is_finished_by_the_next_plain_resume(env, reference_run):
+    """What a SIGKILL during `--resume-step 1`'s deletions leaves: the rollback record, step 2
+    deleted, step 3 (the abandoned continuation's newest) still there. A plain resume must go
+    back to step 1, not continue from 3."""
+    workdir = env["base"] / "rewind_killed"
+    shutil.copytree(reference_run, workdir)
+    shutil.rmtree(workdir / "checkpoints" / "2")
+    (workdir / "checkpoints" / "rollback.json").write_text('{"step": 1, "abandoned": [2, 3]}\n')
+    r = _run(env, workdir, "train.steps=3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "an earlier --resume-step 1 was interrupted" in r.stderr
+    assert "deleted the newer checkpoints [3]" in r.stderr
+    rerun = [without_timings(x) for x in read_metrics(workdir / "metrics.jsonl")]
+    assert rerun == [without_timings(x) for x in read_metrics(reference_run / "metrics.jsonl")]
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1", "2", "3"]
+
+
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(env):
     workdir = env["base"] / "terminated"
     proc = subprocess.Popen(_argv(env, workdir, "train.steps=50", "train.save_every=100", "train.eval_every=-1"), env=env["env"], cwd=ROOT,
