@@ -4,7 +4,7 @@ Runs share a JAX compilation cache so only the first one pays for compiling. Wha
 a run produces and scores all six batches, applies updates, checkpoints and logs one metrics line
 per step; a run killed with SIGKILL and restarted with the same command ends with exactly the
 metric values of an uninterrupted run (so two runs with one seed agree too); two processes under
-jax.distributed end with the same params; bad input is one line on stderr.
+jax.distributed train exactly as one process on the same mesh; bad input is one line on stderr.
 """
 
 from __future__ import annotations
@@ -257,27 +257,38 @@ def test_sigterm_saves_and_exits_cleanly(env):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("packed", [True, False], ids=["pack_by_length", "padded"])
-def test_two_processes_under_jax_distributed_end_with_the_same_params(env, packed):
+def test_two_processes_under_jax_distributed_train_as_one_process_on_the_same_mesh(env, packed):
     port = free_port()
     procs = []
+
+    def argv(workdir):
+        return _argv(env, workdir, "train.steps=2", "train.save_every=100", "sandbox.workers=1", "train.eval_every=-1",
+                     "azr.batch_size=2", "rl.micro_batch_size=2", f"rl.pack_by_length={str(packed).lower()}",
+                     'mesh.shape={"data": 1, "fsdp": -1, "tensor": 1}', "name=multihost", "train.audit_every=0")
+
+    def digest(err):
+        return [l for l in err.splitlines() if "params digest" in l][-1].split("params digest")[-1]
+
     for pid in range(2):
         e = dict(env["env"], JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                  JAX_PROCESS_ID=str(pid))
-        workdir = env["base"] / f"multihost_{packed}"
-        argv = _argv(env, workdir, "train.steps=2", "train.save_every=100", "sandbox.workers=1", "train.eval_every=-1",
-                     "azr.batch_size=2", "rl.micro_batch_size=2", f"rl.pack_by_length={str(packed).lower()}",
-                     'mesh.shape={"data": 1, "fsdp": -1, "tensor": 1}')
-        argv += ["--set", "name=multihost"]
-        procs.append(subprocess.Popen(argv + ["--set", "train.audit_every=0"], env=e, cwd=ROOT,
+        procs.append(subprocess.Popen(argv(env["base"] / f"multihost_{packed}"), env=e, cwd=ROOT,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = communicate_all(procs, timeout=900)
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     # Process 0 writes the metrics; every process saved its shards of the final checkpoint and
     # the printed parameter digests agree.
-    digests = [[l for l in err.splitlines() if "params digest" in l][-1].split("params digest")[-1] for _, err in outs]
-    assert digests[0] == digests[1]
-    assert [r["step"] for r in read_metrics(env["base"] / f"multihost_{packed}" / "metrics.jsonl")] == [1, 2]
+    assert digest(outs[0][1]) == digest(outs[1][1])
+    two = [without_timings(r) for r in read_metrics(env["base"] / f"multihost_{packed}" / "metrics.jsonl")]
+    assert [r["step"] for r in two] == [1, 2]
+    # And they train exactly as one process does on the same 2-device mesh: same rollouts,
+    # rewards and updates (every metric but the timings), same final params.
+    one = subprocess.run(argv(env["base"] / f"onehost_{packed}"), cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env=dict(env["env"], XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert [without_timings(r) for r in read_metrics(env["base"] / f"onehost_{packed}" / "metrics.jsonl")] == two
+    assert digest(one.stderr) == digest(outs[0][1])
 
     # Exported by both processes (each reads its shards of the params; process 0 writes), the
     # policy is the one a single process exports from the same checkpoint.
