@@ -17,7 +17,6 @@ collected in a fixed order, so overlap never changes what is computed.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import functools
 import json
@@ -470,17 +469,10 @@ class SelfPlay:
 
     @functools.cached_property
     def _reference_logprobs(self):
-        from azr_jax.rl.logprobs import token_logprobs
-        from azr_jax.sharding import mesh_rules
+        from azr_jax.rl.update import make_reference_logprobs
 
-        cfg, policy = self.cfg, self.policy
-
-        def reference_logprobs(ref_params, batch):
-            with mesh_rules(policy.mesh, policy.rules) if policy.mesh is not None else contextlib.nullcontext():
-                return token_logprobs(ref_params, batch, policy.config, policy.compute_dtype,
-                                      temperature=cfg.sampling.temperature)
-
-        return jax.jit(reference_logprobs)
+        return make_reference_logprobs(self.policy.config, self.cfg.rl, mesh=self.policy.mesh, rules=self.policy.rules,
+                                       compute_dtype=self.policy.compute_dtype, temperature=self.cfg.sampling.temperature)
 
     def _step_record(self, step, ordered, upd, step_time) -> dict:
         rec: dict[str, Any] = {"step": step}

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from azr_jax.errors import UserError
 from azr_jax.models.decoder import param_shapes, param_shardings
-from azr_jax.rl.logprobs import token_logprobs_and_entropy
+from azr_jax.rl.logprobs import token_logprobs, token_logprobs_and_entropy
 from azr_jax.rl.losses import aggregation_weights, combine_sums, policy_loss
 from azr_jax.rl.optimizer import apply_if_finite, make_optimizer, make_schedule
 from azr_jax.sharding import logical_to_pspec, mesh_rules
@@ -115,6 +115,49 @@ def _split_micro_batches(x_bt: jax.Array, n_micro: int) -> jax.Array:
     rows = x_bt.shape[0]
     x = x_bt.reshape(rows // n_micro, n_micro, *x_bt.shape[1:])
     return jnp.swapaxes(x, 0, 1)
+
+
+def _join_micro_batches(x: jax.Array) -> jax.Array:
+    """The inverse of `_split_micro_batches`: [n_micro, B / n_micro, ...] -> [B, ...]."""
+    return jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def make_reference_logprobs(
+    model_cfg,
+    rl_cfg,
+    *,
+    mesh: Mesh | None = None,
+    rules: dict | None = None,
+    compute_dtype=jnp.bfloat16,
+    temperature: float = 1.0,
+) -> Callable[[Any, dict], jax.Array]:
+    """Jitted `ref_logprobs(ref_params, batch) -> [B, T]` for `make_train_step`'s batch under
+    `rl.kl_coef > 0`: the frozen reference's token logprobs, one micro-batch of
+    `rl_cfg.micro_batch_size` rows at a time (the update's split), so only one micro-batch's
+    logits are live, as in the update itself."""
+    if mesh is not None:
+        micro_sharding = NamedSharding(mesh, PartitionSpec(None, *logical_to_pspec(BATCH_AXES, rules, mesh=mesh)))
+
+    def reference(ref_params, batch: dict):
+        inputs = {k: batch[k] for k in ("tokens", "positions", "mask")}
+        rows = inputs["tokens"].shape[0]
+        n_micro = rows // min(rl_cfg.micro_batch_size, rows)
+        micro_batches = jax.tree.map(lambda x: _split_micro_batches(x, n_micro), inputs)
+        if mesh is not None:
+            micro_batches = jax.lax.with_sharding_constraint(micro_batches, micro_sharding)
+        logp = jax.lax.map(
+            lambda micro: token_logprobs(ref_params, micro, model_cfg, compute_dtype, temperature=temperature),
+            micro_batches)
+        return _join_micro_batches(logp)
+
+    if mesh is None:
+        return jax.jit(reference)
+
+    def traced(ref_params, batch):
+        with mesh_rules(mesh, rules):
+            return reference(ref_params, batch)
+
+    return jax.jit(traced)
 
 
 def batch_shard_count(mesh: Mesh | None, rules: dict | None) -> int:

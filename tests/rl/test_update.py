@@ -19,7 +19,7 @@ from azr_jax.models.config import ModelConfig
 from azr_jax.models.decoder import init_params
 from azr_jax.rl import advantages
 from azr_jax.rl.logprobs import token_logprobs
-from azr_jax.rl.update import init_train_state, make_train_step
+from azr_jax.rl.update import init_train_state, make_reference_logprobs, make_train_step
 from azr_jax.sharding import make_mesh
 
 # Dimensions divisible by 8 (fsdp) and 4 (tensor) so every parameter is really sharded.
@@ -180,3 +180,24 @@ def test_a_micro_batch_the_mesh_cannot_split_is_refused_when_the_step_is_built()
     # It once failed inside jit, after a whole step's generation.
     with pytest.raises(UserError, match="cannot be split over the 8 devices"):
         _step_fn(4, (("data", 1), ("fsdp", 8), ("tensor", 1)))
+
+
+@pytest.mark.parametrize("mesh_shape", [(), (("data", 1), ("fsdp", 2), ("tensor", 4))], ids=["one device", "fsdp x tensor"])
+def test_reference_logprobs_by_micro_batch_equal_the_full_batch_and_use_less_memory(mesh_shape):
+    """The padded update's `rl.kl_coef > 0` reference pass: one micro-batch's logits at a time,
+    the same logprobs as one pass over the whole batch."""
+    if mesh_shape and jax.device_count() < 8:
+        pytest.skip("needs an 8-device mesh")
+    mesh = make_mesh(dict(mesh_shape)) if mesh_shape else None
+    full = np.asarray(_logprobs_fn(jnp.float32)(PARAMS, BATCH))
+
+    def built(micro):
+        return make_reference_logprobs(CFG, dataclasses.replace(RL, micro_batch_size=micro), mesh=mesh, rules=RULES,
+                                       compute_dtype=jnp.float32)
+
+    by_micro = built(4)
+    np.testing.assert_allclose(np.asarray(by_micro(PARAMS, BATCH)), full, atol=2e-6)
+    if not mesh_shape:  # the compiler's own accounting of the scratch memory each version needs
+        def temp_bytes(fn):
+            return fn.lower(PARAMS, BATCH).compile().memory_analysis().temp_size_in_bytes
+        assert temp_bytes(by_micro) < temp_bytes(built(B)) / 2  # 93 kB against 263 kB when written

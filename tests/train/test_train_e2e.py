@@ -530,11 +530,15 @@ def test_seed_only_ablation_trains_the_solver_on_the_seed_buffers(env):
 
 
 @pytest.mark.slow
-def test_kl_to_the_starting_policy_is_zero_at_step_1_and_grows(env):
+@pytest.mark.parametrize("packed", [True, False], ids=["pack_by_length", "padded"])
+def test_kl_to_the_starting_policy_is_zero_at_step_1_and_grows(env, packed):
     """`rl.kl_coef > 0`: the trainer keeps the starting params as the frozen reference; the update
-    reports the policy's KL to it (`update/ref_kl`), zero before the first update."""
-    workdir = env["base"] / "kl"
-    r = _run(env, workdir, "train.steps=3", "rl.kl_coef=0.1", "train.eval_every=-1")
+    reports the policy's KL to it (`update/ref_kl`), zero before the first update. The two update
+    layouts compute the reference's logprobs in different places (inside the bucketed step; a
+    micro-batched pass before the padded one)."""
+    workdir = env["base"] / f"kl_{packed}"
+    r = _run(env, workdir, "train.steps=3", "rl.kl_coef=0.1", "train.eval_every=-1",
+             f"rl.pack_by_length={str(packed).lower()}", "rl.micro_batch_size=2")
     assert r.returncode == 0, r.stderr[-3000:]
     kl = [x["update/ref_kl"] for x in read_metrics(workdir / "metrics.jsonl")]
     assert len(kl) == 3
