@@ -182,12 +182,13 @@ def test_a_micro_batch_the_mesh_cannot_split_is_refused_when_the_step_is_built()
         _step_fn(4, (("data", 1), ("fsdp", 8), ("tensor", 1)))
 
 
-@pytest.mark.parametrize("mesh_shape", [(), (("data", 1), ("fsdp", 2), ("tensor", 4))], ids=["one device", "fsdp x tensor"])
+@pytest.mark.parametrize("mesh_shape", [
+    pytest.param((), id="one device"),
+    pytest.param((("data", 1), ("fsdp", 2), ("tensor", 4)), id="fsdp x tensor", marks=NEEDS_8_DEVICES),
+])
 def test_reference_logprobs_by_micro_batch_equal_the_full_batch_and_use_less_memory(mesh_shape):
     """The padded update's `rl.kl_coef > 0` reference pass: one micro-batch's logits at a time,
     the same logprobs as one pass over the whole batch."""
-    if mesh_shape and jax.device_count() < 8:
-        pytest.skip("needs an 8-device mesh")
     mesh = make_mesh(dict(mesh_shape)) if mesh_shape else None
     full = np.asarray(_logprobs_fn(jnp.float32)(PARAMS, BATCH))
 
