@@ -140,12 +140,33 @@ def _check_tensors(reader: SafetensorsReader, specs: list[Spec], cfg: ModelConfi
             raise UserError(f"tensor {spec.hf_name} has shape {list(info.shape)} in {where}, "
                             f"but config.json implies {list(spec.hf_shape)}")
     expected = {s.hf_name for s in specs}
-    if cfg.tie_word_embeddings:
-        expected.add("lm_head.weight")  # some exporters write the tied head anyway; it is unused
+    if cfg.tie_word_embeddings and "lm_head.weight" in reader.tensors:
+        _check_tied_head(reader, where)
+        expected.add("lm_head.weight")  # some exporters write the tied head anyway: a copy, unused
     extra = sorted(n for n in reader.tensors if n not in expected and not _IGNORED_TENSORS.match(n))
     if extra:
         shown = ", ".join(extra[:3]) + (f" (and {len(extra) - 3} more)" if len(extra) > 3 else "")
         raise UserError(f"{where} has tensors that config.json does not account for: {shown}")
+
+
+def _check_tied_head(reader: SafetensorsReader, where: str, rows_per_read: int = 4096) -> None:
+    """A tied config beside a stored `lm_head.weight` is fine only if that head is the embedding.
+    When they differ, transformers 5 unties them (with a warning) and older versions tie them:
+    which head the model has is ambiguous, so the user is asked to say (read in row blocks, so
+    the check holds at most two blocks in memory)."""
+    embed, head = reader.tensors["model.embed_tokens.weight"], reader.tensors["lm_head.weight"]
+    same = head.shape == embed.shape
+    for start in range(0, embed.shape[0], rows_per_read) if same else ():
+        rows = (slice(start, min(start + rows_per_read, embed.shape[0])),)
+        if not np.array_equal(reader.read("model.embed_tokens.weight", rows), reader.read("lm_head.weight", rows)):
+            same = False
+            break
+    if not same:
+        raise UserError(
+            f"config.json ties the output head to the embeddings (tie_word_embeddings: true), but {where} also "
+            f"holds an lm_head.weight that differs from model.embed_tokens.weight; transformers 5 would use "
+            f"that head untied, older versions the embeddings. Say which: set tie_word_embeddings to false in "
+            f"config.json to use lm_head.weight, or remove lm_head.weight from the checkpoint to tie them")
 
 
 def _default_rules() -> dict:

@@ -280,3 +280,27 @@ def test_parse_size():
     for bad in ("lots", "5XB", 0, "-3MB"):
         with pytest.raises(UserError, match="invalid shard size"):
             parse_size(bad)
+
+
+def test_a_tied_config_with_its_own_different_head_must_say_which_head(tmp_path):
+    """Tied in config.json, yet the file holds an lm_head.weight: a copy of the embeddings loads
+    (some exporters write one); a different head is refused, since transformers 5 unties such a
+    model and older versions tie it. Set untied, the file's head is the one used."""
+    from safetensors.numpy import load_file
+
+    d = _save_hf(hf_model(small_config("qwen2", tie_word_embeddings=True), seed=3), tmp_path / "tied", None)
+    tensors = load_file(str(d / "model.safetensors"))
+    assert "lm_head.weight" not in tensors
+    embed = tensors["model.embed_tokens.weight"]
+    save_file({**tensors, "lm_head.weight": embed.copy()}, str(d / "model.safetensors"))
+    tied = from_pretrained(d)
+    assert tied.config.tie_word_embeddings and "lm_head_dv" not in tied.params
+
+    head = embed.copy()
+    head[-1] += 1.0  # differs in the last vocabulary row only
+    save_file({**tensors, "lm_head.weight": head}, str(d / "model.safetensors"))
+    with pytest.raises(UserError, match="also holds an lm_head.weight that differs from model.embed_tokens.weight"):
+        from_pretrained(d)
+    _edit_config(tie_word_embeddings=False)(d)
+    untied = from_pretrained(d)
+    np.testing.assert_array_equal(np.asarray(untied.params["lm_head_dv"]), head.T)
