@@ -157,7 +157,8 @@ def make_reference_logprobs(
         with mesh_rules(mesh, rules):
             return reference(ref_params, batch)
 
-    return jax.jit(traced)
+    # Laid out as the update's batch, which the train step's jit requires of its inputs.
+    return jax.jit(traced, out_shardings=NamedSharding(mesh, logical_to_pspec(BATCH_AXES, rules, mesh=mesh)))
 
 
 def batch_shard_count(mesh: Mesh | None, rules: dict | None) -> int:

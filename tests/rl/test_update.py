@@ -19,8 +19,8 @@ from azr_jax.models.config import ModelConfig
 from azr_jax.models.decoder import init_params
 from azr_jax.rl import advantages
 from azr_jax.rl.logprobs import token_logprobs
-from azr_jax.rl.update import init_train_state, make_reference_logprobs, make_train_step
-from azr_jax.sharding import make_mesh
+from azr_jax.rl.update import BATCH_AXES, init_train_state, make_reference_logprobs, make_train_step
+from azr_jax.sharding import logical_to_pspec, make_mesh
 
 # Dimensions divisible by 8 (fsdp) and 4 (tensor) so every parameter is really sharded.
 CFG = ModelConfig(
@@ -198,6 +198,14 @@ def test_reference_logprobs_by_micro_batch_equal_the_full_batch_and_use_less_mem
 
     by_micro = built(4)
     np.testing.assert_allclose(np.asarray(by_micro(PARAMS, BATCH)), full, atol=2e-6)
+    if mesh_shape:  # the update takes them as they come out: laid out as its batch
+        rl = dataclasses.replace(RL, micro_batch_size=4, kl_coef=0.1)
+        step = make_train_step(CFG, rl, OPTIM, mesh=mesh, rules=RULES, compute_dtype=jnp.float32)
+        batch_sharding = jax.sharding.NamedSharding(mesh, logical_to_pspec(BATCH_AXES, RULES, mesh=mesh))
+        batch = {k: jax.device_put(v, batch_sharding) for k, v in BATCH.items()}
+        batch["ref_logprobs"] = by_micro(PARAMS, batch)
+        _, metrics = step(init_train_state(CFG, OPTIM, PARAMS, mesh=mesh, rules=RULES), batch)
+        assert abs(float(metrics["ref_kl"])) < 1e-6  # the policy is still the reference
     if not mesh_shape:  # the compiler's own accounting of the scratch memory each version needs
         def temp_bytes(fn):
             return fn.lower(PARAMS, BATCH).compile().memory_analysis().temp_size_in_bytes
