@@ -210,7 +210,7 @@ class TrainSection:
 class EvalSection:
     benchmark: str = "nano"  # nano (shipped) | cruxeval (needs eval.data_path, a CRUXEval JSONL file)
     data_path: str | None = None
-    max_items: int = 0  # 0 = all; nano: max_items // 3 per task type (at least 1)
+    max_items: int = 0  # 0 = all; balanced cut: nano max_items // 3 per type, cruxeval max_items // 2 programs (both items), at least 1
     max_response_len: int = 1024
     # Completions per item: 1 = pass@1 (greedy at temperature 0); k > 1 also reports pass@k
     # (an item counts when any of its k samples is right) and needs temperature > 0.

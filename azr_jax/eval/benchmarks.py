@@ -9,8 +9,9 @@ from azr_jax.jsonl import read_objects
 
 
 def load_benchmark(eval_cfg) -> list[dict]:
-    """Items of `eval_cfg.benchmark` (nano | cruxeval), cut to `eval_cfg.max_items` if > 0 (nano:
-    `max_items // 3` items per task type, at least one, so the three types stay balanced)."""
+    """Items of `eval_cfg.benchmark` (nano | cruxeval), cut to `eval_cfg.max_items` if > 0 so the
+    task types stay balanced (nano: `max_items // 3` items per type; cruxeval: the first
+    `max_items // 2` programs with both their items; at least one per type)."""
     if eval_cfg.benchmark == "nano":
         from azr_jax.nano.benchmark import DEFAULT_PER_TYPE, nano_benchmark
 
@@ -22,7 +23,8 @@ def load_benchmark(eval_cfg) -> list[dict]:
         items = load_cruxeval(eval_cfg.data_path)
     else:
         raise UserError(f"unknown eval.benchmark {eval_cfg.benchmark!r}; known: nano, cruxeval")
-    return items[: eval_cfg.max_items] if eval_cfg.max_items > 0 else items
+    # Items come in (CRUXEval-O, CRUXEval-I) pairs per program.
+    return items[: 2 * max(1, eval_cfg.max_items // 2)] if eval_cfg.max_items > 0 else items
 
 
 def load_cruxeval(path: str | Path) -> list[dict]:

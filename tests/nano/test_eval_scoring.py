@@ -262,3 +262,12 @@ def test_decoding_is_described_as_it_was_done():
     assert decoding_description(0.0, 1) == "greedy"
     assert decoding_description(1.0, 8) == "mean of 8 samples at temperature 1"
     assert decoding_description(0.7, 1) == "mean of 1 sample at temperature 0.7"
+
+
+@pytest.mark.parametrize("max_items,programs", [(1, 1), (3, 1), (4, 2), (7, 3), (0, 3)])
+def test_a_cut_cruxeval_keeps_both_items_of_each_program(tmp_path, max_items, programs):
+    from azr_jax.config import EvalSection
+    from azr_jax.eval.benchmarks import load_benchmark
+
+    items = load_benchmark(EvalSection(benchmark="cruxeval", data_path=str(_crux_file(tmp_path)), max_items=max_items))
+    assert [i["task"] for i in items] == ["deduction", "abduction"] * programs
