@@ -737,7 +737,7 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
             metrics.write_step(record)
             if cfg.train.audit_every and (step % cfg.train.audit_every == 0 or step == 1):
                 metrics.write_rollouts(step, rollouts)
-                metrics.write_buffers(step, buffers.to_state())
+                metrics.write_buffers(step, buffers.to_state(keys=False))
             # Read once, and agreed on by every process: a preemption signal reaches the hosts
             # at different times, and one that stopped alone would leave the others waiting
             # for it in the collective save or at the next step's barrier.

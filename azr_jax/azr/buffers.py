@@ -79,13 +79,19 @@ class TaskBuffer:
     cap: int = 16384
     eviction: str = "drop_oldest"
     entries: list = field(default_factory=list)
+    # dedup_key of each entry, as computed when it was added. Kept (and checkpointed) rather than
+    # recomputed: a program near Python's recursion limit normalises differently at another call
+    # depth, and a restored buffer must reject and evict exactly what the live one would.
+    keys: list | None = None
 
     def __post_init__(self):
         if self.task not in TASK_TYPES:
             raise ValueError(f"unknown task type {self.task!r}")
         if self.eviction not in ("drop_oldest", "keep_oldest"):
             raise ValueError(f"unknown eviction rule {self.eviction!r}")
-        self._keys = {dedup_key(e) for e in self.entries}
+        if self.keys is None or len(self.keys) != len(self.entries):
+            self.keys = [dedup_key(e) for e in self.entries]
+        self._keys = set(self.keys)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -99,8 +105,10 @@ class TaskBuffer:
             if self.eviction == "keep_oldest":
                 return False
             while len(self.entries) >= self.cap:
-                self._keys.discard(dedup_key(self.entries.pop(0)))
+                self.entries.pop(0)
+                self._keys.discard(self.keys.pop(0))
         self.entries.append({**entry, "step": int(step)})
+        self.keys.append(key)
         self._keys.add(key)
         return True
 
@@ -127,12 +135,17 @@ class TaskBuffer:
             chosen += [self.entries[i] for i in rng.choice(len(self.entries), size=rest, replace=rest > len(self.entries))]
         return chosen
 
-    def to_state(self) -> dict:
-        return {"task": self.task, "cap": self.cap, "eviction": self.eviction, "entries": [dict(e) for e in self.entries]}
+    def to_state(self, *, keys: bool = True) -> dict:
+        """The buffer as JSON data; `keys=False` leaves the dedup keys out (the audit files)."""
+        state = {"task": self.task, "cap": self.cap, "eviction": self.eviction, "entries": [dict(e) for e in self.entries]}
+        return {**state, "keys": list(self.keys)} if keys else state
 
     @classmethod
     def from_state(cls, state: dict) -> "TaskBuffer":
-        return cls(task=state["task"], cap=state["cap"], eviction=state["eviction"], entries=[dict(e) for e in state["entries"]])
+        """A buffer from `to_state()` (a state without `keys`, from before they were saved, has
+        them recomputed)."""
+        return cls(task=state["task"], cap=state["cap"], eviction=state["eviction"],
+                   entries=[dict(e) for e in state["entries"]], keys=state.get("keys"))
 
 
 _REQUIRED = {
@@ -208,8 +221,8 @@ class TaskBuffers:
             return []
         return [pool[i] for i in rng.choice(len(pool), size=n, replace=True)]
 
-    def to_state(self) -> dict:
-        return {task: buf.to_state() for task, buf in self.buffers.items()}
+    def to_state(self, *, keys: bool = True) -> dict:
+        return {task: buf.to_state(keys=keys) for task, buf in self.buffers.items()}
 
     @classmethod
     def from_state(cls, state: dict) -> "TaskBuffers":

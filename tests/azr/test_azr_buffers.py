@@ -129,3 +129,34 @@ def test_seed_file_loading(tmp_path):
         p.write_text(text)
         with pytest.raises(UserError, match="no usable deduction seed"):
             load_seed_file(p, "deduction")
+
+
+def _at_depth(frames, fn):
+    return fn() if frames == 0 else _at_depth(frames - 1, fn)
+
+
+def test_a_restored_buffer_rejects_and_evicts_what_the_live_one_would_at_any_call_depth():
+    """A program near the recursion limit normalises one way in a shallow stack and another in a
+    deep one (the step adds tasks deep in the trainer, a resume rebuilds buffers near the top):
+    the restored buffer uses the keys computed when the entries were added."""
+    from azr_jax.azr.buffers import dedup_key
+
+    def program(terms):
+        return {"program": "def f(a):\n    return " + "+".join(["a"] * terms), "input": "1", "output": "2"}
+
+    depth_dependent = [t for t in range(150, 450, 10)
+                       if dedup_key(program(t)) != _at_depth(300, lambda t=t: dedup_key(program(t)))]
+    assert depth_dependent, "no program size normalises differently 300 frames deeper on this Python"
+    task = program(depth_dependent[0])
+
+    live = TaskBuffers.seeded(AZRSection(buffer_cap=2))
+    assert _at_depth(300, lambda: live["deduction"].add(task, step=1))
+    restored = TaskBuffers.from_state(json.loads(json.dumps(live.to_state())))  # rebuilt near the top
+    for bufs in (live, restored):
+        assert not _at_depth(300, lambda: bufs["deduction"].add(task, step=2))  # a duplicate for both
+        assert bufs["deduction"].add(triplet(7), step=2)  # evicts the seed
+        assert bufs["deduction"].add(triplet(8), step=3)  # evicts `task`: its key goes with it
+        assert _at_depth(300, lambda: bufs["deduction"].add(task, step=4))
+    assert live.to_state() == restored.to_state()
+    # The audit files leave the keys out.
+    assert set(live.to_state(keys=False)["deduction"]) == {"task", "cap", "eviction", "entries"}
