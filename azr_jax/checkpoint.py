@@ -31,6 +31,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from azr_jax.errors import UserError
+from azr_jax.jsonl import write_text_atomically
 
 
 class Checkpoints:
@@ -93,7 +94,8 @@ class Checkpoints:
         newer = [s for s in self.all_steps() if s > step]
         primary = jax.process_index() == 0
         if newer and primary:
-            _write_durably(self._rollback_file, json.dumps({"step": step, "abandoned": newer}) + "\n")
+            write_text_atomically(self._rollback_file, json.dumps({"step": step, "abandoned": newer}) + "\n",
+                                  durable=True)
         for s in newer:
             self._manager.delete(s)
         if primary:
@@ -234,21 +236,6 @@ def _stderr_held_back():
             text = sink.read()
             if text and not raised:
                 os.write(2, text)
-
-
-def _write_durably(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically, flushed to disk before it returns."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def abstract_like(tree: Any) -> Any:

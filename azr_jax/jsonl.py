@@ -1,5 +1,5 @@
-"""Reading user-supplied JSON / JSONL files with one-line errors that name the file (and line), and
-checking output paths before long work writes to them."""
+"""Reading user-supplied JSON / JSONL files with one-line errors that name the file (and line),
+checking output paths before long work writes to them, and replacing a file atomically."""
 
 from __future__ import annotations
 
@@ -62,3 +62,23 @@ def check_output_dir(path: str | Path, what: str) -> Path:
     if p.exists() and not p.is_dir():
         raise UserError(f"{what} {p} exists and is not a directory")
     return p
+
+
+def write_text_atomically(path: str | Path, text: str, *, durable: bool = False) -> None:
+    """Replace `path`'s content with `text` so that a reader, or the next start after a kill,
+    sees the old content or the new one, never a cut-off file. `durable`: flushed to disk (file
+    and directory) before it returns."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if durable:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from azr_jax.jsonl import write_text_atomically
+
 TIMING_SUFFIXES = ("_s", "_per_s")
 
 
@@ -43,6 +45,16 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
+def step_files(directory: str | Path, suffix: str = ".json") -> list[tuple[int, Path]]:
+    """(N, path) of the `step_N<suffix>` files in `directory` (eval/, rollouts/, buffers/)."""
+    found = []
+    for p in Path(directory).glob(f"step_*{suffix}"):
+        number = p.name[len("step_"):-len(suffix)]
+        if number.isdigit():
+            found.append((int(number), p))
+    return sorted(found)
+
+
 def truncate_metrics(path: str | Path, last_step: int) -> None:
     """Drop records after `last_step` (a run killed after its last checkpoint wrote steps that the
     resumed run will redo) and any partial last line, so the file ends as an uninterrupted run's."""
@@ -57,7 +69,7 @@ def truncate_metrics(path: str | Path, last_step: int) -> None:
             continue
         if isinstance(record, dict) and record.get("step", math.inf) <= last_step:
             kept.append(line)
-    p.write_text("".join(line + "\n" for line in kept))
+    write_text_atomically(p, "".join(line + "\n" for line in kept))  # a kill now cannot empty it
 
 
 class ProgressLine:
@@ -168,7 +180,7 @@ class MetricsWriter:
     def write_json(self, name: str, data: dict) -> None:
         if not self.enabled:
             return
-        (self.workdir / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        write_text_atomically(self.workdir / name, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def close(self) -> None:
         if self._jsonl is not None:

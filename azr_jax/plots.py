@@ -10,6 +10,7 @@ import numpy as np
 
 from azr_jax.errors import UserError
 from azr_jax.eval.summary import decoding_description
+from azr_jax.metrics import step_files
 
 TASKS = ("deduction", "abduction", "induction")
 ROLES = ("propose", "solve")
@@ -36,14 +37,11 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
-def intermediate_evaluations(eval_dir: Path) -> list[tuple[int, Path]]:
-    """(N, path) of a run's eval/step_N.json files."""
-    return [(int(p.stem[len("step_"):]), p) for p in eval_dir.glob("step_*.json") if p.stem[len("step_"):].isdigit()]
 
 
 def _evaluations(eval_dir: Path, last_step: int) -> list[tuple[int, dict]]:
     """A run's eval/*.json by step: base.json at step 0, step_N.json at N, final.json at `last_step`."""
-    files = [(0, eval_dir / "base.json"), (last_step, eval_dir / "final.json")] + intermediate_evaluations(eval_dir)
+    files = [(0, eval_dir / "base.json"), (last_step, eval_dir / "final.json")] + step_files(eval_dir)
     return [(step, json.loads(path.read_text())) for step, path in sorted(files, key=lambda x: x[0]) if path.is_file()]
 
 

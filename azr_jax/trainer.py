@@ -610,29 +610,56 @@ def _delete_newer_checkpoints(ckpts, step: int, stop: StopFlag) -> list[int]:
     return dropped
 
 
-def _drop_outputs_after(workdir: Path, step: int) -> None:
-    """Remove the evaluations (and summary) of steps after `step`, the checkpoint a run resumes
-    from: they belong to the continuation being replaced, and the plots would mix them in."""
-    from azr_jax.plots import intermediate_evaluations
+def _drop_outputs_after(workdir: Path, step: int, total_steps: int) -> None:
+    """Leave the outputs of a run that has done `step` steps and goes on to `total_steps`: the
+    evaluations, audit files and summary of later steps belong to the continuation being
+    replaced (at step 0: to a start that failed before its first checkpoint), and the plots would
+    mix them in. A finished run given more steps keeps its last evaluation, as that step's."""
+    from azr_jax.metrics import step_files
 
-    stale = [path for n, path in intermediate_evaluations(workdir / "eval") if n > step]
-    summary = workdir / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("step", 0) > step:
-        stale += [summary, workdir / "eval" / "final.json"]
+    stale = [path for folder, suffix in (("eval", ".json"), ("rollouts", ".jsonl"), ("buffers", ".json"))
+             for n, path in step_files(workdir / folder, suffix) if n > step]
+    final, summary = workdir / "eval" / "final.json", workdir / "summary.json"
+    if final.is_file():
+        final_step = _final_evaluation_step(final, summary)
+        if final_step == step and step < total_steps:
+            final.replace(workdir / "eval" / f"step_{step}.json")
+            log.warning("step %d was this run's last: its final evaluation is now eval/step_%d.json", step, step)
+        elif final_step is None or final_step > step:
+            stale.append(final)
+    if summary.is_file() and step < total_steps:  # the run is not complete any more
+        stale.append(summary)
+    if step == 0:
+        stale.append(workdir / "eval" / "base.json")
+    stale = [path for path in stale if path.exists()]
     for path in stale:
-        path.unlink(missing_ok=True)
+        path.unlink()
     if stale:
-        log.warning("resuming at step %d: removed %s of the later steps", step, ", ".join(p.name for p in stale))
+        log.warning("%s at step %d: removed %s", "starting" if step == 0 else "resuming", step,
+                    ", ".join(str(p.relative_to(workdir)) for p in stale))
 
 
-def _evaluate(cfg, policy, params, sandbox, workdir: Path, name: str, primary: bool) -> dict:
-    """Greedy solve rate on the `cfg.eval` benchmark (azr_jax.eval), saved as eval/<name>.json."""
+def _final_evaluation_step(final: Path, summary: Path) -> int | None:
+    """The step eval/final.json evaluated (its own `step`, else the summary's; None: unknown)."""
+    for path in (final, summary):
+        try:
+            value = json.loads(path.read_text()).get("step")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _evaluate(cfg, policy, params, sandbox, workdir: Path, name: str, primary: bool, step: int) -> dict:
+    """Greedy solve rate on the `cfg.eval` benchmark (azr_jax.eval) after `step` steps, saved as
+    eval/<name>.json."""
     from azr_jax.eval.evaluate import evaluate
 
     t0 = time.perf_counter()
     how = "greedy" if cfg.eval.temperature <= 0 else f"{cfg.eval.samples} samples at T={cfg.eval.temperature}"
     log.info("evaluating (%s): %s solve rate on the %s benchmark ...", name, how, cfg.eval.benchmark)
-    result = evaluate(params, policy, cfg, sandbox)
+    result = {**evaluate(params, policy, cfg, sandbox), "step": step}
     stderr = result.get("solve_rate_stderr")
     log.info("eval %s: solve rate %.3f%s (%s) in %.0fs%s", name, result["solve_rate"],
              f" ± {stderr:.3f} (standard error)" if stderr is not None else "",
@@ -704,8 +731,8 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
         if dropped:
             log.warning("--resume-step %d: deleted the newer checkpoints %s of the abandoned continuation",
                         restore_from, dropped)
-        if primary:
-            _drop_outputs_after(workdir, start)
+    if primary:
+        _drop_outputs_after(workdir, start, cfg.train.steps)
     metrics = MetricsWriter(workdir, total_steps=cfg.train.steps, start_step=start, enabled=primary,
                             progress=progress, progress_every=cfg.train.log_every)
     sandbox = Sandbox(cfg.sandbox)
@@ -725,13 +752,14 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
         if start == 0 and cfg.azr.seed_size:
             _seed(cfg, loop, state.params, workdir, primary)
         if evaluating and start == 0:
-            _evaluate(cfg, policy, state.params, sandbox, workdir, "base", primary)
+            _evaluate(cfg, policy, state.params, sandbox, workdir, "base", primary, 0)
+        stopping = False
         for step in range(start + 1, cfg.train.steps + 1):
             distributed.barrier(f"azr-step-{step}")
             state, record, rollouts = loop.step(state, step)
             last = step == cfg.train.steps
             if evaluating and cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0 and not last:
-                result = _evaluate(cfg, policy, state.params, sandbox, workdir, f"step_{step}", primary)
+                result = _evaluate(cfg, policy, state.params, sandbox, workdir, f"step_{step}", primary, step)
                 record["eval/solve_rate"] = result["solve_rate"]
                 record.update({f"eval/solve_rate/{t}": v for t, v in result["per_task"].items()})
             metrics.write_step(record)
@@ -747,16 +775,19 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
             if step % cfg.train.save_every == 0 or last or stopping:
                 pipeline = PipelineState(seed=cfg.train.seed, next_step=step + 1)
                 ckpts.save(step, policy.checkpoint_tree(state), _host_record(step, loop.base_key, buffers, pipeline))
-            if stopping and not last:
+            if stopping:  # at the last step too: the next start runs the final evaluation
                 status = "stopped"
                 break
         if evaluating and status == "completed" and step == cfg.train.steps:
-            final = _evaluate(cfg, policy, state.params, sandbox, workdir, "final", primary)
+            final = _evaluate(cfg, policy, state.params, sandbox, workdir, "final", primary, step)
             base_path = workdir / "eval" / "base.json"
             if base_path.exists():
                 from azr_jax.eval.summary import solve_rate_summary
 
                 eval_summary = solve_rate_summary(json.loads(base_path.read_text()), final)
+            else:
+                log.warning("no eval/base.json (the run started without evaluations): summary.json gets no "
+                            "solve-rate comparison; eval/final.json has the final evaluation")
     finally:
         loop.close()
         ckpts.close()  # waits for the last asynchronous save

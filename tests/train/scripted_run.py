@@ -3,10 +3,12 @@ proposals (a random policy almost never does). Everything else is the real loop.
 
 usage: python scripted_run.py WORKDIR TOKENIZER_DIR [KEY=VALUE ...]
 With SCRIPTED_LONG_PROGRAMS=1 the proposed programs carry a long string constant, so their
-solver prompts are over any small sampling.max_prompt_len.
+solver prompts are over any small sampling.max_prompt_len. With SCRIPTED_SIGTERM_AT_STEP=N the
+process sends itself SIGTERM as step N begins (a preemption during that step).
 """
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -61,5 +63,16 @@ if __name__ == "__main__":
     workdir, tok = sys.argv[1], Path(sys.argv[2])
     cfg = load_config(Path(__file__).parent / "tiny_config.py",
                       tiny_overrides(tok) + ["train.steps=2", "train.eval_every=-1"] + sys.argv[3:])
+    if os.environ.get("SCRIPTED_SIGTERM_AT_STEP"):
+        from azr_jax import trainer
+
+        stop_at, real_step = int(os.environ["SCRIPTED_SIGTERM_AT_STEP"]), trainer.SelfPlay.step
+
+        def step_with_signal(self, state, step):
+            if step == stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real_step(self, state, step)
+
+        trainer.SelfPlay.step = step_with_signal
     result = train(cfg, workdir, progress=False, generate_fn=scripted_generate(load_tokenizer(cfg.model.tokenizer)))
     print(result)

@@ -328,17 +328,55 @@ def test_the_audit_records_no_reward_for_a_row_the_update_masks():
     assert record["scored"]["reason"] == "sandbox_error" and record["scored"]["reward"] is None
 
 
-def test_resuming_removes_the_evaluations_of_later_steps(tmp_path):
+def _finished_run(workdir, *, final_has_step=True):
+    """The outputs of a run that completed 30 steps, evaluating and auditing every 10."""
+    import json
+
+    for folder in ("eval", "rollouts", "buffers"):
+        (workdir / folder).mkdir(parents=True, exist_ok=True)
+    for name in ("base", "step_10", "step_20"):
+        (workdir / "eval" / f"{name}.json").write_text("{}")
+    (workdir / "eval" / "final.json").write_text(json.dumps({"step": 30} if final_has_step else {}))
+    for n in (1, 10, 20, 30):
+        (workdir / "rollouts" / f"step_{n}.jsonl").write_text("")
+        (workdir / "buffers" / f"step_{n}.json").write_text("{}")
+    (workdir / "summary.json").write_text(json.dumps({"status": "completed", "step": 30}))
+
+
+def _files(workdir):
+    return sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("final_has_step", [True, False], ids=["final.json names its step", "older final.json"])
+def test_resuming_leaves_only_the_outputs_of_the_steps_kept(tmp_path, final_has_step):
+    from azr_jax.trainer import _drop_outputs_after
+
+    _finished_run(tmp_path, final_has_step=final_has_step)
+    everything = _files(tmp_path)
+    _drop_outputs_after(tmp_path, 30, 30)  # the finished run itself, rerun: nothing is stale
+    assert _files(tmp_path) == everything
+    _drop_outputs_after(tmp_path, 10, 30)  # --resume-step 10: later steps belong to the abandoned branch
+    assert _files(tmp_path) == ["buffers/step_1.json", "buffers/step_10.json", "eval/base.json", "eval/step_10.json",
+                                "rollouts/step_1.jsonl", "rollouts/step_10.jsonl"]
+
+
+def test_a_finished_run_given_more_steps_keeps_its_last_evaluation_as_that_steps(tmp_path):
     import json
 
     from azr_jax.trainer import _drop_outputs_after
 
-    (tmp_path / "eval").mkdir()
-    for name in ("base", "step_10", "step_20", "step_30", "final"):
-        (tmp_path / "eval" / f"{name}.json").write_text("{}")
-    (tmp_path / "summary.json").write_text(json.dumps({"step": 30}))
-    _drop_outputs_after(tmp_path, 30)  # resuming the finished run itself: nothing is stale
-    assert len(list((tmp_path / "eval").iterdir())) == 5 and (tmp_path / "summary.json").exists()
-    _drop_outputs_after(tmp_path, 10)  # --resume-step 10: steps 20, 30 and the final belong to the old branch
-    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["base.json", "step_10.json"]
-    assert not (tmp_path / "summary.json").exists()
+    _finished_run(tmp_path)
+    _drop_outputs_after(tmp_path, 30, 60)
+    assert json.loads((tmp_path / "eval" / "step_30.json").read_text()) == {"step": 30}
+    assert not (tmp_path / "eval" / "final.json").exists()
+    assert not (tmp_path / "summary.json").exists()  # the run is not complete any more
+    assert (tmp_path / "rollouts" / "step_30.jsonl").exists()
+
+
+def test_a_fresh_start_clears_what_a_failed_start_left(tmp_path):
+    from azr_jax.trainer import _drop_outputs_after
+
+    _finished_run(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text("")
+    _drop_outputs_after(tmp_path, 0, 30)
+    assert _files(tmp_path) == ["metrics.jsonl"]  # metrics.jsonl is the MetricsWriter's to truncate

@@ -381,6 +381,36 @@ def test_missing_and_corrupt_checkpoints_are_one_line(env, reference_run):
 
 
 @pytest.mark.slow
+def test_a_stop_in_the_last_step_leaves_the_final_evaluation_to_the_next_start(env):
+    """SIGTERM during the last step: checkpoint and exit 0 without the final evaluation (under a
+    preemption grace period it would be cut off); the same command then evaluates and writes the
+    summary. Given more steps, the finished run keeps that evaluation as the step's own."""
+    workdir = env["base"] / "stop_last"
+
+    def scripted(*sets, extra_env=None):
+        argv = [sys.executable, str(Path(__file__).parent / "scripted_run.py"), str(workdir), str(env["tok"]),
+                "train.eval_every=0", "eval.max_items=3", "eval.max_response_len=8", *sets]
+        return subprocess.run(argv, env={**env["env"], **(extra_env or {})}, capture_output=True, text=True,
+                              timeout=600, cwd=ROOT)
+
+    r = scripted(extra_env={"SCRIPTED_SIGTERM_AT_STEP": "2"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "stopped at step 2; checkpoint saved" in r.stderr
+    assert sorted(p.name for p in (workdir / "eval").iterdir()) == ["base.json"]
+    assert not (workdir / "summary.json").exists() and (workdir / "checkpoints" / "2").is_dir()
+    r = scripted()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((workdir / "summary.json").read_text())["step"] == 2
+    final = json.loads((workdir / "eval" / "final.json").read_text())
+    assert final["step"] == 2 and [x["step"] for x in read_metrics(workdir / "metrics.jsonl")] == [1, 2]
+    r = scripted("train.steps=3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((workdir / "eval" / "step_2.json").read_text()) == final
+    assert json.loads((workdir / "eval" / "final.json").read_text())["step"] == 3
+    assert json.loads((workdir / "summary.json").read_text())["step"] == 3
+
+
+@pytest.mark.slow
 def test_valid_proposals_grow_the_buffers(env):
     """With a scripted generator that writes valid proposals, every proposal is validated in the
     sandbox, gets a learnability reward and lands in its buffer."""
