@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 from azr_jax.config import (
-    AZRSection, Config, MeshSection, ModelSection, OptimSection, RLSection, SamplingSection, TrainSection,
+    AZRSection, Config, EvalSection, MeshSection, ModelSection, OptimSection, RLSection, SamplingSection,
+    TrainSection,
 )
 from azr_jax.errors import UserError
 
@@ -70,6 +71,9 @@ def paper_config(name: str, preset: str, *, tensor: int = 1, reject_multiple_fun
                            b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=1.0),
         train=TrainSection(steps=500, seed=0, save_every=10, keep_checkpoints=3, log_every=1, eval_every=10,
                            audit_every=10),
+        # Answers get the rollouts' token budget (the reference's code benchmarks decode up to
+        # 8096 tokens too): a policy that learns to reason longer is not cut off at evaluation.
+        eval=EvalSection(max_response_len=8096),
     )
 
 

@@ -22,10 +22,11 @@ def test_paper_presets(name):
     assert cfg.azr.batch_size == 64 and cfg.azr.n_references == 6 and cfg.azr.n_solver_samples == 8
     assert cfg.optim.learning_rate == 1e-6 and cfg.rl.entropy_coef == 0.001 and cfg.train.steps == 500
     assert cfg.sampling.max_prompt_len == 6144 and cfg.sampling.max_response_len == 8096
+    assert cfg.eval.max_response_len == cfg.sampling.max_response_len  # held-out answers get the same budget
     assert cfg.azr.learnability_temperature == 1.0 and cfg.azr.buffer_cap == 16384
-    nested_ok = name in ("llama-3.1-8b", "qwen3-4b-base")
-    assert cfg.azr.reject_multiple_functions is (not nested_ok)
-    assert cfg.azr.f_replace_location == ("any_last" if nested_ok else "not_first")
+    second_def_ok = name in ("llama-3.1-8b", "qwen3-4b-base")
+    assert cfg.azr.reject_multiple_functions is (not second_def_ok)
+    assert cfg.azr.f_replace_location == ("any_last" if second_def_ok else "not_first")
     assert cfg.azr.seed_size == (64 if name == "llama-3.1-8b" else 256)
 
 
