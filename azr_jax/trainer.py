@@ -350,9 +350,9 @@ class SelfPlay:
         rates: list[float | None] = [None] * len(validated)
         records = {i: _task_record(validated[i]["problem"]) for i in valid_idx}
         encoded = {i: self.policy.tokenizer.encode(self.prompts.solve(task, records[i])) for i in valid_idx}
-        # As the reference: a valid task whose solver prompt is over sampling.max_prompt_len gets
-        # solve rate 0 (so the boundary reward), no rollouts, and stays out of the buffer, where
-        # no solver batch could use it anyway.
+        # A valid task whose solver prompt is over sampling.max_prompt_len gets solve rate 0 (so
+        # the boundary reward), as in the reference, and no rollouts; unlike the reference it stays
+        # out of the buffer, where no solver batch could use it (docs/deviations.md).
         too_long = {i for i in valid_idx if len(encoded[i]) > cfg.sampling.max_prompt_len}
         for i in too_long:
             rates[i] = 0.0
