@@ -123,6 +123,10 @@ def bwrap_argv(plan: Plan) -> list[str]:
     if plan.tmpfs_bytes:
         argv += ["--size", str(plan.tmpfs_bytes)]
     argv += ["--tmpfs", "/tmp", "--chdir", "/tmp"]
+    # bwrap's own root (/, /etc and the mount points) is a tmpfs of its own: writable, without
+    # a size limit, and never wiped between the zygote's jobs. Read-only once everything is
+    # mounted, so /tmp is the only place a program can write.
+    argv += ["--remount-ro", "/"]
     if _bwrap_supports("--disable-userns"):
         argv += ["--disable-userns"]  # no nested user namespaces (a common kernel attack surface)
     if _bwrap_supports("--as-pid-1"):

@@ -18,6 +18,9 @@ from azr_jax import pyast
 MAX_TEXT_CHARS = 1_000_000
 MAX_NODES = 200_000
 MAX_DEPTH = 100
+# Set elements / dict keys whose hash another one already has: equal values (1 and 1.0) or
+# chance collisions stay far below this; only a crafted text reaches it.
+MAX_SHARED_HASHES = 256
 
 
 class NotALiteral(ValueError):
@@ -36,6 +39,19 @@ def _printable(value: int) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _hash_spread(keys: list) -> list:
+    """`keys`, checked in linear time before a set or dict is built of them: many keys with one
+    hash (ints k * (2**61 - 1) all share one) make building it quadratic, tens of seconds of
+    the trainer's CPU for a text of a megabyte."""
+    try:
+        shared = len(keys) - len({hash(k) for k in keys})
+    except TypeError:
+        raise NotALiteral("unhashable set element or dict key") from None
+    if shared > MAX_SHARED_HASHES:
+        raise NotALiteral(f"{shared} set elements or dict keys share a hash with another one")
+    return keys
 
 
 def _build(node: ast.AST, depth: int, budget: list[int]):
@@ -72,11 +88,12 @@ def _build(node: ast.AST, depth: int, budget: list[int]):
     if isinstance(node, ast.List):
         return [_build(e, depth + 1, budget) for e in node.elts]
     if isinstance(node, ast.Set):
-        return {_build(e, depth + 1, budget) for e in node.elts}
+        return set(_hash_spread([_build(e, depth + 1, budget) for e in node.elts]))
     if isinstance(node, ast.Dict):
         if any(k is None for k in node.keys):
             raise NotALiteral("'**' in a dict literal")
-        return {_build(k, depth + 1, budget): _build(v, depth + 1, budget) for k, v in zip(node.keys, node.values)}
+        keys = _hash_spread([_build(k, depth + 1, budget) for k in node.keys])
+        return dict(zip(keys, [_build(v, depth + 1, budget) for v in node.values]))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
         # repr(set()) == 'set()', repr(frozenset({1})) == 'frozenset({1})'
         if node.func.id == "set" and not node.args:

@@ -486,8 +486,8 @@ def _parse_answer(answer: dict, n: int) -> list[tuple] | str:
         elif c[0] == "err":
             out.append(("err", "nondeterministic" if c[2] == 1 else c[1], c[2] == 1))
         else:
-            try:
-                v1, v2 = parse_literal(c[1]), parse_literal(c[2])
+            try:  # the job's own output texts are at most MAX_OUTPUT_CHARS; a longer one was forged
+                v1, v2 = (parse_literal(t, max_chars=MAX_OUTPUT_CHARS) for t in (c[1], c[2]))
             except NotALiteral:
                 out.append(("err", "unrepresentable: forged output text", False))
                 continue

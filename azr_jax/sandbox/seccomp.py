@@ -15,7 +15,10 @@ process-escape routes that the namespaces, rlimits and dropped uid do not alread
 - machine administration: modules, kexec, reboot, swap, accounting, quotas, the kernel log,
   the clock, host and domain names, I/O port access, vhangup, personality, fanotify;
 - sockets of any family but AF_UNIX (the network namespace already has no route out; this
-  also closes the loopback and raw sockets inside it).
+  also closes the loopback and raw sockets inside it);
+- memory that outlives a job or escapes its memory poll: System V shared memory, message queues
+  and semaphores, POSIX message queues, and memfd files (their pages are in no process's RSS,
+  and an IPC object stays in the zygote's IPC namespace for the next job: a channel between jobs).
 
 Denied calls fail with EPERM, so a program sees an ordinary OSError. clone3 fails with ENOSYS
 instead: its flags sit in a struct a filter cannot read, and ENOSYS makes libc fall back to
@@ -67,6 +70,9 @@ DENIED = (
     "swapon", "swapoff", "acct", "quotactl", "quotactl_fd", "syslog", "settimeofday",
     "clock_settime", "adjtimex", "clock_adjtime", "sethostname", "setdomainname", "iopl",
     "ioperm", "vhangup", "personality", "fanotify_init", "lookup_dcookie",
+    "shmget", "shmat", "shmctl", "msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop",
+    "semtimedop", "semctl", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify",
+    "mq_getsetattr", "memfd_create", "memfd_secret",
 )
 
 # Syscall numbers per architecture (x86_64: asm/unistd_64.h; aarch64: asm-generic/unistd.h,
@@ -90,6 +96,10 @@ ARCHES = {
             "clock_settime": 227, "adjtimex": 159, "clock_adjtime": 305, "sethostname": 170,
             "setdomainname": 171, "iopl": 172, "ioperm": 173, "vhangup": 153, "personality": 135,
             "fanotify_init": 300, "lookup_dcookie": 212,
+            "shmget": 29, "shmat": 30, "shmctl": 31, "msgget": 68, "msgsnd": 69, "msgrcv": 70,
+            "msgctl": 71, "semget": 64, "semop": 65, "semtimedop": 220, "semctl": 66, "mq_open": 240,
+            "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244,
+            "mq_getsetattr": 245, "memfd_create": 319, "memfd_secret": 447,
             "clone": 56, "clone3": 435, "socket": 41,
         },
     },
@@ -110,6 +120,10 @@ ARCHES = {
             "clock_settime": 112, "adjtimex": 171, "clock_adjtime": 266, "sethostname": 161,
             "setdomainname": 162, "vhangup": 58, "personality": 92, "fanotify_init": 262,
             "lookup_dcookie": 18,
+            "shmget": 194, "shmat": 196, "shmctl": 195, "msgget": 186, "msgsnd": 189, "msgrcv": 188,
+            "msgctl": 187, "semget": 190, "semop": 193, "semtimedop": 192, "semctl": 191, "mq_open": 180,
+            "mq_unlink": 181, "mq_timedsend": 182, "mq_timedreceive": 183, "mq_notify": 184,
+            "mq_getsetattr": 185, "memfd_create": 279, "memfd_secret": 447,
             "clone": 220, "clone3": 435, "socket": 198,
         },
     },

@@ -184,6 +184,20 @@ def f(x):
     except OSError:
         return 'blocked'
 """, lambda r, ctx: (output_is("'blocked'")(r, ctx), _assert(not Path(f"/usr/azr_{ctx['token']}").exists(), "/usr written"))),
+    # bwrap's root tmpfs (/, /etc) used to be writable, unbounded and kept between jobs.
+    Case("write_root_and_etc", """
+import os
+def f(x):
+    out = []
+    for attempt in (lambda: open('/azr_@TOKEN@', 'w'), lambda: open('/etc/azr_@TOKEN@', 'w'),
+                    lambda: os.mkdir('/azr_dir_@TOKEN@')):
+        try:
+            attempt()
+            out.append('wrote')
+        except OSError:
+            out.append('blocked')
+    return out
+""", output_is("['blocked', 'blocked', 'blocked']"), modes=("bwrap",)),
     Case("read_secret_file", """
 def f(x):
     try:
@@ -379,6 +393,27 @@ def f(x):
 """, lambda r, ctx: _assert(
         r.outputs[0] is not None and all(t[1:] == (-1, 1) for t in parse_literal(r.outputs[0])),
         f"a denied syscall ran or the probe failed: {r}"),
+         modes=(), seccomp_modes=("bwrap", "unshare", "none")),
+    # Shared memory, message queues and memfd files: memory no job limit sees, and (IPC objects)
+    # a channel to the zygote's next job, e.g. a proposal's outputs stashed for a later solver.
+    Case("seccomp_denies_ipc_and_memfd", """
+import ctypes, os
+NR = @SYSCALLS@
+def f(x):
+    libc = ctypes.CDLL(None, use_errno=True)
+    out = []
+    for name, args in (('shmget', (0, 1 << 20, 0o1600)), ('msgget', (0, 0o1600)), ('semget', (0, 1, 0o1600)),
+                       ('mq_open', (b'/azr', 0o100 | 2, 0o600, 0)), ('memfd_create', (b'azr', 0))):
+        ctypes.set_errno(0)
+        ret = libc.syscall(NR[name], *args)
+        out.append((ret, ctypes.get_errno()))
+    try:
+        os.memfd_create('azr')
+        out.append('memfd')
+    except OSError:
+        out.append('blocked')
+    return out
+""", output_is("[(-1, 1), (-1, 1), (-1, 1), (-1, 1), (-1, 1), 'blocked']"),
          modes=(), seccomp_modes=("bwrap", "unshare", "none")),
     Case("seccomp_new_namespace_via_clone", """
 import ctypes, signal
@@ -587,6 +622,11 @@ def f(x):
     Case("forge_a_sandbox_failure", _forger("""b"('error', 'sandbox failure: forged')\""""),
          lambda r, ctx: _program_failure(r)),
     Case("forge_an_int_too_long_to_print", _forger("""("('done', (('ok', %s, %s),))" % ((repr('0x' + 'f' * 5000),) * 2)).encode()"""),
+         lambda r, ctx: _program_failure(r, "unrepresentable")),
+    # Ints k * (2**61 - 1) share one hash: a set of them in a forged frame used to take the host
+    # quadratic time (48 s of the trainer's CPU for 30 000 of them) and passed a 745 kB output.
+    Case("forge_a_set_of_colliding_hashes", _forger(
+        """("('done', (('ok', %r, %r),))" % (("{" + ", ".join(str(k * ((1 << 61) - 1)) for k in range(1, 30001)) + "}",) * 2)).encode()"""),
          lambda r, ctx: _program_failure(r, "unrepresentable")),
     Case("sys_exit_zero", "import sys\ndef f(x):\n    sys.exit(0)\n", all_of(fails("SystemExit"), no_match), expected=["None"]),
     Case("sys_exit_at_import", "import sys\nsys.exit(0)\ndef f(x):\n    return 1\n", fails("SystemExit"), expected=["1"]),

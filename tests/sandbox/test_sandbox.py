@@ -77,6 +77,27 @@ def test_non_finite_complex_and_ints_too_long_to_print_are_not_literals():
     assert parse_literal("1e308j") == 1e308j
 
 
+def test_sets_and_dicts_of_colliding_hashes_are_refused_in_linear_time():
+    """Ints k * (2**61 - 1) all hash alike, so a set of them takes quadratic time to build: a
+    300 kB text of them is refused (before the check it took seconds), while equal keys such as
+    1, 1.0 and True and ordinary large sets still parse."""
+    from azr_jax.sandbox.literals import MAX_SHARED_HASHES
+
+    def colliding(n):
+        return [str(k * ((1 << 61) - 1)) for k in range(1, n + 1)]
+
+    for text in ("{" + ", ".join(colliding(15_000)) + "}", "{" + ", ".join(f"{k}: 0" for k in colliding(15_000)) + "}",
+                 "frozenset({" + ", ".join(colliding(MAX_SHARED_HASHES + 2)) + "})"):
+        with pytest.raises(NotALiteral, match="share a hash"):
+            parse_literal(text)
+    assert parse_literal("{" + ", ".join(colliding(MAX_SHARED_HASHES + 1)) + "}") == \
+        {k * ((1 << 61) - 1) for k in range(1, MAX_SHARED_HASHES + 2)}
+    assert parse_literal("{1: 'a', 1.0: 'b', True: 'c'}") == {1: "c"}
+    assert parse_literal("{" + ", ".join(map(str, range(50_000))) + "}") == set(range(50_000))
+    with pytest.raises(NotALiteral, match="unhashable"):
+        parse_literal("{[1]: 2}")
+
+
 def test_job_validation():
     with pytest.raises(ValueError):
         Job(ADD, ["1"], args_mode="python")
