@@ -79,9 +79,12 @@ def behaviour_overlap(corpus: list, per_type: int = DEFAULT_PER_TYPE) -> dict:
                    for in_type, outputs in by_behaviour if in_type == g.program.in_type)
 
     fit = sum(fits(g) for g in bench["induction"])
+    # Pairs shown with their output in pretraining: the task's own input (solver and reference
+    # records) and the visible half of its induction inputs (the hidden half appears only as
+    # inputs in proposer responses).
     seen = {}
     for task in ("deduction", "abduction"):
-        seen[task] = sum(any(repr(g.input_value) in {repr(v) for v in (t.input_value, *t.induction_inputs)}
+        seen[task] = sum(any(repr(g.input_value) in {repr(v) for v in (t.input_value, *t.induction_inputs[: NUM_INPUTS // 2])}
                              for t in twins(g.program))
                          for g in bench[task])
     return {

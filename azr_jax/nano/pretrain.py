@@ -17,8 +17,9 @@ import dataclasses
 import json
 import math
 import os
-import shutil
+import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = check_output_dir(args.out, "--out")
-    command = "azr-jax pretrain " + " ".join(sys.argv[2:])  # as typed (the CLI's argv: azr-jax pretrain ...)
+    command = shlex.join(["azr-jax", "pretrain", *sys.argv[2:]])  # re-runnable as printed, quotes and all
     record = build_base(cfg, out, log=lambda msg: print(msg, file=sys.stderr, flush=True), command=command)
     print(json.dumps({"out": str(out), **{k: record[k] for k in ("num_params", "final_loss", "wall_s")}}))
     return 0
@@ -262,6 +263,9 @@ def build_base(cfg, out: Path, *, log=print, command: str = "build_base()") -> d
                         "drop one of the two")
     if not p.init_from:
         nano_model_config(cfg, p.vocab_size)  # an unknown or bad override fails here, not after the tokenizer
+    # Nothing is written into `out` before the weights are trained: a build that fails or is
+    # stopped half-way must not leave a new tokenizer beside the old weights (the shipped base
+    # would then read other token ids, silently). The tokenizer waits in memory until the end.
     out.mkdir(parents=True, exist_ok=True)
     tasks = corpus_tasks(cfg)
     transcripts = corpus_transcripts(cfg, tasks)
@@ -273,14 +277,13 @@ def build_base(cfg, out: Path, *, log=print, command: str = "build_base()") -> d
         src = Path(p.init_from)
         if not (src / "model.safetensors").is_file() or not (src / "tokenizer.model").is_file():
             raise UserError(f"pretrain.init_from {src} is not a nano checkpoint (model.safetensors + tokenizer.model)")
-        if src.resolve() != out.resolve():
-            shutil.copyfile(src / "tokenizer.model", out / "tokenizer.model")
-        tok = load_tokenizer(out / "tokenizer.model")
+        tok = load_tokenizer(src / "tokenizer.model")
         init = from_pretrained(src, dtype=np.float32)
         log(f"continuing from {src} (its tokenizer, {tok.vocab_size} pieces)")
     else:
-        tok = load_tokenizer(train_tokenizer([t.prompt + t.response for t in transcripts], out / "tokenizer.model",
-                                             vocab_size=p.vocab_size))
+        with tempfile.TemporaryDirectory() as scratch:
+            tok = load_tokenizer(train_tokenizer([t.prompt + t.response for t in transcripts],
+                                                 Path(scratch) / "tokenizer.model", vocab_size=p.vocab_size))
     rows = tokenize_transcripts(tok, transcripts, p.seq_len)
     buckets = bucket_rows(rows, p.batch_size)
     log(f"tokenizer: {tok.vocab_size} pieces; {len(rows)}/{len(transcripts)} transcripts fit seq_len {p.seq_len}")
@@ -298,7 +301,7 @@ def build_base(cfg, out: Path, *, log=print, command: str = "build_base()") -> d
         "num_params": model_cfg.num_params(),
         "tokenizer_pieces": tok.vocab_size,
         "corpus_programs": len(tasks),
-        "transcripts_used": len(rows),
+        "transcripts_used": sum(len(tokens) for tokens, _, _ in buckets.values()),  # rare lengths are dropped
         "first_loss": float(np.mean(losses[:20])),
         "final_loss": float(np.mean(losses[-50:])),
         "wall_s": round(time.perf_counter() - t0, 1),

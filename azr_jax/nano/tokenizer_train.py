@@ -43,7 +43,7 @@ def train_tokenizer(texts: Iterable[str], out_path: str | Path, *, vocab_size: i
         add_dummy_prefix=False,
         allow_whitespace_only_pieces=True,
         max_sentence_length=1 << 20,
-        input_sentence_size=len(texts),
+        input_sentence_size=max(len(texts), 101),  # every sentence; SentencePiece refuses 1-100 (0 differs)
         shuffle_input_sentence=False,
         num_threads=1,
         pad_id=PAD_ID,

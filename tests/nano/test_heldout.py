@@ -28,6 +28,24 @@ def test_benchmark_is_disjoint_from_the_pretraining_corpus():
     assert not corpus & _bench_hashes()
 
 
+def test_the_shipped_base_was_trained_on_the_corpus_checked_above(tmp_path):
+    """The disjointness test above regenerates the corpus from today's code; it says something
+    about the shipped weights only if they were trained on that corpus. The tokenizer is trained
+    on every transcript of it, so today's corpus must rebuild the shipped tokenizer byte for
+    byte (a change to the generator, the split or the transcripts would show here), and the
+    shipped seed files must be the ones today's code writes."""
+    from azr_jax.nano.pretrain import corpus_transcripts, write_seed_files
+    from azr_jax.nano.tokenizer_train import train_tokenizer
+
+    cfg = load_config(CONFIG)
+    texts = [t.prompt + t.response for t in corpus_transcripts(cfg, corpus_tasks(cfg))]
+    rebuilt = train_tokenizer(texts, tmp_path / "tokenizer.model", vocab_size=cfg.pretrain.vocab_size)
+    assert rebuilt.read_bytes() == (BASE_DIR / "tokenizer.model").read_bytes()
+    write_seed_files(cfg, tmp_path)
+    for name in (SEED_IO_FILE, SEED_INDUCTION_FILE):
+        assert (tmp_path / name).read_bytes() == (BASE_DIR / name).read_bytes(), name
+
+
 def test_benchmark_is_disjoint_from_the_selfplay_seed_buffers():
     cfg = load_config("configs/nano.py")
     assert cfg.azr.seed_file == str(BASE_DIR / SEED_IO_FILE)

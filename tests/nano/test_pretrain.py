@@ -80,3 +80,50 @@ def test_a_bad_model_override_fails_before_anything_is_written(tmp_path):
                                                                 'model.overrides={"num_layers": 2}']), out,
                    log=lambda msg: None)
     assert not out.exists()
+
+
+def test_a_build_that_fails_after_the_tokenizer_leaves_the_old_base_alone(tmp_path):
+    """The rebuild writes into the shipped base's folder: a build that stops after training its
+    tokenizer (here: a corpus too small for one batch; in practice Ctrl-C during the 45-minute
+    training) must not leave a new tokenizer beside the old weights."""
+    import shutil
+
+    import pytest
+
+    from azr_jax.errors import UserError
+    from azr_jax.nano import BASE_DIR
+    from azr_jax.nano.pretrain import build_base
+
+    out = tmp_path / "base"
+    shutil.copytree(BASE_DIR, out)
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    with pytest.raises(UserError, match="too small for one batch"):
+        build_base(load_config("configs/nano_base.py", ["pretrain.corpus_programs=30", "pretrain.batch_size=200"]),
+                   out, log=lambda msg: None)
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
+
+
+def test_the_build_record_counts_the_transcripts_trained_on_and_quotes_the_command(tmp_path, monkeypatch):
+    import argparse
+    import json
+    import shlex
+    import sys
+
+    from azr_jax.nano.pretrain import RECORD_FILE, main
+
+    override = 'model.overrides={"num_layers": 1}'
+    argv = ["azr-jax", "pretrain", "--config", "configs/nano_base.py", "--set", "pretrain.corpus_programs=40",
+            "--set", "pretrain.steps=1", "--set", "pretrain.batch_size=48", "--set", override, "--out", str(tmp_path / "b")]
+    monkeypatch.setattr(sys, "argv", argv)
+    overrides = ["pretrain.corpus_programs=40", "pretrain.steps=1", "pretrain.batch_size=48", override]
+    assert main(argparse.Namespace(config="configs/nano_base.py", overrides=overrides, out=str(tmp_path / "b"))) == 0
+    record = json.loads((tmp_path / "b" / RECORD_FILE).read_text())
+    assert shlex.split(record["command"]) == argv  # runs again as printed
+    from azr_jax.nano.pretrain import bucket_rows, corpus_tasks, corpus_transcripts, tokenize_transcripts
+    from azr_jax.models.tokenizer import load_tokenizer
+
+    cfg = load_config("configs/nano_base.py", overrides)
+    rows = tokenize_transcripts(load_tokenizer(tmp_path / "b" / "tokenizer.model"),
+                                corpus_transcripts(cfg, corpus_tasks(cfg)), cfg.pretrain.seq_len)
+    kept = sum(len(t) for t, _, _ in bucket_rows(rows, 48).values())
+    assert record["transcripts_used"] == kept < len(rows)  # lengths with fewer than 48 rows are left out

@@ -28,3 +28,18 @@ def test_train_roundtrip_and_determinism(tmp_path):
     prompt, response = texts[0].split("<think>")
     ids = tok.encode(prompt + "<think>") + tok.encode(response)
     assert tok.decode(ids) == texts[0]
+
+
+def test_a_corpus_of_a_few_programs_trains_a_tokenizer(tmp_path):
+    """SentencePiece refuses an input_sentence_size of 1 to 100: a corpus of three programs (15
+    transcripts) crashed `pretrain` with its internal error."""
+    from azr_jax.config import load_config
+    from azr_jax.models.tokenizer import load_tokenizer
+    from azr_jax.nano.pretrain import corpus_tasks, corpus_transcripts
+    from azr_jax.nano.tokenizer_train import train_tokenizer
+
+    cfg = load_config("configs/nano_base.py", ["pretrain.corpus_programs=3"])
+    texts = [t.prompt + t.response for t in corpus_transcripts(cfg, corpus_tasks(cfg))]
+    assert len(texts) <= 100
+    tok = load_tokenizer(train_tokenizer(texts, tmp_path / "tokenizer.model", vocab_size=1024))
+    assert tok.decode(tok.encode(texts[0])) == texts[0]
