@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import importlib.util
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -462,6 +463,12 @@ def validate(cfg: Config) -> Config:
             raise UserError(f"config key 'azr.task_types': unknown task type {t!r}")
     if not cfg.azr.task_types or len(set(cfg.azr.task_types)) != len(cfg.azr.task_types):
         raise UserError(f"config key 'azr.task_types' needs one or more distinct task types, got {cfg.azr.task_types!r}")
+    for section in dataclasses.fields(cfg):
+        part = getattr(cfg, section.name)
+        for f in dataclasses.fields(part) if dataclasses.is_dataclass(part) else ():
+            value = getattr(part, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"config key '{section.name}.{f.name}' must be a finite number, got {value!r}")
     positive = {
         "azr.batch_size": cfg.azr.batch_size,
         "azr.n_solver_samples": cfg.azr.n_solver_samples,
@@ -477,11 +484,59 @@ def validate(cfg: Config) -> Config:
         "train.keep_checkpoints": cfg.train.keep_checkpoints,
         "train.log_every": cfg.train.log_every,
         "azr.seed_max_rounds": cfg.azr.seed_max_rounds,
+        "azr.learnability_temperature": cfg.azr.learnability_temperature,  # sampled, never greedy
         "eval.samples": cfg.eval.samples,
+        "eval.max_response_len": cfg.eval.max_response_len,
+        "optim.eps": cfg.optim.eps,
+        "pretrain.corpus_programs": cfg.pretrain.corpus_programs,
+        "pretrain.max_program_steps": cfg.pretrain.max_program_steps,
+        "pretrain.vocab_size": cfg.pretrain.vocab_size,
+        "pretrain.steps": cfg.pretrain.steps,
+        "pretrain.batch_size": cfg.pretrain.batch_size,
+        "pretrain.seq_len": cfg.pretrain.seq_len,
+        "pretrain.learning_rate": cfg.pretrain.learning_rate,
     }
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"config key '{key}' must be positive, got {value!r}")
+    not_negative = {
+        "azr.n_references": cfg.azr.n_references,
+        "azr.max_output_chars": cfg.azr.max_output_chars,
+        "sampling.top_k": cfg.sampling.top_k,
+        "eval.max_items": cfg.eval.max_items,
+        "optim.learning_rate": cfg.optim.learning_rate,
+        "optim.warmup_steps": cfg.optim.warmup_steps,
+        "optim.weight_decay": cfg.optim.weight_decay,
+        "rl.kl_coef": cfg.rl.kl_coef,
+        "pretrain.warmup_steps": cfg.pretrain.warmup_steps,
+        "pretrain.weight_decay": cfg.pretrain.weight_decay,
+    }
+    for key, value in not_negative.items():
+        if value < 0:
+            raise UserError(f"config key '{key}' must be >= 0, got {value!r}")
+    if cfg.optim.grad_clip_norm is not None and cfg.optim.grad_clip_norm <= 0:
+        raise UserError(f"config key 'optim.grad_clip_norm' must be positive or null (off), got {cfg.optim.grad_clip_norm!r}")
+    for key in ("b1", "b2"):
+        if not 0 <= getattr(cfg.optim, key) < 1:
+            raise UserError(f"config key 'optim.{key}' must be in [0, 1), got {getattr(cfg.optim, key)!r}")
+    for key in ("clip_eps_low", "clip_eps_high"):
+        if not 0 < getattr(cfg.rl, key) < 1:
+            raise UserError(f"config key 'rl.{key}' must be in (0, 1), got {getattr(cfg.rl, key)!r}")
+    buckets = cfg.sampling.length_buckets
+    if not buckets or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in buckets):
+        raise UserError(f"config key 'sampling.length_buckets' needs one or more positive token counts, got {buckets!r}")
+    if cfg.train.eval_every < -1:
+        raise UserError(f"config key 'train.eval_every' must be -1 (never), 0 (start and end) or a step interval, "
+                        f"got {cfg.train.eval_every!r}")
+    if cfg.optim.schedule != "constant" and cfg.train.steps <= cfg.optim.warmup_steps:
+        raise UserError(f"optim.schedule={cfg.optim.schedule!r} decays to 0 after the warmup, so train.steps "
+                        f"({cfg.train.steps}) must be > optim.warmup_steps ({cfg.optim.warmup_steps})")
+    if cfg.eval.data_path and cfg.eval.benchmark != "cruxeval":
+        raise UserError(f"eval.data_path is read only with eval.benchmark=cruxeval (this config evaluates on "
+                        f"{cfg.eval.benchmark!r}); set the benchmark or drop the path")
+    if cfg.azr.seed_size > 0 and cfg.azr.seed_file and cfg.azr.induction_seed_file:
+        raise UserError(f"azr.seed_size={cfg.azr.seed_size} asks for a seeding phase, but both buffers come from "
+                        f"seed files (azr.seed_file, azr.induction_seed_file); set azr.seed_size=0 or drop a file")
     if cfg.eval.samples > 1 and cfg.eval.temperature <= 0:
         raise UserError(f"eval.samples={cfg.eval.samples} needs eval.temperature > 0 (greedy samples are all the same)")
     if cfg.eval.benchmark == "cruxeval" and not cfg.eval.data_path:

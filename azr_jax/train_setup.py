@@ -20,10 +20,11 @@ from azr_jax.errors import UserError
 log = logging.getLogger("azr_jax.train")
 
 # Keys that may differ between a workdir's config and the config it is resumed with: how long
-# to run and how often to log or save, never anything that changes what a step computes.
+# to run, how often to log or save, and how the same computation is laid out (recomputation in
+# the backward pass, the layer loop: memory and compile time), never what a step computes.
 RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.keep_checkpoints", "train.log_every",
                      "train.eval_every", "train.audit_every", "sandbox.workers", "sandbox.isolation",
-                     "sandbox.seccomp")
+                     "sandbox.seccomp", "model.remat", "model.scan_layers")
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -187,6 +188,12 @@ def load_policy(cfg, *, weights: bool = True) -> Policy:
     # gathered on one device (which would not fit for large models and which jit then refuses).
     mesh = make_mesh(cfg.mesh.shape)
     rules = dict(cfg.mesh.rules)
+    from azr_jax.rl.update import batch_shard_count
+
+    shards = batch_shard_count(mesh, rules)
+    if cfg.rl.micro_batch_size % shards:  # said before the weights load, not at the first update
+        raise UserError(f"rl.micro_batch_size={cfg.rl.micro_batch_size} cannot be split over the {shards} devices "
+                        f"of the batch axes; make it a multiple of {shards}")
     if m.hf_dir:
         from azr_jax.models import from_pretrained
         from azr_jax.models.checkpoint_hf import read_hf_config
@@ -222,6 +229,11 @@ def load_policy(cfg, *, weights: bool = True) -> Policy:
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise UserError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model_cfg.vocab_size}")
     model_cfg = model_cfg.replace(scan_layers=m.scan_layers)
+    longest = cfg.sampling.max_prompt_len + max(cfg.sampling.max_response_len, cfg.eval.max_response_len)
+    if longest > model_cfg.max_position_embeddings:
+        log.warning("sampling.max_prompt_len + the longest response (%d tokens) is over the model's "
+                    "max_position_embeddings (%d): positions past it were never trained", longest,
+                    model_cfg.max_position_embeddings)
     if tokenizer.vocab_size < model_cfg.vocab_size:  # never sample an id the tokenizer cannot decode
         model_cfg = model_cfg.replace(tokenizer_vocab_size=tokenizer.vocab_size)
     compute_dtype = _DTYPES[m.compute_dtype]

@@ -65,6 +65,26 @@ def test_unknown_key_names_the_closest_valid_key():
     ("eval.benchmark=cruxeval", "needs eval.data_path"),
     ("train.audit_every=-1", "0 = no rollout audit"),
     ("novalue", "key=value"),
+    # Values that used to pass and fail (or do nothing) deep inside a run:
+    ("sampling.temperature=NaN", "must be a finite number"),  # every update skipped as non-finite
+    ("sandbox.timeout_s=Infinity", "must be a finite number"),
+    ("azr.learnability_temperature=0", "must be positive"),  # greedy rollouts: no learnability signal
+    ("sampling.top_k=-1", "must be >= 0"),
+    ("sampling.length_buckets=[]", "positive token counts"),  # an IndexError at step 1
+    ("sampling.length_buckets=[0, -5]", "positive token counts"),
+    ("azr.n_references=-1", "must be >= 0"),  # a ValueError inside Grain at step 1
+    ("eval.max_response_len=0", "must be positive"),  # after the whole seeding phase
+    ("eval.max_items=-3", "must be >= 0"),
+    ("train.eval_every=-7", r"-1 \(never\)"),
+    ("optim.learning_rate=-1", "must be >= 0"),  # trains in the wrong direction
+    ("optim.b2=2", r"must be in \[0, 1\)"),
+    ("optim.grad_clip_norm=0", "positive or null"),
+    ("rl.clip_eps_low=1.5", r"must be in \(0, 1\)"),
+    ("rl.kl_coef=-1", "must be >= 0"),
+    ("azr.max_output_chars=-1", "must be >= 0"),
+    ("pretrain.batch_size=0", "must be positive"),  # a ZeroDivisionError after the tokenizer
+    ("pretrain.steps=0", "must be positive"),  # an untrained model and a NaN loss in the record
+    ("eval.data_path=/x.jsonl", "only with eval.benchmark=cruxeval"),  # silently evaluated nano
 ])
 def test_bad_values_are_user_errors(item, match):
     with pytest.raises(UserError, match=match):
@@ -163,3 +183,39 @@ def test_resuming_with_another_length_is_refused_only_for_a_decaying_schedule():
     cosine = "optim.schedule=cosine"
     assert allowed_config_change(as_dict(cosine, "train.steps=10"), as_dict(cosine, "train.steps=20")) == [
         "train.steps (optim.schedule decays over it)"]
+
+
+def test_a_decaying_schedule_needs_steps_after_the_warmup():
+    with pytest.raises(UserError, match=r"train.steps \(5\) must be > optim.warmup_steps \(5\)"):
+        apply_overrides(Config(), ["optim.schedule=cosine", "optim.warmup_steps=5", "train.steps=5"])
+
+
+def test_a_seeding_phase_with_both_seed_files_is_refused():
+    base = ["azr.seed_file=a.jsonl", "azr.induction_seed_file=b.jsonl"]
+    with pytest.raises(UserError, match="both buffers come from seed files"):
+        apply_overrides(Config(), base + ["azr.seed_size=16"])
+    assert apply_overrides(Config(), base + ["azr.seed_size=0"]).azr.seed_size == 0
+    assert apply_overrides(Config(), base[:1] + ["azr.seed_size=16"]).azr.seed_size == 16  # seeds induction
+
+
+def test_the_default_model_preset_loads_in_a_fresh_process():
+    """`model.preset="nano"` (the default) was only known once `azr-jax pretrain` had imported it."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", "from azr_jax.models import get_preset; print(get_preset('nano').num_layers)"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().isdigit(), r.stderr[-2000:]
+
+
+def test_memory_layout_keys_may_change_on_resume():
+    from azr_jax.config import to_dict
+    from azr_jax.train_setup import allowed_config_change
+
+    def as_dict(*items):
+        return to_dict(apply_overrides(Config(), list(items)))
+
+    assert allowed_config_change(as_dict("model.remat=none", "model.scan_layers=true"),
+                                 as_dict("model.remat=full", "model.scan_layers=false")) == []
+    assert allowed_config_change(as_dict("model.compute_dtype=float32"), as_dict("model.compute_dtype=bfloat16")) == [
+        "model.compute_dtype"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import time
 from typing import Callable
@@ -18,6 +19,17 @@ PEAKS = {
     "tpu v6 lite": (918e12, 1.638e12),  # v6e
     "tpu v6e": (918e12, 1.638e12),
 }
+
+
+def positive_int(text: str) -> int:
+    """argparse type of the bench sizes and counts (0 or less would fail deep inside a run)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expects a positive integer, got {value}")
+    return value
 
 
 def device_info() -> dict:

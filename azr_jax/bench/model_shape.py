@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from azr_jax.bench.common import positive_int
 from azr_jax.config import load_config
 from azr_jax.errors import UserError
 from azr_jax.models.config import ModelConfig
@@ -22,9 +23,9 @@ def add_shape_arguments(parser: argparse.ArgumentParser, *, default_preset: str)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. model.overrides.num_layers=2 (repeatable)")
     parser.add_argument("--preset", default=None, help=f"model preset (default: {default_preset})")
-    parser.add_argument("--layers", type=int, default=None, help="number of decoder layers")
-    parser.add_argument("--hidden", type=int, default=None, help="hidden size (heads = hidden // head_dim)")
-    parser.add_argument("--vocab", type=int, default=None, help="vocabulary size")
+    parser.add_argument("--layers", type=positive_int, default=None, help="number of decoder layers")
+    parser.add_argument("--hidden", type=positive_int, default=None, help="hidden size (heads = hidden // head_dim)")
+    parser.add_argument("--vocab", type=positive_int, default=None, help="vocabulary size")
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="weights and compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
     parser.set_defaults(_default_preset=default_preset)

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from azr_jax.bench.common import device_info, time_it
+from azr_jax.bench.common import device_info, positive_int, time_it
 from azr_jax.bench.model_shape import add_shape_arguments, dtype_from_args, model_config_from_args, model_shape_record
 
 BUCKETS = (128, 256, 384, 512, 640)
@@ -24,14 +24,14 @@ BUCKETS = (128, 256, 384, 512, 640)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_shape_arguments(parser, default_preset="nano")
-    parser.add_argument("--rows", type=int, default=48, help="rows per update (half solver, half proposer)")
-    parser.add_argument("--solver-len", type=int, nargs=2, default=(150, 230), metavar=("MIN", "MAX"),
+    parser.add_argument("--rows", type=positive_int, default=48, help="rows per update (half solver, half proposer)")
+    parser.add_argument("--solver-len", type=positive_int, nargs=2, default=(150, 230), metavar=("MIN", "MAX"),
                         help="solver rows: prompt + response tokens drawn uniformly from [MIN, MAX]")
-    parser.add_argument("--proposer-len", type=int, nargs=2, default=(330, 560), metavar=("MIN", "MAX"),
+    parser.add_argument("--proposer-len", type=positive_int, nargs=2, default=(330, 560), metavar=("MIN", "MAX"),
                         help="proposer rows: prompt + response tokens drawn uniformly from [MIN, MAX]")
-    parser.add_argument("--response-bucket", type=int, default=256, help="completion width of the padded layout")
-    parser.add_argument("--micro-batch", type=int, default=16, help="rl.micro_batch_size for both sides")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps (median is reported)")
+    parser.add_argument("--response-bucket", type=positive_int, default=256, help="completion width of the padded layout")
+    parser.add_argument("--micro-batch", type=positive_int, default=16, help="rl.micro_batch_size for both sides")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed steps (median is reported)")
 
 
 def self_play_like_batch(vocab: int, args) -> dict[str, np.ndarray]:

@@ -21,18 +21,18 @@ import sys
 
 import numpy as np
 
-from azr_jax.bench.common import device_info, peak_numbers, time_it
+from azr_jax.bench.common import device_info, peak_numbers, positive_int, time_it
 from azr_jax.bench.model_shape import (add_shape_arguments, dtype_from_args, model_config_from_args, model_shape_record,
                                        remat_from_args)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_shape_arguments(parser, default_preset="qwen2.5-0.5b")
-    parser.add_argument("--batch", type=int, default=8, help="rows per step")
-    parser.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per row (no loss)")
-    parser.add_argument("--new-tokens", type=int, default=64, help="response tokens per row (in the loss)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps (median is reported)")
-    parser.add_argument("--micro-batch", type=int, default=None,
+    parser.add_argument("--batch", type=positive_int, default=8, help="rows per step")
+    parser.add_argument("--prompt-len", type=positive_int, default=64, help="prompt tokens per row (no loss)")
+    parser.add_argument("--new-tokens", type=positive_int, default=64, help="response tokens per row (in the loss)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed steps (median is reported)")
+    parser.add_argument("--micro-batch", type=positive_int, default=None,
                         help="rows per forward/backward on both sides, gradients accumulated (default: --batch); "
                              "bounds the float32 logits, batch x length x vocab x 4 bytes per copy")
     parser.add_argument("--no-baseline", action="store_true", help="skip the torch step")

@@ -83,6 +83,8 @@ def register_preset(name: str, config: ModelConfig, *, overwrite: bool = False) 
 
 
 def get_preset(name: str) -> ModelConfig:
+    import azr_jax.nano.preset  # noqa: F401  (registers "nano", the default model.preset)
+
     if name not in PRESETS:
         close = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.5)
         hint = f"; did you mean '{close[0]}'?" if close else ""

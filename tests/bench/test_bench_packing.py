@@ -3,6 +3,8 @@ the benchmark prints one JSON record comparing the bucketed update with the padd
 
 import json
 
+import pytest
+
 from azr_jax.bench import cli as bench_cli
 from azr_jax.bench.packing import self_play_like_batch
 from tests.bench.test_bench_sample_train import _args
@@ -44,3 +46,15 @@ def test_cli_main_argv_picks_the_benchmark_flags(monkeypatch):
     argv = ["bench", "packing", "--rows", "4"]
     args = _lazy_parser(argv).parse_args(argv)
     assert args.bench == "packing" and args.rows == 4
+
+
+@pytest.mark.parametrize("argv", [["train", "--repeats", "0"], ["packing", "--rows", "0"], ["executor", "--jobs", "0"],
+                                  ["train", "--micro-batch", "0"], ["sample", "--batch", "-2"]])
+def test_sizes_and_counts_must_be_positive(argv):
+    """They used to fail deep inside the run (IndexError, ValueError) or, for --micro-batch 0,
+    silently measure without micro-batching."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "azr_jax.cli", "bench", *argv], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "expects a positive integer" in r.stderr and "Traceback" not in r.stderr, r.stderr

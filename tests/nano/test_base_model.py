@@ -3,6 +3,9 @@ format (greedy, on held-out benchmark items)."""
 
 import json
 
+import jax
+import pytest
+
 from azr_jax.config import load_config
 from azr_jax.nano import BASE_DIR
 from azr_jax.nano.pretrain import RECORD_FILE
@@ -40,3 +43,30 @@ def test_sampled_evaluation_reports_pass_at_k():
     assert all(len(it["responses"]) == 4 for it in result["items"])
     assert any(len(set(it["responses"])) > 1 for it in result["items"])  # sampled, not greedy
     assert result["pass_at_k"]["solve_rate"] >= result["solve_rate"]
+
+
+# The CPU test run forces 8 host devices (tests/conftest.py); one GPU cannot lay out this mesh.
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs an 8-device mesh")
+def test_load_policy_refuses_an_unsplittable_micro_batch_before_reading_weights():
+    """It used to fail at the first update, after the model load and the seeding phase."""
+    from azr_jax.errors import UserError
+    from azr_jax.train_setup import load_policy
+
+    with pytest.raises(UserError, match="rl.micro_batch_size=3 cannot be split over the 2 devices"):
+        load_policy(load_config("configs/nano.py", ['mesh.shape={"data": 2, "fsdp": -1, "tensor": 4}',
+                                                    "rl.micro_batch_size=3"]))
+
+
+def test_load_policy_warns_when_prompt_and_response_pass_the_context(caplog):
+    """Positions past max_position_embeddings were never trained; nothing used to say so."""
+    import logging
+
+    from azr_jax.train_setup import load_policy
+
+    with caplog.at_level(logging.WARNING, logger="azr_jax.train"):
+        load_policy(load_config("configs/nano.py", ["sampling.max_response_len=4096"]), weights=False)
+    assert "over the model's max_position_embeddings (2048)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="azr_jax.train"):
+        load_policy(load_config("configs/nano.py"), weights=False)
+    assert "max_position_embeddings" not in caplog.text
