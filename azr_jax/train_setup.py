@@ -188,12 +188,9 @@ def load_policy(cfg, *, weights: bool = True) -> Policy:
     # gathered on one device (which would not fit for large models and which jit then refuses).
     mesh = make_mesh(cfg.mesh.shape)
     rules = dict(cfg.mesh.rules)
-    from azr_jax.rl.update import batch_shard_count
+    from azr_jax.rl.update import check_micro_batch_split
 
-    shards = batch_shard_count(mesh, rules)
-    if cfg.rl.micro_batch_size % shards:  # said before the weights load, not at the first update
-        raise UserError(f"rl.micro_batch_size={cfg.rl.micro_batch_size} cannot be split over the {shards} devices "
-                        f"of the batch axes; make it a multiple of {shards}")
+    check_micro_batch_split(cfg.rl.micro_batch_size, mesh, rules)  # before the weights load
     if m.hf_dir:
         from azr_jax.models import from_pretrained
         from azr_jax.models.checkpoint_hf import read_hf_config

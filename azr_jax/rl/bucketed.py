@@ -30,8 +30,8 @@ from azr_jax.rl.logprobs import token_logprobs
 from azr_jax.rl.losses import aggregation_weights, combine_sums, policy_loss
 from azr_jax.rl.optimizer import apply_if_finite, make_optimizer, make_schedule
 from azr_jax.rl.update import (
-    BATCH_KEYS, OPTIONAL_BATCH_KEYS, TrainState, _global_norm, _micro_grad_fn, _state_shardings, batch_shard_count,
-    summarize_sums,
+    BATCH_KEYS, OPTIONAL_BATCH_KEYS, TrainState, _global_norm, _micro_grad_fn, _state_shardings,
+    check_micro_batch_split, summarize_sums,
 )
 from azr_jax.sampling.buckets import bucket_length
 from azr_jax.sharding import mesh_rules
@@ -91,10 +91,7 @@ def make_bucketed_train_step(
     """
     keys = BATCH_KEYS + (OPTIONAL_BATCH_KEYS if rl_cfg.kl_coef > 0 else ())
     micro_rows = rl_cfg.micro_batch_size
-    shards = batch_shard_count(mesh, rules)
-    if micro_rows % shards:
-        raise UserError(f"rl.micro_batch_size={micro_rows} cannot be split over the {shards} devices of the batch "
-                        f"axes; make it a multiple of {shards}")
+    shards = check_micro_batch_split(micro_rows, mesh, rules)
     optimizer = make_optimizer(optim_cfg, total_steps)
     schedule = make_schedule(optim_cfg, total_steps)
     micro_grad = _micro_grad_fn(model_cfg, rl_cfg, compute_dtype=compute_dtype, remat=remat, temperature=temperature)

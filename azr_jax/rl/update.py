@@ -173,6 +173,16 @@ def batch_shard_count(mesh: Mesh | None, rules: dict | None) -> int:
     return shards
 
 
+def check_micro_batch_split(micro_batch_size: int, mesh: Mesh | None, rules: dict | None) -> int:
+    """The batch axes' shard count, after checking that a micro-batch splits over it (said when
+    a step is built or a policy loaded: inside jit it would fail only after a whole step)."""
+    shards = batch_shard_count(mesh, rules)
+    if micro_batch_size % shards:
+        raise UserError(f"rl.micro_batch_size={micro_batch_size} cannot be split over the {shards} devices "
+                        f"of the batch axes; make it a multiple of {shards}")
+    return shards
+
+
 def make_grad_fn(
     model_cfg,
     rl_cfg,
@@ -299,11 +309,7 @@ def make_train_step(
     skipped (1 when a non-finite gradient skipped the optimizer step).
     `temperature` divides the logits (the rollout temperature, AZR_SPEC §4.2).
     """
-    shards = batch_shard_count(mesh, rules)
-    if rl_cfg.micro_batch_size % shards:
-        # Said now: the batch's sharding would otherwise fail inside jit, after a whole step.
-        raise UserError(f"rl.micro_batch_size={rl_cfg.micro_batch_size} cannot be split over the {shards} devices "
-                        f"of the batch axes; make it a multiple of {shards}")
+    check_micro_batch_split(rl_cfg.micro_batch_size, mesh, rules)
     optimizer = make_optimizer(optim_cfg, total_steps)
     schedule = make_schedule(optim_cfg, total_steps)
     grads_fn = make_grad_fn(
