@@ -188,9 +188,6 @@ def load_policy(cfg, *, weights: bool = True) -> Policy:
     # gathered on one device (which would not fit for large models and which jit then refuses).
     mesh = make_mesh(cfg.mesh.shape)
     rules = dict(cfg.mesh.rules)
-    from azr_jax.rl.update import check_micro_batch_split
-
-    check_micro_batch_split(cfg.rl.micro_batch_size, mesh, rules)  # before the weights load
     if m.hf_dir:
         from azr_jax.models import from_pretrained
         from azr_jax.models.checkpoint_hf import read_hf_config

@@ -674,7 +674,12 @@ def _evaluate(cfg, policy, params, sandbox, workdir: Path, name: str, primary: b
 def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress: bool = True,
           generate_fn: GenerateFn | None = None) -> dict:
     """Run (or resume) self-play training in `workdir`; returns {"status", "step", ...}."""
+    from azr_jax.rl.update import check_micro_batch_split
+    from azr_jax.sharding import make_mesh
+
     distributed.initialize_from_env()
+    # Said before anything is written or loaded (the update step checks it again when it is built).
+    check_micro_batch_split(cfg.rl.micro_batch_size, make_mesh(cfg.mesh.shape), cfg.mesh.rules)
     # Installed before the start-up, which can take minutes: on a multi-host run JAX's own
     # handler would otherwise swallow a SIGTERM that arrives then, and the run would go on.
     stop = StopFlag(stepping=False)

@@ -47,14 +47,22 @@ def test_sampled_evaluation_reports_pass_at_k():
 
 # The CPU test run forces 8 host devices (tests/conftest.py); one GPU cannot lay out this mesh.
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs an 8-device mesh")
-def test_load_policy_refuses_an_unsplittable_micro_batch_before_reading_weights():
-    """It used to fail at the first update, after the model load and the seeding phase."""
+def test_training_refuses_an_unsplittable_micro_batch_before_reading_weights(tmp_path, monkeypatch):
+    """It used to be said only once the weights were loaded. Evaluation and export load the same
+    policy and do no update, so only training checks it."""
+    from azr_jax import trainer
     from azr_jax.errors import UserError
     from azr_jax.train_setup import load_policy
 
+    def no_weights(cfg):
+        raise AssertionError("the weights were loaded before the check")
+
+    cfg = load_config("configs/nano.py", ['mesh.shape={"data": 2, "fsdp": -1, "tensor": 4}', "rl.micro_batch_size=3"])
+    monkeypatch.setattr(trainer, "load_policy", no_weights)
     with pytest.raises(UserError, match="rl.micro_batch_size=3 cannot be split over the 2 devices"):
-        load_policy(load_config("configs/nano.py", ['mesh.shape={"data": 2, "fsdp": -1, "tensor": 4}',
-                                                    "rl.micro_batch_size=3"]))
+        trainer.train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing written either
+    assert load_policy(cfg, weights=False).mesh is not None  # an evaluation of the same config loads
 
 
 def test_load_policy_warns_when_prompt_and_response_pass_the_context(caplog):
