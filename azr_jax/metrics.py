@@ -82,26 +82,26 @@ class ProgressLine:
         self.total = total
         self.start = start
         self.stream = stream or sys.stderr
-        self.t0 = time.perf_counter()
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._seen: list[tuple[int, float]] = []  # (step, time) of the updates so far
 
     def update(self, step: int, fields: dict[str, float], now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now
         self._seen = (self._seen + [(step, now)])[-(self.RECENT + 1):]
+        # Between updates only: the first step of a run (or of a resume) also paid for start-up,
+        # compilation, seeding and the base evaluation, and would inflate the estimate many times
+        # over; until a second update there is no estimate.
         if len(self._seen) > 1:
-            # Between updates only: the first step also paid for compilation, seeding and the
-            # base evaluation, and would inflate the estimate several times over.
             (s0, t0), (s1, t1) = self._seen[0], self._seen[-1]
             per_step = (t1 - t0) / max(s1 - s0, 1)
+            rate = f"{per_step:.1f}s/step eta {per_step * (self.total - step):.0f}s"
         else:
-            per_step = (now - self.t0) / max(step - self.start, 1)
-        eta = per_step * (self.total - step)
+            rate = "eta ?"
         width = 20
         filled = int(width * step / max(self.total, 1))
         bar = "#" * filled + "." * (width - filled)
         shown = " ".join(f"{k}={v:.3g}" for k, v in fields.items() if isinstance(v, (int, float)))
-        text = f"[{bar}] step {step}/{self.total} {per_step:.1f}s/step eta {eta:.0f}s {shown}"
+        text = f"[{bar}] step {step}/{self.total} {rate} {shown}"
         if self.tty:
             self.stream.write("\r" + text + "\033[K")
         else:

@@ -19,7 +19,7 @@ PANELS = {
     "reward": ("mean reward", [f"{role}/{task}/reward" for role in ROLES for task in TASKS]),
     "valid_rate": ("valid proposal rate", [f"propose/{task}/valid_rate" for task in TASKS]),
     "learnability": ("proposer learnability (mean over valid proposals)", [f"propose/{task}/learnability" for task in TASKS]),
-    "solve_rate": ("solver accuracy on self-proposed tasks", [f"solve/{task}/accuracy" for task in TASKS]),
+    "solve_rate": ("solver accuracy on buffer tasks (self-proposed and seed)", [f"solve/{task}/accuracy" for task in TASKS]),
 }
 
 
