@@ -377,6 +377,12 @@ class Model:
         tokens_bt = jnp.asarray(tokens, dtype=jnp.int32)
         if tokens_bt.ndim != 2:
             raise UserError(f"tokens must be [batch, length], got shape {tuple(tokens_bt.shape)}")
+        # jnp.take would wrap a negative id and turn one past the table into NaN logits for the
+        # whole row (padding included), so every id, masked or not, must index the table.
+        if tokens_bt.size and (int(tokens_bt.min()) < 0 or int(tokens_bt.max()) >= self.config.vocab_size):
+            raise UserError(
+                f"token ids must be in [0, vocab_size={self.config.vocab_size}), got "
+                f"min {int(tokens_bt.min())}, max {int(tokens_bt.max())} (padding ids included)")
         if attention_mask is None:
             mask_bt = jnp.ones(tokens_bt.shape, jnp.int32)
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,38 +252,51 @@ class ModelConfig:
         if model_type != "qwen2" and hf.get("attention_bias"):
             raise UserError(f"attention_bias=true is not supported for {model_type} (it adds an o_proj bias)")
 
-        # transformers 5 nests RoPE under rope_parameters; 4.x uses rope_theta + rope_scaling.
+        # transformers 5 nests RoPE under rope_parameters (its rope_theta is optional there and
+        # then comes from the top level); 4.x uses rope_theta + rope_scaling.
         rope_params = hf.get("rope_parameters")
-        if isinstance(rope_params, dict) and "rope_theta" in rope_params:
-            rope_theta = rope_params["rope_theta"]
+        if isinstance(rope_params, dict):
+            rope_theta = rope_params.get("rope_theta", hf.get("rope_theta", 10000.0))
             rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
         else:
             rope_theta = hf.get("rope_theta", 10000.0)
             rope_scaling = hf.get("rope_scaling")
 
-        hidden = int(need("hidden_size"))
-        heads = int(need("num_attention_heads"))
+        def integer(key: str, value: Any) -> int:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+                raise UserError(f"HF config field '{key}' must be an integer, got {value!r}")
+            return int(value)
+
+        def number(key: str, value: Any) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise UserError(f"HF config field '{key}' must be a positive number, got {value!r}")
+            return float(value)
+
+        hidden = integer("hidden_size", need("hidden_size"))
+        heads = integer("num_attention_heads", need("num_attention_heads"))
+        if heads <= 0:
+            raise UserError(f"HF config field 'num_attention_heads' must be positive, got {heads}")
         eos = hf.get("eos_token_id")
         extra_eos: tuple = ()
         if isinstance(eos, list):
             eos, extra_eos = (eos[0], tuple(eos[1:])) if eos else (None, ())
         return cls(
             architecture=model_type,
-            vocab_size=int(need("vocab_size")),
+            vocab_size=integer("vocab_size", need("vocab_size")),
             hidden_size=hidden,
-            intermediate_size=int(need("intermediate_size")),
-            num_layers=int(need("num_hidden_layers")),
+            intermediate_size=integer("intermediate_size", need("intermediate_size")),
+            num_layers=integer("num_hidden_layers", need("num_hidden_layers")),
             num_heads=heads,
-            num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+            num_kv_heads=integer("num_key_value_heads", hf.get("num_key_value_heads") or heads),
             # transformers' Qwen3Config defaults head_dim to 128, not hidden / heads
-            head_dim=int(hf.get("head_dim") or (128 if model_type == "qwen3" else hidden // heads)),
-            rope_theta=float(rope_theta),
+            head_dim=integer("head_dim", hf.get("head_dim") or (128 if model_type == "qwen3" else hidden // heads)),
+            rope_theta=number("rope_theta", rope_theta),
             rope_scaling=rope_scaling,
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            rms_norm_eps=number("rms_norm_eps", hf.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attention_bias=model_type == "qwen2",
             qk_norm=model_type == "qwen3",
-            max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
+            max_position_embeddings=integer("max_position_embeddings", hf.get("max_position_embeddings", 32768)),
             bos_token_id=hf.get("bos_token_id"),
             eos_token_id=eos,
             extra_eos_token_ids=extra_eos,

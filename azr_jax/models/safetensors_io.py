@@ -9,6 +9,7 @@ caller never holds more than one tensor in host memory (`save_pretrained` relies
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from contextlib import ExitStack
@@ -91,6 +92,14 @@ class SafetensorsReader:
 
     def _checkpoint_files(self) -> dict[Path, set[str] | None]:
         index = self.directory / INDEX_FILE
+        single = self.directory / SINGLE_FILE
+        # transformers reads the single file when both layouts are present; so do we, so the
+        # two libraries load the same weights from the same directory.
+        if single.is_file() and index.is_file():
+            logging.getLogger(__name__).warning(
+                "%s has both %s and %s; reading %s as transformers does", self.directory,
+                SINGLE_FILE, INDEX_FILE, SINGLE_FILE)
+            return {single: None}
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
@@ -105,7 +114,6 @@ class SafetensorsReader:
                 if not file.is_file():
                     raise UserError(f"{INDEX_FILE} refers to {file.name}, which is not in {self.directory}")
             return files
-        single = self.directory / SINGLE_FILE
         if single.is_file():
             return {single: None}
         raise UserError(f"no weights in {self.directory}: expected {SINGLE_FILE} or {INDEX_FILE}")

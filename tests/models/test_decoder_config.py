@@ -98,6 +98,38 @@ def test_from_hf_config_rejects_unsupported():
         small_config("llama", attention_bias=True)
 
 
+def test_rope_parameters_without_their_own_theta_keep_the_scaling():
+    """transformers 5's rope_parameters may leave rope_theta at the top level; the block's type
+    and factors still count (llama3 is kept, yarn refused), as transformers reads them."""
+    good = {k: v for k, v in get_preset("llama-3.1-8b").to_hf_config().items() if k != "rope_scaling"}
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 8192}
+    cfg = ModelConfig.from_hf_config(dict(good, rope_theta=500000.0, rope_parameters=llama3))
+    assert cfg.rope_scaling == llama3 and cfg.rope_theta == 500000.0
+    theirs = transformers.AutoConfig.for_model(**dict(good, rope_theta=500000.0, rope_parameters=llama3))
+    assert dict(theirs.rope_parameters) == dict(llama3, rope_theta=500000.0)
+    with pytest.raises(UserError, match="yarn"):
+        ModelConfig.from_hf_config(dict(good, rope_parameters={"rope_type": "yarn", "factor": 4.0}))
+    # no theta anywhere: transformers' default
+    assert ModelConfig.from_hf_config(
+        {k: v for k, v in good.items() if k != "rope_theta"} | {"rope_parameters": {"rope_type": "default"}}
+    ).rope_theta == 10000.0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"num_attention_heads": 0, "head_dim": None}, "num_attention_heads"),
+    ({"rope_theta": None}, "rope_theta"),
+    ({"rope_theta": -1.0}, "rope_theta"),
+    ({"vocab_size": 300.7}, "vocab_size"),
+    ({"hidden_size": "896"}, "hidden_size"),
+    ({"rms_norm_eps": float("nan")}, "rms_norm_eps"),
+])
+def test_malformed_hf_values_are_one_user_error(change, message):
+    good = get_preset("qwen2.5-0.5b").to_hf_config()
+    with pytest.raises(UserError, match=message):
+        ModelConfig.from_hf_config(dict(good, **change))
+
+
 def test_llama_eos_list_round_trips():
     hf = dict(get_preset("llama-3.1-8b").to_hf_config(), eos_token_id=[128001, 128008, 128009])
     cfg = ModelConfig.from_hf_config(hf)

@@ -275,6 +275,39 @@ def test_missing_directory_and_missing_tokenizer(good_checkpoint, tmp_path):
         model.logits(np.zeros((1, 4), np.int32), np.ones((1, 5), np.int32))
 
 
+def test_token_ids_outside_the_table_are_refused(good_checkpoint):
+    """jnp.take would wrap -1 and turn vocab_size into NaN logits for the whole row."""
+    model = from_pretrained(good_checkpoint)
+    vocab = model.config.vocab_size
+    assert np.isfinite(np.asarray(model.logits(np.array([[1, 2, vocab - 1]])))).all()
+    for bad in (vocab, -1):
+        with pytest.raises(UserError, match="token ids must be in"):
+            model.logits(np.array([[1, 2, bad]]))
+        with pytest.raises(UserError, match="token ids must be in"):
+            model.hidden_states(np.array([[bad, 2, 3]]), np.array([[0, 1, 1]]))  # padding too
+
+
+def test_a_directory_with_both_layouts_loads_the_single_file_as_transformers(good_checkpoint, tmp_path, caplog):
+    """A stale sharded copy beside model.safetensors: transformers reads the single file, and so
+    must we, or the two libraries would compare different weights."""
+    d = tmp_path / "both"
+    shutil.copytree(good_checkpoint, d)
+    stale_cfg = small_config("llama")
+    Model(stale_cfg, init_params(stale_cfg, jax.random.key(9))).save_pretrained(
+        tmp_path / "stale", max_shard_size=20_000)
+    for f in (tmp_path / "stale").glob("model*"):
+        if f.name != "model.safetensors":
+            shutil.copy(f, d / f.name)
+    assert (d / "model.safetensors.index.json").is_file() and (d / "model.safetensors").is_file()
+    ours = from_pretrained(d)
+    theirs = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    tokens = np.array([[1, 5, 9, 3]])
+    with torch.no_grad():
+        expected = theirs(torch.tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours.logits(tokens)), expected, atol=2e-4)
+    assert "reading model.safetensors as transformers does" in caplog.text
+
+
 def test_parse_size():
     assert parse_size("5GB") == 5 * 10**9 and parse_size("2MiB") == 2 * 2**20 and parse_size(123) == 123
     for bad in ("lots", "5XB", 0, "-3MB"):
