@@ -193,7 +193,7 @@ class OptimSection:
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
-    grad_clip_norm: float = 1.0
+    grad_clip_norm: float | None = 1.0  # null: no clipping
 
 
 @dataclass(frozen=True)
@@ -515,7 +515,7 @@ def validate(cfg: Config) -> Config:
         if value < 0:
             raise UserError(f"config key '{key}' must be >= 0, got {value!r}")
     if cfg.optim.grad_clip_norm is not None and cfg.optim.grad_clip_norm <= 0:
-        raise UserError(f"config key 'optim.grad_clip_norm' must be positive or null (off), got {cfg.optim.grad_clip_norm!r}")
+        raise UserError(f"config key 'optim.grad_clip_norm' must be positive, or null for no clipping, got {cfg.optim.grad_clip_norm!r}")
     for key in ("b1", "b2"):
         if not 0 <= getattr(cfg.optim, key) < 1:
             raise UserError(f"config key 'optim.{key}' must be in [0, 1), got {getattr(cfg.optim, key)!r}")

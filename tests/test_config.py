@@ -78,7 +78,7 @@ def test_unknown_key_names_the_closest_valid_key():
     ("train.eval_every=-7", r"-1 \(never\)"),
     ("optim.learning_rate=-1", "must be >= 0"),  # trains in the wrong direction
     ("optim.b2=2", r"must be in \[0, 1\)"),
-    ("optim.grad_clip_norm=0", "positive or null"),
+    ("optim.grad_clip_norm=0", "or null for no clipping"),
     ("rl.clip_eps_low=1.5", r"must be in \(0, 1\)"),
     ("rl.kl_coef=-1", "must be >= 0"),
     ("azr.max_output_chars=-1", "must be >= 0"),

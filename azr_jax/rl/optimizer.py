@@ -45,7 +45,7 @@ def make_schedule(optim_cfg, total_steps: int | None = None) -> optax.Schedule:
 
 
 def make_optimizer(optim_cfg, total_steps: int | None = None) -> optax.GradientTransformation:
-    """clip_by_global_norm(grad_clip_norm) followed by AdamW(schedule); clip <= 0 disables it."""
+    """clip_by_global_norm(grad_clip_norm) followed by AdamW(schedule); a clip of None (or <= 0) disables it."""
     adamw = optax.adamw(
         learning_rate=make_schedule(optim_cfg, total_steps),
         b1=optim_cfg.b1,
@@ -53,7 +53,7 @@ def make_optimizer(optim_cfg, total_steps: int | None = None) -> optax.GradientT
         eps=optim_cfg.eps,
         weight_decay=optim_cfg.weight_decay,
     )
-    if optim_cfg.grad_clip_norm > 0:
+    if optim_cfg.grad_clip_norm is not None and optim_cfg.grad_clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip_norm), adamw)
     return adamw
 

@@ -1,5 +1,6 @@
 """Optimizer: schedules by hand, and AdamW + global-norm clipping against torch."""
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -65,3 +66,21 @@ def test_a_skipped_step_advances_the_schedule_but_not_adam():
     # Adam's first step (bias-corrected) moves each weight by the rate: schedule(1) = 0.5.
     assert float(skipped) == 0.0
     np.testing.assert_allclose(np.asarray(params["w"]), 0.5, rtol=1e-5)
+
+
+def test_null_grad_clip_norm_from_the_config_turns_clipping_off():
+    """`--set optim.grad_clip_norm=null` is the documented switch; a large gradient then reaches
+    AdamW unclipped (AdamW's first step is scale-free, so compare the second moment)."""
+    from azr_jax.config import Config, apply_overrides
+
+    cfg = apply_overrides(Config(), ["optim.grad_clip_norm=null", "optim.learning_rate=1e-2"])
+    assert cfg.optim.grad_clip_norm is None
+    params, grad = {"w": np.zeros(2, np.float32)}, {"w": np.array([30.0, 40.0], np.float32)}
+    norms = {}
+    for clip in (None, 1.0):
+        opt = make_optimizer(OptimSection(learning_rate=1e-2, grad_clip_norm=clip))
+        _, state = opt.update(grad, opt.init(params), params)
+        nu = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+              if isinstance(s, optax.ScaleByAdamState)][0].nu["w"]
+        norms[clip] = float(np.sqrt(np.asarray(nu).sum() / (1 - 0.999)))
+    np.testing.assert_allclose([norms[None], norms[1.0]], [50.0, 1.0], rtol=1e-4)
