@@ -32,7 +32,7 @@ from azr_jax.models.decoder import output_logits
 from azr_jax.sampling.buckets import DEFAULT_LENGTH_BUCKETS, bucket_batch, bucket_length
 from azr_jax.sampling.select import choose_tokens
 from azr_jax.sampling.settings import SamplingSettings
-from azr_jax.sharding import constrain, mesh_rules
+from azr_jax.sharding import constrain, logical_to_pspec, mesh_rules
 from azr_jax.sampling.stopping import WINDOW_FILL, ends_with_stop, eos_array, is_eos, push_window, stop_table
 
 
@@ -63,21 +63,25 @@ def _rules_items(rules) -> tuple:
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(rules).items())
 
 
+def _batch_axes(mesh, rules) -> tuple:
+    """The mesh axes the batch dimension is split over, resolved as `sharding.logical_to_pspec`
+    does everywhere else (an axis absent from the mesh, or of size 1, is dropped)."""
+    table = dict(_rules_items(rules))
+    if mesh is None or table.get("batch") is None:
+        return ()
+    spec = logical_to_pspec(("batch",), table, mesh=mesh)
+    axes = spec[0] if len(spec) else None
+    return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
 def _batch_shards(mesh, rules) -> int:
     """How many ways the batch axis is split on this mesh under these rules."""
-    if mesh is None:
-        return 1
-    axes = dict(_rules_items(rules)).get("batch")
-    if axes is None:
-        return 1
-    axes = (axes,) if isinstance(axes, str) else axes
-    return int(np.prod([mesh.shape[a] for a in axes]))
+    return int(np.prod([mesh.shape[a] for a in _batch_axes(mesh, rules)]))
 
 
-def _batch_spec(rules, ndim: int):
+def _batch_spec(mesh, rules, ndim: int):
     """PartitionSpec with the batch axis (dim 0) sharded per the rules, the rest replicated."""
-    axes = dict(_rules_items(rules)).get("batch")
-    return jax.sharding.PartitionSpec(axes, *([None] * (ndim - 1)))
+    return jax.sharding.PartitionSpec(_batch_axes(mesh, rules) or None, *([None] * (ndim - 1)))
 
 
 def _in_mesh(mesh, rules):
@@ -230,7 +234,7 @@ def generate(params, config, prompt_tokens, rng, settings: SamplingSettings, *, 
     budgets = np.minimum(budgets, settings.max_new_tokens)
 
     if mesh is not None:
-        put = lambda x: jax.device_put(x, jax.sharding.NamedSharding(mesh, _batch_spec(rules_t, x.ndim)))
+        put = lambda x: jax.device_put(x, jax.sharding.NamedSharding(mesh, _batch_spec(mesh, rules_t, x.ndim)))
     else:
         put = jnp.asarray
     cache, logits = _prefill(params, put(tokens), put(positions), put(mask), config=config,

@@ -1,4 +1,5 @@
-"""The sampler on fake-CPU meshes (2x4: data x tensor, 8x1: fsdp x tensor) equals one device."""
+"""The sampler on fake-CPU meshes (2x4: data x tensor, 8x1: fsdp x tensor, and a mesh with only
+an fsdp axis, whose rules still name data and tensor: absent axes are dropped) equals one device."""
 
 import jax
 import numpy as np
@@ -20,8 +21,8 @@ def single_device(params):
     return gen(params, GREEDY, n=2), gen(params, SAMPLED, n=2, key=3)
 
 
-@pytest.mark.parametrize("shape", [{"data": 2, "fsdp": 1, "tensor": 4}, {"data": 1, "fsdp": 8, "tensor": 1}],
-                         ids=["2x4", "8x1"])
+@pytest.mark.parametrize("shape", [{"data": 2, "fsdp": 1, "tensor": 4}, {"data": 1, "fsdp": 8, "tensor": 1},
+                                   {"fsdp": 8}], ids=["2x4", "8x1", "fsdp-only"])
 def test_mesh_matches_single_device(params, single_device, shape):
     mesh = make_mesh(shape)
     sharded = jax.device_put(params, param_shardings(CFG, mesh, RULES))
@@ -30,7 +31,7 @@ def test_mesh_matches_single_device(params, single_device, shape):
     np.testing.assert_array_equal(out.tokens, ref_greedy.tokens)
     np.testing.assert_array_equal(out.lengths, ref_greedy.lengths)
     np.testing.assert_allclose(out.logprobs, ref_greedy.logprobs, atol=1e-5)  # float32, 16 positions
-    if shape["tensor"] > 1:  # one sampled run: per-row keys make draws independent of the layout
+    if shape.get("tensor", 1) > 1:  # one sampled run: per-row keys make draws independent of the layout
         out = gen(sharded, SAMPLED, n=2, key=3, mesh=mesh, rules=RULES)
         np.testing.assert_array_equal(out.tokens, ref_sampled.tokens)
         np.testing.assert_allclose(out.logprobs, ref_sampled.logprobs, atol=1e-5)
