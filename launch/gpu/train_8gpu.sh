@@ -4,6 +4,9 @@
 #   e.g. launch/gpu/train_8gpu.sh configs/qwen2.5-7b.py --set model.hf_dir=/data/Qwen2.5-7B --workdir runs/q7b
 # Several nodes: start this script on each with JAX_COORDINATOR_ADDRESS=host0:port,
 # JAX_NUM_PROCESSES=<nodes> and JAX_PROCESS_ID=<rank>, and a workdir on a shared filesystem.
+# rl.micro_batch_size must then split over every GPU (16 rows over 16 GPUs; the Qwen3 preset's 8
+# does not): raise it, which changes the reference's per-micro-batch loss weighting, or lay the
+# GPUs out with a tensor axis (--set mesh.shape=...), which the batch is not split over.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 config="$1"; shift

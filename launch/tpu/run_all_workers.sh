@@ -11,7 +11,8 @@ name="$1"; zone="$2"; config="$3"; shift 3
 here="$(cd "$(dirname "$0")/../.." && pwd)"
 tar -C "$here" --exclude=.venv --exclude=runs --exclude=.git -czf /tmp/azr-jax.tgz .
 gcloud compute tpus tpu-vm scp /tmp/azr-jax.tgz "$name":~/ --zone "$zone" --worker=all
-args=$(printf ' %q' "$@")
+args=""  # printf with no arguments would still print one empty, quoted argument
+[ $# -eq 0 ] || args=$(printf ' %q' "$@")
 gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command "
   set -e; mkdir -p ~/azr-jax && tar -xzf ~/azr-jax.tgz -C ~/azr-jax && cd ~/azr-jax
   py=${AZR_PYTHON:-python3}

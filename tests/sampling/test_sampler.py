@@ -114,6 +114,24 @@ def test_sampled_rows_differ_and_depend_only_on_the_key(params):
     assert not all(np.array_equal(a.tokens[2 * i], a.tokens[2 * i + 1]) for i in range(3))
 
 
+@pytest.mark.parametrize("max_rows", [1, 2, 5])
+def test_max_rows_splits_the_batch_without_changing_the_draws(params, max_rows):
+    """Rows are keyed by their index, so generating 4 prompts x 2 samples in calls of at most
+    max_rows rows (at least one prompt each: max_rows=1 still decodes both samples of a prompt)
+    samples exactly what one call samples; per-prompt budgets follow their prompts."""
+    prompts = PROMPTS + [[3, 1, 4, 1, 5]]
+    s = SamplingSettings(temperature=1.0, max_new_tokens=8, budgets=[8, 3, 8, 6])
+    whole = _gen(params, s, n=2, prompts=prompts, key=11)
+    split = _gen(params, s, n=2, prompts=prompts, key=11, max_rows=max_rows)
+    np.testing.assert_array_equal(split.tokens, whole.tokens)
+    np.testing.assert_array_equal(split.lengths, whole.lengths)
+    np.testing.assert_array_equal(split.finished, whole.finished)
+    np.testing.assert_allclose(split.logprobs, whole.logprobs, atol=1e-5)
+    assert whole.lengths.reshape(4, 2)[1].max() <= 3
+    with pytest.raises(UserError, match="max_rows"):
+        _gen(params, s, n=2, prompts=prompts, max_rows=0)
+
+
 def test_sampler_logprobs_equal_trainer_logprobs(params):
     """Parity by construction: the sampler's logprob of each chosen token equals the trainer's
     recomputed token_logprobs over prompt + completion (float32, <= 16 positions, 1e-5)."""

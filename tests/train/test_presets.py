@@ -24,6 +24,7 @@ def test_paper_presets(name):
     assert cfg.sampling.max_prompt_len == 6144 and cfg.sampling.max_response_len == 8096
     assert cfg.eval.max_response_len == cfg.sampling.max_response_len  # held-out answers get the same budget
     assert cfg.azr.learnability_temperature == 1.0 and cfg.azr.buffer_cap == 16384
+    assert cfg.sampling.max_rows == cfg.azr.batch_size  # learnability rollouts: no call past a rollout batch
     second_def_ok = name in ("llama-3.1-8b", "qwen3-4b-base")
     assert cfg.azr.reject_multiple_functions is (not second_def_ok)
     assert cfg.azr.f_replace_location == ("any_last" if second_def_ok else "not_first")
