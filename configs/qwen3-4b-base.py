@@ -2,6 +2,8 @@
 
 Pass the downloaded checkpoint: azr-jax train --config configs/qwen3-4b-base.py --set model.hf_dir=DIR
 Lay it out on a machine with --mesh (v4-8, v5p-8, v5e-8, v6e-8, gpu-8); see docs/training.md.
+The reference removes the <think> / </think> tokens from the Qwen3 tokenizer before this run;
+this config uses the checkpoint's tokenizer as it is (docs/deviations.md, "Prompts and seeding").
 """
 
 from azr_jax.run_presets import paper_config
