@@ -157,7 +157,7 @@ class Checkpoints:
                 try:
                     return read()
                 except Exception:
-                    time.sleep(1.0)  # the other reads end meanwhile
+                    time.sleep(1.0)  # most other reads end meanwhile
                     raise
         except Exception as e:  # truncated files, wrong shapes, missing items: say which checkpoint
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -172,6 +172,9 @@ class Checkpoints:
         data, so a config change (another model size, optimizer) is named leaf by leaf, and no
         half-started Orbax read is left behind. Unreadable metadata is left to `restore`.
         `partial`: only the target's top-level entries are compared."""
+        # A corrupt file fails these reads on Orbax's threads too, sometimes before the error
+        # reaches here: the filter goes in first.
+        _drop_closed_loop_tracebacks()
         try:
             saved = _shapes_by_path(self._manager.item_metadata(step).state)
         except Exception:
@@ -207,6 +210,24 @@ def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
         return str(entry)
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {"/".join(name(e) for e in path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
+
+
+def _drop_closed_loop_tracebacks() -> None:
+    """When a checkpoint read fails, Orbax's other reads can end later than any wait here, on an
+    event loop already closed; TensorStore's callback threads then report "Event loop is
+    closed" through sys.unraisablehook, burying the one-line error. Installed before every
+    restore, this drops those reports, and only those."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop", False):
+        return
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.drops_closed_loop = True
+    sys.unraisablehook = hook
 
 
 @contextlib.contextmanager
