@@ -19,13 +19,20 @@ def read_objects(path: str | Path, what: str) -> Iterator[tuple[int, dict]]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{what} not found: {p}")
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    # Lines end at "\n" only: str.splitlines would also cut at U+2028 or U+0085 inside a string.
+    for n, raw in enumerate(p.read_bytes().split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{what} {p} line {n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{what} {p} line {n}: not valid JSON ({e.msg})") from None
+        except (RecursionError, ValueError) as e:  # nesting too deep, an integer past the digit limit
+            raise UserError(f"{what} {p} line {n}: not readable JSON ({type(e).__name__}: {str(e)[:100]})") from None
         if not isinstance(row, dict):
             raise UserError(f"{what} {p} line {n}: expected a JSON object")
         yield n, row
@@ -36,7 +43,7 @@ def read_json_object(path: str | Path, what: str) -> dict:
     p = Path(path)
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
         raise UserError(f"{p} is not valid JSON ({what}): {e}") from None
     if not isinstance(data, dict):
         raise UserError(f"{p} must hold a JSON object ({what}), found {type(data).__name__}")

@@ -23,6 +23,22 @@ def test_read_objects_skips_blank_lines_and_names_bad_lines(tmp_path):
         list(read_objects(tmp_path / "missing.jsonl", "test file"))
 
 
+def test_read_objects_reads_any_json_and_refuses_unreadable_lines_in_one_line(tmp_path):
+    p = tmp_path / "x.jsonl"
+    # U+2028 and U+0085 inside a string (json.dumps with ensure_ascii=False) do not end a line
+    p.write_text(json.dumps({"code": "a\u2028b\u0085c"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert list(read_objects(p, "test file")) == [(1, {"code": "a\u2028b\u0085c"})]
+    bad_lines = {
+        b'{"a": "\xff"}': "line 2: not UTF-8 text",
+        b"[" * 100_000 + b"]" * 100_000: "line 2: not readable JSON .RecursionError",
+        b'{"a": ' + b"9" * 5000 + b"}": "line 2: not readable JSON .ValueError",
+    }
+    for line, message in bad_lines.items():
+        p.write_bytes(b'{"ok": 1}\n' + line + b"\n")
+        with pytest.raises(UserError, match=message):
+            list(read_objects(p, "test file"))
+
+
 def test_cruxeval_lines_become_deduction_and_abduction_items(tmp_path):
     p = tmp_path / "crux.jsonl"
     rows = [{"code": "def f(x):\n    return x + 1", "input": "1", "output": "2", "id": "sample_0"},

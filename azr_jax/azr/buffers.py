@@ -168,15 +168,26 @@ def load_seed_file(path: str | Path, task: str) -> list[dict]:
             raise UserError(f"seed file {p} line {n}: missing field(s) {missing} for a {task} seed")
         if not isinstance(program, str):
             raise UserError(f"seed file {p} line {n}: 'program' must be a string, got {type(program).__name__}")
+        def bad(field: str, expected: str):
+            return UserError(f"seed file {p} line {n}: '{field}' must be {expected}, got {row[field]!r:.80}")
+
         imports = row.get("imports") or []
+        if not isinstance(imports, list) or not all(isinstance(x, str) for x in imports):
+            raise bad("imports", "a list of import lines")
         if task == "induction":
+            for field in ("inputs", "outputs"):
+                if not isinstance(row[field], list):  # a string would be read as its characters
+                    raise bad(field, "a list")
             inputs, outputs = [str(x) for x in row["inputs"]], [str(x) for x in row["outputs"]]
             if len(inputs) != len(outputs):
                 raise UserError(f"seed file {p} line {n}: {len(inputs)} inputs but {len(outputs)} outputs")
+            visible = row.get("visible", induction_visible(len(inputs)))
+            if isinstance(visible, bool) or not isinstance(visible, int) or not 0 <= visible <= len(inputs):
+                raise bad("visible", f"an int in [0, {len(inputs)}] (the number of pairs shown)")
             if any(o == "" for o in outputs):
                 continue
             out.append({"program": program, "inputs": inputs, "outputs": outputs, "message": str(row["message"]),
-                        "visible": int(row.get("visible", induction_visible(len(inputs)))), "imports": list(imports)})
+                        "visible": visible, "imports": list(imports)})
         else:
             if str(row["output"]) == "":
                 continue

@@ -32,23 +32,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set azr.boundary_reward=0.0 (repeatable)")
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_lines(path: Path) -> list[str | UnicodeDecodeError]:
+    """The file's records, each decoded on its own: a line that is not UTF-8 is its decode error
+    (that line becomes a bad_record row; the others are scored)."""
     if not path.is_file():
         raise UserError(f"input file not found: {path}")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"input file {path} is not UTF-8 text: {e}") from None
     # Records end at "\n" only: str.splitlines() would also split at U+2028, U+0085, ... which a
     # JSON string may hold unescaped (ensure_ascii=False).
-    lines = text.split("\n")
-    if lines[-1] == "":
+    lines = path.read_bytes().split(b"\n")
+    if lines[-1] == b"":
         lines.pop()  # the newline that ends the last record
-    return [line.removesuffix("\r") for line in lines]
+    out: list[str | UnicodeDecodeError] = []
+    for raw in lines:
+        try:
+            out.append(raw.removesuffix(b"\r").decode("utf-8"))
+        except UnicodeDecodeError as e:
+            out.append(e)
+    return out
 
 
-def _decode(line: str):
+def _decode(line: str | UnicodeDecodeError):
     """A JSON object, or an error message for the line."""
+    if isinstance(line, UnicodeDecodeError):
+        return None, f"not UTF-8 text: {line.reason} at byte {line.start}"
     if not line.strip():
         return None, "empty line"
     try:

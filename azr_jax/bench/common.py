@@ -32,6 +32,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def fraction(text: str) -> float:
+    """argparse type of a share in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expects a number in (0, 1], got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type of a duration."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expects a positive number, got {value}")
+    return value
+
+
 def device_info() -> dict:
     """What the benchmark ran on, for the JSON record."""
     import jax

@@ -16,7 +16,7 @@ import platform
 import sys
 import time
 
-from azr_jax.bench.common import positive_int
+from azr_jax.bench.common import fraction, positive_float, positive_int
 from azr_jax.config import load_config
 from azr_jax.sandbox import Job, Sandbox
 from azr_jax.bench.executor_programs import NEVER_ENDS, PROGRAMS
@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. sandbox.workers=4 (repeatable)")
     parser.add_argument("--jobs", type=positive_int, default=400, help="validations per timed batch")
     parser.add_argument("--hang-jobs", type=positive_int, default=100, help="size of the batch with non-terminating programs")
-    parser.add_argument("--hang-fraction", type=float, default=0.05, help="share of programs that never terminate")
-    parser.add_argument("--hang-timeout-s", type=float, default=2.0, help="sandbox.timeout_s for the hanging batch")
+    parser.add_argument("--hang-fraction", type=fraction, default=0.05, help="share of programs that never terminate")
+    parser.add_argument("--hang-timeout-s", type=positive_float, default=2.0, help="sandbox.timeout_s for the hanging batch")
     parser.add_argument("--no-baseline", action="store_true", help="skip the baselines (isolation=none; seccomp off)")
 
 

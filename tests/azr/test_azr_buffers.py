@@ -131,6 +131,26 @@ def test_seed_file_loading(tmp_path):
             load_seed_file(p, "deduction")
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("inputs", "12", "'inputs' must be a list"),  # a string would be read as its characters
+    ("outputs", 5, "'outputs' must be a list"),
+    ("imports", "import math", "'imports' must be a list of import lines"),
+    ("imports", [1], "'imports' must be a list of import lines"),
+    ("visible", "two", "'visible' must be an int in"),
+    ("visible", 3, "'visible' must be an int in"),
+    ("visible", True, "'visible' must be an int in"),
+])
+def test_induction_seed_fields_of_the_wrong_type_are_one_line(tmp_path, field, value, message):
+    good = {"program": "def f(a):\n    return a", "inputs": ["1", "2"], "outputs": ["1", "2"],
+            "message": "identity", "visible": 1, "imports": []}
+    p = tmp_path / "seed.jsonl"
+    p.write_text(json.dumps(good) + "\n")
+    assert load_seed_file(p, "induction")[0]["visible"] == 1
+    p.write_text(json.dumps(dict(good, **{field: value})) + "\n")
+    with pytest.raises(UserError, match=f"line 1: {message}"):
+        load_seed_file(p, "induction")
+
+
 def _at_depth(frames, fn):
     return fn() if frames == 0 else _at_depth(frames - 1, fn)
 

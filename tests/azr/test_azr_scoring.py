@@ -265,20 +265,23 @@ def test_cli_scores_every_line_and_reports_malformed_ones(tmp_path, capsys):
 
 def test_cli_splits_records_at_newlines_only_and_survives_any_line(tmp_path, capsys):
     """U+2028 and U+0085 inside a record written with ensure_ascii=False are not line breaks (str.splitlines
-    split there); a line nested too deeply for the JSON parser, or with an integer over Python's
-    digit limit, is one bad record, not a crash with nothing written."""
+    split there); a line nested too deeply for the JSON parser, with an integer over Python's
+    digit limit, or not in UTF-8, is one bad record, not a crash with nothing written."""
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     wide = solve("deduction", TASK, "```output\n9\n```", rid="a\u2028b\x85c")
     lines = [json.dumps(wide, ensure_ascii=False), "[" * 100_000 + "]" * 100_000, '{"id": ' + "1" * 5_000 + "}",
              json.dumps(solve("deduction", TASK, "```output\n9\n```", rid="crlf"))]
-    src.write_bytes(("\n".join(lines[:3]) + "\n" + lines[3] + "\r\n").encode("utf-8"))
+    latin1 = json.dumps(solve("deduction", TASK, "caf\u00e9", rid="latin-1"), ensure_ascii=False).encode("latin-1")
+    src.write_bytes(("\n".join(lines[:3]) + "\n" + lines[3] + "\r\n").encode("utf-8") + latin1 + b"\n")
     assert cli.main(["score", "--in", str(src), "--out", str(dst), "--set", "sandbox.timeout_s=4"]) == 0
     rows = [json.loads(line) for line in dst.read_text(encoding="utf-8").split("\n")[:-1]]
-    assert [r["id"] for r in rows] == ["a\u2028b\x85c", None, None, "crlf"]
+    assert [r["id"] for r in rows] == ["a\u2028b\x85c", None, None, "crlf", None]
     assert rows[0]["reward"] == 1.0 and rows[3]["reward"] == 1.0
     assert rows[1]["reason"] == "bad_record" and "nested too deeply" in rows[1]["error"]
     assert rows[2]["reason"] == "bad_record" and "not valid JSON" in rows[2]["error"]
-    assert "4 lines, 2 malformed" in capsys.readouterr().err
+    # one line that is not UTF-8 is one bad record: the others are still scored
+    assert rows[4]["reason"] == "bad_record" and rows[4]["line"] == 5 and "not UTF-8" in rows[4]["error"]
+    assert "5 lines, 3 malformed" in capsys.readouterr().err
 
 
 def test_seeding_refuses_a_program_too_deep_to_clean(sb):

@@ -30,3 +30,18 @@ def test_bench_executor_without_seccomp_has_no_seccomp_baseline(capsys):
     record = json.loads(capsys.readouterr().out)
     assert record["isolation"]["layers"]["seccomp"] == "off (sandbox.seccomp=false)"
     assert "seccomp_off_validations_per_s" not in record and record["baseline_validations_per_s"] > 0
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--hang-fraction", "2", "expects a number in (0, 1]"),  # more hanging jobs than jobs: wrong counts
+    ("--hang-fraction", "0", "expects a number in (0, 1]"),
+    ("--hang-fraction", "-0.5", "expects a number in (0, 1]"),
+    ("--hang-timeout-s", "0", "expects a positive number"),
+])
+def test_hang_settings_out_of_range_are_refused(flag, value, message):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "azr_jax.cli", "bench", "executor", flag, value],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
