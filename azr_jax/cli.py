@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import logging
 import os
 import sys
 
@@ -74,7 +75,12 @@ def main(argv: list[str] | None = None, *, process_exit: bool = False) -> int:
             print(f"azr-jax: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("azr-jax: interrupted", file=sys.stderr)
+        if process_exit:
+            for handler in logging.getLogger().handlers:  # the trainer's "stopping now" first
+                handler.flush()
+            _say_last("azr-jax: interrupted\n")
+        else:
+            print("azr-jax: interrupted", file=sys.stderr)
         return 130
 
 
@@ -99,7 +105,14 @@ def _say_last(text: str) -> None:
 
 def run() -> None:
     """The `azr-jax` executable."""
-    sys.exit(main(process_exit=True))
+    status = main(process_exit=True)
+    if status == 130:
+        # Interrupted at once (during start-up, or by a second signal): what the command opened is
+        # closed, but library threads may still be mid-work (an XLA compilation, Orbax reads), and
+        # the interpreter's shutdown can crash under them (exit status 139 instead of 130).
+        sys.stdout.flush()
+        os._exit(130)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

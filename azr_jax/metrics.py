@@ -10,6 +10,7 @@ ends in `_s` or `_per_s`, every other value is a deterministic function of (conf
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -84,6 +85,13 @@ class ProgressLine:
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._seen: list[tuple[int, float]] = []  # (step, time) of the updates so far
+        self.showing = False  # a line is on the terminal with no newline after it
+        # On a terminal a log record would continue the progress line (it ends with no newline):
+        # the log handlers that write to the same stream clear it first.
+        self._handlers = [h for h in logging.getLogger().handlers
+                          if self.tty and getattr(h, "stream", None) is self.stream]
+        for h in self._handlers:
+            h.addFilter(self._clear_before_log)
 
     def update(self, step: int, fields: dict[str, float], now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now
@@ -104,14 +112,24 @@ class ProgressLine:
         text = f"[{bar}] step {step}/{self.total} {rate} {shown}"
         if self.tty:
             self.stream.write("\r" + text + "\033[K")
+            self.showing = True
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
 
+    def _clear_before_log(self, record) -> bool:
+        if self.showing:
+            self.stream.write("\r\033[K")
+            self.showing = False
+        return True
+
     def close(self) -> None:
-        if self.tty:
+        for h in self._handlers:
+            h.removeFilter(self._clear_before_log)
+        if self.showing:
             self.stream.write("\n")
             self.stream.flush()
+            self.showing = False
 
 
 class MetricsWriter:

@@ -48,6 +48,11 @@ def allowed_config_change(old: dict, new: dict) -> list[str]:
     """Keys whose values differ between two config dicts and are not allowed to on resume."""
     a, b = _flatten(old), _flatten(new)
     differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+    # Raising the prompt limit is the way out of a run whose buffers grew prompts past it (the
+    # batch builder says so); the steps after the resume then draw from the longer prompts too.
+    key = "sampling.max_prompt_len"
+    if key in differ and isinstance(a.get(key), int) and isinstance(b.get(key), int) and b[key] > a[key]:
+        differ.remove(key)
     # A cosine or linear schedule decays to 0 at train.steps: another length changes every rate.
     if a.get("train.steps") != b.get("train.steps") and b.get("optim.schedule", "constant") != "constant":
         differ.append("train.steps (optim.schedule decays over it)")

@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -69,25 +70,39 @@ class StopFlag:
     """Set by SIGTERM / SIGINT; the loop saves a checkpoint after the current step and exits.
 
     Until `stepping` is set (the start-up: loading, restoring) there is nothing to save, so a
-    signal stops at once."""
+    signal stops at once: the handler raises KeyboardInterrupt. Python drops an exception raised
+    inside a garbage-collection callback (JAX has one), so the start-up also calls
+    `check_startup` between its phases, which raises it again; and a second signal, which
+    stops at once whatever the phase, also cancels the host jobs still queued."""
 
     def __init__(self, stepping: bool = True):
         self.requested = False
         self.stepping = stepping
+        self.immediate = False  # a stop that does not wait for the step (start-up or second signal)
         self._previous = {}
+        self._unraisable = None
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
+        self._unraisable = sys.unraisablehook
+        sys.unraisablehook = self._drop_dropped_stop
+
+    def _drop_dropped_stop(self, unraisable) -> None:
+        """Python reports the KeyboardInterrupt it dropped (raised in a garbage-collection
+        callback) with a traceback; `check_startup` raises it again, so the report is noise."""
+        if not (self.immediate and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            self._unraisable(unraisable)
 
     def _handle(self, signum, frame) -> None:
         if not self.stepping:
-            self.restore()
+            self.requested = self.immediate = True
             log.warning("received %s before the first step: stopping now", signal.Signals(signum).name)
             raise KeyboardInterrupt
         if self.requested:  # a second signal: do not wait for the step to finish
+            self.immediate = True
             self.restore()
             log.warning("received %s again: stopping now, without a checkpoint", signal.Signals(signum).name)
             raise KeyboardInterrupt
@@ -95,9 +110,18 @@ class StopFlag:
         log.warning("received %s: stopping after this step (send it again to stop at once)",
                     signal.Signals(signum).name)
 
+    def check_startup(self) -> None:
+        """Raise the start-up stop again, in case the handler's exception was dropped."""
+        if self.immediate:
+            raise KeyboardInterrupt
+
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous = {}
+        if getattr(self, "_unraisable", None) is not None and sys.unraisablehook == self._drop_dropped_stop:
+            sys.unraisablehook = self._unraisable
+        self._unraisable = None
 
 
 class SelfPlay:
@@ -520,8 +544,10 @@ class SelfPlay:
             rec["update_mfu_per_s"] = flops / update_s / self.policy.peak_flops
         return rec
 
-    def close(self) -> None:
-        self.host_pool.shutdown(wait=True)
+    def close(self, cancel: bool = False) -> None:
+        """`cancel` (a stop that does not wait): queued host jobs are dropped and the running
+        one is not waited for; it ends once the sandbox, closed next, refuses its work."""
+        self.host_pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
 def sandbox_error_count(batches) -> int:
@@ -690,27 +716,11 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
         stop.restore()
 
 
-def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) -> dict:
+def _start_state(cfg, policy, ckpts, stop: StopFlag, resume_step):
+    """(train state, buffers, last step done): a fresh start, or the checkpoint to resume from."""
     from azr_jax.azr.buffers import TaskBuffers
-    from azr_jax.jsonl import check_output_dir
-    from azr_jax.sandbox import Sandbox
 
-    workdir = check_output_dir(workdir, "--workdir")
-    primary = jax.process_index() == 0
-    check_workdir(cfg, workdir, write=primary)
-    try:
-        import multiprocessing_logging
-
-        multiprocessing_logging.install_mp_handler()  # sandbox workers log through the main log
-    except Exception as e:  # logging set-up must never stop a run
-        log.warning("multiprocessing-logging unavailable (%s); worker logs stay in the workers", e)
-
-    policy = load_policy(cfg)
-    if generate_fn is None:
-        from azr_jax.sampling import generate as generate_fn
-    ckpts = Checkpoints(workdir / "checkpoints", keep=cfg.train.keep_checkpoints, writer=True)
     buffers = TaskBuffers.seeded(cfg.azr)
-    start = 0
     # The listing is compared too: with --resume-step the step itself is the same everywhere, but a
     # process that lists other checkpoints would fail (or delete) alone while the others wait.
     restore_from, _ = distributed.agree(
@@ -721,39 +731,58 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
         log.warning("an earlier --resume-step %d was interrupted while it deleted the newer checkpoints; "
                     "resuming from step %d and finishing the deletion", restore_from, restore_from)
     if restore_from is None:
-        state = policy.init_state(cfg)
-    else:  # restored straight into an abstract target: no throwaway state of the same size
-        target = abstract_like(policy.checkpoint_tree(policy.init_state(cfg, abstract=True)))
-        restored, host = ckpts.restore(restore_from, target)
-        state = policy.state_from_tree(restored)
-        expected = np.asarray(jax.random.key_data(jax.random.key(cfg.train.seed))).tolist()
-        if host.get("rng_key") != expected:
-            raise UserError(f"checkpoint {restore_from} was written with another train.seed; use a new --workdir")
-        buffers = TaskBuffers.from_state(host["buffers"])
-        start = PipelineState.from_json(host["pipeline"]).next_step - 1
-        log.info("resumed from checkpoint step %d", start)
-        dropped = _delete_newer_checkpoints(ckpts, restore_from, stop)
-        if dropped:
-            log.warning("--resume-step %d: deleted the newer checkpoints %s of the abandoned continuation",
-                        restore_from, dropped)
-    if primary:
-        _drop_outputs_after(workdir, start, cfg.train.steps)
-    metrics = MetricsWriter(workdir, total_steps=cfg.train.steps, start_step=start, enabled=primary,
-                            progress=progress, progress_every=cfg.train.log_every)
-    sandbox = Sandbox(cfg.sandbox)
-    loop = SelfPlay(cfg, policy, sandbox, buffers, generate_fn=generate_fn)
-    # The train state holds its own float32 copy of the weights; the loaded ones stay alive only
-    # as the KL reference (rl.kl_coef > 0), which the loop keeps itself.
-    policy.params = None
-    stop.stepping = True
-    status, step = "completed", start
-    eval_summary: dict = {}
-    evaluating = cfg.train.eval_every >= 0  # -1: never evaluate
-    if evaluating:
-        from azr_jax.eval.benchmarks import load_benchmark
+        return policy.init_state(cfg), buffers, 0
+    # Restored straight into an abstract target: no throwaway state of the same size.
+    target = abstract_like(policy.checkpoint_tree(policy.init_state(cfg, abstract=True)))
+    restored, host = ckpts.restore(restore_from, target)
+    state = policy.state_from_tree(restored)
+    expected = np.asarray(jax.random.key_data(jax.random.key(cfg.train.seed))).tolist()
+    if host.get("rng_key") != expected:
+        raise UserError(f"checkpoint {restore_from} was written with another train.seed; use a new --workdir")
+    buffers = TaskBuffers.from_state(host["buffers"])
+    start = PipelineState.from_json(host["pipeline"]).next_step - 1
+    log.info("resumed from checkpoint step %d", start)
+    dropped = _delete_newer_checkpoints(ckpts, restore_from, stop)
+    if dropped:
+        log.warning("--resume-step %d: deleted the newer checkpoints %s of the abandoned continuation",
+                    restore_from, dropped)
+    return state, buffers, start
 
-        load_benchmark(cfg.eval)  # a missing or malformed benchmark file is said now, not after seeding
-    try:
+
+def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) -> dict:
+    from azr_jax.jsonl import check_output_dir
+    from azr_jax.sandbox import Sandbox
+
+    workdir = check_output_dir(workdir, "--workdir")
+    primary = jax.process_index() == 0
+    check_workdir(cfg, workdir, write=primary)
+    policy = load_policy(cfg)
+    stop.check_startup()
+    if generate_fn is None:
+        from azr_jax.sampling import generate as generate_fn
+    ckpts = Checkpoints(workdir / "checkpoints", keep=cfg.train.keep_checkpoints, writer=True)
+    metrics = sandbox = loop = None
+    try:  # from here on, whatever fails (start-up included) closes what was opened
+        state, buffers, start = _start_state(cfg, policy, ckpts, stop, resume_step)
+        stop.check_startup()
+        if primary:
+            _drop_outputs_after(workdir, start, cfg.train.steps)
+        metrics = MetricsWriter(workdir, total_steps=cfg.train.steps, start_step=start, enabled=primary,
+                                progress=progress, progress_every=cfg.train.log_every)
+        sandbox = Sandbox(cfg.sandbox)
+        loop = SelfPlay(cfg, policy, sandbox, buffers, generate_fn=generate_fn)
+        # The train state holds its own float32 copy of the weights; the loaded ones stay alive
+        # only as the KL reference (rl.kl_coef > 0), which the loop keeps itself.
+        policy.params = None
+        status, step = "completed", start
+        eval_summary: dict = {}
+        evaluating = cfg.train.eval_every >= 0  # -1: never evaluate
+        if evaluating:
+            from azr_jax.eval.benchmarks import load_benchmark
+
+            load_benchmark(cfg.eval)  # a missing or malformed benchmark file is said now, not after seeding
+        stop.check_startup()
+        stop.stepping = True
         if start == 0 and cfg.azr.seed_size:
             _seed(cfg, loop, state.params, workdir, primary)
         if evaluating and start == 0:
@@ -794,11 +823,13 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
                 log.warning("no eval/base.json (the run started without evaluations): summary.json gets no "
                             "solve-rate comparison; eval/final.json has the final evaluation")
     finally:
-        loop.close()
+        if loop is not None:
+            loop.close(cancel=stop.immediate)
         ckpts.close()  # waits for the last asynchronous save
-        metrics.close()
-        if hasattr(sandbox, "close"):
-            sandbox.close()
+        if metrics is not None:
+            metrics.close()
+        if sandbox is not None and hasattr(sandbox, "close"):
+            sandbox.close(cancel=stop.immediate)
     # A checksum of the final params, identical on every process (multi-host runs compare it).
     digest = float(jax.jit(lambda p: sum(jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in jax.tree.leaves(p)))(
         state.params))

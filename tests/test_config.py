@@ -185,6 +185,22 @@ def test_resuming_with_another_length_is_refused_only_for_a_decaying_schedule():
         "train.steps (optim.schedule decays over it)"]
 
 
+def test_a_resume_may_raise_the_prompt_limit_but_not_lower_it():
+    """The batch builder's way out of prompts that outgrew the limit is to raise it."""
+    from azr_jax.config import to_dict
+    from azr_jax.train_setup import allowed_config_change
+
+    def as_dict(*items):
+        return to_dict(apply_overrides(Config(), list(items)))
+
+    small, large = as_dict("sampling.max_prompt_len=1024"), as_dict("sampling.max_prompt_len=2048")
+    assert allowed_config_change(small, large) == []
+    assert allowed_config_change(large, small) == ["sampling.max_prompt_len"]
+    assert allowed_config_change(as_dict("sampling.max_prompt_len=8192"), as_dict("sampling.max_rows=8")) == [
+        "sampling.max_prompt_len"]  # back to the default 6144: lowered
+    assert allowed_config_change(as_dict("sampling.max_rows=64"), as_dict("sampling.max_rows=8")) == []
+
+
 def test_a_decaying_schedule_needs_steps_after_the_warmup():
     with pytest.raises(UserError, match=r"train.steps \(5\) must be > optim.warmup_steps \(5\)"):
         apply_overrides(Config(), ["optim.schedule=cosine", "optim.warmup_steps=5", "train.steps=5"])

@@ -21,37 +21,23 @@ PEAKS = {
 }
 
 
-def positive_int(text: str) -> int:
-    """argparse type of the bench sizes and counts (0 or less would fail deep inside a run)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expects a positive integer, got {value}")
-    return value
+def _argument_type(convert, accept, expected: str):
+    """An argparse type: `convert` the text, refuse values `accept` rejects, in one line."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expects {expected}, got {value}")
+        return value
+    return parse
 
 
-def fraction(text: str) -> float:
-    """argparse type of a share in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expects a number in (0, 1], got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type of a duration."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expects a positive number, got {value}")
-    return value
+# The bench sizes, counts and shares (0 or less would fail deep inside a run, or measure nonsense).
+positive_int = _argument_type(int, lambda v: v > 0, "a positive integer")
+fraction = _argument_type(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+positive_float = _argument_type(float, lambda v: 0 < v < float("inf"), "a positive number")
 
 
 def device_info() -> dict:

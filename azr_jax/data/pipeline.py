@@ -132,7 +132,8 @@ def build_prompt_batch(pick: Callable[[int, np.random.Generator], dict], render:
     if len(items) < batch_size:
         raise UserError(
             f"only {len(items)} of {batch_size} {what} fit in sampling.max_prompt_len={max_prompt_len} "
-            f"tokens after {batch_size * CANDIDATES_PER_PROMPT} draws; raise sampling.max_prompt_len"
+            f"tokens after {batch_size * CANDIDATES_PER_PROMPT} draws; raise sampling.max_prompt_len "
+            f"(a run may resume with a larger one)"
         )
     return collate(items, pad_id=pad_id, length_buckets=length_buckets, batch_multiple=batch_multiple)
 

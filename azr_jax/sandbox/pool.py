@@ -98,8 +98,7 @@ class _Zygote:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if not ready:
+            if not _readable(fd, remaining):
                 return None
             chunk = os.read(fd, n - len(buf))
             if not chunk:
@@ -139,8 +138,7 @@ class _Zygote:
         start = time.monotonic()
         deadline = start + req["timeout_s"]
         fd = self.proc.stdout.fileno()
-        ready, _, _ = select.select([fd], [], [], STALL_S)
-        if not ready:
+        if not _readable(fd, STALL_S):
             on_stall()
         answer = self._recv(deadline + GRACE_S)
         if isinstance(answer, dict) and answer.get("status") != "sandbox_error":
@@ -173,6 +171,14 @@ class _Zygote:
         if self.host_scratch:
             _remove_tree(self.host_scratch)
             self.host_scratch = None
+
+
+def _readable(fd: int, timeout_s: float) -> bool:
+    """Whether `fd` has data (or EOF) within `timeout_s`. poll, not select: select refuses
+    descriptors of 1024 and above, which a host with many workers reaches."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout_s) * 1000))
 
 
 def _remove_tree(path: str) -> None:
@@ -240,6 +246,7 @@ class Sandbox:
         self._zygotes: list[dict[int, _Zygote]] = []
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._start_failures = 0
         for slot in range(self.workers * SLOTS_PER_WORKER):
             self._zygotes.append({})
             t = threading.Thread(target=self._slot_loop, args=(slot,), name=f"azr-sandbox-{slot}", daemon=True)
@@ -312,10 +319,30 @@ class Sandbox:
         """Structural equality of value texts (a text that is not a plain literal is never equal)."""
         return [texts_equal(a, b) for a, b in pairs]
 
-    def close(self) -> None:
+    def _start_failed(self, e: Exception) -> None:
+        """Say why a sandbox could not start, once per sandbox (every slot would say the same);
+        the jobs it fails are scored `sandbox_error` without their cause."""
+        with self._lock:
+            first, self._start_failures = self._start_failures == 0, self._start_failures + 1
+        (LOG.warning if first else LOG.debug)("a sandbox failed to start (%s: %s); its jobs count as sandbox errors",
+                                             type(e).__name__, str(e)[:500])
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop the workers and their zygotes. `cancel`: jobs still queued are not run; their
+        `run()` callers get sandbox-fault results at once (a stop that does not wait)."""
         if self._closed:
             return
         self._closed = True
+        if cancel:
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    batch, i, job = item
+                    batch.put(i, _failed(len(job.calls), "sandbox closed before the job ran", expected=job.expected,
+                                         sandbox_fault=True))
         for _ in self._threads:
             self._queue.put(None)
         for t in self._threads:
@@ -348,8 +375,11 @@ class Sandbox:
         for repeat in range(WARM_REPEATS):
             try:
                 self._zygote(slot, repeat)
-            except (SandboxStartError, OSError):
-                break  # reported by the first job that needs it
+            except Exception as e:  # noqa: BLE001 - a dead slot thread would leave run() waiting
+                # The first job that needs it tries again, and says so if that fails too (a warm
+                # start can also lose a race with close()).
+                LOG.debug("warm start of sandbox slot %d failed: %s: %s", slot, type(e).__name__, e)
+                break
         while True:
             self._permits.acquire()
             item = self._queue.get()
@@ -423,6 +453,7 @@ class Sandbox:
                 try:
                     z = self._zygote(slot, r)
                 except (SandboxStartError, OSError) as e:
+                    self._start_failed(e)
                     return _failed(n, f"sandbox failed to start: {e}", expected=job.expected, sandbox_fault=True)
                 answer = z.request(req, permit.release)
                 if answer.get("status") not in ("sandbox_error", "zygote_died"):

@@ -343,6 +343,67 @@ def test_a_broken_zygote_is_not_the_programs_fault(monkeypatch, caplog):
     assert any("running the job again" in m for m in caplog.messages), caplog.messages
 
 
+def test_close_with_cancel_answers_the_queued_jobs_at_once():
+    """A second stop signal must not wait for every queued job: close(cancel=True) leaves the
+    running ones to their timeout and answers the rest as sandbox faults."""
+    import threading
+
+    loop = Job("def f(x):\n    while True:\n        pass\n", ["0"])
+    s = Sandbox(SandboxSection(timeout_s=2, workers=1))
+    out = {}
+    runner = threading.Thread(target=lambda: out.setdefault("results", s.run([loop] * 12)))
+    runner.start()
+    time.sleep(0.5)  # one worker: at most one job runs at a time, the others wait in the queue
+    t0 = time.monotonic()
+    s.close(cancel=True)
+    runner.join(timeout=30)
+    assert not runner.is_alive() and time.monotonic() - t0 < 10  # not 12 timeouts of 2 s
+    results = out["results"]
+    cancelled = [r for r in results if r.error == "sandbox closed before the job ran"]
+    assert len(cancelled) >= 10 and all(r.sandbox_fault for r in cancelled)
+    with pytest.raises(RuntimeError, match="closed"):
+        s.run([loop])
+
+
+def test_a_start_failure_is_logged_with_its_cause(monkeypatch, caplog):
+    """Jobs that no sandbox could take are scored sandbox_error; the log says why, once."""
+    from azr_jax.sandbox import pool
+
+    with Sandbox(SandboxSection(timeout_s=1.5, workers=1)) as s:  # started for real, then broken
+        def no_start(*a, **k):
+            raise pool.SandboxStartError("mkdtemp: [Errno 2] No such file or directory")
+
+        monkeypatch.setattr(pool, "_Zygote", no_start)
+        for zs in s._zygotes:  # the warm zygotes are gone too
+            for z in zs.values():
+                z.close()
+        with caplog.at_level(logging.WARNING, "azr_jax.sandbox"):
+            results = s.run([Job(ADD, ["1, 1"]) for _ in range(3)])
+    assert all(r.sandbox_fault for r in results)
+    starts = [m for m in caplog.messages if "failed to start" in m]
+    assert len(starts) == 1 and "No such file or directory" in starts[0], caplog.messages
+
+
+def test_waits_on_descriptors_past_select_s_limit():
+    """select() refuses fd >= 1024; a host with many workers opens that many pipes."""
+    import resource
+
+    from azr_jax.sandbox.pool import _readable
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft <= 1500:  # room for descriptor 1500 (CI runs as root, where the hard limit allows it)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    r, w = os.pipe()
+    high = os.dup2(r, 1500)
+    try:
+        assert not _readable(high, 0.05)
+        os.write(w, b"x")
+        assert _readable(high, 1.0)
+    finally:
+        for fd in (r, w, high):
+            os.close(fd)
+
+
 def test_isolation_report(sb):
     rep = sb.isolation_report()
     assert rep["mode"] in ("bwrap", "unshare", "none") and rep["workers"] == 2

@@ -46,6 +46,35 @@ def test_progress_line_without_terminal_prints_one_line_per_update():
     assert len(lines) == 2 and "step 2/4" in lines[1] and "reward/mean=0.25" in lines[1]
 
 
+def test_on_a_terminal_a_log_line_starts_on_a_cleared_line():
+    """The progress line ends with no newline on a terminal; a log record written to the same
+    stream used to continue it ("...step_time_s=16.8 2026-12-05 ... INFO: evaluating")."""
+    import logging
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("LOG %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        p = ProgressLine(total=4, start=0, stream=out)
+        p.update(1, {"reward/mean": 0.5})
+        logging.getLogger("azr_jax.trainer").warning("evaluating")
+        p.update(2, {"reward/mean": 0.25})
+        p.close()
+        logging.getLogger("azr_jax.trainer").warning("after close")
+    finally:
+        root.removeHandler(handler)
+    text = out.getvalue()
+    assert "\r\033[KLOG evaluating\n" in text  # the progress line is cleared, then the record
+    assert text.endswith("reward/mean=0.25\033[K\nLOG after close\n"), repr(text[-80:])
+    assert not handler.filters  # close() takes its filter off
+
+
 def test_progress_eta_leaves_out_the_slow_first_step():
     """Step 1 also compiles and runs the base evaluation (40 s here, 10 s per later step): the
     estimate must come from the steps after it, not from the mean since the start."""
@@ -200,7 +229,18 @@ def test_a_stop_signal_before_the_first_step_stops_at_once():
     try:
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
+        # Python drops an exception raised in a garbage-collection callback (JAX has one): the
+        # start-up checks between its phases raise it again, and the handler stays installed.
+        with pytest.raises(KeyboardInterrupt):
+            stop.check_startup()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+        stop.restore()
         assert signal.getsignal(signal.SIGTERM) is previous
+        stop = StopFlag(stepping=False)
+        stop.install()
+        stop.check_startup()  # no signal: nothing raised
+        stop.restore()
         stop = StopFlag(stepping=False)
         stop.install()
         stop.stepping = True  # the loop is about to start: the first signal only asks it to stop
@@ -208,6 +248,40 @@ def test_a_stop_signal_before_the_first_step_stops_at_once():
         assert stop.requested
     finally:
         stop.restore()
+
+
+def test_a_dropped_start_up_stop_is_not_reported_as_an_ignored_exception(capfd, monkeypatch):
+    """Python reports a KeyboardInterrupt it dropped (raised in a GC callback) with a traceback;
+    once the stop is recorded the start-up raises it again, so that report is dropped."""
+    import os
+    import signal
+    import sys
+
+    from azr_jax.trainer import StopFlag
+
+    def report(exc):  # an exception no caller can receive goes to sys.unraisablehook
+        class Finaliser:
+            def __del__(self):
+                raise exc
+
+        Finaliser()
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # not pytest's, which warns
+    previous = sys.unraisablehook
+    stop = StopFlag(stepping=False)
+    stop.install()
+    try:
+        report(KeyboardInterrupt())  # no stop recorded yet: reported as usual
+        assert "KeyboardInterrupt" in capfd.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+        report(KeyboardInterrupt())
+        report(ValueError("other"))
+        err = capfd.readouterr().err
+        assert "KeyboardInterrupt" not in err and "ValueError: other" in err
+    finally:
+        stop.restore()
+    assert sys.unraisablehook is previous
 
 
 def test_a_stop_signal_does_not_cut_the_deletion_of_newer_checkpoints_short():
