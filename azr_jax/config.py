@@ -39,7 +39,9 @@ class ModelSection:
     tokenizer: str | None = None  # tokenizer.json / SentencePiece .model; default: inside hf_dir
     overrides: dict = field(default_factory=dict)  # ModelConfig fields to replace in the preset (random init only; refused with hf_dir)
     compute_dtype: str = "bfloat16"  # activations / matmuls
-    param_dtype: str = "float32"  # master weights
+    # The dtype weights are loaded (or initialised) in, so also the KL reference's and the
+    # default export dtype; the trainer's master copy is float32 whatever this says.
+    param_dtype: str = "float32"
     remat: str = "none"  # rematerialisation policy of the update step: none | full | dots
     # False runs the layers as a Python loop instead of one lax.scan (ModelConfig.scan_layers):
     # faster on CPU, slower to compile for deep models.
@@ -422,7 +424,8 @@ def _set_in_dict(d: dict, path: list[str], value: Any) -> dict:
 
 
 _CHOICES = {
-    ("model", "compute_dtype"): ("bfloat16", "float32", "float16"),
+    # float16 is left out: the update has no loss scaling, and its gradients underflow.
+    ("model", "compute_dtype"): ("bfloat16", "float32"),
     ("model", "param_dtype"): ("bfloat16", "float32"),
     ("model", "remat"): ("none", "full", "dots"),
     ("azr", "buffer_eviction"): ("drop_oldest", "keep_oldest"),

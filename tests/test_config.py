@@ -85,6 +85,8 @@ def test_unknown_key_names_the_closest_valid_key():
     ("pretrain.batch_size=0", "must be positive"),  # a ZeroDivisionError after the tokenizer
     ("pretrain.steps=0", "must be positive"),  # an untrained model and a NaN loss in the record
     ("eval.data_path=/x.jsonl", "only with eval.benchmark=cruxeval"),  # silently evaluated nano
+    ("model.compute_dtype=float16", "must be one of"),  # no loss scaling: gradients underflow
+    ("sampling.max_rows=0", "must be positive"),
 ])
 def test_bad_values_are_user_errors(item, match):
     with pytest.raises(UserError, match=match):

@@ -20,8 +20,11 @@ from azr_jax import pyast
 # so `format_ok` finds the first pair and then looks for a `</answer>` after it, which matches
 # exactly the same texts.
 THINK_THEN_ANSWER_RE = re.compile(r"</think>\s*<answer>")
-# An opening fence with an optional tag on the same line, the body, and the closing fence.
-FENCE_RE = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
+# An opening fence with an optional one-word tag on the same line, the body, and the closing
+# fence. The tag is one word so that the closing backticks of an inline mention ("put it in an
+# ```output``` block:") are not read as an opening fence tagged " block:" that swallows the real
+# block's opening fence; the reference, which searches for each tag's own fence, finds that block.
+FENCE_RE = re.compile(r"```[ \t]*([\w+#.-]*)[ \t]*\n(.*?)```", re.DOTALL)
 CODE_TAGS = ("python", "py", "python3", "")
 
 ENTRY_NAME = "f"
@@ -223,6 +226,77 @@ def _char_col(line_text: str, byte_col: int) -> int:
     return len(line_text.encode("utf-8")[:byte_col].decode("utf-8", errors="ignore"))
 
 
+_FUNCTION_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _binds(scope: ast.AST, name: str) -> bool:
+    """Whether a function, lambda or comprehension binds `name` in its own scope (a parameter,
+    an assignment or loop target, an import, a nested def), so that inside it the name is not
+    the module-level function. Nested scopes are not looked into; `global name` undoes it."""
+    if isinstance(scope, _COMPREHENSIONS):
+        return any(isinstance(n, ast.Name) and n.id == name for g in scope.generators for n in ast.walk(g.target))
+    a = scope.args
+    if name in {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg] if x is not None}:
+        return True
+    if isinstance(scope, ast.Lambda):
+        return False
+    bound, declared_global, todo = False, False, list(scope.body)
+    while todo:
+        n = todo.pop()
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound |= n.name == name
+            continue
+        if isinstance(n, (ast.Lambda, *_COMPREHENSIONS)):
+            continue
+        if isinstance(n, (ast.Global, ast.Nonlocal)):
+            declared_global |= name in n.names
+        elif isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+            bound |= n.id == name
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            bound |= any((al.asname or al.name.split(".")[0]) == name for al in n.names)
+        elif isinstance(n, ast.ExceptHandler):
+            bound |= n.name == name
+        todo.extend(ast.iter_child_nodes(n))
+    return bound and not declared_global
+
+
+def _references(tree: ast.AST, name: str) -> list[ast.Name]:
+    """The `Name` nodes that refer to the module-level `name`: not those inside a function,
+    lambda or comprehension that binds `name` itself (`def word(word): return word[::-1]`)."""
+    found: list[ast.Name] = []
+
+    def visit(node: ast.AST, shadowed: bool) -> None:
+        if isinstance(node, ast.Name):
+            if node.id == name and not shadowed:
+                found.append(node)
+            return
+        if isinstance(node, _FUNCTION_SCOPES):
+            # Decorators, defaults and annotations are evaluated in the enclosing scope.
+            a = node.args
+            params = [*a.posonlyargs, *a.args, *a.kwonlyargs, *[x for x in (a.vararg, a.kwarg) if x is not None]]
+            outer = [*getattr(node, "decorator_list", []), *a.defaults, *[d for d in a.kw_defaults if d is not None],
+                     *[x.annotation for x in params if x.annotation is not None],
+                     *[r for r in [getattr(node, "returns", None)] if r is not None]]
+            for child in outer:
+                visit(child, shadowed)
+            inner = shadowed or _binds(node, name)
+            body = node.body if isinstance(node.body, list) else [node.body]
+            for child in body:
+                visit(child, inner)
+            return
+        if isinstance(node, _COMPREHENSIONS):
+            inner = shadowed or _binds(node, name)
+            for child in ast.iter_child_nodes(node):
+                visit(child, inner)
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child, shadowed)
+
+    visit(tree, False)
+    return found
+
+
 def rename_function(source: str, tree: ast.Module, fn: ast.FunctionDef, new_name: str = ENTRY_NAME) -> str:
     """Rename `fn` and every `Name` reference to it, editing only those spans of the source text
     (comments and layout are preserved, unlike an AST round trip)."""
@@ -232,11 +306,10 @@ def rename_function(source: str, tree: ast.Module, fn: ast.FunctionDef, new_name
     lines = _lines(source)
     starts = _offsets(lines)
     spans: list[tuple[int, int]] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and node.id == old:
-            line = lines[node.lineno - 1]
-            start = starts[node.lineno] + _char_col(line, node.col_offset)
-            spans.append((start, start + len(old)))
+    for node in _references(tree, old):
+        line = lines[node.lineno - 1]
+        start = starts[node.lineno] + _char_col(line, node.col_offset)
+        spans.append((start, start + len(old)))
     # The def's own name sits right after `def` on the def line (decorators come before it).
     line = lines[fn.lineno - 1]
     match = re.compile(r"def\s+").match(line, _char_col(line, fn.col_offset))

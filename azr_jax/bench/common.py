@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 from typing import Callable
 
@@ -65,7 +66,8 @@ def peak_numbers(device_kind: str) -> tuple[float | None, float | None]:
 
 
 def time_it(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 3) -> float:
-    """Median wall time of `fn()` in seconds after `warmup` calls; fn must block until done."""
+    """Median wall time of `fn()` in seconds after `warmup` calls (the mean of the middle two
+    for an even count); fn must block until done."""
     for _ in range(warmup):
         fn()
     times = []
@@ -73,5 +75,4 @@ def time_it(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 3) -> f
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+    return statistics.median(times)

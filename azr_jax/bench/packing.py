@@ -61,6 +61,12 @@ def self_play_like_batch(vocab: int, args) -> dict[str, np.ndarray]:
 def run(args: argparse.Namespace) -> dict:
     import dataclasses
 
+    from azr_jax.errors import UserError
+
+    for flag, (low, high) in (("--solver-len", args.solver_len), ("--proposer-len", args.proposer_len)):
+        if low > high:
+            raise UserError(f"{flag} MIN MAX needs MIN <= MAX, got {low} {high}")
+
     import jax
     import jax.numpy as jnp
 

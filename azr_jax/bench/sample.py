@@ -17,6 +17,7 @@ import numpy as np
 
 from azr_jax.bench.common import device_info, peak_numbers, positive_int, time_it
 from azr_jax.bench.model_shape import add_shape_arguments, dtype_from_args, model_config_from_args, model_shape_record
+from azr_jax.sampling.buckets import bucket_batch
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 
@@ -29,20 +30,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed calls (median is reported)")
     parser.add_argument("--no-baseline", action="store_true", help="skip transformers.generate")
+    parser.add_argument("--baseline-compile", action="store_true",
+                        help="let transformers compile the baseline's decode step (on CUDA it does by default "
+                             "with a static cache; off here unless asked, so the record says which was timed)")
 
 
 def roofline_tokens_per_s(cfg, batch: int, prompt_len: int, new_tokens: int, dtype_bytes: int,
-                          hbm_bytes_per_s: float) -> float:
-    """Upper bound on decode tokens/s from memory bandwidth alone.
+                          hbm_bytes_per_s: float, peak_flops: float | None = None) -> float:
+    """Upper bound on tokens/s of a whole call (prefill + decode), as the timer measures it.
 
-    Step t reads every weight once (the embedding row gather aside) and the KV of the
-    prompt_len + t tokens of each row; prefill is ignored (it is compute-bound and short).
+    Decode step t reads every weight once (the embedding row gather aside) and the KV of the
+    prompt_len + t tokens of each row, at `hbm_bytes_per_s`; the prefill's FLOPs run at
+    `peak_flops` at best (at 128 prompts of 512 tokens that is no longer negligible).
     """
     weight_bytes = (cfg.num_params() - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)) * dtype_bytes
     kv_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype_bytes
     context = prompt_len * new_tokens + new_tokens * (new_tokens - 1) / 2  # sum over steps
     total_bytes = new_tokens * weight_bytes + batch * context * kv_per_token
-    return batch * new_tokens * hbm_bytes_per_s / total_bytes
+    seconds = total_bytes / hbm_bytes_per_s
+    if peak_flops:  # forward only: a third of the training FLOPs per token
+        seconds += batch * prompt_len * cfg.flops_per_token(prompt_len) / 3 / peak_flops
+    return batch * new_tokens / seconds
 
 
 def _jax_side(cfg, args, dtype: str, prompts: list[list[int]]) -> float:
@@ -68,7 +76,7 @@ def _jax_side(cfg, args, dtype: str, prompts: list[list[int]]) -> float:
     return time_it(call, warmup=1, repeats=args.repeats)
 
 
-def _torch_side(cfg, args, dtype: str, prompts: list[list[int]]) -> float:
+def _torch_side(cfg, args, dtype: str, prompts: list[list[int]]) -> tuple[float, str]:
     import torch
     import transformers
 
@@ -86,7 +94,7 @@ def _torch_side(cfg, args, dtype: str, prompts: list[list[int]]) -> float:
             out = model.generate(
                 input_ids=ids, attention_mask=attn, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                 do_sample=args.temperature > 0, temperature=args.temperature or None, top_k=0, top_p=1.0,
-                cache_implementation="static", pad_token_id=0,
+                cache_implementation="static", pad_token_id=0, disable_compile=not args.baseline_compile,
             )
         if device == "cuda":
             torch.cuda.synchronize()
@@ -94,7 +102,7 @@ def _torch_side(cfg, args, dtype: str, prompts: list[list[int]]) -> float:
             raise RuntimeError(f"transformers.generate returned shape {tuple(out.shape)}")
         return out
 
-    return time_it(call, warmup=1, repeats=args.repeats)
+    return time_it(call, warmup=1, repeats=args.repeats), device
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -113,16 +121,25 @@ def run(args: argparse.Namespace) -> dict:
         "temperature": args.temperature, "repeats": args.repeats,
         "seconds": jax_s, "tokens_per_s": n_tokens / jax_s,
     }
-    _, hbm = peak_numbers(info["device_kind"])
+    padded = bucket_batch(args.batch, 1)
+    if padded != args.batch:  # the sampler pads the batch to a bucket; transformers does not
+        result["rows_decoded"] = padded
+    print(f"bench sample: jax side {jax_s:.3f}s, {result['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
+    peak_flops, hbm = peak_numbers(info["device_kind"])
     if hbm is not None:
-        roof = roofline_tokens_per_s(cfg, args.batch, args.prompt_len, args.new_tokens, _DTYPE_BYTES[dtype], hbm)
+        roof = roofline_tokens_per_s(cfg, args.batch, args.prompt_len, args.new_tokens, _DTYPE_BYTES[dtype], hbm,
+                                     peak_flops)
         result.update(roofline_tokens_per_s=roof, roofline_fraction=result["tokens_per_s"] / roof)
     else:
         result.update(roofline_tokens_per_s=None, roofline_fraction=None)  # no bandwidth figure for CPUs
     if not args.no_baseline:
-        print("bench sample: transformers.generate (static cache)", file=sys.stderr)
-        torch_s = _torch_side(cfg, args, dtype, prompts)
-        result.update(baseline="transformers.generate(cache_implementation='static')",
-                      baseline_seconds=torch_s, baseline_tokens_per_s=n_tokens / torch_s,
-                      ratio=torch_s / jax_s)
+        compiled = "compiled" if args.baseline_compile else "not compiled"
+        print(f"bench sample: transformers.generate (static cache, {compiled})", file=sys.stderr)
+        result["baseline"] = f"transformers.generate(cache_implementation='static'), {compiled}"
+        try:
+            torch_s, torch_device = _torch_side(cfg, args, dtype, prompts)
+            result.update(baseline_seconds=torch_s, baseline_tokens_per_s=n_tokens / torch_s,
+                          baseline_device=torch_device, ratio=torch_s / jax_s)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory or a compile error: keep the JAX figure
+            result["baseline_error"] = f"{type(e).__name__}: {e}"[:500]
     return result

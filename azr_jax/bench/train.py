@@ -89,8 +89,8 @@ def _torch_side(cfg, args, dtype: str, remat: str, batch: dict) -> tuple[float, 
     # float32 master weights with autocast on accelerators, like the JAX side's compute_dtype.
     model = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32).to(device).train()
     if remat != "none":  # renamed in transformers 5.2x; the GPU machines' 5.17 has only the old name
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable()
+        # Called at once, not kept: a bound method held in a local keeps the model alive.
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.0)
     ids = torch.tensor(batch["tokens"], dtype=torch.long, device=device)
     mask = torch.tensor(batch["loss_mask"][:, 1:], dtype=torch.float32, device=device)
@@ -114,12 +114,20 @@ def _torch_side(cfg, args, dtype: str, remat: str, batch: dict) -> tuple[float, 
         if device == "cuda":
             torch.cuda.synchronize()
 
-    try:
-        return time_it(call, warmup=1, repeats=args.repeats), device
-    finally:
-        del model, opt
-        if device == "cuda":
-            torch.cuda.empty_cache()  # hand the memory back before the JAX side allocates its own
+    return time_it(call, warmup=1, repeats=args.repeats), device
+
+
+def _free_torch_memory() -> None:
+    """Hand torch's cached GPU memory back before the JAX side allocates its own. Called once
+    `_torch_side` has returned or its exception was handled: until then its frame (and, on an
+    error, the traceback) still holds the model, the optimizer and the activations."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _micro(args) -> int:
@@ -151,6 +159,7 @@ def run(args: argparse.Namespace) -> dict:
             baseline = {"baseline_seconds": torch_s, "baseline_device": torch_device}
         except Exception as e:  # noqa: BLE001 - e.g. out of memory: keep the JAX figure
             baseline = {"baseline_error": f"{type(e).__name__}: {e}"[:500]}
+        _free_torch_memory()
     print(f"bench train: jax update step, {cfg.num_params() / 1e6:.1f}M params, {dtype}, remat {remat}",
           file=sys.stderr)
     jax_s = _jax_side(cfg, args, dtype, remat, batch)

@@ -29,6 +29,7 @@ _MASKED_SCORE = -1e30
 UNKNOWN_TOKEN_LOGIT = -1e9  # ids past ModelConfig.tokenizer_vocab_size (see output_logits)
 _INIT_STD = 0.02  # transformers' initializer_range for these families
 
+_BIASES = ("q_bias_nh", "k_bias_kh", "v_bias_kh")  # added in float32 (see `forward`)
 _ACT_BTD = ("batch", "length", "embed")
 
 # Rematerialisation of the layer in the backward pass (the update step's `model.remat`):
@@ -325,16 +326,20 @@ def forward(
     def layer(carry, xs):
         x_btd, k_cache, v_cache = carry
         lp, layer_idx = xs
-        lp = jax.tree.map(lambda w: w.astype(cd), lp)
+        # The q/k/v biases stay in their own dtype and are added in float32: the backward of that
+        # broadcast add sums the gradient over every token of the batch, which in bfloat16 lost
+        # several percent of the bias gradient at a few thousand tokens.
+        lp = {k: w if k in _BIASES else w.astype(cd) for k, w in lp.items()}
 
         h_btd = rms_norm(x_btd, lp["attn_norm_d"], cfg.rms_norm_eps)
         q_btnh = _matmul(h_btd, lp["q_proj_dnh"], 1, prec)
         k_btkh = _matmul(h_btd, lp["k_proj_dkh"], 1, prec)
         v_btkh = _matmul(h_btd, lp["v_proj_dkh"], 1, prec)
         if cfg.attention_bias:
-            q_btnh = q_btnh + lp["q_bias_nh"]
-            k_btkh = k_btkh + lp["k_bias_kh"]
-            v_btkh = v_btkh + lp["v_bias_kh"]
+            add_bias = lambda x, b: (x.astype(jnp.float32) + b.astype(jnp.float32)).astype(cd)  # noqa: E731
+            q_btnh = add_bias(q_btnh, lp["q_bias_nh"])
+            k_btkh = add_bias(k_btkh, lp["k_bias_kh"])
+            v_btkh = add_bias(v_btkh, lp["v_bias_kh"])
         if cfg.qk_norm:
             q_btnh = rms_norm(q_btnh, lp["q_norm_h"], cfg.rms_norm_eps)
             k_btkh = rms_norm(k_btkh, lp["k_norm_h"], cfg.rms_norm_eps)

@@ -141,7 +141,10 @@ def make_reference_logprobs(
     def reference(ref_params, batch: dict):
         inputs = {k: batch[k] for k in ("tokens", "positions", "mask")}
         rows = inputs["tokens"].shape[0]
-        n_micro = rows // min(rl_cfg.micro_batch_size, rows)
+        micro_rows = min(rl_cfg.micro_batch_size, rows)
+        if rows % micro_rows:  # as the update refuses it: the split would not be the update's
+            raise UserError(f"batch of {rows} rows is not a multiple of rl.micro_batch_size={micro_rows}")
+        n_micro = rows // micro_rows
         micro_batches = jax.tree.map(lambda x: _split_micro_batches(x, n_micro), inputs)
         if mesh is not None:
             micro_batches = jax.lax.with_sharding_constraint(micro_batches, micro_sharding)

@@ -7,7 +7,7 @@
 #    between the 1.5B and the 3B benchmarks (the more important ones first).
 # Each step has its own time limit and the script goes on after a failure, so one bad step
 # still leaves the others' records. Runs from a checkout with no install step when jax (CUDA),
-# optax, numpy, safetensors, torch and transformers are importable (PYTHON, default python3);
+# optax, numpy, safetensors, torch, transformers and pytest are importable (PYTHON, default python3);
 # the benchmarks and these tests do not import grain or tensorboardX.
 set -uo pipefail
 out="${1:?usage: bench_one_gpu.sh OUTDIR}"

@@ -93,6 +93,31 @@ def test_extraction_of_30_kB_adversarial_answers_is_linear(monkeypatch):
     assert value("output(" * 4_000 + ")" * 32, "output") == ""  # the innermost call, as before
 
 
+def test_an_inline_mention_of_a_fence_does_not_hide_the_real_block():
+    """Models echo the prompt's "in a ```output``` block"; the closing backticks of that inline
+    span once opened a block tagged " block:" that swallowed the real block's fence."""
+    text = "The result goes in an ```output``` block:\n```output\n9\n```"
+    assert parsing.fenced_blocks(text) == [("output", "9")]
+    code = "Write it as a ```python``` block, then:\n```python\ndef f(x):\n    return x\n```"
+    assert parsing.code_blocks(code) == ["def f(x):\n    return x"]
+    assert parsing.fenced_blocks("```Python \nx = 1\n```") == [("python", "x = 1")]  # tag case and blanks
+
+
+def test_renaming_leaves_a_parameter_or_local_of_the_same_name_alone():
+    """Only names that refer to the module-level function are renamed; a parameter, lambda
+    argument, comprehension variable or local of the same name is another variable."""
+    cases = {
+        "def word(word):\n    return word[::-1].upper()": "def f(word):\n    return word[::-1].upper()",
+        "def key(p):\n    return sorted(p, key=lambda key: key[1])": "def f(p):\n    return sorted(p, key=lambda key: key[1])",
+        "def g(xs):\n    return [g for g in xs] + [g(0) for _ in []]": "def f(xs):\n    return [g for g in xs] + [f(0) for _ in []]",
+        "def g(x):\n    g = x\n    return g": "def f(x):\n    g = x\n    return g",
+        "def g(n):\n    return 1 if n < 1 else n * g(n - 1)": "def f(n):\n    return 1 if n < 1 else n * f(n - 1)",
+    }
+    for src, renamed in cases.items():
+        prog = parsing.prepare_program(src, f_replace_location="not_first", reject_multiple_functions=False)
+        assert prog.source == renamed, src
+
+
 def test_induction_inputs_and_message_forms():
     answer = "```input\n1\n```\n```python\n2\n```\n```input\n3\n```\n<message>Add one.</message>"
     assert parsing.induction_inputs(answer) == ["1", "3"]

@@ -46,6 +46,68 @@ def test_roofline_is_weight_plus_kv_bytes_over_bandwidth():
     assert roofline_tokens_per_s(cfg, 4, 100, 1, 2, 1e12) == pytest.approx(want)
 
 
+def test_roofline_of_a_whole_call_adds_the_prefill_at_peak_flops():
+    """The timer includes the prefill, so the bound must too (128 prompts of 512 tokens)."""
+    cfg = get_preset("qwen2.5-1.5b")
+    decode_only = roofline_tokens_per_s(cfg, 128, 512, 512, 2, 3.35e12)
+    prefill_s = 128 * 512 * cfg.flops_per_token(512) / 3 / 989e12
+    decode_s = 128 * 512 / decode_only
+    assert roofline_tokens_per_s(cfg, 128, 512, 512, 2, 3.35e12, 989e12) == pytest.approx(
+        128 * 512 / (decode_s + prefill_s))
+
+
+def test_time_it_reports_the_median_of_an_even_count_as_the_middle_mean(monkeypatch):
+    from azr_jax.bench import common
+
+    clock = iter([0.0, 1.0, 10.0, 13.0])  # two timed calls: 1 s and 3 s
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
+    assert common.time_it(lambda: None, warmup=0, repeats=2) == 2.0
+
+
+def test_a_failing_sample_baseline_keeps_the_jax_figure(monkeypatch, capsys):
+    """A compile error or out-of-memory on the torch side used to lose the whole record."""
+    from azr_jax.bench import sample
+
+    def broken(*a, **k):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(sample, "_torch_side", broken)
+    assert bench_cli.main(_args("sample", TINY)) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["tokens_per_s"] > 0 and record["baseline_error"] == "RuntimeError: CUDA out of memory"
+    assert "not compiled" in record["baseline"] and "ratio" not in record
+
+
+def test_the_train_baseline_model_is_gone_when_its_memory_is_handed_back(monkeypatch, capsys):
+    """With remat, a bound method of the model kept in a local held the whole torch model (its
+    GPU memory) when empty_cache() ran, and so through the JAX side's run."""
+    import gc
+    import weakref
+
+    import transformers
+
+    from azr_jax.bench import train
+
+    made, alive_at_free = [], []
+    real_from_config, real_free = transformers.AutoModelForCausalLM.from_config, train._free_torch_memory
+
+    def tracked(*a, **k):
+        model = real_from_config(*a, **k)
+        made.append(weakref.ref(model))
+        return model
+
+    def free():
+        gc.collect()
+        alive_at_free.append(made[0]() is not None)
+        real_free()
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", tracked)
+    monkeypatch.setattr(train, "_free_torch_memory", free)
+    assert bench_cli.main(_args("train", TINY + ["--set", "model.remat=full"])) == 0
+    assert json.loads(capsys.readouterr().out)["remat"] == "full"
+    assert alive_at_free == [False]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["sample", "train"])
 def test_bench_prints_one_json_record_with_baseline(name, capsys):

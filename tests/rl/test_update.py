@@ -210,3 +210,5 @@ def test_reference_logprobs_by_micro_batch_equal_the_full_batch_and_use_less_mem
         def temp_bytes(fn):
             return fn.lower(PARAMS, BATCH).compile().memory_analysis().temp_size_in_bytes
         assert temp_bytes(by_micro) < temp_bytes(built(B)) / 2  # 93 kB against 263 kB when written
+        with pytest.raises(UserError, match="not a multiple of rl.micro_batch_size=3"):
+            built(3)(PARAMS, BATCH)  # as the update: a split other than the update's is refused
