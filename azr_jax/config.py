@@ -559,6 +559,8 @@ def validate(cfg: Config) -> Config:
                         "(the update scores every row at sampling.temperature)")
     if cfg.azr.seed_size < 0:
         raise UserError(f"config key 'azr.seed_size' must be >= 0 (0 = no seeding phase), got {cfg.azr.seed_size!r}")
+    if cfg.azr.seed_size > cfg.azr.buffer_cap:  # seeding would run every round and never get there
+        raise UserError(f"azr.seed_size={cfg.azr.seed_size} is larger than azr.buffer_cap={cfg.azr.buffer_cap}")
     if cfg.sampling.temperature <= 0 or not 0 < cfg.sampling.top_p <= 1:
         # The update divides the logits by the rollout temperature; greedy is for evaluation.
         raise UserError("sampling.temperature must be > 0 and sampling.top_p in (0, 1] "

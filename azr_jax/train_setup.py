@@ -255,8 +255,9 @@ def task_sampler(buffers, role: str, task: str, azr_cfg, step: int, seed: int) -
     propose deduction/abduction: K references drawn per prompt (uniform, without replacement);
     propose induction: one program from the deduction + abduction pools;
     solve: the batch's tasks are chosen once (`azr.pred_data_mix`, "new" = added since the previous
-    step) and the stream walks through them, so a prompt skipped for length is replaced by
-    the next chosen task (the reference pads back by re-sampling surviving items).
+    step, or in this one with `azr.solver_task_lag=false`) and the stream walks through them,
+    wrapping around, so a prompt skipped for length is replaced by a repeat of the first chosen
+    tasks that fit (the reference pads back by re-sampling surviving items uniformly).
     """
     if role == "propose":
         if task == "induction":

@@ -720,7 +720,6 @@ def _start_state(cfg, policy, ckpts, stop: StopFlag, resume_step):
     """(train state, buffers, last step done): a fresh start, or the checkpoint to resume from."""
     from azr_jax.azr.buffers import TaskBuffers
 
-    buffers = TaskBuffers.seeded(cfg.azr)
     # The listing is compared too: with --resume-step the step itself is the same everywhere, but a
     # process that lists other checkpoints would fail (or delete) alone while the others wait.
     restore_from, _ = distributed.agree(
@@ -730,8 +729,8 @@ def _start_state(cfg, policy, ckpts, stop: StopFlag, resume_step):
     if resume_step is None and ckpts.pending_rollback() is not None:  # latest_step() returned it
         log.warning("an earlier --resume-step %d was interrupted while it deleted the newer checkpoints; "
                     "resuming from step %d and finishing the deletion", restore_from, restore_from)
-    if restore_from is None:
-        return policy.init_state(cfg), buffers, 0
+    if restore_from is None:  # seed files are read on a fresh start only: a resume has its buffers
+        return policy.init_state(cfg), TaskBuffers.seeded(cfg.azr), 0
     # Restored straight into an abstract target: no throwaway state of the same size.
     target = abstract_like(policy.checkpoint_tree(policy.init_state(cfg, abstract=True)))
     restored, host = ckpts.restore(restore_from, target)

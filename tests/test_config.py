@@ -208,6 +208,13 @@ def test_a_decaying_schedule_needs_steps_after_the_warmup():
         apply_overrides(Config(), ["optim.schedule=cosine", "optim.warmup_steps=5", "train.steps=5"])
 
 
+def test_a_seed_size_over_the_buffer_cap_is_refused():
+    """Seeding would run all its rounds without ever filling the capped buffer."""
+    with pytest.raises(UserError, match="azr.seed_size=8 is larger than azr.buffer_cap=4"):
+        apply_overrides(Config(), ["azr.seed_size=8", "azr.buffer_cap=4"])
+    assert apply_overrides(Config(), ["azr.seed_size=4", "azr.buffer_cap=4"]).azr.seed_size == 4
+
+
 def test_a_seeding_phase_with_both_seed_files_is_refused():
     base = ["azr.seed_file=a.jsonl", "azr.induction_seed_file=b.jsonl"]
     with pytest.raises(UserError, match="both buffers come from seed files"):

@@ -65,12 +65,17 @@ def _normalise_code(text: str, mode: str = "exec") -> str:
         return " ".join(text.split())
 
 
+def _call_key(args: str) -> str:
+    # On lines of their own, as `parse_call_args` reads them: an input that ends in a comment
+    # (`'abc'  # the input`) still parses, so a changed comment is not a new task.
+    return _normalise_code(f"f(\n{args}\n)", mode="eval")
+
+
 def dedup_key(entry: dict) -> str:
     program = _normalise_code(entry["program"])
     if "inputs" in entry:
-        inputs = [_normalise_code(f"f({i})", mode="eval") for i in entry["inputs"]]
-        return json.dumps([program, inputs])
-    return json.dumps([program, _normalise_code(f"f({entry['input']})", mode="eval")])
+        return json.dumps([program, [_call_key(i) for i in entry["inputs"]]])
+    return json.dumps([program, _call_key(entry["input"])])
 
 
 @dataclass
@@ -181,6 +186,8 @@ def load_seed_file(path: str | Path, task: str) -> list[dict]:
             inputs, outputs = [str(x) for x in row["inputs"]], [str(x) for x in row["outputs"]]
             if len(inputs) != len(outputs):
                 raise UserError(f"seed file {p} line {n}: {len(inputs)} inputs but {len(outputs)} outputs")
+            if not inputs:  # no pair to show or check: the scorer refuses such a task
+                raise UserError(f"seed file {p} line {n}: an induction seed needs at least one input/output pair")
             visible = row.get("visible", induction_visible(len(inputs)))
             if isinstance(visible, bool) or not isinstance(visible, int) or not 0 <= visible <= len(inputs):
                 raise bad("visible", f"an int in [0, {len(inputs)}] (the number of pairs shown)")

@@ -40,6 +40,12 @@ def test_dedup_ignores_comments_layout_and_quote_style():
     assert not buf.add(same, step=2)
     assert buf.add({**same, "input": "'y'"}, step=2)
     assert [e["step"] for e in buf.entries] == [1, 2]
+    # a comment after the input (the proposer's input block keeps it) is not a new task either
+    for commented in ("'x'  # the input", "'x'  # another comment", "(\n'x'\n)"):
+        assert dedup_key({**same, "input": commented}) == dedup_key(buf.entries[0]), commented
+        assert not buf.add({**same, "input": commented}, step=3)
+    induction = {"program": "def f(a):\n    return a", "inputs": ["1  # one", "2"], "outputs": ["1", "2"]}
+    assert dedup_key(induction) == dedup_key({**induction, "inputs": ["1", "2"]})
 
 
 def test_cap_drop_oldest_and_keep_oldest():
@@ -129,6 +135,32 @@ def test_seed_file_loading(tmp_path):
         p.write_text(text)
         with pytest.raises(UserError, match="no usable deduction seed"):
             load_seed_file(p, "deduction")
+
+
+def test_an_induction_seed_without_pairs_is_refused(tmp_path):
+    """The scorer refuses a task with no pairs; loaded, it crashed the first step that drew it."""
+    p = tmp_path / "seed.jsonl"
+    p.write_text(json.dumps({"program": "def f(a):\n    return a", "inputs": [], "outputs": [], "message": "m"}) + "\n")
+    with pytest.raises(UserError, match="line 1: an induction seed needs at least one input/output pair"):
+        load_seed_file(p, "induction")
+
+
+def test_solver_tasks_lag_one_step_unless_told_not_to():
+    """With azr.solver_task_lag (the reference) "new" means added in the previous step; without
+    it, added in this step. Only task_sampler decides which."""
+    from azr_jax.train_setup import task_sampler
+
+    buf = filled(0)
+    bufs = TaskBuffers({"deduction": buf, "abduction": filled(0), "induction": TaskBuffer("induction")})
+    for i in range(20):
+        buf.add(triplet(i), step=0)  # old tasks
+    buf.add(triplet(100), step=4)  # added in step 4 (the previous step)
+    buf.add(triplet(200), step=5)  # added in step 5 (this step, before the solver batch is built)
+    for lag, expected_new in ((True, {"100"}), (False, {"200"})):
+        cfg = AZRSection(batch_size=4, solver_task_lag=lag, pred_data_mix="max_new")
+        pick = task_sampler(bufs, "solve", "deduction", cfg, step=5, seed=0)
+        chosen = [pick(i, None)["problem"]["input"] for i in range(4)]
+        assert set(chosen[:len(expected_new)]) == expected_new, (lag, chosen)  # new tasks first, then a fill
 
 
 @pytest.mark.parametrize("field, value, message", [
