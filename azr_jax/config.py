@@ -83,10 +83,12 @@ class SamplingSection:
     max_response_len: int = 8096
     # Prompt/response lengths are padded up to one of these buckets to bound recompilation.
     length_buckets: list = field(default_factory=lambda: [256, 512, 1024, 2048, 4096, 8192])
-    # Most rows (prompts x samples) one rollout generation decodes at once; null = all of them.
-    # The KV cache is dense (rows x the prompt and response buckets), so this bounds its memory:
-    # the learnability rollouts of a 64-prompt batch are up to 512 rows (docs/training.md).
-    # Larger batches run in consecutive calls; what is sampled does not change.
+    # Rows (prompts x samples) one rollout generation aims to decode at once; null = all of them.
+    # Calls take max(1, max_rows // samples) prompts, rounded up to the sampler's batch bucket
+    # and the batch shards. The KV cache is dense (rows x the prompt and response buckets), so
+    # this bounds its memory: the learnability rollouts of a 64-prompt batch are up to 512 rows
+    # (docs/training.md). Each row's draws depend only on the key and its index (the same
+    # samples in float32; in bfloat16 a different split can round a logit differently).
     max_rows: int | None = None
     # Not read: `azr-jax eval` and the trainer's evaluations use `eval.temperature` (0 = greedy,
     # as the paper). Kept so existing config files still load; any other value is refused.

@@ -1,7 +1,7 @@
 """`azr-jax train`: self-play training from a config preset.
 
     azr-jax train --config configs/nano.py --workdir runs/nano
-    azr-jax train --config configs/qwen2.5-7b.py --mesh v5e-8 --set model.hf_dir=/ckpt/Qwen2.5-7B \\
+    azr-jax train --config configs/qwen2.5-7b.py --mesh v6e-8 --set model.hf_dir=/ckpt/Qwen2.5-7B \\
         --set train.steps=200 --workdir runs/q7b
 
 Running the same command again resumes from the newest complete checkpoint in --workdir.

@@ -21,7 +21,8 @@ log = logging.getLogger("azr_jax.train")
 
 # Keys that may differ between a workdir's config and the config it is resumed with: how long
 # to run, how often to log or save, and how the same computation is laid out (recomputation in
-# the backward pass, the layer loop: memory and compile time), never what a step computes.
+# the backward pass, the layer loop, rows per generation call: memory and compile time; in
+# bfloat16 another layout can round differently), never what a step computes.
 RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.keep_checkpoints", "train.log_every",
                      "train.eval_every", "train.audit_every", "sandbox.workers", "sandbox.isolation",
                      "sandbox.seccomp", "model.remat", "model.scan_layers", "sampling.max_rows")

@@ -24,7 +24,7 @@ THINK_THEN_ANSWER_RE = re.compile(r"</think>\s*<answer>")
 # fence. The tag is one word so that the closing backticks of an inline mention ("put it in an
 # ```output``` block:") are not read as an opening fence tagged " block:" that swallows the real
 # block's opening fence; the reference, which searches for each tag's own fence, finds that block.
-FENCE_RE = re.compile(r"```[ \t]*([\w+#.-]*)[ \t]*\n(.*?)```", re.DOTALL)
+FENCE_RE = re.compile(r"```[ \t]*([\w+#.-]*)[ \t]*\r?\n(.*?)```", re.DOTALL)
 CODE_TAGS = ("python", "py", "python3", "")
 
 ENTRY_NAME = "f"

@@ -4,8 +4,8 @@ Both sides get the same model shape (random weights), batch, prompt length and n
 tokens on the same machine, sample at the same temperature with no top-k/top-p, and never stop
 early (no EOS), so both produce exactly batch x new_tokens tokens. Times include prefill and
 exclude compilation (one warm-up call each). On accelerators the figure is also given as a
-fraction of the HBM-bandwidth roofline: every decode step must read all weights once plus the
-KV cache written so far.
+fraction of the roofline of a whole call: every decode step must read all weights once plus the
+KV cache written so far at the HBM bandwidth, and the prefill's FLOPs run at the peak at best.
 """
 
 from __future__ import annotations

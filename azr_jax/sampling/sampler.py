@@ -207,9 +207,11 @@ def generate(params, config, prompt_tokens, rng, settings: SamplingSettings, *, 
 
     With a mesh, the batch is split over the mesh axes that `rules["batch"]` names and the
     model's own constraints shard heads over `tensor`; params should already be placed.
-    `max_rows` caps the rows (prompts x n_samples) decoded at once, and so the KV cache: more
-    prompts are generated in consecutive calls of at least one prompt each. Each row's draws
-    depend only on `rng` and its row index, so the split does not change what is sampled.
+    `max_rows` bounds the rows (prompts x n_samples) decoded at once, and so the KV cache: the
+    prompts are generated in consecutive calls of max(1, max_rows // n_samples) prompts, each
+    rounded up to the batch bucket and the batch shards as any call is. Each row's draws depend
+    only on `rng` and its row index: in float32 the split samples the same tokens; in bfloat16
+    the other batch shapes can round a logit differently and so flip a draw.
     """
     prompts = _check_prompts(prompt_tokens, config.vocab_size)
     if n_samples <= 0:

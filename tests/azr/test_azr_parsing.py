@@ -101,6 +101,16 @@ def test_an_inline_mention_of_a_fence_does_not_hide_the_real_block():
     code = "Write it as a ```python``` block, then:\n```python\ndef f(x):\n    return x\n```"
     assert parsing.code_blocks(code) == ["def f(x):\n    return x"]
     assert parsing.fenced_blocks("```Python \nx = 1\n```") == [("python", "x = 1")]  # tag case and blanks
+    assert parsing.fenced_blocks("```python\r\nx = 1\r\n```") == [("python", "x = 1")]  # CRLF line ends
+
+
+def test_induction_message_choice():
+    """The last message block (a model that revises its message writes the final one last),
+    then a one-line `# Message:` comment, then a `<message>` tag; an empty block is no message
+    (docs/deviations.md, "induction message")."""
+    assert parsing.induction_message("```message\nDraft\n```\n```message\nFinal\n```") == "Final"
+    assert parsing.induction_message("<message>from tag</message>\n# Message: from comment\n") == "from comment"
+    assert not parsing.induction_message("```message\n\n```")
 
 
 def test_renaming_leaves_a_parameter_or_local_of_the_same_name_alone():
