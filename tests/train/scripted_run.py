@@ -25,7 +25,8 @@ from azr_jax.trainer import train  # noqa: E402
 
 
 def scripted_generate(tokenizer):
-    padding = ("    pad = '" + " ".join(str(k) for k in range(1500)) + "'\n") if os.environ.get("SCRIPTED_LONG_PROGRAMS") else ""
+    # ~1400 tokens: past the tiny config's max_prompt_len=1024 (more only slowed the update)
+    padding = ("    pad = '" + " ".join(str(k) for k in range(400)) + "'\n") if os.environ.get("SCRIPTED_LONG_PROGRAMS") else ""
     def answer(*blocks):
         return " plan </think> <answer>\n" + "\n".join(f"```{t}\n{x}\n```" for t, x in blocks) + "\n</answer>"
 
