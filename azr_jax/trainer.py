@@ -119,7 +119,7 @@ class StopFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
-        if getattr(self, "_unraisable", None) is not None and sys.unraisablehook == self._drop_dropped_stop:
+        if self._unraisable is not None and sys.unraisablehook == self._drop_dropped_stop:
             sys.unraisablehook = self._unraisable
         self._unraisable = None
 
@@ -827,7 +827,7 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
         ckpts.close()  # waits for the last asynchronous save
         if metrics is not None:
             metrics.close()
-        if sandbox is not None and hasattr(sandbox, "close"):
+        if sandbox is not None:
             sandbox.close(cancel=stop.immediate)
     # A checksum of the final params, identical on every process (multi-host runs compare it).
     digest = float(jax.jit(lambda p: sum(jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in jax.tree.leaves(p)))(

@@ -139,7 +139,7 @@ def test_stderr_of_a_restore_is_replayed_when_it_works_and_dropped_when_it_fails
     assert capfd.readouterr().err == "an orbax warning\n"
 
 
-def test_late_closed_loop_reports_of_a_failed_read_are_dropped_and_nothing_else(tmp_path, capfd, monkeypatch):
+def test_late_closed_loop_reports_of_a_failed_read_are_dropped_and_nothing_else(tmp_path, capfd, report_unraisable):
     """Orbax's reads that outlive a failed restore report "Event loop is closed" through
     sys.unraisablehook (TensorStore's callback threads) after the one-line error was decided;
     a restore installs a filter for exactly those reports."""
@@ -147,7 +147,6 @@ def test_late_closed_loop_reports_of_a_failed_read_are_dropped_and_nothing_else(
 
     from azr_jax.checkpoint import _drop_closed_loop_tracebacks
 
-    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
     ckpt = Checkpoints(tmp_path / "ck", writer=True)
     ckpt.save(1, _state(1), {"step": 1})
     ckpt.close()
@@ -157,17 +156,10 @@ def test_late_closed_loop_reports_of_a_failed_read_are_dropped_and_nothing_else(
     _drop_closed_loop_tracebacks()
     assert sys.unraisablehook is hook  # installed once
 
-    def report(exc):  # an exception no caller can receive goes to sys.unraisablehook
-        class Finaliser:
-            def __del__(self):
-                raise exc
-
-        Finaliser()
-
-    report(RuntimeError("Event loop is closed"))
+    report_unraisable(RuntimeError("Event loop is closed"))
     assert capfd.readouterr().err == ""
-    report(RuntimeError("something else"))
-    report(ValueError("Event loop is closed"))
+    report_unraisable(RuntimeError("something else"))
+    report_unraisable(ValueError("Event loop is closed"))
     err = capfd.readouterr().err
     assert "RuntimeError: something else" in err and "ValueError: Event loop is closed" in err
 

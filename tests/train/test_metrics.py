@@ -250,7 +250,7 @@ def test_a_stop_signal_before_the_first_step_stops_at_once():
         stop.restore()
 
 
-def test_a_dropped_start_up_stop_is_not_reported_as_an_ignored_exception(capfd, monkeypatch):
+def test_a_dropped_start_up_stop_is_not_reported_as_an_ignored_exception(capfd, report_unraisable):
     """Python reports a KeyboardInterrupt it dropped (raised in a GC callback) with a traceback;
     once the stop is recorded the start-up raises it again, so that report is dropped."""
     import os
@@ -259,24 +259,16 @@ def test_a_dropped_start_up_stop_is_not_reported_as_an_ignored_exception(capfd, 
 
     from azr_jax.trainer import StopFlag
 
-    def report(exc):  # an exception no caller can receive goes to sys.unraisablehook
-        class Finaliser:
-            def __del__(self):
-                raise exc
-
-        Finaliser()
-
-    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # not pytest's, which warns
     previous = sys.unraisablehook
     stop = StopFlag(stepping=False)
     stop.install()
     try:
-        report(KeyboardInterrupt())  # no stop recorded yet: reported as usual
+        report_unraisable(KeyboardInterrupt())  # no stop recorded yet: reported as usual
         assert "KeyboardInterrupt" in capfd.readouterr().err
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
-        report(KeyboardInterrupt())
-        report(ValueError("other"))
+        report_unraisable(KeyboardInterrupt())
+        report_unraisable(ValueError("other"))
         err = capfd.readouterr().err
         assert "KeyboardInterrupt" not in err and "ValueError: other" in err
     finally:
