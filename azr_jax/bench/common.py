@@ -9,9 +9,13 @@ import time
 from typing import Callable
 
 # bf16 dense peak FLOP/s and HBM bandwidth (bytes/s) per chip (ANCHORS.md §11; vendor datasheets).
+# Longer keys win, so the PCIe and NVL cards (lower clocks, other memory) are not read as SXM.
 PEAKS = {
-    "h100": (989e12, 3.35e12),
-    "h200": (989e12, 4.8e12),
+    "h100": (989e12, 3.35e12),  # SXM: "NVIDIA H100 80GB HBM3"
+    "h100 pcie": (756e12, 2.0e12),
+    "h100 nvl": (835e12, 3.9e12),
+    "h200": (989e12, 4.8e12),  # SXM
+    "h200 nvl": (835e12, 4.8e12),
     "tpu v4": (275e12, 1.2e12),
     "tpu v5 lite": (197e12, 0.819e12),  # v5e reports itself as "TPU v5 lite"
     "tpu v5e": (197e12, 0.819e12),

@@ -64,6 +64,20 @@ def test_time_it_reports_the_median_of_an_even_count_as_the_middle_mean(monkeypa
     assert common.time_it(lambda: None, warmup=0, repeats=2) == 2.0
 
 
+def test_peak_numbers_tell_the_h100_and_h200_variants_apart():
+    """JAX names the SXM H100 "NVIDIA H100 80GB HBM3"; a PCIe card peaks ~25 % lower and has
+    HBM2e, so reading every H100 as SXM would understate its MFU and bandwidth use."""
+    from azr_jax.bench.common import peak_numbers
+
+    assert peak_numbers("NVIDIA H100 80GB HBM3") == (989e12, 3.35e12)
+    assert peak_numbers("NVIDIA H100 PCIe") == (756e12, 2.0e12)
+    assert peak_numbers("NVIDIA H100 NVL") == (835e12, 3.9e12)
+    assert peak_numbers("NVIDIA H200") == (989e12, 4.8e12)
+    assert peak_numbers("NVIDIA H200 NVL") == (835e12, 4.8e12)
+    assert peak_numbers("TPU v5 lite") == (197e12, 0.819e12)
+    assert peak_numbers("cpu") == (None, None)
+
+
 def test_a_failing_sample_baseline_keeps_the_jax_figure(monkeypatch, capsys):
     """A compile error or out-of-memory on the torch side used to lose the whole record."""
     from azr_jax.bench import sample
