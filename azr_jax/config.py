@@ -34,7 +34,7 @@ from azr_jax.errors import UserError
 class ModelSection:
     """Which policy to train and how it computes."""
 
-    preset: str = "nano"  # a name from azr_jax.models.presets, used when hf_dir is None
+    preset: str = "nano"  # a name from azr_jax.models.presets; with hf_dir only compared (a warning)
     hf_dir: str | None = None  # Hugging Face checkpoint directory (config.json + safetensors)
     tokenizer: str | None = None  # tokenizer.json / SentencePiece .model; default: inside hf_dir
     overrides: dict = field(default_factory=dict)  # ModelConfig fields to replace in the preset (random init only; refused with hf_dir)

@@ -176,6 +176,31 @@ def _abstract_params(model_cfg, dtype, mesh, rules):
                         param_shardings(model_cfg, mesh, rules))
 
 
+# The fields that make a checkpoint "the model a preset names". Not the vocabulary, which a
+# release may pad or a trimmed base shrink (the nano base has 786 of the preset's 1024 rows).
+_SHAPE_FIELDS = ("architecture", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                 "num_kv_heads", "head_dim")
+
+
+def warn_if_checkpoint_is_not_the_preset(preset: str, checkpoint_cfg) -> None:
+    """With model.hf_dir the checkpoint's config.json decides the shape and model.preset is not
+    used, so a config written for one model (its batch sizes, lengths, mesh) pointed at another
+    checkpoint would otherwise run without a word."""
+    from azr_jax.models import get_preset
+
+    try:
+        named = get_preset(preset)
+    except UserError as e:
+        log.warning("model.preset is ignored with model.hf_dir, and %s", e)
+        return
+    differs = [f"{f} {getattr(checkpoint_cfg, f)} (preset {getattr(named, f)})" for f in _SHAPE_FIELDS
+               if getattr(checkpoint_cfg, f) != getattr(named, f)]
+    if differs:
+        log.warning("model.hf_dir is not the model that model.preset '%s' names: %s; the checkpoint's "
+                    "shape is used (the config's batch sizes and lengths were chosen for the preset)",
+                    preset, ", ".join(differs))
+
+
 def load_policy(cfg, *, weights: bool = True) -> Policy:
     """Model config, initial params and tokenizer from `cfg.model`, placed on `cfg.mesh`.
 
@@ -209,6 +234,7 @@ def load_policy(cfg, *, weights: bool = True) -> Policy:
         else:
             model_cfg = read_hf_config(m.hf_dir)
             params = _abstract_params(model_cfg, _DTYPES[m.param_dtype], mesh, rules)
+        warn_if_checkpoint_is_not_the_preset(m.preset, model_cfg)
         tokenizer = load_tokenizer(m.tokenizer or m.hf_dir)  # the checkpoint's own unless one is named
     else:
         if not m.tokenizer:

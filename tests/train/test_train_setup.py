@@ -163,3 +163,25 @@ def test_a_missing_benchmark_file_is_said_before_the_seeding_phase(tmp_path, mon
         "eval.benchmark=cruxeval", f"eval.data_path={missing}", "rl.micro_batch_size=8"])
     with pytest.raises(UserError, match="crux.jsonl"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+def test_a_checkpoint_of_another_shape_than_the_preset_is_named_in_a_warning(tmp_path, caplog):
+    """model.preset is not used with model.hf_dir: a paper config pointed at another model's
+    checkpoint (its batch sizes and lengths chosen for the preset) must say so, once, by field."""
+    import logging
+
+    from azr_jax.train_setup import load_policy
+
+    with caplog.at_level(logging.WARNING, logger="azr_jax.train"):
+        load_policy(load_config("configs/nano.py"), weights=False)  # the shipped base is the preset
+    assert not [r for r in caplog.records if "model.preset" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="azr_jax.train"):
+        load_policy(load_config("configs/nano.py", ["model.preset=qwen2.5-0.5b"]), weights=False)
+    (warning,) = [r.getMessage() for r in caplog.records if "model.preset" in r.getMessage()]
+    assert "'qwen2.5-0.5b'" in warning and "hidden_size 128 (preset 896)" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="azr_jax.train"):
+        load_policy(load_config("configs/nano.py", ["model.preset=qwen2.5-7bb"]), weights=False)
+    (warning,) = [r.getMessage() for r in caplog.records if "model.preset" in r.getMessage()]
+    assert "ignored with model.hf_dir" in warning and "did you mean 'qwen2.5-7b'" in warning
