@@ -9,7 +9,7 @@ Modes, strongest first (config `sandbox.isolation`: auto | bwrap | unshare | non
 In every mode the zygote installs a seccomp filter on itself (seccomp.py) unless
 `sandbox.seccomp=false`; where it cannot, the layer is reported missing.
 When the trainer runs as root, every zygote runs under its own unprivileged uid (RLIMIT_NPROC
-does not apply to root, and root can write anywhere).
+does not apply to root, and root can write anywhere), from a block leased in uids.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from azr_jax.sandbox import seccomp as seccomp_filter
 LOG = logging.getLogger("azr_jax.sandbox")
 
 ZYGOTE_SOURCE = (Path(__file__).with_name("zygote.py")).read_text()
-UID_BASE = 3_000_000  # unprivileged uids used by nobody else (one per zygote when root)
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 ALL_LAYERS = (
     "rlimits", "uid_drop", "user_namespace", "network_namespace", "pid_namespace",

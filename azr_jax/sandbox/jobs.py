@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ARGS_MODES = ("expression", "literal")
+MAX_REPEATS = 16  # each repeat runs in its own zygote (its own uid when the trainer is root)
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,8 @@ class Job:
             raise ValueError(f"Job.args_mode must be one of {ARGS_MODES}, got {self.args_mode!r}")
         if self.expected is not None and len(self.expected) != len(self.calls):
             raise ValueError(f"Job.expected has {len(self.expected)} entries for {len(self.calls)} calls")
-        if self.repeats < 1:
-            raise ValueError(f"Job.repeats must be >= 1, got {self.repeats}")
+        if not 1 <= self.repeats <= MAX_REPEATS:
+            raise ValueError(f"Job.repeats must be in 1..{MAX_REPEATS}, got {self.repeats}")
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,14 @@ import time
 
 from azr_jax.config import SandboxSection
 from azr_jax.errors import UserError
-from azr_jax.sandbox import isolation
-from azr_jax.sandbox.jobs import Job, JobResult
+from azr_jax.sandbox import isolation, uids
+from azr_jax.sandbox.jobs import MAX_REPEATS, Job, JobResult
 from azr_jax.sandbox.literals import NotALiteral, literal_call_text, parse_call_args, parse_literal, texts_equal, values_equal
 
 LOG = logging.getLogger("azr_jax.sandbox")
 
 SLOTS_PER_WORKER = 4
+REPEATS_PER_SLOT = MAX_REPEATS  # zygote uids per slot when root: one per repeat
 STALL_S = 0.25  # a job running longer than this is presumed slow and stops blocking the queue
 MEMORY_POLL_S = 0.025  # how often a running job's processes have their resident memory summed
 GRACE_S = 5.0  # how long past its deadline a zygote may take to answer before it is killed
@@ -238,7 +239,18 @@ class Sandbox:
     def __init__(self, cfg: SandboxSection | None = None):
         self.cfg = cfg or SandboxSection()
         self.workers = self.cfg.workers or os.cpu_count() or 1
-        self.plan, failures = self._choose_plan()
+        # A root trainer runs each zygote under its own uid, from a block no other sandbox holds.
+        self._uids = None
+        if os.geteuid() == 0:
+            if self.workers * SLOTS_PER_WORKER * REPEATS_PER_SLOT > uids.BLOCK_SIZE:
+                raise UserError(f"sandbox.workers={self.workers} needs more zygote uids than a block holds "
+                                f"(at most {uids.BLOCK_SIZE // (SLOTS_PER_WORKER * REPEATS_PER_SLOT)} workers)")
+            self._uids = uids.lease_block()
+        try:
+            self.plan, failures = self._choose_plan()
+        except BaseException:
+            self._uids.release() if self._uids else None
+            raise
         isolation.warn_missing(self.plan, failures)
         self._permits = threading.Semaphore(self.workers)
         self._queue: queue.Queue = queue.Queue()
@@ -258,7 +270,9 @@ class Sandbox:
     def _uid(self, slot: int, repeat: int) -> int | None:
         if not self.plan.as_root:
             return None
-        return isolation.UID_BASE + (os.getpid() % 1000) * 10_000 + slot * 16 + repeat
+        if not 0 <= repeat < REPEATS_PER_SLOT:
+            raise ValueError(f"repeat {repeat} is outside 0..{REPEATS_PER_SLOT - 1}")
+        return self._uids.uid(slot * REPEATS_PER_SLOT + repeat)
 
     def _choose_plan(self) -> tuple[isolation.Plan, dict[str, str]]:
         failures: dict[str, str] = {}
@@ -276,7 +290,7 @@ class Sandbox:
         for attempt in (plan, isolation.without_seccomp(plan)):
             self.plan = attempt
             try:
-                _Zygote(attempt, self._uid(0, 15)).close()
+                _Zygote(attempt, self._uid(0, REPEATS_PER_SLOT - 1)).close()
                 return attempt
             except SeccompNotInstalled as e:
                 failures["seccomp"] = str(e)[:300]
@@ -355,6 +369,8 @@ class Sandbox:
                     except Exception as e:  # noqa: BLE001 - close every other zygote regardless
                         LOG.warning("closing a sandbox zygote failed: %s: %s", type(e).__name__, e)
                 zs.clear()
+        if self._uids is not None:  # only once no zygote of ours runs under its uids
+            self._uids.release()
 
     def __enter__(self) -> "Sandbox":
         return self

@@ -105,6 +105,8 @@ def test_job_validation():
         Job(ADD, ["1", "2"], expected=["1"])
     with pytest.raises(ValueError):
         Job(ADD, ["1"], repeats=0)
+    with pytest.raises(ValueError):  # each repeat has its own zygote uid when root: 16 per slot
+        Job(ADD, ["1"], repeats=17)
 
 
 # -- running jobs ------------------------------------------------------------------------------
