@@ -14,7 +14,10 @@ make the benchmark's behaviours unseen. This measures what is left:
 - `induction_items_fit_by_corpus`: induction items whose 8 input/output pairs some corpus
   program reproduces (that corpus text would score 1 as the answer);
 - `items_seen_as_pairs`: deduction / abduction items for which an equivalent corpus program was
-  shown on the same input (the same input -> output pair was in pretraining).
+  shown on the same input (the same input -> output pair was in pretraining);
+- `items_seen_in_traces`: items whose program is equivalent to the first steps of a longer corpus
+  program whose deduction/abduction trace (the value after every step, on the task's own
+  input) shows the pair on the same input, and `items_seen_either`: items counted by either.
 
 The generator code runs here (the steps' own Python callables), never model-written text.
 """
@@ -82,11 +85,28 @@ def behaviour_overlap(corpus: list, per_type: int = DEFAULT_PER_TYPE) -> dict:
     # Pairs shown with their output in pretraining: the task's own input (solver and reference
     # records) and the visible half of its induction inputs (the hidden half appears only as
     # inputs in proposer responses).
-    seen = {}
+    def seen_whole(g) -> bool:
+        return any(repr(g.input_value) in {repr(v) for v in (t.input_value, *t.induction_inputs[: NUM_INPUTS // 2])}
+                   for t in twins(g.program))
+
+    # A solver trace prints the value after each step, so the first k steps of a corpus program
+    # are shown as a program of their own, on that task's input.
+    traced: dict[tuple, set] = defaultdict(set)  # (type, outputs) of a strict prefix -> inputs shown
+    for task in corpus:
+        for k in range(1, len(task.program.steps)):
+            prefix = Program(task.program.steps[:k])
+            traced[(prefix.in_type, behaviour(prefix, domain[prefix.in_type]))].add(repr(task.input_value))
+
+    def seen_traced(g) -> bool:
+        key = (g.program.in_type, behaviour(g.program, domain[g.program.in_type]))
+        return repr(g.input_value) in traced.get(key, ())
+
+    seen, in_traces, either = {}, {}, {}
     for task in ("deduction", "abduction"):
-        seen[task] = sum(any(repr(g.input_value) in {repr(v) for v in (t.input_value, *t.induction_inputs[: NUM_INPUTS // 2])}
-                             for t in twins(g.program))
-                         for g in bench[task])
+        whole = [seen_whole(g) for g in bench[task]]
+        traces = [seen_traced(g) for g in bench[task]]
+        seen[task], in_traces[task] = sum(whole), sum(traces)
+        either[task] = sum(a or b for a, b in zip(whole, traces))
     return {
         "benchmark_items": per_type * len(TASK_TYPES),
         "benchmark_programs": len(programs),
@@ -95,6 +115,8 @@ def behaviour_overlap(corpus: list, per_type: int = DEFAULT_PER_TYPE) -> dict:
         "equivalent_programs_by_input_type": {t: f"{n}/{total}" for t, (n, total) in equivalent.items()},
         "induction_items_fit_by_corpus": f"{fit}/{len(bench['induction'])}",
         "items_seen_as_pairs": {t: f"{n}/{len(bench[t])}" for t, n in seen.items()},
+        "items_seen_in_traces": {t: f"{n}/{len(bench[t])}" for t, n in in_traces.items()},
+        "items_seen_either": {t: f"{n}/{len(bench[t])}" for t, n in either.items()},
     }
 
 

@@ -156,9 +156,14 @@ def make_train_step(model_cfg, optimizer):
 def make_optimizer(p):
     import optax
 
-    warmup = max(1, min(p.warmup_steps, p.steps // 2))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, p.learning_rate, warmup, max(p.steps, warmup + 1),
-                                                  end_value=p.learning_rate * 0.05)
+    # A warmup starts from 0, so its first step changes nothing (as in torch's and verl's
+    # schedulers); without one (warmup_steps=0, or a run of one step) every step trains.
+    warmup = min(p.warmup_steps, p.steps // 2)
+    if warmup == 0:
+        schedule = optax.cosine_decay_schedule(p.learning_rate, max(p.steps, 1), alpha=0.05)
+    else:
+        schedule = optax.warmup_cosine_decay_schedule(0.0, p.learning_rate, warmup, max(p.steps, warmup + 1),
+                                                      end_value=p.learning_rate * 0.05)
     return optax.chain(optax.clip_by_global_norm(1.0),
                        optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=p.weight_decay))
 
@@ -198,6 +203,9 @@ def train(model_cfg, buckets: dict, p, *, log=None, log_every: int = 50, params=
         tokens, masks, valid = buckets[length]
         params, opt_state, loss = step_fn(params, opt_state, tokens[idx], masks[idx], valid[idx])
         losses.append(float(loss))
+        if not np.isfinite(losses[-1]):  # nothing a NaN step produced may reach the checkpoint
+            raise UserError(f"pretraining loss is {losses[-1]} at step {i + 1}: lower pretrain.learning_rate, "
+                            f"or check model.overrides")
         if log and (i % log_every == 0 or i == p.steps - 1):
             log(f"pretrain step {i + 1}/{p.steps} len {length} loss {np.mean(losses[-log_every:]):.4f} "
                 f"({time.perf_counter() - t0:.0f}s)")
@@ -252,9 +260,6 @@ def save_checkpoint(out: Path, model_cfg, params, tok) -> None:
 
 def build_base(cfg, out: Path, *, log=print, command: str = "build_base()") -> dict:
     """Corpus -> tokenizer -> pretraining -> checkpoint in `out`; returns the build record."""
-    from azr_jax.models.tokenizer import load_tokenizer
-    from azr_jax.nano.tokenizer_train import train_tokenizer
-
     t0 = time.perf_counter()
     p = cfg.pretrain
     # Settle the model's shape before anything is written into `out` (which may be the shipped base).
@@ -266,7 +271,21 @@ def build_base(cfg, out: Path, *, log=print, command: str = "build_base()") -> d
     # Nothing is written into `out` before the weights are trained: a build that fails or is
     # stopped half-way must not leave a new tokenizer beside the old weights (the shipped base
     # would then read other token ids, silently). The tokenizer waits in memory until the end.
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable `out` fails now, not after the training
+    try:
+        return _build_into(cfg, out, log=log, command=command, t0=t0)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed build leaves no empty folder behind
+        raise
+
+
+def _build_into(cfg, out: Path, *, log, command: str, t0: float) -> dict:
+    from azr_jax.models.tokenizer import load_tokenizer
+    from azr_jax.nano.tokenizer_train import train_tokenizer
+
+    p = cfg.pretrain
     tasks = corpus_tasks(cfg)
     transcripts = corpus_transcripts(cfg, tasks)
     log(f"corpus: {len(tasks)} programs, {len(transcripts)} transcripts")
@@ -291,6 +310,9 @@ def build_base(cfg, out: Path, *, log=print, command: str = "build_base()") -> d
         model_cfg, start = init.config.replace(scan_layers=cfg.model.scan_layers), {k: v for k, v in init.params.items()}
     else:
         model_cfg, start = nano_model_config(cfg, tok.vocab_size), None
+    if model_cfg.vocab_size < tok.vocab_size:  # ids past the embedding table would train on NaN
+        raise UserError(f"model.overrides vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
+                        f"{tok.vocab_size} pieces")
     params, losses = train(model_cfg, buckets, p, log=log, params=start)
     model_cfg, params = trim_vocab(model_cfg, params, tok.vocab_size)
     save_checkpoint(out, model_cfg, params, tok)

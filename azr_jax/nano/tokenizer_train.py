@@ -15,6 +15,8 @@ from typing import Iterable
 
 import sentencepiece as spm
 
+from azr_jax.errors import UserError
+
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIAL_PIECES = ["\n", "    ", "<think>", "</think>", "<answer>", "</answer>", "```"]
 
@@ -29,6 +31,16 @@ def train_tokenizer(texts: Iterable[str], out_path: str | Path, *, vocab_size: i
     out_path.parent.mkdir(parents=True, exist_ok=True)
     texts = list(texts)
     buf = io.BytesIO()
+    try:
+        _train(texts, buf, vocab_size)
+    except RuntimeError as e:  # SentencePiece's own checks, e.g. fewer pieces than characters
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise UserError(f"the tokenizer cannot be trained with pretrain.vocab_size={vocab_size}: {reason}") from None
+    out_path.write_bytes(buf.getvalue())
+    return out_path
+
+
+def _train(texts: list[str], buf: io.BytesIO, vocab_size: int) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts),
         model_writer=buf,
@@ -52,5 +64,3 @@ def train_tokenizer(texts: Iterable[str], out_path: str | Path, *, vocab_size: i
         eos_id=EOS_ID,
         minloglevel=2,
     )
-    out_path.write_bytes(buf.getvalue())
-    return out_path

@@ -81,3 +81,18 @@ def test_behaviour_overlap_counts_what_text_disjointness_leaves():
     assert full["items_seen_as_pairs"] == {"deduction": f"{per_type}/{per_type}", "abduction": f"{per_type}/{per_type}"}
     none = behaviour_overlap([], per_type)
     assert none["equivalent_programs"] == 0 and none["induction_items_fit_by_corpus"] == f"0/{per_type}"
+    assert none["items_seen_either"] == {"deduction": f"0/{per_type}", "abduction": f"0/{per_type}"}
+    # A benchmark program as the first steps of a longer corpus program: the solver trace of that
+    # program prints the benchmark's output after those steps, on the same input.
+    from azr_jax.nano.corpus import VAR, GeneratedTask, Program, Step
+
+    def longer(g):
+        t = g.program.out_type
+        bang = Step(t, "str", (f"s = repr({VAR[t]}) + '!'",), "show it with a bang", lambda v: repr(v) + "!")
+        return GeneratedTask(Program(g.program.steps + (bang,)), g.input_value, g.induction_inputs)
+
+    extended = behaviour_overlap([longer(g) for g in itself], per_type)
+    whole = {"deduction": f"0/{per_type}", "abduction": f"0/{per_type}"}
+    every = {"deduction": f"{per_type}/{per_type}", "abduction": f"{per_type}/{per_type}"}
+    assert extended["items_seen_as_pairs"] == whole and extended["equivalent_programs"] == 0
+    assert extended["items_seen_in_traces"] == extended["items_seen_either"] == every

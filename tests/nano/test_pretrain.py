@@ -127,3 +127,67 @@ def test_the_build_record_counts_the_transcripts_trained_on_and_quotes_the_comma
                                 corpus_transcripts(cfg, corpus_tasks(cfg)), cfg.pretrain.seq_len)
     kept = sum(len(t) for t, _, _ in bucket_rows(rows, 48).values())
     assert record["transcripts_used"] == kept < len(rows)  # lengths with fewer than 48 rows are left out
+
+
+def test_a_build_that_cannot_train_says_why_in_one_line_and_leaves_no_folder(tmp_path):
+    """A vocabulary SentencePiece cannot fill, or a model vocabulary under the tokenizer's (ids
+    past the table gave NaN losses and a checkpoint that did not load), is one UserError; the
+    output folder the build created is removed again."""
+    import pytest
+
+    from azr_jax.errors import UserError
+    from azr_jax.nano.pretrain import build_base
+
+    small = ["pretrain.corpus_programs=40", "pretrain.steps=2", "pretrain.batch_size=4"]
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"pretrain.vocab_size=200: .*required_chars"):
+        build_base(load_config("configs/nano_base.py", small + ["pretrain.vocab_size=200"]), out, log=lambda m: None)
+    assert not out.exists()
+    with pytest.raises(UserError, match="vocab_size=300 is smaller than the tokenizer's"):
+        build_base(load_config("configs/nano_base.py", small + ['model.overrides={"vocab_size": 300}']), out,
+                   log=lambda m: None)
+    assert not out.exists()
+
+
+def test_a_nan_loss_stops_pretraining_before_anything_is_written(tmp_path):
+    import pytest
+
+    from azr_jax.errors import UserError
+
+    import jax
+
+    from azr_jax.models import init_params
+
+    cfg = load_config("configs/nano_base.py", ["pretrain.steps=3", "pretrain.batch_size=2"])
+    model_cfg = nano_model_config(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, overrides=TINY)), 300)
+    params = init_params(model_cfg, jax.random.key(0))
+    params["embed"]["embedding_vd"] = params["embed"]["embedding_vd"].at[1].set(np.nan)  # what a diverged run holds
+    tokens = np.ones((2, 16), np.int32)
+    buckets = {16: (tokens, np.ones((2, 16), np.float32), np.ones((2, 16), bool))}
+    with pytest.raises(UserError, match="loss is nan at step 1"):
+        train(model_cfg, buckets, cfg.pretrain, params=params)
+
+
+def test_without_a_warmup_the_first_pretraining_step_already_trains():
+    """warmup_steps=0 used to become 1, and a run of one step (warmup capped at steps // 2)
+    then updated nothing; the shipped recipe's warmup (30 steps from 0) is unchanged."""
+    from azr_jax.nano.pretrain import make_optimizer
+    from azr_jax.nano.run_config import nano_base_config
+
+    def first_rates(overrides, n=3):
+        import jax.numpy as jnp
+
+        p = load_config("configs/nano_base.py", overrides).pretrain
+        opt = make_optimizer(p)
+        params = {"w": jnp.ones(3)}
+        state = opt.init(params)
+        moved = []
+        for _ in range(n):
+            updates, state = opt.update({"w": jnp.ones(3)}, state, params)
+            moved.append(float(abs(updates["w"]).max()))
+        return moved
+
+    assert first_rates(["pretrain.warmup_steps=0"])[0] > 0
+    assert first_rates(["pretrain.steps=1"], n=1)[0] > 0
+    shipped = nano_base_config().pretrain
+    assert shipped.warmup_steps == 30 and first_rates([])[0] == 0.0 and first_rates([])[1] > 0
