@@ -152,7 +152,9 @@ def zygote_command(plan: Plan, uid: int | None, scratch: str, repeat: int = 0) -
     scratch root as the zygote sees it; `repeat` picks the hash seed (see `hash_seed`).
     """
     config = {"scratch": scratch, "pidns": plan.mode in ("bwrap", "unshare"), "drop_uid": None,
-              "kill_all_uid": False, "seccomp": plan.seccomp.hex() if plan.seccomp else None}
+              "kill_all_uid": False, "seccomp": plan.seccomp.hex() if plan.seccomp else None,
+              # each job adds this one on top (seccomp.child_filter_program); same architecture
+              "child_seccomp": seccomp_filter.child_filter_program().hex() if plan.seccomp else None}
     seed = hash_seed(repeat)
     popen: dict = {"env": {**CLEAN_ENV, "PYTHONHASHSEED": seed}, "start_new_session": True}
     # -s -S -B instead of -I: -I implies -E, which would ignore PYTHONHASHSEED; the

@@ -99,7 +99,11 @@ def _build(node: ast.AST, depth: int, budget: list[int]):
         if node.func.id == "set" and not node.args:
             return set()
         if node.func.id == "frozenset" and len(node.args) <= 1:
-            return frozenset(_build(node.args[0], depth, budget)) if node.args else frozenset()
+            if not node.args:
+                return frozenset()
+            # frozenset([...]) of colliding hashes is as quadratic as the set literal
+            elements = _build(node.args[0], depth, budget)
+            return frozenset(_hash_spread(list(elements)) if isinstance(elements, (list, tuple)) else elements)
     raise NotALiteral(f"not a literal: {type(node).__name__}")
 
 

@@ -75,6 +75,11 @@ DENIED = (
     "mq_getsetattr", "memfd_create", "memfd_secret",
 )
 
+# Allowed in a job's process only on itself: pid (args[0]) 0 ...
+SELF_ONLY_ARG0 = ("prlimit64", "sched_setparam", "sched_setscheduler", "sched_setaffinity", "sched_setattr")
+# ... or (which, who) = (the process kind, 0) in args[0] and args[1].
+SELF_ONLY_WHICH_WHO = ("setpriority", "ioprio_set")
+
 # Syscall numbers per architecture (x86_64: asm/unistd_64.h; aarch64: asm-generic/unistd.h,
 # which has no iopl/ioperm). tests/sandbox/test_seccomp.py checks them against the kernel
 # headers where those are installed.
@@ -101,6 +106,8 @@ ARCHES = {
             "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244,
             "mq_getsetattr": 245, "memfd_create": 319, "memfd_secret": 447,
             "clone": 56, "clone3": 435, "socket": 41,
+            "prlimit64": 302, "setpriority": 141, "sched_setparam": 142, "sched_setscheduler": 144,
+            "sched_setaffinity": 203, "sched_setattr": 314, "ioprio_set": 251,
         },
     },
     "aarch64": {
@@ -125,6 +132,8 @@ ARCHES = {
             "mq_unlink": 181, "mq_timedsend": 182, "mq_timedreceive": 183, "mq_notify": 184,
             "mq_getsetattr": 185, "memfd_create": 279, "memfd_secret": 447,
             "clone": 220, "clone3": 435, "socket": 198,
+            "prlimit64": 261, "setpriority": 140, "sched_setparam": 118, "sched_setscheduler": 119,
+            "sched_setaffinity": 122, "sched_setattr": 274, "ioprio_set": 30,
         },
     },
 }
@@ -181,6 +190,57 @@ def filter_program(arch: str | None = None) -> bytes | None:
         ("label", "KILL"),
         ("insn", _RET_K, RET_KILL_PROCESS, None, None),
     ]
+    return _assemble(body)
+
+
+def child_filter_program(arch: str | None = None) -> bytes | None:
+    """A second filter each job's process adds on top of the zygote's: calls that change another
+    process's resource limits, priority or scheduling only on itself (pid / who 0).
+
+    The job shares its uid with the zygote (and is in its pid namespace), so without this a job
+    could lower the zygote's limits or priority, and every later job forked from it would
+    inherit them: `prlimit(1, RLIMIT_NOFILE, (3, 3))` failed all later jobs on that zygote.
+    The zygote itself keeps these calls (it renices a stalled job's process group)."""
+    arch = native_arch() if arch is None else ARCH_ALIASES.get(arch, arch)
+    if arch not in ARCHES:
+        return None
+    spec = ARCHES[arch]
+    nr = spec["nr"]
+    body: list[tuple] = [
+        ("insn", _LD_W_ABS, _OFF_ARCH, None, None),
+        ("insn", _JEQ_K, spec["audit_arch"], None, "KILL"),
+        ("insn", _LD_W_ABS, _OFF_NR, None, None),
+    ]
+    body += [("insn", _JEQ_K, nr[name], "ARG0_SELF", None) for name in SELF_ONLY_ARG0]
+    body += [("insn", _JEQ_K, nr[name], "WHICH_SELF", None) for name in SELF_ONLY_WHICH_WHO]
+    body += [
+        ("insn", _RET_K, RET_ALLOW, None, None),
+        ("label", "WHICH_SELF"),  # setpriority(PRIO_PROCESS=0, 0, ...), ioprio_set(IOPRIO_WHO_PROCESS=1, 0, ...)
+        ("insn", _LD_W_ABS, _OFF_NR, None, None),
+        ("insn", _JEQ_K, nr["ioprio_set"], "IOPRIO", None),
+        ("insn", _LD_W_ABS, _OFF_ARG0, None, None),
+        ("insn", _JEQ_K, 0, "ARG1_SELF", "EPERM"),
+        ("label", "IOPRIO"),
+        ("insn", _LD_W_ABS, _OFF_ARG0, None, None),
+        ("insn", _JEQ_K, 1, "ARG1_SELF", "EPERM"),
+        ("label", "ARG1_SELF"),
+        ("insn", _LD_W_ABS, _OFF_ARG0 + 8, None, None),
+        ("insn", _JEQ_K, 0, "ALLOW2", "EPERM"),
+        ("label", "ARG0_SELF"),
+        ("insn", _LD_W_ABS, _OFF_ARG0, None, None),
+        ("insn", _JEQ_K, 0, "ALLOW2", "EPERM"),
+        ("label", "ALLOW2"),
+        ("insn", _RET_K, RET_ALLOW, None, None),
+        ("label", "EPERM"),
+        ("insn", _RET_K, RET_ERRNO | errno.EPERM, None, None),
+        ("label", "KILL"),
+        ("insn", _RET_K, RET_KILL_PROCESS, None, None),
+    ]
+    return _assemble(body)
+
+
+def _assemble(body: list[tuple]) -> bytes:
+    """Pack ("insn", code, k, jt_label, jf_label) / ("label", name) items into sock_filter bytes."""
     labels, index = {}, 0
     for item in body:
         if item[0] == "label":

@@ -8,8 +8,9 @@ private pipe and `_exit`s. The zygote enforces the wall-clock deadline, kills ev
 job left behind, wipes the job's scratch directory and answers the host.
 
 Host <-> zygote frames: 4-byte big-endian length + UTF-8 JSON, on the zygote's stdin/stdout.
-Child -> zygote: the `repr` of a tuple of strings/tuples (parsed by the host with a bounded
-literal parser, never trusted), on a pipe only the child holds.
+Child -> zygote: one JSON array of strings and arrays, on a pipe only the child holds (JSON, not
+a Python literal: the host decodes it in C in linear time, and only the value texts inside, each
+at most `max_output_chars`, go through its bounded literal parser; never trusted).
 """
 
 import builtins
@@ -37,7 +38,10 @@ PREIMPORT = (
 _repr, _type, _len, _isinstance, _str = builtins.repr, builtins.type, builtins.len, builtins.isinstance, builtins.str
 _float_is_finite = __import__("math").isfinite
 _write, _exit, _close = os.write, os._exit, os.close
+_json_dumps = json.dumps
 _gc_collect = __import__("gc").collect
+
+_CHILD_FILTER = None  # installs the jobs' extra seccomp filter (set up by _install_seccomp)
 
 PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)
 PLAIN_CONTAINERS = (list, tuple, set, frozenset, dict)
@@ -138,6 +142,9 @@ def _child(req, wfd, scratch):
         os.environ.update({"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8"})
         sys.stdin = sys.stdout = sys.stderr = open(os.devnull, "r+")  # prints are discarded
         _limit(req["limits"])
+        # From here on this process may change limits, priority and scheduling only of itself.
+        if _CHILD_FILTER is not None and _CHILD_FILTER() != 0:
+            raise OSError("could not load the job's seccomp filter")
     except BaseException as exc:  # noqa: BLE001 - report setup failures as job errors
         _finish(wfd, ("error", "sandbox setup failed: " + _describe(exc)))
     calls = req["calls"]
@@ -225,7 +232,7 @@ class _Unrepresentable(Exception):
 
 def _finish(wfd, frame):
     try:
-        data = _repr(frame).encode("utf-8", "backslashreplace")
+        data = _json_dumps(frame).encode("ascii")  # ensure_ascii: any str, lone surrogates included
         while data:
             data = data[_write(wfd, data):]
     finally:
@@ -477,29 +484,39 @@ def _make_undumpable():
     del sys.modules["ctypes"]
 
 
-def _install_seccomp(program_hex):
-    """Load the host-built BPF filter on ourselves; every job forked later inherits it.
+def _install_seccomp(program_hex, child_hex=None):
+    """Load the host-built BPF filter on ourselves; every job forked later inherits it. Also
+    prepare the jobs' own extra filter (`child_hex`), which `_child` installs after its limits.
 
     Returns True, or the reason it could not be installed (the host then refuses this zygote).
     """
+    global _CHILD_FILTER
     import ctypes
 
     try:
-        program = bytes.fromhex(program_hex)
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
 
         class SockFprog(ctypes.Structure):
             _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
-        buf = ctypes.create_string_buffer(program, len(program))
-        fprog = SockFprog(len(program) // 8, ctypes.addressof(buf))
+        def prepared(program_hex):
+            program = bytes.fromhex(program_hex)
+            buf = ctypes.create_string_buffer(program, len(program))
+            return buf, SockFprog(len(program) // 8, ctypes.addressof(buf))
+
+        buf, fprog = prepared(program_hex)
         # PR_SET_NO_NEW_PRIVS = 38 (required for an unprivileged filter);
         # PR_SET_SECCOMP = 22 with SECCOMP_MODE_FILTER = 2.
         if libc.prctl(38, 1, None, 0, 0) != 0:
             return "prctl(PR_SET_NO_NEW_PRIVS) failed: " + os.strerror(ctypes.get_errno())
         if libc.prctl(22, 2, ctypes.addressof(fprog), 0, 0) != 0:
             return "prctl(PR_SET_SECCOMP) failed: " + os.strerror(ctypes.get_errno())
+        if child_hex:
+            child_buf, child_fprog = prepared(child_hex)
+            address, prctl = ctypes.addressof(child_fprog), libc.prctl
+            # The buffers stay referenced by the closure: the child loads them after the fork.
+            _CHILD_FILTER = lambda keep=(child_buf, child_fprog): prctl(22, 2, address, 0, 0)  # noqa: E731
         return True
     except BaseException as exc:  # noqa: BLE001 - reported to the host, which decides
         return f"{type(exc).__name__}: {exc}"[:300]
@@ -522,7 +539,7 @@ def main():
         except ImportError:
             pass
     _make_undumpable()
-    seccomp = _install_seccomp(CONFIG["seccomp"]) if CONFIG.get("seccomp") else None
+    seccomp = _install_seccomp(CONFIG["seccomp"], CONFIG.get("child_seccomp")) if CONFIG.get("seccomp") else None
     # Children then leave the zygote's objects alone during collection: fewer copy-on-write faults.
     __import__("gc").freeze()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)

@@ -129,7 +129,7 @@ def zygote_survived_or_program_failure(r: JobResult, ctx: dict) -> None:
 def _forger(fake: str) -> str:
     """A program that writes the bytes expression `fake` to every fd it may hold, then exits."""
     return f"""
-import os
+import json, os
 def f(x):
     fake = {fake}
     for fd in range(3, 64):
@@ -415,6 +415,28 @@ def f(x):
     return out
 """, output_is("[(-1, 1), (-1, 1), (-1, 1), (-1, 1), (-1, 1), 'blocked']"),
          modes=(), seccomp_modes=("bwrap", "unshare", "none")),
+    # The job shares the zygote's uid: lowering the zygote's limits or priority would reach
+    # every later job forked from it (RLIMIT_NOFILE 3 made them all "sandbox failures").
+    Case("seccomp_job_cannot_retune_the_zygote", """
+import os, resource
+def f(x):
+    zygote = os.getppid()
+    out = []
+    for name, call in (('prlimit', lambda: resource.prlimit(zygote, resource.RLIMIT_NOFILE, (3, 3))),
+                       ('setpriority', lambda: os.setpriority(os.PRIO_PROCESS, zygote, 19)),
+                       ('user_priority', lambda: os.setpriority(os.PRIO_USER, 0, 19)),
+                       ('group_priority', lambda: os.setpriority(os.PRIO_PGRP, 0, 19)),
+                       ('affinity', lambda: os.sched_setaffinity(zygote, {0})),
+                       ('scheduler', lambda: os.sched_setscheduler(zygote, os.SCHED_IDLE, os.sched_param(0)))):
+        try:
+            call()
+            out.append(name)
+        except PermissionError:
+            pass
+    os.setpriority(os.PRIO_PROCESS, 0, 5)  # its own process: still allowed
+    resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
+    return (out, os.getpriority(os.PRIO_PROCESS, 0), resource.getrlimit(resource.RLIMIT_NOFILE))
+""", output_is("([], 5, (32, 32))"), modes=(), seccomp_modes=("bwrap", "unshare", "none")),
     Case("seccomp_new_namespace_via_clone", """
 import ctypes, signal
 NR = @SYSCALLS@
@@ -612,26 +634,37 @@ def f(x):
     Case("print_fake_result_and_exit", """
 import os
 def f(x):
-    print("('done', (('ok', \\"'gold'\\", \\"'gold'\\"),))", flush=True)
+    print('["done", [["ok", "\\'gold\\'", "\\'gold\\'"]]]', flush=True)
     os._exit(0)
 """, all_of(no_match, quick_failure()), expected=["'gold'"]),
-    Case("write_fake_frame_to_every_fd", _forger("""b"('done', (('ok', \\"'gold'\\", \\"'gold'\\"),))\""""),
+    Case("write_fake_frame_to_every_fd", _forger("""json.dumps(["done", [["ok", "'gold'", "'gold'"]]]).encode()"""),
          lambda r, ctx: _forged_frame_check(r), expected=["'the hidden gold answer'"]),
     # A forged report cannot pass the program's failure off as the sandbox's (such rows are
     # left out of the update, so the program would escape its penalty).
-    Case("forge_a_sandbox_failure", _forger("""b"('error', 'sandbox failure: forged')\""""),
+    Case("forge_a_sandbox_failure", _forger("""json.dumps(["error", "sandbox failure: forged"]).encode()"""),
          lambda r, ctx: _program_failure(r)),
-    Case("forge_an_int_too_long_to_print", _forger("""("('done', (('ok', %s, %s),))" % ((repr('0x' + 'f' * 5000),) * 2)).encode()"""),
+    Case("forge_an_int_too_long_to_print", _forger("""json.dumps(["done", [["ok", "0x" + "f" * 5000, "0x" + "f" * 5000]]]).encode()"""),
          lambda r, ctx: _program_failure(r, "unrepresentable")),
     # Ints k * (2**61 - 1) share one hash: a set of them in a forged frame used to take the host
     # quadratic time (48 s of the trainer's CPU for 30 000 of them) and passed a 745 kB output.
     Case("forge_a_set_of_colliding_hashes", _forger(
-        """("('done', (('ok', %r, %r),))" % (("{" + ", ".join(str(k * ((1 << 61) - 1)) for k in range(1, 30001)) + "}",) * 2)).encode()"""),
+        """json.dumps(["done", [["ok", *(["{" + ", ".join(str(k * ((1 << 61) - 1)) for k in range(1, 30001)) + "}"] * 2)]]]).encode()"""),
          lambda r, ctx: _program_failure(r, "unrepresentable")),
+    # The same values as frozenset([...]): that spelling skipped the colliding-hash check.
+    Case("forge_a_frozenset_of_colliding_hashes", _forger(
+        """json.dumps(["done", [["ok", *(["frozenset([" + ", ".join(str(k * ((1 << 61) - 1)) for k in range(1, 8001)) + "])"] * 2)]]]).encode()"""),
+         lambda r, ctx: _program_failure(r, "unrepresentable")),
+    # 8 MB of nested-tuple text used to be parsed as one Python literal: ~40 s with the GIL held
+    # (every trainer thread stopped) and ~4 GB; now the frame is JSON and this is not JSON.
+    Case("forge_a_huge_literal_frame", _forger("b'(' + b'0,' * 4194000 + b')'"),
+         lambda r, ctx: _program_failure(r)),
     Case("sys_exit_zero", "import sys\ndef f(x):\n    sys.exit(0)\n", all_of(fails("SystemExit"), no_match), expected=["None"]),
     Case("sys_exit_at_import", "import sys\nsys.exit(0)\ndef f(x):\n    return 1\n", fails("SystemExit"), expected=["1"]),
     Case("keyboard_interrupt", "def f(x):\n    raise KeyboardInterrupt\n", fails("KeyboardInterrupt")),
     Case("stop_iteration", "def f(x):\n    raise StopIteration\n", fails("StopIteration")),
+    # Only a MemoryError is "memory" (any message ending in the word was read as one).
+    Case("an_error_message_ending_in_memory", "raise ValueError('not enough memory')\ndef f(x):\n    return 1\n",
+         fails("ValueError: not enough memory")),
     Case("os_exit_at_import", "import os\nos._exit(0)\ndef f(x):\n    return 1\n", quick_failure("exited"), expected=["1"]),
     Case("self_sigkill", "import os, signal\ndef f(x):\n    os.kill(os.getpid(), signal.SIGKILL)\n", quick_failure("SIGKILL")),
     Case("nan_output", "def f(x):\n    return float('nan')\n", fails("unrepresentable")),

@@ -76,6 +76,28 @@ def test_filter_decisions(arch):
     assert run_bpf(program, 0x40000000 | nr["socket"], audit) == (EPERM if spec["x32_bit"] else ALLOW)
 
 
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_child_filter_lets_a_job_retune_only_itself(arch):
+    program = seccomp.child_filter_program(arch)
+    spec = seccomp.ARCHES[arch]
+    audit, nr = spec["audit_arch"], spec["nr"]
+    for name in seccomp.SELF_ONLY_ARG0:
+        assert run_bpf(program, nr[name], audit, (0, 7)) == ALLOW, name
+        assert run_bpf(program, nr[name], audit, (1, 7)) == EPERM, name  # pid 1: the zygote
+    prio_process, prio_pgrp, prio_user = 0, 1, 2
+    assert run_bpf(program, nr["setpriority"], audit, (prio_process, 0, 19)) == ALLOW
+    for which, who in ((prio_process, 1), (prio_pgrp, 0), (prio_user, 0)):
+        assert run_bpf(program, nr["setpriority"], audit, (which, who, 19)) == EPERM, (which, who)
+    ioprio_who_process, ioprio_who_user = 1, 3
+    assert run_bpf(program, nr["ioprio_set"], audit, (ioprio_who_process, 0, 0)) == ALLOW
+    assert run_bpf(program, nr["ioprio_set"], audit, (ioprio_who_process, 1, 0)) == EPERM
+    assert run_bpf(program, nr["ioprio_set"], audit, (ioprio_who_user, 0, 0)) == EPERM
+    for name, n in ORDINARY[arch].items():
+        assert run_bpf(program, n, audit, (0, 0)) == ALLOW, name
+    other = seccomp.ARCHES["aarch64" if arch == "x86_64" else "x86_64"]["audit_arch"]
+    assert run_bpf(program, ORDINARY[arch]["read"], other) == KILL
+
+
 def test_unknown_arch_has_no_filter(monkeypatch):
     assert seccomp.filter_program("riscv64") is None
     monkeypatch.setattr(seccomp.platform, "machine", lambda: "riscv64")
