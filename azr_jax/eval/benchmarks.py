@@ -39,4 +39,6 @@ def load_cruxeval(path: str | Path) -> list[dict]:
         name = str(row.get("id", f"line{n}"))
         items.append({"id": f"cruxeval-o/{name}", "task": "deduction", "problem": problem})
         items.append({"id": f"cruxeval-i/{name}", "task": "abduction", "problem": problem})
+    if not items:  # scored, it would report a solve rate of 0.0 over nothing
+        raise UserError(f"benchmark file {p} holds no items")
     return items

@@ -17,6 +17,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from azr_jax.errors import UserError
 from azr_jax.eval.benchmarks import load_benchmark
 from azr_jax.eval.summary import solve_rate_stderr
 
@@ -32,23 +33,28 @@ def placed_params(policy):
 
 def generate_texts(params, policy, prompts: list[str], *, max_new_tokens: int, batch_size: int,
                    generate_fn: Callable | None = None, temperature: float = 0.0, n_samples: int = 1,
-                   seed: int = 0, progress: Callable[[str], None] | None = None) -> list[str]:
+                   seed: int = 0, progress: Callable[[str], None] | None = None, top_p: float = 1.0,
+                   top_k: int = 0, max_rows: int | None = None) -> list[str]:
     """Completions of `prompts` (decoded, special tokens dropped): `n_samples` per prompt,
-    consecutive, in prompt order; greedy at temperature 0. `progress` gets a line per batch."""
+    consecutive, in prompt order; greedy at temperature 0 (`top_p`/`top_k` then do nothing).
+    `max_rows` bounds the rows one generate call decodes, as `sampling.max_rows` does in
+    training. `progress` gets a line per batch."""
     import time
 
     from azr_jax.sampling import SamplingSettings
 
     if generate_fn is None:
         from azr_jax.sampling import generate as generate_fn
-    settings = SamplingSettings(temperature=temperature, max_new_tokens=max_new_tokens, eos_ids=policy.stop_ids)
+    settings = SamplingSettings(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
+                                eos_ids=policy.stop_ids)
     texts = []
     t0 = time.perf_counter()
     for b, start in enumerate(range(0, len(prompts), batch_size)):
         ids = policy.tokenizer.encode_batch(prompts[start: start + batch_size])
         key = jax.random.fold_in(jax.random.key(seed), b)
         out = generate_fn(params, policy.config, ids, key, settings, n_samples=n_samples, mesh=policy.mesh,
-                          rules=policy.rules, compute_dtype=policy.compute_dtype, pad_id=policy.pad_id)
+                          rules=policy.rules, compute_dtype=policy.compute_dtype, pad_id=policy.pad_id,
+                          max_rows=max_rows)
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         texts.extend(policy.tokenizer.decode(tokens[i, : lengths[i]].tolist(), skip_special_tokens=True)
                      for i in range(len(tokens)))
@@ -67,6 +73,8 @@ def score_items(items: list[dict], responses: list[str], cfg, sandbox, samples: 
     from azr_jax.azr.scoring import score_records
     from azr_jax.distributed import share_results
 
+    if not items:  # a rate of 0.0 over nothing would read as a measured result
+        raise UserError("the benchmark holds no items")
     if len(responses) != len(items) * samples:
         raise ValueError(f"{len(responses)} responses for {len(items)} items x {samples} samples")
     records = [{"id": f"{it['id']}#{j}" if samples > 1 else it["id"], "role": "solve", "task": it["task"],
@@ -127,7 +135,8 @@ def evaluate(params, policy, cfg, sandbox, *, items: list[dict] | None = None, b
     k = cfg.eval.samples
     responses = generate_texts(params, policy, texts, max_new_tokens=cfg.eval.max_response_len,
                                batch_size=batch_size, generate_fn=generate_fn, temperature=cfg.eval.temperature,
-                               n_samples=k, progress=progress)
+                               n_samples=k, progress=progress, top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k,
+                               max_rows=cfg.sampling.max_rows)
     if progress is not None:
         progress(f"checking {len(responses)} answers in the sandbox")
     result = score_items(items, responses, cfg, sandbox, samples=k)

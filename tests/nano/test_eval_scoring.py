@@ -271,3 +271,56 @@ def test_a_cut_cruxeval_keeps_both_items_of_each_program(tmp_path, max_items, pr
 
     items = load_benchmark(EvalSection(benchmark="cruxeval", data_path=str(_crux_file(tmp_path)), max_items=max_items))
     assert [i["task"] for i in items] == ["deduction", "abduction"] * programs
+
+
+def test_an_empty_benchmark_is_refused_not_scored_as_zero(tmp_path, sandbox):
+    """An empty CRUXEval file reported {"solve_rate": 0.0, "n_items": 0}, exit 0 (and the
+    trainer would have put 0.0 into summary.json as the base and final rates)."""
+    from azr_jax.config import EvalSection
+    from azr_jax.errors import UserError
+    from azr_jax.eval.benchmarks import load_benchmark
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(UserError, match="holds no items"):
+        load_benchmark(EvalSection(benchmark="cruxeval", data_path=str(empty)))
+    with pytest.raises(UserError, match="holds no items"):
+        score_items([], [], load_config("configs/nano.py"), sandbox)
+
+
+def test_evaluation_generates_under_the_sampling_sections_row_cap_and_truncation():
+    """The presets bound every generate call's rows (and so the KV cache) with sampling.max_rows;
+    evaluation ignored it (and top_p / top_k), decoding 64 x eval.samples rows at once."""
+    import numpy as np
+
+    from azr_jax.eval.evaluate import evaluate
+    from azr_jax.sampling import Completions
+
+    calls = []
+
+    def recording_generate(params, config, prompt_ids, key, settings, *, n_samples, max_rows, **kw):
+        calls.append((len(prompt_ids), n_samples, max_rows, settings.top_p, settings.top_k))
+        rows = len(prompt_ids) * n_samples
+        return Completions(tokens=np.zeros((rows, 1), np.int32), lengths=np.zeros(rows, np.int32),
+                           logprobs=np.zeros((rows, 1), np.float32), finished=np.ones(rows, bool))
+
+    class Tok:
+        def encode_batch(self, texts):
+            return [[1, 2] for _ in texts]
+
+        def decode(self, ids, skip_special_tokens=True):
+            return ""
+
+    class Policy:
+        tokenizer, stop_ids, mesh, rules, compute_dtype, pad_id, config = Tok(), (3,), None, None, None, 0, None
+
+    cfg = load_config("configs/nano.py", ["sampling.max_rows=8", "sampling.top_p=0.9", "sampling.top_k=5",
+                                          "eval.samples=4", "eval.temperature=1.0"])
+    items = nano_benchmark(2)
+
+    class NoSandbox:  # every answer is empty: nothing reaches the sandbox
+        pass
+
+    result = evaluate(None, Policy(), cfg, NoSandbox(), items=items, generate_fn=recording_generate)
+    assert calls and all(c[1:] == (4, 8, 0.9, 5) for c in calls), calls
+    assert result["n_items"] == len(items)
