@@ -40,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=256, help="padded sequence length (default 256)")
     p.add_argument("--batch", type=int, default=3,
                    help="rows; row i holds seq_len - i * (seq_len // (2 * batch)) real tokens (default 3)")
-    p.add_argument("--text-file", help="text to tokenize (default: a Python code sample shipped with azr-jax)")
-    p.add_argument("--random-tokens", action="store_true",
+    tokens = p.add_mutually_exclusive_group()  # giving both silently used random tokens
+    tokens.add_argument("--text-file", help="text to tokenize (default: a Python code sample shipped with azr-jax)")
+    tokens.add_argument("--random-tokens", action="store_true",
                    help="use random token ids instead of text (the default when the checkpoint has no tokenizer)")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-tokens")
     p.add_argument("--tolerance", type=float, default=None,

@@ -20,7 +20,8 @@ resuming: run the same command again; training continues from the newest complet
   WORKDIR/checkpoints (--resume-step N picks an older one and DELETES the newer checkpoints, so
   the run continues from there). A workdir holding a checkpoint of a different config is
   refused (one without a checkpoint, from a start that failed, takes the new config); only
-  train.steps, the logging/saving/evaluation intervals, sandbox.workers/isolation/seccomp,
+  train.steps (not with a cosine/linear optim.schedule, which decays over it), the
+  logging/saving/evaluation intervals, sandbox.workers/isolation/seccomp,
   model.remat/scan_layers and sampling.max_rows may change, and sampling.max_prompt_len grow.
 overriding: --set section.key=value (JSON values: numbers, lists, null, true), e.g.
   --set train.steps=50 --set azr.batch_size=16 --set mesh.shape='{"data":1,"fsdp":8,"tensor":1}'.

@@ -7,5 +7,5 @@ Lay it out on a machine with --mesh (v4-8, v5p-8, v5e-8, v6e-8, gpu-8); see docs
 from azr_jax.run_presets import paper_config
 
 config = paper_config("llama-3.1-8b", "llama-3.1-8b",
-                      # llama.sh: 64 seed triplets, nested helpers allowed, f replaced at its last call
+                      # llama.sh: 64 seed triplets, a second top-level function allowed, the last top-level def becomes f
                       seed_size=64, reject_multiple_functions=False, f_replace_location="any_last")

@@ -9,5 +9,5 @@ this config uses the checkpoint's tokenizer as it is (docs/deviations.md, "Promp
 from azr_jax.run_presets import paper_config
 
 config = paper_config("qwen3-4b-base", "qwen3-4b-base",
-                      # qwen3_4b.sh: nested helpers allowed, f replaced at its last call, micro batch 8
+                      # qwen3_4b.sh: a second top-level function allowed, the last top-level def becomes f, micro batch 8
                       reject_multiple_functions=False, f_replace_location="any_last", micro_batch_size=8)

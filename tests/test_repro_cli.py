@@ -126,6 +126,10 @@ def test_bad_arguments(checkpoint, tmp_path, capsys):
     assert rc == 2 and err.strip().splitlines() == [f"azr-jax: error: --text-file {tmp_path / 'none.txt'} does not exist"]
     rc, _, err = _run(["--hf-dir", str(checkpoint), "--seq-len", "0"], capsys)
     assert rc == 2 and "must be positive" in err and len(err.strip().splitlines()) == 1
+    # Both token sources: refused (the file was silently ignored, even a missing one).
+    with pytest.raises(SystemExit) as stop:
+        _run(["--hf-dir", str(checkpoint), "--text-file", str(tmp_path / "none.txt"), "--random-tokens"], capsys)
+    assert stop.value.code == 2 and "not allowed with argument --text-file" in capsys.readouterr().err
 
 
 def test_installed_command_prints_one_line_for_a_missing_directory(tmp_path):
