@@ -233,7 +233,9 @@ def _drop_closed_loop_tracebacks() -> None:
 @contextlib.contextmanager
 def _stderr_held_back():
     """File descriptor 2 (what native threads write to) goes to a temporary file inside the
-    block; written to the real stderr after it, or dropped if the block raised."""
+    block; written to the real stderr after it, or dropped if the block failed (an Exception).
+    A stop (Ctrl-C, SIGTERM) is not a failure: what was written meanwhile, the trainer's own
+    "stopping now" line among it, is kept."""
     try:
         saved = os.dup(2)
     except OSError:
@@ -242,13 +244,12 @@ def _stderr_held_back():
     sys.stderr.flush()
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
+        raised = False
         try:
             yield
-        except BaseException:
+        except Exception:
             raised = True
             raise
-        else:
-            raised = False
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)

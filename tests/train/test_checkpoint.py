@@ -137,6 +137,13 @@ def test_stderr_of_a_restore_is_replayed_when_it_works_and_dropped_when_it_fails
             os.write(2, b"traceback of a failed read\n")
             raise RuntimeError("corrupt")
     assert capfd.readouterr().err == "an orbax warning\n"
+    # A Ctrl-C during a (minutes-long) restore is no failed read: the trainer's "stopping now"
+    # line, logged meanwhile, must reach the terminal.
+    with pytest.raises(KeyboardInterrupt):
+        with _stderr_held_back():
+            os.write(2, b"received SIGINT before the first step: stopping now\n")
+            raise KeyboardInterrupt
+    assert capfd.readouterr().err == "received SIGINT before the first step: stopping now\n"
 
 
 def test_late_closed_loop_reports_of_a_failed_read_are_dropped_and_nothing_else(tmp_path, capfd, report_unraisable):
