@@ -152,6 +152,7 @@ def zygote_command(plan: Plan, uid: int | None, scratch: str, repeat: int = 0) -
     scratch root as the zygote sees it; `repeat` picks the hash seed (see `hash_seed`).
     """
     config = {"scratch": scratch, "pidns": plan.mode in ("bwrap", "unshare"), "drop_uid": None,
+              "scratch_tmpfs": plan.mode == "bwrap",  # the scratch root is a tmpfs of its own
               "kill_all_uid": False, "seccomp": plan.seccomp.hex() if plan.seccomp else None,
               # each job adds this one on top (seccomp.child_filter_program); same architecture
               "child_seccomp": seccomp_filter.child_filter_program().hex() if plan.seccomp else None}

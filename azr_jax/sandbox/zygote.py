@@ -286,6 +286,21 @@ def _job_resident_bytes(child_pid, pidns):
     return total
 
 
+INODE_BYTES = 1024  # kernel memory one tmpfs file pins (inode + dentry; 600 000 links took ~600 MiB)
+
+
+def _scratch_inode_bytes():
+    """Kernel memory held by the files in a scratch tmpfs of our own: its size cap bounds their
+    data, not their count, and by default it allows ~3 million empty files or links."""
+    if not CONFIG.get("scratch_tmpfs"):
+        return 0
+    try:
+        st = os.statvfs(CONFIG["scratch"])
+    except OSError:
+        return 0
+    return (st.f_files - st.f_ffree) * INODE_BYTES
+
+
 def _kill_everything(child_pid, pidns):
     """Kill the job's whole process tree, daemons included, and reap what we can."""
     if pidns:
@@ -405,7 +420,7 @@ def _run_job(req):
             status = "timeout"
             break
         if now >= poll_at:
-            if _job_resident_bytes(pid, CONFIG["pidns"]) > job_memory:
+            if _job_resident_bytes(pid, CONFIG["pidns"]) + _scratch_inode_bytes() > job_memory:
                 status = "memory"
                 break
             poll_at = now + req["memory_poll_s"]
