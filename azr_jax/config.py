@@ -311,7 +311,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, opt, key)
             except UserError as e:
                 errors.append(str(e))
-        raise UserError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+        message = errors[0] if errors else f"config key '{key}': bad value {value!r}"
+        if type(None) in options and isinstance(value, str) and value.strip().lower() == "none":
+            message += " (JSON null for none)"  # Python's spelling is not JSON
+        raise UserError(message)
     if tp is Any:
         return value
     if tp is bool:
@@ -360,13 +363,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, tp):
             return value
         if isinstance(value, dict):
-            return from_dict(value, tp, prefix=key + ".")
+            return _typed(value, tp, prefix=key + ".")
         raise UserError(f"config key '{key}' expects a section, got {value!r}")
     raise UserError(f"config key '{key}': unsupported type {tp}")
 
 
 def from_dict(data: dict, cls: type = Config, prefix: str = "") -> Any:
     """Build a (nested) config from plain data, rejecting unknown keys and wrong types."""
+    out = _typed(data, cls, prefix)
+    return validate(out) if cls is Config else out
+
+
+def _typed(data: dict, cls: type, prefix: str = "") -> Any:
+    """`from_dict` without the cross-field checks of `validate`."""
     if not isinstance(data, dict):
         raise UserError(f"config {'section ' + repr(prefix[:-1]) if prefix else 'file'} must be a mapping of keys "
                         f"to values, got {type(data).__name__}")
@@ -376,7 +385,7 @@ def from_dict(data: dict, cls: type = Config, prefix: str = "") -> Any:
         if k not in types_:
             raise _unknown_key(prefix + k)
         kwargs[k] = _coerce(v, types_[k], prefix + k)
-    return validate(cls(**kwargs)) if cls is Config else cls(**kwargs)
+    return cls(**kwargs)
 
 
 def _parse_override_value(text: str) -> Any:
@@ -387,41 +396,75 @@ def _parse_override_value(text: str) -> Any:
         return text
 
 
+def _override_value(raw: str, tp: Any) -> Any:
+    """The value of `--set key=raw` for a field of type `tp`."""
+    value = _parse_override_value(raw)
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    if str in options and not isinstance(value, str) and not (value is None and type(None) in options):
+        return raw  # name=2024 is the name "2024", not a type error
+    if bool in options and type(value) is int and value in (0, 1):
+        return bool(value)  # as the strings "1" and "0" are
+    return value
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply `a.b=c` overrides; unknown keys and wrong types raise UserError."""
+    """Apply `a.b=c` overrides, then check the whole config; unknown keys and wrong types raise UserError."""
     for item in overrides or []:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got '{item}'")
         key, raw = item.split("=", 1)
         key = key.strip()
-        cfg = _replace_path(cfg, key.split("."), _parse_override_value(raw), key)
+        cfg = _replace_path(cfg, key.split("."), raw, key)
     return validate(cfg)
 
 
-def _replace_path(obj: Any, path: list[str], value: Any, full_key: str) -> Any:
+def _replace_path(obj: Any, path: list[str], raw: str, full_key: str) -> Any:
     if not dataclasses.is_dataclass(obj):
         raise _unknown_key(full_key)
     types_ = _field_types(type(obj))
     head = path[0]
     if head not in types_:
         raise _unknown_key(full_key)
-    if len(path) == 1:
-        new = _coerce(value, types_[head], full_key)
-    else:
+    if len(path) > 1:
         child = getattr(obj, head)
         if isinstance(child, dict):  # e.g. model.overrides.num_layers=2, mesh.shape.fsdp=4
-            new = _set_in_dict(child, path[1:], value)
+            new = _set_in_dict(child, path[1:], _parse_override_value(raw), full_key)
         else:
-            new = _replace_path(child, path[1:], value, full_key)
+            new = _replace_path(child, path[1:], raw, full_key)
+    elif dataclasses.is_dataclass(types_[head]):
+        new = _merge_section(getattr(obj, head), _override_value(raw, types_[head]), full_key)
+    else:
+        new = _coerce(_override_value(raw, types_[head]), types_[head], full_key)
     return dataclasses.replace(obj, **{head: new})
 
 
-def _set_in_dict(d: dict, path: list[str], value: Any) -> dict:
+def _merge_section(section: Any, value: Any, key: str) -> Any:
+    """`--set azr={"batch_size": 4}` changes the keys it names and keeps the others (the preset's)."""
+    if not isinstance(value, dict):
+        return _coerce(value, type(section), key)  # the one-line type error
+    types_ = _field_types(type(section))
+    changes = {}
+    for k, v in value.items():
+        if k not in types_:
+            raise _unknown_key(f"{key}.{k}")
+        if dataclasses.is_dataclass(types_[k]):
+            changes[k] = _merge_section(getattr(section, k), v, f"{key}.{k}")
+        else:
+            changes[k] = _coerce(v, types_[k], f"{key}.{k}")
+    return dataclasses.replace(section, **changes)
+
+
+def _set_in_dict(d: dict, path: list[str], value: Any, full_key: str) -> dict:
     out = dict(d)
+    head = path[0]
     if len(path) == 1:
-        out[path[0]] = value
-    else:
-        out[path[0]] = _set_in_dict(dict(out.get(path[0]) or {}), path[1:], value)
+        out[head] = value
+        return out
+    inner = out.get(head)
+    if inner is not None and not isinstance(inner, dict):
+        parent = full_key[: len(full_key) - len(".".join(path[1:])) - 1]
+        raise UserError(f"config key '{full_key}': '{parent}' is {inner!r}, which has no keys to set")
+    out[head] = _set_in_dict(inner or {}, path[1:], value, full_key)
     return out
 
 
@@ -446,6 +489,12 @@ _CHOICES = {
 }
 
 
+# The logical axes the model code names (the default rules list each once), and the mesh axes
+# the presets and --mesh lay out; mesh.shape may add others that a rule maps to.
+LOGICAL_AXES = tuple(MeshSection().rules)
+MESH_AXES = tuple(MeshSection().shape)
+
+
 def _check_mesh(mesh: "MeshSection") -> None:
     shape = mesh.shape
     if not isinstance(shape, dict) or not shape:
@@ -455,11 +504,33 @@ def _check_mesh(mesh: "MeshSection") -> None:
             raise UserError(f"config key 'mesh.shape.{axis}' must be a positive int or -1 (the rest), got {size!r}")
     if not isinstance(mesh.rules, dict):
         raise UserError(f"config key 'mesh.rules' must map logical axes to mesh axes, got {mesh.rules!r}")
+    used = set()
     for logical, target in mesh.rules.items():
+        if logical not in LOGICAL_AXES:  # a misspelt rule would leave the real one in force
+            hint = _did_you_mean(logical, LOGICAL_AXES)
+            raise UserError(f"config key 'mesh.rules.{logical}': no such logical axis{hint} "
+                            f"(known: {', '.join(LOGICAL_AXES)})")
         targets = [] if target is None else [target] if isinstance(target, str) else target
         if not isinstance(targets, list) or any(t not in shape for t in targets) or len(set(targets)) < len(targets):
             raise UserError(f"config key 'mesh.rules.{logical}' must name distinct axes of mesh.shape {list(shape)} "
                             f"(a name, a list of names, or null), got {target!r}")
+        used.update(targets)
+    for axis, size in shape.items():
+        if axis in used:
+            continue
+        # No rule shards over it: a new name is a typo (mesh.shape.tensr=2), and a known axis of
+        # more than one device would only repeat the same work on each.
+        if axis not in MESH_AXES:
+            raise UserError(f"config key 'mesh.shape.{axis}': no mesh.rules entry uses mesh axis '{axis}'"
+                            f"{_did_you_mean(axis, sorted(used | set(MESH_AXES)))}")
+        if size > 1:
+            raise UserError(f"config key 'mesh.shape.{axis}' is {size}, but no mesh.rules entry uses mesh axis "
+                            f"'{axis}': its devices would all do the same work (map a logical axis to it, or set 1)")
+
+
+def _did_you_mean(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def validate(cfg: Config) -> Config:
@@ -483,9 +554,13 @@ def validate(cfg: Config) -> Config:
         "azr.batch_size": cfg.azr.batch_size,
         "azr.n_solver_samples": cfg.azr.n_solver_samples,
         "azr.solver_samples": cfg.azr.solver_samples,
-        "azr.num_inputs": cfg.azr.num_inputs,
         "azr.buffer_cap": cfg.azr.buffer_cap,
         "sandbox.timeout_s": cfg.sandbox.timeout_s,
+        # Resource limits of every job: a zero or negative one fails every program, unreported.
+        "sandbox.memory_mb": cfg.sandbox.memory_mb,
+        "sandbox.max_file_mb": cfg.sandbox.max_file_mb,
+        "sandbox.max_open_files": cfg.sandbox.max_open_files,
+        "sandbox.max_processes": cfg.sandbox.max_processes,
         "sampling.max_prompt_len": cfg.sampling.max_prompt_len,
         "sampling.max_response_len": cfg.sampling.max_response_len,
         "sampling.max_rows": 1 if cfg.sampling.max_rows is None else cfg.sampling.max_rows,
@@ -525,6 +600,18 @@ def validate(cfg: Config) -> Config:
     for key, value in not_negative.items():
         if value < 0:
             raise UserError(f"config key '{key}' must be >= 0, got {value!r}")
+    if cfg.azr.num_inputs < 2:  # induction shows num_inputs // 2 of the pairs and checks the others
+        raise UserError(f"config key 'azr.num_inputs' must be >= 2 (half are shown, half checked), "
+                        f"got {cfg.azr.num_inputs!r}")
+    if cfg.azr.max_output_chars == 1:  # clip_output keeps max_chars // 2 chars each side: 0 = all of it
+        raise UserError("config key 'azr.max_output_chars' must be 0 (no clipping) or >= 2, got 1")
+    words = cfg.azr.banned_words
+    if not all(isinstance(w, str) and w for w in words):
+        raise UserError(f"config key 'azr.banned_words' must be a list of non-empty strings, got {words!r}")
+    for key, seed in (("train.seed", cfg.train.seed), ("pretrain.seed", cfg.pretrain.seed)):
+        # jax.random.key keeps 32 bits: seeds 2**32 apart share every key, larger ones overflow.
+        if not 0 <= seed < 2**32:
+            raise UserError(f"config key '{key}' must be in [0, 2**32), got {seed!r}")
     if cfg.optim.grad_clip_norm is not None and cfg.optim.grad_clip_norm <= 0:
         raise UserError(f"config key 'optim.grad_clip_norm' must be positive, or null for no clipping, got {cfg.optim.grad_clip_norm!r}")
     for key in ("b1", "b2"):
@@ -580,24 +667,42 @@ def validate(cfg: Config) -> Config:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Load a config file (`.py` defining `config`/`get_config()`, or a `config.json` dump)."""
+    """Load a config file (`.py` defining `config`/`get_config()`, or a `config.json` dump) and
+    apply `--set` overrides; the whole config is validated once, after the overrides."""
+    return apply_overrides(read_config_file(path), overrides or [])
+
+
+def read_config_file(path: str | Path | None) -> Config:
+    """The config a file defines (defaults for None), type-checked but not validated as a whole:
+    a preset may leave a field to --mesh or --set (eval.data_path, say). Pass the result through
+    `apply_overrides`, which validates it."""
     if path is None:
-        cfg = Config()
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file not found: {p}")
-        if p.suffix == ".json":
-            try:
-                data = json.loads(p.read_text())
-            except json.JSONDecodeError as e:
-                raise UserError(f"config file {p} is not valid JSON: {e}") from None
-            cfg = from_dict(data)
-        elif p.suffix == ".py":
-            cfg = _load_py_config(p)
-        else:
-            raise UserError(f"config file must be .py or .json, got {p}")
-    return apply_overrides(validate(cfg), overrides or [])
+        return Config()
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    if p.suffix == ".py":
+        return _load_py_config(p)
+    if p.suffix != ".json":
+        raise UserError(f"config file must be .py or .json, got {p}")
+    try:
+        data = json.loads(p.read_bytes().decode("utf-8"))  # JSON is UTF-8, whatever the locale says
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file {p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"config file {p} is not valid JSON: {e}") from None
+    except (OSError, RecursionError, ValueError) as e:  # unreadable; nested too deep; too many digits
+        raise UserError(f"config file {p} could not be read: {type(e).__name__}: {e}") from None
+    return _typed_file(data, p)
+
+
+def _typed_file(data: Any, p: Path) -> Config:
+    if not isinstance(data, dict):
+        raise UserError(f"config file {p} must be a mapping of keys to values, got {type(data).__name__}")
+    try:
+        return _typed(data, Config)
+    except UserError as e:
+        raise UserError(f"config file {p}: {e}") from None
 
 
 def _load_py_config(p: Path) -> Config:
@@ -623,7 +728,4 @@ def _load_py_config(p: Path) -> Config:
     if not isinstance(cfg, Config):
         raise UserError(f"config file {p}: `config` must be an azr_jax.config.Config")
     # Through the same type checks as a config.json or --set (a dataclass does not check types).
-    try:
-        return from_dict(to_dict(cfg))
-    except UserError as e:
-        raise UserError(f"config file {p}: {e}") from None
+    return _typed_file(to_dict(cfg), p)

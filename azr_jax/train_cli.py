@@ -54,10 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_config(args: argparse.Namespace):
     """The config after the preset, --mesh, then --set (so --set always wins)."""
-    from azr_jax.config import apply_overrides, load_config
+    from azr_jax.config import apply_overrides, read_config_file
     from azr_jax.run_presets import with_mesh
 
-    cfg = load_config(args.config)
+    cfg = read_config_file(args.config)  # validated as a whole once --mesh and --set are in
     if args.mesh:
         cfg = with_mesh(cfg, args.mesh)
     return apply_overrides(cfg, args.overrides)

@@ -77,6 +77,21 @@ def has_checkpoint(workdir: Path) -> bool:
     return ckpts.is_dir() and any(p.name.isdigit() and p.is_dir() for p in ckpts.iterdir())
 
 
+def check_inputs(cfg, workdir: Path) -> None:
+    """Read the input files the start-up reads after `load_policy` (which can take minutes) now,
+    so that a wrong path fails at once, with the same error: the prompt templates, the cruxeval
+    file when the run evaluates, and the seed files unless `workdir` resumes (from its buffers)."""
+    from azr_jax.azr.buffers import TaskBuffers
+    from azr_jax.azr.prompts import load_templates
+    from azr_jax.eval.benchmarks import load_benchmark
+
+    load_templates(cfg.azr.prompt_dir)
+    if cfg.train.eval_every >= 0 and cfg.eval.benchmark == "cruxeval":  # nano is generated, not read
+        load_benchmark(cfg.eval)
+    if not has_checkpoint(workdir):
+        TaskBuffers.seeded(cfg.azr)
+
+
 def check_workdir(cfg, workdir: Path, *, write: bool) -> None:
     """Refuse a workdir holding a run of a different config; write the resolved config."""
     path = workdir / "config.json"

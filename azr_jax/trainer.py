@@ -38,7 +38,7 @@ from azr_jax.data import PipelineState, build_prompt_batch, stream_seed
 from azr_jax.errors import UserError
 from azr_jax.metrics import MetricsWriter
 from azr_jax.train_setup import (
-    Policy, SELFPLAY_ROLES, check_workdir, load_policy, task_sampler,
+    Policy, SELFPLAY_ROLES, check_inputs, check_workdir, load_policy, task_sampler,
 )
 
 log = logging.getLogger("azr_jax.trainer")
@@ -754,6 +754,7 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
 
     workdir = check_output_dir(workdir, "--workdir")
     primary = jax.process_index() == 0
+    check_inputs(cfg, workdir)  # before anything is written or the weights are loaded
     check_workdir(cfg, workdir, write=primary)
     policy = load_policy(cfg)
     stop.check_startup()

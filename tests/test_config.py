@@ -244,3 +244,168 @@ def test_memory_layout_keys_may_change_on_resume():
                                  as_dict("model.remat=full", "model.scan_layers=false")) == []
     assert allowed_config_change(as_dict("model.compute_dtype=float32"), as_dict("model.compute_dtype=bfloat16")) == [
         "model.compute_dtype"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Values that used to load and then fail (or misbehave) inside a run
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("item, match", [
+    ("sandbox.memory_mb=-1", "'sandbox.memory_mb' must be positive"),  # every job over 25 ms failed, unreported
+    ("sandbox.max_file_mb=0", "'sandbox.max_file_mb' must be positive"),
+    ("sandbox.max_open_files=0", "'sandbox.max_open_files' must be positive"),
+    ("sandbox.max_processes=-2", "'sandbox.max_processes' must be positive"),
+    ('azr.banned_words=["os.system", 3]', "list of non-empty strings"),  # a TypeError at step 1
+    ('azr.banned_words=["os.system", ""]', "list of non-empty strings"),  # "" is in every program
+    ("train.seed=-1", r"'train.seed' must be in \[0, 2\*\*32\)"),  # key(-1) is key(2**32 - 1)
+    ("train.seed=4294967296", r"must be in \[0, 2\*\*32\)"),  # key(2**32) is key(0)
+    ("train.seed=9223372036854775808", r"must be in \[0, 2\*\*32\)"),  # an OverflowError in training
+    ("pretrain.seed=-1", r"'pretrain.seed' must be in \[0, 2\*\*32\)"),
+    ("azr.num_inputs=1", "'azr.num_inputs' must be >= 2"),  # induction tasks with no visible pair
+    ("azr.max_output_chars=1", r"0 \(no clipping\) or >= 2"),  # clipped to the whole text
+])
+def test_out_of_range_values_that_reached_the_run_are_refused(item, match):
+    with pytest.raises(UserError, match=match):
+        apply_overrides(Config(), [item])
+
+
+def test_smallest_accepted_values_still_load():
+    cfg = apply_overrides(Config(), ["azr.num_inputs=2", "azr.max_output_chars=2", "train.seed=4294967295",
+                                     "sandbox.memory_mb=1", "azr.banned_words=[]"])
+    assert (cfg.azr.num_inputs, cfg.azr.max_output_chars, cfg.train.seed) == (2, 2, 2**32 - 1)
+    assert apply_overrides(Config(), ["azr.max_output_chars=0"]).azr.max_output_chars == 0  # 0 = never clip
+
+
+def _preset(tmp_path, body: str):
+    path = tmp_path / "preset.py"
+    path.write_text("from azr_jax.config import *\nconfig = " + body + "\n")
+    return path
+
+
+def test_a_preset_may_leave_a_required_value_to_set(tmp_path):
+    """The file is type-checked alone; the cross-field checks run once, after --mesh and --set."""
+    from azr_jax.config import read_config_file
+    from azr_jax.run_presets import with_mesh
+
+    preset = _preset(tmp_path, 'Config(eval=EvalSection(benchmark="cruxeval"))')
+    assert load_config(preset, ["eval.data_path=crux.jsonl"]).eval.data_path == "crux.jsonl"
+    cfg = apply_overrides(with_mesh(read_config_file(preset), "v4-8"), ["eval.data_path=crux.jsonl"])
+    assert cfg.eval.data_path == "crux.jsonl" and cfg.mesh.shape["fsdp"] == 4
+    with pytest.raises(UserError, match="needs eval.data_path"):
+        load_config(preset)  # still required in the end
+    # `azr-jax train` reads its --config the same way.
+    import argparse
+
+    from azr_jax.train_cli import resolve_config
+
+    args = argparse.Namespace(config=str(preset), mesh="v4-8", overrides=["eval.data_path=crux.jsonl"])
+    assert resolve_config(args).eval.data_path == "crux.jsonl"
+    dumped = tmp_path / "config.json"
+    dumped.write_text(json.dumps({"eval": {"benchmark": "cruxeval"}}))
+    assert load_config(dumped, ["eval.data_path=crux.jsonl"]).eval.benchmark == "cruxeval"
+    # Type errors in the file still name it, on one line.
+    dumped.write_text(json.dumps({"train": {"steps": "many"}}))
+    with pytest.raises(UserError, match=r"config file .*config.json: config key 'train.steps' expects an int"):
+        load_config(dumped, ["train.steps=3"])
+
+
+def test_a_json_config_that_cannot_be_read_is_one_error(tmp_path, monkeypatch):
+    latin = tmp_path / "latin.json"
+    latin.write_bytes('{"name": "caf\u00e9"}'.encode("latin-1"))
+    with pytest.raises(UserError, match="latin.json is not UTF-8 text"):
+        load_config(latin)
+    ok = tmp_path / "ok.json"
+    ok.write_text('{"name": "caf\u00e9"}', encoding="utf-8")
+    assert load_config(ok).name == "caf\u00e9"
+
+    def unreadable(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(ok), "read_bytes", unreadable)
+    with pytest.raises(UserError, match="ok.json could not be read: PermissionError"):
+        load_config(ok)
+
+
+@pytest.mark.parametrize("item, parent", [("mesh.rules.batch.x=1", "mesh.rules.batch"),
+                                          ("mesh.shape.fsdp.x=1", "mesh.shape.fsdp")])
+def test_a_key_past_a_plain_value_names_the_key(item, parent):
+    key = item.split("=")[0]
+    with pytest.raises(UserError, match=f"config key '{key}': '{parent}' is .*, which has no keys to set"):
+        apply_overrides(Config(), [item])
+    assert apply_overrides(Config(), ["model.overrides.rope.factor=2"]).model.overrides == {"rope": {"factor": 2}}
+
+
+def test_setting_a_whole_section_keeps_the_other_values(tmp_path):
+    preset = _preset(tmp_path, "Config(azr=AZRSection(n_solver_samples=2, batch_size=16))")
+    cfg = load_config(preset, ['azr={"batch_size": 4}'])
+    assert cfg.azr.batch_size == 4 and cfg.azr.n_solver_samples == 2  # the preset's, not the default 8
+    with pytest.raises(UserError, match="did you mean 'azr.batch_size'"):
+        load_config(preset, ['azr={"batch_sise": 4}'])
+    with pytest.raises(UserError, match="'azr.batch_size' expects an int"):
+        load_config(preset, ['azr={"batch_size": "four"}'])
+    with pytest.raises(UserError, match="'azr' expects a section"):
+        load_config(preset, ["azr=4"])
+
+
+@pytest.mark.parametrize("items, match", [
+    (["mesh.shape.tensr=2"], "mesh axis 'tensr'; did you mean 'tensor'"),
+    (['mesh.shape={"data": 1, "fsdp": -1, "tensor": 1, "tensr": 1}'], "did you mean 'tensor'"),
+    (["mesh.rules.vocabb=tensor"], "no such logical axis; did you mean 'vocab'"),
+    (["mesh.rules.batch=fsdp", "mesh.shape.data=2"], "'mesh.shape.data' is 2, but no mesh.rules entry uses"),
+])
+def test_misspelt_mesh_axes_and_rules_are_refused(items, match):
+    with pytest.raises(UserError, match=match):
+        apply_overrides(Config(), items)
+
+
+def test_mesh_layouts_in_use_still_load():
+    assert apply_overrides(Config(), ['mesh.shape={"data": 2, "fsdp": -1, "tensor": 4}']).mesh.shape["tensor"] == 4
+    assert apply_overrides(Config(), ["mesh.rules.batch=fsdp"]).mesh.shape["data"] == 1  # data unused at size 1
+    # An axis of one's own is fine once a rule uses it.
+    cfg = apply_overrides(Config(), ["mesh.shape.seq=2", "mesh.rules.length=seq"])
+    assert cfg.mesh.shape["seq"] == 2 and cfg.mesh.rules["length"] == "seq"
+
+
+def test_set_values_fit_the_field_type():
+    cfg = apply_overrides(Config(), ["name=2024", "model.hf_dir=123", "eval.benchmark=cruxeval",
+                                     "eval.data_path=1.5", "azr.propose=0", "azr.clean_programs=1"])
+    assert cfg.name == "2024" and cfg.model.hf_dir == "123" and cfg.eval.data_path == "1.5"
+    assert cfg.azr.propose is False and cfg.azr.clean_programs is True  # as the strings "0" and "1"
+    cfg = apply_overrides(cfg, ["model.hf_dir=null", 'name="quoted"', "name=true"])
+    assert cfg.model.hf_dir is None and cfg.name == "true"
+    with pytest.raises(UserError, match="expects a bool"):
+        apply_overrides(Config(), ["azr.propose=2"])
+    with pytest.raises(UserError, match="expects a float, got 'None' \\(JSON null for none\\)"):
+        apply_overrides(Config(), ["rl.dual_clip=None"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Input paths are checked before the weights load
+# ----------------------------------------------------------------------------------------------
+
+
+def test_input_paths_are_read_before_the_weights(tmp_path, monkeypatch):
+    from azr_jax import trainer
+    from azr_jax.train_setup import check_inputs
+
+    def no_loading(cfg):
+        raise AssertionError("load_policy ran before the input paths were checked")
+
+    monkeypatch.setattr(trainer, "load_policy", no_loading)
+    missing = tmp_path / "missing.jsonl"
+    for items, match in [([f"azr.seed_file={missing}"], "seed file not found"),
+                         ([f"azr.induction_seed_file={missing}"], "seed file not found"),
+                         ([f"azr.prompt_dir={missing}"], "azr.prompt_dir is not a directory"),
+                         (["eval.benchmark=cruxeval", f"eval.data_path={missing}"], "benchmark file not found")]:
+        with pytest.raises(UserError, match=match):
+            trainer.train(apply_overrides(Config(), items), tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()  # nothing written either
+    # A resume reads no seed file (its buffers are in the checkpoint) and a run that never
+    # evaluates reads no benchmark file.
+    (tmp_path / "resumed" / "checkpoints" / "10").mkdir(parents=True)
+    check_inputs(apply_overrides(Config(), [f"azr.seed_file={missing}"]), tmp_path / "resumed")
+    check_inputs(apply_overrides(Config(), ["eval.benchmark=cruxeval", f"eval.data_path={missing}",
+                                            "train.eval_every=-1"]), tmp_path / "fresh")
+    with pytest.raises(UserError, match="azr.prompt_dir is not a directory"):
+        check_inputs(apply_overrides(Config(), [f"azr.prompt_dir={missing}"]), tmp_path / "resumed")
