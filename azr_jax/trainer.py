@@ -36,6 +36,7 @@ from azr_jax import distributed
 from azr_jax.checkpoint import Checkpoints, abstract_like
 from azr_jax.data import PipelineState, build_prompt_batch, stream_seed
 from azr_jax.errors import UserError
+from azr_jax.jsonl import write_text_atomically
 from azr_jax.metrics import MetricsWriter
 from azr_jax.train_setup import (
     Policy, SELFPLAY_ROLES, check_inputs, check_workdir, load_policy, task_sampler,
@@ -693,7 +694,9 @@ def _evaluate(cfg, policy, params, sandbox, workdir: Path, name: str, primary: b
              f", {result['sandbox_errors']} answer(s) unchecked" if result.get("sandbox_errors") else "")
     if primary:
         (workdir / "eval").mkdir(parents=True, exist_ok=True)
-        (workdir / "eval" / f"{name}.json").write_text(json.dumps(result, sort_keys=True) + "\n")
+        # Atomic: the summary and the plots read it later, and a kill mid-write left a cut-off
+        # file on which the next start's final summary crashed.
+        write_text_atomically(workdir / "eval" / f"{name}.json", json.dumps(result, sort_keys=True) + "\n")
     return result
 
 
@@ -748,6 +751,25 @@ def _start_state(cfg, policy, ckpts, stop: StopFlag, resume_step):
     return state, buffers, start
 
 
+def _refuse_a_checkpoint_past_the_end(cfg, workdir: Path, resume_step: int | None) -> None:
+    """A resume whose train.steps is below its checkpoint's step would run nothing, yet rewrite
+    summary.json without the run's evaluation and config.json with the smaller train.steps."""
+    if not (workdir / "checkpoints").is_dir():
+        return
+    ckpts = Checkpoints(workdir / "checkpoints")  # a reader: creates and removes nothing
+    try:
+        if resume_step is None:
+            step = ckpts.latest_step()
+        else:  # a missing one is named later, with the steps there are
+            step = resume_step if resume_step in ckpts.all_steps() else None
+    finally:
+        ckpts.close()
+    if step is not None and step > cfg.train.steps:
+        raise UserError(f"{workdir} holds a checkpoint of step {step}, past train.steps={cfg.train.steps}: set "
+                        f"train.steps to {step} or more (the same command re-evaluates a finished run), or go back "
+                        f"with --resume-step N (N <= {cfg.train.steps}; it deletes the newer checkpoints)")
+
+
 def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) -> dict:
     from azr_jax.jsonl import check_output_dir
     from azr_jax.sandbox import Sandbox
@@ -755,6 +777,7 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
     workdir = check_output_dir(workdir, "--workdir")
     primary = jax.process_index() == 0
     check_inputs(cfg, workdir)  # before anything is written or the weights are loaded
+    _refuse_a_checkpoint_past_the_end(cfg, workdir, resume_step)
     check_workdir(cfg, workdir, write=primary)
     policy = load_policy(cfg)
     stop.check_startup()

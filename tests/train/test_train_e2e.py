@@ -390,6 +390,11 @@ def test_missing_and_corrupt_checkpoints_are_one_line(env, reference_run):
 
     workdir = env["base"] / "corrupt"
     shutil.copytree(reference_run, workdir)
+    # A train.steps below the checkpoint ran nothing and rewrote summary.json without the run's
+    # evaluation (and config.json with the smaller train.steps): refused, nothing touched.
+    before = {name: (workdir / name).read_bytes() for name in ("summary.json", "config.json")}
+    assert "holds a checkpoint of step 3, past train.steps=2" in _one_error_line(_run(env, workdir, "train.steps=2"))
+    assert {name: (workdir / name).read_bytes() for name in before} == before
     assert "no complete checkpoint for step 9" in _one_error_line(subprocess.run(
         _argv(env, workdir, "train.steps=3") + ["--resume-step", "9"], env=env["env"], capture_output=True,
         text=True, cwd=ROOT))
