@@ -4,6 +4,7 @@ mesh (params, tokenizer, jitted helpers) and the per-(role, task) samplers over 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +27,18 @@ log = logging.getLogger("azr_jax.train")
 RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.keep_checkpoints", "train.log_every",
                      "train.eval_every", "train.audit_every", "sandbox.workers", "sandbox.isolation",
                      "sandbox.seccomp", "model.remat", "model.scan_layers", "sampling.max_rows")
+
+# Read on a fresh start only (a resume takes its buffers from the checkpoint): free to change.
+NOT_READ_ON_RESUME = ("azr.seed_file", "azr.induction_seed_file")
+# Paths a resume may find elsewhere (a run copied to another machine or clone, whose nano base
+# and prompts sit under another absolute path): they may change when what the run reads from
+# them is the same, by the fingerprints WORKDIR/inputs.json keeps. Weight files count by name and
+# size only (a resume takes the policy from its checkpoint; the base's weights serve only as the
+# KL reference when rl.kl_coef > 0), so that 15 GB need not be read at every start.
+MOVABLE_INPUTS = ("model.hf_dir", "model.tokenizer", "azr.prompt_dir")
+INPUTS_FILE = "inputs.json"
+_MODEL_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json",
+                     "tokenizer.model", "special_tokens_map.json", "chat_template.jinja")
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -92,6 +105,44 @@ def check_inputs(cfg, workdir: Path) -> None:
         TaskBuffers.seeded(cfg.azr)
 
 
+def input_fingerprints(cfg) -> dict:
+    """sha256 of what the run reads through each of MOVABLE_INPUTS (None: the key is unset)."""
+    from azr_jax.azr.prompts import load_templates
+
+    prompts = json.dumps(load_templates(cfg.azr.prompt_dir), sort_keys=True).encode()
+    out = {"azr.prompt_dir": hashlib.sha256(prompts).hexdigest()}
+    for key, value in (("model.hf_dir", cfg.model.hf_dir), ("model.tokenizer", cfg.model.tokenizer)):
+        out[key] = None if value is None else _files_digest(Path(value))
+    return out
+
+
+def _files_digest(path: Path) -> str:
+    """A model directory's (or a tokenizer file's) config and tokenizer files, names and bytes."""
+    directory = path if path.is_dir() else path.parent
+    files = {directory / name for name in _MODEL_SIDE_FILES} | (set() if path.is_dir() else {path})
+    h = hashlib.sha256()
+    for f in sorted(files):
+        if f.is_file():
+            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    if path.is_dir():
+        for f in sorted(path.glob("*.safetensors*")):
+            h.update(f"{f.name}:{f.stat().st_size}\0".encode())
+    return h.hexdigest()
+
+
+def _moved_inputs(differ: list[str], workdir: Path, cfg) -> list[str]:
+    """The keys of `differ` that are moved copies of what the run read (inputs.json agrees)."""
+    keys = [k for k in differ if k in MOVABLE_INPUTS]
+    if not keys:
+        return []
+    try:
+        stored = json.loads((workdir / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return []  # a run from before inputs.json: nothing to compare with
+    now = input_fingerprints(cfg)
+    return [k for k in keys if isinstance(stored, dict) and stored.get(k) == now[k]]
+
+
 def check_workdir(cfg, workdir: Path, *, write: bool) -> None:
     """Refuse a workdir holding a run of a different config; write the resolved config."""
     path = workdir / "config.json"
@@ -103,7 +154,11 @@ def check_workdir(cfg, workdir: Path, *, write: bool) -> None:
             raise UserError(f"{path} is unreadable ({e}); is {workdir} a training run directory?") from None
         if not isinstance(old, dict):
             raise UserError(f"{path} does not hold a config; is {workdir} a training run directory?")
-        differ = allowed_config_change(old, new)
+        differ = [k for k in allowed_config_change(old, new) if k not in NOT_READ_ON_RESUME]
+        moved = _moved_inputs(differ, workdir, cfg)
+        if moved:
+            log.info("resuming with %s at a new path; what the run reads there is unchanged", ", ".join(moved))
+            differ = [k for k in differ if k not in moved]
         if differ and has_checkpoint(workdir):
             shown = ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
             raise UserError(f"workdir {workdir} holds a run of a different config (differs in {shown}); "
@@ -115,12 +170,14 @@ def check_workdir(cfg, workdir: Path, *, write: bool) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         # Written beside and renamed into place: the other processes of a multi-host run read this
         # file while process 0 rewrites it, and must see the old or the new file, never half of one.
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            tmp.write_text(config_lib.to_json(cfg) + "\n")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        for target, text in ((workdir / INPUTS_FILE, json.dumps(input_fingerprints(cfg), indent=2, sort_keys=True)),
+                             (path, config_lib.to_json(cfg))):
+            tmp = target.with_name(f".{target.name}.tmp")
+            try:
+                tmp.write_text(text + "\n")
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
 
 
 @dataclasses.dataclass

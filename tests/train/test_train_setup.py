@@ -53,7 +53,7 @@ def test_config_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         pass
     monkeypatch.undo()
     assert (tmp_path / "config.json").read_text() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "inputs.json"]
     check_workdir(resumed, tmp_path, write=True)
     assert config_lib.load_config(str(tmp_path / "config.json")).train.steps == 4
 
@@ -185,3 +185,40 @@ def test_a_checkpoint_of_another_shape_than_the_preset_is_named_in_a_warning(tmp
         load_policy(load_config("configs/nano.py", ["model.preset=qwen2.5-7bb"]), weights=False)
     (warning,) = [r.getMessage() for r in caplog.records if "model.preset" in r.getMessage()]
     assert "ignored with model.hf_dir" in warning and "did you mean 'qwen2.5-7b'" in warning
+
+
+def test_a_run_resumes_from_a_moved_copy_of_its_base_and_prompts_but_not_from_other_files(tmp_path):
+    """The nano config records absolute paths (the base, the prompts, the seed files): a run
+    copied to another clone could not resume. Paths may change when what the run reads there
+    (config, tokenizer, prompt templates) is the same; seed files are not read on resume."""
+    import shutil
+
+    import pytest
+
+    from azr_jax.errors import UserError
+    from azr_jax.nano import BASE_DIR
+    from azr_jax.train_setup import check_workdir
+
+    first, moved = tmp_path / "clone1", tmp_path / "clone2"
+    for clone in (first, moved):
+        shutil.copytree(BASE_DIR, clone / "base")
+        shutil.copytree(Path("azr_jax/nano/prompts"), clone / "prompts")
+
+    def cfg(clone, *more):
+        return load_config("configs/nano.py", [f"model.hf_dir={clone / 'base'}", f"azr.prompt_dir={clone / 'prompts'}",
+                                               f"azr.seed_file={clone / 'base' / 'seed_io.jsonl'}", *more])
+
+    run = tmp_path / "run"
+    check_workdir(cfg(first), run, write=True)
+    (run / "checkpoints" / "15").mkdir(parents=True)
+    check_workdir(cfg(moved), run, write=True)  # the same files elsewhere: resumes
+    assert load_config(str(run / "config.json")).model.hf_dir == str(moved / "base")
+    edited = first / "prompts" / "solve_deduction.txt"
+    edited.write_text(edited.read_text() + "\nBe brief.\n")
+    with pytest.raises(UserError, match=r"differs in azr.prompt_dir\)"):  # its base is still the same files
+        check_workdir(cfg(first), run, write=False)
+    with pytest.raises(UserError, match="differs in model.hf_dir"):  # another base: another tokenizer
+        other = tmp_path / "other"
+        shutil.copytree(BASE_DIR, other)
+        (other / "config.json").write_text((other / "config.json").read_text().replace('"rope_theta": 10000.0', '"rope_theta": 20000.0'))
+        check_workdir(cfg(moved, f"model.hf_dir={other}"), run, write=False)
