@@ -445,3 +445,12 @@ def test_empty_files_in_the_bwrap_scratch_count_against_the_job_memory():
     with Sandbox(SandboxSection(isolation="bwrap", timeout_s=20, workers=1, memory_mb=64)) as s:
         (r,) = s.run([Job(program, ["0"], repeats=1)])
     assert r.error == "memory" and not r.timed_out, r
+
+
+def test_a_deep_frozenset_output_is_too_deep_not_forged(sb):
+    """frozenset 100 levels deep passed the child's depth check, but its repr opens 201
+    brackets, past Python's parser limit: the host read it as a forged output."""
+    program = "def f(n):\n    x = frozenset()\n    for _ in range(n):\n        x = frozenset({x})\n    return x\n"
+    shallow, deep = sb.run([Job(program, ["40"], repeats=1), Job(program, ["100"], repeats=1)])
+    assert shallow.outputs[0] is not None and shallow.outputs[0].count("frozenset") == 41, shallow
+    assert deep.outputs == [None] and deep.errors[0].startswith("unrepresentable: too deep"), deep
