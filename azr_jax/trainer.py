@@ -691,7 +691,8 @@ def _evaluate(cfg, policy, params, sandbox, workdir: Path, name: str, primary: b
     log.info("eval %s: solve rate %.3f%s (%s) in %.0fs%s", name, result["solve_rate"],
              f" ± {stderr:.3f} (standard error)" if stderr is not None else "",
              ", ".join(f"{t} {v:.3f}" for t, v in result["per_task"].items()), time.perf_counter() - t0,
-             f", {result['sandbox_errors']} answer(s) unchecked" if result.get("sandbox_errors") else "")
+             (f", {result['sandbox_errors']} answer(s) unchecked" if result.get("sandbox_errors") else "")
+             + (f", {result['cut_off']} cut off at eval.max_response_len" if result.get("cut_off") else ""))
     if primary:
         (workdir / "eval").mkdir(parents=True, exist_ok=True)
         # Atomic: the summary and the plots read it later, and a kill mid-write left a cut-off

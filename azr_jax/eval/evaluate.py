@@ -34,11 +34,12 @@ def placed_params(policy):
 def generate_texts(params, policy, prompts: list[str], *, max_new_tokens: int, batch_size: int,
                    generate_fn: Callable | None = None, temperature: float = 0.0, n_samples: int = 1,
                    seed: int = 0, progress: Callable[[str], None] | None = None, top_p: float = 1.0,
-                   top_k: int = 0, max_rows: int | None = None) -> list[str]:
+                   top_k: int = 0, max_rows: int | None = None) -> tuple[list[str], list[bool]]:
     """Completions of `prompts` (decoded, special tokens dropped): `n_samples` per prompt,
-    consecutive, in prompt order; greedy at temperature 0 (`top_p`/`top_k` then do nothing).
-    `max_rows` bounds the rows one generate call decodes, as `sampling.max_rows` does in
-    training. `progress` gets a line per batch."""
+    consecutive, in prompt order; greedy at temperature 0 (`top_p`/`top_k` then do nothing);
+    and for each, whether the length budget cut it off (no EOS or stop sequence). `max_rows`
+    bounds the rows one generate call decodes, as `sampling.max_rows` does in training.
+    `progress` gets a line per batch."""
     import time
 
     from azr_jax.sampling import SamplingSettings
@@ -47,7 +48,7 @@ def generate_texts(params, policy, prompts: list[str], *, max_new_tokens: int, b
         from azr_jax.sampling import generate as generate_fn
     settings = SamplingSettings(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
                                 eos_ids=policy.stop_ids)
-    texts = []
+    texts, cut_off = [], []
     t0 = time.perf_counter()
     for b, start in enumerate(range(0, len(prompts), batch_size)):
         ids = policy.tokenizer.encode_batch(prompts[start: start + batch_size])
@@ -58,10 +59,11 @@ def generate_texts(params, policy, prompts: list[str], *, max_new_tokens: int, b
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         texts.extend(policy.tokenizer.decode(tokens[i, : lengths[i]].tolist(), skip_special_tokens=True)
                      for i in range(len(tokens)))
+        cut_off.extend(not bool(f) for f in np.asarray(out.finished))
         if progress is not None:
             done = min(start + batch_size, len(prompts))
             progress(f"generated {done}/{len(prompts)} prompts x {n_samples} ({time.perf_counter() - t0:.0f}s)")
-    return texts
+    return texts, cut_off
 
 
 def score_items(items: list[dict], responses: list[str], cfg, sandbox, samples: int = 1) -> dict:
@@ -133,17 +135,21 @@ def evaluate(params, policy, cfg, sandbox, *, items: list[dict] | None = None, b
     prompts = Prompts.from_config(cfg.azr)
     texts = [prompts.solve(it["task"], it["problem"]) for it in items]
     k = cfg.eval.samples
-    responses = generate_texts(params, policy, texts, max_new_tokens=cfg.eval.max_response_len,
+    responses, cut_off = generate_texts(params, policy, texts, max_new_tokens=cfg.eval.max_response_len,
                                batch_size=batch_size, generate_fn=generate_fn, temperature=cfg.eval.temperature,
                                n_samples=k, progress=progress, top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k,
                                max_rows=cfg.sampling.max_rows)
     if progress is not None:
         progress(f"checking {len(responses)} answers in the sandbox")
     result = score_items(items, responses, cfg, sandbox, samples=k)
-    result.update(benchmark=cfg.eval.benchmark, samples=k, temperature=cfg.eval.temperature)
+    # Answers the length budget cut off (eval.max_response_len): wrong for want of tokens, which
+    # a too-small budget turns into a lower solve rate.
+    result.update(benchmark=cfg.eval.benchmark, samples=k, temperature=cfg.eval.temperature, cut_off=sum(cut_off))
     for i, it in enumerate(result["items"]):
         if k == 1:
             it["response"] = responses[i]
         else:
             it["responses"] = responses[i * k:(i + 1) * k]
+        if any(cut_off[i * k:(i + 1) * k]):
+            it["cut_off"] = sum(cut_off[i * k:(i + 1) * k])
     return result
