@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 from pathlib import Path
 
 from azr_jax.errors import UserError
@@ -19,6 +20,11 @@ UID_BASE = 3_000_000  # unprivileged uids used by nobody else
 BLOCK_SIZE = 100_000  # uids per sandbox: 6 250 slots of 16 repeats (1 562 workers)
 BLOCKS = 1000  # the highest uid is then 103 million, far below the kernel's 2**32 - 2
 LEASE_DIR = Path("/run/azr-jax-sandbox-uids")  # root-only: nobody else can plant files in it
+
+
+def _fallback_dir() -> Path:
+    """Where the leases go when /run cannot hold them (a read-only /run in some containers)."""
+    return Path(tempfile.gettempdir()) / f"azr-jax-sandbox-uids-{os.geteuid()}"
 
 
 class UidBlock:
@@ -41,13 +47,21 @@ class UidBlock:
 
 def lease_block(lease_dir: Path | None = None) -> UidBlock:
     """Take the first free block, starting from one picked by pid (so hosts with several
-    trainers rarely probe far). Raises UserError when the lease directory is unusable or full."""
-    lease_dir = Path(lease_dir or LEASE_DIR)
+    trainers rarely probe far). Without `lease_dir`: /run/azr-jax-sandbox-uids, or a directory in
+    the temp dir where /run is not writable. Raises UserError when it is unusable or full."""
+    if lease_dir is None:
+        try:
+            LEASE_DIR.mkdir(mode=0o700, exist_ok=True)
+            lease_dir = LEASE_DIR
+        except OSError:
+            lease_dir = _fallback_dir()
+    lease_dir = Path(lease_dir)
     try:
         lease_dir.mkdir(mode=0o700, exist_ok=True)
         info = os.lstat(lease_dir)
     except OSError as e:
         raise UserError(f"the sandbox cannot lease uids for its zygotes in {lease_dir}: {e}") from None
+    # In the temp dir anyone may have made it first: it must be ours and closed to others.
     if info.st_uid != os.geteuid() or info.st_mode & 0o022 or not os.path.isdir(lease_dir) or os.path.islink(lease_dir):
         raise UserError(f"the sandbox's uid lease directory {lease_dir} must be a directory owned by this "
                         f"user and writable by nobody else")

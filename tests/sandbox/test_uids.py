@@ -81,3 +81,18 @@ def test_two_root_sandboxes_at_once_run_their_zygotes_under_disjoint_uids():
     too_many = uids.BLOCK_SIZE // (SLOTS_PER_WORKER * REPEATS_PER_SLOT) + 1
     with pytest.raises(UserError, match="workers"):
         Sandbox(SandboxSection(isolation="none", workers=too_many))
+
+
+def test_where_run_cannot_hold_the_leases_they_go_to_a_private_temp_directory(tmp_path, monkeypatch):
+    """Some containers mount /run read-only: a root trainer's sandbox must still start."""
+    monkeypatch.setattr(uids, "LEASE_DIR", tmp_path / "read-only" / "leases")
+    (tmp_path / "read-only").mkdir(mode=0o500)
+    monkeypatch.setattr(uids.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    if os.geteuid() == 0:  # root writes anywhere: make the first choice unusable another way
+        (tmp_path / "read-only" / "leases").write_text("a file, not a directory")
+    block = uids.lease_block()
+    try:
+        assert (tmp_path / "tmp" / f"azr-jax-sandbox-uids-{os.geteuid()}" / f"{block.index}.lock").exists()
+    finally:
+        block.release()
