@@ -75,17 +75,7 @@ class Checkpoints:
 
     def pending_rollback(self) -> int | None:
         """The step of a `delete_after` that was interrupted (None: none was)."""
-        try:
-            record = json.loads(self._rollback_file.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as e:
-            raise UserError(f"{self._rollback_file} is unreadable ({e}); it records an interrupted "
-                            f"--resume-step: resume with --resume-step N to say which step to continue from") from None
-        step = record.get("step") if isinstance(record, dict) else None
-        if not isinstance(step, int) or isinstance(step, bool):
-            raise UserError(f"{self._rollback_file} has no step; resume with --resume-step N to say which step to continue from")
-        return step
+        return pending_rollback(self.directory)
 
     def delete_after(self, step: int) -> list[int]:
         """Delete the checkpoints newer than `step` (a run resumed from an older step abandons
@@ -228,6 +218,32 @@ def _drop_closed_loop_tracebacks() -> None:
 
     hook.drops_closed_loop = True
     sys.unraisablehook = hook
+
+
+def pending_rollback(directory: str | Path) -> int | None:
+    """The step of an interrupted `delete_after` in checkpoint `directory` (None: none was)."""
+    path = Path(directory) / "rollback.json"
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable ({e}); it records an interrupted "
+                        f"--resume-step: resume with --resume-step N to say which step to continue from") from None
+    step = record.get("step") if isinstance(record, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise UserError(f"{path} has no step; resume with --resume-step N to say which step to continue from")
+    return step
+
+
+def saved_steps(directory: str | Path) -> list[int]:
+    """The steps of the complete checkpoints in `directory`, read from the directory names alone
+    (no Orbax manager, which logs about what it finds): a save in progress or killed is a
+    `<step>.orbax-checkpoint-tmp-*` directory."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 @contextlib.contextmanager

@@ -84,10 +84,10 @@ def init_key(seed: int) -> jax.Array:
 
 
 def has_checkpoint(workdir: Path) -> bool:
-    """Whether `workdir` holds a complete training checkpoint (Orbax names those by their step;
-    a save still in progress or killed is a `<step>.orbax-checkpoint-tmp-*` directory)."""
-    ckpts = workdir / "checkpoints"
-    return ckpts.is_dir() and any(p.name.isdigit() and p.is_dir() for p in ckpts.iterdir())
+    """Whether `workdir` holds a complete training checkpoint."""
+    from azr_jax.checkpoint import saved_steps
+
+    return bool(saved_steps(workdir / "checkpoints"))
 
 
 def check_inputs(cfg, workdir: Path) -> None:
@@ -143,8 +143,26 @@ def _moved_inputs(differ: list[str], workdir: Path, cfg) -> list[str]:
     return [k for k in keys if isinstance(stored, dict) and stored.get(k) == now[k]]
 
 
-def check_workdir(cfg, workdir: Path, *, write: bool) -> None:
-    """Refuse a workdir holding a run of a different config; write the resolved config."""
+def _refuse_a_checkpoint_past_the_end(cfg, workdir: Path, resume_step: int | None) -> None:
+    """A resume whose train.steps is below its checkpoint's step would run nothing, yet rewrite
+    summary.json without the run's evaluation and config.json with the smaller train.steps."""
+    from azr_jax.checkpoint import pending_rollback, saved_steps
+
+    steps = saved_steps(workdir / "checkpoints")
+    if resume_step is not None:  # a missing one is named later, with the steps there are
+        step = resume_step if resume_step in steps else None
+    else:  # what a plain resume takes (Checkpoints.latest_step)
+        step = pending_rollback(workdir / "checkpoints") if steps else None
+        step = steps[-1] if step is None and steps else step
+    if step is not None and step > cfg.train.steps:
+        raise UserError(f"{workdir} holds a checkpoint of step {step}, past train.steps={cfg.train.steps}: set "
+                        f"train.steps to {step} or more (the same command re-evaluates a finished run), or go back "
+                        f"with --resume-step N (N <= {cfg.train.steps}; it deletes the newer checkpoints)")
+
+
+def check_workdir(cfg, workdir: Path, *, write: bool, resume_step: int | None = None) -> None:
+    """Refuse a workdir holding a run of a different config, or a checkpoint past train.steps
+    (the one `resume_step`, else the newest); write the resolved config."""
     path = workdir / "config.json"
     new = config_lib.to_dict(cfg)
     if path.exists():
@@ -166,6 +184,7 @@ def check_workdir(cfg, workdir: Path, *, write: bool) -> None:
         if differ:  # a start that failed before its first checkpoint: nothing to resume, start afresh
             log.warning("workdir %s has a config.json but no checkpoint; starting afresh with the new config "
                         "(differs in %s)", workdir, ", ".join(differ[:5]))
+    _refuse_a_checkpoint_past_the_end(cfg, workdir, resume_step)
     if write:
         workdir.mkdir(parents=True, exist_ok=True)
         # Written beside and renamed into place: the other processes of a multi-host run read this

@@ -752,25 +752,6 @@ def _start_state(cfg, policy, ckpts, stop: StopFlag, resume_step):
     return state, buffers, start
 
 
-def _refuse_a_checkpoint_past_the_end(cfg, workdir: Path, resume_step: int | None) -> None:
-    """A resume whose train.steps is below its checkpoint's step would run nothing, yet rewrite
-    summary.json without the run's evaluation and config.json with the smaller train.steps."""
-    if not (workdir / "checkpoints").is_dir():
-        return
-    ckpts = Checkpoints(workdir / "checkpoints")  # a reader: creates and removes nothing
-    try:
-        if resume_step is None:
-            step = ckpts.latest_step()
-        else:  # a missing one is named later, with the steps there are
-            step = resume_step if resume_step in ckpts.all_steps() else None
-    finally:
-        ckpts.close()
-    if step is not None and step > cfg.train.steps:
-        raise UserError(f"{workdir} holds a checkpoint of step {step}, past train.steps={cfg.train.steps}: set "
-                        f"train.steps to {step} or more (the same command re-evaluates a finished run), or go back "
-                        f"with --resume-step N (N <= {cfg.train.steps}; it deletes the newer checkpoints)")
-
-
 def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) -> dict:
     from azr_jax.jsonl import check_output_dir
     from azr_jax.sandbox import Sandbox
@@ -778,8 +759,7 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
     workdir = check_output_dir(workdir, "--workdir")
     primary = jax.process_index() == 0
     check_inputs(cfg, workdir)  # before anything is written or the weights are loaded
-    _refuse_a_checkpoint_past_the_end(cfg, workdir, resume_step)
-    check_workdir(cfg, workdir, write=primary)
+    check_workdir(cfg, workdir, write=primary, resume_step=resume_step)
     policy = load_policy(cfg)
     stop.check_startup()
     if generate_fn is None:

@@ -46,6 +46,7 @@ _CHILD_FILTER = None  # installs the jobs' extra seccomp filter (set up by _inst
 PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)
 PLAIN_CONTAINERS = (list, tuple, set, frozenset, dict)
 MAX_DEPTH = 100
+MAX_BRACKETS = 190  # Python's parser refuses 200 nested brackets; a scalar may add one, "(1+2j)"
 MAX_NODES = 100_000
 
 
@@ -81,12 +82,14 @@ def _send(obj, fd=1):
 
 def _check_plain(value):
     """Raise TypeError unless `value` is plain builtin data (exact types, finite floats, bounded)."""
-    stack = [(value, 0)]
+    # depth: containers around v; brackets: the brackets around it in its repr, which the host's
+    # parser reads (at most 199 nested): a frozenset level opens two ("frozenset({").
+    stack = [(value, 0, 0)]
     nodes = 0
     while stack:
-        v, depth = stack.pop()
+        v, depth, brackets = stack.pop()
         nodes += 1
-        if depth > MAX_DEPTH or nodes > MAX_NODES:
+        if depth > MAX_DEPTH or brackets > MAX_BRACKETS or nodes > MAX_NODES:
             raise _Unrepresentable("too deep or too large")
         t = _type(v)
         if t in PLAIN_SCALARS:
@@ -96,14 +99,12 @@ def _check_plain(value):
                 raise _Unrepresentable("non-finite complex")
         elif t is dict:
             for k, item in v.items():
-                stack.append((k, depth + 1))
-                stack.append((item, depth + 1))
+                stack.append((k, depth + 1, brackets + 1))
+                stack.append((item, depth + 1, brackets + 1))
         elif t in PLAIN_CONTAINERS:
-            # repr(frozenset) opens two brackets a level ("frozenset({"): counted as two, so that
-            # no output the depth check passes is over the parser's 200 nested brackets.
-            step = 2 if t is frozenset else 1
+            inner = brackets + (2 if t is frozenset else 1)
             for item in v:
-                stack.append((item, depth + step))
+                stack.append((item, depth + 1, inner))
         else:
             raise _Unrepresentable(t.__name__)
 
