@@ -90,10 +90,11 @@ def has_checkpoint(workdir: Path) -> bool:
     return bool(saved_steps(workdir / "checkpoints"))
 
 
-def check_inputs(cfg, workdir: Path) -> None:
+def check_inputs(cfg, workdir: Path):
     """Read the input files the start-up reads after `load_policy` (which can take minutes) now,
     so that a wrong path fails at once, with the same error: the prompt templates, the cruxeval
-    file when the run evaluates, and the seed files unless `workdir` resumes (from its buffers)."""
+    file when the run evaluates, and the seed files unless `workdir` resumes (from its buffers).
+    Returns the seeded buffers of a fresh start (None for a resume), for the start-up to use."""
     from azr_jax.azr.buffers import TaskBuffers
     from azr_jax.azr.prompts import load_templates
     from azr_jax.eval.benchmarks import load_benchmark
@@ -101,8 +102,7 @@ def check_inputs(cfg, workdir: Path) -> None:
     load_templates(cfg.azr.prompt_dir)
     if cfg.train.eval_every >= 0 and cfg.eval.benchmark == "cruxeval":  # nano is generated, not read
         load_benchmark(cfg.eval)
-    if not has_checkpoint(workdir):
-        TaskBuffers.seeded(cfg.azr)
+    return None if has_checkpoint(workdir) else TaskBuffers.seeded(cfg.azr)
 
 
 def input_fingerprints(cfg) -> dict:
@@ -130,7 +130,7 @@ def _files_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _moved_inputs(differ: list[str], workdir: Path, cfg) -> list[str]:
+def _moved_inputs(differ: list[str], workdir: Path, now: dict) -> list[str]:
     """The keys of `differ` that are moved copies of what the run read (inputs.json agrees)."""
     keys = [k for k in differ if k in MOVABLE_INPUTS]
     if not keys:
@@ -139,7 +139,6 @@ def _moved_inputs(differ: list[str], workdir: Path, cfg) -> list[str]:
         stored = json.loads((workdir / INPUTS_FILE).read_text())
     except (OSError, ValueError):
         return []  # a run from before inputs.json: nothing to compare with
-    now = input_fingerprints(cfg)
     return [k for k in keys if isinstance(stored, dict) and stored.get(k) == now[k]]
 
 
@@ -165,6 +164,7 @@ def check_workdir(cfg, workdir: Path, *, write: bool, resume_step: int | None = 
     (the one `resume_step`, else the newest); write the resolved config."""
     path = workdir / "config.json"
     new = config_lib.to_dict(cfg)
+    fingerprints = input_fingerprints(cfg)
     if path.exists():
         try:
             old = json.loads(path.read_text())
@@ -173,7 +173,7 @@ def check_workdir(cfg, workdir: Path, *, write: bool, resume_step: int | None = 
         if not isinstance(old, dict):
             raise UserError(f"{path} does not hold a config; is {workdir} a training run directory?")
         differ = [k for k in allowed_config_change(old, new) if k not in NOT_READ_ON_RESUME]
-        moved = _moved_inputs(differ, workdir, cfg)
+        moved = _moved_inputs(differ, workdir, fingerprints)
         if moved:
             log.info("resuming with %s at a new path; what the run reads there is unchanged", ", ".join(moved))
             differ = [k for k in differ if k not in moved]
@@ -189,7 +189,7 @@ def check_workdir(cfg, workdir: Path, *, write: bool, resume_step: int | None = 
         workdir.mkdir(parents=True, exist_ok=True)
         # Written beside and renamed into place: the other processes of a multi-host run read this
         # file while process 0 rewrites it, and must see the old or the new file, never half of one.
-        for target, text in ((workdir / INPUTS_FILE, json.dumps(input_fingerprints(cfg), indent=2, sort_keys=True)),
+        for target, text in ((workdir / INPUTS_FILE, json.dumps(fingerprints, indent=2, sort_keys=True)),
                              (path, config_lib.to_json(cfg))):
             tmp = target.with_name(f".{target.name}.tmp")
             try:

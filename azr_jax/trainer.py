@@ -720,8 +720,9 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
         stop.restore()
 
 
-def _start_state(cfg, policy, ckpts, stop: StopFlag, resume_step):
-    """(train state, buffers, last step done): a fresh start, or the checkpoint to resume from."""
+def _start_state(cfg, policy, ckpts, stop: StopFlag, resume_step, seeded):
+    """(train state, buffers, last step done): a fresh start (with the `seeded` buffers
+    `check_inputs` read), or the checkpoint to resume from."""
     from azr_jax.azr.buffers import TaskBuffers
 
     # The listing is compared too: with --resume-step the step itself is the same everywhere, but a
@@ -734,7 +735,7 @@ def _start_state(cfg, policy, ckpts, stop: StopFlag, resume_step):
         log.warning("an earlier --resume-step %d was interrupted while it deleted the newer checkpoints; "
                     "resuming from step %d and finishing the deletion", restore_from, restore_from)
     if restore_from is None:  # seed files are read on a fresh start only: a resume has its buffers
-        return policy.init_state(cfg), TaskBuffers.seeded(cfg.azr), 0
+        return policy.init_state(cfg), seeded if seeded is not None else TaskBuffers.seeded(cfg.azr), 0
     # Restored straight into an abstract target: no throwaway state of the same size.
     target = abstract_like(policy.checkpoint_tree(policy.init_state(cfg, abstract=True)))
     restored, host = ckpts.restore(restore_from, target)
@@ -758,7 +759,7 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
 
     workdir = check_output_dir(workdir, "--workdir")
     primary = jax.process_index() == 0
-    check_inputs(cfg, workdir)  # before anything is written or the weights are loaded
+    seeded = check_inputs(cfg, workdir)  # before anything is written or the weights are loaded
     check_workdir(cfg, workdir, write=primary, resume_step=resume_step)
     policy = load_policy(cfg)
     stop.check_startup()
@@ -767,7 +768,7 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
     ckpts = Checkpoints(workdir / "checkpoints", keep=cfg.train.keep_checkpoints, writer=True)
     metrics = sandbox = loop = None
     try:  # from here on, whatever fails (start-up included) closes what was opened
-        state, buffers, start = _start_state(cfg, policy, ckpts, stop, resume_step)
+        state, buffers, start = _start_state(cfg, policy, ckpts, stop, resume_step, seeded)
         stop.check_startup()
         if primary:
             _drop_outputs_after(workdir, start, cfg.train.steps)
