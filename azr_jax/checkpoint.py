@@ -220,6 +220,10 @@ def _drop_closed_loop_tracebacks() -> None:
     sys.unraisablehook = hook
 
 
+# A damaged rollback record leaves the newest step unknown: every command that reads one asks for it.
+_NAME_THE_STEP = "name the step to use (train --resume-step N; eval or convert --run WORKDIR --step N)"
+
+
 def pending_rollback(directory: str | Path) -> int | None:
     """The step of an interrupted `delete_after` in checkpoint `directory` (None: none was)."""
     path = Path(directory) / "rollback.json"
@@ -229,10 +233,10 @@ def pending_rollback(directory: str | Path) -> int | None:
         return None
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is unreadable ({e}); it records an interrupted "
-                        f"--resume-step: resume with --resume-step N to say which step to continue from") from None
+                        f"--resume-step: {_NAME_THE_STEP}") from None
     step = record.get("step") if isinstance(record, dict) else None
     if not isinstance(step, int) or isinstance(step, bool):
-        raise UserError(f"{path} has no step; resume with --resume-step N to say which step to continue from")
+        raise UserError(f"{path} has no step: {_NAME_THE_STEP}")
     return step
 
 

@@ -396,10 +396,12 @@ def _parse_override_value(text: str) -> Any:
         return text
 
 
-def _override_value(raw: str, tp: Any) -> Any:
+def _override_value(raw: str, tp: Any, key: str) -> Any:
     """The value of `--set key=raw` for a field of type `tp`."""
     value = _parse_override_value(raw)
     options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    if raw.strip() == "None" and type(None) in options:  # Python's spelling; as text it was the path "None"
+        raise UserError(f"config key '{key}': write null, not None, to clear it")
     if str in options and not isinstance(value, str) and not (value is None and type(None) in options):
         return raw  # name=2024 is the name "2024", not a type error
     if bool in options and type(value) is int and value in (0, 1):
@@ -432,9 +434,9 @@ def _replace_path(obj: Any, path: list[str], raw: str, full_key: str) -> Any:
         else:
             new = _replace_path(child, path[1:], raw, full_key)
     elif dataclasses.is_dataclass(types_[head]):
-        new = _merge_section(getattr(obj, head), _override_value(raw, types_[head]), full_key)
+        new = _merge_section(getattr(obj, head), _override_value(raw, types_[head], full_key), full_key)
     else:
-        new = _coerce(_override_value(raw, types_[head]), types_[head], full_key)
+        new = _coerce(_override_value(raw, types_[head], full_key), types_[head], full_key)
     return dataclasses.replace(obj, **{head: new})
 
 
@@ -515,6 +517,11 @@ def _check_mesh(mesh: "MeshSection") -> None:
             raise UserError(f"config key 'mesh.rules.{logical}' must name distinct axes of mesh.shape {list(shape)} "
                             f"(a name, a list of names, or null), got {target!r}")
         used.update(targets)
+    missing = [a for a in LOGICAL_AXES if a not in mesh.rules]
+    if missing:  # the model names every one of them: sharding would fail at the first param
+        raise UserError(f"config key 'mesh.rules' has no entry for {', '.join(missing)}: a whole mesh.rules value "
+                        f"replaces the table, so give every logical axis (null: replicated), or set single "
+                        f"entries (--set mesh.rules.batch=data)")
     for axis, size in shape.items():
         if axis in used:
             continue

@@ -353,6 +353,7 @@ def test_setting_a_whole_section_keeps_the_other_values(tmp_path):
     (['mesh.shape={"data": 1, "fsdp": -1, "tensor": 1, "tensr": 1}'], "did you mean 'tensor'"),
     (["mesh.rules.vocabb=tensor"], "no such logical axis; did you mean 'vocab'"),
     (["mesh.rules.batch=fsdp", "mesh.shape.data=2"], "'mesh.shape.data' is 2, but no mesh.rules entry uses"),
+    (['mesh.rules={"batch": "data"}'], "'mesh.rules' has no entry for length, vocab, embed, heads, kv_heads"),
 ])
 def test_misspelt_mesh_axes_and_rules_are_refused(items, match):
     with pytest.raises(UserError, match=match):
@@ -376,8 +377,9 @@ def test_set_values_fit_the_field_type():
     assert cfg.model.hf_dir is None and cfg.name == "true"
     with pytest.raises(UserError, match="expects a bool"):
         apply_overrides(Config(), ["azr.propose=2"])
-    with pytest.raises(UserError, match="expects a float, got 'None' \\(JSON null for none\\)"):
-        apply_overrides(Config(), ["rl.dual_clip=None"])
+    for item in ("rl.dual_clip=None", "model.hf_dir=None"):  # the text field took it as the path "None"
+        with pytest.raises(UserError, match=f"'{item.split('=')[0]}': write null, not None, to clear it"):
+            apply_overrides(Config(), [item])
 
 
 # ----------------------------------------------------------------------------------------------

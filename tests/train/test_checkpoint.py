@@ -224,5 +224,6 @@ def test_a_damaged_rollback_record_is_a_user_error(tmp_path):
     ckpt.save(1, _state(1), {"step": 1})
     ckpt.close()
     (tmp_path / "ck" / "rollback.json").write_text('{"abandoned": [2]}')
-    with pytest.raises(UserError, match="rollback.json has no step; resume with --resume-step N"):
+    with pytest.raises(UserError, match=r"rollback.json has no step: name the step to use \(train --resume-step N; "
+                                        r"eval or convert --run WORKDIR --step N\)"):
         Checkpoints(tmp_path / "ck").latest_step()
