@@ -191,6 +191,10 @@ class RLSection:
     # padded to its own bucket; same objective, no compute on padding; azr_jax/rl/bucketed.py).
     # false: one padded batch, one jitted step (gradient accumulation in lax.scan).
     pack_by_length: bool = True
+    # Positions per chunk of the output head in the update and the KL reference pass: only one
+    # chunk's [rows, chunk, vocab] float32 logits are live (recomputed in the backward pass).
+    # 0 = the whole sequence at once. Same objective; it bounds the update's largest activation.
+    logits_chunk: int = 0
 
 
 @dataclass(frozen=True)
@@ -601,6 +605,7 @@ def validate(cfg: Config) -> Config:
         "optim.warmup_steps": cfg.optim.warmup_steps,
         "optim.weight_decay": cfg.optim.weight_decay,
         "rl.kl_coef": cfg.rl.kl_coef,
+        "rl.logits_chunk": cfg.rl.logits_chunk,
         "pretrain.warmup_steps": cfg.pretrain.warmup_steps,
         "pretrain.weight_decay": cfg.pretrain.weight_decay,
     }

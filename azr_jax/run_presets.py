@@ -69,7 +69,10 @@ def paper_config(name: str, preset: str, *, tensor: int = 1, reject_multiple_fun
         ),
         rl=RLSection(estimator="trr++", whiten_stats="token", clip_eps_low=0.2, clip_eps_high=0.28, dual_clip=3.0,
                      entropy_coef=0.001, kl_coef=0.0, micro_batch_size=micro_batch_size,
-                     loss_agg="token-mean-per-micro-batch"),  # the reference's weighting (AZR_SPEC §4.2)
+                     loss_agg="token-mean-per-micro-batch",  # the reference's weighting (AZR_SPEC §4.2)
+                     # Rows reach 6144 + 8096 positions: one copy of their float32 logits over a
+                     # 150k vocabulary is 8.6 GB per row; chunks of 1024 keep 0.6 GB of it live.
+                     logits_chunk=1024),
         optim=OptimSection(learning_rate=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.0,
                            b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=1.0),
         train=TrainSection(steps=500, seed=0, save_every=10, keep_checkpoints=3, log_every=1, eval_every=10,

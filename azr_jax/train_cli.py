@@ -22,7 +22,8 @@ resuming: run the same command again; training continues from the newest complet
   refused (one without a checkpoint, from a start that failed, takes the new config); only
   train.steps (not with a cosine/linear optim.schedule, which decays over it), the
   logging/saving/evaluation intervals, sandbox.workers/isolation/seccomp,
-  model.remat/scan_layers and sampling.max_rows may change, and sampling.max_prompt_len grow.
+  model.remat/scan_layers, sampling.max_rows and rl.logits_chunk may change, and
+  sampling.max_prompt_len grow.
 overriding: --set section.key=value (JSON values: numbers, lists, null, true), e.g.
   --set train.steps=50 --set azr.batch_size=16 --set mesh.shape='{"data":1,"fsdp":8,"tensor":1}'.
   --mesh TOPOLOGY lays the preset out on v4-8, v5p-8, v5e-8, v6e-8 or gpu-8.

@@ -17,6 +17,8 @@ BENCHES = {
     "sample": ("azr_jax.bench.sample", "sampler tokens/s vs transformers.generate (static cache) on the same model shape"),
     "train": ("azr_jax.bench.train", "update-step tokens/s and MFU vs a torch fwd+bwd+AdamW step"),
     "packing": ("azr_jax.bench.packing", "length-bucketed update vs the padded update on a self-play-shaped batch"),
+    "logits": ("azr_jax.bench.logits", "update step with the output head in chunks (rl.logits_chunk) vs all at once: "
+                                       "scratch memory and seconds"),
 }
 
 

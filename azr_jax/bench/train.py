@@ -52,7 +52,9 @@ def _batch(cfg, args):
     }
 
 
-def _jax_side(cfg, args, dtype: str, remat: str, batch: dict) -> float:
+def jax_update(cfg, args, dtype: str, remat: str, batch: dict, *, logits_chunk: int = 0):
+    """(seconds per update step, the compiled step's scratch bytes or None) of
+    `rl.update.make_train_step` on `batch` (`--micro-batch` rows per forward/backward)."""
     import jax
     import jax.numpy as jnp
 
@@ -62,20 +64,25 @@ def _jax_side(cfg, args, dtype: str, remat: str, batch: dict) -> float:
     from azr_jax.rl.update import init_train_state, make_train_step
 
     cd = jnp.dtype(dtype)
-    rl = RLSection(micro_batch_size=_micro(args), entropy_coef=0.0)
+    rl = RLSection(micro_batch_size=_micro(args), entropy_coef=0.0, logits_chunk=logits_chunk)
     optim = OptimSection(learning_rate=1e-6)
     state = init_train_state(cfg, optim, jax.jit(lambda k: init_params(cfg, k))(jax.random.key(0)))
     step = make_train_step(cfg, rl, optim, compute_dtype=cd, remat=remat)
     dev = {k: jnp.asarray(v) for k, v in batch.items()}
     # On-policy old logprobs (ratio 1), as in the first PPO epoch of a real step.
-    dev["old_logprobs"] = jax.jit(lambda p, b: token_logprobs(p, b, cfg, cd))(state.params, dev)
+    dev["old_logprobs"] = jax.jit(lambda p, b: token_logprobs(p, b, cfg, cd, logits_chunk=logits_chunk))(
+        state.params, dev)
+    # The activations and logits of one step (params, optimizer state and batch are arguments).
+    compiled = step.lower(state, dev).compile()
+    memory = compiled.memory_analysis()
+    temp_bytes = None if memory is None else int(memory.temp_size_in_bytes)
     holder = {"state": state}
 
     def call():
-        holder["state"], metrics = step(holder["state"], dev)
+        holder["state"], metrics = compiled(holder["state"], dev)
         jax.block_until_ready(metrics["loss"])
 
-    return time_it(call, warmup=1, repeats=args.repeats)
+    return time_it(call, warmup=1, repeats=args.repeats), temp_bytes
 
 
 def _torch_side(cfg, args, dtype: str, remat: str, batch: dict) -> tuple[float, str]:
@@ -162,7 +169,7 @@ def run(args: argparse.Namespace) -> dict:
         _free_torch_memory()
     print(f"bench train: jax update step, {cfg.num_params() / 1e6:.1f}M params, {dtype}, remat {remat}",
           file=sys.stderr)
-    jax_s = _jax_side(cfg, args, dtype, remat, batch)
+    jax_s, _ = jax_update(cfg, args, dtype, remat, batch)
     result = {
         "bench": "train", **info, "model": model_shape_record(cfg), "dtype": dtype,
         "batch": args.batch, "micro_batch": _micro(args), "seq_len": seq_len, "loss_tokens_per_row": args.new_tokens,

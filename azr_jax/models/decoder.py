@@ -291,6 +291,7 @@ def forward(
     compute_dtype: Any = jnp.float32,
     return_hidden: bool = False,
     remat: str = "none",
+    head: bool = True,
 ):
     """Logits [B, T, V] (float32) and the updated cache (None without one).
 
@@ -300,9 +301,12 @@ def forward(
     [L + 1, B, T, D]: the input of every layer, then the final normed state (transformers'
     `output_hidden_states` convention). `remat` (training only) recomputes each layer's
     activations in the backward pass: `full` keeps only the layer inputs, `dots` also keeps the
-    weight matmul outputs (see `REMAT_POLICIES`).
+    weight matmul outputs (see `REMAT_POLICIES`). `head=False` returns the final normed states
+    [B, T, D] in the logits' place, for a caller that applies `output_logits` in chunks.
     """
     cfg = config
+    if not head and (cache is not None or return_hidden):
+        raise ValueError("head=False is for a cache-free forward without return_hidden")
     cd = jnp.dtype(compute_dtype)
     prec = _precision(cd)
     b, t = tokens_bt.shape
@@ -391,6 +395,8 @@ def forward(
     x_btd, k_cache, v_cache = carry
 
     x_btd = rms_norm(x_btd, params["final_norm_d"], cfg.rms_norm_eps)
+    if not head:
+        return x_btd, None
     # Tokens flattened to one axis, as in `_matmul` (the head's weight gradient is the largest).
     logits_btv = output_logits(params, x_btd.reshape(b * t, -1), cfg, cd).reshape(b, t, -1)
     logits_btv = constrain(logits_btv, ("batch", "length", "vocab"))

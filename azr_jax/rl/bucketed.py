@@ -103,7 +103,8 @@ def make_bucketed_train_step(
         return jax.tree.map(jnp.add, grads_acc, grads), combine_sums(sums_acc, sums)
 
     def reference_logprobs(ref_params, micro):
-        return token_logprobs(ref_params, micro, model_cfg, compute_dtype, temperature=temperature)
+        return token_logprobs(ref_params, micro, model_cfg, compute_dtype, temperature=temperature,
+                              logits_chunk=rl_cfg.logits_chunk)
 
     def zeros(params, micro):
         sums = jax.eval_shape(lambda m: policy_loss(m["old_logprobs"], m["old_logprobs"], m, m["weights"], rl_cfg)[1],

@@ -1,4 +1,4 @@
-"""`azr-jax bench sample|train`: flags resolve to the intended shape, the roofline arithmetic, and
+"""`azr-jax bench sample|train|logits`: flags resolve to the intended shape, the roofline arithmetic, and
 one tiny end-to-end run of each printing the JSON record (values are timings: only their
 presence and sign are checked, never their size)."""
 
@@ -165,3 +165,17 @@ def test_bench_train_micro_batches_both_sides_and_keeps_the_jax_figure_when_the_
     assert "ratio" not in record
     with pytest.raises(UserError, match="must divide"):
         bench_cli.main(_args("train", [*TINY, "--micro-batch", "3"]))
+
+
+@pytest.mark.slow
+def test_bench_logits_compares_the_chunked_head_with_the_whole_one(capsys):
+    """Both sides' compiled scratch memory (a compiler figure, not a timing: with a 4096-token
+    vocabulary over 256 positions the whole head's float32 logits dominate it) and their times."""
+    argv = ["--preset", "qwen2.5-0.5b", "--layers", "1", "--hidden", "128", "--vocab", "4096",
+            "--batch", "2", "--prompt-len", "16", "--new-tokens", "240", "--logits-chunk", "16", "--repeats", "1"]
+    assert bench_cli.main(_args("logits", argv)) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["bench"] == "logits" and record["logits_chunk"] == 16 and record["seq_len"] == 256
+    assert record["seconds"] > 0 and record["baseline_seconds"] > 0
+    assert record["temp_bytes"] * 2 < record["baseline_temp_bytes"], record
+    assert record["memory_ratio"] == pytest.approx(record["baseline_temp_bytes"] / record["temp_bytes"])
