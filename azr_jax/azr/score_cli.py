@@ -51,6 +51,12 @@ def _read_lines(path: Path) -> list[str | UnicodeDecodeError]:
     return out
 
 
+def _refuse_constant(name: str):
+    # Python's parser takes NaN and Infinity, which are not JSON: echoed back in `id`, they made
+    # an output line other JSON readers refuse.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _decode(line: str | UnicodeDecodeError):
     """A JSON object, or an error message for the line."""
     if isinstance(line, UnicodeDecodeError):
@@ -58,7 +64,7 @@ def _decode(line: str | UnicodeDecodeError):
     if not line.strip():
         return None, "empty line"
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, parse_constant=_refuse_constant)
     except json.JSONDecodeError as e:
         return None, f"not valid JSON: {e.msg} (column {e.colno})"
     except RecursionError:

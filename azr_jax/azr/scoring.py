@@ -72,8 +72,8 @@ def record_error(rec) -> str | None:
                 return f"field 'problem.{key}' must be a list of strings"
         if len(problem["inputs"]) != len(problem["outputs"]) or not problem["inputs"]:
             return "'problem.inputs' and 'problem.outputs' must be non-empty and of equal length"
-        visible = problem.get("visible")
-        if visible is not None and (not isinstance(visible, int) or isinstance(visible, bool) or not 0 <= visible <= len(problem["inputs"])):
+        visible = problem.get("visible")  # absent: the default half; null is no count (the solver crashed on it)
+        if "visible" in problem and (not isinstance(visible, int) or isinstance(visible, bool) or not 0 <= visible <= len(problem["inputs"])):
             return "field 'problem.visible' must be an int between 0 and the number of pairs"
         return None
     for key in ("input", "output"):
