@@ -4,7 +4,8 @@ One checkpoint per saved step under `WORKDIR/checkpoints/<step>/`, with two item
 - `state`: the device pytree (params and optimizer state), saved by every process for its own
   shards (`StandardSave`), restored straight into the target shardings;
 - `host`: a JSON document with everything else the next step depends on: the step number, the
-  RNG key data, the task buffers and the data-pipeline state (written by the primary process).
+  RNG key data, the task buffers and the data-pipeline state (written by the primary process),
+  and a checksum of every array of `state`, checked after each restore.
 
 Saves are asynchronous (the next step runs while the previous one is written); Orbax writes
 into a temporary directory and renames it when complete, so a run killed mid-save leaves the
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from azr_jax.errors import UserError
@@ -93,7 +95,10 @@ class Checkpoints:
         return newer
 
     def save(self, step: int, state: Any, host: dict) -> None:
-        """Start an asynchronous save; returns once the device arrays are copied off the step."""
+        """Start an asynchronous save; returns once the device arrays are copied off the step.
+        The host record also gets each array's checksum (`state_checksums`), checked on restore:
+        Orbax's data files carry none, and damaged bytes were read back as weights (NaN among them)."""
+        host = {**host, CHECKSUMS_KEY: state_checksums(state)}
         self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)),
@@ -114,6 +119,7 @@ class Checkpoints:
         host = restored.host
         if not isinstance(host, dict) or host.get("step") != step:
             raise UserError(f"checkpoint {self.directory / str(step)} is corrupt: its host record does not match")
+        self._check_checksums(step, restored.state, host.pop(CHECKSUMS_KEY, None))
         return restored.state, host
 
     def restore_part(self, step: int, abstract_part: dict) -> dict:
@@ -127,9 +133,27 @@ class Checkpoints:
         # The standard handler restores whole items; the PyTree handler reads the same files and
         # can skip entries.
         with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
-            return self._read(step, lambda: reader.restore(
+            part = self._read(step, lambda: reader.restore(
                 self.directory / str(step) / "state",
                 args=ocp.args.PyTreeRestore(item=abstract_part, restore_args=restore_args, partial_restore=True)))
+        host = self._read(step, lambda: self._manager.restore(step, args=ocp.args.Composite(host=ocp.args.JsonRestore())))
+        saved = host.host.get(CHECKSUMS_KEY) if isinstance(host.host, dict) else None
+        self._check_checksums(step, part, saved)
+        return part
+
+    def _check_checksums(self, step: int, restored: Any, saved: dict | None) -> None:
+        """Compare the restored arrays with the checksums saved beside them (a checkpoint written
+        before they were recorded has none, and is not checked)."""
+        if not isinstance(saved, dict):
+            return
+        got = state_checksums(restored)
+        bad = sorted(k for k in got if k in saved and saved[k] != got[k])
+        if bad:
+            more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+            raise UserError(
+                f"checkpoint {self.directory / str(step)} is corrupt: {', '.join(bad[:3])}{more} "
+                f"read back other values than were saved (checksum); delete it, or use an older step "
+                f"(train --resume-step N, eval --step N)")
 
     def _check_step(self, step: int) -> None:
         if step not in self.all_steps():
@@ -190,16 +214,52 @@ class Checkpoints:
         self._manager.close()
 
 
-def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
-    """`{"opt_state/0/mu/w": shape}`: paths spelled alike for live pytrees (named tuples, dicts)
-    and Orbax's saved-tree metadata (where named tuples come back as dicts)."""
+CHECKSUMS_KEY = "array_checksums"
+
+
+@jax.jit
+def _checksums(leaves: list) -> list:
+    """Per array: the sum over its elements of (bit pattern as an unsigned int) x (2 i + 1), i the
+    flat index, modulo 2**32. Integer sums do not depend on the order of the reduction, so the
+    same values give the same checksum under any sharding or device; the odd weights make any
+    one changed element, or two swapped ones, change it."""
+    def one(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        if x.dtype == jnp.bool_:
+            x = x.astype(jnp.uint8)
+        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+        words = jax.lax.bitcast_convert_type(x, unsigned).reshape(-1).astype(jnp.uint32)  # 8 bytes: 2 words
+        weights = jnp.arange(words.shape[0], dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+        return jnp.sum(words * weights, dtype=jnp.uint32)
+    return [one(x) for x in leaves]
+
+
+def state_checksums(tree: Any) -> dict[str, int]:
+    """`{"params/w": checksum}` for every array of `tree` (see `_checksums`). Every process of a
+    multi-host job calls it (the sums are collectives over the global arrays)."""
+    paths, leaves = [], []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+            paths.append(_path_name(path))
+            leaves.append(jnp.asarray(leaf))
+    return {p: int(v) for p, v in zip(paths, jax.device_get(_checksums(leaves)))}
+
+
+def _path_name(path) -> str:
     def name(entry):
         for attr in ("key", "name", "idx"):
             if hasattr(entry, attr):
                 return str(getattr(entry, attr))
         return str(entry)
+    return "/".join(name(e) for e in path)
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
+    """`{"opt_state/0/mu/w": shape}`: paths spelled alike for live pytrees (named tuples, dicts)
+    and Orbax's saved-tree metadata (where named tuples come back as dicts)."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(name(e) for e in path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
+    return {_path_name(path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
 
 
 def _drop_closed_loop_tracebacks() -> None:

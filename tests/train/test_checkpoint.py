@@ -58,6 +58,46 @@ def test_corrupt_checkpoint_is_a_user_error(tmp_path, part):
         reader.restore_part(1, {"params": target["params"]}) if part else reader.restore(1, target)
 
 
+@pytest.mark.parametrize("part", [False, True], ids=["whole state", "params alone"])
+def test_damaged_array_bytes_are_a_user_error(tmp_path, part):
+    """Orbax's array data carry no checksum of their own: 64 bytes overwritten in the middle of
+    the data file read back as other weights, silently (NaN among them in a real run)."""
+    state = {"params": {"w": jax.random.normal(jax.random.key(0), (64, 1024))}, "step": jnp.int32(3)}
+    ckpt = Checkpoints(tmp_path / "ck", writer=True)
+    ckpt.save(1, state, {"step": 1})
+    ckpt.close()
+    target = abstract_like(state)
+    restored, host = Checkpoints(tmp_path / "ck").restore(1, target)
+    assert np.array_equal(restored["params"]["w"], state["params"]["w"]) and host == {"step": 1}
+    data = max((f for f in (tmp_path / "ck" / "1" / "state").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+    damaged = bytearray(data.read_bytes())
+    damaged[len(damaged) // 2:len(damaged) // 2 + 64] = b"\xff" * 64
+    data.write_bytes(bytes(damaged))
+    reader = Checkpoints(tmp_path / "ck")
+    with pytest.raises(UserError, match=r"ck/1 is corrupt: params/w read back other values than were saved"):
+        reader.restore_part(1, {"params": target["params"]}) if part else reader.restore(1, target)
+
+
+def test_checksums_see_every_element_and_dtype():
+    from azr_jax.checkpoint import state_checksums
+
+    tree = {"f32": jnp.arange(6, dtype=jnp.float32).reshape(2, 3), "bf16": jnp.ones(3, jnp.bfloat16),
+            "i8": jnp.array([1, -1], jnp.int8), "flag": jnp.array([True, False]), "key": jax.random.key(1)}
+    sums = state_checksums(tree)
+    assert sorted(sums) == ["bf16", "f32", "flag", "i8", "key"] and all(0 <= v < 2**32 for v in sums.values())
+    swapped = dict(tree, f32=tree["f32"][:, ::-1])  # the same values in another order
+    assert state_checksums(swapped)["f32"] != sums["f32"]
+    one_bit = dict(tree, bf16=tree["bf16"].at[2].set(jnp.bfloat16(1.0078125)))  # the last mantissa bit
+    assert state_checksums(one_bit)["bf16"] != sums["bf16"]
+    if jax.device_count() >= 8:  # integer sums: the same checksum whatever the layout
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        values = jax.random.normal(jax.random.key(2), (16, 8))
+        mesh = jax.make_mesh((8,), ("x",))
+        laid_out = jax.device_put(values, NamedSharding(mesh, PartitionSpec("x")))
+        assert state_checksums({"a": laid_out}) == state_checksums({"a": np.asarray(values)})
+
+
 def test_incompatible_shapes_are_a_user_error(tmp_path):
     ckpt = Checkpoints(tmp_path / "ck", writer=True)
     ckpt.save(1, _state(1), {"step": 1})
