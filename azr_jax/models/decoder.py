@@ -297,7 +297,8 @@ def forward(
 
     Without a cache, attention is causal over the T tokens and ignores keys where mask_bt is 0.
     With a cache, the T new keys/values go to slots [index, index + T) of every row and each
-    query attends causally by slot to all valid slots. `return_hidden=True` adds a third output,
+    query attends causally by slot to all valid slots; they must fit (a ValueError, or under jit
+    NaN logits, when index + T is past the cache's slots). `return_hidden=True` adds a third output,
     [L + 1, B, T, D]: the input of every layer, then the final normed state (transformers'
     `output_hidden_states` convention). `remat` (training only) recomputes each layer's
     activations in the backward pass: `full` keeps only the layer inputs, `dots` also keeps the
@@ -322,6 +323,9 @@ def forward(
         key_slots_s = jnp.arange(t)
     else:
         index = cache["index"].astype(jnp.int32)
+        slots = cache["mask"].shape[1]
+        if not isinstance(index, jax.core.Tracer) and int(index) + t > slots:
+            raise ValueError(f"the cache has {slots} slots: {int(index)} used, {t} more do not fit")
         key_mask_bs = lax.dynamic_update_slice(cache["mask"], mask_bt, (0, index))
         key_slots_s = jnp.arange(cache["mask"].shape[1])
     query_slots_t = index + jnp.arange(t)
@@ -403,6 +407,9 @@ def forward(
 
     new_cache = None
     if cache is not None:
+        # Past the last slot dynamic_update_slice moves the write back over earlier keys: under
+        # jit (no error possible) such logits are NaN rather than quietly wrong.
+        logits_btv = jnp.where(index + t > key_mask_bs.shape[1], jnp.nan, logits_btv)
         new_cache = {"k": k_cache, "v": v_cache, "mask": key_mask_bs, "index": index + t}
     if return_hidden:
         hidden_lbtd = jnp.concatenate([layer_inputs, x_btd[None]], axis=0)

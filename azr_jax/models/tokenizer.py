@@ -71,7 +71,11 @@ class _HFBackend:
         return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        ids = [int(i) for i in ids]
+        for i in ids:  # the Rust side drops an unknown id silently (and overflows on a negative one)
+            if not 0 <= i < self._size:
+                raise UserError(f"token id {i} is outside the vocabulary (size {self._size})")
+        return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def vocab_size(self) -> int:
         return self._size

@@ -1,8 +1,7 @@
 """Train the nano SentencePiece tokenizer on the procedural corpus.
 
 Settings that matter for code: identity normalisation and no whitespace collapsing (Python
-indentation must survive a round trip), newline and the 4-space indent as their own pieces,
-digits split one per piece (arithmetic), byte fallback (any text encodes), no dummy prefix
+indentation must survive a round trip), newline as its own piece, digits split one per piece (arithmetic), byte fallback (any text encodes), no dummy prefix
 (so `encode(prompt) + encode(response)` matches how the sampler continues a prompt), and the
 AZR tags as single tokens.
 """
@@ -18,6 +17,9 @@ import sentencepiece as spm
 from azr_jax.errors import UserError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+# "    " never matches: SentencePiece turns spaces into "▁" before it looks for these, so the
+# 4-space indent is whatever pieces training learns (the shipped base's: four "▁"). Kept, so
+# that the shipped tokenizer rebuilds identically (the entry takes a piece id).
 SPECIAL_PIECES = ["\n", "    ", "<think>", "</think>", "<answer>", "</answer>", "```"]
 
 

@@ -179,6 +179,7 @@ def _decode(params, cache, logits_bv, first_pos_b, budgets_b, row_ids_b, rng, te
 
 
 def _check_prompts(prompt_tokens, vocab_size: int) -> list[list[int]]:
+    prompt_tokens = list(prompt_tokens)  # a 2-D array too (its truth value is ambiguous)
     if not prompt_tokens:
         raise UserError("generate needs at least one prompt")
     out = []

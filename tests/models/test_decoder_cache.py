@@ -6,6 +6,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hf_reference import left_padded_batch, small_config  # noqa: E402
@@ -83,3 +84,18 @@ def test_fully_padded_rows_are_finite_and_do_not_affect_other_rows():
 
     grads = jax.jit(jax.grad(loss))(params)
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+def test_a_write_past_the_cache_end_is_refused_or_nan():
+    """Past the last slot the key/value write lands on earlier slots: eagerly an error; under
+    jit, where the index is traced, NaN logits instead of quietly wrong ones."""
+    cfg, params, tokens, mask, positions = _setup()
+    cache = init_cache(cfg, batch=3, max_len=8, dtype=jnp.float32)
+    kw = lambda lo, hi: dict(config=cfg, mask_bt=mask[:, lo:hi])  # noqa: E731
+    _, cache = forward(params, tokens[:, :6], positions[:, :6], cache=cache, **kw(0, 6))
+    with pytest.raises(ValueError, match="the cache has 8 slots: 6 used, 3 more do not fit"):
+        _forward(params, tokens[:, 6:9], positions[:, 6:9], cache=cache, **kw(6, 9))
+    fits, cache = forward(params, tokens[:, 6:8], positions[:, 6:8], cache=cache, **kw(6, 8))  # the last two slots
+    assert np.isfinite(np.asarray(fits)).all()
+    past, _ = forward(params, tokens[:, 8:9], positions[:, 8:9], cache=cache, **kw(8, 9))
+    assert np.isnan(np.asarray(past)).all()

@@ -159,6 +159,10 @@ def test_bad_tokenizer_inputs_raise_user_error(tmp_path, bpe_dir):
     (bad / "generation_config.json").write_text('{"eos_token_id": 9999}')
     with pytest.raises(UserError, match="outside the tokenizer vocabulary"):
         load_tokenizer(bad)
+    tok = load_tokenizer(bpe_dir)
+    for bad_id in (tok.vocab_size, -1):  # the Rust decoder dropped the first silently, overflowed on the second
+        with pytest.raises(UserError, match=f"token id {bad_id} is outside the vocabulary"):
+            tok.decode([1, bad_id, 2])
     sp_bad = tmp_path / "spbad"
     sp_bad.mkdir()
     (sp_bad / "tokenizer.model").write_bytes(b"\x00garbage")

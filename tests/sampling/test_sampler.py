@@ -204,6 +204,16 @@ def test_same_buckets_do_not_recompile(params):
         monitoring.unregister_event_duration_listener(listener)
 
 
+def test_prompts_may_be_a_two_dimensional_array(params):
+    """`if not prompt_tokens` raised numpy's ambiguous-truth-value ValueError on an array."""
+    same_length = [[1, 2], [4, 5], [10, 11]]
+    settings = SamplingSettings(temperature=0.0, max_new_tokens=4)
+    as_array = _gen(params, settings, prompts=np.asarray(same_length, np.int32))
+    assert as_array.tokens.tolist() == _gen(params, settings, prompts=same_length).tokens.tolist()
+    with pytest.raises(UserError, match="at least one prompt"):
+        _gen(params, settings, prompts=np.zeros((0, 3), np.int32))
+
+
 @pytest.mark.parametrize("prompts", [[], [[]], [[1, 32]], [[-1]]])
 def test_bad_prompts_raise_user_error(params, prompts):
     with pytest.raises(UserError):
