@@ -151,6 +151,8 @@ def test_output_paths_are_checked_before_the_work(tmp_path):
     a_file.write_text("")
     assert "is not a directory" in error_line(["pretrain", "--config", "configs/nano_base.py", "--out", str(a_file)])
     assert "is not a directory" in error_line(["train", "--config", "configs/nano.py", "--workdir", str(a_file)])
+    assert "--checkpoint {} is not a directory".format(a_file) in error_line(
+        ["eval", "--config", "configs/nano.py", "--checkpoint", str(a_file)])  # it named model.hf_dir
 
 
 def test_cli_reports_bad_input_as_one_line(tmp_path):

@@ -78,6 +78,8 @@ def main(args: argparse.Namespace) -> int:
     config = args.config or Path(args.run) / "config.json"
     cfg = load_config(config, args.overrides)
     if args.checkpoint:
+        if not Path(args.checkpoint).is_dir():  # said here: load_policy would name model.hf_dir
+            raise UserError(f"--checkpoint {args.checkpoint} is not a directory (a Hugging Face checkpoint is expected)")
         # The checkpoint's own config.json and tokenizer define the model (as for a run's base).
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_dir=args.checkpoint, tokenizer=None,
                                                                  overrides={}))
