@@ -19,9 +19,10 @@ def _logp_and_entropy(logits_btv: jax.Array, targets_bt: jax.Array, temperature:
     logits_btv = logits_btv.astype(jnp.float32) / temperature
     log_z_bt = jax.nn.logsumexp(logits_btv, axis=-1)
     chosen_bt = jnp.take_along_axis(logits_btv, targets_bt[..., None], axis=-1)[..., 0]
+    logp_bt = chosen_bt - log_z_bt
     probs_btv = jnp.exp(logits_btv - log_z_bt[..., None])
     entropy_bt = log_z_bt - jnp.sum(probs_btv * logits_btv, axis=-1)
-    return chosen_bt - log_z_bt, entropy_bt
+    return logp_bt, entropy_bt
 
 
 def _shift_right(x_bt: jax.Array) -> jax.Array:
