@@ -380,6 +380,9 @@ def task_sampler(buffers, role: str, task: str, azr_cfg, step: int, seed: int) -
     """
     if role == "propose":
         if task == "induction":
+            if not buffers["deduction"].entries and not buffers["abduction"].entries:
+                raise UserError("the deduction and abduction buffers are empty: induction proposers take their "
+                                "programs from them (check azr.seed_file)")
             return lambda index, rng: {"program": buffers.sample_induction_programs(1, rng)[0]}
         return lambda index, rng: {"references": buffers[task].sample_references(azr_cfg.n_references, rng)}
     rng = np.random.default_rng(seed)

@@ -423,7 +423,8 @@ class SelfPlay:
         from azr_jax.azr.rewards import answer_diversity, answer_key, diversity_bonus, task_answer
 
         azr = self.cfg.azr
-        key = lambda problem: answer_key(task_answer(task, problem), azr.answer_diversity_level)  # noqa: E731
+        key = lambda problem: answer_key(task_answer(task, problem), azr.answer_diversity_level,  # noqa: E731
+                                         arguments=task == "abduction")
         history = [key(e) for e in self.buffers[task].entries]
         answers = [key(validated[i]["problem"]) for i in valid_idx]
         for i, div in zip(valid_idx, answer_diversity(answers, history)):

@@ -81,15 +81,21 @@ def task_answer(task: str, problem: dict) -> list[str]:
     raise ValueError(f"unknown task type {task!r}")
 
 
-def answer_key(texts: list[str], level: str) -> str:
+def answer_key(texts: list[str], level: str, *, arguments: bool = False) -> str:
     """The key answers are counted by. `value`: the canonical texts (the reference's flat table);
     `type`: the Python type names of the values (int, list, str, ...; `other` for a text that is
-    not a literal), so that the bonus tracks which kinds of answers dominate the buffer."""
+    not a literal), so that the bonus tracks which kinds of answers dominate the buffer.
+    `arguments`: each text is an argument list (an abduction input), keyed by its arguments
+    (`1, 2` is two ints, not the tuple `(1, 2)`, one argument)."""
     keys = []
     for text in texts:
         try:
-            value = parse_literal(text, max_chars=10_000)
-            keys.append(type(value).__name__ if level == "type" else repr(value))
+            if arguments:  # the newline keeps a trailing comment off the closing parenthesis
+                args = parse_literal(f"(\n{text}\n,)", max_chars=10_000)
+                keys.append(", ".join(type(a).__name__ for a in args) if level == "type" else repr(args))
+            else:
+                value = parse_literal(text, max_chars=10_000)
+                keys.append(type(value).__name__ if level == "type" else repr(value))
         except ValueError:  # NotALiteral, or a value repr() refuses (an int over the digit limit)
             keys.append("other" if level == "type" else " ".join(text.split()))
     if level == "type":

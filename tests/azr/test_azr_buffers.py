@@ -163,6 +163,19 @@ def test_solver_tasks_lag_one_step_unless_told_not_to():
         assert set(chosen[:len(expected_new)]) == expected_new, (lag, chosen)  # new tasks first, then a fill
 
 
+def test_empty_buffers_are_one_line_for_every_stream():
+    """The solver stream said so already; the induction proposer's stream raised IndexError."""
+    from azr_jax.errors import UserError
+    from azr_jax.train_setup import task_sampler
+
+    empty = TaskBuffers({task: TaskBuffer(task) for task in ("deduction", "abduction", "induction")})
+    cfg = AZRSection(batch_size=4)
+    with pytest.raises(UserError, match="deduction and abduction buffers are empty"):
+        task_sampler(empty, "propose", "induction", cfg, step=1, seed=0)
+    with pytest.raises(UserError, match="the induction buffer is empty"):
+        task_sampler(empty, "solve", "induction", cfg, step=1, seed=0)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("inputs", "12", "'inputs' must be a list"),  # a string would be read as its characters
     ("outputs", 5, "'outputs' must be a list"),

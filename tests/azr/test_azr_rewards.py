@@ -64,7 +64,13 @@ def test_answer_keys_by_value_and_by_type():
     assert rewards.answer_key(["[1,2]"], "value") == rewards.answer_key(["[1, 2]"], "value")  # canonical text
     assert rewards.answer_key(["[1, 2]"], "value") != rewards.answer_key(["[1, 3]"], "value")
     assert rewards.answer_key(["[1, 2]"], "type") == rewards.answer_key(["[7]"], "type") == '["list"]'
-    assert rewards.answer_key(["1, 'a'"], "type") == '["tuple"]'  # two abduction arguments
+    assert rewards.answer_key(["(1, 'a')"], "type") == '["tuple"]'
+    # abduction inputs are argument lists: two arguments are not one tuple argument
+    assert rewards.answer_key(["1, 'a'"], "type", arguments=True) == '["int, str"]'
+    assert rewards.answer_key(["7"], "type", arguments=True) == '["int"]'  # as a deduction output 7
+    assert rewards.answer_key(["1, 2"], "value", arguments=True) != rewards.answer_key(["(1, 2)"], "value", arguments=True)
+    assert rewards.answer_key(["1,2  # two"], "value", arguments=True) == rewards.answer_key(["1, 2"], "value", arguments=True)
+    assert rewards.answer_key(["x=1"], "type", arguments=True) == '["other"]'
     assert rewards.answer_key(["x +"], "type") == '["other"]'  # not a literal: never evaluated
     assert rewards.answer_key(["1", "[2]", "3"], "type") == '["int", "list"]'  # induction outputs
     with pytest.raises(ValueError, match="level"):
