@@ -15,20 +15,14 @@ import argparse
 import sys
 
 from azr_jax.bench.common import device_info, positive_int
-from azr_jax.bench.model_shape import (add_shape_arguments, dtype_from_args, model_config_from_args, model_shape_record,
-                                       remat_from_args)
-from azr_jax.bench.train import _batch, _micro, jax_update
+from azr_jax.bench.model_shape import dtype_from_args, model_config_from_args, model_shape_record, remat_from_args
+from azr_jax.bench.train import _batch, _micro, add_update_arguments, jax_update
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_shape_arguments(parser, default_preset="qwen2.5-0.5b")
-    parser.add_argument("--batch", type=positive_int, default=2, help="rows per step")
-    parser.add_argument("--prompt-len", type=positive_int, default=64, help="prompt tokens per row (no loss)")
-    parser.add_argument("--new-tokens", type=positive_int, default=960, help="response tokens per row (in the loss)")
-    parser.add_argument("--micro-batch", type=positive_int, default=None,
-                        help="rows per forward/backward, gradients accumulated (default: --batch)")
+    add_update_arguments(parser, batch=2, new_tokens=960,
+                         micro_help="rows per forward/backward, gradients accumulated (default: --batch)")
     parser.add_argument("--logits-chunk", type=positive_int, default=128, help="positions per chunk of the head")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed steps (median is reported)")
 
 
 def run(args: argparse.Namespace) -> dict:

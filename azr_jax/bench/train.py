@@ -26,15 +26,20 @@ from azr_jax.bench.model_shape import (add_shape_arguments, dtype_from_args, mod
                                        remat_from_args)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_update_arguments(parser: argparse.ArgumentParser, *, batch: int, new_tokens: int, micro_help: str) -> None:
+    """The model shape and batch flags of the update benchmarks (`bench train`, `bench logits`)."""
     add_shape_arguments(parser, default_preset="qwen2.5-0.5b")
-    parser.add_argument("--batch", type=positive_int, default=8, help="rows per step")
+    parser.add_argument("--batch", type=positive_int, default=batch, help="rows per step")
     parser.add_argument("--prompt-len", type=positive_int, default=64, help="prompt tokens per row (no loss)")
-    parser.add_argument("--new-tokens", type=positive_int, default=64, help="response tokens per row (in the loss)")
+    parser.add_argument("--new-tokens", type=positive_int, default=new_tokens, help="response tokens per row (in the loss)")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed steps (median is reported)")
-    parser.add_argument("--micro-batch", type=positive_int, default=None,
-                        help="rows per forward/backward on both sides, gradients accumulated (default: --batch); "
-                             "bounds the float32 logits, batch x length x vocab x 4 bytes per copy")
+    parser.add_argument("--micro-batch", type=positive_int, default=None, help=micro_help)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_update_arguments(parser, batch=8, new_tokens=64,
+                         micro_help="rows per forward/backward on both sides, gradients accumulated (default: --batch); "
+                                    "bounds the float32 logits, batch x length x vocab x 4 bytes per copy")
     parser.add_argument("--no-baseline", action="store_true", help="skip the torch step")
 
 
