@@ -90,6 +90,11 @@ class SamplingSection:
     # (docs/training.md). Each row's draws depend only on the key and its index (the same
     # samples in float32; in bfloat16 a different split can round a logit differently).
     max_rows: int | None = None
+    # Positions per chunk of the prompt pass (0 = the whole prompt bucket at once): a longer
+    # prompt bucket goes through the model in chunks that attend to the cache so far, so the
+    # prefill's attention scores are chunk x bucket per head instead of bucket x bucket. The same
+    # tokens up to float rounding (docs/training.md, "Memory").
+    prefill_chunk: int = 0
     # Not read: `azr-jax eval` and the trainer's evaluations use `eval.temperature` (0 = greedy,
     # as the paper). Kept so existing config files still load; any other value is refused.
     eval_temperature: float = 0.0
@@ -606,6 +611,7 @@ def validate(cfg: Config) -> Config:
         "optim.weight_decay": cfg.optim.weight_decay,
         "rl.kl_coef": cfg.rl.kl_coef,
         "rl.logits_chunk": cfg.rl.logits_chunk,
+        "sampling.prefill_chunk": cfg.sampling.prefill_chunk,
         "pretrain.warmup_steps": cfg.pretrain.warmup_steps,
         "pretrain.weight_decay": cfg.pretrain.weight_decay,
     }

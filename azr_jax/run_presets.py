@@ -58,8 +58,10 @@ def paper_config(name: str, preset: str, *, tensor: int = 1, reject_multiple_fun
         # max_rows: no generation call decodes more rows than one rollout batch; the learnability
         # rollouts (8 per valid proposal, up to 512 rows) run in calls of 64, drawing the same
         # samples, with a KV cache an eighth the size (docs/training.md, "Memory").
+        # prefill_chunk: a 6144-token prompt bucket goes through the model 1024 positions at a
+        # time (its attention scores per head: 1024 x 6144 instead of 6144 x 6144).
         sampling=SamplingSection(temperature=1.0, top_p=1.0, top_k=0, max_prompt_len=6144,
-                                 max_response_len=8096, max_rows=64),
+                                 max_response_len=8096, max_rows=64, prefill_chunk=1024),
         azr=AZRSection(
             task_types=["abduction", "deduction", "induction"], batch_size=64, n_references=6,
             n_solver_samples=8, learnability_temperature=1.0, num_inputs=10, boundary_reward=-0.5,

@@ -170,7 +170,8 @@ class SelfPlay:
         completions = self.generate_fn(
             params, self.policy.config, prompt_ids, key, settings, n_samples=n_samples, mesh=self.policy.mesh,
             rules=self.policy.rules, compute_dtype=self.policy.compute_dtype, pad_id=self.policy.pad_id,
-            length_buckets=self.cfg.sampling.length_buckets, max_rows=self.cfg.sampling.max_rows)
+            length_buckets=self.cfg.sampling.length_buckets, max_rows=self.cfg.sampling.max_rows,
+            prefill_chunk=self.cfg.sampling.prefill_chunk)
         self._add_time("generate_s", time.perf_counter() - t0)
         self.generated_tokens += int(np.asarray(completions.lengths).sum())  # learnability rollouts too
         return completions

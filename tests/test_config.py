@@ -58,6 +58,8 @@ def test_unknown_key_names_the_closest_valid_key():
     ("eval.samples=4", "needs eval.temperature > 0"),
     ("azr.task_types=[\"translation\"]", "unknown task type"),
     ("sampling.temperature=0", "must be > 0"),  # the update divides the logits by it
+    ("sampling.prefill_chunk=-1", "must be >= 0"),
+    ("rl.logits_chunk=-2", "must be >= 0"),
     ("rl.dual_clip=1.0", "must be > 1 or null"),
     ("sampling.eval_temperature=0.7", "set eval.temperature"),  # nothing reads it
     ("rl.old_logprobs=sampler", "must be one of"),

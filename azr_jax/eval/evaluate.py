@@ -34,11 +34,12 @@ def placed_params(policy):
 def generate_texts(params, policy, prompts: list[str], *, max_new_tokens: int, batch_size: int,
                    generate_fn: Callable | None = None, temperature: float = 0.0, n_samples: int = 1,
                    seed: int = 0, progress: Callable[[str], None] | None = None, top_p: float = 1.0,
-                   top_k: int = 0, max_rows: int | None = None) -> tuple[list[str], list[bool]]:
+                   top_k: int = 0, max_rows: int | None = None, prefill_chunk: int = 0) -> tuple[list[str], list[bool]]:
     """Completions of `prompts` (decoded, special tokens dropped): `n_samples` per prompt,
     consecutive, in prompt order; greedy at temperature 0 (`top_p`/`top_k` then do nothing);
     and for each, whether the length budget cut it off (no EOS or stop sequence). `max_rows`
-    bounds the rows one generate call decodes, as `sampling.max_rows` does in training.
+    bounds the rows one generate call decodes, as `sampling.max_rows` does in training, and
+    `prefill_chunk` the prompt pass's chunk (`sampling.prefill_chunk`).
     `progress` gets a line per batch."""
     import time
 
@@ -55,7 +56,7 @@ def generate_texts(params, policy, prompts: list[str], *, max_new_tokens: int, b
         key = jax.random.fold_in(jax.random.key(seed), b)
         out = generate_fn(params, policy.config, ids, key, settings, n_samples=n_samples, mesh=policy.mesh,
                           rules=policy.rules, compute_dtype=policy.compute_dtype, pad_id=policy.pad_id,
-                          max_rows=max_rows)
+                          max_rows=max_rows, prefill_chunk=prefill_chunk)
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         texts.extend(policy.tokenizer.decode(tokens[i, : lengths[i]].tolist(), skip_special_tokens=True)
                      for i in range(len(tokens)))
@@ -138,7 +139,7 @@ def evaluate(params, policy, cfg, sandbox, *, items: list[dict] | None = None, b
     responses, cut_off = generate_texts(params, policy, texts, max_new_tokens=cfg.eval.max_response_len,
                                batch_size=batch_size, generate_fn=generate_fn, temperature=cfg.eval.temperature,
                                n_samples=k, progress=progress, top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k,
-                               max_rows=cfg.sampling.max_rows)
+                               max_rows=cfg.sampling.max_rows, prefill_chunk=cfg.sampling.prefill_chunk)
     if progress is not None:
         progress(f"checking {len(responses)} answers in the sandbox")
     result = score_items(items, responses, cfg, sandbox, samples=k)

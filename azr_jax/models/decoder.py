@@ -303,11 +303,12 @@ def forward(
     `output_hidden_states` convention). `remat` (training only) recomputes each layer's
     activations in the backward pass: `full` keeps only the layer inputs, `dots` also keeps the
     weight matmul outputs (see `REMAT_POLICIES`). `head=False` returns the final normed states
-    [B, T, D] in the logits' place, for a caller that applies `output_logits` in chunks.
+    [B, T, D] in the logits' place, for a caller that applies `output_logits` itself (in chunks,
+    or to one position).
     """
     cfg = config
-    if not head and (cache is not None or return_hidden):
-        raise ValueError("head=False is for a cache-free forward without return_hidden")
+    if not head and return_hidden:
+        raise ValueError("head=False returns the final normed states; return_hidden would repeat them")
     cd = jnp.dtype(compute_dtype)
     prec = _precision(cd)
     b, t = tokens_bt.shape
@@ -400,7 +401,10 @@ def forward(
 
     x_btd = rms_norm(x_btd, params["final_norm_d"], cfg.rms_norm_eps)
     if not head:
-        return x_btd, None
+        if cache is None:
+            return x_btd, None
+        return (jnp.where(index + t > key_mask_bs.shape[1], jnp.nan, x_btd),  # as the logits below
+                {"k": k_cache, "v": v_cache, "mask": key_mask_bs, "index": index + t})
     # Tokens flattened to one axis, as in `_matmul` (the head's weight gradient is the largest).
     logits_btv = output_logits(params, x_btd.reshape(b * t, -1), cfg, cd).reshape(b, t, -1)
     logits_btv = constrain(logits_btv, ("batch", "length", "vocab"))

@@ -4,9 +4,9 @@
 
 1. Host: prompts are left-padded to a length bucket, the batch to a batch bucket (dummy rows
    finish at once), so a handful of shapes cover every call.
-2. `_prefill` (jit): runs the prompts through the decoder once, writing a KV cache as long as the
-   prompt, then repeats each row n times on device (the n samples share one prefill) and widens
-   the cache to hold the response.
+2. `_prefill` (jit): runs the prompts through the decoder once (or `prefill_chunk` positions at
+   a time), writing a KV cache as long as the prompt, then repeats each row n times on device
+   (the n samples share one prefill) and widens the cache to hold the response.
 3. `_decode` (jit, cache donated): a `lax.while_loop` that picks a token per row, records its
    logprob, checks EOS / stop sequences / budgets and feeds the token back, until every row is
    done or the response bucket is full. No host round-trip per token.
@@ -91,18 +91,46 @@ def _in_mesh(mesh, rules):
     return mesh_rules(mesh, dict(rules))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "compute_dtype", "n_samples", "response_len", "mesh", "rules"))
-def _prefill(params, tokens_bt, positions_bt, mask_bt, *, config, compute_dtype, n_samples, response_len, mesh, rules):
+def _prefill_in_chunks(params, tokens_bt, positions_bt, mask_bt, chunk: int, *, config, compute_dtype):
+    """The prompt pass `chunk` positions at a time (a `lax.scan` over chunks writing one cache):
+    each chunk's queries attend to the cache so far, so the attention scores are [B, N, chunk,
+    slots] instead of [B, N, P, P]. The prompt is first left-padded to whole chunks (masked
+    slots, which no query attends to). Returns the cache and the last position's normed state."""
+    batch, prompt_len = tokens_bt.shape
+    n_chunks = -(-prompt_len // chunk)
+    pad = ((0, 0), (n_chunks * chunk - prompt_len, 0))
+    by_chunk = lambda x: jnp.pad(x, pad).reshape(batch, n_chunks, chunk).swapaxes(0, 1)  # noqa: E731
+
+    def one_chunk(cache, xs):
+        tokens_bc, positions_bc, mask_bc = xs
+        x_bcd, cache = forward(params, tokens_bc, positions_bc, config=config, mask_bt=mask_bc, cache=cache,
+                               compute_dtype=compute_dtype, head=False)
+        return cache, x_bcd[:, -1]
+
+    cache = init_cache(config, batch, n_chunks * chunk, compute_dtype)
+    cache, last_cbd = jax.lax.scan(one_chunk, cache, (by_chunk(tokens_bt), by_chunk(positions_bt), by_chunk(mask_bt)))
+    return cache, last_cbd[-1]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "compute_dtype", "n_samples", "response_len", "mesh", "rules",
+                                             "prefill_chunk"))
+def _prefill(params, tokens_bt, positions_bt, mask_bt, *, config, compute_dtype, n_samples, response_len, mesh, rules,
+             prefill_chunk=0):
     """Prompt pass; returns the cache (rows repeated n times, room for the response) and the
     last-position logits [B*n, V] from which the first token is drawn."""
     with _in_mesh(mesh, rules):
         batch, prompt_len = tokens_bt.shape
-        cache = init_cache(config, batch, prompt_len, compute_dtype)
-        # Only the last position's logits are needed: take the final hidden state and apply the
-        # output head to it alone, so the unused [B, P, V] logits are dead code XLA removes.
-        _, cache, hidden_lbtd = forward(params, tokens_bt, positions_bt, config=config, mask_bt=mask_bt,
-                                        cache=cache, compute_dtype=compute_dtype, return_hidden=True)
-        logits_bv = output_logits(params, hidden_lbtd[-1, :, -1], config, compute_dtype)
+        if 0 < prefill_chunk < prompt_len:
+            cache, last_bd = _prefill_in_chunks(params, tokens_bt, positions_bt, mask_bt, prefill_chunk,
+                                                config=config, compute_dtype=compute_dtype)
+            logits_bv = output_logits(params, last_bd, config, compute_dtype)
+        else:
+            cache = init_cache(config, batch, prompt_len, compute_dtype)
+            # Only the last position's logits are needed: take the final hidden state and apply the
+            # output head to it alone, so the unused [B, P, V] logits are dead code XLA removes.
+            _, cache, hidden_lbtd = forward(params, tokens_bt, positions_bt, config=config, mask_bt=mask_bt,
+                                            cache=cache, compute_dtype=compute_dtype, return_hidden=True)
+            logits_bv = output_logits(params, hidden_lbtd[-1, :, -1], config, compute_dtype)
         logits_bv = constrain(jnp.repeat(logits_bv, n_samples, axis=0), ("batch", "vocab"))
         # The n samples of a prompt start from copies of its cache rows, widened for the response
         # (the last generated token is never fed back, but one spare slot is cheap).
@@ -203,7 +231,7 @@ def _to_host(x) -> np.ndarray:
 
 def generate(params, config, prompt_tokens, rng, settings: SamplingSettings, *, n_samples: int = 1, mesh=None,
              rules=None, compute_dtype=jnp.float32, pad_id: int = 0,
-             length_buckets=DEFAULT_LENGTH_BUCKETS, max_rows: int | None = None) -> Completions:
+             length_buckets=DEFAULT_LENGTH_BUCKETS, max_rows: int | None = None, prefill_chunk: int = 0) -> Completions:
     """Sample `n_samples` completions for each prompt (lists of token ids).
 
     With a mesh, the batch is split over the mesh axes that `rules["batch"]` names and the
@@ -212,7 +240,10 @@ def generate(params, config, prompt_tokens, rng, settings: SamplingSettings, *, 
     prompts are generated in consecutive calls of max(1, max_rows // n_samples) prompts, each
     rounded up to the batch bucket and the batch shards as any call is. Each row's draws depend
     only on `rng` and its row index: in float32 the split samples the same tokens; in bfloat16
-    the other batch shapes can round a logit differently and so flip a draw.
+    the other batch shapes can round a logit differently and so flip a draw. `prefill_chunk` > 0
+    runs a prompt bucket longer than it through the model that many positions at a time
+    (`sampling.prefill_chunk`: the prefill's attention scores shrink from P x P to chunk x P per
+    head; the same cache and first logits up to float rounding).
     """
     prompts = _check_prompts(prompt_tokens, config.vocab_size)
     if n_samples <= 0:
@@ -223,10 +254,12 @@ def generate(params, config, prompt_tokens, rng, settings: SamplingSettings, *, 
         raise UserError("generate with a mesh needs the logical-axis rules (config.mesh.rules)")
     if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows <= 0):
         raise UserError(f"max_rows must be a positive int or None, got {max_rows!r}")
+    if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 0:
+        raise UserError(f"prefill_chunk must be an int >= 0 (0 = the whole prompt at once), got {prefill_chunk!r}")
     budgets = list(settings.budgets) if settings.budgets is not None else [settings.max_new_tokens] * len(prompts)
     per_call = len(prompts) if max_rows is None else max(1, max_rows // n_samples)
     kwargs = dict(n_samples=n_samples, mesh=mesh, rules_t=_rules_items(rules), compute_dtype=compute_dtype,
-                  pad_id=pad_id, length_buckets=length_buckets)
+                  pad_id=pad_id, length_buckets=length_buckets, prefill_chunk=prefill_chunk)
     parts = [_generate_rows(params, config, prompts[i:i + per_call], budgets[i:i + per_call], rng, settings,
                             first_row=i * n_samples, **kwargs)
              for i in range(0, len(prompts), per_call)]
@@ -237,7 +270,7 @@ def generate(params, config, prompt_tokens, rng, settings: SamplingSettings, *, 
 
 
 def _generate_rows(params, config, prompts, budgets_p, rng, settings, *, first_row: int, n_samples, mesh, rules_t,
-                   compute_dtype, pad_id, length_buckets) -> Completions:
+                   compute_dtype, pad_id, length_buckets, prefill_chunk) -> Completions:
     """One prefill + decode over these prompts; their rows are numbered from `first_row`."""
     n_prompts = len(prompts)
     rows = bucket_batch(n_prompts, _batch_shards(mesh, rules_t))
@@ -261,7 +294,7 @@ def _generate_rows(params, config, prompts, budgets_p, rng, settings, *, first_r
         put = jnp.asarray
     cache, logits = _prefill(params, put(tokens), put(positions), put(mask), config=config,
                              compute_dtype=compute_dtype, n_samples=n_samples, response_len=response_len,
-                             mesh=mesh, rules=rules_t)
+                             mesh=mesh, rules=rules_t, prefill_chunk=prefill_chunk)
     first_pos = np.repeat(mask.sum(axis=1), n_samples).astype(np.int32)
     # Row ids key each row's draws; dummy rows past n_prompts * n_samples are dropped below.
     row_ids = first_row + np.arange(rows * n_samples, dtype=np.int32)

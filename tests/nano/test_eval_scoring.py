@@ -290,7 +290,8 @@ def test_an_empty_benchmark_is_refused_not_scored_as_zero(tmp_path, sandbox):
 
 def test_evaluation_generates_under_the_sampling_sections_row_cap_and_truncation():
     """The presets bound every generate call's rows (and so the KV cache) with sampling.max_rows;
-    evaluation ignored it (and top_p / top_k), decoding 64 x eval.samples rows at once."""
+    evaluation ignored it (and top_p / top_k), decoding 64 x eval.samples rows at once. The
+    prefill chunk reaches evaluation too."""
     import numpy as np
 
     from azr_jax.eval.evaluate import evaluate
@@ -299,7 +300,7 @@ def test_evaluation_generates_under_the_sampling_sections_row_cap_and_truncation
     calls = []
 
     def recording_generate(params, config, prompt_ids, key, settings, *, n_samples, max_rows, **kw):
-        calls.append((len(prompt_ids), n_samples, max_rows, settings.top_p, settings.top_k))
+        calls.append((len(prompt_ids), n_samples, max_rows, settings.top_p, settings.top_k, kw["prefill_chunk"]))
         rows = len(prompt_ids) * n_samples
         return Completions(tokens=np.zeros((rows, 1), np.int32), lengths=np.zeros(rows, np.int32),
                            logprobs=np.zeros((rows, 1), np.float32), finished=np.arange(rows) % 4 != 3)
@@ -315,14 +316,14 @@ def test_evaluation_generates_under_the_sampling_sections_row_cap_and_truncation
         tokenizer, stop_ids, mesh, rules, compute_dtype, pad_id, config = Tok(), (3,), None, None, None, 0, None
 
     cfg = load_config("configs/nano.py", ["sampling.max_rows=8", "sampling.top_p=0.9", "sampling.top_k=5",
-                                          "eval.samples=4", "eval.temperature=1.0"])
+                                          "eval.samples=4", "eval.temperature=1.0", "sampling.prefill_chunk=64"])
     items = nano_benchmark(2)
 
     class NoSandbox:  # every answer is empty: nothing reaches the sandbox
         pass
 
     result = evaluate(None, Policy(), cfg, NoSandbox(), items=items, generate_fn=recording_generate)
-    assert calls and all(c[1:] == (4, 8, 0.9, 5) for c in calls), calls
+    assert calls and all(c[1:] == (4, 8, 0.9, 5, 64) for c in calls), calls
     assert result["n_items"] == len(items)
     # One sample in four ran out of tokens: counted, per item too (a budget too small for the
     # answers lowers the solve rate, and said nowhere before).

@@ -35,3 +35,13 @@ def test_mesh_matches_single_device(params, single_device, shape):
         out = gen(sharded, SAMPLED, n=2, key=3, mesh=mesh, rules=RULES)
         np.testing.assert_array_equal(out.tokens, ref_sampled.tokens)
         np.testing.assert_allclose(out.logprobs, ref_sampled.logprobs, atol=1e-5)
+
+
+def test_chunked_prefill_on_a_mesh_matches_single_device(params, single_device):
+    """The prompt pass in chunks of 3 (a lax.scan writing one cache) under the 2x4 mesh's
+    activation constraints gives the unchunked single-device greedy run."""
+    mesh = make_mesh({"data": 2, "fsdp": 1, "tensor": 4})
+    sharded = jax.device_put(params, param_shardings(CFG, mesh, RULES))
+    out = gen(sharded, GREEDY, n=2, mesh=mesh, rules=RULES, prefill_chunk=3)
+    np.testing.assert_array_equal(out.tokens, single_device[0].tokens)
+    np.testing.assert_allclose(out.logprobs, single_device[0].logprobs, atol=1e-5)
