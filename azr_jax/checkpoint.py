@@ -217,21 +217,35 @@ class Checkpoints:
 CHECKSUMS_KEY = "array_checksums"
 
 
+def _mix(x):
+    """A bijective 32-bit integer hash (lowbias32): every input bit moves about half the output
+    bits, so changes in several elements do not cancel in the sum the way raw bit patterns do
+    (two flipped sign bits add 2**32)."""
+    x = (x ^ (x >> 16)) * jnp.uint32(0x7FEB352D)
+    x = (x ^ (x >> 15)) * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
 @jax.jit
 def _checksums(leaves: list) -> list:
-    """Per array: the sum over its elements of (bit pattern as an unsigned int) x (2 i + 1), i the
-    flat index, modulo 2**32. Integer sums do not depend on the order of the reduction, so the
-    same values give the same checksum under any sharding or device; the odd weights make any
-    one changed element, or two swapped ones, change it."""
+    """Per array: the sum over its elements of mix(bit pattern xor mix(flat index)), modulo
+    2**32. Integer sums do not depend on the order of the reduction, so the same values give
+    the same checksum under any sharding or device; the index makes the order count (two
+    swapped elements change it). The flat index is built from per-axis iotas, not by
+    flattening, which would gather a sharded array onto every device."""
     def one(x):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             x = jax.random.key_data(x)
         if x.dtype == jnp.bool_:
             x = x.astype(jnp.uint8)
         unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
-        words = jax.lax.bitcast_convert_type(x, unsigned).reshape(-1).astype(jnp.uint32)  # 8 bytes: 2 words
-        weights = jnp.arange(words.shape[0], dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
-        return jnp.sum(words * weights, dtype=jnp.uint32)
+        words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)  # 8 bytes: a trailing axis of 2 words
+        index = jnp.zeros(words.shape, jnp.uint32)
+        stride = 1
+        for axis in reversed(range(words.ndim)):
+            index = index + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * jnp.uint32(stride % 2**32)
+            stride *= words.shape[axis]
+        return jnp.sum(_mix(words ^ _mix(index)), dtype=jnp.uint32)
     return [one(x) for x in leaves]
 
 

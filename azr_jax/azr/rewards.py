@@ -91,7 +91,7 @@ def answer_key(texts: list[str], level: str, *, arguments: bool = False) -> str:
     for text in texts:
         try:
             if arguments:  # the newline keeps a trailing comment off the closing parenthesis
-                args = parse_literal(f"(\n{text}\n,)", max_chars=10_000)
+                args = parse_literal(f"(\n{_without_trailing_comma(text)}\n,)", max_chars=10_000)
                 keys.append(", ".join(type(a).__name__ for a in args) if level == "type" else repr(args))
             else:
                 value = parse_literal(text, max_chars=10_000)
@@ -103,6 +103,12 @@ def answer_key(texts: list[str], level: str, *, arguments: bool = False) -> str:
     elif level != "value":
         raise ValueError(f"unknown answer-diversity level {level!r}")
     return json.dumps(keys)
+
+
+def _without_trailing_comma(args_text: str) -> str:
+    """`1,` is the argument list `1` (as in `f(1,)`); the tuple wrapper adds a comma of its own."""
+    stripped = args_text.rstrip()
+    return stripped[:-1] if stripped.endswith(",") else args_text
 
 
 def answer_diversity(answers: list[str], history: list[str]) -> list[float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections import defaultdict
@@ -57,6 +58,13 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: read as inf, written back as Infinity
+        raise ValueError(f"{text} is out of range for a float")
+    return value
+
+
 def _decode(line: str | UnicodeDecodeError):
     """A JSON object, or an error message for the line."""
     if isinstance(line, UnicodeDecodeError):
@@ -64,7 +72,7 @@ def _decode(line: str | UnicodeDecodeError):
     if not line.strip():
         return None, "empty line"
     try:
-        obj = json.loads(line, parse_constant=_refuse_constant)
+        obj = json.loads(line, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as e:
         return None, f"not valid JSON: {e.msg} (column {e.colno})"
     except RecursionError:

@@ -61,7 +61,9 @@ class _HFBackend:
         except Exception as e:  # the Rust side raises a bare Exception on malformed files
             raise UserError(f"cannot read tokenizer {path}: {e}") from None
         # One past the largest id (added tokens included), which is the count for dense ids.
-        self._size = max(self.tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+        vocab = self.tok.get_vocab(with_added_tokens=True)
+        self._size = max(vocab.values(), default=-1) + 1
+        self._dense = len(set(vocab.values())) == self._size  # else ids in the gaps decode to nothing
 
     def encode(self, text: str) -> list[int]:
         # Special-token strings in `text` (e.g. "<|im_start|>") still map to their ids, as in transformers.
@@ -73,7 +75,7 @@ class _HFBackend:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
         ids = [int(i) for i in ids]
         for i in ids:  # the Rust side drops an unknown id silently (and overflows on a negative one)
-            if not 0 <= i < self._size:
+            if not 0 <= i < self._size or (not self._dense and self.tok.id_to_token(i) is None):
                 raise UserError(f"token id {i} is outside the vocabulary (size {self._size})")
         return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
 

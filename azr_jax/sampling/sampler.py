@@ -212,6 +212,9 @@ def _check_prompts(prompt_tokens, vocab_size: int) -> list[list[int]]:
         raise UserError("generate needs at least one prompt")
     out = []
     for i, p in enumerate(prompt_tokens):
+        kind = np.asarray(p).dtype
+        if len(p) and kind.kind not in "iu":  # int() would truncate 1.9 to token 1
+            raise UserError(f"prompt {i} holds {kind} values, not token ids")
         p = [int(t) for t in p]
         if not p:
             raise UserError(f"prompt {i} is empty")

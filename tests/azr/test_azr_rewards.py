@@ -71,6 +71,8 @@ def test_answer_keys_by_value_and_by_type():
     assert rewards.answer_key(["1, 2"], "value", arguments=True) != rewards.answer_key(["(1, 2)"], "value", arguments=True)
     assert rewards.answer_key(["1,2  # two"], "value", arguments=True) == rewards.answer_key(["1, 2"], "value", arguments=True)
     assert rewards.answer_key(["x=1"], "type", arguments=True) == '["other"]'
+    assert rewards.answer_key(["1,"], "type", arguments=True) == '["int"]'  # f(1,): one argument
+    assert rewards.answer_key(["[1, 2],\n"], "type", arguments=True) == '["list"]'
     assert rewards.answer_key(["x +"], "type") == '["other"]'  # not a literal: never evaluated
     assert rewards.answer_key(["1", "[2]", "3"], "type") == '["int", "list"]'  # induction outputs
     with pytest.raises(ValueError, match="level"):

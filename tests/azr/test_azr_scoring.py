@@ -292,14 +292,16 @@ def test_cli_refuses_nan_ids_and_a_null_visible_count(tmp_path):
     program = "def f(x):\n    return x"
     null_visible = solve("induction", dict(identity_induction(), visible=None), f"```python\n{program}\n```", rid="v")
     lines = ['{"id": NaN, "role": "solve", "task": "deduction", "response": "x", "problem": {}}',
+             '{"id": -1e999, "role": "solve", "task": "deduction", "response": "x", "problem": {}}',
              json.dumps(null_visible),
              json.dumps(solve("induction", identity_induction(), f"```python\n{program}\n```", rid=7))]
     src.write_text("\n".join(lines) + "\n")
     assert cli.main(["score", "--in", str(src), "--out", str(dst), "--set", "sandbox.timeout_s=4"]) == 0
     rows = [json.loads(line, parse_constant=pytest.fail) for line in dst.read_text().splitlines()]  # strict JSON
     assert rows[0]["reason"] == "bad_record" and "NaN is not a JSON value" in rows[0]["error"]
-    assert rows[1]["id"] == "v" and rows[1]["reason"] == "bad_record" and "problem.visible" in rows[1]["error"]
-    assert rows[2]["id"] == 7 and rows[2]["reward"] == 1.0  # a number id is written back as given
+    assert rows[1]["reason"] == "bad_record" and "-1e999 is out of range" in rows[1]["error"]  # read as -inf
+    assert rows[2]["id"] == "v" and rows[2]["reason"] == "bad_record" and "problem.visible" in rows[2]["error"]
+    assert rows[3]["id"] == 7 and rows[3]["reward"] == 1.0  # a number id is written back as given
 
 
 def test_seeding_refuses_a_program_too_deep_to_clean(sb):

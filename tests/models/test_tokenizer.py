@@ -163,6 +163,15 @@ def test_bad_tokenizer_inputs_raise_user_error(tmp_path, bpe_dir):
     for bad_id in (tok.vocab_size, -1):  # the Rust decoder dropped the first silently, overflowed on the second
         with pytest.raises(UserError, match=f"token id {bad_id} is outside the vocabulary"):
             tok.decode([1, bad_id, 2])
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import models as rust_models
+
+    gappy = tmp_path / "gappy"  # ids 0, 2, 3: id 1 is inside the range and still unknown
+    gappy.mkdir()
+    RustTokenizer(rust_models.WordLevel({"a": 0, "b": 2, "[UNK]": 3}, unk_token="[UNK]")).save(
+        str(gappy / "tokenizer.json"))
+    with pytest.raises(UserError, match="token id 1 is outside the vocabulary"):
+        load_tokenizer(gappy).decode([0, 1])
     sp_bad = tmp_path / "spbad"
     sp_bad.mkdir()
     (sp_bad / "tokenizer.model").write_bytes(b"\x00garbage")

@@ -247,7 +247,7 @@ def test_prompts_may_be_a_two_dimensional_array(params):
         _gen(params, settings, prompts=np.zeros((0, 3), np.int32))
 
 
-@pytest.mark.parametrize("prompts", [[], [[]], [[1, 32]], [[-1]]])
+@pytest.mark.parametrize("prompts", [[], [[]], [[1, 32]], [[-1]], [[1.9, 2.2]]])
 def test_bad_prompts_raise_user_error(params, prompts):
     with pytest.raises(UserError):
         _gen(params, prompts=prompts)

@@ -79,6 +79,7 @@ def test_damaged_array_bytes_are_a_user_error(tmp_path, part):
 
 
 def test_checksums_see_every_element_and_dtype():
+    from azr_jax import checkpoint
     from azr_jax.checkpoint import state_checksums
 
     tree = {"f32": jnp.arange(6, dtype=jnp.float32).reshape(2, 3), "bf16": jnp.ones(3, jnp.bfloat16),
@@ -89,13 +90,24 @@ def test_checksums_see_every_element_and_dtype():
     assert state_checksums(swapped)["f32"] != sums["f32"]
     one_bit = dict(tree, bf16=tree["bf16"].at[2].set(jnp.bfloat16(1.0078125)))  # the last mantissa bit
     assert state_checksums(one_bit)["bf16"] != sums["bf16"]
+    # Two sign flips, or x and -x swapped, cancelled in a sum of raw bit patterns (2**31 twice).
+    values = jnp.arange(1.0, 9.0)
+    flipped = values.at[jnp.array([2, 5])].multiply(-1.0)
+    assert state_checksums({"a": values}) != state_checksums({"a": flipped})
+    assert state_checksums({"a": jnp.array([4.0, -4.0, 7.0])}) != state_checksums({"a": jnp.array([-4.0, 4.0, 7.0])})
+    assert state_checksums({"a": jnp.zeros((0, 3))}) == {"a": 0}
     if jax.device_count() >= 8:  # integer sums: the same checksum whatever the layout
         from jax.sharding import NamedSharding, PartitionSpec
 
-        values = jax.random.normal(jax.random.key(2), (16, 8))
-        mesh = jax.make_mesh((8,), ("x",))
-        laid_out = jax.device_put(values, NamedSharding(mesh, PartitionSpec("x")))
+        from azr_jax.sharding import make_mesh
+
+        values = jax.random.normal(jax.random.key(2), (16, 64))
+        mesh = make_mesh({"x": 2, "y": 4})  # the project's meshes (axes of type Auto)
+        laid_out = jax.device_put(values, NamedSharding(mesh, PartitionSpec(None, "y")))  # split along columns
         assert state_checksums({"a": laid_out}) == state_checksums({"a": np.asarray(values)})
+        # computed shard by shard: flattening the array gathered all of it onto every device
+        hlo = jax.jit(lambda a: jax.tree.leaves(checkpoint._checksums([a]))[0]).lower(laid_out).compile().as_text()
+        assert "all-gather" not in hlo
 
 
 def test_incompatible_shapes_are_a_user_error(tmp_path):
