@@ -4,7 +4,9 @@
 # 1. `bench sample` and `bench train` at the real Qwen2.5-1.5B and Qwen2.5-Coder-3B shapes
 #    (random weights, bf16 compute), each against its torch baseline in the same process;
 # 2. the float32 and bf16 parity tests (logits, hidden states, gradients, sampler) on the GPU,
-#    between the 1.5B and the 3B benchmarks (the more important ones first).
+#    between the 1.5B and the 3B benchmarks (the more important ones first);
+# 3. `bench logits` at the 1.5B shape: the update's memory and time with the output head in
+#    chunks of 1024 positions (rl.logits_chunk) against the whole head.
 # Each step has its own time limit and the script goes on after a failure, so one bad step
 # still leaves the others' records. Runs from a checkout with no install step when jax (CUDA),
 # optax, numpy, safetensors, torch, transformers and pytest are importable (PYTHON, default python3);
@@ -51,7 +53,7 @@ bench() {  # bench NAME SECONDS ARGS... : one benchmark record appended to recor
 }
 # The target shapes of docs/benchmarks.md first (Qwen2.5-1.5B); Coder-3B (the paper's smallest
 # size) last. Micro-batches of 2 rows keep the float32 logits (rows x length x 151936 x 4 bytes
-# per copy) to a few GB on both sides. The limits add up to 540 s, under the 600 s of one call.
+# per copy) to a few GB on both sides. The limits of the five steps below add up to 540 s, under the 600 s of one call; bench logits comes after them.
 bench sample_1.5b 110 sample --preset qwen2.5-1.5b --batch 128 --prompt-len 512 --new-tokens 512 --repeats 3
 bench train_1.5b 130 train --preset qwen2.5-1.5b --batch 8 --micro-batch 2 --prompt-len 2048 --new-tokens 2048 \
   --set model.remat=full --repeats 3
@@ -63,5 +65,8 @@ step parity_tests 130 "$PY" -m pytest -q -p no:cacheprovider \
 grep -E "passed|failed|error" "$out/logs.txt" | tail -n 2; echo
 bench sample_coder3b 80 sample --preset qwen2.5-coder-3b --batch 64 --prompt-len 512 --new-tokens 512 --repeats 2
 bench train_coder3b 90 train --preset qwen2.5-coder-3b --batch 4 --micro-batch 2 --prompt-len 1024 --new-tokens 1024 \
+  --set model.remat=full --repeats 2
+# Last, and past the 540 s above: if the call's 600 s run out here, only this record is lost.
+bench logits_1.5b 55 logits --preset qwen2.5-1.5b --batch 2 --prompt-len 64 --new-tokens 4032 --logits-chunk 1024 \
   --set model.remat=full --repeats 2
 cat "$out/records.jsonl"
