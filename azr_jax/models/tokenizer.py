@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 from azr_jax.errors import UserError
 from azr_jax.jsonl import read_json_object
 
@@ -63,7 +65,11 @@ class _HFBackend:
         # One past the largest id (added tokens included), which is the count for dense ids.
         vocab = self.tok.get_vocab(with_added_tokens=True)
         self._size = max(vocab.values(), default=-1) + 1
-        self._dense = len(set(vocab.values())) == self._size  # else ids in the gaps decode to nothing
+        # Ids in gaps of the vocabulary decode to nothing: they are refused as out of range are.
+        self._known = None
+        if len(set(vocab.values())) < self._size:
+            self._known = np.zeros(self._size, bool)
+            self._known[list(vocab.values())] = True
 
     def encode(self, text: str) -> list[int]:
         # Special-token strings in `text` (e.g. "<|im_start|>") still map to their ids, as in transformers.
@@ -73,11 +79,9 @@ class _HFBackend:
         return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
-        ids = [int(i) for i in ids]
-        for i in ids:  # the Rust side drops an unknown id silently (and overflows on a negative one)
-            if not 0 <= i < self._size or (not self._dense and self.tok.id_to_token(i) is None):
-                raise UserError(f"token id {i} is outside the vocabulary (size {self._size})")
-        return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        # The Rust side drops an unknown id silently (and overflows on a negative one).
+        _check_ids(ids, self._size, self._known)
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def vocab_size(self) -> int:
         return self._size
@@ -96,6 +100,16 @@ class _HFBackend:
 
     def save(self, directory: Path) -> None:
         self.tok.save(str(directory / TOKENIZER_JSON))
+
+
+def _check_ids(ids: Sequence[int], size: int, known: np.ndarray | None = None) -> None:
+    """UserError naming the first id outside [0, size), or (`known`) not in the vocabulary."""
+    arr = np.asarray(ids, dtype=np.int64)
+    bad = (arr < 0) | (arr >= size)
+    if known is not None:
+        bad |= ~known[np.clip(arr, 0, size - 1)]
+    if bad.any():
+        raise UserError(f"token id {int(arr[bad][0])} is outside the vocabulary (size {size})")
 
 
 class _SentencePieceBackend:
@@ -118,9 +132,7 @@ class _SentencePieceBackend:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
         ids = [int(i) for i in ids]
-        for i in ids:
-            if not 0 <= i < self.sp.get_piece_size():
-                raise UserError(f"token id {i} is outside the vocabulary (size {self.sp.get_piece_size()})")
+        _check_ids(ids, self.sp.get_piece_size())
         if skip_special_tokens:
             return self.sp.decode([i for i in ids if not self._is_special(i)])
         # SentencePiece renders control pieces (<s>, </s>) as "": decode the ordinary runs and

@@ -132,6 +132,9 @@ def test_sentencepiece_matches_processor_and_roundtrips(tmp_path):
     assert tok.decode(ids) == sp.decode(sp.encode(text))
     assert tok.decode(ids, skip_special_tokens=False) == "<s>" + sp.decode(sp.encode(text)) + "</s>"
     assert "🙂" in tok.decode(ids)  # byte fallback keeps characters outside the training corpus
+    for bad_id in (400, -1):  # as the tokenizer.json backend
+        with pytest.raises(UserError, match=f"token id {bad_id} is outside the vocabulary \\(size 400\\)"):
+            tok.decode([5, bad_id])
     tok.save(tmp_path / "saved")
     again = load_tokenizer(tmp_path / "saved")
     assert again.encode(text) == tok.encode(text) and again.eos_id == tok.eos_id
