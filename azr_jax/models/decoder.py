@@ -328,7 +328,7 @@ def forward(
         if not isinstance(index, jax.core.Tracer) and int(index) + t > slots:
             raise ValueError(f"the cache has {slots} slots: {int(index)} used, {t} more do not fit")
         key_mask_bs = lax.dynamic_update_slice(cache["mask"], mask_bt, (0, index))
-        key_slots_s = jnp.arange(cache["mask"].shape[1])
+        key_slots_s = jnp.arange(slots)
     query_slots_t = index + jnp.arange(t)
     allowed_bts = (key_slots_s[None, None, :] <= query_slots_t[None, :, None]) & key_mask_bs[:, None, :]
 
@@ -400,22 +400,19 @@ def forward(
     x_btd, k_cache, v_cache = carry
 
     x_btd = rms_norm(x_btd, params["final_norm_d"], cfg.rms_norm_eps)
-    if not head:
-        if cache is None:
-            return x_btd, None
-        return (jnp.where(index + t > key_mask_bs.shape[1], jnp.nan, x_btd),  # as the logits below
-                {"k": k_cache, "v": v_cache, "mask": key_mask_bs, "index": index + t})
-    # Tokens flattened to one axis, as in `_matmul` (the head's weight gradient is the largest).
-    logits_btv = output_logits(params, x_btd.reshape(b * t, -1), cfg, cd).reshape(b, t, -1)
-    logits_btv = constrain(logits_btv, ("batch", "length", "vocab"))
+    out = x_btd
+    if head:
+        # Tokens flattened to one axis, as in `_matmul` (the head's weight gradient is the largest).
+        out = output_logits(params, x_btd.reshape(b * t, -1), cfg, cd).reshape(b, t, -1)
+        out = constrain(out, ("batch", "length", "vocab"))
 
     new_cache = None
     if cache is not None:
         # Past the last slot dynamic_update_slice moves the write back over earlier keys: under
-        # jit (no error possible) such logits are NaN rather than quietly wrong.
-        logits_btv = jnp.where(index + t > key_mask_bs.shape[1], jnp.nan, logits_btv)
+        # jit (no error possible) the output is NaN rather than quietly wrong.
+        out = jnp.where(index + t > slots, jnp.nan, out)
         new_cache = {"k": k_cache, "v": v_cache, "mask": key_mask_bs, "index": index + t}
     if return_hidden:
         hidden_lbtd = jnp.concatenate([layer_inputs, x_btd[None]], axis=0)
-        return logits_btv, new_cache, hidden_lbtd
-    return logits_btv, new_cache
+        return out, new_cache, hidden_lbtd
+    return out, new_cache
