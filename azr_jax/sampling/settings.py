@@ -8,6 +8,7 @@ top-p is on).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from azr_jax.errors import UserError
@@ -39,11 +40,18 @@ class SamplingSettings:
     def __post_init__(self):
         # Normalise lists to tuples so settings stay hashable whatever the caller passed.
         object.__setattr__(self, "eos_ids", tuple(int(t) for t in self.eos_ids))
+        if any(not _is_sequence(s) for s in self.stop_sequences):
+            # A flat (5, 6) would otherwise fail deep inside with "int is not iterable".
+            raise UserError(
+                "sampling stop_sequences is a tuple of token-id sequences, e.g. ((5, 6),) for one "
+                f"two-token sequence; got {self.stop_sequences!r}"
+            )
         object.__setattr__(self, "stop_sequences", tuple(tuple(int(t) for t in s) for s in self.stop_sequences))
         if self.budgets is not None:
             object.__setattr__(self, "budgets", tuple(int(b) for b in self.budgets))
-        if self.temperature < 0:
-            raise UserError(f"sampling temperature must be >= 0, got {self.temperature}")
+        # NaN passes every comparison below as False, so finiteness is checked first.
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise UserError(f"sampling temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise UserError(f"sampling top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
@@ -69,7 +77,11 @@ class SamplingSettings:
             temperature=section.temperature,
             top_p=section.top_p,
             top_k=section.top_k,
-            max_new_tokens=max_new_tokens or section.max_response_len,
+            max_new_tokens=section.max_response_len if max_new_tokens is None else max_new_tokens,
             eos_ids=tuple(eos_ids),
             stop_sequences=tuple(stop_sequences),
         )
+
+
+def _is_sequence(value) -> bool:
+    return not isinstance(value, (str, bytes)) and hasattr(value, "__iter__")

@@ -14,7 +14,9 @@ from azr_jax.sampling.stopping import WINDOW_FILL, ends_with_stop, eos_array, is
 @pytest.mark.parametrize(
     "kwargs",
     [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-1), dict(max_new_tokens=0),
-     dict(stop_sequences=[[]]), dict(max_new_tokens=4, budgets=[5]), dict(budgets=[0])],
+     dict(stop_sequences=[[]]), dict(max_new_tokens=4, budgets=[5]), dict(budgets=[0]),
+     dict(temperature=float("nan")), dict(temperature=float("inf")), dict(top_p=float("nan")),
+     dict(stop_sequences=(5, 6)), dict(stop_sequences=("ab",))],
 )
 def test_bad_settings_raise_user_error(kwargs):
     with pytest.raises(UserError):
@@ -32,6 +34,14 @@ def test_settings_from_config_section():
     roll = SamplingSettings.from_section(sec, eos_ids=[1])
     assert (roll.temperature, roll.top_p, roll.top_k, roll.max_new_tokens, roll.eos_ids) == (0.8, 0.9, 5, 77, (1,))
     assert SamplingSettings.from_section(sec, max_new_tokens=10).max_new_tokens == 10
+    # An explicit 0 is refused, not silently replaced by the section's length.
+    with pytest.raises(UserError, match="max_new_tokens"):
+        SamplingSettings.from_section(sec, max_new_tokens=0)
+
+
+def test_flat_stop_sequences_error_says_what_the_shape_is():
+    with pytest.raises(UserError, match=r"\(\(5, 6\),\)"):
+        SamplingSettings(stop_sequences=(5, 6))
 
 
 def test_bucket_length():
