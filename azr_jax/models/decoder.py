@@ -157,10 +157,15 @@ def cache_axes(cfg: ModelConfig) -> dict:
 
 
 def rms_norm(x: jnp.ndarray, weight: jnp.ndarray, eps: float) -> jnp.ndarray:
-    """RMSNorm over the last axis in float32; returns x's dtype."""
+    """RMSNorm over the last axis in float32; returns x's dtype.
+
+    The normalised values are cast to x's dtype before the weight multiplies them, as
+    transformers does: in bfloat16 that order is bit-identical to its RMSNorm (weighting in
+    float32 and casting after differs in about a quarter of the elements by one bf16 ulp).
+    """
     x32 = x.astype(jnp.float32)
     normed = x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return (normed * weight.astype(jnp.float32)).astype(x.dtype)
+    return normed.astype(x.dtype) * weight.astype(x.dtype)
 
 
 def _precision(compute_dtype: Any) -> lax.Precision:
