@@ -159,13 +159,17 @@ def cache_axes(cfg: ModelConfig) -> dict:
 def rms_norm(x: jnp.ndarray, weight: jnp.ndarray, eps: float) -> jnp.ndarray:
     """RMSNorm over the last axis in float32; returns x's dtype.
 
-    The normalised values are cast to x's dtype before the weight multiplies them, as
-    transformers does: in bfloat16 that order is bit-identical to its RMSNorm (weighting in
-    float32 and casting after differs in about a quarter of the elements by one bf16 ulp).
+    The normalised values and the weight are rounded to x's dtype before they multiply, as
+    transformers does, so a bfloat16 RMSNorm is bit-identical to its module (weighting in float32
+    and rounding after differs by one bf16 ulp in about a quarter of the values). The product
+    itself is taken in float32, where two bf16 factors multiply exactly, so the forward value is
+    the same as a bf16 multiply while the backward sums the weight's gradient over every token in
+    float32 (a bf16 multiply would sum it in bf16, twice the gradient error).
     """
     x32 = x.astype(jnp.float32)
     normed = x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return normed.astype(x.dtype) * weight.astype(x.dtype)
+    rounded = normed.astype(x.dtype).astype(jnp.float32)
+    return (rounded * weight.astype(x.dtype).astype(jnp.float32)).astype(x.dtype)
 
 
 def _precision(compute_dtype: Any) -> lax.Precision:
