@@ -90,8 +90,8 @@ def answer_key(texts: list[str], level: str, *, arguments: bool = False) -> str:
     keys = []
     for text in texts:
         try:
-            if arguments:  # the newline keeps a trailing comment off the closing parenthesis
-                args = parse_literal(f"(\n{_without_trailing_comma(text)}\n,)", max_chars=10_000)
+            if arguments:
+                args = _argument_tuple(text)
                 keys.append(", ".join(type(a).__name__ for a in args) if level == "type" else repr(args))
             else:
                 value = parse_literal(text, max_chars=10_000)
@@ -105,10 +105,18 @@ def answer_key(texts: list[str], level: str, *, arguments: bool = False) -> str:
     return json.dumps(keys)
 
 
-def _without_trailing_comma(args_text: str) -> str:
-    """`1,` is the argument list `1` (as in `f(1,)`); the tuple wrapper adds a comma of its own."""
-    stripped = args_text.rstrip()
-    return stripped[:-1] if stripped.endswith(",") else args_text
+def _argument_tuple(args_text: str) -> tuple:
+    """The arguments of `f(<args_text>)` as a tuple. The newlines keep a trailing comment off the
+    closing parenthesis. The wrapper's own comma makes `1` the tuple `(1,)`; an argument list that
+    already ends with a comma (`1,` as in `f(1,)`, maybe followed by a comment, `1,  # one`) is
+    then a double comma, so it is read without the wrapper's."""
+    try:
+        return parse_literal(f"(\n{args_text}\n,)", max_chars=10_000)
+    except ValueError:
+        args = parse_literal(f"(\n{args_text}\n)", max_chars=10_000)
+        if not isinstance(args, tuple) or not args:  # "" or only a comment
+            raise ValueError("not an argument list") from None
+        return args
 
 
 def answer_diversity(answers: list[str], history: list[str]) -> list[float]:

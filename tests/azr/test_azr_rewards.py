@@ -73,6 +73,10 @@ def test_answer_keys_by_value_and_by_type():
     assert rewards.answer_key(["x=1"], "type", arguments=True) == '["other"]'
     assert rewards.answer_key(["1,"], "type", arguments=True) == '["int"]'  # f(1,): one argument
     assert rewards.answer_key(["[1, 2],\n"], "type", arguments=True) == '["list"]'
+    # A comment after the trailing comma hides it from a plain text check.
+    assert rewards.answer_key(["1, 'a',  # two"], "type", arguments=True) == '["int, str"]'
+    assert rewards.answer_key(["1,  # one"], "value", arguments=True) == rewards.answer_key(["1"], "value", arguments=True)
+    assert rewards.answer_key(["", "1,,", "  # only a comment"], "type", arguments=True) == '["other"]'
     assert rewards.answer_key(["x +"], "type") == '["other"]'  # not a literal: never evaluated
     assert rewards.answer_key(["1", "[2]", "3"], "type") == '["int", "list"]'  # induction outputs
     with pytest.raises(ValueError, match="level"):
