@@ -9,7 +9,8 @@
 # GPUs out with a tensor axis (--set mesh.shape=...), which the batch is not split over.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-config="$1"; shift
+config="${1:?usage: launch/gpu/train_8gpu.sh CONFIG [azr-jax train args...]}"; shift
+[ -f "$config" ] || { echo "[azr-jax] no config $config (CONFIG is relative to the checkout)" >&2; exit 2; }
 if [ ! -x .venv/bin/azr-jax ]; then
   "${AZR_PYTHON:-python3}" -m venv .venv && .venv/bin/pip install -q -e ".[cuda]"
 fi

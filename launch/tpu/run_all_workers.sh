@@ -6,11 +6,30 @@
 # Give a --workdir on a filesystem all workers share (e.g. a GCS FUSE mount): checkpoints are
 # written by every host. azr-jax needs Python >= 3.11 on the workers; where the image's python3 is
 # older, install one there and name it with AZR_PYTHON (e.g. AZR_PYTHON=python3.11).
+# The sandbox wants bubblewrap (docs/sandbox.md): each worker installs it with `sudo apt-get`
+# when it is missing, and says so when it cannot (the sandbox then falls back to unshare).
 set -euo pipefail
+usage="usage: $0 NAME ZONE CONFIG [azr-jax train args...]"
+[ $# -ge 3 ] || { echo "$usage" >&2; exit 2; }
 name="$1"; zone="$2"; config="$3"; shift 3
 here="$(cd "$(dirname "$0")/../.." && pwd)"
-tar -C "$here" --exclude=.venv --exclude=runs --exclude=.git -czf /tmp/azr-jax.tgz .
-gcloud compute tpus tpu-vm scp /tmp/azr-jax.tgz "$name":~/ --zone "$zone" --worker=all
+case "$config" in
+  /*) ;;  # a path on the workers; it cannot be checked from here
+  *) [ -f "$here/$config" ] || { echo "[azr-jax] no config $config in $here (CONFIG is relative to the checkout)" >&2; exit 2; } ;;
+esac
+archive="$(mktemp -d)/azr-jax.tgz"
+if git -C "$here" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  # Tracked files and untracked ones git does not ignore: no virtualenv, runs, caches (the
+  # pytest cache alone holds a 0.5 GB model) or build leftovers. A tracked file deleted in the
+  # work tree is skipped, not an error.
+  git -C "$here" ls-files -z --cached --others --exclude-standard \
+    | tar -C "$here" --null -T - --ignore-failed-read -czf "$archive" 2> >(grep -v "Cannot stat" >&2)
+else
+  tar -C "$here" --exclude=.venv --exclude=runs --exclude=.git --exclude=.pytest_cache \
+    --exclude=__pycache__ --exclude='*.egg-info' -czf "$archive" .
+fi
+gcloud compute tpus tpu-vm scp "$archive" "$name":~/azr-jax.tgz --zone "$zone" --worker=all
+rm -rf "$(dirname "$archive")"
 args=""  # printf with no arguments would still print one empty, quoted argument
 [ $# -eq 0 ] || args=$(printf ' %q' "$@")
 gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command "
@@ -19,5 +38,7 @@ gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command "
   \$py -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
     echo \"azr-jax needs Python >= 3.11; \$(hostname) has \$(\$py --version 2>&1): set AZR_PYTHON\" >&2; exit 2; }
   \$py -m venv .venv && .venv/bin/pip install -q -e '.[tpu]'
+  command -v bwrap >/dev/null || { sudo -n apt-get update -qq && sudo -n apt-get install -y -qq bubblewrap; } >/dev/null 2>&1 \
+    || echo \"warning: \$(hostname) has no bubblewrap; the sandbox falls back to unshare (docs/sandbox.md)\" >&2
   AZR_TPU_MULTIHOST=${AZR_TPU_MULTIHOST:-0} nohup .venv/bin/azr-jax train --config $(printf '%q' "$config")$args > train.log 2>&1 &
   echo started on \$(hostname)"
