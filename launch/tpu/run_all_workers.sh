@@ -21,9 +21,10 @@ archive="$(mktemp -d)/azr-jax.tgz"
 if git -C "$here" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
   # Tracked files and untracked ones git does not ignore: no virtualenv, runs, caches (the
   # pytest cache alone holds a 0.5 GB model) or build leftovers. A tracked file deleted in the
-  # work tree is skipped, not an error.
+  # work tree is skipped, not an error (GNU tar and bsdtar both read a NUL-separated list).
   git -C "$here" ls-files -z --cached --others --exclude-standard \
-    | tar -C "$here" --null -T - --ignore-failed-read -czf "$archive" 2> >(grep -v "Cannot stat" >&2)
+    | while IFS= read -r -d '' f; do if [ -e "$here/$f" ]; then printf '%s\0' "$f"; fi; done \
+    | tar -C "$here" --null -T - -czf "$archive"
 else
   tar -C "$here" --exclude=.venv --exclude=runs --exclude=.git --exclude=.pytest_cache \
     --exclude=__pycache__ --exclude='*.egg-info' -czf "$archive" .

@@ -1,0 +1,67 @@
+"""The TPU launch scripts against a stub `gcloud` that records its calls (nothing reaches a cloud)."""
+
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+STUB = """#!/usr/bin/env bash
+echo "$*" >> "$STUB_LOG"
+case "$*" in
+  *describe*) echo ACTIVE ;;
+  *scp*) cp "$5" "$STUB_DIR/sent.tgz" ;;
+esac
+"""
+
+
+@pytest.fixture
+def gcloud(tmp_path):
+    (tmp_path / "gcloud").write_text(STUB)
+    (tmp_path / "gcloud").chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", STUB_LOG=str(tmp_path / "log"),
+               STUB_DIR=str(tmp_path))
+
+    def run(script, *args, **extra):
+        proc = subprocess.run(["bash", str(ROOT / "launch" / "tpu" / script), *args], cwd=ROOT,
+                              env=dict(env, **extra), capture_output=True, text=True, timeout=120)
+        log = (tmp_path / "log").read_text().splitlines() if (tmp_path / "log").exists() else []
+        return proc, log
+
+    run.sent = tmp_path / "sent.tgz"
+    return run
+
+
+@pytest.mark.parametrize("args", [("azr-x", "us-east5-a", "v5p-8"),
+                                  ("azr-x", "us-east5-a", "v5p-8", "configs/no-such-preset.py")])
+def test_a_missing_or_wrong_config_is_refused_before_a_slice_is_created(gcloud, args):
+    proc, calls = gcloud("queued_resource.sh", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert calls == []  # no queued resource was created
+    assert "usage:" in proc.stderr or "no config configs/no-such-preset.py" in proc.stderr
+
+
+def test_create_flags_and_create_only(gcloud):
+    proc, calls = gcloud("queued_resource.sh", "azr-x", "us-east5-a", "v5p-8", "configs/qwen2.5-7b.py",
+                         "--set", "model.hf_dir=/mnt/a b", AZR_TPU_CREATE_ONLY="1",
+                         AZR_TPU_CREATE_FLAGS="--data-disk source=d,mode=read-only --spot")
+    assert proc.returncode == 0, proc.stderr
+    assert calls[0].endswith("--runtime-version v2-alpha-tpuv5 --data-disk source=d,mode=read-only --spot")
+    assert not any("scp" in c or "ssh" in c for c in calls)
+    assert r"run_all_workers.sh azr-x us-east5-a configs/qwen2.5-7b.py --set model.hf_dir=/mnt/a\ b" in proc.stderr
+
+
+def test_workers_get_the_source_without_caches_and_the_train_command(gcloud):
+    proc, calls = gcloud("run_all_workers.sh", "azr-x", "us-east5-a", "configs/nano.py", "--set", "train.steps=2")
+    assert proc.returncode == 0, proc.stderr
+    with tarfile.open(gcloud.sent) as tar:
+        names = tar.getnames()
+    assert "pyproject.toml" in names and "azr_jax/cli.py" in names
+    assert not [n for n in names if n.split("/")[0] in (".venv", "runs", ".git", ".pytest_cache")
+                or "__pycache__" in n or ".egg-info" in n]
+    ssh = "\n".join(calls[calls.index(next(c for c in calls if " ssh " in c)):])  # a multi-line command
+    assert "azr-jax train --config configs/nano.py --set train.steps=2" in ssh
+    assert "bubblewrap" in ssh
+    assert gcloud("run_all_workers.sh", "azr-x", "us-east5-a")[0].returncode == 2
