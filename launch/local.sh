@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-main}"; shift || true
+case "$what" in  # before the install, which takes minutes on a first run
+  main|test|selfcheck) ;;
+  *) echo "usage: bash launch/local.sh main|test|selfcheck [args...]" >&2; exit 2 ;;
+esac
 PY="${PYTHON:-python3}"
 VENV="${AZR_VENV:-.venv}"
 
@@ -35,5 +39,4 @@ case "$what" in
   main) exec "$VENV/bin/azr-jax" train --config configs/nano.py --workdir "${AZR_WORKDIR:-runs/nano}" "$@" ;;
   test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
   selfcheck) exec "$VENV/bin/azr-jax" selfcheck "$@" ;;
-  *) echo "usage: bash launch/local.sh main|test|selfcheck [args...]" >&2; exit 2 ;;
 esac

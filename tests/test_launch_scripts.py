@@ -65,3 +65,11 @@ def test_workers_get_the_source_without_caches_and_the_train_command(gcloud):
     assert "azr-jax train --config configs/nano.py --set train.steps=2" in ssh
     assert "bubblewrap" in ssh
     assert gcloud("run_all_workers.sh", "azr-x", "us-east5-a")[0].returncode == 2
+
+
+def test_local_sh_refuses_an_unknown_command_before_installing(tmp_path):
+    venv = tmp_path / "venv"
+    proc = subprocess.run(["bash", str(ROOT / "launch" / "local.sh"), "tset"], env=dict(os.environ, AZR_VENV=str(venv)),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "usage: bash launch/local.sh main|test|selfcheck" in proc.stderr
+    assert not venv.exists()
