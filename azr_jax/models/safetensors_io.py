@@ -226,12 +226,50 @@ def write_checkpoint(directory: str | os.PathLike, tensors: list[TensorPlan],
         f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     if write:
         directory.mkdir(parents=True, exist_ok=True)
-    written = []
+    # Every file is written under a temporary name and renamed into place once all are complete,
+    # so a failure (or a full disk) part-way leaves a previous checkpoint in `directory` whole,
+    # and a file being read for this save (a model loaded from the same directory) is never
+    # truncated under its reader.
+    partial = {}
+    try:
+        _write_shards(directory, names, shards, produce, write, partial)
+        if write and len(shards) > 1:
+            index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)},
+                     "weight_map": {t.name: file_name for file_name, shard in zip(names, shards) for t in shard}}
+            partial[directory / INDEX_FILE] = _partial_name(directory / INDEX_FILE)
+            partial[directory / INDEX_FILE].write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        for temporary in partial.values():
+            temporary.unlink(missing_ok=True)
+        raise
+    written = list(partial)
+    for final, temporary in partial.items():
+        os.replace(temporary, final)
+    if write:
+        # A previous save in the other layout, or sharded in another count, would leave a second,
+        # stale set of weights. Removed last: `produce` may still have been reading them.
+        stale = [directory / SINGLE_FILE, directory / INDEX_FILE, *directory.glob("model-*-of-*.safetensors"),
+                 *directory.glob(".model*.partial")]  # the last: from a save that was killed
+        for path in stale:
+            if path not in written:
+                path.unlink(missing_ok=True)
+    return written
+
+
+def _partial_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial")
+
+
+def _write_shards(directory: Path, names: list[str], shards: list[list[TensorPlan]],
+                  produce: Callable[[TensorPlan], np.ndarray | None], write: bool, partial: dict) -> None:
+    """Each shard into its temporary file (recorded in `partial` as final -> temporary path)."""
     for file_name, shard in zip(names, shards):
-        path = directory / file_name
         with ExitStack() as stack:
-            out = stack.enter_context(open(path, "wb")) if write else None
-            if out is not None:
+            out = None
+            if write:
+                final = directory / file_name
+                partial[final] = _partial_name(final)
+                out = stack.enter_context(open(partial[final], "wb"))
                 out.write(_header(shard))
             for t in shard:
                 array = produce(t)
@@ -243,18 +281,3 @@ def write_checkpoint(directory: str | os.PathLike, tensors: list[TensorPlan],
                 if array.shape != t.shape:
                     raise ValueError(f"{t.name}: produced shape {array.shape}, planned {t.shape}")
                 out.write(array.reshape(-1).view(np.uint8))  # no extra host copy
-        if write:
-            written.append(path)
-    if write and len(shards) > 1:
-        index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)},
-                 "weight_map": {t.name: file_name for file_name, shard in zip(names, shards) for t in shard}}
-        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-        written.append(directory / INDEX_FILE)
-    if write:
-        # A previous save in the other layout, or sharded in another count, would leave a second,
-        # stale set of weights. Removed last: `produce` may still have been reading them.
-        stale = [directory / SINGLE_FILE, directory / INDEX_FILE, *directory.glob("model-*-of-*.safetensors")]
-        for path in stale:
-            if path not in written:
-                path.unlink(missing_ok=True)
-    return written

@@ -209,6 +209,45 @@ def test_saving_again_leaves_only_the_new_layout(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_a_save_that_fails_part_way_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    """Files are written under temporary names and renamed once all are complete: a failure on
+    the last tensor (a full disk, a dead host) leaves the old weights loadable and no partial
+    file; the next save also clears temporaries a killed save left behind."""
+    import azr_jax.models.checkpoint_hf as checkpoint_hf
+
+    cfg = small_config("qwen2", tie_word_embeddings=False)
+    old = Model(cfg, init_params(cfg, jax.random.key(1)))
+    total = sum(np.asarray(x).nbytes for x in jax.tree.leaves(old.params))
+    old.save_pretrained(tmp_path, max_shard_size=total // 3 + 1)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    new = Model(cfg, init_params(cfg, jax.random.key(2)))
+    last = hf_tensor_specs(cfg)[-1].hf_name
+    real_to_host = checkpoint_hf._to_host
+    calls = []
+
+    def failing_to_host(leaf):
+        calls.append(1)
+        if len(calls) == len(hf_tensor_specs(cfg)):
+            raise OSError(28, f"No space left on device (writing {last})")
+        return real_to_host(leaf)
+
+    monkeypatch.setattr(checkpoint_hf, "_to_host", failing_to_host)
+    with pytest.raises(OSError, match="No space left"):
+        new.save_pretrained(tmp_path)  # one file, over the old three shards
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    for a, b in zip(jax.tree.leaves(old.params), jax.tree.leaves(from_pretrained(tmp_path).params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    (tmp_path / ".model.safetensors.partial").write_bytes(b"left by a killed save")
+    new.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if "model" in p.name and "config" not in p.name) == [
+        "model.safetensors"]
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(from_pretrained(tmp_path).params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input: one UserError with a message that says what is wrong
 # ----------------------------------------------------------------------------------------------
