@@ -540,7 +540,8 @@ class SelfPlay:
         gen_s = self.timers.get("generate_s", 0.0)
         rec["generate_tokens_per_s"] = self.generated_tokens / gen_s if gen_s > 0 else None
         update_s = self.timers.get("update_s", 0.0)
-        flops = self.policy.config.flops_per_token(upd["_seq_len"]) * upd["_tokens"]  # forward + backward
+        flops = update_flops(self.policy.config, upd["_seq_len"], upd["_tokens"],
+                             with_reference=self.ref_params is not None)
         rec["update_flops_per_s"] = flops / update_s if update_s > 0 else None
         if self.policy.peak_flops and update_s > 0:
             # Derived from wall time, hence the `_per_s` suffix: determinism checks skip it.
@@ -551,6 +552,13 @@ class SelfPlay:
         """`cancel` (a stop that does not wait): queued host jobs are dropped and the running
         one is not waited for; it ends once the sandbox, closed next, refuses its work."""
         self.host_pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+def update_flops(config, seq_len: int, tokens: int, *, with_reference: bool) -> int:
+    """The model FLOPs of one update: forward + backward over `tokens` tokens, plus, with a KL
+    reference (rl.kl_coef > 0), the reference policy's forward pass over them (a third as much)."""
+    flops = config.flops_per_token(seq_len) * tokens
+    return flops + flops // 3 if with_reference else flops
 
 
 def sandbox_error_count(batches) -> int:

@@ -447,3 +447,14 @@ def test_a_fresh_start_clears_what_a_failed_start_left(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("")
     _drop_outputs_after(tmp_path, 0, 30)
     assert _files(tmp_path) == ["metrics.jsonl"]  # metrics.jsonl is the MetricsWriter's to truncate
+
+
+def test_update_flops_count_the_kl_reference_forward_pass():
+    from azr_jax.models import ModelConfig
+    from azr_jax.trainer import update_flops
+
+    cfg = ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=16)
+    train = cfg.flops_per_token(300) * 1000  # 6 FLOPs per weight: forward 2, backward 4
+    assert update_flops(cfg, 300, 1000, with_reference=False) == train
+    assert update_flops(cfg, 300, 1000, with_reference=True) == train * 4 // 3  # + one forward (2 per weight)
