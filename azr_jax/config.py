@@ -200,6 +200,10 @@ class RLSection:
     # chunk's [rows, chunk, vocab] float32 logits are live (recomputed in the backward pass).
     # 0 = the whole sequence at once. Same objective; it bounds the update's largest activation.
     logits_chunk: int = 0
+    # Queries per chunk of the attention in the update and the KL reference pass: each query
+    # still attends to its whole row, but only one chunk's [chunk, row] scores per head are live
+    # (the backward pass recomputes them). 0 = all queries at once ([row, row] scores per head).
+    attention_chunk: int = 0
 
 
 @dataclass(frozen=True)
@@ -611,6 +615,7 @@ def validate(cfg: Config) -> Config:
         "optim.weight_decay": cfg.optim.weight_decay,
         "rl.kl_coef": cfg.rl.kl_coef,
         "rl.logits_chunk": cfg.rl.logits_chunk,
+        "rl.attention_chunk": cfg.rl.attention_chunk,
         "sampling.prefill_chunk": cfg.sampling.prefill_chunk,
         "pretrain.warmup_steps": cfg.pretrain.warmup_steps,
         "pretrain.weight_decay": cfg.pretrain.weight_decay,

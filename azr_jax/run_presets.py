@@ -74,7 +74,9 @@ def paper_config(name: str, preset: str, *, tensor: int = 1, reject_multiple_fun
                      loss_agg="token-mean-per-micro-batch",  # the reference's weighting (AZR_SPEC §4.2)
                      # Rows reach 6144 + 8096 positions: one copy of their float32 logits over a
                      # 150k vocabulary is 8.6 GB per row; chunks of 1024 keep 0.6 GB of it live.
-                     logits_chunk=1024),
+                     # The attention scores are 14 240^2 x 4 bytes = 0.8 GB per head and row
+                     # (23 GB for a 7B's 28 heads); chunks of 1024 queries keep 1.6 GB live.
+                     logits_chunk=1024, attention_chunk=1024),
         optim=OptimSection(learning_rate=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.0,
                            b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=1.0),
         train=TrainSection(steps=500, seed=0, save_every=10, keep_checkpoints=3, log_every=1, eval_every=10,

@@ -27,7 +27,7 @@ log = logging.getLogger("azr_jax.train")
 RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.keep_checkpoints", "train.log_every",
                      "train.eval_every", "train.audit_every", "sandbox.workers", "sandbox.isolation",
                      "sandbox.seccomp", "model.remat", "model.scan_layers", "sampling.max_rows",
-                     "rl.logits_chunk", "sampling.prefill_chunk")
+                     "rl.logits_chunk", "rl.attention_chunk", "sampling.prefill_chunk")
 
 # Read on a fresh start only (a resume takes its buffers from the checkpoint): free to change.
 NOT_READ_ON_RESUME = ("azr.seed_file", "azr.induction_seed_file")

@@ -19,6 +19,8 @@ BENCHES = {
     "packing": ("azr_jax.bench.packing", "length-bucketed update vs the padded update on a self-play-shaped batch"),
     "logits": ("azr_jax.bench.logits", "update step with the output head in chunks (rl.logits_chunk) vs all at once: "
                                        "scratch memory and seconds"),
+    "attention": ("azr_jax.bench.attention", "update step with attention a chunk of queries at a time "
+                                             "(rl.attention_chunk) vs all at once: scratch memory and seconds"),
 }
 
 

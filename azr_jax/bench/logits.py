@@ -26,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    return compare_chunked(args, "logits", "logits_chunk", args.logits_chunk, "the whole head at once")
+
+
+def compare_chunked(args: argparse.Namespace, bench: str, key: str, chunk: int, baseline: str) -> dict:
+    """The update step with `rl.<key>` = `chunk` against `rl.<key>` = 0, the same shape, batch
+    and weights (`bench logits`, `bench attention`)."""
     info = device_info()
     cfg = model_config_from_args(args)
     dtype = dtype_from_args(args, info["device"])
@@ -33,17 +39,17 @@ def run(args: argparse.Namespace) -> dict:
     _micro(args)  # a bad --micro-batch is said before anything runs
     batch = _batch(cfg, args)
     sides = {}
-    for name, chunk in (("baseline", 0), ("chunked", args.logits_chunk)):
-        print(f"bench logits: update step, {cfg.num_params() / 1e6:.1f}M params, {dtype}, "
-              f"rl.logits_chunk={chunk}", file=sys.stderr)
-        sides[name] = jax_update(cfg, args, dtype, remat, batch, logits_chunk=chunk)
+    for name, value in (("baseline", 0), ("chunked", chunk)):
+        print(f"bench {bench}: update step, {cfg.num_params() / 1e6:.1f}M params, {dtype}, "
+              f"rl.{key}={value}", file=sys.stderr)
+        sides[name] = jax_update(cfg, args, dtype, remat, batch, **{key: value})
     (seconds, temp), (base_seconds, base_temp) = sides["chunked"], sides["baseline"]
     return {
-        "bench": "logits", **info, "model": model_shape_record(cfg), "dtype": dtype, "remat": remat,
+        "bench": bench, **info, "model": model_shape_record(cfg), "dtype": dtype, "remat": remat,
         "batch": args.batch, "micro_batch": _micro(args), "seq_len": args.prompt_len + args.new_tokens,
-        "repeats": args.repeats, "logits_chunk": args.logits_chunk,
+        "repeats": args.repeats, key: chunk,
         "seconds": seconds, "temp_bytes": temp,
-        "baseline": "the whole head at once (rl.logits_chunk=0)",
+        "baseline": f"{baseline} (rl.{key}=0)",
         "baseline_seconds": base_seconds, "baseline_temp_bytes": base_temp,
         "ratio": base_seconds / seconds,
         "memory_ratio": None if temp is None or base_temp is None or temp == 0 else base_temp / temp,

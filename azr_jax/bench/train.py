@@ -27,7 +27,7 @@ from azr_jax.bench.model_shape import (add_shape_arguments, dtype_from_args, mod
 
 
 def add_update_arguments(parser: argparse.ArgumentParser, *, batch: int, new_tokens: int, micro_help: str) -> None:
-    """The model shape and batch flags of the update benchmarks (`bench train`, `bench logits`)."""
+    """The model shape and batch flags of the update benchmarks (`bench train`, `logits`, `attention`)."""
     add_shape_arguments(parser, default_preset="qwen2.5-0.5b")
     parser.add_argument("--batch", type=positive_int, default=batch, help="rows per step")
     parser.add_argument("--prompt-len", type=positive_int, default=64, help="prompt tokens per row (no loss)")
@@ -57,7 +57,7 @@ def _batch(cfg, args):
     }
 
 
-def jax_update(cfg, args, dtype: str, remat: str, batch: dict, *, logits_chunk: int = 0):
+def jax_update(cfg, args, dtype: str, remat: str, batch: dict, *, logits_chunk: int = 0, attention_chunk: int = 0):
     """(seconds per update step, the compiled step's scratch bytes or None) of
     `rl.update.make_train_step` on `batch` (`--micro-batch` rows per forward/backward)."""
     import jax
@@ -69,14 +69,15 @@ def jax_update(cfg, args, dtype: str, remat: str, batch: dict, *, logits_chunk: 
     from azr_jax.rl.update import init_train_state, make_train_step
 
     cd = jnp.dtype(dtype)
-    rl = RLSection(micro_batch_size=_micro(args), entropy_coef=0.0, logits_chunk=logits_chunk)
+    rl = RLSection(micro_batch_size=_micro(args), entropy_coef=0.0, logits_chunk=logits_chunk,
+                   attention_chunk=attention_chunk)
     optim = OptimSection(learning_rate=1e-6)
     state = init_train_state(cfg, optim, jax.jit(lambda k: init_params(cfg, k))(jax.random.key(0)))
     step = make_train_step(cfg, rl, optim, compute_dtype=cd, remat=remat)
     dev = {k: jnp.asarray(v) for k, v in batch.items()}
     # On-policy old logprobs (ratio 1), as in the first PPO epoch of a real step.
-    dev["old_logprobs"] = jax.jit(lambda p, b: token_logprobs(p, b, cfg, cd, logits_chunk=logits_chunk))(
-        state.params, dev)
+    dev["old_logprobs"] = jax.jit(lambda p, b: token_logprobs(p, b, cfg, cd, logits_chunk=logits_chunk,
+                                                              attention_chunk=attention_chunk))(state.params, dev)
     # The activations and logits of one step (params, optimizer state and batch are arguments).
     compiled = step.lower(state, dev).compile()
     memory = compiled.memory_analysis()

@@ -289,6 +289,117 @@ def _sequence_attention(q_btnh, k_bskh, v_bskh, allowed_bts, precision):
     return out_bkmh.reshape(b, kv, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
+# The same attention a chunk of queries at a time (`attention_chunk`, training only): every
+# query still sees all its keys, but only one chunk's [chunk, keys] scores are live. The forward
+# pass keeps each query's log-sum-exp instead of the probabilities, and the backward pass
+# recomputes one chunk's probabilities at a time from it (FlashAttention's recipe, with whole
+# key rows), adding up dK and dV over the chunks in float32. Each chunk builds its own causal
+# mask from the chunk index and the [B, T] key mask, so nothing [T, T]-sized is ever stored.
+
+
+def _query_chunks(x, axis: int, chunk: int):
+    """x with `axis` zero-padded to a multiple of `chunk` and split: chunks become a new leading axis."""
+    t = x.shape[axis]
+    n = -(-t // chunk)
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, n * chunk - t)
+    x = jnp.pad(x, pad)
+    x = x.reshape(*x.shape[:axis], n, chunk, *x.shape[axis + 1:])
+    return jnp.moveaxis(x, axis, 0)
+
+
+def _join_query_chunks(x_n, axis: int, t: int):
+    """The inverse of `_query_chunks` (padding dropped)."""
+    x = jnp.moveaxis(x_n, 0, axis)
+    x = x.reshape(*x.shape[:axis], x.shape[axis] * x.shape[axis + 1], *x.shape[axis + 2:])
+    return lax.slice_in_dim(x, 0, t, axis=axis)
+
+
+def _chunk_allowed(index, chunk: int, key_mask_bs):
+    """[B, chunk, S]: query `index * chunk + c` may see key s <= it where key_mask_bs is set."""
+    query_c = index * chunk + jnp.arange(chunk)
+    key_s = jnp.arange(key_mask_bs.shape[1])
+    return (key_s[None, None, :] <= query_c[None, :, None]) & key_mask_bs[:, None, :]
+
+
+def _recomputed(body):
+    """A chunk loop's body that saves nothing for a surrounding differentiation. Inside a scan
+    over the layers, JAX would otherwise keep each chunk's mask, which depends on no input of
+    the step's gradient, as a residual: [chunks, B, heads, chunk, S] booleans, T x T per head."""
+    return jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
+
+
+def _chunk_scores(q_bkgch, k_bksh, allowed_bcs, precision):
+    h = q_bkgch.shape[-1]
+    scores = jnp.einsum("bkgch,bksh->bkgcs", q_bkgch, k_bksh,
+                        preferred_element_type=jnp.float32, precision=precision) * (h ** -0.5)
+    return jnp.where(allowed_bcs[:, None, None], scores, _MASKED_SCORE)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _chunked_attention(q_bkgth, k_bksh, v_bksh, key_mask_bs, precision, chunk):
+    return _chunked_attention_fwd(q_bkgth, k_bksh, v_bksh, key_mask_bs, precision, chunk)[0]
+
+
+def _chunked_attention_fwd(q_bkgth, k_bksh, v_bksh, key_mask_bs, precision, chunk):
+    t = q_bkgth.shape[3]
+
+    def one_chunk(xs):
+        index, q_bkgch = xs
+        scores = _chunk_scores(q_bkgch, k_bksh, _chunk_allowed(index, chunk, key_mask_bs), precision)
+        probs = jax.nn.softmax(scores, axis=-1)
+        out = jnp.einsum("bkgcs,bksh->bkgch", probs.astype(v_bksh.dtype), v_bksh, precision=precision)
+        return out, jax.nn.logsumexp(scores, axis=-1)
+
+    q_n = _query_chunks(q_bkgth, 3, chunk)  # padded queries are computed and dropped
+    out_n, lse_n = lax.map(_recomputed(one_chunk), (jnp.arange(q_n.shape[0]), q_n))
+    out_bkgth, lse_bkgt = _join_query_chunks(out_n, 3, t), _join_query_chunks(lse_n, 3, t)
+    return out_bkgth, (q_bkgth, k_bksh, v_bksh, key_mask_bs, out_bkgth, lse_bkgt)
+
+
+def _chunked_attention_bwd(precision, chunk, residuals, d_out_bkgth):
+    q_bkgth, k_bksh, v_bksh, key_mask_bs, out_bkgth, lse_bkgt = residuals
+    t = q_bkgth.shape[3]
+    h = q_bkgth.shape[-1]
+
+    def one_chunk(carry, xs):
+        d_k, d_v = carry
+        index, q_bkgch, out_bkgch, lse_bkgc, d_out_bkgch = xs
+        allowed_bcs = _chunk_allowed(index, chunk, key_mask_bs)
+        probs = jnp.exp(_chunk_scores(q_bkgch, k_bksh, allowed_bcs, precision) - lse_bkgc[..., None])
+        d_probs = jnp.einsum("bkgch,bksh->bkgcs", d_out_bkgch, v_bksh,
+                             preferred_element_type=jnp.float32, precision=precision)
+        row = jnp.sum(d_out_bkgch.astype(jnp.float32) * out_bkgch.astype(jnp.float32), axis=-1, keepdims=True)
+        d_scores = jnp.where(allowed_bcs[:, None, None], probs * (d_probs - row), 0.0) * (h ** -0.5)
+        d_q = jnp.einsum("bkgcs,bksh->bkgch", d_scores.astype(k_bksh.dtype), k_bksh, precision=precision)
+        d_k = d_k + jnp.einsum("bkgch,bkgcs->bksh", q_bkgch, d_scores.astype(q_bkgch.dtype),
+                               preferred_element_type=jnp.float32, precision=precision)
+        d_v = d_v + jnp.einsum("bkgch,bkgcs->bksh", d_out_bkgch, probs.astype(d_out_bkgch.dtype),
+                               preferred_element_type=jnp.float32, precision=precision)
+        return (d_k, d_v), d_q
+
+    zeros = jnp.zeros(k_bksh.shape, jnp.float32)
+    q_n = _query_chunks(q_bkgth, 3, chunk)
+    xs = (jnp.arange(q_n.shape[0]), q_n, _query_chunks(out_bkgth, 3, chunk), _query_chunks(lse_bkgt, 3, chunk),
+          _query_chunks(d_out_bkgth, 3, chunk))  # padded queries: d_out 0, so no gradient
+    (d_k, d_v), d_q_n = lax.scan(_recomputed(one_chunk), (zeros, zeros), xs)
+    d_q = _join_query_chunks(d_q_n, 3, t)
+    return d_q.astype(q_bkgth.dtype), d_k.astype(k_bksh.dtype), d_v.astype(v_bksh.dtype), None
+
+
+_chunked_attention.defvjp(_chunked_attention_fwd, _chunked_attention_bwd)
+
+
+def _sequence_attention_in_chunks(q_btnh, k_bskh, v_bskh, key_mask_bs, precision, chunk):
+    """`_sequence_attention` (causal, no cache) with the queries taken `chunk` at a time."""
+    b, t, n, h = q_btnh.shape
+    kv = k_bskh.shape[2]
+    q_bkgth = q_btnh.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4)
+    out_bkgth = _chunked_attention(q_bkgth, k_bskh.transpose(0, 2, 1, 3), v_bskh.transpose(0, 2, 1, 3),
+                                   key_mask_bs, precision, chunk)
+    return out_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
 def forward(
     params: Params,
     tokens_bt: jnp.ndarray,
@@ -301,6 +412,7 @@ def forward(
     return_hidden: bool = False,
     remat: str = "none",
     head: bool = True,
+    attention_chunk: int = 0,
 ):
     """Logits [B, T, V] (float32) and the updated cache (None without one).
 
@@ -313,7 +425,8 @@ def forward(
     activations in the backward pass: `full` keeps only the layer inputs, `dots` also keeps the
     weight matmul outputs (see `REMAT_POLICIES`). `head=False` returns the final normed states
     [B, T, D] in the logits' place, for a caller that applies `output_logits` itself (in chunks,
-    or to one position).
+    or to one position). `attention_chunk` > 0 (without a cache) attends that many queries at a
+    time, so one chunk's scores are live instead of [T, T] per head (`rl.attention_chunk`).
     """
     cfg = config
     if not head and return_hidden:
@@ -375,7 +488,10 @@ def forward(
             keys_bskh = lax.dynamic_index_in_dim(k_cache, layer_idx, 0, keepdims=False).astype(cd)
             values_bskh = lax.dynamic_index_in_dim(v_cache, layer_idx, 0, keepdims=False).astype(cd)
 
-        if k_cache is None:
+        if k_cache is None and 0 < attention_chunk < t:
+            attn_btnh = _sequence_attention_in_chunks(q_btnh, keys_bskh, values_bskh, key_mask_bs, prec,
+                                                      attention_chunk)
+        elif k_cache is None:
             attn_btnh = _sequence_attention(q_btnh, keys_bskh, values_bskh, allowed_bts, prec)
         else:
             attn_btnh = _attention(q_btnh, keys_bskh, values_bskh, allowed_bts, prec)

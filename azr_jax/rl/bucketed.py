@@ -104,7 +104,7 @@ def make_bucketed_train_step(
 
     def reference_logprobs(ref_params, micro):
         return token_logprobs(ref_params, micro, model_cfg, compute_dtype, temperature=temperature,
-                              logits_chunk=rl_cfg.logits_chunk)
+                              logits_chunk=rl_cfg.logits_chunk, attention_chunk=rl_cfg.attention_chunk)
 
     def zeros(params, micro):
         sums = jax.eval_shape(lambda m: policy_loss(m["old_logprobs"], m["old_logprobs"], m, m["weights"], rl_cfg)[1],

@@ -74,11 +74,13 @@ def token_logprobs_and_entropy(
     temperature: float = 1.0,
     remat: str = "none",
     logits_chunk: int = 0,
+    attention_chunk: int = 0,
 ):
     """(logp_bt, entropy_bt) for `batch["tokens"]` with `positions` and `mask` ([B, T] each).
 
     `logits_chunk` > 0 applies the output head that many positions at a time (`rl.logits_chunk`);
-    0 (or a chunk as long as the sequence) computes all the logits at once.
+    0 (or a chunk as long as the sequence) computes all the logits at once. `attention_chunk` > 0
+    attends that many queries at a time (`rl.attention_chunk`, `decoder.forward`).
     """
     tokens_bt = batch["tokens"]
     chunked = 0 < logits_chunk < tokens_bt.shape[1] - 1
@@ -91,6 +93,7 @@ def token_logprobs_and_entropy(
         compute_dtype=compute_dtype,
         remat=remat,
         head=not chunked,
+        attention_chunk=attention_chunk,
     )
     if chunked:
         return _logprobs_in_chunks(params, out, tokens_bt, config, compute_dtype, temperature, logits_chunk)
@@ -98,7 +101,7 @@ def token_logprobs_and_entropy(
 
 
 def token_logprobs(params, batch: dict, config, compute_dtype=jnp.float32, *, temperature: float = 1.0,
-                   logits_chunk: int = 0):
+                   logits_chunk: int = 0, attention_chunk: int = 0):
     """logp_bt [B, T]: the logprob of each token given its prefix (0 at position 0)."""
     return token_logprobs_and_entropy(params, batch, config, compute_dtype, temperature=temperature,
-                                      logits_chunk=logits_chunk)[0]
+                                      logits_chunk=logits_chunk, attention_chunk=attention_chunk)[0]

@@ -150,7 +150,8 @@ def make_reference_logprobs(
             micro_batches = jax.lax.with_sharding_constraint(micro_batches, micro_sharding)
         logp = jax.lax.map(
             lambda micro: token_logprobs(ref_params, micro, model_cfg, compute_dtype, temperature=temperature,
-                                         logits_chunk=rl_cfg.logits_chunk),
+                                         logits_chunk=rl_cfg.logits_chunk,
+                                         attention_chunk=rl_cfg.attention_chunk),
             micro_batches)
         return _join_micro_batches(logp)
 
@@ -264,7 +265,7 @@ def _micro_grad_fn(model_cfg, rl_cfg, *, compute_dtype, remat, temperature):
     def micro_loss(params, micro):
         logp_bt, entropy_bt = token_logprobs_and_entropy(
             params, micro, model_cfg, compute_dtype, temperature=temperature, remat=remat,
-            logits_chunk=rl_cfg.logits_chunk,
+            logits_chunk=rl_cfg.logits_chunk, attention_chunk=rl_cfg.attention_chunk,
         )
         return policy_loss(logp_bt, entropy_bt, micro, micro["weights"], rl_cfg)
 

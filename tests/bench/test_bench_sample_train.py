@@ -1,4 +1,4 @@
-"""`azr-jax bench sample|train|logits`: flags resolve to the intended shape, the roofline arithmetic, and
+"""`azr-jax bench sample|train|logits|attention`: flags resolve to the intended shape, the roofline arithmetic, and
 one tiny end-to-end run of each printing the JSON record (values are timings: only their
 presence and sign are checked, never their size)."""
 
@@ -179,3 +179,18 @@ def test_bench_logits_compares_the_chunked_head_with_the_whole_one(capsys):
     assert record["seconds"] > 0 and record["baseline_seconds"] > 0
     assert record["temp_bytes"] * 2 < record["baseline_temp_bytes"], record
     assert record["memory_ratio"] == pytest.approx(record["baseline_temp_bytes"] / record["temp_bytes"])
+
+
+@pytest.mark.slow
+def test_bench_attention_compares_chunked_queries_with_all_at_once(capsys):
+    """As `bench logits`, for `rl.attention_chunk`: with 8 heads over 2048 positions (and a small
+    MLP) the float32 scores, 134 MB per copy, dominate the unchunked step's scratch memory."""
+    argv = ["--preset", "qwen2.5-0.5b", "--layers", "1", "--hidden", "512", "--vocab", "256",
+            "--set", "model.overrides.intermediate_size=256", "--batch", "1", "--prompt-len", "48",
+            "--new-tokens", "2000", "--attention-chunk", "128", "--repeats", "1"]
+    assert bench_cli.main(_args("attention", argv)) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["bench"] == "attention" and record["attention_chunk"] == 128 and record["seq_len"] == 2048
+    assert record["baseline"] == "all queries at once (rl.attention_chunk=0)"
+    assert record["seconds"] > 0 and record["baseline_seconds"] > 0
+    assert record["temp_bytes"] * 2 < record["baseline_temp_bytes"], record
