@@ -21,8 +21,10 @@ resuming: run the same command again; training continues from the newest complet
   the run continues from there). A workdir holding a checkpoint of a different config is
   refused (one without a checkpoint, from a start that failed, takes the new config); only
   train.steps (not with a cosine/linear optim.schedule, which decays over it), the
-  logging/saving/evaluation intervals, sandbox.workers/isolation/seccomp,
-  model.remat/scan_layers, sampling.max_rows and rl.logits_chunk may change, and
+  logging/saving/evaluation intervals (train.save_every, train.keep_checkpoints,
+  train.log_every, train.eval_every, train.audit_every), sandbox.workers, sandbox.isolation,
+  sandbox.seccomp and the memory layout (model.remat, model.scan_layers, sampling.max_rows,
+  sampling.prefill_chunk, rl.logits_chunk, rl.attention_chunk) may change, and
   sampling.max_prompt_len grow.
 overriding: --set section.key=value (JSON values: numbers, lists, null, true), e.g.
   --set train.steps=50 --set azr.batch_size=16 --set mesh.shape='{"data":1,"fsdp":8,"tensor":1}'.

@@ -126,7 +126,9 @@ def _summary(counts: dict) -> str:
 
 
 def run_config_of(in_path: Path) -> Path | None:
-    """WORKDIR/config.json when `in_path` is a training run's WORKDIR/rollouts/step_N.jsonl."""
+    """WORKDIR/config.json when `in_path` is a training run's WORKDIR/rollouts/step_N.jsonl
+    (resolved first: `step_1.jsonl` given from inside rollouts/ has no parent name as typed)."""
+    in_path = in_path.resolve()
     candidate = in_path.parent.parent / "config.json"
     return candidate if in_path.parent.name == "rollouts" and candidate.is_file() else None
 
@@ -142,6 +144,8 @@ def main(args: argparse.Namespace) -> int:
     if not in_path.is_file():  # fail before starting the sandbox
         raise UserError(f"input file not found: {in_path}")
     check_output_file(out_path, "--out")
+    if out_path.exists() and out_path.samefile(in_path):  # opening --out would empty --in first
+        raise UserError(f"--out {out_path} is the input file; give another path")
     if args.config is None:
         print(f"azr-jax score: using {config} (the run's config; --config to choose another)" if config else
               "azr-jax score: using the built-in default config (--config to choose one)", file=sys.stderr)

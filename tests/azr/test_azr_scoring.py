@@ -1,6 +1,7 @@
 """score_records beyond the fixtures: deviations on solver answers, batching, and the CLI."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -334,3 +335,27 @@ def test_induction_gold_outputs_do_not_depend_on_the_order_of_the_inputs(cfg, sb
     out = one(rec, cfg, sb)
     assert out["valid"] and out["problem"]["outputs"] == ["1"] * 10, out
     assert out["accuracy"] == 1.0, out
+
+
+def test_cli_refuses_to_write_its_scores_over_its_input(tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": 1, "role": "solve", "task": "deduction", "response": "x"}) + "\n")
+    before = src.read_text()
+    assert cli.main(["score", "--in", str(src), "--out", str(tmp_path / "." / "in.jsonl")]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    assert src.read_text() == before
+
+
+def test_a_run_audit_file_finds_its_config_from_inside_rollouts(tmp_path, monkeypatch):
+    from azr_jax.azr.score_cli import run_config_of
+
+    (tmp_path / "rollouts").mkdir()
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "rollouts" / "step_1.jsonl").write_text("")
+    assert run_config_of(tmp_path / "rollouts" / "step_1.jsonl") == tmp_path / "config.json"
+    monkeypatch.chdir(tmp_path / "rollouts")
+    assert run_config_of(Path("step_1.jsonl")) == tmp_path / "config.json"
+    monkeypatch.chdir(tmp_path)
+    assert run_config_of(Path("rollouts") / "step_1.jsonl") == tmp_path / "config.json"
+    (tmp_path / "other.jsonl").write_text("")
+    assert run_config_of(Path("other.jsonl")) is None

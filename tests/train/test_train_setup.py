@@ -222,3 +222,13 @@ def test_a_run_resumes_from_a_moved_copy_of_its_base_and_prompts_but_not_from_ot
         shutil.copytree(BASE_DIR, other)
         (other / "config.json").write_text((other / "config.json").read_text().replace('"rope_theta": 10000.0', '"rope_theta": 20000.0'))
         check_workdir(cfg(moved, f"model.hf_dir={other}"), run, write=False)
+
+
+def test_train_help_names_every_key_a_resume_may_change():
+    """`train --help` lists the resumable keys by hand (importing train_setup there would load jax
+    for --help); this keeps the list from drifting behind RESUMABLE_CHANGES."""
+    from azr_jax.train_cli import EPILOG
+    from azr_jax.train_setup import RESUMABLE_CHANGES
+
+    text = " ".join(EPILOG.split())
+    assert [key for key in RESUMABLE_CHANGES if key not in text] == []
