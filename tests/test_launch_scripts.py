@@ -64,6 +64,7 @@ def test_workers_get_the_source_without_caches_and_the_train_command(gcloud):
     ssh = "\n".join(calls[calls.index(next(c for c in calls if " ssh " in c)):])  # a multi-line command
     assert "azr-jax train --config configs/nano.py --set train.steps=2" in ssh
     assert "bubblewrap" in ssh
+    assert "echo $! > train.pid" in ssh and "is still running" in ssh  # no second trainer beside the first
     assert gcloud("run_all_workers.sh", "azr-x", "us-east5-a")[0].returncode == 2
 
 
