@@ -291,9 +291,9 @@ def _sequence_attention(q_btnh, k_bskh, v_bskh, allowed_bts, precision):
 
 # The same attention a chunk of queries at a time (`attention_chunk`, training only): every
 # query still sees all its keys, but only one chunk's [chunk, keys] scores are live. The forward
-# pass keeps each query's log-sum-exp instead of the probabilities, and the backward pass
-# recomputes one chunk's probabilities at a time from it (FlashAttention's recipe, with whole
-# key rows), adding up dK and dV over the chunks in float32. Each chunk builds its own causal
+# pass keeps each query's score maximum and log of its softmax denominator instead of the
+# probabilities, and the backward pass recomputes one chunk's probabilities at a time from them
+# (FlashAttention's recipe, with whole key rows), adding up dK and dV over the chunks in float32. Each chunk builds its own causal
 # mask from the chunk index and the [B, T] key mask, so nothing [T, T]-sized is ever stored.
 
 
@@ -349,24 +349,30 @@ def _chunked_attention_fwd(q_bkgth, k_bksh, v_bksh, key_mask_bs, precision, chun
         scores = _chunk_scores(q_bkgch, k_bksh, _chunk_allowed(index, chunk, key_mask_bs), precision)
         probs = jax.nn.softmax(scores, axis=-1)
         out = jnp.einsum("bkgcs,bksh->bkgch", probs.astype(v_bksh.dtype), v_bksh, precision=precision)
-        return out, jax.nn.logsumexp(scores, axis=-1)
+        # The maximum and the log-denominator are kept apart: a query that may see no key (left
+        # padding) has every score at _MASKED_SCORE, and their sum, the log-sum-exp, rounds back
+        # to _MASKED_SCORE, which would recompute its uniform 1/S probabilities as 1 each.
+        top = jnp.max(scores, axis=-1)
+        return out, top, jnp.log(jnp.sum(jnp.exp(scores - top[..., None]), axis=-1))
 
     q_n = _query_chunks(q_bkgth, 3, chunk)  # padded queries are computed and dropped
-    out_n, lse_n = lax.map(_recomputed(one_chunk), (jnp.arange(q_n.shape[0]), q_n))
-    out_bkgth, lse_bkgt = _join_query_chunks(out_n, 3, t), _join_query_chunks(lse_n, 3, t)
-    return out_bkgth, (q_bkgth, k_bksh, v_bksh, key_mask_bs, out_bkgth, lse_bkgt)
+    out_n, top_n, log_denom_n = lax.map(_recomputed(one_chunk), (jnp.arange(q_n.shape[0]), q_n))
+    out_bkgth = _join_query_chunks(out_n, 3, t)
+    top_bkgt, log_denom_bkgt = _join_query_chunks(top_n, 3, t), _join_query_chunks(log_denom_n, 3, t)
+    return out_bkgth, (q_bkgth, k_bksh, v_bksh, key_mask_bs, out_bkgth, top_bkgt, log_denom_bkgt)
 
 
 def _chunked_attention_bwd(precision, chunk, residuals, d_out_bkgth):
-    q_bkgth, k_bksh, v_bksh, key_mask_bs, out_bkgth, lse_bkgt = residuals
+    q_bkgth, k_bksh, v_bksh, key_mask_bs, out_bkgth, top_bkgt, log_denom_bkgt = residuals
     t = q_bkgth.shape[3]
     h = q_bkgth.shape[-1]
 
     def one_chunk(carry, xs):
         d_k, d_v = carry
-        index, q_bkgch, out_bkgch, lse_bkgc, d_out_bkgch = xs
+        index, q_bkgch, out_bkgch, top_bkgc, log_denom_bkgc, d_out_bkgch = xs
         allowed_bcs = _chunk_allowed(index, chunk, key_mask_bs)
-        probs = jnp.exp(_chunk_scores(q_bkgch, k_bksh, allowed_bcs, precision) - lse_bkgc[..., None])
+        scores = _chunk_scores(q_bkgch, k_bksh, allowed_bcs, precision)
+        probs = jnp.exp((scores - top_bkgc[..., None]) - log_denom_bkgc[..., None])
         d_probs = jnp.einsum("bkgch,bksh->bkgcs", d_out_bkgch, v_bksh,
                              preferred_element_type=jnp.float32, precision=precision)
         row = jnp.sum(d_out_bkgch.astype(jnp.float32) * out_bkgch.astype(jnp.float32), axis=-1, keepdims=True)
@@ -380,7 +386,8 @@ def _chunked_attention_bwd(precision, chunk, residuals, d_out_bkgth):
 
     zeros = jnp.zeros(k_bksh.shape, jnp.float32)
     q_n = _query_chunks(q_bkgth, 3, chunk)
-    xs = (jnp.arange(q_n.shape[0]), q_n, _query_chunks(out_bkgth, 3, chunk), _query_chunks(lse_bkgt, 3, chunk),
+    xs = (jnp.arange(q_n.shape[0]), q_n, _query_chunks(out_bkgth, 3, chunk), _query_chunks(top_bkgt, 3, chunk),
+          _query_chunks(log_denom_bkgt, 3, chunk),
           _query_chunks(d_out_bkgth, 3, chunk))  # padded queries: d_out 0, so no gradient
     (d_k, d_v), d_q_n = lax.scan(_recomputed(one_chunk), (zeros, zeros), xs)
     d_q = _join_query_chunks(d_q_n, 3, t)

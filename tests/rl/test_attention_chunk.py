@@ -27,9 +27,10 @@ SMALL_PARAMS = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.ke
                             init_params(SMALL, jax.random.key(0)))
 
 
-def _loss_and_grads(chunk, dtype=jnp.float32):
+def _loss_and_grads(chunk, dtype=jnp.float32, padding_in_loss=False):
     """Left-padded rows (one of them 7 real tokens in 37), so masked keys and padding queries fall
-    inside and across chunks."""
+    inside and across chunks. `padding_in_loss`: the padding positions' logits count too (the
+    update gives them no weight; a padding query sees no key at all, a uniform softmax)."""
     b, t = 3, 37
     tokens = jax.random.randint(jax.random.key(1), (b, t), 0, SMALL.vocab_size)
     mask = jnp.arange(t)[None] >= jnp.array([0, 5, 30])[:, None]
@@ -39,16 +40,18 @@ def _loss_and_grads(chunk, dtype=jnp.float32):
         logits = forward(p, tokens, positions, config=SMALL, mask_bt=mask, attention_chunk=chunk,
                          compute_dtype=dtype)[0]
         picked = jax.nn.log_softmax(logits)[..., :7]
-        return jnp.sum(jnp.where(mask[..., None], picked, 0.0)), jnp.where(mask[..., None], logits, 0.0)
+        counted = jnp.ones_like(mask) if padding_in_loss else mask
+        return jnp.sum(jnp.where(counted[..., None], picked, 0.0)), jnp.where(counted[..., None], logits, 0.0)
 
     (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(SMALL_PARAMS)
     return np.asarray(logits), grads
 
 
+@pytest.mark.parametrize("padding_in_loss", [False, True], ids=["real", "all"])
 @pytest.mark.parametrize("chunk", [1, 8, 16, 36])  # 8 and 16 leave a short last chunk
-def test_chunked_attention_gives_the_same_logits_and_gradients(chunk):
-    whole_logits, whole_grads = _loss_and_grads(0)
-    logits, grads = _loss_and_grads(chunk)
+def test_chunked_attention_gives_the_same_logits_and_gradients(chunk, padding_in_loss):
+    whole_logits, whole_grads = _loss_and_grads(0, padding_in_loss=padding_in_loss)
+    logits, grads = _loss_and_grads(chunk, padding_in_loss=padding_in_loss)
     np.testing.assert_allclose(logits, whole_logits, atol=2e-6)
     for a, b in zip(jax.tree.leaves(whole_grads), jax.tree.leaves(grads)):
         # Float32 sums over a few hundred terms, added in another order: 1e-6 of the largest.
