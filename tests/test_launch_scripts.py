@@ -46,9 +46,10 @@ def test_a_missing_or_wrong_config_is_refused_before_a_slice_is_created(gcloud, 
 def test_create_flags_and_create_only(gcloud):
     proc, calls = gcloud("queued_resource.sh", "azr-x", "us-east5-a", "v5p-8", "configs/qwen2.5-7b.py",
                          "--set", "model.hf_dir=/mnt/a b", AZR_TPU_CREATE_ONLY="1",
-                         AZR_TPU_CREATE_FLAGS="--data-disk source=d,mode=read-only --spot")
+                         AZR_TPU_CREATE_FLAGS="--data-disk source=d,mode=read-only --spot --labels=k=*")
     assert proc.returncode == 0, proc.stderr
-    assert calls[0].endswith("--runtime-version v2-alpha-tpuv5 --data-disk source=d,mode=read-only --spot")
+    # Split on spaces; the * stays a *, not the names of the files in the working directory.
+    assert calls[0].endswith("--runtime-version v2-alpha-tpuv5 --data-disk source=d,mode=read-only --spot --labels=k=*")
     assert not any("scp" in c or "ssh" in c for c in calls)
     assert r"run_all_workers.sh azr-x us-east5-a configs/qwen2.5-7b.py --set model.hf_dir=/mnt/a\ b" in proc.stderr
 
@@ -74,3 +75,19 @@ def test_local_sh_refuses_an_unknown_command_before_installing(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "usage: bash launch/local.sh main|test|selfcheck" in proc.stderr
     assert not venv.exists()
+
+
+def test_a_config_git_ignores_is_sent_too(gcloud):
+    """A config kept under an ignored directory (runs/) passes the existence check, so it must
+    reach the workers as well, or they would install for minutes and then not find it."""
+    name = f"runs/launch-test-{os.getpid()}.py"
+    (ROOT / "runs").mkdir(exist_ok=True)
+    (ROOT / name).write_text((ROOT / "configs" / "nano.py").read_text())
+    try:
+        proc, _ = gcloud("run_all_workers.sh", "azr-x", "us-east5-a", name)
+        assert proc.returncode == 0, proc.stderr
+        with tarfile.open(gcloud.sent) as tar:
+            names = tar.getnames()
+        assert name in names and not [n for n in names if n.startswith("runs/") and n != name]
+    finally:
+        (ROOT / name).unlink()

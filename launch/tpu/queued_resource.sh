@@ -28,9 +28,9 @@ case "$accel" in
   *) default_runtime=tpu-ubuntu2204-base ;;  # v4 and older
 esac
 runtime="${AZR_TPU_RUNTIME:-$default_runtime}"
-# shellcheck disable=SC2086  # the extra flags are split on spaces on purpose
+read -r -a create_flags <<< "${AZR_TPU_CREATE_FLAGS:-}"  # split on spaces, no glob expansion
 gcloud compute tpus queued-resources create "$name" --node-id "$name" --zone "$zone" \
-  --accelerator-type "$accel" --runtime-version "$runtime" ${AZR_TPU_CREATE_FLAGS:-}
+  --accelerator-type "$accel" --runtime-version "$runtime" ${create_flags[@]+"${create_flags[@]}"}
 echo "[azr-jax] waiting for $name to become ACTIVE ..." >&2
 while true; do
   state="$(gcloud compute tpus queued-resources describe "$name" --zone "$zone" --format='value(state.state)')"

@@ -11,7 +11,7 @@
 set -euo pipefail
 usage="usage: $0 NAME ZONE CONFIG [azr-jax train args...]"
 [ $# -ge 3 ] || { echo "$usage" >&2; exit 2; }
-name="$1"; zone="$2"; config="$3"; shift 3
+name="$1"; zone="$2"; config="${3#./}"; shift 3
 here="$(cd "$(dirname "$0")/../.." && pwd)"
 case "$config" in
   /*) ;;  # a path on the workers; it cannot be checked from here
@@ -22,13 +22,22 @@ if git -C "$here" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
   # Tracked files and untracked ones git does not ignore: no virtualenv, runs, caches (the
   # pytest cache alone holds a 0.5 GB model) or build leftovers. A tracked file deleted in the
   # work tree is skipped, not an error (GNU tar and bsdtar both read a NUL-separated list).
-  git -C "$here" ls-files -z --cached --others --exclude-standard \
-    | while IFS= read -r -d '' f; do if [ -e "$here/$f" ]; then printf '%s\0' "$f"; fi; done \
+  # CONFIG itself goes too when git ignores it (a config kept under runs/, say).
+  { git -C "$here" ls-files -z --cached --others --exclude-standard
+    case "$config" in /*) ;; *) if git -C "$here" check-ignore -q -- "$config"; then printf '%s\0' "$config"; fi ;; esac
+  } | while IFS= read -r -d '' f; do if [ -e "$here/$f" ]; then printf '%s\0' "$f"; fi; done \
     | tar -C "$here" --null -T - -czf "$archive"
 else
   tar -C "$here" --exclude=.venv --exclude=runs --exclude=.git --exclude=.pytest_cache \
     --exclude=__pycache__ --exclude='*.egg-info' -czf "$archive" .
 fi
+case "$config" in
+  /*) ;;
+  *) members="$(tar -tzf "$archive")"  # read whole: grep -q would stop tar mid-list (pipefail)
+     grep -qxF -e "$config" -e "./$config" <<< "$members" || {
+       echo "[azr-jax] $config is not in what the workers receive (an excluded directory): put it under configs/" >&2
+       rm -rf "$(dirname "$archive")"; exit 2; } ;;
+esac
 gcloud compute tpus tpu-vm scp "$archive" "$name":~/azr-jax.tgz --zone "$zone" --worker=all
 rm -rf "$(dirname "$archive")"
 args=""  # printf with no arguments would still print one empty, quoted argument
