@@ -2,6 +2,7 @@
 gradients and update, and the compiled update needs less scratch memory."""
 
 import dataclasses
+import functools
 import re
 
 import jax
@@ -27,6 +28,7 @@ SMALL_PARAMS = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.ke
                             init_params(SMALL, jax.random.key(0)))
 
 
+@functools.lru_cache(maxsize=None)  # the unchunked reference is shared by the chunk sizes
 def _loss_and_grads(chunk, dtype=jnp.float32, padding_in_loss=False):
     """Left-padded rows (one of them 7 real tokens in 37), so masked keys and padding queries fall
     inside and across chunks. `padding_in_loss`: the padding positions' logits count too (the
@@ -48,7 +50,7 @@ def _loss_and_grads(chunk, dtype=jnp.float32, padding_in_loss=False):
 
 
 @pytest.mark.parametrize("padding_in_loss", [False, True], ids=["real", "all"])
-@pytest.mark.parametrize("chunk", [1, 8, 16, 36])  # 8 and 16 leave a short last chunk
+@pytest.mark.parametrize("chunk", [1, 8, 36])  # 8 leaves a short last chunk, 36 one of a single query
 def test_chunked_attention_gives_the_same_logits_and_gradients(chunk, padding_in_loss):
     whole_logits, whole_grads = _loss_and_grads(0, padding_in_loss=padding_in_loss)
     logits, grads = _loss_and_grads(chunk, padding_in_loss=padding_in_loss)
