@@ -293,8 +293,9 @@ def _sequence_attention(q_btnh, k_bskh, v_bskh, allowed_bts, precision):
 # query still sees all its keys, but only one chunk's [chunk, keys] scores are live. The forward
 # pass keeps each query's score maximum and log of its softmax denominator instead of the
 # probabilities, and the backward pass recomputes one chunk's probabilities at a time from them
-# (FlashAttention's recipe, with whole key rows), adding up dK and dV over the chunks in float32. Each chunk builds its own causal
-# mask from the chunk index and the [B, T] key mask, so nothing [T, T]-sized is ever stored.
+# (FlashAttention's recipe, with whole key rows), adding up dK and dV over the chunks in float32.
+# Each chunk builds its own causal mask from the chunk index and the [B, T] key mask, so nothing
+# [T, T]-sized is ever stored.
 
 
 def _query_chunks(x, axis: int, chunk: int):
