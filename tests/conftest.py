@@ -1,6 +1,11 @@
-"""Test-wide setup: 8 fake CPU devices so mesh tests (2x4, 8x1) run anywhere."""
+"""Test-wide setup: 8 fake CPU devices so mesh tests (2x4, 8x1) run anywhere, a compilation cache
+for the session, and the session's own test count."""
 
+import atexit
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +15,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Many tests (and the CLI subprocesses they start, which inherit this) compile the same small
+# programs again; a compilation cache shared by the whole session compiles each once. It starts
+# empty every session, so no earlier run's programs are reused.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _compilation_cache = tempfile.mkdtemp(prefix="azr_jax_test_xla_cache_")
+    atexit.register(shutil.rmtree, _compilation_cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _compilation_cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 
@@ -30,3 +43,23 @@ def report_unraisable(monkeypatch):
         Finaliser()
 
     return report
+
+
+_COLLECTED = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    config.stash[_COLLECTED] = len(items)  # before -k, -m, --deselect or --lf take any away
+
+
+@pytest.fixture
+def whole_suite_count(request) -> int | None:
+    """How many tests this session runs when it is the whole suite, as a bare `pytest` collects it;
+    None when it runs part of it (some paths, -k, --lf ...)."""
+    config = request.config
+    root = config.rootpath
+    if any(Path(arg).resolve() not in (root, root / "tests") for arg in config.args):
+        return None
+    collected = config.stash.get(_COLLECTED, None)
+    return collected if collected == len(request.session.items) else None

@@ -27,6 +27,7 @@ def test_a_failing_check_fails_under_python_O_too():
         "    out = forward(*args, **kwargs)\n"
         "    return (out[0] + (1e-3 if kwargs.get('cache') is None else 0.0),) + tuple(out[1:])\n"
         "models.forward = shifted\n"
+        "selfcheck._check_sampler = lambda: 'not run by this test'\n"  # the model check is the one that fails
         "sys.exit(selfcheck.main(argparse.Namespace(skip_sandbox=True)))\n"
     )
     r = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=600)

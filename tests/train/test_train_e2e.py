@@ -37,9 +37,9 @@ def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("train")
     tok = make_tokenizer(base / "tok")
     e = dict(os.environ)
+    # The session's compilation cache (tests/conftest.py) comes with os.environ.
     e.update({"XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
-              "JAX_COMPILATION_CACHE_DIR": str(base / "jax_cache"),
-              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "PYTHONPATH": str(ROOT)})
+              "PYTHONPATH": str(ROOT)})
     return {"base": base, "tok": tok, "env": e}
 
 
