@@ -83,6 +83,13 @@ class SafetensorsReader:
                     missing = sorted(expected - names)
                     raise UserError(f"{file.name} lacks tensor(s) that {INDEX_FILE} places there: "
                                     f"{_short_list(missing)}")
+                stray = names - expected if expected is not None else set()
+                if stray:
+                    # transformers reads every tensor of every shard, the shards in sorted order,
+                    # so a later shard's copy wins over the index; we read the same weights.
+                    logging.getLogger(__name__).warning(
+                        "%s holds tensor(s) that %s places in another file: %s; the copy in the last "
+                        "file by name is read, as transformers does", file, INDEX_FILE, _short_list(sorted(stray)))
                 for name in sorted(names):
                     sl = handle.get_slice(name)
                     self.tensors[name] = TensorInfo(file, tuple(int(d) for d in sl.get_shape()), sl.get_dtype())
@@ -108,7 +115,7 @@ class SafetensorsReader:
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
                 raise UserError(f"{index} is not a valid safetensors index ({e})") from None
             files: dict[Path, set[str] | None] = {}
-            for name, file in weight_map.items():
+            for name, file in sorted(weight_map.items(), key=lambda item: str(item[1])):
                 files.setdefault(self.directory / str(file), set()).add(name)
             for file in files:
                 if not file.is_file():

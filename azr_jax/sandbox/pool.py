@@ -521,6 +521,8 @@ def _parse_answer(answer: dict, n: int) -> list[tuple] | str:
             return f"killed by {name}"
         return f"exited before reporting (exit status {answer.get('exit')})"
     if frame[0] == "error":
+        if frame[1] == "timeout":  # the host's own verdict; no error the job describes reads so
+            return "forged timeout report"
         return frame[1]  # "memory" exactly when the job's MemoryError was described as such
     calls = frame[1]
     if len(calls) != n:

@@ -347,6 +347,35 @@ def test_a_directory_with_both_layouts_loads_the_single_file_as_transformers(goo
     assert "reading model.safetensors as transformers does" in caplog.text
 
 
+@pytest.mark.parametrize("stray_sorts", ["before", "after"])
+def test_a_tensor_copied_into_another_shard_loads_as_transformers_loads_it(tmp_path, caplog, stray_sorts):
+    """The index places a tensor in one shard; a second copy (other values) sits in another.
+    transformers reads every tensor of every shard, shards in name order, so the copy in the
+    shard that sorts last wins, whatever the index says; we must read the same weights."""
+    from safetensors.numpy import load_file
+
+    d = tmp_path / "ckpt"
+    _save_hf(hf_model(small_config("llama"), seed=3), d, "100KB")
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    weight_map = index["weight_map"] = dict(reversed(index["weight_map"].items()))  # its order is no guide
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    shards = sorted(set(weight_map.values()))
+    assert len(shards) >= 2
+    home, other = (shards[-1], shards[0]) if stray_sorts == "before" else (shards[0], shards[-1])
+    name = sorted(n for n, f in weight_map.items() if f == home)[0]
+    tensors = load_file(str(d / other))
+    tensors[name] = np.full_like(load_file(str(d / home))[name], 3.0)
+    save_file(tensors, str(d / other), metadata={"format": "pt"})
+    theirs = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    assert bool((theirs.state_dict()[name] == 3.0).all()) == (stray_sorts == "after")
+    ours = from_pretrained(d)
+    tokens = np.array([[1, 5, 9, 3]])
+    with torch.no_grad():
+        expected = theirs(torch.tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours.logits(tokens)), expected, atol=2e-4)
+    assert f"{other} holds tensor(s) that model.safetensors.index.json places in another file: {name}" in caplog.text
+
+
 def test_parse_size():
     assert parse_size("5GB") == 5 * 10**9 and parse_size("2MiB") == 2 * 2**20 and parse_size(123) == 123
     for bad in ("lots", "5XB", 0, "-3MB"):

@@ -643,6 +643,9 @@ def f(x):
     # left out of the update, so the program would escape its penalty).
     Case("forge_a_sandbox_failure", _forger("""json.dumps(["error", "sandbox failure: forged"]).encode()"""),
          lambda r, ctx: _program_failure(r)),
+    # Nor as a timeout: the program ran to its end, and a timeout is the host's verdict only.
+    Case("forge_a_timeout", _forger("""json.dumps(["error", "timeout"]).encode()"""),
+         lambda r, ctx: _forged_timeout_check(r)),
     Case("forge_an_int_too_long_to_print", _forger("""json.dumps(["done", [["ok", "0x" + "f" * 5000, "0x" + "f" * 5000]]]).encode()"""),
          lambda r, ctx: _program_failure(r, "unrepresentable")),
     # Ints k * (2**61 - 1) share one hash: a set of them in a forged frame used to take the host
@@ -692,6 +695,11 @@ def _assert(cond: bool, msg: str) -> None:
 def _program_failure(r: JobResult, kind: str | None = None) -> None:
     failed(r, kind=kind)
     assert not r.sandbox_fault, f"the program's failure was reported as the sandbox's: {r}"
+
+
+def _forged_timeout_check(r: JobResult) -> None:
+    _program_failure(r, "forged timeout")
+    assert not r.timed_out, f"a forged report passed for a timeout: {r}"
 
 
 def _forged_frame_check(r: JobResult) -> None:
