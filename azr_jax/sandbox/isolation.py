@@ -135,6 +135,12 @@ def bwrap_argv(plan: Plan) -> list[str]:
     return argv + ["--"]
 
 
+def private_tmp(plan: Plan) -> bool:
+    """Whether the zygote's /tmp is a tmpfs of its own, its scratch root: bwrap's, or in unshare
+    mode as root one the zygote mounts in its mount namespace before it drops root."""
+    return plan.mode == "bwrap" or (plan.mode == "unshare" and plan.as_root)
+
+
 def hash_seed(repeat: int) -> str:
     """PYTHONHASHSEED of the zygote serving run `repeat` of a job.
 
@@ -152,7 +158,7 @@ def zygote_command(plan: Plan, uid: int | None, scratch: str, repeat: int = 0) -
     scratch root as the zygote sees it; `repeat` picks the hash seed (see `hash_seed`).
     """
     config = {"scratch": scratch, "pidns": plan.mode in ("bwrap", "unshare"), "drop_uid": None,
-              "scratch_tmpfs": plan.mode == "bwrap",  # the scratch root is a tmpfs of its own
+              "scratch_tmpfs": private_tmp(plan),  # the scratch root is a tmpfs of its own
               "kill_all_uid": False, "seccomp": plan.seccomp.hex() if plan.seccomp else None,
               # each job adds this one on top (seccomp.child_filter_program); same architecture
               "child_seccomp": seccomp_filter.child_filter_program().hex() if plan.seccomp else None}
@@ -174,6 +180,8 @@ def zygote_command(plan: Plan, uid: int | None, scratch: str, repeat: int = 0) -
             argv.append("--map-current-user" if _unshare_supports("--map-current-user") else "--map-root-user")
         else:
             config["drop_uid"] = uid  # the zygote drops root itself, inside the namespaces
+        if private_tmp(plan):
+            config["private_tmp_bytes"] = plan.tmpfs_bytes  # the zygote first mounts its own /tmp
         argv += py
     else:
         argv = py
@@ -195,7 +203,7 @@ def layers_for(mode: str, as_root: bool, seccomp: bool | str = True) -> dict:
         "ipc_namespace": bw or un,
         "mount_namespace": bw or un,
         "read_only_filesystem": bw,
-        "private_tmp": bw,
+        "private_tmp": bw or (un and as_root),
         "clean_env": True,
         "no_new_privs": bw or seccomp is True,  # the zygote sets it to install its filter
         "seccomp": seccomp,
@@ -212,7 +220,8 @@ def make_plan(mode: str, tmpfs_bytes: int, seccomp: bool = True) -> Plan:
     else:
         state = program is not None  # False: no filter for this architecture
     return Plan(mode=mode, python=python, as_root=as_root, layers=layers_for(mode, as_root, state),
-                tmpfs_bytes=tmpfs_bytes if mode == "bwrap" and _bwrap_supports("--size") else 0,
+                tmpfs_bytes=tmpfs_bytes if (mode == "bwrap" and _bwrap_supports("--size"))
+                or (mode == "unshare" and as_root) else 0,
                 seccomp=program)
 
 

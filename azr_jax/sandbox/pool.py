@@ -60,7 +60,7 @@ class _Zygote:
         self.plan = plan
         self.uid = uid
         self.host_scratch = None
-        if plan.mode == "bwrap":
+        if isolation.private_tmp(plan):
             scratch = "/tmp"
         else:
             self.host_scratch = tempfile.mkdtemp(prefix="azr-sandbox-")
@@ -295,7 +295,9 @@ class Sandbox:
             except SeccompNotInstalled as e:
                 failures["seccomp"] = str(e)[:300]
             except (SandboxStartError, OSError) as e:
-                failures[plan.mode] = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+                # A zygote's traceback: its first line says what failed to start, its last why.
+                lines = [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+                failures[plan.mode] = (lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1].strip()}")[:300]
                 return None
         return None
 

@@ -503,6 +503,33 @@ def _make_undumpable():
     del sys.modules["ctypes"]
 
 
+def _mount_private_tmp(size_bytes, uid):
+    """Unshare mode as root, before dropping root: our mount namespace (private propagation, so the
+    host sees none of this) gets its own size-limited /tmp, owned by `uid`, as the scratch root, and
+    read-only empty tmpfs over the host's other shared writable directories. What a job writes is
+    then bounded, counted and wiped as in bwrap, and never reaches the host's /tmp."""
+    if not size_bytes > 0:  # tmpfs reads size=0 as no limit
+        raise ValueError(f"private /tmp size must be positive, not {size_bytes!r}")
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+        nosuid, nodev, noexec, rdonly = 2, 4, 8, 1  # MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_RDONLY
+
+        def mount(target, flags, options):
+            if libc.mount(b"tmpfs", target.encode(), b"tmpfs", flags, options.encode()) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"mounting a tmpfs on {target} failed: {os.strerror(err)}")
+
+        mount("/tmp", nosuid | nodev, f"size={int(size_bytes)},mode=0700,uid={int(uid)},gid={int(uid)}")
+        for shared in ("/dev/shm", "/var/tmp", "/run/lock", "/run/shm"):
+            if os.path.isdir(shared) and not os.path.islink(shared):
+                mount(shared, rdonly | nosuid | nodev | noexec, "size=4k,mode=0755")
+    finally:
+        sys.modules.pop("ctypes", None)
+
+
 def _install_seccomp(program_hex, child_hex=None):
     """Load the host-built BPF filter on ourselves; every job forked later inherits it. Also
     prepare the jobs' own extra filter (`child_hex`), which `_child` installs after its limits.
@@ -546,6 +573,9 @@ def _install_seccomp(program_hex, child_hex=None):
 def main():
     global CONFIG
     CONFIG = json.loads(sys.argv[1])
+    if "private_tmp_bytes" in CONFIG:  # never fall back to the host's /tmp as the scratch root
+        owner = CONFIG["drop_uid"] if CONFIG.get("drop_uid") is not None else os.getuid()
+        _mount_private_tmp(CONFIG["private_tmp_bytes"], owner)
     if CONFIG.get("drop_uid") is not None:
         uid = CONFIG["drop_uid"]
         os.setgroups([])

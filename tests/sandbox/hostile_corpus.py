@@ -53,12 +53,16 @@ class Case:
     # Protecting the trainer's process (its environment, signals) needs a pid namespace, or a
     # dropped uid (trainer is root); in `none` mode an unprivileged trainer's jobs run as its uid.
     trainer_process: bool = False
+    # Claims about /tmp and the host's shared writable directories need a /tmp of the zygote's
+    # own: bwrap's, or in unshare mode the tmpfs a root trainer's zygotes mount for themselves.
+    private_tmp: bool = False
 
     def claimed(self, mode: str, seccomp: bool = False) -> bool:
         in_mode = mode in self.modes or (seccomp and mode in self.seccomp_modes)
         root = os.geteuid() == 0
         return (in_mode and (not self.own_files or mode == "bwrap" or root)
-                and (not self.trainer_process or mode != "none" or root))
+                and (not self.trainer_process or mode != "none" or root)
+                and (not self.private_tmp or mode == "bwrap" or (mode == "unshare" and root)))
 
 
 def failed(r: JobResult, *, kind: str | None = None) -> None:
@@ -175,7 +179,7 @@ def f(x):
     except OSError:
         return 'blocked'
 """, lambda r, ctx: _assert(not Path(f"/tmp/azr_hostile_{ctx['token']}").exists(), "host /tmp written"),
-         modes=("bwrap",)),
+         modes=("bwrap", "unshare"), private_tmp=True),
     Case("write_usr", """
 def f(x):
     try:
@@ -232,7 +236,7 @@ def f(x):
         with open('f%d' % i, 'wb') as fh:
             fh.write(b'x' * (8 << 20))
     return 'filled'
-""", fails(), modes=("bwrap",)),
+""", fails(), modes=("bwrap", "unshare"), private_tmp=True),
     Case("chmod_trap_in_scratch", """
 import os
 def f(x):
@@ -253,9 +257,9 @@ def f(x):
             os.chdir('d')
         os.chdir(start)
     return 1
-""", output_is("1"), modes=("bwrap",)),  # the wipe after it must not recurse (scratch_is_clean_next_job
-    # checks it went); on a disk, building the tree takes most of a timeout: unshare and none are
-    # covered by test_one_zygote_keeps_nothing_a_job_left_in_its_scratch_root
+""", output_is("1"), modes=("bwrap", "unshare"), private_tmp=True),  # the wipe after it must not
+    # recurse (scratch_is_clean_next_job checks it went); on a disk, building the tree takes most of
+    # a timeout: the on-disk scratch is covered by test_one_zygote_keeps_nothing_a_job_left_in_its_scratch_root
     Case("leave_files_outside_the_job_dir", """
 import os
 def f(x):
@@ -268,12 +272,12 @@ def f(x):
         except OSError:
             pass
     return [p for p in wrote if p.startswith('/dev')]
-""", output_is("[]"), modes=("bwrap",)),  # /dev is read-only; /tmp is emptied after the job
+""", output_is("[]"), modes=("bwrap", "unshare"), private_tmp=True),  # /dev, /dev/shm read-only; /tmp emptied
     Case("nothing_left_outside_the_job_dir", """
 import os
 def f(x):
     return sorted(os.listdir('/tmp')), [n for d in ('/dev', '/dev/shm') for n in os.listdir(d) if 'mark' in n]
-""", output_is("(['job'], [])"), phase=2, modes=("bwrap",)),
+""", output_is("(['job'], [])"), phase=2, modes=("bwrap", "unshare"), private_tmp=True),
     Case("write_into_pid1_pipes", """
 import os
 def f(x):
