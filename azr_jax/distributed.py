@@ -108,9 +108,25 @@ def merge_shares(shares: Sequence[Sequence[R]], total: int) -> list[R]:
     return out
 
 
+def gather_shares(mine: list, error: BaseException | None, total: int) -> list:
+    """Every process's share (`mine`, or the `error` that stopped this process's), merged back in
+    item order (a collective). If any process failed, every process raises one RuntimeError
+    naming each failed process: a process that raised alone would leave the others waiting in
+    the gather for a share that never comes."""
+    gathered = allgather_json({"error": f"{type(error).__name__}: {error}"} if error is not None else {"share": mine})
+    failed = [f"process {i}: {g['error']}" for i, g in enumerate(gathered) if "error" in g]
+    if failed:
+        raise RuntimeError("host-side scoring failed on " + "; ".join(failed)) from error
+    return merge_shares([g["share"] for g in gathered], total)
+
+
 def share_results(items: Sequence[T], fn: Callable[[list[T]], list[R]]) -> list[R]:
-    """fn over this process's share of `items`, then everyone's results in item order."""
-    mine = fn(local_share(items)) if items else []
+    """fn over this process's share of `items`, then everyone's results in item order; a failure
+    of fn on any process raises on every process (`gather_shares`)."""
     if jax.process_count() == 1:
-        return list(mine)
-    return merge_shares(allgather_json(mine), len(items))
+        return list(fn(local_share(items)) if items else [])
+    try:
+        mine, error = (fn(local_share(items)) if items else []), None
+    except Exception as e:  # noqa: BLE001 - shared with every process, then raised
+        mine, error = [], e
+    return gather_shares(list(mine), error, len(items))

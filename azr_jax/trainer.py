@@ -190,18 +190,14 @@ class SelfPlay:
         else:
             try:
                 mine, seconds = future.result()
-                failure = error = None
+                error = None
             except Exception as e:  # noqa: BLE001 - any failure is shared, then raised
-                mine, seconds, failure, error = [], 0.0, f"{type(e).__name__}: {e}", e
+                mine, seconds, error = [], 0.0, e
         self._add_time("host_idle_s", time.perf_counter() - t0)
         self._add_time("execute_s", seconds)
         if jax.process_count() == 1:
             return mine
-        gathered = distributed.allgather_json({"error": failure} if failure else {"share": mine})
-        failed = [f"process {i}: {g['error']}" for i, g in enumerate(gathered) if "error" in g]
-        if failed:
-            raise RuntimeError("host-side scoring failed on " + "; ".join(failed)) from error
-        return distributed.merge_shares([g["share"] for g in gathered], n_items)
+        return distributed.gather_shares(mine, error, n_items)
 
     def _submit(self, records: list[dict], cfg=None):
         """Score this process's share of `records` on the host thread (sandbox process pool)."""
@@ -664,6 +660,8 @@ def _drop_outputs_after(workdir: Path, step: int, total_steps: int) -> None:
             log.warning("step %d was this run's last: its final evaluation is now eval/step_%d.json", step, step)
         elif final_step is None or final_step > step:
             stale.append(final)
+    if any(path.exists() for path in stale):  # outputs past `step`: the plots drew them in
+        stale += sorted((workdir / "plots").glob("*.png"))
     if summary.is_file() and step < total_steps:  # the run is not complete any more
         stale.append(summary)
     if step == 0:

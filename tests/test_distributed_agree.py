@@ -80,3 +80,36 @@ def test_a_host_job_that_fails_on_one_process_fails_on_every_process():
     for p, (out, err) in zip(procs, communicate_all(procs, timeout=120)):
         assert p.returncode == 0, err[-2000:]
         assert out.strip().splitlines()[-1] == "error host-side scoring failed on process 1: ValueError: boom"
+
+
+SHARE_WORKER = """
+import sys
+import jax
+from azr_jax import distributed
+port, pid = sys.argv[1], int(sys.argv[2])
+jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+print("shared", distributed.share_results(list(range(5)), lambda share: [x * 10 for x in share]))
+def score(share):
+    if pid == 1:
+        raise ValueError("bad answer")
+    return share
+try:
+    print("shared", distributed.share_results(list(range(5)), score))
+except RuntimeError as e:
+    print("error", e)
+"""
+
+
+@pytest.mark.slow
+def test_scoring_shares_in_item_order_and_a_failure_on_one_process_stops_every_process():
+    # The evaluations' scoring (eval.evaluate.score_items): before, process 0 waited in the gather
+    # for process 1's share until the coordination service timed out.
+    port = str(free_port())
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", SHARE_WORKER, port, str(pid)], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid in (0, 1)]
+    for p, (out, err) in zip(procs, communicate_all(procs, timeout=120)):
+        assert p.returncode == 0, err[-2000:]
+        lines = [line for line in out.splitlines() if line.startswith(("shared", "error"))]  # not Gloo's
+        assert lines == ["shared [0, 10, 20, 30, 40]", "error host-side scoring failed on process 1: ValueError: bad answer"]

@@ -408,6 +408,9 @@ def _finished_run(workdir, *, final_has_step=True):
         (workdir / "rollouts" / f"step_{n}.jsonl").write_text("")
         (workdir / "buffers" / f"step_{n}.json").write_text("{}")
     (workdir / "summary.json").write_text(json.dumps({"status": "completed", "step": 30}))
+    (workdir / "plots").mkdir(exist_ok=True)
+    for name in ("reward", "solve_rate"):
+        (workdir / "plots" / f"{name}.png").write_bytes(b"")
 
 
 def _files(workdir):
@@ -423,6 +426,7 @@ def test_resuming_leaves_only_the_outputs_of_the_steps_kept(tmp_path, final_has_
     _drop_outputs_after(tmp_path, 30, 30)  # the finished run itself, rerun: nothing is stale
     assert _files(tmp_path) == everything
     _drop_outputs_after(tmp_path, 10, 30)  # --resume-step 10: later steps belong to the abandoned branch
+    # The plots drew steps 11-30 too: gone (the run draws new ones at its end).
     assert _files(tmp_path) == ["buffers/step_1.json", "buffers/step_10.json", "eval/base.json", "eval/step_10.json",
                                 "rollouts/step_1.jsonl", "rollouts/step_10.jsonl"]
 
@@ -438,6 +442,7 @@ def test_a_finished_run_given_more_steps_keeps_its_last_evaluation_as_that_steps
     assert not (tmp_path / "eval" / "final.json").exists()
     assert not (tmp_path / "summary.json").exists()  # the run is not complete any more
     assert (tmp_path / "rollouts" / "step_30.jsonl").exists()
+    assert (tmp_path / "plots" / "reward.png").exists()  # they show steps 1-30, all kept
 
 
 def test_a_fresh_start_clears_what_a_failed_start_left(tmp_path):
