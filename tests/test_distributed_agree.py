@@ -26,17 +26,23 @@ except UserError as e:
 """
 
 
-def _pair(values: tuple[str, str]) -> list[str]:
+def _run_two(worker: str, args: tuple = ("", "")) -> list[list[str]]:
+    """`worker` as processes 0 and 1 of one jax.distributed group (argv: port, process id, its
+    entry of `args`); each one's stdout lines that its prints wrote (not Gloo's)."""
     port = str(free_port())
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
                PYTHONPATH=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, port, str(pid), v], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid, v in enumerate(values)]
-    lines = []
+    procs = [subprocess.Popen([sys.executable, "-c", worker, port, str(pid), arg], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid, arg in enumerate(args)]
+    outs = []
     for p, (out, err) in zip(procs, communicate_all(procs, timeout=120)):
         assert p.returncode == 0, err[-2000:]
-        lines.append(out.strip().splitlines()[-1])
-    return lines
+        outs.append([line for line in out.splitlines() if not line.startswith("[Gloo]")])
+    return outs
+
+
+def _pair(values: tuple[str, str]) -> list[str]:
+    return [lines[-1] for lines in _run_two(WORKER, values)]
 
 
 @pytest.mark.slow
@@ -72,14 +78,8 @@ except RuntimeError as e:
 def test_a_host_job_that_fails_on_one_process_fails_on_every_process():
     # Before, the other process waited in the gather for the failed one's share (about 5 minutes,
     # then the coordination service aborted both with a message that did not name the error).
-    port = str(free_port())
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               PYTHONPATH=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, "-c", COLLECT_WORKER, port, str(pid)], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid in (0, 1)]
-    for p, (out, err) in zip(procs, communicate_all(procs, timeout=120)):
-        assert p.returncode == 0, err[-2000:]
-        assert out.strip().splitlines()[-1] == "error host-side scoring failed on process 1: ValueError: boom"
+    for lines in _run_two(COLLECT_WORKER):
+        assert lines[-1] == "error host-side scoring failed on process 1: ValueError: boom"
 
 
 SHARE_WORKER = """
@@ -104,12 +104,5 @@ except RuntimeError as e:
 def test_scoring_shares_in_item_order_and_a_failure_on_one_process_stops_every_process():
     # The evaluations' scoring (eval.evaluate.score_items): before, process 0 waited in the gather
     # for process 1's share until the coordination service timed out.
-    port = str(free_port())
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               PYTHONPATH=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, "-c", SHARE_WORKER, port, str(pid)], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid in (0, 1)]
-    for p, (out, err) in zip(procs, communicate_all(procs, timeout=120)):
-        assert p.returncode == 0, err[-2000:]
-        lines = [line for line in out.splitlines() if line.startswith(("shared", "error"))]  # not Gloo's
+    for lines in _run_two(SHARE_WORKER):
         assert lines == ["shared [0, 10, 20, 30, 40]", "error host-side scoring failed on process 1: ValueError: bad answer"]
