@@ -93,6 +93,33 @@ def agree(value, what: str, hint: str = "every process must see the same directo
     return values[0]
 
 
+def together(fn: Callable[[], R], what: str, undo: Callable[[R], None] | None = None) -> R:
+    """`fn()` on every process (a collective): its result where it succeeded everywhere, else on
+    every process one UserError naming each process it failed on and why. For start-up steps
+    that read each host's own files (a seed file or checkpoint missing on one worker): a process
+    that stopped alone would leave the others waiting at the next collective. `undo` releases
+    this process's result when another one failed (a started sandbox). A failure that is not a
+    UserError (a bug) is raised as itself on its process, with its traceback."""
+    if jax.process_count() == 1:
+        return fn()
+    global _agreements
+    try:
+        value, error = fn(), None
+    except Exception as e:  # noqa: BLE001 - shared with every process, then raised
+        value, error = None, e
+    _agreements += 1  # counted with agree(): both are called in the same order everywhere
+    barrier(f"azr-agree-{_agreements}")
+    why = None if error is None else str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+    failed = [f"process {i}: {w}" for i, w in enumerate(allgather_json(why)) if w is not None]
+    if not failed:
+        return value
+    if error is None and undo is not None:
+        undo(value)
+    if error is not None and not isinstance(error, UserError):
+        raise error
+    raise UserError(f"{what} failed on " + "; ".join(failed)) from error
+
+
 def local_share(items: Sequence[T]) -> list[T]:
     """This process's strided share of `items`."""
     return list(items[jax.process_index()::jax.process_count()])

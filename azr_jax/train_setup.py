@@ -94,12 +94,14 @@ def has_checkpoint(workdir: Path) -> bool:
 def check_inputs(cfg, workdir: Path):
     """Read the input files the start-up reads after `load_policy` (which can take minutes) now,
     so that a wrong path fails at once, with the same error: the prompt templates, the cruxeval
-    file when the run evaluates, and the seed files unless `workdir` resumes (from its buffers).
+    file when the run evaluates, and the seed files unless `workdir` resumes (from its buffers);
+    and that `model.hf_dir`, which `load_policy` reads, is there.
     Returns the seeded buffers of a fresh start (None for a resume), for the start-up to use."""
     from azr_jax.azr.buffers import TaskBuffers
     from azr_jax.azr.prompts import load_templates
     from azr_jax.eval.benchmarks import load_benchmark
 
+    _require_hf_dir(cfg.model)
     load_templates(cfg.azr.prompt_dir)
     if cfg.train.eval_every >= 0 and cfg.eval.benchmark == "cruxeval":  # nano is generated, not read
         load_benchmark(cfg.eval)
@@ -293,6 +295,11 @@ def warn_if_checkpoint_is_not_the_preset(preset: str, checkpoint_cfg) -> None:
                     preset, ", ".join(differs))
 
 
+def _require_hf_dir(model_section) -> None:
+    if model_section.hf_dir and not Path(model_section.hf_dir).is_dir():
+        raise UserError(f"model.hf_dir {model_section.hf_dir} is not a directory (a Hugging Face checkpoint is expected)")
+
+
 def load_policy(cfg, *, weights: bool = True) -> Policy:
     """Model config, initial params and tokenizer from `cfg.model`, placed on `cfg.mesh`.
 
@@ -315,8 +322,7 @@ def load_policy(cfg, *, weights: bool = True) -> Policy:
         from azr_jax.models import from_pretrained
         from azr_jax.models.checkpoint_hf import read_hf_config
 
-        if not Path(m.hf_dir).is_dir():
-            raise UserError(f"model.hf_dir {m.hf_dir} is not a directory (a Hugging Face checkpoint is expected)")
+        _require_hf_dir(m)
         if m.overrides:
             raise UserError(f"model.overrides {dict(m.overrides)} would be ignored: with model.hf_dir the "
                             f"checkpoint's config.json fixes the architecture (overrides are for random init)")

@@ -767,8 +767,12 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
 
     workdir = check_output_dir(workdir, "--workdir")
     primary = jax.process_index() == 0
-    seeded = check_inputs(cfg, workdir)  # before anything is written or the weights are loaded
-    check_workdir(cfg, workdir, write=primary, resume_step=resume_step)
+    # The inputs before anything is written or the weights are loaded. Each process reads its own
+    # copy of them and its own listing of the workdir: where one fails, all stop here with one
+    # error (distributed.together), instead of the others waiting at the next collective.
+    seeded = distributed.together(lambda: check_inputs(cfg, workdir), "checking the inputs")
+    distributed.together(lambda: check_workdir(cfg, workdir, write=primary, resume_step=resume_step),
+                         "checking the workdir")
     policy = load_policy(cfg)
     stop.check_startup()
     if generate_fn is None:
@@ -782,7 +786,7 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
             _drop_outputs_after(workdir, start, cfg.train.steps)
         metrics = MetricsWriter(workdir, total_steps=cfg.train.steps, start_step=start, enabled=primary,
                                 progress=progress, progress_every=cfg.train.log_every)
-        sandbox = Sandbox(cfg.sandbox)
+        sandbox = distributed.together(lambda: Sandbox(cfg.sandbox), "starting the sandbox", undo=Sandbox.close)
         loop = SelfPlay(cfg, policy, sandbox, buffers, generate_fn=generate_fn)
         # The train state holds its own float32 copy of the weights; the loaded ones stay alive
         # only as the KL reference (rl.kl_coef > 0), which the loop keeps itself.

@@ -362,6 +362,26 @@ def test_a_stop_signal_to_one_process_stops_every_process_at_the_same_step(env):
     assert sorted(int(d.name) for d in (workdir / "checkpoints").iterdir() if d.name.isdigit()) == [steps[-1]]
 
 
+@pytest.mark.slow
+def test_an_input_missing_on_one_process_stops_every_process_with_one_error(env):
+    """A file each host reads from its own disk (here the prompt directory) is missing on process
+    1 only: both stop at once naming it, where process 0 used to load the weights and then wait
+    at its first collective for a process that had exited."""
+    port = free_port()
+    procs = []
+    for pid in range(2):
+        e = dict(env["env"], JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                 JAX_PROCESS_ID=str(pid))
+        extra = [f"azr.prompt_dir={env['base'] / 'no_prompts_here'}"] if pid == 1 else []
+        argv = _argv(env, env["base"] / "multihost_missing", 'mesh.shape={"data": 1, "fsdp": -1, "tensor": 1}', *extra)
+        procs.append(subprocess.Popen(argv, env=e, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p, (_, err) in zip(procs, communicate_all(procs, timeout=120)):
+        last = [line for line in err.splitlines() if line.strip()][-1]
+        assert p.returncode != 0 and last.startswith("azr-jax: error: checking the inputs failed on process 1: "
+                                                     "azr.prompt_dir is not a directory"), err[-3000:]
+    assert not (env["base"] / "multihost_missing" / "config.json").exists()  # nothing was written
+
+
 def _one_error_line(r):
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("azr-jax: error:"), r.stderr[-2000:]
