@@ -773,7 +773,8 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
     seeded = distributed.together(lambda: check_inputs(cfg, workdir), "checking the inputs")
     distributed.together(lambda: check_workdir(cfg, workdir, write=primary, resume_step=resume_step),
                          "checking the workdir")
-    policy = load_policy(cfg)
+    # Each process reads the weights and the tokenizer from its own disk too.
+    policy = distributed.together(lambda: load_policy(cfg), "loading the model")
     stop.check_startup()
     if generate_fn is None:
         from azr_jax.sampling import generate as generate_fn

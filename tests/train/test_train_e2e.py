@@ -363,23 +363,28 @@ def test_a_stop_signal_to_one_process_stops_every_process_at_the_same_step(env):
 
 
 @pytest.mark.slow
-def test_an_input_missing_on_one_process_stops_every_process_with_one_error(env):
-    """A file each host reads from its own disk (here the prompt directory) is missing on process
-    1 only: both stop at once naming it, where process 0 used to load the weights and then wait
-    at its first collective for a process that had exited."""
+@pytest.mark.parametrize("missing", ["prompts", "tokenizer"])
+def test_an_input_missing_on_one_process_stops_every_process_with_one_error(env, missing):
+    """A file each host reads from its own disk is missing on process 1 only: both stop at once
+    naming it, where process 0 used to load the weights and then crash in a later collective
+    (Orbax's checkpoint manager) with a traceback that did not name the cause."""
     port = free_port()
+    workdir = env["base"] / f"multihost_missing_{missing}"
+    lost = {"prompts": f"azr.prompt_dir={env['base'] / 'no_prompts_here'}",
+            "tokenizer": f"model.tokenizer={env['base'] / 'no_tokenizer_here.json'}"}[missing]
     procs = []
     for pid in range(2):
         e = dict(env["env"], JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                  JAX_PROCESS_ID=str(pid))
-        extra = [f"azr.prompt_dir={env['base'] / 'no_prompts_here'}"] if pid == 1 else []
-        argv = _argv(env, env["base"] / "multihost_missing", 'mesh.shape={"data": 1, "fsdp": -1, "tensor": 1}', *extra)
+        argv = _argv(env, workdir, 'mesh.shape={"data": 1, "fsdp": -1, "tensor": 1}', *([lost] if pid == 1 else []))
         procs.append(subprocess.Popen(argv, env=e, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    expected = {"prompts": "checking the inputs failed on process 1: azr.prompt_dir is not a directory",
+                "tokenizer": "loading the model failed on process 1: "}[missing]
     for p, (_, err) in zip(procs, communicate_all(procs, timeout=120)):
         last = [line for line in err.splitlines() if line.strip()][-1]
-        assert p.returncode != 0 and last.startswith("azr-jax: error: checking the inputs failed on process 1: "
-                                                     "azr.prompt_dir is not a directory"), err[-3000:]
-    assert not (env["base"] / "multihost_missing" / "config.json").exists()  # nothing was written
+        assert p.returncode != 0 and last.startswith("azr-jax: error: " + expected), err[-3000:]
+    if missing == "prompts":
+        assert not (workdir / "config.json").exists()  # stopped before anything was written
 
 
 def _one_error_line(r):
