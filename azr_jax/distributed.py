@@ -109,8 +109,7 @@ def together(fn: Callable[[], R], what: str, undo: Callable[[R], None] | None = 
         value, error = None, e
     _agreements += 1  # counted with agree(): both are called in the same order everywhere
     barrier(f"azr-agree-{_agreements}")
-    why = None if error is None else str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
-    failed = [f"process {i}: {w}" for i, w in enumerate(allgather_json(why)) if w is not None]
+    _, failed = _gather_or_failures(None, error)
     if not failed:
         return value
     if error is None and undo is not None:
@@ -135,16 +134,24 @@ def merge_shares(shares: Sequence[Sequence[R]], total: int) -> list[R]:
     return out
 
 
+def _gather_or_failures(payload, error: BaseException | None) -> tuple[list, list[str]]:
+    """Every process's `payload` (a collective), and "process i: why" for each process whose
+    `error` is set (a UserError's own text, else "Type: message")."""
+    why = None if error is None else str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+    gathered = allgather_json({"error": why} if why is not None else {"payload": payload})
+    failed = [f"process {i}: {g['error']}" for i, g in enumerate(gathered) if "error" in g]
+    return [g.get("payload") for g in gathered], failed
+
+
 def gather_shares(mine: list, error: BaseException | None, total: int) -> list:
     """Every process's share (`mine`, or the `error` that stopped this process's), merged back in
     item order (a collective). If any process failed, every process raises one RuntimeError
     naming each failed process: a process that raised alone would leave the others waiting in
     the gather for a share that never comes."""
-    gathered = allgather_json({"error": f"{type(error).__name__}: {error}"} if error is not None else {"share": mine})
-    failed = [f"process {i}: {g['error']}" for i, g in enumerate(gathered) if "error" in g]
+    shares, failed = _gather_or_failures(mine, error)
     if failed:
         raise RuntimeError("host-side scoring failed on " + "; ".join(failed)) from error
-    return merge_shares([g["share"] for g in gathered], total)
+    return merge_shares(shares, total)
 
 
 def share_results(items: Sequence[T], fn: Callable[[list[T]], list[R]]) -> list[R]:
