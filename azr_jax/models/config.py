@@ -258,6 +258,13 @@ class ModelConfig:
         if isinstance(rope_params, dict):
             rope_theta = rope_params.get("rope_theta", hf.get("rope_theta", 10000.0))
             rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
+            # transformers 5 lets a rope_scaling block (e.g. one pasted into a 5.x config to
+            # extend its context) replace rope_parameters, theta included; reading one of them
+            # silently would rotate differently from transformers.
+            if hf.get("rope_scaling") is not None and (_normalise_rope_scaling(hf["rope_scaling"])
+                                                       != _normalise_rope_scaling(rope_scaling)):
+                raise UserError(f"HF config has both rope_parameters {rope_params!r} and a different rope_scaling "
+                                f"{hf['rope_scaling']!r}; transformers would apply rope_scaling: keep one block")
         else:
             rope_theta = hf.get("rope_theta", 10000.0)
             rope_scaling = hf.get("rope_scaling")

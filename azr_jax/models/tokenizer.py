@@ -24,6 +24,8 @@ TOKENIZER_JSON = "tokenizer.json"
 SENTENCEPIECE_MODEL = "tokenizer.model"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 CHAT_TEMPLATE = "chat_template.jinja"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+_SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token")
 # Written by transformers into tokenizer_config.json but describing the loading call, not the tokenizer.
 _LOAD_TIME_KEYS = ("is_local", "local_files_only", "name_or_path")
 
@@ -187,10 +189,15 @@ class Tokenizer:
 
     def __init__(self, backend: _HFBackend | _SentencePieceBackend, *, source: Path,
                  tokenizer_config: dict | None = None, generation_config: dict | None = None,
-                 model_config: dict | None = None, chat_template: str | None = None):
+                 model_config: dict | None = None, chat_template: str | None = None,
+                 special_tokens_map: dict | None = None):
         self._backend = backend
         self.source = source
         self._tokenizer_config = {k: v for k, v in (tokenizer_config or {}).items() if k not in _LOAD_TIME_KEYS}
+        # transformers still reads special_tokens_map.json, and its tokens win over
+        # tokenizer_config.json's (older and third-party checkpoints declare them only there).
+        self._special_tokens_map = {k: v for k, v in (special_tokens_map or {}).items()
+                                    if k in _SPECIAL_KEYS and _token_text(v) is not None}
         self._chat_template = chat_template
         self.bos_id, self.eos_id, self.pad_id, self.eos_ids = self._resolve_special_ids(
             generation_config, model_config or {})
@@ -198,15 +205,18 @@ class Tokenizer:
     # -- special ids ---------------------------------------------------------------------------
 
     def _named_token_id(self, key: str) -> tuple[bool, int | None]:
-        """(declared?, id) for `key` ("eos_token", ...) in tokenizer_config.json."""
-        if key not in self._tokenizer_config:
+        """(declared?, id) for `key` ("eos_token", ...) in special_tokens_map.json, else in
+        tokenizer_config.json."""
+        source = next((name for name, table in ((SPECIAL_TOKENS_MAP, self._special_tokens_map),
+                                                (TOKENIZER_CONFIG, self._tokenizer_config)) if key in table), None)
+        if source is None:
             return False, None
-        text = _token_text(self._tokenizer_config[key])
+        text = _token_text((self._special_tokens_map if source == SPECIAL_TOKENS_MAP else self._tokenizer_config)[key])
         if text is None:  # explicitly null, as Qwen2.5 writes "bos_token": null
             return True, None
         token_id = self._backend.token_to_id(text)
         if token_id is None:
-            raise UserError(f"{TOKENIZER_CONFIG} names {key} {text!r}, which is not in the vocabulary")
+            raise UserError(f"{source} names {key} {text!r}, which is not in the vocabulary")
         return True, token_id
 
     def _resolve_special_ids(self, generation_config: dict | None, cfg: dict):
@@ -277,8 +287,15 @@ class Tokenizer:
 
     @property
     def chat_template(self) -> str | None:
+        """chat_template.jinja, else tokenizer_config.json's template (transformers' order); of a
+        list of named templates, the one named "default" (the one used when none is named)."""
+        if self._chat_template is not None:
+            return self._chat_template
         template = self._tokenizer_config.get("chat_template")
-        return template if isinstance(template, str) else self._chat_template
+        if isinstance(template, list):
+            template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                            None)
+        return template if isinstance(template, str) else None
 
     def token_to_id(self, token: str) -> int | None:
         return self._backend.token_to_id(token)
@@ -323,8 +340,9 @@ def find_tokenizer_file(path: str | os.PathLike) -> Path | None:
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load `tokenizer.json` (HF tokenizers) or a SentencePiece `.model`, from a file or a directory.
 
-    Sidecar files in the same directory (tokenizer_config.json, generation_config.json,
-    config.json, chat_template.jinja) supply the special tokens and the chat template.
+    Sidecar files in the same directory (tokenizer_config.json, special_tokens_map.json,
+    generation_config.json, config.json, chat_template.jinja) supply the special tokens and the
+    chat template.
     """
     path = Path(path)
     if not path.exists():
@@ -343,4 +361,5 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         generation_config=_read_json(generation_file) if generation_file.is_file() else None,
         model_config=_read_json(directory / "config.json"),
         chat_template=template_file.read_text(encoding="utf-8") if template_file.is_file() else None,
+        special_tokens_map=_read_json(directory / SPECIAL_TOKENS_MAP),
     )

@@ -116,6 +116,25 @@ def test_rope_parameters_without_their_own_theta_keep_the_scaling():
     ).rope_theta == 10000.0
 
 
+def test_a_rope_scaling_block_beside_different_rope_parameters_is_refused():
+    """transformers 5 applies rope_scaling over rope_parameters (e.g. a YaRN or llama3 block
+    pasted into a config that 5.x saved); reading only rope_parameters would load plain RoPE."""
+    good = {k: v for k, v in get_preset("llama-3.1-8b").to_hf_config().items() if k != "rope_scaling"}
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 8192}
+    plain = {"rope_type": "default", "rope_theta": 500000.0}
+    with pytest.raises(UserError, match="rope_parameters .* different rope_scaling"):
+        ModelConfig.from_hf_config(dict(good, rope_parameters=plain, rope_scaling=llama3))
+    with pytest.raises(UserError, match="yarn"):
+        ModelConfig.from_hf_config(dict(good, rope_parameters=plain, rope_scaling={"type": "yarn", "factor": 4.0}))
+    # the same RoPE written both ways (the "type" spelling of 4.x included) loads
+    both = ModelConfig.from_hf_config(dict(good, rope_parameters=dict(llama3, rope_theta=500000.0),
+                                           rope_scaling=dict({k: v for k, v in llama3.items() if k != "rope_type"},
+                                                             type="llama3")))
+    assert both.rope_scaling == llama3 and both.rope_theta == 500000.0
+    assert ModelConfig.from_hf_config(dict(good, rope_parameters=plain, rope_scaling=None)).rope_scaling is None
+
+
 @pytest.mark.parametrize("change, message", [
     ({"num_attention_heads": 0, "head_dim": None}, "num_attention_heads"),
     ({"rope_theta": None}, "rope_theta"),

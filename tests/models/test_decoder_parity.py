@@ -8,13 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import transformers
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hf_reference import (  # noqa: E402
     bf16_configs, hf_logits, hf_model, left_padded_batch, params_of, progressions, small_config,
 )
 
+from azr_jax.models import get_preset  # noqa: E402
 from azr_jax.models.decoder import forward as _forward  # noqa: E402
+from azr_jax.models.rope import inverse_frequencies  # noqa: E402
 from azr_jax.models.hf_mapping import params_from_hf  # noqa: E402
 
 forward = jax.jit(_forward, static_argnames=("config", "compute_dtype", "return_hidden"))
@@ -54,6 +57,37 @@ def test_float32_logits_and_hidden_states_match_transformers(family):
     assert hidden.shape[0] == len(ref_hidden) == cfg.num_layers + 1
     for ours, ref in zip(np.asarray(hidden), ref_hidden):
         assert np.abs(ours - ref)[real].max() <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-7b", "llama-3.1-8b", "qwen3-4b-base", "small"])
+def test_inverse_frequencies_match_transformers_step_by_step(name):
+    """transformers (and vLLM) compute inv_freq step by step in float32; a float64 computation
+    rounded once differs by an ulp in a third of the frequencies. torch's vectorised float32
+    power is not always correctly rounded, so one frequency of a preset may still differ (by
+    one ulp, two after llama3's scaling, which repeats transformers' steps exactly)."""
+    cfg = small_config("qwen2") if name == "small" else get_preset(name)
+    hf_cfg = transformers.AutoConfig.for_model(**cfg.to_hf_config())
+    module = transformers.AutoModelForCausalLM.from_config(hf_cfg).model.rotary_emb if name == "small" else None
+    if module is None:  # a preset's rotary module alone: no 7B weights
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(hf_cfg)
+        module = type(model.model.rotary_emb)(hf_cfg)
+    ours, theirs = inverse_frequencies(cfg), module.inv_freq.numpy()
+    assert ours.dtype == theirs.dtype == np.float32
+    assert (ours != theirs).sum() <= 1, np.flatnonzero(ours != theirs)
+    np.testing.assert_array_max_ulp(ours, theirs, maxulp=2)
+
+
+def test_float32_logits_match_transformers_at_long_positions():
+    """Rows placed at positions 30 000 on (a long rollout's tail): a one-ulp frequency error
+    would show here as a 5e-4 logit error, not at the short positions of the test above."""
+    cfg = small_config("qwen2", head_dim=128, rope_theta=1e6, max_position_embeddings=131072)
+    model = hf_model(cfg, init_std=0.1)
+    tokens, mask, positions = left_padded_batch(LENGTHS, SEQ_LEN, cfg.vocab_size)
+    positions = np.where(mask == 1, positions + 30000, 0).astype(np.int32)
+    ref = hf_logits(model, tokens, mask, positions)
+    logits, _ = forward(params_of(cfg, model), tokens, positions, config=cfg, mask_bt=mask)
+    assert np.abs(np.asarray(logits) - ref)[mask.astype(bool)].max() <= 2e-5
 
 
 @pytest.mark.parametrize("name", sorted(bf16_configs()))

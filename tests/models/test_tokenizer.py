@@ -117,6 +117,31 @@ def test_special_ids_fall_back_to_generation_and_model_config(tmp_path):
     assert load_tokenizer(d).eos_ids == (2,)
 
 
+def test_special_tokens_map_and_chat_template_file_take_priority_as_in_transformers(tmp_path):
+    """special_tokens_map.json's tokens win over tokenizer_config.json's and over the configs'
+    ids; chat_template.jinja wins over tokenizer_config.json's template."""
+    from transformers import AutoTokenizer
+
+    d = _train_bpe(tmp_path / "a", tokenizer_config={"eos_token": "<|im_start|>", "chat_template": "OLD"},
+                   generation_config={"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0})
+    (d / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}, "pad_token": "<|im_end|>"}))
+    (d / "chat_template.jinja").write_text("NEW")
+    ours, theirs = load_tokenizer(d), AutoTokenizer.from_pretrained(str(d))
+    assert (ours.bos_id, ours.eos_id, ours.pad_id) == (theirs.bos_token_id, theirs.eos_token_id,
+                                                       theirs.pad_token_id) == (1, 2, 2)
+    assert ours.chat_template == theirs.chat_template == "NEW"
+    ours.save(tmp_path / "saved")  # the saved tokenizer_config.json carries the resolved tokens
+    assert (load_tokenizer(tmp_path / "saved").eos_id, load_tokenizer(tmp_path / "saved").chat_template) == (2, "NEW")
+    (d / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|nope|>"}))
+    with pytest.raises(UserError, match="special_tokens_map.json names eos_token"):
+        load_tokenizer(d)
+    # named templates: the one called "default"
+    d = _train_bpe(tmp_path / "b", tokenizer_config={"chat_template": [{"name": "tool_use", "template": "T"},
+                                                                       {"name": "default", "template": "D"}]})
+    assert load_tokenizer(d).chat_template == "D"
+
+
 def test_sentencepiece_matches_processor_and_roundtrips(tmp_path):
     import sentencepiece as spm
 
