@@ -64,10 +64,16 @@ def check_output_file(path: str | Path, what: str) -> Path:
 
 
 def check_output_dir(path: str | Path, what: str) -> Path:
-    """`path` as a directory to create or write into: UserError if a file is in the way."""
+    """`path` as a directory to create or write into: UserError if a file is in the way (at `path`
+    or above it) or the nearest existing directory is not writable, before any long work."""
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UserError(f"{what} {p} exists and is not a directory")
+    existing = next(a for a in (p, *p.absolute().parents) if a.exists())
+    if not existing.is_dir():
+        raise UserError(f"{what} {p}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {p}: {existing} is not writable")
     return p
 
 
@@ -89,3 +95,42 @@ def write_text_atomically(path: str | Path, text: str, *, durable: bool = False)
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+class OutputFile:
+    """A text file a command writes its results to (`--out`): a failed open, write or close (a
+    full disk, a quota, a revoked permission) is one UserError naming the file, not a traceback."""
+
+    def __init__(self, path: str | Path, what: str):
+        self.path, self.what = Path(path), what
+        try:
+            self._file = open(self.path, "w", encoding="utf-8")
+        except OSError as e:
+            raise self._error("cannot open", e) from None
+
+    def _error(self, doing: str, e: OSError) -> UserError:
+        return UserError(f"{self.what} {self.path}: {doing} ({e.strerror or e})")
+
+    def write(self, text: str) -> None:
+        try:
+            self._file.write(text)
+        except OSError as e:
+            raise self._error("write failed", e) from None
+
+    def close(self) -> None:
+        try:
+            self._file.close()  # flushes what is buffered: a full disk may only show here
+        except OSError as e:
+            raise self._error("write failed", e) from None
+
+    def __enter__(self) -> "OutputFile":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # the error on its way out says more than a failed flush of its partial output
+            try:
+                self._file.close()
+            except OSError:
+                pass

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from azr_jax.errors import UserError
-from azr_jax.eval.summary import decoding_description
+from azr_jax.eval.summary import decoding_description, read_evaluation
 from azr_jax.metrics import step_files
 
 TASKS = ("deduction", "abduction", "induction")
@@ -31,9 +31,12 @@ def read_metrics(path: str | Path) -> list[dict]:
     for n, line in enumerate(p.read_text().splitlines(), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{p} line {n}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int) or isinstance(row["step"], bool):
+                raise UserError(f"{p} line {n}: not a metrics row (a JSON object with an integer \"step\")")
+            rows.append(row)
     return rows
 
 
@@ -42,7 +45,13 @@ def read_metrics(path: str | Path) -> list[dict]:
 def _evaluations(eval_dir: Path, last_step: int) -> list[tuple[int, dict]]:
     """A run's eval/*.json by step: base.json at step 0, step_N.json at N, final.json at `last_step`."""
     files = [(0, eval_dir / "base.json"), (last_step, eval_dir / "final.json")] + step_files(eval_dir)
-    return [(step, json.loads(path.read_text())) for step, path in sorted(files, key=lambda x: x[0]) if path.is_file()]
+    out = []
+    for step, path in sorted(files, key=lambda x: x[0]):
+        if path.is_file():
+            result = read_evaluation(path)
+            if result is not None:
+                out.append((step, result))
+    return out
 
 
 def _points(evaluations: list[tuple[int, dict]]) -> dict[str, list[tuple[int, float]]]:

@@ -189,7 +189,10 @@ def check_workdir(cfg, workdir: Path, *, write: bool, resume_step: int | None = 
                         "(differs in %s)", workdir, ", ".join(differ[:5]))
     _refuse_a_checkpoint_past_the_end(cfg, workdir, resume_step)
     if write:
-        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file where a parent should be, no permission, a full disk
+            raise UserError(f"cannot create the workdir {workdir}: {e.strerror or e}") from None
         # Written beside and renamed into place: the other processes of a multi-host run read this
         # file while process 0 rewrites it, and must see the old or the new file, never half of one.
         for target, text in ((workdir / INPUTS_FILE, json.dumps(fingerprints, indent=2, sort_keys=True)),

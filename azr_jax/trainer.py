@@ -833,10 +833,14 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
         if evaluating and status == "completed" and step == cfg.train.steps:
             final = _evaluate(cfg, policy, state.params, sandbox, workdir, "final", primary, step)
             base_path = workdir / "eval" / "base.json"
-            if base_path.exists():
-                from azr_jax.eval.summary import solve_rate_summary
+            from azr_jax.eval.summary import read_evaluation, solve_rate_summary
 
-                eval_summary = solve_rate_summary(json.loads(base_path.read_text()), final)
+            base = read_evaluation(base_path) if base_path.exists() else None
+            if base is not None:
+                eval_summary = solve_rate_summary(base, final)
+            elif base_path.exists():
+                log.warning("eval/base.json is damaged: summary.json gets no solve-rate comparison; "
+                            "eval/final.json has the final evaluation")
             else:
                 log.warning("no eval/base.json (the run started without evaluations): summary.json gets no "
                             "solve-rate comparison; eval/final.json has the final evaluation")

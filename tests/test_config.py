@@ -155,6 +155,21 @@ def test_output_paths_are_checked_before_the_work(tmp_path):
     assert "is not a directory" in error_line(["train", "--config", "configs/nano.py", "--workdir", str(a_file)])
     assert "--checkpoint {} is not a directory".format(a_file) in error_line(
         ["eval", "--config", "configs/nano.py", "--checkpoint", str(a_file)])  # it named model.hf_dir
+    # a file above the directory to create: a NotADirectoryError traceback, for convert only
+    # after restoring the checkpoint
+    under = f"{a_file} is not a directory"
+    assert under in error_line(["train", "--config", "configs/nano.py", "--workdir", str(a_file / "sub")])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    assert under in error_line(["convert", "--run", str(run), "--out", str(a_file / "sub")])
+    # a write that fails (a full disk): a last line naming --out, after the work for score
+    one_line = tmp_path / "one.jsonl"
+    one_line.write_text("not json\n")
+    r = subprocess.run([sys.executable, "-m", "azr_jax.cli", "score", "--in", str(one_line), "--out", "/dev/full"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.splitlines()[-1] == "azr-jax: error: --out /dev/full: write failed (No space left on device)"
 
 
 def test_cli_reports_bad_input_as_one_line(tmp_path):

@@ -87,12 +87,13 @@ def _decode(line: str | UnicodeDecodeError):
 def score_file(in_path: Path, out_path: Path, cfg, sandbox, progress=sys.stderr) -> dict:
     """Score `in_path` into `out_path`; returns summary counts."""
     from azr_jax.azr.scoring import error_record, score_records
+    from azr_jax.jsonl import OutputFile
 
     lines = _read_lines(in_path)
     stats = defaultdict(lambda: {"n": 0, "valid": 0, "reward_sum": 0.0, "rewarded": 0})
     errors = 0
     start = time.monotonic()
-    with out_path.open("w", encoding="utf-8") as out:
+    with OutputFile(out_path, "--out") as out:
         for begin in range(0, len(lines), CHUNK):
             chunk = lines[begin:begin + CHUNK]
             decoded = [_decode(line) for line in chunk]

@@ -57,6 +57,8 @@ def main(args: argparse.Namespace) -> int:
     text = json.dumps(result, sort_keys=True)
     print(text)
     if args.out:
-        with open(args.out, "w") as f:
+        from azr_jax.jsonl import OutputFile
+
+        with OutputFile(args.out, "--out (the result is the line above)") as f:
             f.write(text + "\n")
     return 0

@@ -100,6 +100,8 @@ def main(args: argparse.Namespace) -> int:
     brief = {k: v for k, v in result.items() if k != "items"}
     print(json.dumps(brief, sort_keys=True))
     if args.out and jax.process_index() == 0:  # every process holds the same result
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1, sort_keys=True)
+        from azr_jax.jsonl import OutputFile
+
+        with OutputFile(args.out, "--out (the summary line above has the result without its items)") as f:
+            f.write(json.dumps(result, indent=1, sort_keys=True))
     return 0

@@ -51,8 +51,12 @@ def generate_texts(params, policy, prompts: list[str], *, max_new_tokens: int, b
                                 eos_ids=policy.stop_ids)
     texts, cut_off = [], []
     t0 = time.perf_counter()
+    context = getattr(policy.config, "max_position_embeddings", None)
+    too_long = 0
     for b, start in enumerate(range(0, len(prompts), batch_size)):
         ids = policy.tokenizer.encode_batch(prompts[start: start + batch_size])
+        if context is not None:
+            too_long += sum(len(i) + max_new_tokens > context for i in ids)
         key = jax.random.fold_in(jax.random.key(seed), b)
         out = generate_fn(params, policy.config, ids, key, settings, n_samples=n_samples, mesh=policy.mesh,
                           rules=policy.rules, compute_dtype=policy.compute_dtype, pad_id=policy.pad_id,
@@ -64,6 +68,10 @@ def generate_texts(params, policy, prompts: list[str], *, max_new_tokens: int, b
         if progress is not None:
             done = min(start + batch_size, len(prompts))
             progress(f"generated {done}/{len(prompts)} prompts x {n_samples} ({time.perf_counter() - t0:.0f}s)")
+    if too_long:  # generated anyway (a benchmark's long items are part of it), but not silently
+        log.warning("%d of %d prompts plus the answer budget (%d tokens) run past the model's "
+                    "max_position_embeddings (%d): those answers come from positions it was not trained on",
+                    too_long, len(prompts), max_new_tokens, context)
     return texts, cut_off
 
 

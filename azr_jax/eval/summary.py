@@ -11,7 +11,13 @@ items, not how far it moves between training seeds (docs/nano.md measures that s
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
 import numpy as np
+
+log = logging.getLogger("azr_jax.eval")
 
 
 def macro_mean_stderr(tasks: list[str], values: list[float]) -> float | None:
@@ -43,6 +49,21 @@ def gain_stderr(base: dict, final: dict) -> float | None:
         return None
     return macro_mean_stderr([it["task"] for it in after],
                              [it["accuracy"] - before[it["id"]]["accuracy"] for it in after])
+
+
+def read_evaluation(path: Path) -> dict | None:
+    """An eval/*.json result, or None (with a warning) if it is damaged: one bad file should cost
+    its point on the plot, not the plots of a finished run."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        log.warning("skipping %s: unreadable (%s)", path, e)
+        return None
+    if (not isinstance(result, dict) or not isinstance(result.get("solve_rate"), (int, float))
+            or not isinstance(result.get("per_task"), dict)):
+        log.warning("skipping %s: not an evaluation result (solve_rate, per_task)", path)
+        return None
+    return result
 
 
 def solve_rate_summary(base: dict, final: dict) -> dict:

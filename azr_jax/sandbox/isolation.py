@@ -30,6 +30,9 @@ LOG = logging.getLogger("azr_jax.sandbox")
 
 ZYGOTE_SOURCE = (Path(__file__).with_name("zygote.py")).read_text()
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+# Where system tools live when the trainer's PATH lacks them (cron, a systemd unit, a PATH of
+# the virtual environment only): without this, `auto` would fall back to isolation `none`.
+_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ALL_LAYERS = (
     "rlimits", "uid_drop", "user_namespace", "network_namespace", "pid_namespace",
     "ipc_namespace", "mount_namespace", "read_only_filesystem", "private_tmp", "clean_env",
@@ -83,10 +86,19 @@ def _python_prefix(python: str) -> str:
     return str(Path(python).resolve().parent.parent)
 
 
+def system_tool(name: str) -> str | None:
+    """The absolute path of a system tool: from PATH, else from the usual system directories."""
+    return shutil.which(name) or shutil.which(name, path=_SYSTEM_PATH)
+
+
+def _tool(name: str) -> str:
+    return system_tool(name) or name  # a missing tool then fails where it is run, as before
+
+
 @functools.lru_cache(maxsize=None)
 def _bwrap_supports(flag: str) -> bool:
     try:
-        out = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run([_tool("bwrap"), "--help"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return flag in out.stdout + out.stderr
@@ -95,7 +107,7 @@ def _bwrap_supports(flag: str) -> bool:
 @functools.lru_cache(maxsize=None)
 def _unshare_supports(flag: str) -> bool:
     try:
-        out = subprocess.run(["unshare", "--help"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run([_tool("unshare"), "--help"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return flag in out.stdout
@@ -103,7 +115,7 @@ def _unshare_supports(flag: str) -> bool:
 
 def bwrap_argv(plan: Plan) -> list[str]:
     argv = [
-        "bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--clearenv",
+        _tool("bwrap"), "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--clearenv",
         "--setenv", "PATH", CLEAN_ENV["PATH"], "--setenv", "LANG", CLEAN_ENV["LANG"],
         "--setenv", "HOME", "/tmp", "--ro-bind", "/usr", "/usr",
     ]
@@ -172,7 +184,7 @@ def zygote_command(plan: Plan, uid: int | None, scratch: str, repeat: int = 0) -
         if uid is not None:  # bwrap runs unprivileged under the dropped uid (its own user namespace)
             popen.update(user=uid, group=uid, extra_groups=[])
     elif plan.mode == "unshare":
-        argv = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--ipc", "--uts", "--kill-child"]
+        argv = [_tool("unshare"), "--net", "--pid", "--fork", "--mount-proc", "--ipc", "--uts", "--kill-child"]
         if uid is None:
             # Unprivileged: namespaces need a user namespace. Map our uid to itself so the zygote
             # holds no capabilities there (as mapped root it could ptrace its own children's
@@ -235,9 +247,9 @@ def candidate_modes(requested: str) -> list[str]:
     if requested != "auto":
         return [requested]
     modes = []
-    if shutil.which("bwrap"):
+    if system_tool("bwrap"):
         modes.append("bwrap")
-    if shutil.which("unshare"):
+    if system_tool("unshare"):
         modes.append("unshare")
     return modes + ["none"]
 

@@ -219,6 +219,31 @@ def test_heldout_plot_from_the_runs_evaluations(tmp_path):
     assert heldout_points(tmp_path / "nothing", last_step=4) == {}
 
 
+def test_a_damaged_evaluation_file_costs_its_point_not_the_plots(tmp_path, caplog):
+    """A cut-off eval/step_2.json, or one without a solve rate, made a finished run exit 1 with
+    a traceback after its last step, drawing no plots."""
+    import logging
+
+    from azr_jax.errors import UserError
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3, 4)))
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "base.json").write_text(json.dumps({"solve_rate": 0.1, "per_task": {"deduction": 0.1}}))
+    (tmp_path / "eval" / "step_2.json").write_text('{"solve_rate": 0.')
+    (tmp_path / "eval" / "step_3.json").write_text('{"per_task": {}}')
+    with caplog.at_level(logging.WARNING, logger="azr_jax.eval"):
+        assert heldout_points(tmp_path / "eval", last_step=4)["mean"] == [(0, 0.1)]
+        written = plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "plots")
+    assert written[-1].name == "heldout_solve_rate.png"
+    skipped = {r.getMessage().split(":")[0] for r in caplog.records}
+    assert skipped == {f"skipping {tmp_path / 'eval' / name}" for name in ("step_2.json", "step_3.json")}
+    # a metrics row that is not a step's object is one clean error, not a KeyError
+    for bad in ('{"x": 1}', "[1, 2]", '{"step": "3"}'):
+        (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n' + bad + "\n")
+        with pytest.raises(UserError, match="line 2: not a metrics row"):
+            plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "plots")
+
+
 class _BreaksFirst:
     """The real sandbox, except that its first `broken_calls` run calls fail the way the pool
     reports its own breakage (every job: `sandbox failure: ...`)."""
@@ -328,3 +353,36 @@ def test_evaluation_generates_under_the_sampling_sections_row_cap_and_truncation
     # One sample in four ran out of tokens: counted, per item too (a budget too small for the
     # answers lowers the solve rate, and said nowhere before).
     assert result["cut_off"] == len(items) and all(it["cut_off"] == 1 for it in result["items"])
+
+
+def test_prompts_past_the_models_context_are_named_in_a_warning(caplog):
+    """A benchmark item whose prompt plus answer budget is longer than the model's positions is
+    generated anyway, and said so (it ran silently, and counted as wrong)."""
+    import logging
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from azr_jax.eval.evaluate import generate_texts
+    from azr_jax.sampling import Completions
+
+    def generate(params, config, prompt_ids, key, settings, *, n_samples, **kw):
+        rows = len(prompt_ids) * n_samples
+        return Completions(tokens=np.zeros((rows, 1), np.int32), lengths=np.zeros(rows, np.int32),
+                           logprobs=np.zeros((rows, 1), np.float32), finished=np.ones(rows, bool))
+
+    class Tok:
+        def encode_batch(self, texts):
+            return [[1] * len(t) for t in texts]
+
+        def decode(self, ids, skip_special_tokens=True):
+            return ""
+
+    policy = SimpleNamespace(tokenizer=Tok(), stop_ids=(3,), mesh=None, rules=None, compute_dtype=None, pad_id=0,
+                             config=SimpleNamespace(max_position_embeddings=100))
+    with caplog.at_level(logging.WARNING, logger="azr_jax.eval.evaluate"):
+        generate_texts(None, policy, ["x" * 60, "x" * 90, "x" * 40], max_new_tokens=20, batch_size=2,
+                       generate_fn=generate)
+    assert [r.getMessage() for r in caplog.records] == [
+        "1 of 3 prompts plus the answer budget (20 tokens) run past the model's max_position_embeddings (100): "
+        "those answers come from positions it was not trained on"]

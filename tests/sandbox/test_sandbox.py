@@ -312,6 +312,23 @@ def test_host_removes_a_scratch_tree_of_any_depth_and_mode(tmp_path):
     assert not root.exists()
 
 
+def test_a_path_without_the_system_tools_keeps_the_isolation_and_the_cleanup(sb, tmp_path, monkeypatch):
+    """A trainer started with a PATH of its virtual environment only (cron, a systemd unit) still
+    finds bwrap / unshare, chmod and rm: `auto` used to fall back to `none` and leave the
+    scratch directories behind."""
+    from azr_jax.sandbox.pool import _remove_tree
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory
+    with Sandbox(SandboxSection(timeout_s=1.5, workers=1)) as stripped:
+        assert stripped.isolation_report()["mode"] == sb.isolation_report()["mode"]
+        assert stripped.run([Job(ADD, ["2, 3"])])[0].outputs == ["5"]
+    root = tmp_path / "scratch"
+    (root / "locked").mkdir(parents=True)
+    os.chmod(root / "locked", 0)
+    _remove_tree(str(root))
+    assert not root.exists()
+
+
 def test_timeouts_among_quick_jobs_are_reported_per_job(sb):
     # How long a batch with hanging jobs takes (they run in parallel: about one timeout for four
     # loops on two workers) is measured by `azr-jax bench executor`'s hang batch, not asserted here.
