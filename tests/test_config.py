@@ -163,6 +163,9 @@ def test_output_paths_are_checked_before_the_work(tmp_path):
     run.mkdir()
     (run / "config.json").write_text("{}")
     assert under in error_line(["convert", "--run", str(run), "--out", str(a_file / "sub")])
+    # eval names a wrong --run as convert does (it said "config file not found: .../config.json")
+    assert f"--run {tmp_path / 'no_run'} is not a training run directory" in error_line(
+        ["eval", "--run", str(tmp_path / "no_run")])
     # a write that fails (a full disk): a last line naming --out, after the work for score
     one_line = tmp_path / "one.jsonl"
     one_line.write_text("not json\n")

@@ -66,6 +66,8 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("--step needs --run WORKDIR")
     if args.run and args.checkpoint:
         raise UserError("--run and --checkpoint are two different models; give one")
+    if args.run and not args.config and not (Path(args.run) / "config.json").is_file():
+        raise UserError(f"--run {args.run} is not a training run directory (no config.json)")
     if args.out:
         check_output_file(args.out, "--out")  # before the evaluation, not after it
     import jax
