@@ -151,8 +151,11 @@ def _refuse_a_checkpoint_past_the_end(cfg, workdir: Path, resume_step: int | Non
     from azr_jax.checkpoint import pending_rollback, saved_steps
 
     steps = saved_steps(workdir / "checkpoints")
-    if resume_step is not None:  # a missing one is named later, with the steps there are
-        step = resume_step if resume_step in steps else None
+    if resume_step is not None:
+        if resume_step not in steps:  # said before config.json and checkpoints/ are written
+            raise UserError(f"no complete checkpoint for step {resume_step} in {workdir / 'checkpoints'}; "
+                            f"available: {steps}")
+        step = resume_step
     else:  # what a plain resume takes (Checkpoints.latest_step)
         step = pending_rollback(workdir / "checkpoints") if steps else None
         step = steps[-1] if step is None and steps else step

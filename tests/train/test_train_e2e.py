@@ -432,6 +432,12 @@ def test_missing_and_corrupt_checkpoints_are_one_line(env, reference_run):
     assert "no complete checkpoint for step 9" in _one_error_line(subprocess.run(
         _argv(env, workdir, "train.steps=3") + ["--resume-step", "9"], env=env["env"], capture_output=True,
         text=True, cwd=ROOT))
+    # in a new workdir: refused before config.json, inputs.json and checkpoints/ are written there
+    fresh = env["base"] / "never_ran"
+    assert "no complete checkpoint for step 3" in _one_error_line(subprocess.run(
+        _argv(env, fresh, "train.steps=3") + ["--resume-step", "3"], env=env["env"], capture_output=True,
+        text=True, cwd=ROOT))
+    assert not fresh.exists() or not any(fresh.iterdir())
     for f in (workdir / "checkpoints" / "3" / "state").rglob("*"):
         if f.is_file():
             f.write_bytes(b"\0garbage")
