@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,8 @@ from azr_jax import pyast
 from azr_jax.errors import UserError
 from azr_jax.jsonl import read_objects
 from azr_jax.azr.prompts import induction_visible
+
+log = logging.getLogger(__name__)
 
 TASK_TYPES = ("deduction", "abduction", "induction")
 
@@ -160,12 +164,39 @@ _REQUIRED = {
 }
 
 
-def load_seed_file(path: str | Path, task: str) -> list[dict]:
+def _unusable_seed(program: str, golds: list[str], banned) -> str | None:
+    """Why a seed task could never be solved or built on here (None: usable). An empty gold
+    (a reference validation hole, AZR_SPEC §2.6), or one that is not a plain literal (a
+    `Counter(...)` repr, an output the reference cut to 403 characters in the middle of a
+    list), matches no answer. A program that does not parse, or that the AST policy refuses,
+    makes every induction proposal on it invalid (`banned`: None skips that check)."""
+    from azr_jax.azr import parsing
+    from azr_jax.azr.checks import check_tree
+    from azr_jax.sandbox.literals import NotALiteral, parse_literal
+
+    if any(g == "" for g in golds):
+        return "an empty gold output"
+    for gold in golds:
+        try:
+            parse_literal(gold)
+        except NotALiteral:
+            return "a gold output that is not a plain literal"
+    if banned is not None:
+        tree = parsing.parse_program(program)
+        if tree is None:
+            return "a program that does not parse"
+        if check_tree(tree, banned) is not None:
+            return "a program the AST policy refuses"
+    return None
+
+
+def load_seed_file(path: str | Path, task: str, banned: list[str] | tuple[str, ...] | None = None) -> list[dict]:
     """Read seed tasks from JSONL. Accepts our field names or the reference's (`snippet` for
-    `program`). Entries with an empty gold output (reference validation holes, AZR_SPEC §2.6)
-    are unsolvable and skipped."""
+    `program`). Tasks no answer or proposal could succeed on (`_unusable_seed`: the reference's
+    files hold empty and cut-off gold outputs) are skipped, with one warning counting them."""
     p = Path(path)
     out = []
+    skipped: Counter = Counter()
     for n, row in read_objects(p, "seed file"):
         program = row.get("program", row.get("snippet"))
         missing = [k for k in _REQUIRED[task] if k not in row] + ([] if program is not None else ["program"])
@@ -191,16 +222,22 @@ def load_seed_file(path: str | Path, task: str) -> list[dict]:
             visible = row.get("visible", induction_visible(len(inputs)))
             if isinstance(visible, bool) or not isinstance(visible, int) or not 0 <= visible <= len(inputs):
                 raise bad("visible", f"an int in [0, {len(inputs)}] (the number of pairs shown)")
-            if any(o == "" for o in outputs):
-                continue
-            out.append({"program": program, "inputs": inputs, "outputs": outputs, "message": str(row["message"]),
-                        "visible": visible, "imports": list(imports)})
+            why = _unusable_seed(program, outputs, banned)
+            if why is None:
+                out.append({"program": program, "inputs": inputs, "outputs": outputs, "message": str(row["message"]),
+                            "visible": visible, "imports": list(imports)})
         else:
-            if str(row["output"]) == "":
-                continue
-            out.append({"program": program, "input": str(row["input"]), "output": str(row["output"]), "imports": list(imports)})
+            why = _unusable_seed(program, [str(row["output"])], banned)
+            if why is None:
+                out.append({"program": program, "input": str(row["input"]), "output": str(row["output"]),
+                            "imports": list(imports)})
+        if why is not None:
+            skipped[why] += 1
+    if skipped:
+        log.warning("seed file %s: skipped %d task(s) no answer could solve or build on: %s", p, sum(skipped.values()),
+                    ", ".join(f"{n} with {why}" for why, n in sorted(skipped.items())))
     if not out:
-        raise UserError(f"seed file {p} has no usable {task} seed (empty, or every gold output is empty)")
+        raise UserError(f"seed file {p} has no usable {task} seed (empty, or every task skipped: {dict(skipped)})")
     return out
 
 
@@ -216,8 +253,10 @@ class TaskBuffers:
         abduction buffer (as in the reference); induction gets its own seed entries."""
         make = lambda task: TaskBuffer(task, cap=azr_cfg.buffer_cap, eviction=azr_cfg.buffer_eviction)  # noqa: E731
         buffers = {task: make(task) for task in TASK_TYPES}
-        triplets = load_seed_file(azr_cfg.seed_file, "deduction") if azr_cfg.seed_file else [identity_triplet()]
-        problems = load_seed_file(azr_cfg.induction_seed_file, "induction") if azr_cfg.induction_seed_file else [identity_induction()]
+        banned = azr_cfg.banned_words
+        triplets = load_seed_file(azr_cfg.seed_file, "deduction", banned) if azr_cfg.seed_file else [identity_triplet()]
+        problems = (load_seed_file(azr_cfg.induction_seed_file, "induction", banned) if azr_cfg.induction_seed_file
+                    else [identity_induction()])
         for t in triplets:
             buffers["deduction"].add(t, step=0)
             buffers["abduction"].add(t, step=0)

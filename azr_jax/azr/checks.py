@@ -125,6 +125,11 @@ def check_tree(tree: ast.AST, banned: list[str] | tuple[str, ...]) -> Violation 
             if hit:
                 return Violation("banned_import", f"from {module} import ... ({hit})")
             for alias in node.names:
+                if alias.name == "*":  # brings in the banned names under bare names no check resolves
+                    under = next((e for e in banned if module and e.startswith(module + ".")), None)
+                    if under:
+                        return Violation("banned_import", f"from {module} import * ({under})")
+                    continue
                 full = f"{module}.{alias.name}" if module else alias.name
                 hit = banned_match(full, banned)
                 if hit:

@@ -26,6 +26,7 @@ THINK_THEN_ANSWER_RE = re.compile(r"</think>\s*<answer>")
 # block's opening fence; the reference, which searches for each tag's own fence, finds that block.
 FENCE_RE = re.compile(r"```[ \t]*([\w+#.-]*)[ \t]*\r?\n(.*?)```", re.DOTALL)
 CODE_TAGS = ("python", "py", "python3", "")
+LABEL_TAGS = ("input", "output", "message")  # blocks that are never code
 
 ENTRY_NAME = "f"
 
@@ -62,6 +63,13 @@ def code_blocks(text: str) -> list[str]:
     reference takes the first fenced block of *any* tag, so an input block placed first breaks it).
     """
     return blocks_tagged(text, CODE_TAGS)
+
+
+def other_blocks(text: str) -> list[str]:
+    """Bodies of fenced blocks with a tag that is neither Python's nor `input`/`output`/`message`
+    (```` ```py3 ````, ```` ```code ````): the induction solver's code when it has no Python block,
+    since the reference takes the last block of any tag."""
+    return [body for tag, body in fenced_blocks(text) if tag not in CODE_TAGS + LABEL_TAGS]
 
 
 def _comment_line(text: str, label: str) -> list[str]:

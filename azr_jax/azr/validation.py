@@ -11,6 +11,7 @@ Nothing here executes model text; `azr_jax.sandbox` does, in isolated processes.
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 
 from azr_jax.azr import parsing
@@ -75,8 +76,21 @@ def parse_proposal(task: str, response: str, problem: dict | None, azr_cfg) -> P
 
 
 def with_imports(program: str, imports: list) -> str:
-    """Prepend stored import lines (a program usually carries them already; repeats are harmless)."""
-    missing = [line for line in imports if line not in program]
+    """Prepend the stored import lines the program does not itself run at module level (a
+    program usually carries them already). Compared as statements, not as text: `import math`
+    in a comment, inside another function, or as part of `import mathx` does not count."""
+    if not imports:
+        return program
+    tree = parsing.parse_program(program)
+    if tree is None:  # it fails in the sandbox as it is; with or without its imports
+        return program
+    have = {ast.dump(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))}
+
+    def present(line: str) -> bool:
+        parsed = parsing.parse_program(line)
+        return parsed is not None and bool(parsed.body) and all(ast.dump(node) in have for node in parsed.body)
+
+    missing = [line for line in imports if not present(line)]
     return "\n".join(missing + [program]) if missing else program
 
 
@@ -160,7 +174,7 @@ def parse_solver_answer(task: str, problem: dict, response: str, azr_cfg) -> Sol
         job = Job(program=with_imports(problem["program"], problem.get("imports") or []), calls=[given],
                   args_mode="literal", expected=[problem["output"]], repeats=1)
         return SolverAnswer(found=True, check=("job", job))
-    codes = parsing.code_blocks(answer)
+    codes = parsing.code_blocks(answer) or parsing.other_blocks(answer)
     if not codes or not codes[-1].strip():
         return SolverAnswer(found=False, check=None, reason="no_code_block")
     code = codes[-1]

@@ -137,6 +137,34 @@ def test_seed_file_loading(tmp_path):
             load_seed_file(p, "deduction")
 
 
+def test_seed_tasks_nothing_could_solve_or_build_on_are_skipped_with_one_warning(tmp_path, caplog):
+    """The reference's seed files hold golds cut to 403 characters and reprs such as Counter(...)
+    that no answer matches here, and programs this project's AST policy refuses (every
+    induction proposal on them would be invalid): they stay out of the buffers, counted."""
+    import logging
+
+    good = {"snippet": "def f(a):\n    return a", "input": "1", "output": "1"}
+    cut = str(list(range(300)))
+    rows = [good,
+            dict(good, input="2", output="Counter({'a': 2})"),
+            dict(good, input="3", output=cut[:200] + "..." + cut[-200:]),
+            dict(good, input="4", snippet="import os\ndef f(a):\n    return os.path.join(a, 'x')", output="'4/x'"),
+            dict(good, input="5", snippet="def f(a):\n    return a +", output="5")]
+    p = tmp_path / "seed.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level(logging.WARNING, logger="azr_jax.azr.buffers"):
+        bufs = TaskBuffers.seeded(AZRSection(seed_file=str(p)))
+    assert bufs.sizes()["deduction"] == bufs.sizes()["abduction"] == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"seed file {p}: skipped 4 task(s) no answer could solve or build on: 2 with a gold output that is not a "
+        "plain literal, 1 with a program that does not parse, 1 with a program the AST policy refuses"]
+    assert len(load_seed_file(p, "deduction")) == 3  # without a banned list, programs are not checked
+    induction = {"program": "def f(a):\n    return a", "inputs": ["1", "2"], "outputs": ["1", "Counter()"],
+                 "message": "m"}
+    p.write_text(json.dumps(induction) + "\n" + json.dumps(dict(induction, outputs=["1", "2"])) + "\n")
+    assert [r["outputs"] for r in load_seed_file(p, "induction", ["os"])] == [["1", "2"]]
+
+
 def test_an_induction_seed_without_pairs_is_refused(tmp_path):
     """The scorer refuses a task with no pairs; loaded, it crashed the first step that drew it."""
     p = tmp_path / "seed.jsonl"

@@ -28,6 +28,8 @@ def verdict(src):
         ("import os as o\ny = o.path.join('a', 'b')", "banned_import"),
         ("import sys\nsys.exit(3)", "banned_import"),
         ("from sys import exit", "banned_import"),
+        ("from os import *\ndef f(x):\n    return environ.get('HOME', x)", "banned_import"),  # os.environ, bare
+        ("from sys import *\ndef f(x):\n    exit(x)", "banned_import"),
         ("import os\nv = getattr(os, 'environ')", "banned_import"),
         ("x = __import__('random')", "banned_builtin"),
         ("import importlib\nm = importlib.import_module('math')", "banned_import"),
@@ -58,6 +60,7 @@ def test_rejected(src, code):
         "def f(input):\n    return input + 1",  # a parameter named like a builtin is the program's own
         "def f(s):\n    clean_input = lambda t: t.strip()\n    return clean_input(s)",  # the reference bans any 'input('
         "import string\ndef f(w):\n    return string.ascii_lowercase.index(w)",
+        "from math import *\ndef f(x):\n    return floor(x)",  # nothing under math is banned
         "class A:\n    def __init__(self):\n        self.time = 1\ndef f(x):\n    return A().time + x",
     ],
 )

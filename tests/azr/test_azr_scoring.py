@@ -100,6 +100,36 @@ def test_solve_reward_rows(cfg, sb):
     assert right["accuracy"] == 1.0 and right["reward"] == 1.0
 
 
+def test_induction_solver_code_blocks_and_stored_imports(cfg, sb):
+    """The code is the last Python (or untagged) block; without one, the last block of another
+    tag that is not input/output/message (the reference takes any tag; `py3` and `code` scored
+    -1 here). The task's imports are added unless the code runs them itself: a comment naming
+    `import math` kept them out, and the right answer failed with a NameError."""
+    task = {"program": "import math\ndef f(x):\n    return math.floor(x / 2)", "inputs": ["3", "8", "5", "9"],
+            "outputs": ["1", "4", "2", "4"], "message": "halve", "visible": 2, "imports": ["import math"]}
+    code = "def f(x):\n    return math.floor(x / 2)"
+    for body, accuracy in [(f"```py3\n{code}\n```", 1.0), (f"```code\n{code}\n```", 1.0),
+                           (f"```python\n{code}\n```\n```output\n4\n```", 1.0),  # not the trailing block
+                           (f"```python\n# no need to import math again\n{code}\n```", 1.0),
+                           (f"```python\ndef g():\n    import math\n{code}\n```", 1.0),
+                           (f"```python\nimport mathx_missing_module_name\n{code}\n```", 0.0),
+                           ("```output\n4\n```", None)]:  # no code at all
+        out = one(solve("induction", task, body), cfg, sb)
+        if accuracy is None:
+            assert not out["valid"] and out["reward"] == -1.0, out
+        else:
+            assert out["valid"] and out["accuracy"] == accuracy, (body, out)
+
+
+def test_a_right_answer_in_a_broken_format_is_checked_and_still_penalised(cfg, sb):
+    """`accuracy` says whether the answer is right even when the format fails (the reference
+    reports 0 without checking); the reward keeps the format penalty."""
+    rec = {"id": "u", "role": "solve", "task": "deduction", "problem": TASK,
+           "response": " no think close <answer>```output\n9\n```</answer>"}
+    out = one(rec, cfg, sb)
+    assert (out["format_ok"], out["accuracy"], out["reward"]) == (False, 1.0, -1.0)
+
+
 def test_seed_tasks_validate_to_their_stored_outputs(cfg, sb):
     t = identity_triplet()
     rec = propose("deduction", f"```python\n{t['program']}\n```\n```input\n{t['input']}\n```")
