@@ -27,7 +27,10 @@ log = logging.getLogger("azr_jax.train")
 RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.keep_checkpoints", "train.log_every",
                      "train.eval_every", "train.audit_every", "sandbox.workers", "sandbox.isolation",
                      "sandbox.seccomp", "model.remat", "model.scan_layers", "sampling.max_rows",
-                     "rl.logits_chunk", "rl.attention_chunk", "sampling.prefill_chunk")
+                     "rl.logits_chunk", "rl.attention_chunk", "sampling.prefill_chunk",
+                     # another mesh (a preempted job on another slice): the checkpoint restores
+                     # into the new shardings, and a `-1` axis already follows the device count
+                     "mesh.shape", "mesh.rules")
 
 # Read on a fresh start only (a resume takes its buffers from the checkpoint): free to change.
 NOT_READ_ON_RESUME = ("azr.seed_file", "azr.induction_seed_file")
@@ -306,6 +309,22 @@ def _require_hf_dir(model_section) -> None:
         raise UserError(f"model.hf_dir {model_section.hf_dir} is not a directory (a Hugging Face checkpoint is expected)")
 
 
+def warn_idle_mesh_axes(model_cfg, mesh, rules) -> None:
+    """One warning per mesh axis that shards no parameter though the rules give it some
+    (`decoder.idle_mesh_axes`): the memory a larger fsdp count was chosen to save is not saved."""
+    from azr_jax.models.decoder import idle_mesh_axes
+
+    for ax in idle_mesh_axes(model_cfg, mesh, rules):
+        dims = {name: getattr(model_cfg, attr) for name, attr in (("embed", "hidden_size"), ("mlp", "intermediate_size"),
+                                                                  ("vocab", "vocab_size"), ("heads", "num_heads"),
+                                                                  ("kv_heads", "num_kv_heads"))
+                if rules.get(name) == ax or (isinstance(rules.get(name), (list, tuple)) and ax in rules[name])}
+        log.warning("mesh axis %r (%d devices) shards no parameter: no dimension mesh.rules give it (%s) divides "
+                    "by %d, so parameters, gradients and optimizer state are whole on each of its devices; choose "
+                    "a size that divides them, or give the axis another logical axis in mesh.rules", ax,
+                    mesh.shape[ax], ", ".join(f"{k} {v}" for k, v in dims.items()) or "none", mesh.shape[ax])
+
+
 def load_policy(cfg, *, weights: bool = True) -> Policy:
     """Model config, initial params and tokenizer from `cfg.model`, placed on `cfg.mesh`.
 
@@ -358,6 +377,7 @@ def load_policy(cfg, *, weights: bool = True) -> Policy:
             params = _abstract_params(model_cfg, _DTYPES[m.param_dtype], mesh, rules)
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise UserError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model_cfg.vocab_size}")
+    warn_idle_mesh_axes(model_cfg, mesh, rules)
     model_cfg = model_cfg.replace(scan_layers=m.scan_layers)
     longest = cfg.sampling.max_prompt_len + max(cfg.sampling.max_response_len, cfg.eval.max_response_len)
     if longest > model_cfg.max_position_embeddings:

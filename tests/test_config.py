@@ -266,6 +266,9 @@ def test_memory_layout_keys_may_change_on_resume():
                                  as_dict("model.remat=full", "model.scan_layers=false")) == []
     assert allowed_config_change(as_dict("model.compute_dtype=float32"), as_dict("model.compute_dtype=bfloat16")) == [
         "model.compute_dtype"]
+    # another mesh: a layout (tests/train/test_train_e2e.py resumes a run on one)
+    assert allowed_config_change(as_dict('mesh.shape={"data": 1, "fsdp": 8, "tensor": 1}'),
+                                 as_dict('mesh.shape={"data": 1, "fsdp": 4, "tensor": 2}')) == []
 
 
 # ----------------------------------------------------------------------------------------------

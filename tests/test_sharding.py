@@ -36,6 +36,27 @@ def test_make_mesh_fills_minus_one_and_rejects_bad_shapes():
         make_mesh({"data": 3, "fsdp": -1})
 
 
+def test_a_mesh_axis_that_shards_no_parameter_is_named_in_a_warning(caplog):
+    """Only `embed` goes to fsdp: with a hidden size fsdp does not divide, the fallback left every
+    parameter (and its optimizer state) whole on every device, and nothing said so (a 7B model on
+    fsdp 6 would hold 122 GB of train state per device instead of 20)."""
+    import logging
+
+    from azr_jax.models.decoder import idle_mesh_axes
+    from azr_jax.train_setup import warn_idle_mesh_axes
+
+    odd = small_config("qwen2", hidden_size=36)
+    mesh = make_mesh({"fsdp": 8})
+    assert idle_mesh_axes(odd, mesh, RULES) == ["fsdp"]
+    assert idle_mesh_axes(small_config("qwen2"), mesh, RULES) == []  # hidden 64
+    # data only ever shards the batch: replicated parameters along it are the plan, not a fallback
+    assert idle_mesh_axes(odd, make_mesh({"data": 2, "fsdp": 1, "tensor": 4}), RULES) == []
+    with caplog.at_level(logging.WARNING, logger="azr_jax.train"):
+        warn_idle_mesh_axes(odd, mesh, RULES)
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["mesh axis 'fsdp' (8 devices) shards no parameter"]
+    assert "embed 36" in caplog.records[0].getMessage()
+
+
 def test_logical_to_pspec_rules():
     mesh = {"data": 2, "fsdp": 2, "tensor": 2}
     # A list rule shards over several mesh axes; an axis is used once per array.

@@ -129,6 +129,23 @@ def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: dict) -> d
     return tree_shardings(param_axes(cfg), mesh, rules, shapes)
 
 
+def idle_mesh_axes(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: dict) -> list[str]:
+    """Mesh axes of more than one device that `rules` give to parameter dimensions, yet that
+    shard no parameter: none of those dimensions divides by the axis size (the replication
+    fallback), so every parameter, its gradient and its optimizer state are whole on each of
+    the axis's devices (`embed` -> `fsdp` with a hidden size the fsdp count does not divide)."""
+    specs = [sharding.spec for sharding in jax.tree.leaves(param_shardings(cfg, mesh, rules))]
+    used = {ax for spec in specs for entry in spec if entry is not None
+            for ax in ((entry,) if isinstance(entry, str) else entry)}
+    names = {name for axes in jax.tree.leaves(param_axes(cfg), is_leaf=lambda x: isinstance(x, tuple))
+             for name in axes if name is not None}
+    targeted = set()
+    for name in names:
+        target = rules.get(name)
+        targeted.update([] if target is None else [target] if isinstance(target, str) else target)
+    return [ax for ax, size in mesh.shape.items() if size > 1 and ax in targeted and ax not in used]
+
+
 # ----------------------------------------------------------------------------------------------
 # KV cache
 # ----------------------------------------------------------------------------------------------
