@@ -152,8 +152,12 @@ class MetricsWriter:
         self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
         from tensorboardX import SummaryWriter
 
-        # purge_step hides events a killed run wrote past the checkpoint we resumed from.
-        self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=start_step + 1)
+        # purge_step hides events a killed run wrote past the checkpoint we resumed from. The
+        # file is named by the second it was opened in: a start in the same second as the one
+        # before (a resume right after a failed start, a test) replaced that file; the start
+        # step in the name keeps them apart.
+        self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=start_step + 1,
+                                 filename_suffix=f".from_step_{start_step}")
         if progress:
             self._progress = ProgressLine(total_steps, start_step)
 

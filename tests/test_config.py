@@ -1,6 +1,7 @@
 """The typed config: loading, `--set` overrides, validation, clear errors."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -186,8 +187,8 @@ def test_cli_reports_bad_input_as_one_line(tmp_path):
 def test_cli_help_lists_commands():
     r = subprocess.run([sys.executable, "-m", "azr_jax.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0
-    for name in ("train", "score", "bench", "repro", "pretrain", "eval", "convert"):
-        assert name in r.stdout
+    listed = re.findall(r"^    (\w+)", r.stdout, re.MULTILINE)  # one command per line, as a word
+    assert listed == ["train", "score", "eval", "convert", "pretrain", "bench", "repro", "selfcheck"], r.stdout
 
 
 @pytest.mark.parametrize("task_types", ['[]', '["deduction", "deduction"]'])

@@ -2,6 +2,7 @@
 docs, configs and launch scripts, and every `section.key` in backticks in the README and docs (a
 renamed or removed key would otherwise only fail when someone runs the command)."""
 
+import dataclasses
 import importlib
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from azr_jax.config import Config, apply_overrides
 from azr_jax.errors import UserError
+from azr_jax.models.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 USER_FACING = ["README.md", "docs/*.md", "configs/*.py", "launch/**/*.sh", "launch/**/*.md", "notebooks/*.py"]
@@ -69,12 +71,38 @@ def test_documented_overrides_name_config_keys():
     for key, files in documented_override_keys().items():
         if key in PLACEHOLDERS:
             continue
+        where = f"{key} (in {', '.join(sorted(set(files)))})"
         try:
             apply_overrides(Config(), [f"{key}=0"])
         except UserError as e:  # a wrong-typed 0 is fine here: only the key's existence is checked
             if "unknown config key" in str(e):
-                unknown.append(f"{key} (in {', '.join(sorted(set(files)))}): {e}")
+                unknown.append(f"{where}: {e}")
+        # Entries of dict-valued keys are not config keys: a value error comes before any name
+        # check there (or none is made, for model.overrides), so their names are checked here.
+        section, _, rest = key.partition(".")
+        head, _, name = rest.partition(".")
+        if name and f"{section}.{head}" in DICT_VALUED and name not in DICT_VALUED[f"{section}.{head}"]:
+            unknown.append(f"{where}: {name!r} is not one of {sorted(DICT_VALUED[f'{section}.{head}'])}")
     assert not unknown, "\n".join(unknown)
+
+
+DICT_VALUED = {
+    "mesh.shape": set(Config().mesh.shape),
+    "mesh.rules": set(Config().mesh.rules),
+    "model.overrides": {f.name for f in dataclasses.fields(ModelConfig)},
+}
+
+
+def test_a_misspelt_entry_of_a_dict_valued_key_would_be_caught(monkeypatch):
+    import sys
+
+    module = sys.modules[__name__]
+    monkeypatch.setattr(module, "documented_override_keys", lambda: {
+        "model.overrides.num_layerz": ["README.md"], "mesh.shape.tensr": ["docs/x.md"], "mesh.rules.vocab": ["y"]})
+    with pytest.raises(AssertionError) as failed:
+        test_documented_overrides_name_config_keys()
+    assert "'num_layerz' is not one of" in str(failed.value) and "'tensr' is not one of" in str(failed.value)
+    assert "'vocab'" not in str(failed.value)
 
 
 def test_a_removed_key_would_be_caught():

@@ -34,13 +34,14 @@ def gcloud(tmp_path):
     return run
 
 
-@pytest.mark.parametrize("args", [("azr-x", "us-east5-a", "v5p-8"),
-                                  ("azr-x", "us-east5-a", "v5p-8", "configs/no-such-preset.py")])
-def test_a_missing_or_wrong_config_is_refused_before_a_slice_is_created(gcloud, args):
+@pytest.mark.parametrize("args, message", [(("azr-x", "us-east5-a", "v5p-8"), "usage:"),
+                                           (("azr-x", "us-east5-a", "v5p-8", "configs/no-such-preset.py"),
+                                            "no config configs/no-such-preset.py")])
+def test_a_missing_or_wrong_config_is_refused_before_a_slice_is_created(gcloud, args, message):
     proc, calls = gcloud("queued_resource.sh", *args)
     assert proc.returncode == 2, proc.stderr
     assert calls == []  # no queued resource was created
-    assert "usage:" in proc.stderr or "no config configs/no-such-preset.py" in proc.stderr
+    assert message in proc.stderr
 
 
 def test_create_flags_and_create_only(gcloud):

@@ -32,8 +32,22 @@ def test_format_check_agrees_with_the_r1_regex_on_random_texts():
     for _ in range(20_000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 10)))
         assert parsing.format_ok(text) is (r1.match("<think>" + text) is not None), repr(text)
-    assert parsing.format_ok("</think><answer>" * 3_000 + "</answer>")
-    assert not parsing.format_ok("</think><answer>" * 3_000)
+    # 24 000 unclosed pairs: 37 s for the old regex here (0.46 s at 3 000: it grows with the square)
+    assert _within(2.0, parsing.format_ok, "</think><answer>" * 24_000 + "</answer>")
+    assert not _within(2.0, parsing.format_ok, "</think><answer>" * 24_000)
+
+
+def _within(seconds: float, fn, *args):
+    """fn(*args), failing the test if it takes longer than `seconds`: a bound on how the work
+    grows (the inputs are sized so that a quadratic scan takes ten times as long or more), with
+    a margin of hundreds over the linear code's milliseconds, not a timing."""
+    import time
+
+    start = time.perf_counter()
+    out = fn(*args)
+    took = time.perf_counter() - start
+    assert took < seconds, f"{took:.1f} s: the scan is no longer linear in the text"
+    return out
 
 
 def test_extract_answer_takes_last_answer_and_runs_to_end_when_unclosed():
@@ -73,15 +87,15 @@ def test_solver_answers_also_accept_a_call_and_a_sentence_as_the_reference_does(
     assert value("input(5)", "input", last=False, whole_answer_fallback=False) == ""
 
 
-def test_extraction_of_30_kB_adversarial_answers_is_linear(monkeypatch):
+def test_extraction_of_adversarial_answers_is_linear(monkeypatch):
     """A lazy regex rescanned the blanks of a padded `# Output:` line or "the output is" sentence
     once per character, and every `output(` of a text was parsed once per `)` after it: seconds
     to minutes on 30 kB. The scan for calls now parses at most `_CALL_PARSE_LIMIT` (256) texts, not
     up to 32 per `output(` (128 000 here)."""
     value = parsing.labelled_value
-    padded = "a" + " " * 30_000 + "b"
-    assert value("# output: " + padded, "output") == padded
-    assert value("the output is " + padded + ". ", "output") == padded
+    padded = "a" + " " * 120_000 + "b"  # the old lazy regex: 1.9 s at 30 000 blanks, 51 s here
+    assert _within(2.0, value, "# output: " + padded, "output") == padded
+    assert _within(2.0, value, "the output is " + padded + ". ", "output") == padded
     assert value("<output>" * 4_000, "output") == "<output>" * 4_000  # unclosed tags: the whole answer
     parses = []
     monkeypatch.setattr(parsing, "_parses_as_call", lambda text: parses.append(text) or False)

@@ -33,8 +33,8 @@ def test_shape_flags_shrink_the_preset():
     assert cfg.num_heads == 128 // base.head_dim and cfg.num_heads % cfg.num_kv_heads == 0
     over = model_config_from_args(_args("train", ["--set", "model.overrides.num_layers=3"]))
     assert over.num_layers == 3 and over.hidden_size == base.hidden_size
-    with pytest.raises(UserError):
-        model_config_from_args(_args("sample", ["--hidden", "100"]))  # not a multiple of head_dim
+    with pytest.raises(UserError, match="--hidden 100 must be a multiple of the head_dim"):
+        model_config_from_args(_args("sample", ["--hidden", "100"]))
 
 
 def test_roofline_is_weight_plus_kv_bytes_over_bandwidth():
@@ -140,7 +140,7 @@ def test_bench_train_passes_remat_to_both_sides(capsys):
     assert bench_cli.main(_args("train", [*TINY, "--set", "model.remat=full"])) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["remat"] == "full" and record["tokens_per_s"] > 0 and record["baseline_tokens_per_s"] > 0
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="'model.remat' must be one of"):
         bench_cli.main(_args("train", [*TINY, "--set", "model.remat=everything"]))
 
 

@@ -25,10 +25,14 @@ def _logp_entropy(chunk, params=PARAMS, cfg=CFG, batch=BATCH):
     return [np.asarray(x) for x in fn(params, {k: batch[k] for k in ("tokens", "positions", "mask")})]
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 5, T - 1, 64])  # 5 leaves a short last chunk of 11 positions
-def test_chunked_head_gives_the_same_logprobs_and_entropies(chunk):
+# 5 leaves a short last chunk; T - 2 is the longest chunk that still splits the T - 1 scored
+# positions; T - 1 and 64 cover them in one go and take the whole head (no chunks traced).
+@pytest.mark.parametrize("chunk", [1, 4, 5, T - 2, T - 1, 64])
+def test_chunked_head_gives_the_same_logprobs_and_entropies(chunk, chunked_traces):
     whole_logp, whole_entropy = _logp_entropy(0)
+    assert chunked_traces == []
     logp, entropy = _logp_entropy(chunk)
+    assert chunked_traces == ([chunk] if chunk < T - 1 else [])
     assert logp.shape == whole_logp.shape == (BATCH["tokens"].shape[0], T)
     np.testing.assert_allclose(logp, whole_logp, atol=2e-6)
     np.testing.assert_allclose(entropy, whole_entropy, atol=2e-6)

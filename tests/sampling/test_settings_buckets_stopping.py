@@ -12,14 +12,17 @@ from azr_jax.sampling.stopping import WINDOW_FILL, ends_with_stop, eos_array, is
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-1), dict(max_new_tokens=0),
-     dict(stop_sequences=[[]]), dict(max_new_tokens=4, budgets=[5]), dict(budgets=[0]),
-     dict(temperature=float("nan")), dict(temperature=float("inf")), dict(top_p=float("nan")),
-     dict(stop_sequences=(5, 6)), dict(stop_sequences=("ab",))],
+    "kwargs, message",
+    [(dict(temperature=-1), "sampling temperature"), (dict(top_p=0), "sampling top_p"), (dict(top_p=1.5), "sampling top_p"),
+     (dict(top_k=-1), "sampling top_k"), (dict(max_new_tokens=0), "max_new_tokens must be positive"),
+     (dict(stop_sequences=[[]]), "empty sequence"), (dict(max_new_tokens=4, budgets=[5]), "budgets must each be"),
+     (dict(budgets=[0]), "budgets must each be"), (dict(temperature=float("nan")), "sampling temperature"),
+     (dict(temperature=float("inf")), "sampling temperature"), (dict(top_p=float("nan")), "sampling top_p"),
+     (dict(stop_sequences=(5, 6)), "tuple of token-id sequences"),
+     (dict(stop_sequences=("ab",)), "tuple of token-id sequences")],
 )
-def test_bad_settings_raise_user_error(kwargs):
-    with pytest.raises(UserError):
+def test_bad_settings_raise_user_error(kwargs, message):
+    with pytest.raises(UserError, match=message):
         SamplingSettings(**kwargs)
 
 

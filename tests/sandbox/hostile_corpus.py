@@ -587,7 +587,10 @@ def f(x):
             return 'ran'
     return 'not found'
 """, lambda r, ctx: (path_absent("sub_@TOKEN@")(r, ctx),
-                     _assert(not (REPO / f"sub_{ctx['token']}").exists(), "repo written")), own_files=True),
+                     _assert(not (REPO / f"sub_{ctx['token']}").exists(), "repo written"),
+                     # 'not found' would mean the escape was never tried, and the case tests nothing
+                     _assert(r.outputs == ["'ran'"] or r.error is not None or any(r.errors),
+                             f"the walk never reached os.system: {r}")), own_files=True),
     Case("ctypes_system_and_setuid", """
 import ctypes
 def f(x):
@@ -783,6 +786,7 @@ def run_corpus(mode: str, workers: int = 2) -> tuple[list[tuple[str, str]], dict
         if arch is not None and not filtered:
             failures.append(("seccomp", f"the filter for {arch} is not installed: {facts['report']['layers']}"))
         cases = [c for c in CASES if c.claimed(mode, filtered)]
+        facts["cases"] = [c.name for c in cases]
         results: dict[str, JobResult] = {}
         for phase in (1, 2):
             batch = [c for c in cases if c.phase == phase]

@@ -99,13 +99,13 @@ def test_sets_and_dicts_of_colliding_hashes_are_refused_in_linear_time():
 
 
 def test_job_validation():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="args_mode must be one of"):
         Job(ADD, ["1"], args_mode="python")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected has 1 entries for 2 calls"):
         Job(ADD, ["1", "2"], expected=["1"])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="repeats must be in 1..16, got 0"):
         Job(ADD, ["1"], repeats=0)
-    with pytest.raises(ValueError):  # each repeat has its own zygote uid when root: 16 per slot
+    with pytest.raises(ValueError, match="repeats must be in 1..16, got 17"):  # one zygote uid per repeat when root
         Job(ADD, ["1"], repeats=17)
 
 

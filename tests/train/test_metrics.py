@@ -8,15 +8,53 @@ import pytest
 from azr_jax.metrics import MetricsWriter, ProgressLine, is_timing_key, read_metrics, truncate_metrics, without_timings
 
 
+def _tensorboard_events(path):
+    """The events of one TensorBoard file (TFRecord framing: length, its CRC, data, its CRC)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    data, events, at = path.read_bytes(), [], 0
+    while at < len(data):
+        (length,) = struct.unpack("<Q", data[at:at + 8])
+        event = event_pb2.Event()
+        event.ParseFromString(data[at + 12:at + 12 + length])
+        events.append(event)
+        at += 12 + length + 4
+    return events
+
+
+def _scalars(events):
+    return [(e.step, v.tag, round(v.simple_value, 6)) for e in events for v in e.summary.value]
+
+
 def test_writes_one_line_per_step_and_tensorboard_events(tmp_path):
+    from tensorboardX.proto import event_pb2
+
+    board = tmp_path / "tensorboard"
     w = MetricsWriter(tmp_path, total_steps=2, progress=False)
-    w.write_step({"step": 1, "reward/mean": 0.5, "step_time_s": 1.0, "nan_metric": float("nan")})
+    w.write_step({"step": 1, "reward/mean": 0.5, "step_time_s": 1.0, "nan_metric": float("nan"), "ok": True})
     w.write_step({"step": 2, "reward/mean": 0.25, "step_time_s": 2.0, "nan_metric": 1.0})
     w.close()
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2]
     assert records[0]["nan_metric"] is None  # JSON has no NaN
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    (first,) = board.glob("events.out.tfevents.*")
+    # every finite number at its step; NaN and booleans are not scalars TensorBoard can plot
+    assert sorted(_scalars(_tensorboard_events(first))) == [
+        (1, "reward/mean", 0.5), (1, "step_time_s", 1.0), (2, "nan_metric", 1.0), (2, "reward/mean", 0.25),
+        (2, "step_time_s", 2.0)]
+    # A resume from step 1 writes a new file whose first event tells TensorBoard to drop the old
+    # file's events from step 2 on (the steps redone after the checkpoint).
+    w = MetricsWriter(tmp_path, total_steps=2, start_step=1, progress=False)
+    w.write_step({"step": 2, "reward/mean": 0.75})
+    w.close()
+    (second,) = set(board.glob("events.out.tfevents.*")) - {first}
+    events = _tensorboard_events(second)
+    purge = [e for e in events if e.HasField("session_log")]
+    assert [(e.step, e.session_log.status) for e in purge] == [(2, event_pb2.SessionLog.START)]
+    assert _scalars(events) == [(2, "reward/mean", 0.75)]
+    assert len(_scalars(_tensorboard_events(first))) == 5  # the first file is kept, not replaced
 
 
 def test_resume_drops_steps_after_the_checkpoint_and_partial_lines(tmp_path):

@@ -77,7 +77,7 @@ def test_left_pad_rejects_overlong_rows_and_handles_empty():
     tokens, mask, positions = left_pad([[5, 6], []], 3, pad_id=9)
     assert tokens.tolist() == [[9, 5, 6], [9, 9, 9]] and mask.tolist() == [[0, 1, 1], [0, 0, 0]]
     assert positions.tolist() == [[0, 0, 1], [0, 0, 0]]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="row 0 has 4 tokens, more than the padded length 3"):
         left_pad([[1, 2, 3, 4]], 3, pad_id=0)
 
 
