@@ -23,9 +23,9 @@ resuming: run the same command again; training continues from the newest complet
   train.steps (not with a cosine/linear optim.schedule, which decays over it), the
   logging/saving/evaluation intervals (train.save_every, train.keep_checkpoints,
   train.log_every, train.eval_every, train.audit_every), sandbox.workers, sandbox.isolation,
-  sandbox.seccomp and the memory layout (model.remat, model.scan_layers, sampling.max_rows,
-  sampling.prefill_chunk, rl.logits_chunk, rl.attention_chunk) may change, and
-  sampling.max_prompt_len grow.
+  sandbox.seccomp, the memory layout (model.remat, model.scan_layers, sampling.max_rows,
+  sampling.prefill_chunk, rl.logits_chunk, rl.attention_chunk) and the mesh (mesh.shape,
+  mesh.rules: another slice) may change, and sampling.max_prompt_len grow.
 overriding: --set section.key=value (JSON values: numbers, lists, null, true), e.g.
   --set train.steps=50 --set azr.batch_size=16 --set mesh.shape='{"data":1,"fsdp":8,"tensor":1}'.
   --mesh TOPOLOGY lays the preset out on v4-8, v5p-8, v5e-8, v6e-8 or gpu-8.
