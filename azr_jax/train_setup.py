@@ -207,6 +207,8 @@ def check_workdir(cfg, workdir: Path, *, write: bool, resume_step: int | None = 
             try:
                 tmp.write_text(text + "\n")
                 os.replace(tmp, target)
+            except OSError as e:  # a full disk, a quota: the old file stays whole
+                raise UserError(f"cannot write {target}: {e.strerror or e}") from None
             finally:
                 tmp.unlink(missing_ok=True)
 
