@@ -172,6 +172,7 @@ def zygote_command(plan: Plan, uid: int | None, scratch: str, repeat: int = 0) -
     config = {"scratch": scratch, "pidns": plan.mode in ("bwrap", "unshare"), "drop_uid": None,
               "scratch_tmpfs": private_tmp(plan),  # the scratch root is a tmpfs of its own
               "kill_all_uid": False, "seccomp": plan.seccomp.hex() if plan.seccomp else None,
+              "pid_skew": repeat,  # zygote._burn_pids: pid-dependent outputs differ between repeats
               # each job adds this one on top (seccomp.child_filter_program); same architecture
               "child_seccomp": seccomp_filter.child_filter_program().hex() if plan.seccomp else None}
     seed = hash_seed(repeat)

@@ -395,6 +395,18 @@ def _wipe(root):
         os.close(fd)
 
 
+def _burn_pids(n):
+    """Use up `n` process ids. The zygote of repeat r does this once, at start: the zygotes of a
+    job's repeats see the same job sequence, so in their pid namespaces a program's pid (which
+    counts the processes of earlier jobs) was the same in every repeat, and an output depending
+    on it passed the determinism check. Offset by the repeat, the pids differ."""
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+
 def _run_job(req):
     scratch = os.path.join(CONFIG["scratch"], "job")
     os.mkdir(scratch, 0o700)
@@ -592,6 +604,7 @@ def main():
     # Children then leave the zygote's objects alone during collection: fewer copy-on-write faults.
     __import__("gc").freeze()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    _burn_pids(CONFIG.get("pid_skew", 0))
     _send({"ready": True, "pid": os.getpid(), "uid": os.getuid(), "hash_probe": hash("azr"),
            "seccomp": seccomp})
     while True:

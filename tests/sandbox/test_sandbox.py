@@ -227,6 +227,20 @@ def test_determinism(sb):
     assert r_ok.deterministic and r_ok.outputs == ["['w0', 'w1']"]
 
 
+@pytest.mark.parametrize("isolation", ["bwrap", "unshare", "none"])
+def test_an_output_that_depends_on_the_pid_is_not_deterministic(isolation):
+    """In a zygote's pid namespace a job's pid counts the processes earlier jobs started, and the
+    repeats' zygotes see the same jobs: `os.getpid()` passed the determinism check (and a task's
+    gold output could depend on what ran before it). Each repeat's zygote starts offset."""
+    pid = "import os\ndef f(x):\n    return os.getpid()\n"
+    with Sandbox(SandboxSection(isolation=isolation, timeout_s=5, workers=1)) as s:
+        first, plain, later = s.run([Job(pid, ["0", "1"], repeats=2), Job(ADD, ["1, 2"], repeats=2),
+                                     Job(pid, ["0"], repeats=3)])
+    assert not first.deterministic and first.errors == ["nondeterministic"] * 2
+    assert not later.deterministic
+    assert plain.deterministic and plain.outputs == ["3"]
+
+
 def test_state_does_not_leak_between_jobs(sb):
     sb.run([Job("import math, builtins\nmath.pi = 3\nbuiltins.abs = lambda x: 7\ndef f(x):\n    return 0", ["0"])] * 4)
     r = sb.run([Job("import math\ndef f(x):\n    return (math.pi, abs(-1))", ["0"])] * 4)
