@@ -94,7 +94,7 @@ class _Zygote:
 
     def _read_exact(self, n: int, deadline: float) -> bytes | None:
         fd = self.proc.stdout.fileno()
-        buf = b""
+        buf = bytearray()  # appending to bytes copied the whole buffer per chunk: seconds for 48 MB
         while len(buf) < n:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -105,7 +105,7 @@ class _Zygote:
             if not chunk:
                 return None
             buf += chunk
-        return buf
+        return bytes(buf)
 
     def _recv(self, deadline: float):
         head = self._read_exact(4, deadline)
@@ -143,6 +143,8 @@ class _Zygote:
             on_stall()
         answer = self._recv(deadline + GRACE_S)
         if isinstance(answer, dict) and answer.get("status") != "sandbox_error":
+            if answer.get("recycle"):  # the job left something in the zygote it cannot clean
+                self.close()
             return answer
         self.close()
         if isinstance(answer, dict):
@@ -169,9 +171,23 @@ class _Zygote:
                 f.close()
             except OSError:
                 pass
+        if self.plan.mode == "none" and self.uid is not None:
+            _kill_uid(self.plan.python, self.uid)
         if self.host_scratch:
             _remove_tree(self.host_scratch)
             self.host_scratch = None
+
+
+def _kill_uid(python: str, uid: int) -> None:
+    """Kill every process of the dedicated `uid` (isolation none as root, no pid namespace). A job
+    that killed its zygote and left processes in sessions of their own escaped both the zygote's
+    final kill and the session kill above; run as that uid, kill(-1) reaches them all."""
+    code = "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError:\n    pass\n"
+    try:
+        subprocess.run([python, "-S", "-c", code], user=uid, group=uid, extra_groups=[], env=dict(isolation.CLEAN_ENV),
+                       capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        LOG.warning("could not kill the processes left by sandbox uid %d: %s", uid, e)
 
 
 def _readable(fd: int, timeout_s: float) -> bool:
@@ -508,6 +524,8 @@ def _parse_answer(answer: dict, n: int) -> list[tuple] | str:
         return "output too large"
     if status == "memory":
         return "memory"
+    if status == "scratch":  # the zygote was replaced; the program's doing, not the sandbox's
+        return f"left its scratch directory in a state the sandbox cannot reset ({answer.get('detail')})"
     try:
         frame = parse_result_frame(answer.get("frame") or "")
     except NotALiteral:

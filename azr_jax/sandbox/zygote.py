@@ -51,13 +51,13 @@ MAX_NODES = 100_000
 
 
 def _read_exact(fd, n):
-    buf = b""
+    buf = bytearray()  # appending to bytes copies the whole buffer every time
     while len(buf) < n:
         chunk = os.read(fd, n - len(buf))
         if not chunk:
             return None
         buf += chunk
-    return buf
+    return bytes(buf)
 
 
 def _recv(fd=0):
@@ -70,7 +70,7 @@ def _recv(fd=0):
 
 def _send(obj, fd=1):
     data = json.dumps(obj).encode("utf-8")
-    data = struct.pack(">I", len(data)) + data
+    data = memoryview(struct.pack(">I", len(data)) + data)  # slices of a memoryview copy nothing
     while data:
         data = data[os.write(fd, data):]
 
@@ -128,6 +128,7 @@ def _limit(lim):
         (resource.RLIMIT_NOFILE, lim["open_files"]),
         (resource.RLIMIT_NPROC, lim["processes"]),
         (resource.RLIMIT_AS, lim["memory_bytes"]),
+        (resource.RLIMIT_MSGQUEUE, 0),  # mq_open is filtered; creating one through /dev/mqueue is not
     ):
         resource.setrlimit(res, (value, value))
 
@@ -343,34 +344,41 @@ def _reap():
             return
 
 
+def _empty_of_files(fd, stuck):
+    """Unlink what in the directory `fd` is not a directory; its subdirectories, to descend into."""
+    subdirs = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    os.unlink(entry.name, dir_fd=fd)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if (st.st_dev, st.st_ino) not in stuck:
+                    subdirs.append((entry.name, (st.st_dev, st.st_ino)))
+            except OSError:
+                pass
+    return subdirs
+
+
 def _wipe(root):
     """Empty the directory `root` (kept itself) of whatever the job left there.
 
-    No recursion and every path one name long, relative to an open directory, so a tree of any
-    depth goes; directories chmod-ed to 000 are opened up first; symlinks are removed, never
-    followed. The job's processes are dead by now, so nothing changes the tree meanwhile.
+    Every directory is scanned once (a rescan per removed subdirectory was quadratic: 200 000
+    directories kept the zygote busy past the job's deadline); only one directory is open at a
+    time and every path is one name long, relative to it, so a tree of any depth goes;
+    directories chmod-ed to 000 are opened up first; symlinks are removed, never followed. The
+    job's processes are dead by now, so nothing changes the tree meanwhile.
     """
     stuck = set()  # (device, inode) of directories that could not be entered or removed
-    names = []  # the path from `root` down to the directory `fd` is open on
+    os.chmod(root, 0o700)  # by path: a job that chmod-ed its scratch root to 000 cannot stop the open
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        os.fchmod(fd, 0o700)
+        above = []  # (name, ident, the rest of the parent's subdirectories) from `root` down to fd
+        pending = _empty_of_files(fd, stuck)
         while True:
-            sub = None
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    try:
-                        if not entry.is_dir(follow_symlinks=False):
-                            os.unlink(entry.name, dir_fd=fd)
-                            continue
-                        st = entry.stat(follow_symlinks=False)
-                        if (st.st_dev, st.st_ino) not in stuck:
-                            sub = (entry.name, (st.st_dev, st.st_ino))
-                            break
-                    except OSError:
-                        pass
-            if sub is not None:
-                name, ident = sub
+            if pending:
+                name, ident = pending.pop()
                 try:
                     os.chmod(name, 0o700, dir_fd=fd)
                     child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
@@ -379,20 +387,40 @@ def _wipe(root):
                     continue
                 os.close(fd)
                 fd = child
-                names.append((name, ident))
+                above.append((name, ident, pending))
+                pending = _empty_of_files(fd, stuck)
                 continue
-            if not names:
+            if not above:
                 return
             parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
             os.close(fd)
             fd = parent
-            name, ident = names.pop()
+            name, ident, pending = above.pop()
             try:
                 os.rmdir(name, dir_fd=fd)
             except OSError:
                 stuck.add(ident)
     finally:
         os.close(fd)
+
+
+def _reset_scratch(root):
+    """Wipe the scratch root and check that nothing of the job is left on it: no entry (one the
+    wipe could not remove), no extended attribute (kept across jobs, and on tmpfs pinning kernel
+    memory no size limit bounds), and the times it had (a job could leave a value in them).
+    OSError when something is left: the zygote is then replaced, and the job counts as failed."""
+    _wipe(root)
+    left = os.listdir(root)
+    if left:
+        raise OSError(f"{len(left)} entries could not be removed from the scratch root")
+    if SCRATCH_XATTRS is not None:
+        try:
+            attrs = os.listxattr(root, follow_symlinks=False)
+        except OSError as exc:  # E2BIG: more names than one call returns
+            raise OSError(f"the scratch root's extended attributes cannot be listed: {exc}") from None
+        if set(attrs) - SCRATCH_XATTRS:
+            raise OSError("the job left extended attributes on the scratch root")
+    os.utime(root, ns=(0, 0), follow_symlinks=False)
 
 
 def _burn_pids(n):
@@ -442,10 +470,13 @@ def _run_job(req):
             poll_at = now + req["memory_poll_s"]
         if stall_at is not None and now >= stall_at:
             # Slow job (likely a hang): lowest CPU priority, so jobs that finish keep the cores.
-            try:
-                os.setpriority(os.PRIO_PGRP, pid, 19)
-            except OSError:
-                pass
+            # Every process of the job: a child in a process group of its own escaped the group's.
+            for target, which in ([(p, os.PRIO_PROCESS) for p in _other_pids()] if CONFIG["pidns"]
+                                  else [(pid, os.PRIO_PGRP)]):
+                try:
+                    os.setpriority(which, target, 19)
+                except OSError:
+                    pass
             stall_at = None
         fds = [rfd, pidfd] if pipe_open else [pidfd]
         wait = min(remaining, max(0.0, poll_at - now))
@@ -489,7 +520,10 @@ def _run_job(req):
     os.close(pidfd)
     # The whole scratch root, not only the job's directory: whatever a job writes anywhere it can
     # (in bwrap, all of /tmp) must not reach the next job, nor fill the tmpfs for it.
-    _wipe(CONFIG["scratch"])
+    try:
+        _reset_scratch(CONFIG["scratch"])
+    except OSError as exc:  # the program's doing (its processes are dead): not a sandbox failure
+        return {"status": "scratch", "detail": str(exc)[:300], "recycle": True}
     signal_no = None
     if exit_code is not None and os.WIFSIGNALED(exit_code):
         signal_no = os.WTERMSIG(exit_code)
@@ -497,7 +531,9 @@ def _run_job(req):
         "status": status or ("too_large" if too_large else "exited"),
         "signal": signal_no,
         "exit": os.WEXITSTATUS(exit_code) if exit_code is not None and os.WIFEXITED(exit_code) else None,
-        "frame": b"".join(data).decode("utf-8", "replace") if not too_large else "",
+        # The child's frame is ASCII JSON: anything else was written by the program, and decoded
+        # with replacement characters it grew sixfold once JSON-escaped for the host.
+        "frame": frame.decode("ascii") if not too_large and (frame := b"".join(data)).isascii() else "",
     }
 
 
@@ -535,7 +571,7 @@ def _mount_private_tmp(size_bytes, uid):
                 raise OSError(err, f"mounting a tmpfs on {target} failed: {os.strerror(err)}")
 
         mount("/tmp", nosuid | nodev, f"size={int(size_bytes)},mode=0700,uid={int(uid)},gid={int(uid)}")
-        for shared in ("/dev/shm", "/var/tmp", "/run/lock", "/run/shm"):
+        for shared in ("/dev/shm", "/var/tmp", "/run/lock", "/run/shm", "/dev/mqueue"):
             if os.path.isdir(shared) and not os.path.islink(shared):
                 mount(shared, rdonly | nosuid | nodev | noexec, "size=4k,mode=0755")
     finally:
@@ -605,6 +641,12 @@ def main():
     __import__("gc").freeze()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     _burn_pids(CONFIG.get("pid_skew", 0))
+    global SCRATCH_XATTRS
+    try:
+        SCRATCH_XATTRS = frozenset(os.listxattr(CONFIG["scratch"], follow_symlinks=False))
+    except OSError:  # a filesystem without extended attributes: none to leave
+        SCRATCH_XATTRS = None
+    os.utime(CONFIG["scratch"], ns=(0, 0), follow_symlinks=False)  # as after every job
     _send({"ready": True, "pid": os.getpid(), "uid": os.getuid(), "hash_probe": hash("azr"),
            "seccomp": seccomp})
     while True:
@@ -617,9 +659,12 @@ def main():
             _send({"status": "sandbox_error", "detail": f"{type(exc).__name__}: {exc}"[:300]})
             return  # the host starts a fresh zygote
         _send(answer)
+        if answer.get("recycle"):
+            return  # the host replaces us too
 
 
 CONFIG = {}
+SCRATCH_XATTRS = frozenset()  # the scratch root's own extended attributes, as the zygote found them
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -239,6 +240,70 @@ def test_an_output_that_depends_on_the_pid_is_not_deterministic(isolation):
     assert not first.deterministic and first.errors == ["nondeterministic"] * 2
     assert not later.deterministic
     assert plain.deterministic and plain.outputs == ["3"]
+
+
+@pytest.mark.parametrize("isolation", ["bwrap", "unshare", "none"])
+def test_a_job_leaves_nothing_on_the_scratch_root_and_cannot_blame_the_sandbox(isolation):
+    """Found by a red-team pass: `os.chmod('..', 0)` made the zygote's wipe fail, which was
+    reported as a sandbox fault (the job then left out of the update); an extended attribute
+    or a timestamp on the scratch root outlived the wipe (a channel to later jobs, and on
+    tmpfs kernel memory no size limit bounds); a non-UTF-8 frame grew sixfold on its way to
+    the host; /dev/mqueue could hold message queues past the job."""
+    stash = "import os\ndef f(x):\n    os.setxattr('..', 'user.stash', b'gold')\n    return 1\n"
+    read = ("import os\ndef f(x):\n    try:\n        v = os.getxattr('..', 'user.stash')\n    except OSError as e:\n"
+            "        v = e.errno\n    return (str(v), os.stat('..').st_atime)\n")
+    with Sandbox(SandboxSection(isolation=isolation, timeout_s=5, workers=1)) as s:
+        locked, = s.run([Job("import os\ndef f(x):\n    os.chmod('..', 0)\n    return 1\n", ["0"])])
+        timed, = s.run([Job("import os\ndef f(x):\n    os.utime('..', (4000000000, 1))\n    return 1\n", ["0"])])
+        stashed, = s.run([Job(stash, ["0"], repeats=1)])
+        after, = s.run([Job(read, ["0"])])
+        junk, = s.run([Job("import os\ndef f(x):\n    for fd in range(3, 64):\n        try:\n"
+                           "            os.write(fd, b'\\xff' * 4096)\n        except OSError:\n            pass\n"
+                           "    os._exit(0)\n", ["0"])])
+        queues, = s.run([Job("import resource\ndef f(x):\n    return resource.getrlimit(resource.RLIMIT_MSGQUEUE)\n",
+                             ["0"])])
+    assert locked.outputs == ["1"] and not locked.sandbox_fault, locked
+    assert timed.outputs == ["1"], timed
+    assert stashed.outputs == [None] and not stashed.sandbox_fault, stashed
+    assert "left its scratch directory" in stashed.error, stashed
+    assert after.outputs == [f"('{errno.ENODATA}', 0.0)"], after  # no attribute, and the atime reset
+    assert junk.error == "exited before reporting (exit status 0)", junk
+    assert queues.outputs == ["(0, 0)"], queues
+
+
+@pytest.mark.parametrize("isolation", ["bwrap", "unshare"])
+def test_a_stalled_job_runs_at_the_lowest_priority_in_every_process_group(isolation):
+    """The zygote reniced the job's process group only: a child in a group of its own kept
+    nice 0 while the job hung. In the pid-namespace modes every process of the job is reniced
+    (isolation none still renices the group only, docs/sandbox.md)."""
+    program = ("import os, time\ndef f(x):\n    r, w = os.pipe()\n    if os.fork() == 0:\n        os.setpgid(0, 0)\n"
+               "        time.sleep(1.0)\n        os.write(w, str(os.getpriority(os.PRIO_PROCESS, 0)).encode())\n"
+               "        os._exit(0)\n    os.wait()\n    return int(os.read(r, 8))\n")
+    with Sandbox(SandboxSection(isolation=isolation, timeout_s=8, workers=1)) as s:
+        r, = s.run([Job(program, ["0"], repeats=1)])
+    assert r.outputs == ["19"], r
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="isolation none gives jobs a dedicated uid only when root")
+def test_in_mode_none_as_root_no_process_of_a_job_outlives_the_sandbox():
+    """A job that starts a process in a session of its own and then kills its zygote escaped the
+    zygote's final kill and the host's session kill: four such processes were still running
+    after the sandbox closed. The host now kills every process of the dedicated uid."""
+    import subprocess
+    import uuid
+
+    tag = f"azr_survivor_{uuid.uuid4().hex}"
+    program = ("import os, signal, sys\ndef f(x):\n    if os.fork() == 0:\n        os.setsid()\n"
+               f"        os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', '{tag}'])\n"
+               "    os.kill(os.getppid(), signal.SIGKILL)\n    return 1\n")
+    try:
+        with Sandbox(SandboxSection(isolation="none", timeout_s=5, workers=1)) as s:
+            r, = s.run([Job(program, ["0"], repeats=1)])
+        assert r.error == "the sandbox's zygote died during the job", r
+        time.sleep(0.3)
+        assert subprocess.run(["pgrep", "-f", tag], capture_output=True, text=True).stdout == ""
+    finally:
+        subprocess.run(["pkill", "-KILL", "-f", tag], capture_output=True)
 
 
 def test_state_does_not_leak_between_jobs(sb):
