@@ -130,7 +130,9 @@ def bwrap_argv(plan: Plan) -> list[str]:
         argv += ["--ro-bind", prefix, prefix]
     # A read-only /dev (device nodes such as /dev/null still work): its tmpfs would otherwise be
     # unbounded scratch space, shared by every job of the zygote.
-    argv += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]
+    # /dev/ptmx (a link to the writable /dev/pts/ptmx) is /dev/null, read-only: ptys count against
+    # the host's global pty limit, and a few jobs took all of it.
+    argv += ["--proc", "/proc", "--dev", "/dev", "--ro-bind", "/dev/null", "/dev/ptmx", "--remount-ro", "/dev"]
     if plan.tmpfs_bytes:
         argv += ["--size", str(plan.tmpfs_bytes)]
     argv += ["--tmpfs", "/tmp", "--chdir", "/tmp"]

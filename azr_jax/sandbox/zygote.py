@@ -574,6 +574,10 @@ def _mount_private_tmp(size_bytes, uid):
         for shared in ("/dev/shm", "/var/tmp", "/run/lock", "/run/shm", "/dev/mqueue"):
             if os.path.isdir(shared) and not os.path.islink(shared):
                 mount(shared, rdonly | nosuid | nodev | noexec, "size=4k,mode=0755")
+        # The host's pty pool is global: a job opening /dev/ptmx gets /dev/null instead.
+        if os.path.exists("/dev/ptmx") and libc.mount(b"/dev/null", b"/dev/ptmx", None, 4096, None) != 0:  # MS_BIND
+            err = ctypes.get_errno()
+            raise OSError(err, f"binding /dev/null over /dev/ptmx failed: {os.strerror(err)}")
     finally:
         sys.modules.pop("ctypes", None)
 
