@@ -207,17 +207,17 @@ class Tokenizer:
     def _named_token_id(self, key: str) -> tuple[bool, int | None]:
         """(declared?, id) for `key` ("eos_token", ...) in special_tokens_map.json, else in
         tokenizer_config.json."""
-        source = next((name for name, table in ((SPECIAL_TOKENS_MAP, self._special_tokens_map),
-                                                (TOKENIZER_CONFIG, self._tokenizer_config)) if key in table), None)
-        if source is None:
-            return False, None
-        text = _token_text((self._special_tokens_map if source == SPECIAL_TOKENS_MAP else self._tokenizer_config)[key])
-        if text is None:  # explicitly null, as Qwen2.5 writes "bos_token": null
-            return True, None
-        token_id = self._backend.token_to_id(text)
-        if token_id is None:
-            raise UserError(f"{source} names {key} {text!r}, which is not in the vocabulary")
-        return True, token_id
+        for source, table in ((SPECIAL_TOKENS_MAP, self._special_tokens_map), (TOKENIZER_CONFIG, self._tokenizer_config)):
+            if key not in table:
+                continue
+            text = _token_text(table[key])
+            if text is None:  # explicitly null, as Qwen2.5 writes "bos_token": null
+                return True, None
+            token_id = self._backend.token_to_id(text)
+            if token_id is None:
+                raise UserError(f"{source} names {key} {text!r}, which is not in the vocabulary")
+            return True, token_id
+        return False, None
 
     def _resolve_special_ids(self, generation_config: dict | None, cfg: dict):
         gen = generation_config or {}
