@@ -14,8 +14,10 @@ process-escape routes that the namespaces, rlimits and dropped uid do not alread
   userfaultfd, io_uring, the kernel keyring, open_by_handle_at / name_to_handle_at;
 - machine administration: modules, kexec, reboot, swap, accounting, quotas, the kernel log,
   the clock, host and domain names, I/O port access, vhangup, personality, fanotify;
-- sockets of any family but AF_UNIX (the network namespace already has no route out; this
-  also closes the loopback and raw sockets inside it);
+- `socket` of any family (the network namespace already has no route out; this also closes
+  the loopback and raw sockets inside it, and AF_UNIX sockets, which reach the host's
+  filesystem sockets where the job sees the host's filesystem: unshare and none mode);
+  `socketpair` stays allowed;
 - memory that outlives a job or escapes its memory poll: System V shared memory, message queues
   and semaphores, POSIX message queues, and memfd files (their pages are in no process's RSS,
   and an IPC object stays in the zygote's IPC namespace for the next job: a channel between jobs).
@@ -46,7 +48,6 @@ RET_KILL_PROCESS = 0x80000000
 RET_ERRNO = 0x00050000
 RET_ALLOW = 0x7FFF0000
 
-AF_UNIX = 1
 X32_SYSCALL_BIT = 0x40000000
 CLONE_NEW_FLAGS = (
     0x00000080  # CLONE_NEWTIME
@@ -72,7 +73,7 @@ DENIED = (
     "ioperm", "vhangup", "personality", "fanotify_init", "lookup_dcookie",
     "shmget", "shmat", "shmctl", "msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop",
     "semtimedop", "semctl", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify",
-    "mq_getsetattr", "memfd_create", "memfd_secret",
+    "mq_getsetattr", "memfd_create", "memfd_secret", "socket",
 )
 
 # Allowed in a job's process only on itself: pid (args[0]) 0 ...
@@ -158,8 +159,7 @@ def filter_program(arch: str | None = None) -> bytes | None:
     # Layout (every jump goes forward; "->X" is resolved once the label's index is known):
     #   load arch; != native -> KILL
     #   load nr; [x32 bit set -> EPERM]; each denied nr -> EPERM
-    #   clone3 -> ENOSYS; socket -> SOCKET; clone -> CLONE; ALLOW
-    #   SOCKET: load args[0]; == AF_UNIX -> ALLOW2 else EPERM
+    #   clone3 -> ENOSYS; clone -> CLONE; ALLOW
     #   CLONE:  load args[0]; any CLONE_NEW* bit -> EPERM else ALLOW2
     #   ALLOW2, EPERM, ENOSYS, KILL
     body: list[tuple] = [
@@ -172,12 +172,8 @@ def filter_program(arch: str | None = None) -> bytes | None:
     body += [("insn", _JEQ_K, n, "EPERM", None) for n in denied]
     body += [
         ("insn", _JEQ_K, nr["clone3"], "ENOSYS", None),
-        ("insn", _JEQ_K, nr["socket"], "SOCKET", None),
         ("insn", _JEQ_K, nr["clone"], "CLONE", None),
         ("insn", _RET_K, RET_ALLOW, None, None),
-        ("label", "SOCKET"),
-        ("insn", _LD_W_ABS, _OFF_ARG0, None, None),
-        ("insn", _JEQ_K, AF_UNIX, "ALLOW2", "EPERM"),
         ("label", "CLONE"),
         ("insn", _LD_W_ABS, _OFF_ARG0, None, None),
         ("insn", _JSET_K, CLONE_NEW_FLAGS, "EPERM", "ALLOW2"),

@@ -461,7 +461,7 @@ def f(x):
     out = []
     for family, kind in ((socket.AF_INET, socket.SOCK_STREAM), (socket.AF_INET6, socket.SOCK_DGRAM),
                          (socket.AF_INET, socket.SOCK_RAW), (socket.AF_NETLINK, socket.SOCK_RAW),
-                         (socket.AF_PACKET, socket.SOCK_RAW)):
+                         (socket.AF_PACKET, socket.SOCK_RAW), (socket.AF_UNIX, socket.SOCK_STREAM)):
         try:
             socket.socket(family, kind).close()
             out.append('opened')
@@ -471,7 +471,7 @@ def f(x):
     a.sendall(b'ok')
     out.append(b.recv(2).decode())
     return out
-""", output_is("[1, 1, 1, 1, 1, 'ok']"), modes=(), seccomp_modes=("bwrap", "unshare", "none")),
+""", output_is("[1, 1, 1, 1, 1, 1, 'ok']"), modes=(), seccomp_modes=("bwrap", "unshare", "none")),
     Case("threads_and_fork_under_seccomp", """
 import os, threading
 def f(x):

@@ -320,6 +320,35 @@ def test_a_job_cannot_open_a_pty(isolation):
     assert r.outputs in (["'refused'"], ["'no pty'"]), r
 
 
+@pytest.mark.parametrize("isolation", ["bwrap", "unshare", "none"])
+def test_a_job_cannot_reach_a_host_unix_socket(isolation):
+    """The network namespace does not cover filesystem sockets: where a job sees the host's files
+    (unshare, none), it connected to any world-connectable one (a red-team pass reached a
+    listener in /tmp). The filter now refuses `socket` for every family."""
+    import shutil
+    import socket
+    import stat
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="azr-host-socket-", dir="/tmp"))  # reachable by any uid
+    os.chmod(folder, 0o777)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(folder / "s"))
+    os.chmod(folder / "s", stat.S_IRWXU | stat.S_IRWXG | stat.S_IRWXO)
+    listener.listen(16)  # every run of the call connects (it runs twice per repeat)
+    program = (f"import socket\ndef f(x):\n    try:\n        c = socket.socket(socket.AF_UNIX)\n"
+               f"        c.connect({str(folder / 's')!r})\n    except OSError as e:\n        return e.errno\n"
+               f"    return 'connected'\n")
+    try:
+        with Sandbox(SandboxSection(isolation=isolation, timeout_s=5, workers=1)) as s:
+            r, = s.run([Job(program, ["0"])])
+    finally:
+        listener.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    assert r.outputs != [None] and r.outputs[0] != "'connected'", r  # an errno, read in the job
+
+
 def test_state_does_not_leak_between_jobs(sb):
     sb.run([Job("import math, builtins\nmath.pi = 3\nbuiltins.abs = lambda x: 7\ndef f(x):\n    return 0", ["0"])] * 4)
     r = sb.run([Job("import math\ndef f(x):\n    return (math.pi, abs(-1))", ["0"])] * 4)
