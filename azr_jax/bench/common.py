@@ -43,6 +43,7 @@ def _argument_type(convert, accept, expected: str):
 positive_int = _argument_type(int, lambda v: v > 0, "a positive integer")
 fraction = _argument_type(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 positive_float = _argument_type(float, lambda v: 0 < v < float("inf"), "a positive number")
+non_negative_float = _argument_type(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
 def device_info() -> dict:

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from azr_jax.bench.common import device_info, peak_numbers, positive_int, time_it
+from azr_jax.bench.common import device_info, non_negative_float, peak_numbers, positive_int, time_it
 from azr_jax.bench.model_shape import add_shape_arguments, dtype_from_args, model_config_from_args, model_shape_record
 from azr_jax.sampling.buckets import bucket_batch
 
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=positive_int, default=8, help="prompts per call")
     parser.add_argument("--prompt-len", type=positive_int, default=64, help="prompt tokens per row")
     parser.add_argument("--new-tokens", type=positive_int, default=64, help="tokens generated per row")
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 = greedy")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed calls (median is reported)")
     parser.add_argument("--no-baseline", action="store_true", help="skip transformers.generate")
     parser.add_argument("--baseline-compile", action="store_true",

@@ -91,14 +91,15 @@ def system_tool(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path=_SYSTEM_PATH)
 
 
-def _tool(name: str) -> str:
+def tool_path(name: str) -> str:
+    """`system_tool(name)`, or the bare name when it is found nowhere."""
     return system_tool(name) or name  # a missing tool then fails where it is run, as before
 
 
 @functools.lru_cache(maxsize=None)
 def _bwrap_supports(flag: str) -> bool:
     try:
-        out = subprocess.run([_tool("bwrap"), "--help"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run([tool_path("bwrap"), "--help"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return flag in out.stdout + out.stderr
@@ -107,7 +108,7 @@ def _bwrap_supports(flag: str) -> bool:
 @functools.lru_cache(maxsize=None)
 def _unshare_supports(flag: str) -> bool:
     try:
-        out = subprocess.run([_tool("unshare"), "--help"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run([tool_path("unshare"), "--help"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return flag in out.stdout
@@ -115,7 +116,7 @@ def _unshare_supports(flag: str) -> bool:
 
 def bwrap_argv(plan: Plan) -> list[str]:
     argv = [
-        _tool("bwrap"), "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--clearenv",
+        tool_path("bwrap"), "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--clearenv",
         "--setenv", "PATH", CLEAN_ENV["PATH"], "--setenv", "LANG", CLEAN_ENV["LANG"],
         "--setenv", "HOME", "/tmp", "--ro-bind", "/usr", "/usr",
     ]
@@ -187,7 +188,7 @@ def zygote_command(plan: Plan, uid: int | None, scratch: str, repeat: int = 0) -
         if uid is not None:  # bwrap runs unprivileged under the dropped uid (its own user namespace)
             popen.update(user=uid, group=uid, extra_groups=[])
     elif plan.mode == "unshare":
-        argv = [_tool("unshare"), "--net", "--pid", "--fork", "--mount-proc", "--ipc", "--uts", "--kill-child"]
+        argv = [tool_path("unshare"), "--net", "--pid", "--fork", "--mount-proc", "--ipc", "--uts", "--kill-child"]
         if uid is None:
             # Unprivileged: namespaces need a user namespace. Map our uid to itself so the zygote
             # holds no capabilities there (as mapped root it could ptrace its own children's

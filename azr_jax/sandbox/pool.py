@@ -202,8 +202,8 @@ def _remove_tree(path: str) -> None:
     """Best-effort removal of a scratch tree a job may have left in any shape (normally the zygote
     has emptied it): `rm -rf` walks trees of any depth, where shutil.rmtree recurses in Python."""
     try:
-        subprocess.run([isolation.system_tool("chmod") or "chmod", "-R", "u+rwx", path], capture_output=True, timeout=60)
-        subprocess.run([isolation.system_tool("rm") or "rm", "-rf", "--one-file-system", path], capture_output=True, timeout=60)
+        subprocess.run([isolation.tool_path("chmod"), "-R", "u+rwx", path], capture_output=True, timeout=60)
+        subprocess.run([isolation.tool_path("rm"), "-rf", "--one-file-system", path], capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         pass
     if os.path.exists(path):

@@ -194,3 +194,13 @@ def test_bench_attention_compares_chunked_queries_with_all_at_once(capsys):
     assert record["baseline"] == "all queries at once (rl.attention_chunk=0)"
     assert record["seconds"] > 0 and record["baseline_seconds"] > 0
     assert record["temp_bytes"] * 2 < record["baseline_temp_bytes"], record
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_a_negative_or_non_finite_sample_temperature_is_an_argument_error(value, capsys):
+    """It used to pass argparse and fail only after JAX had started and the model was built."""
+    from azr_jax.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "sample", "--temperature", value])
+    assert stop.value.code == 2 and "--temperature: expects a number >= 0" in capsys.readouterr().err
