@@ -311,6 +311,26 @@ def _require_hf_dir(model_section) -> None:
         raise UserError(f"model.hf_dir {model_section.hf_dir} is not a directory (a Hugging Face checkpoint is expected)")
 
 
+def warn_partial_loss_blocks(cfg) -> None:
+    """One warning when `token-mean-per-micro-batch` will see partly filled blocks. Each (role,
+    task) part's last block is filled up with empty rows and still weighs as much as a full
+    block, so the real rows in it weigh more (docs/rl.md): 17 rows in blocks of 16 give the 17th
+    row 16 times the weight of the others."""
+    rl, azr = cfg.rl, cfg.azr
+    if rl.loss_agg != "token-mean-per-micro-batch":
+        return
+    micro = rl.micro_batch_size
+    parts = {"proposer": azr.batch_size, "solver": azr.batch_size * azr.solver_samples}
+    uneven = [f"{role} {rows} rows" for role, rows in parts.items() if rows % micro]
+    if azr.train_learnability_rollouts:
+        uneven.append("learnability rollouts (their count varies)")
+    if uneven:
+        log.warning("rl.loss_agg=token-mean-per-micro-batch weighs every block of rl.micro_batch_size=%d rows "
+                    "alike, and these parts leave a partly filled last block whose rows then weigh more: %s; "
+                    "make each part's row count a multiple of %d to weigh every row alike", micro,
+                    ", ".join(uneven), micro)
+
+
 def warn_idle_mesh_axes(model_cfg, mesh, rules) -> None:
     """One warning per mesh axis that shards no parameter though the rules give it some
     (`decoder.idle_mesh_axes`): the memory a larger fsdp count was chosen to save is not saved."""

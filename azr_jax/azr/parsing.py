@@ -24,7 +24,11 @@ THINK_THEN_ANSWER_RE = re.compile(r"</think>\s*<answer>")
 # fence. The tag is one word so that the closing backticks of an inline mention ("put it in an
 # ```output``` block:") are not read as an opening fence tagged " block:" that swallows the real
 # block's opening fence; the reference, which searches for each tag's own fence, finds that block.
-FENCE_RE = re.compile(r"```[ \t]*([\w+#.-]*)[ \t]*\r?\n(.*?)```", re.DOTALL)
+# A label block may also sit on one line (```` ```output [5, 6]``` ````), as the reference's
+# per-tag patterns allow; a label that is not followed by a blank and a value on the same line
+# (```` ```output``` ````) is still only a mention.
+FENCE_RE = re.compile(r"```[ \t]*(?:(?P<line_tag>(?i:input|output|message))[ \t]+(?P<line_body>[^\n]*?)```"
+                      r"|(?P<tag>[\w+#.-]*)[ \t]*\r?\n(?P<body>.*?)```)", re.DOTALL)
 CODE_TAGS = ("python", "py", "python3", "")
 LABEL_TAGS = ("input", "output", "message")  # blocks that are never code
 
@@ -49,7 +53,8 @@ def extract_answer(response: str) -> str | None:
 
 def fenced_blocks(text: str) -> list[tuple[str, str]]:
     """All fenced blocks in order, as (lower-cased tag, stripped body)."""
-    return [(m.group(1).strip().lower(), m.group(2).strip()) for m in FENCE_RE.finditer(text)]
+    return [(m["tag"].strip().lower(), m["body"].strip()) if m["tag"] is not None
+            else (m["line_tag"].lower(), m["line_body"].strip()) for m in FENCE_RE.finditer(text)]
 
 
 def blocks_tagged(text: str, tags: tuple[str, ...]) -> list[str]:

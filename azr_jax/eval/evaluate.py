@@ -53,14 +53,16 @@ def generate_texts(params, policy, prompts: list[str], *, max_new_tokens: int, b
     t0 = time.perf_counter()
     context = getattr(policy.config, "max_position_embeddings", None)
     too_long = 0
-    for b, start in enumerate(range(0, len(prompts), batch_size)):
+    for start in range(0, len(prompts), batch_size):
         ids = policy.tokenizer.encode_batch(prompts[start: start + batch_size])
         if context is not None:
             too_long += sum(len(i) + max_new_tokens > context for i in ids)
-        key = jax.random.fold_in(jax.random.key(seed), b)
-        out = generate_fn(params, policy.config, ids, key, settings, n_samples=n_samples, mesh=policy.mesh,
-                          rules=policy.rules, compute_dtype=policy.compute_dtype, pad_id=policy.pad_id,
-                          max_rows=max_rows, prefill_chunk=prefill_chunk)
+        # One key, rows numbered across batches: a sample's draws depend on its item's place in
+        # the benchmark, not on batch_size.
+        out = generate_fn(params, policy.config, ids, jax.random.key(seed), settings, n_samples=n_samples,
+                          mesh=policy.mesh, rules=policy.rules, compute_dtype=policy.compute_dtype,
+                          pad_id=policy.pad_id, max_rows=max_rows, prefill_chunk=prefill_chunk,
+                          first_row=start * n_samples)
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         texts.extend(policy.tokenizer.decode(tokens[i, : lengths[i]].tolist(), skip_special_tokens=True)
                      for i in range(len(tokens)))
@@ -77,8 +79,8 @@ def generate_texts(params, policy, prompts: list[str], *, max_new_tokens: int, b
 
 def score_items(items: list[dict], responses: list[str], cfg, sandbox, samples: int = 1) -> dict:
     """Accuracy of `responses` (`samples` consecutive ones per item) on `items` with
-    `azr.scoring.score_records` (the trainer's scorer). An item's accuracy is the mean over its
-    samples; with samples > 1, `pass_at_k` counts an item when any sample is right. On several
+    `azr.scoring.score_records` (the trainer's scorer); a response counts as right only when its
+    format is also right (`format_ok`). An item's accuracy is the mean over its samples; with samples > 1, `pass_at_k` counts an item when any sample is right. On several
     processes (multi-host) this is a collective: every process calls it with the same arguments,
     sandbox-checks its share of the answers and returns the same result."""
     from azr_jax.azr.scoring import score_records
@@ -106,7 +108,10 @@ def score_items(items: list[dict], responses: list[str], cfg, sandbox, samples: 
                         "sandbox_error); they count as wrong, so the solve rate is a lower bound; see the "
                         "sandbox warnings above", len(broken))
     unchecked = Counter(b // samples for b in broken)  # item -> its samples the sandbox never checked
-    accs = [[float(s["accuracy"] or 0.0) for s in scored[i * samples:(i + 1) * samples]] for i in range(len(items))]
+    # Solved = right answer in the R1 format, as the reference's validation counts it (the
+    # training scorer checks answers whatever the format; docs/deviations.md).
+    accs = [[float(s["accuracy"] or 0.0) if s["format_ok"] else 0.0 for s in scored[i * samples:(i + 1) * samples]]
+            for i in range(len(items))]
 
     def by_task(values: list[float]) -> dict:
         per_task: dict[str, list[float]] = {}

@@ -234,7 +234,8 @@ def _to_host(x) -> np.ndarray:
 
 def generate(params, config, prompt_tokens, rng, settings: SamplingSettings, *, n_samples: int = 1, mesh=None,
              rules=None, compute_dtype=jnp.float32, pad_id: int = 0,
-             length_buckets=DEFAULT_LENGTH_BUCKETS, max_rows: int | None = None, prefill_chunk: int = 0) -> Completions:
+             length_buckets=DEFAULT_LENGTH_BUCKETS, max_rows: int | None = None, prefill_chunk: int = 0,
+             first_row: int = 0) -> Completions:
     """Sample `n_samples` completions for each prompt (lists of token ids).
 
     With a mesh, the batch is split over the mesh axes that `rules["batch"]` names and the
@@ -246,7 +247,9 @@ def generate(params, config, prompt_tokens, rng, settings: SamplingSettings, *, 
     the other batch shapes can round a logit differently and so flip a draw. `prefill_chunk` > 0
     runs a prompt bucket longer than it through the model that many positions at a time
     (`sampling.prefill_chunk`: the prefill's attention scores shrink from P x P to chunk x P per
-    head; the same cache and first logits up to float rounding).
+    head; the same cache and first logits up to float rounding). Rows are numbered from
+    `first_row`: a caller that splits one batch over several calls passes each call's offset
+    (prompts before it × n_samples) and samples what one call would.
     """
     prompts = _check_prompts(prompt_tokens, config.vocab_size)
     if n_samples <= 0:
@@ -264,7 +267,7 @@ def generate(params, config, prompt_tokens, rng, settings: SamplingSettings, *, 
     kwargs = dict(n_samples=n_samples, mesh=mesh, rules_t=_rules_items(rules), compute_dtype=compute_dtype,
                   pad_id=pad_id, length_buckets=length_buckets, prefill_chunk=prefill_chunk)
     parts = [_generate_rows(params, config, prompts[i:i + per_call], budgets[i:i + per_call], rng, settings,
-                            first_row=i * n_samples, **kwargs)
+                            first_row=first_row + i * n_samples, **kwargs)
              for i in range(0, len(prompts), per_call)]
     if len(parts) == 1:
         return parts[0]

@@ -118,6 +118,18 @@ def test_an_inline_mention_of_a_fence_does_not_hide_the_real_block():
     assert parsing.fenced_blocks("```python\r\nx = 1\r\n```") == [("python", "x = 1")]  # CRLF line ends
 
 
+def test_a_label_block_on_one_line_is_read_as_the_reference_reads_it():
+    """```` ```output [5, 6]``` ```` is an output block in the reference's per-tag patterns; it was
+    no block here, so a right answer written that way scored 0."""
+    assert parsing.labelled_value("```output [5, 6]```", "output") == "[5, 6]"
+    assert parsing.labelled_value("<think>x</think> ```Input 2, 3 ```", "input") == "2, 3"
+    assert parsing.fenced_blocks("```output 1```\nthen\n```python\ndef f(x):\n    return x\n```") == [
+        ("output", "1"), ("python", "def f(x):\n    return x")]  # its closing fence opens nothing
+    # Only label blocks: a one-line ```python ...``` is not code, and a bare mention is no block.
+    assert parsing.code_blocks("```python def f(x): return x```") == []
+    assert parsing.fenced_blocks("put it in an ```output``` block") == []
+
+
 def test_induction_message_choice():
     """The last message block (a model that revises its message writes the final one last),
     then a one-line `# Message:` comment, then a `<message>` tag; an empty block is no message

@@ -47,16 +47,19 @@ def sandbox():
 def test_scoring_hand_made_responses(sandbox):
     cfg = load_config("configs/nano.py")
     items = nano_benchmark(4)
-    # per type: 2 right, 1 wrong, 1 right answer without the <think>/<answer> format
+    # per type: 2 right, 1 wrong, 1 right answer in <answer> tags but without `</think>`: the
+    # training scorer finds it right, and the evaluation counts it wrong as the reference's
+    # validation does (format failed)
     responses = []
     for it in items:
         k = int(it["id"].rsplit("/", 1)[1])
-        responses.append(_right(it) if k < 2 else _wrong(it) if k == 2 else _right(it).split("<answer>")[1])
+        responses.append(_right(it) if k < 2 else _wrong(it) if k == 2 else _right(it).replace("</think>", ""))
     result = score_items(items, responses, cfg, sandbox)
     assert result["n_items"] == 12
     for task in ("deduction", "abduction", "induction"):
         got = [r["accuracy"] for r in result["items"] if r["id"].startswith(f"nano/{task}/")]
-        assert got[:3] == [1.0, 1.0, 0.0], (task, got)
+        assert got == [1.0, 1.0, 0.0, 0.0], (task, got)
+        assert [r["format_ok"] for r in result["items"] if r["id"].startswith(f"nano/{task}/")][3] is False
     assert result["format_rate"] == pytest.approx(9 / 12)
     assert result["solve_rate"] == pytest.approx(sum(result["per_task"].values()) / 3)
     assert [r["task"] for r in result["items"]] == [it["task"] for it in items]

@@ -132,6 +132,39 @@ def test_max_rows_splits_the_batch_without_changing_the_draws(params, max_rows):
         _gen(params, s, n=2, prompts=prompts, max_rows=0)
 
 
+def test_first_row_continues_the_row_numbering_of_a_split_batch(params):
+    """A caller that generates a batch in its own pieces (the evaluation's batches of items)
+    samples what one call would when it passes each piece's first row."""
+    prompts = PROMPTS + [[3, 1, 4, 1, 5]]
+    s = SamplingSettings(temperature=1.0, max_new_tokens=8)
+    whole = _gen(params, s, n=2, prompts=prompts, key=11)
+    tail = _gen(params, s, n=2, prompts=prompts[1:], key=11, first_row=2)
+    np.testing.assert_array_equal(tail.tokens, whole.tokens[2:])
+    assert not np.array_equal(_gen(params, s, n=2, prompts=prompts[1:], key=11).tokens, whole.tokens[2:])
+
+
+def test_sampled_evaluation_draws_do_not_depend_on_its_batch_size(params):
+    """Each evaluation batch had its own key and rows numbered from 0, so an item's samples
+    changed with the batch it fell in."""
+    from types import SimpleNamespace
+
+    from azr_jax.eval.evaluate import generate_texts
+
+    class Tok:  # prompt text -> token ids; a completion's ids written out as its text
+        def encode_batch(self, texts):
+            return [[int(t) for t in text.split()] for text in texts]
+
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+
+    policy = SimpleNamespace(tokenizer=Tok(), stop_ids=(), mesh=None, rules=None, compute_dtype=jnp.float32,
+                             pad_id=0, config=CFG)
+    prompts = ["1 2 3", "4 5 6 7", "10", "3 1 4 1 5", "9 9"]
+    texts = {b: generate_texts(params, policy, prompts, max_new_tokens=6, batch_size=b, temperature=1.0,
+                               n_samples=2, seed=3)[0] for b in (5, 2)}
+    assert texts[5] == texts[2] and len(set(texts[5])) > 1
+
+
 def test_sampler_logprobs_equal_trainer_logprobs(params):
     """Parity by construction: the sampler's logprob of each chosen token equals the trainer's
     recomputed token_logprobs over prompt + completion (float32, <= 16 positions, 1e-5)."""

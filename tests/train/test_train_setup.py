@@ -232,3 +232,25 @@ def test_train_help_names_every_key_a_resume_may_change():
 
     text = " ".join(EPILOG.split())
     assert [key for key in RESUMABLE_CHANGES if key not in text] == []
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["azr.batch_size=17"], "proposer 17 rows, solver 17 rows"),
+    (["azr.batch_size=16", "azr.solver_samples=3", "rl.micro_batch_size=32"], "proposer 16 rows, solver 48 rows"),
+    (["azr.batch_size=16", "azr.train_learnability_rollouts=true"], "learnability rollouts"),
+    (["azr.batch_size=16"], None),
+    (["azr.batch_size=17", "rl.loss_agg=token-mean"], None),
+])
+def test_partly_filled_per_micro_batch_blocks_are_named_in_a_warning(overrides, named, caplog):
+    """Under token-mean-per-micro-batch, a part's last block weighs as a full one however few
+    real rows it holds: a row count off the block size silently reweighs rows."""
+    from azr_jax.train_setup import warn_partial_loss_blocks
+
+    cfg = load_config(None, ["rl.loss_agg=token-mean-per-micro-batch", "rl.micro_batch_size=16", *overrides])
+    with caplog.at_level("WARNING", logger="azr_jax.train_setup"):
+        warn_partial_loss_blocks(cfg)
+    warned = [r.getMessage() for r in caplog.records if "token-mean-per-micro-batch" in r.getMessage()]
+    if named is None:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and named in warned[0], warned
