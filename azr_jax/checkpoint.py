@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -54,6 +55,7 @@ class Checkpoints:
             cleanup_tmp_directories=writer,
         )
         self.save_every = save_every
+        _shorten_orbax_save_errors()
         # Handlers named up front, so a fresh manager (a resumed run) can read a checkpoint's
         # metadata before restoring it.
         handlers = {"state": ocp.StandardCheckpointHandler(), "host": ocp.JsonCheckpointHandler()}
@@ -99,15 +101,36 @@ class Checkpoints:
         The host record also gets each array's checksum (`state_checksums`), checked on restore:
         Orbax's data files carry none, and damaged bytes were read back as weights (NaN among them)."""
         host = {**host, CHECKSUMS_KEY: state_checksums(state)}
-        self._manager.save(
+        self._writing(lambda: self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)),
             force=True,
-        )
+        ))
+
+    def check(self) -> None:
+        """Raise (UserError) if an asynchronous save has failed since the last look: cheap, so
+        the trainer looks every step instead of computing on until the next save. A save still
+        running is not waited for; a finished one's failure is raised by the wait."""
+        if not self._manager.is_saving_in_progress():
+            self.wait()
 
     def wait(self) -> None:
         """Block until every pending save is complete on disk."""
-        self._manager.wait_until_finished()
+        self._writing(self._manager.wait_until_finished)
+
+    def _writing(self, write: Callable[[], Any]) -> Any:
+        """`write()`, with a failed save (a full disk, a lost mount) said as one UserError."""
+        try:
+            return write()
+        except UserError:
+            raise
+        except Exception as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"saving a checkpoint under {self.directory} failed ({type(e).__name__}: {reason[:300]}); the "
+                f"complete checkpoints before it are kept: make room or fix the directory, then run the same "
+                f"command to resume"
+            ) from None
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restore `step` into the structure/shardings of `abstract_state` (a pytree of
@@ -210,8 +233,10 @@ class Checkpoints:
             )
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
 
 CHECKSUMS_KEY = "array_checksums"
@@ -274,6 +299,25 @@ def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
     and Orbax's saved-tree metadata (where named tuples come back as dicts)."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {_path_name(path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
+
+
+class _OneLineOrbaxErrors(logging.Filter):
+    """Orbax's save threads log each failure with its traceback: one failed write on a full disk
+    put about 300 lines on stderr. Each such record keeps its first line; the reason reaches the
+    user as the trainer's one-line error (`Checkpoints._writing`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "orbax" in record.pathname.replace("\\", "/").split("/"):
+            record.msg, record.args = record.getMessage().splitlines()[0][:300], None
+            record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+def _shorten_orbax_save_errors() -> None:
+    """Install `_OneLineOrbaxErrors` on the logger Orbax writes to (absl's), once."""
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _OneLineOrbaxErrors) for f in logger.filters):
+        logger.addFilter(_OneLineOrbaxErrors())
 
 
 def _drop_closed_loop_tracebacks() -> None:

@@ -193,6 +193,10 @@ def check_workdir(cfg, workdir: Path, *, write: bool, resume_step: int | None = 
         if differ:  # a start that failed before its first checkpoint: nothing to resume, start afresh
             log.warning("workdir %s has a config.json but no checkpoint; starting afresh with the new config "
                         "(differs in %s)", workdir, ", ".join(differ[:5]))
+    elif has_checkpoint(workdir):  # the checkpoints alone do not say which config trained them
+        raise UserError(f"workdir {workdir} holds checkpoints but no config.json, so the config they were "
+                        f"trained with cannot be checked against this one; put the run's config.json back, "
+                        f"or use a new --workdir")
     _refuse_a_checkpoint_past_the_end(cfg, workdir, resume_step)
     if write:
         try:

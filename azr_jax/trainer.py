@@ -761,6 +761,18 @@ def _start_state(cfg, policy, ckpts, stop: StopFlag, resume_step, seeded):
     return state, buffers, start
 
 
+def _close_all(*closers) -> None:
+    """Call every closer; then raise the first exception one of them raised, if any."""
+    first = None
+    for close in closers:
+        try:
+            close()
+        except BaseException as e:  # noqa: BLE001 - re-raised below, after the others ran
+            first = first or e
+    if first is not None:
+        raise first
+
+
 def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) -> dict:
     from azr_jax.jsonl import check_output_dir
     from azr_jax.sandbox import Sandbox
@@ -808,6 +820,7 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
             _evaluate(cfg, policy, state.params, sandbox, workdir, "base", primary, 0)
         stopping = False
         for step in range(start + 1, cfg.train.steps + 1):
+            ckpts.check()  # a failed asynchronous save stops the run now, not at the next save
             distributed.barrier(f"azr-step-{step}")
             state, record, rollouts = loop.step(state, step)
             last = step == cfg.train.steps
@@ -846,13 +859,12 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
                 log.warning("no eval/base.json (the run started without evaluations): summary.json gets no "
                             "solve-rate comparison; eval/final.json has the final evaluation")
     finally:
-        if loop is not None:
-            loop.close(cancel=stop.immediate)
-        ckpts.close()  # waits for the last asynchronous save
-        if metrics is not None:
-            metrics.close()
-        if sandbox is not None:
-            sandbox.close(cancel=stop.immediate)
+        # Each closed even when one before it fails (a failed last save must not leave the
+        # sandbox's processes running); the first failure is raised after all of them.
+        _close_all(lambda: loop is not None and loop.close(cancel=stop.immediate),
+                   ckpts.close,  # waits for the last asynchronous save
+                   lambda: metrics is not None and metrics.close(),
+                   lambda: sandbox is not None and sandbox.close(cancel=stop.immediate))
     # A checksum of the final params, identical on every process (multi-host runs compare it).
     digest = float(jax.jit(lambda p: sum(jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in jax.tree.leaves(p)))(
         state.params))

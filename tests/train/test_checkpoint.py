@@ -285,3 +285,45 @@ def test_a_damaged_rollback_record_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=r"rollback.json has no step: name the step to use \(train --resume-step N; "
                                         r"eval or convert --run WORKDIR --step N\)"):
         Checkpoints(tmp_path / "ck").latest_step()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0,
+                    reason="mounts a small tmpfs (root only)")
+def test_a_save_that_fills_the_disk_is_one_line_and_seen_before_the_next_save(tmp_path, capfd, caplog):
+    """An asynchronous save that failed (a full disk) went unnoticed until the next save, which
+    then died with some 300 lines of Orbax tracebacks and no one-line error."""
+    import subprocess
+
+    disk = tmp_path / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        ckpt = Checkpoints(disk / "ck", keep=2, writer=True)
+        big = {"w": jax.random.normal(jax.random.key(0), (512, 1024))}  # 2 MB of incompressible floats
+        ckpt.save(1, big, {"step": 1})
+        with pytest.raises(UserError, match=r"saving a checkpoint under .*ck failed \(.*(RESOURCE_EXHAUSTED|No space)"):
+            for _ in range(300):  # the trainer's per-step look, until the save has ended
+                ckpt.check()
+                __import__("time").sleep(0.1)
+        ckpt.close()  # the failure is said once
+        assert ckpt.all_steps() == []  # nothing half-written counts as a checkpoint
+        err = capfd.readouterr().err
+        assert "Traceback" not in err and len(err.splitlines()) < 20, err
+        orbax = [r for r in caplog.records if r.name == "absl" and r.levelname == "ERROR"]
+        assert orbax and all(r.exc_info is None and "\n" not in r.getMessage() for r in orbax)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_failed_wait_or_save_is_a_user_error_naming_the_directory(tmp_path, monkeypatch):
+    ckpt = Checkpoints(tmp_path / "ck", keep=2, writer=True)
+
+    def fail(*args, **kwargs):
+        raise ValueError("RESOURCE_EXHAUSTED: no space left\nand a long repr")
+
+    monkeypatch.setattr(ckpt._manager, "wait_until_finished", fail)
+    with pytest.raises(UserError, match=r"ck failed \(ValueError: RESOURCE_EXHAUSTED: no space left\); the complete"):
+        ckpt.check()
+    monkeypatch.setattr(ckpt._manager, "save", fail)
+    with pytest.raises(UserError, match="saving a checkpoint under"):
+        ckpt.save(1, _state(1), {"step": 1})

@@ -99,6 +99,11 @@ def test_a_workdir_without_a_checkpoint_takes_a_corrected_config(tmp_path):
     (tmp_path / "checkpoints" / "1").mkdir()
     with pytest.raises(UserError, match="holds a run of a different config"):
         check_workdir(config_lib.load_config(CONFIG, ["azr.batch_size=8"]), tmp_path, write=True)
+    # Without its config.json the run's checkpoints took any config (and it was then written over).
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(UserError, match="holds checkpoints but no config.json"):
+        check_workdir(config_lib.load_config(CONFIG, ["azr.batch_size=8"]), tmp_path, write=True)
+    assert not (tmp_path / "config.json").exists()
 
 
 def test_overrides_with_a_checkpoint_are_refused_not_ignored():
