@@ -6,7 +6,9 @@
 Writes what `transformers.AutoModelForCausalLM.from_pretrained(DIR)` and vLLM load unchanged:
 config.json, generation_config.json, safetensors (sharded above `--max-shard-size`) and the run's
 tokenizer, so a trained policy can be evaluated with any harness (or by `azr-jax eval --checkpoint
-DIR --config WORKDIR/config.json`). Only the policy's parameters are read from the Orbax checkpoint; the optimizer's moments
+DIR --config WORKDIR/config.json`). A `tokenizer.json` tokenizer loads in transformers as it is;
+a SentencePiece one (the nano preset's) does not — transformers picks its tokenizer class by
+`model_type` and reads the `.model` with other ids — so convert says so. Only the policy's parameters are read from the Orbax checkpoint; the optimizer's moments
 stay on disk. Multi-host: run it on every host, as training (each process reads its shards; process 0
 writes the files).
 """
@@ -86,7 +88,14 @@ def main(args: argparse.Namespace) -> int:
     # and they start the per-tensor gathers together (the CPU collectives' start-up deadline).
     distributed.barrier("azr-convert-write")
     say(f"writing step {step} to {out} ...")
-    model.save_pretrained(out, max_shard_size=args.max_shard_size)
+    try:
+        model.save_pretrained(out, max_shard_size=args.max_shard_size)
+    except OSError as e:  # a full disk, a lost mount: save_pretrained removes its partial files
+        raise UserError(f"writing {out} failed: {e.strerror or e}") from None
+    if policy.tokenizer.is_sentencepiece:
+        say(f"note: the tokenizer is a SentencePiece model ({out}/tokenizer.model); transformers' AutoTokenizer "
+            f"and vLLM build another tokenizer class for model_type {model_cfg.architecture!r} from it, with "
+            f"other token ids: tokenize with sentencepiece.SentencePieceProcessor(model_file=...) instead")
     print(json.dumps({"run": str(run), "step": step, "out": str(out), "dtype": str(dtype),
                       "params": policy.config.num_params()}, sort_keys=True))
     return 0

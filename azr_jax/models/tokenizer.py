@@ -305,6 +305,11 @@ class Tokenizer:
 
     # -- saving --------------------------------------------------------------------------------
 
+    @property
+    def is_sentencepiece(self) -> bool:
+        """A SentencePiece `.model` (written as tokenizer.model), not a tokenizers `tokenizer.json`."""
+        return isinstance(self._backend, _SentencePieceBackend)
+
     def save(self, directory: str | os.PathLike) -> None:
         """Write the tokenizer file plus tokenizer_config.json (and chat template) into `directory`."""
         directory = Path(directory)

@@ -94,6 +94,7 @@ def test_bpe_save_roundtrip_loads_in_transformers(bpe_dir, tmp_path):
     ours.save(tmp_path / "saved")
     again = load_tokenizer(tmp_path / "saved")
     theirs = AutoTokenizer.from_pretrained(str(tmp_path / "saved"))
+    assert not again.is_sentencepiece
     for text in PROBES:
         assert again.encode(text) == ours.encode(text) == theirs(text, add_special_tokens=False)["input_ids"]
     assert (again.eos_id, again.pad_id, again.bos_id) == (ours.eos_id, ours.pad_id, ours.bos_id)
@@ -163,6 +164,7 @@ def test_sentencepiece_matches_processor_and_roundtrips(tmp_path):
     tok.save(tmp_path / "saved")
     again = load_tokenizer(tmp_path / "saved")
     assert again.encode(text) == tok.encode(text) and again.eos_id == tok.eos_id
+    assert again.is_sentencepiece  # `convert` then warns: transformers reads it with other ids
 
 
 def test_bad_tokenizer_inputs_raise_user_error(tmp_path, bpe_dir):

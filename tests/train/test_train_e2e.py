@@ -125,6 +125,7 @@ def test_convert_writes_the_policy_that_eval_and_transformers_read(env, referenc
     r = _cli(env, "convert", "--run", str(reference_run), "--out", str(hf))
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.splitlines()[-1])["step"] == 3
+    assert "SentencePiece" not in r.stderr  # a tokenizer.json loads in transformers as it is
     ev = _cli(env, "eval", "--config", str(reference_run / "config.json"), "--checkpoint", str(hf),
               "--out", str(tmp_path / "eval.json"))
     assert ev.returncode == 0, ev.stderr[-3000:]
@@ -181,6 +182,17 @@ def test_convert_refuses_bad_input_in_one_line(env, reference_run, tmp_path):
         r = _cli(env, "convert", *argv)
         assert r.returncode == 2 and message in r.stderr, (argv, r.stderr[-2000:])
         assert "Traceback" not in r.stderr
+    if os.geteuid() == 0:  # a full disk under --out (a small tmpfs): one line, no partial files
+        small = tmp_path / "small"
+        small.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+        try:
+            r = _cli(env, "convert", "--run", str(reference_run), "--out", str(small / "hf"))
+            assert r.returncode == 2 and "No space left on device" in r.stderr, r.stderr[-2000:]
+            assert "Traceback" not in r.stderr
+            assert not any((small / "hf").glob("*.safetensors"))
+        finally:
+            subprocess.run(["umount", "-l", str(small)], check=False)
 
 
 @pytest.mark.slow
