@@ -14,6 +14,9 @@ case "$what" in  # before the install, which takes minutes on a first run
 esac
 PY="${PYTHON:-python3}"
 VENV="${AZR_VENV:-.venv}"
+# Before the venv and the torch download: an older Python fails only at `pip install -e .`.
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
+  { echo "[azr-jax] azr-jax needs Python >= 3.11; $PY is $("$PY" --version 2>&1 || echo missing) (set PYTHON=...)" >&2; exit 2; }
 
 if [ ! -x "$VENV/bin/azr-jax" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
   echo "[azr-jax] installing into $VENV (first run only) ..." >&2

@@ -55,6 +55,13 @@ def test_create_flags_and_create_only(gcloud):
     assert r"run_all_workers.sh azr-x us-east5-a configs/qwen2.5-7b.py --set model.hf_dir=/mnt/a\ b" in proc.stderr
 
 
+def test_a_v5e_slice_is_created_under_gclouds_name_for_it(gcloud):
+    proc, calls = gcloud("queued_resource.sh", "azr-x", "us-east5-a", "v5e-8", "configs/qwen2.5-7b.py",
+                         AZR_TPU_CREATE_ONLY="1")
+    assert proc.returncode == 0, proc.stderr
+    assert "--accelerator-type v5litepod-8 --runtime-version v2-alpha-tpuv5-lite" in calls[0]
+
+
 def test_workers_get_the_source_without_caches_and_the_train_command(gcloud):
     proc, calls = gcloud("run_all_workers.sh", "azr-x", "us-east5-a", "configs/nano.py", "--set", "train.steps=2")
     assert proc.returncode == 0, proc.stderr
@@ -75,6 +82,19 @@ def test_local_sh_refuses_an_unknown_command_before_installing(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "launch" / "local.sh"), "tset"], env=dict(os.environ, AZR_VENV=str(venv)),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "usage: bash launch/local.sh main|test|selfcheck" in proc.stderr
+    assert not venv.exists()
+
+
+def test_local_sh_refuses_an_old_python_before_installing(tmp_path):
+    old = tmp_path / "python3.10"
+    old.write_text("#!/usr/bin/env bash\n"
+                   "case \"$*\" in *version_info*) exit 1 ;; --version) echo 'Python 3.10.12' ;; esac\n")
+    old.chmod(0o755)
+    venv = tmp_path / "venv"
+    proc = subprocess.run(["bash", str(ROOT / "launch" / "local.sh"), "test"],
+                          env=dict(os.environ, AZR_VENV=str(venv), PYTHON=str(old)),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "needs Python >= 3.11" in proc.stderr and "Python 3.10.12" in proc.stderr
     assert not venv.exists()
 
 

@@ -45,6 +45,8 @@ def _run(args, capsys):
 
 def test_row_lengths_and_left_padded_batch():
     assert row_lengths(24, 3) == [24, 20, 16]
+    # Shorter than 2 x batch: every row after the first is still padded (they were all full).
+    assert row_lengths(4, 3) == [4, 3, 2] and row_lengths(3, 5) == [3, 2, 1, 1, 1]
     tokens, mask, positions, lengths = build_batch([5, 6, 7], 6, 2)
     assert lengths == [6, 5]
     assert mask.tolist() == [[1] * 6, [0] + [1] * 5]
@@ -73,6 +75,33 @@ def test_parity_report_json_and_exit_codes(checkpoint, capsys, tmp_path):
     assert rc == 1
     assert f"tokens from text:{text}" in out and "FAIL: max |logit diff|" in out
     assert "top-1 agreement" in out and "hidden states per layer" in out
+
+
+def test_a_small_bug_under_the_absolute_bar_fails_relative_to_the_logit_scale(checkpoint, tmp_path, capsys,
+                                                                             monkeypatch):
+    """A random checkpoint's logits are small (std ~0.2): a 10 % rope_theta error on one side
+    moved them by less than the 1e-3 bar, and repro passed it."""
+    from azr_jax import repro
+
+    off = tmp_path / "theta"
+    shutil.copytree(checkpoint, off)
+    config = json.loads((off / "config.json").read_text())
+    theta = config.get("rope_theta") or config["rope_parameters"]["rope_theta"]
+    if "rope_parameters" in config:
+        config["rope_parameters"]["rope_theta"] = 0.9 * theta
+    config["rope_theta"] = 0.9 * theta
+    (off / "config.json").write_text(json.dumps(config))
+    reference = repro._reference_outputs
+    monkeypatch.setattr(repro, "_reference_outputs", lambda hf_dir, *a: reference(str(off), *a))
+    rc, out, err = _run(["--hf-dir", str(checkpoint), "--seq-len", "64", "--batch", "3", "--json"], capsys)
+    report = json.loads(out)
+    assert report["max_abs_logit_diff"] < report["tolerance"] == 1e-3  # the absolute bar alone passes it
+    assert report["max_logit_diff_over_scale"] > report["relative_tolerance"] == 5e-4
+    assert rc == 1 and not report["passed"]
+    # Without the bug the same batch is ~1e-6 of the scale.
+    monkeypatch.setattr(repro, "_reference_outputs", reference)
+    rc, out, err = _run(["--hf-dir", str(checkpoint), "--seq-len", "64", "--batch", "3", "--json"], capsys)
+    assert rc == 0 and json.loads(out)["max_logit_diff_over_scale"] < 1e-5
 
 
 def test_random_tokens_when_checkpoint_has_no_tokenizer(checkpoint, tmp_path, capsys):
@@ -124,8 +153,13 @@ def test_bad_checkpoint_is_one_stderr_line(case, checkpoint, tmp_path, capsys):
 def test_bad_arguments(checkpoint, tmp_path, capsys):
     rc, _, err = _run(["--hf-dir", str(checkpoint), "--text-file", str(tmp_path / "none.txt")], capsys)
     assert rc == 2 and err.strip().splitlines() == [f"azr-jax: error: --text-file {tmp_path / 'none.txt'} does not exist"]
-    rc, _, err = _run(["--hf-dir", str(checkpoint), "--seq-len", "0"], capsys)
-    assert rc == 2 and "must be positive" in err and len(err.strip().splitlines()) == 1
+    for seq_len in ("0", "1"):  # one position leaves nothing to pad
+        rc, _, err = _run(["--hf-dir", str(checkpoint), "--seq-len", seq_len], capsys)
+        assert rc == 2 and "--seq-len must be at least 2" in err and len(err.strip().splitlines()) == 1
+    for tolerance in ("-1", "nan"):  # failed (exit 1, "tolerance": null) as if parity were broken
+        with pytest.raises(SystemExit) as stop:
+            _run(["--hf-dir", str(checkpoint), "--tolerance", tolerance], capsys)
+        assert stop.value.code == 2 and "--tolerance: expects a number >= 0" in capsys.readouterr().err
     # Both token sources: refused (the file was silently ignored, even a missing one).
     with pytest.raises(SystemExit) as stop:
         _run(["--hf-dir", str(checkpoint), "--text-file", str(tmp_path / "none.txt"), "--random-tokens"], capsys)

@@ -19,11 +19,12 @@ case "$1" in
   *) [ -f "$here/$1" ] || { echo "[azr-jax] no config $1 in $here (CONFIG is relative to the checkout)" >&2; exit 2; } ;;
 esac
 command -v gcloud >/dev/null || { echo "[azr-jax] gcloud is not on PATH" >&2; exit 2; }
+# gcloud names v5e slices v5litepod-N (azr-jax's --mesh v5e-8): v5e-N is passed on as that.
+case "$accel" in v5e-*) accel="v5litepod-${accel#v5e-}" ;; esac
 # The TPU software version for JAX by generation (Cloud TPU's runtime table); AZR_TPU_RUNTIME wins.
-# gcloud names v5e slices v5litepod-N (azr-jax's --mesh v5e-8).
 case "$accel" in
   v6e-*) default_runtime=v2-alpha-tpuv6e ;;
-  v5litepod-*|v5e-*) default_runtime=v2-alpha-tpuv5-lite ;;
+  v5litepod-*) default_runtime=v2-alpha-tpuv5-lite ;;
   v5p-*) default_runtime=v2-alpha-tpuv5 ;;
   *) default_runtime=tpu-ubuntu2204-base ;;  # v4 and older
 esac
