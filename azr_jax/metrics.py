@@ -182,6 +182,26 @@ class MetricsWriter:
             shown = {k: record[k] for k in ("reward/mean", "buffer/deduction", "step_time_s") if k in record}
             self._progress.update(step, shown)
 
+    def amend_step(self, step: int, extra: dict) -> None:
+        """Add `extra` to the already written record of `step` (metrics.jsonl and TensorBoard)."""
+        if not self.enabled:
+            return
+        lines = self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
+        for i, line in enumerate(lines):
+            record = json.loads(line)
+            if record.get("step") == step:
+                lines[i] = json.dumps({**record, **{k: _json_number(v) for k, v in extra.items()}}, sort_keys=True)
+                break
+        else:
+            return  # no such record (metrics.jsonl lost): nothing to amend
+        self._jsonl.close()
+        write_text_atomically(self.metrics_path, "".join(line + "\n" for line in lines))
+        self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
+        for key, value in extra.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self._tb.add_scalar(key, value, step)
+        self._tb.flush()
+
     def write_rollouts(self, step: int, records: list[dict]) -> None:
         """Sampled rollouts of one step (score-schema records plus their scores), for audit and
         re-scoring with `azr-jax score --in rollouts/step_N.jsonl`."""

@@ -643,19 +643,25 @@ def _delete_newer_checkpoints(ckpts, step: int, stop: StopFlag) -> list[int]:
     return dropped
 
 
-def _drop_outputs_after(workdir: Path, step: int, total_steps: int) -> None:
+def _drop_outputs_after(workdir: Path, step: int, total_steps: int) -> dict:
     """Leave the outputs of a run that has done `step` steps and goes on to `total_steps`: the
     evaluations, audit files and summary of later steps belong to the continuation being
     replaced (at step 0: to a start that failed before its first checkpoint), and the plots would
-    mix them in. A finished run given more steps keeps its last evaluation, as that step's."""
+    mix them in. A finished run given more steps keeps its last evaluation, as that step's, and
+    gets back its `eval/*` metrics (returned: an in-run evaluation's keys, {} when there is none)."""
+    from azr_jax.eval.summary import read_evaluation
     from azr_jax.metrics import step_files
 
     stale = [path for folder, suffix in (("eval", ".json"), ("rollouts", ".jsonl"), ("buffers", ".json"))
              for n, path in step_files(workdir / folder, suffix) if n > step]
     final, summary = workdir / "eval" / "final.json", workdir / "summary.json"
+    kept: dict = {}
     if final.is_file():
         final_step = _final_evaluation_step(final, summary)
         if final_step == step and step < total_steps:
+            result = read_evaluation(final)
+            if result is not None:
+                kept = _eval_metrics(result)
             final.replace(workdir / "eval" / f"step_{step}.json")
             log.warning("step %d was this run's last: its final evaluation is now eval/step_%d.json", step, step)
         elif final_step is None or final_step > step:
@@ -672,6 +678,13 @@ def _drop_outputs_after(workdir: Path, step: int, total_steps: int) -> None:
     if stale:
         log.warning("%s at step %d: removed %s", "starting" if step == 0 else "resuming", step,
                     ", ".join(str(p.relative_to(workdir)) for p in stale))
+    return kept
+
+
+def _eval_metrics(result: dict) -> dict:
+    """An evaluation's figures as a step record's `eval/*` keys."""
+    return {"eval/solve_rate": result["solve_rate"],
+            **{f"eval/solve_rate/{t}": v for t, v in result["per_task"].items()}}
 
 
 def _final_evaluation_step(final: Path, summary: Path) -> int | None:
@@ -796,10 +809,13 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
     try:  # from here on, whatever fails (start-up included) closes what was opened
         state, buffers, start = _start_state(cfg, policy, ckpts, stop, resume_step, seeded)
         stop.check_startup()
-        if primary:
-            _drop_outputs_after(workdir, start, cfg.train.steps)
+        kept_eval = _drop_outputs_after(workdir, start, cfg.train.steps) if primary else {}
         metrics = MetricsWriter(workdir, total_steps=cfg.train.steps, start_step=start, enabled=primary,
                                 progress=progress, progress_every=cfg.train.log_every)
+        if kept_eval and cfg.train.eval_every > 0 and start % cfg.train.eval_every == 0:
+            # A finished run given more steps: its last step gets the in-run evaluation's metrics
+            # an uninterrupted run would have logged there.
+            metrics.amend_step(start, kept_eval)
         sandbox = distributed.together(lambda: Sandbox(cfg.sandbox), "starting the sandbox", undo=Sandbox.close)
         loop = SelfPlay(cfg, policy, sandbox, buffers, generate_fn=generate_fn)
         # The train state holds its own float32 copy of the weights; the loaded ones stay alive
@@ -826,8 +842,7 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
             last = step == cfg.train.steps
             if evaluating and cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0 and not last:
                 result = _evaluate(cfg, policy, state.params, sandbox, workdir, f"step_{step}", primary, step)
-                record["eval/solve_rate"] = result["solve_rate"]
-                record.update({f"eval/solve_rate/{t}": v for t, v in result["per_task"].items()})
+                record.update(_eval_metrics(result))
             metrics.write_step(record)
             if cfg.train.audit_every and (step % cfg.train.audit_every == 0 or step == 1):
                 metrics.write_rollouts(step, rollouts)

@@ -475,12 +475,35 @@ def test_a_finished_run_given_more_steps_keeps_its_last_evaluation_as_that_steps
     from azr_jax.trainer import _drop_outputs_after
 
     _finished_run(tmp_path)
-    _drop_outputs_after(tmp_path, 30, 60)
-    assert json.loads((tmp_path / "eval" / "step_30.json").read_text()) == {"step": 30}
+    result = {"step": 30, "solve_rate": 0.25, "per_task": {"deduction": 0.5, "abduction": 0.0}}
+    (tmp_path / "eval" / "final.json").write_text(json.dumps(result))
+    kept = _drop_outputs_after(tmp_path, 30, 60)
+    assert kept == {"eval/solve_rate": 0.25, "eval/solve_rate/deduction": 0.5, "eval/solve_rate/abduction": 0.0}
+    assert json.loads((tmp_path / "eval" / "step_30.json").read_text()) == result
     assert not (tmp_path / "eval" / "final.json").exists()
     assert not (tmp_path / "summary.json").exists()  # the run is not complete any more
     assert (tmp_path / "rollouts" / "step_30.jsonl").exists()
     assert (tmp_path / "plots" / "reward.png").exists()  # they show steps 1-30, all kept
+
+
+def test_amending_a_step_rewrites_its_record_and_keeps_appending(tmp_path):
+    import json
+
+    from azr_jax.metrics import MetricsWriter, read_metrics
+
+    with_steps = MetricsWriter(tmp_path, total_steps=3, progress=False)
+    for step in (1, 2):
+        with_steps.write_step({"step": step, "reward/mean": 0.1 * step})
+    with_steps.close()
+    resumed = MetricsWriter(tmp_path, total_steps=3, start_step=2, progress=False)
+    resumed.amend_step(2, {"eval/solve_rate": 0.5})
+    resumed.amend_step(7, {"eval/solve_rate": 0.9})  # no such step: nothing changes
+    resumed.write_step({"step": 3, "reward/mean": 0.3})
+    resumed.close()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert records == [{"step": 1, "reward/mean": 0.1}, {"step": 2, "reward/mean": 0.2, "eval/solve_rate": 0.5},
+                       {"step": 3, "reward/mean": 0.3}]
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[1])["eval/solve_rate"] == 0.5
 
 
 def test_a_fresh_start_clears_what_a_failed_start_left(tmp_path):

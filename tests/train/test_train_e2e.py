@@ -500,11 +500,17 @@ def test_a_stop_in_the_last_step_leaves_the_final_evaluation_to_the_next_start(e
     assert json.loads((workdir / "summary.json").read_text())["step"] == 2
     final = json.loads((workdir / "eval" / "final.json").read_text())
     assert final["step"] == 2 and [x["step"] for x in read_metrics(workdir / "metrics.jsonl")] == [1, 2]
-    r = scripted("train.steps=3")
+    r = scripted("train.steps=3", "train.eval_every=2")
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((workdir / "eval" / "step_2.json").read_text()) == final
     assert json.loads((workdir / "eval" / "final.json").read_text())["step"] == 3
     assert json.loads((workdir / "summary.json").read_text())["step"] == 3
+    # Step 2 is an evaluation step of the longer run: its metrics get that evaluation, as an
+    # uninterrupted run's would (they were missing).
+    records = read_metrics(workdir / "metrics.jsonl")
+    assert [x["step"] for x in records] == [1, 2, 3]
+    assert records[1]["eval/solve_rate"] == final["solve_rate"] and "eval/solve_rate" not in records[0]
+    assert {k for k in records[1] if k.startswith("eval/solve_rate/")} == {f"eval/solve_rate/{t}" for t in final["per_task"]}
 
 
 @pytest.mark.slow
