@@ -81,7 +81,8 @@ class SamplingSection:
     top_k: int = 0  # 0 = off
     max_prompt_len: int = 6144
     max_response_len: int = 8096
-    # Prompt/response lengths are padded up to one of these buckets to bound recompilation.
+    # Prompt/response lengths are padded up to one of these buckets to bound recompilation. The
+    # rollouts add max_prompt_len as a bucket of its own (the longest prompt a batch holds).
     length_buckets: list = field(default_factory=lambda: [256, 512, 1024, 2048, 4096, 8192])
     # Rows (prompts x samples) one rollout generation aims to decode at once; null = all of them.
     # Calls take max(1, max_rows // samples) prompts, rounded up to the sampler's batch bucket

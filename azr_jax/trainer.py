@@ -158,6 +158,7 @@ class SelfPlay:
         # rl.kl_coef > 0: the starting policy, frozen. The loaded weights themselves: the update
         # donates only the train state, which holds its own copy.
         self.ref_params = policy.params if cfg.rl.kl_coef > 0 else None
+        self.length_buckets = rollout_length_buckets(cfg.sampling)
         self.base_key = jax.random.key(cfg.train.seed)
         self.timers: dict[str, float] = {}
         self.generated_tokens = 0  # this step's sampled tokens, learnability rollouts included
@@ -170,7 +171,7 @@ class SelfPlay:
         completions = self.generate_fn(
             params, self.policy.config, prompt_ids, key, settings, n_samples=n_samples, mesh=self.policy.mesh,
             rules=self.policy.rules, compute_dtype=self.policy.compute_dtype, pad_id=self.policy.pad_id,
-            length_buckets=self.cfg.sampling.length_buckets, max_rows=self.cfg.sampling.max_rows,
+            length_buckets=self.length_buckets, max_rows=self.cfg.sampling.max_rows,
             prefill_chunk=self.cfg.sampling.prefill_chunk)
         self._add_time("generate_s", time.perf_counter() - t0)
         self.generated_tokens += int(np.asarray(completions.lengths).sum())  # learnability rollouts too
@@ -278,7 +279,7 @@ class SelfPlay:
         batch = build_prompt_batch(
             pick, render, self.policy.tokenizer.encode, batch_size=self.cfg.azr.batch_size,
             max_prompt_len=self.cfg.sampling.max_prompt_len, seed=seed,
-            pad_id=self.policy.pad_id, length_buckets=self.cfg.sampling.length_buckets,
+            pad_id=self.policy.pad_id, length_buckets=self.length_buckets,
             what=f"{role}/{task} prompts")
         return RoleBatch(role, task, batch.prompt_ids, batch.jobs)
 
@@ -449,7 +450,7 @@ class SelfPlay:
         parts, rewards, unjudged, layout = [], [], [], []
         for rb in ordered:
             part = rollout_batch(rb.prompt_ids, rb.completions, rb.n_samples, pad_id=pad_id,
-                                 length_buckets=self.cfg.sampling.length_buckets)
+                                 length_buckets=self.length_buckets)
             rows = part["tokens"].shape[0]
             padded = rows + -rows % block
             parts.append(pad_rows(part, padded, pad_id=pad_id))
@@ -560,6 +561,13 @@ def update_flops(config, seq_len: int, tokens: int, *, with_reference: bool) -> 
 def sandbox_error_count(batches) -> int:
     """Records of this step that failed because the sandbox itself broke (never the program's fault)."""
     return sum(s.get("reason") == "sandbox_error" for rb in batches for s in rb.scored)
+
+
+def rollout_length_buckets(sampling) -> list[int]:
+    """The prompt/response buckets of the rollouts: `sampling.length_buckets` plus
+    `max_prompt_len`, the longest prompt a batch holds. Without it the presets' 6144-token
+    prompts padded to the next configured bucket, 8192: a third more KV cache and prefill."""
+    return sorted(set(sampling.length_buckets) | {sampling.max_prompt_len})
 
 
 def trained_reward(verdict: dict) -> float:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from azr_jax.models.decoder import UNKNOWN_TOKEN_LOGIT
+
 
 def scale_logits(logits_bv: jax.Array, temperature: jax.Array) -> jax.Array:
     """float32 logits divided by the temperature (T = 0 means greedy, scored at T = 1)."""
@@ -24,7 +26,8 @@ def truncate(scaled_bv: jax.Array, top_p: jax.Array, *, top_k: int, use_top_p: b
 
     Top-k is applied first, then top-p on the renormalised top-k distribution (the order
     transformers and vLLM use). The nucleus is the smallest prefix of tokens, most likely first,
-    whose mass reaches top_p; the most likely token is always kept. Ties at the cut-off are kept.
+    whose mass reaches top_p; the most likely token is always kept. Ties at the cut-off are kept,
+    at the top-k cut-off too: the top-p masses are then shares of the tie-inclusive top-k set.
     """
     if top_k <= 0 and not use_top_p:
         return scaled_bv
@@ -35,7 +38,13 @@ def truncate(scaled_bv: jax.Array, top_p: jax.Array, *, top_k: int, use_top_p: b
         sorted_bk = -jnp.sort(-scaled_bv, axis=-1)
     threshold_b = sorted_bk[:, -1]
     if use_top_p:
-        probs_bk = jax.nn.softmax(sorted_bk, axis=-1)
+        # Tokens tied with the k-th beyond the k that top_k returned are kept too, so they count
+        # in the mass the nucleus is a share of (each has the k-th's logit).
+        extra_b = jnp.sum(scaled_bv >= threshold_b[:, None], axis=-1) - sorted_bk.shape[-1]
+        top_b = sorted_bk[:, 0]
+        weights_bk = jnp.exp(sorted_bk - top_b[:, None])
+        total_b = jnp.sum(weights_bk, axis=-1) + extra_b * jnp.exp(threshold_b - top_b)
+        probs_bk = weights_bk / total_b[:, None]
         mass_before_bk = jnp.cumsum(probs_bk, axis=-1) - probs_bk
         n_keep_b = jnp.sum(mass_before_bk < top_p, axis=-1)  # >= 1: mass before the first is 0
         threshold_b = jnp.take_along_axis(sorted_bk, (n_keep_b - 1)[:, None], axis=-1)[:, 0]
@@ -53,6 +62,9 @@ def choose_tokens(logits_bv, keys_b, temperature, top_p, *, greedy: bool, top_k:
         tokens_b = jnp.argmax(scaled_bv, axis=-1)
     else:
         filtered_bv = truncate(scaled_bv, top_p, top_k=top_k, use_top_p=use_top_p)
+        # Ids past the tokenizer's vocabulary carry a finite logit; divided by a large enough
+        # temperature it would compete again, so they are taken out of the draw here.
+        filtered_bv = jnp.where(logits_bv <= UNKNOWN_TOKEN_LOGIT, -jnp.inf, filtered_bv)
         tokens_b = jax.vmap(jax.random.categorical)(keys_b, filtered_bv)
     tokens_b = tokens_b.astype(jnp.int32)
     logprobs_bv = jax.nn.log_softmax(scaled_bv, axis=-1)

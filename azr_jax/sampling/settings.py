@@ -49,6 +49,11 @@ class SamplingSettings:
         object.__setattr__(self, "stop_sequences", tuple(tuple(int(t) for t in s) for s in self.stop_sequences))
         if self.budgets is not None:
             object.__setattr__(self, "budgets", tuple(int(b) for b in self.budgets))
+        # Negative ids are the stop matcher's own markers (-1 matches any token): as a user's id
+        # one stopped every row after its first token.
+        negative = [t for t in self.eos_ids + tuple(t for s in self.stop_sequences for t in s) if t < 0]
+        if negative:
+            raise UserError(f"sampling eos_ids and stop_sequences are token ids >= 0, got {negative}")
         # NaN passes every comparison below as False, so finiteness is checked first.
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise UserError(f"sampling temperature must be a finite number >= 0, got {self.temperature}")

@@ -39,6 +39,27 @@ def test_top_p_is_applied_to_the_renormalised_top_k():
     assert _kept(truncate(LOGITS, 0.72, top_k=2, use_top_p=True)) == [True, True, False, False, False]
 
 
+def test_top_p_after_top_k_counts_the_tokens_tied_at_the_kth():
+    """top_k keeps every token tied with the k-th; top-p's masses were shares of k of them only,
+    so [3, 2, 2, 2, 1] at top_k=2, top_p=0.6 kept the first token alone (0.73 of two) where its
+    share of the four kept is 0.475."""
+    tied = jnp.array([[3.0, 2.0, 2.0, 2.0, 1.0]])
+    assert _kept(truncate(tied, 0.6, top_k=2, use_top_p=True)) == [True, True, True, True, False]
+    assert _kept(truncate(tied, 0.4, top_k=2, use_top_p=True)) == [True, False, False, False, False]
+    assert _kept(truncate(tied, 1.0, top_k=2, use_top_p=True)) == [True, True, True, True, False]
+
+
+def test_ids_past_the_tokenizer_vocabulary_are_never_drawn_at_any_temperature():
+    """Their logit is a finite -1e9 (models.decoder.UNKNOWN_TOKEN_LOGIT): divided by T = 1e9 it
+    became -1 and those ids were drawn."""
+    from azr_jax.models.decoder import UNKNOWN_TOKEN_LOGIT
+
+    logits = jnp.tile(jnp.array([[0.5, 0.0, UNKNOWN_TOKEN_LOGIT, UNKNOWN_TOKEN_LOGIT]]), (256, 1))
+    keys = jax.random.split(jax.random.key(0), 256)
+    tokens, logprobs = choose_tokens(logits, keys, 1e9, 1.0, greedy=False, top_k=0, use_top_p=False)
+    assert set(np.asarray(tokens).tolist()) == {0, 1} and np.isfinite(np.asarray(logprobs)).all()
+
+
 def test_temperature_divides_logits_and_zero_means_unscaled():
     np.testing.assert_allclose(scale_logits(LOGITS, 2.0), LOGITS / 2.0, rtol=1e-6)
     np.testing.assert_allclose(scale_logits(LOGITS, 0.0), LOGITS, rtol=1e-6)

@@ -19,7 +19,9 @@ from azr_jax.sampling.stopping import WINDOW_FILL, ends_with_stop, eos_array, is
      (dict(budgets=[0]), "budgets must each be"), (dict(temperature=float("nan")), "sampling temperature"),
      (dict(temperature=float("inf")), "sampling temperature"), (dict(top_p=float("nan")), "sampling top_p"),
      (dict(stop_sequences=(5, 6)), "tuple of token-id sequences"),
-     (dict(stop_sequences=("ab",)), "tuple of token-id sequences")],
+     (dict(stop_sequences=("ab",)), "tuple of token-id sequences"),
+     # -1 is the stop matcher's wildcard: it stopped every row after one token
+     (dict(stop_sequences=((-1,),)), r"token ids >= 0, got \[-1\]"), (dict(eos_ids=(2, -3)), "token ids >= 0")],
 )
 def test_bad_settings_raise_user_error(kwargs, message):
     with pytest.raises(UserError, match=message):

@@ -524,3 +524,16 @@ def test_update_flops_count_the_kl_reference_forward_pass():
     train = cfg.flops_per_token(300) * 1000  # 6 FLOPs per weight: forward 2, backward 4
     assert update_flops(cfg, 300, 1000, with_reference=False) == train
     assert update_flops(cfg, 300, 1000, with_reference=True) == train * 4 // 3  # + one forward (2 per weight)
+
+
+def test_rollouts_bucket_the_longest_prompt_at_max_prompt_len():
+    """The presets' prompts reach 6144 tokens; the default buckets jump from 4096 to 8192."""
+    from azr_jax.config import load_config
+    from azr_jax.sampling.buckets import bucket_length
+    from azr_jax.trainer import rollout_length_buckets
+
+    sampling = load_config("configs/qwen2.5-7b.py").sampling
+    assert sampling.max_prompt_len == 6144 and 6144 not in sampling.length_buckets
+    buckets = rollout_length_buckets(sampling)
+    assert bucket_length(6000, buckets) == 6144 and bucket_length(4000, buckets) == 4096
+    assert rollout_length_buckets(load_config("configs/nano.py").sampling) == [128, 256, 384, 512, 640]
