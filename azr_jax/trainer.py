@@ -615,8 +615,11 @@ def _host_record(step: int, base_key, buffers, pipeline: PipelineState) -> dict:
 
 
 def _seed(cfg, loop: SelfPlay, params, workdir: Path, primary: bool) -> None:
-    """Run the seeding phase for each seed file not given; write the seeds as reusable files."""
-    triplets, induction = not cfg.azr.seed_file, not cfg.azr.induction_seed_file
+    """Run the seeding phase for each seed file not given; write the seeds as reusable files.
+    Induction tasks are seeded only for a run that trains them; the triplets always (induction
+    proposers draw their programs from the deduction and abduction buffers)."""
+    triplets = not cfg.azr.seed_file
+    induction = not cfg.azr.induction_seed_file and "induction" in cfg.azr.task_types
     if not (triplets or induction):
         return
     log.info("seeding phase: up to %d seed tasks per buffer before step 1 (azr.seed_size)", cfg.azr.seed_size)

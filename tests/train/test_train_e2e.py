@@ -645,6 +645,16 @@ def test_seeding_phase_fills_the_seed_buffers_before_step_1(env):
     selfplay = [e for e in buffers["deduction"]["entries"] if e["step"] == 1]
     assert len(selfplay) == 2 and all("print(a)" in e["program"] for e in selfplay)  # self-play does not clean
 
+    # A run without induction does not seed it (its phase ran anyway, and wrote a file).
+    workdir = env["base"] / "seeding_no_induction"
+    r = subprocess.run([sys.executable, str(Path(__file__).parent / "scripted_run.py"), str(workdir),
+                        str(env["tok"]), "azr.seed_size=5", "train.steps=1",
+                        'azr.task_types=["abduction", "deduction"]'], env=env["env"], capture_output=True,
+                       text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(json.loads((workdir / "seed" / "seeding.json").read_text())) == ["triplets"]
+    assert not (workdir / "seed" / "seed_induction.jsonl").exists()
+
 
 @pytest.mark.slow
 def test_seed_only_ablation_trains_the_solver_on_the_seed_buffers(env):
