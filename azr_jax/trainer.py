@@ -158,11 +158,14 @@ class SelfPlay:
         # rl.kl_coef > 0: the starting policy, frozen. The loaded weights themselves: the update
         # donates only the train state, which holds its own copy.
         self.ref_params = policy.params if cfg.rl.kl_coef > 0 else None
-        self.length_buckets = rollout_length_buckets(cfg.sampling)
         self.base_key = jax.random.key(cfg.train.seed)
         self.timers: dict[str, float] = {}
         self.generated_tokens = 0  # this step's sampled tokens, learnability rollouts included
         self.learnability_sandbox_errors = 0
+
+    @property
+    def length_buckets(self) -> list[int]:
+        return rollout_length_buckets(self.cfg.sampling)
 
     # ------------------------------------------------------------------ device side
 
@@ -347,7 +350,10 @@ class SelfPlay:
         `azr-jax score` reproduces the reward) plus the verdict and the reward trained on."""
         out = []
         for rb in ordered:
-            for rec, scored, reward in zip(self._records(rb, step), rb.scored, rb.rewards):
+            for row, (rec, scored, reward) in enumerate(zip(self._records(rb, step), rb.scored, rb.rewards)):
+                references = rb.jobs[row // rb.n_samples].get("references")
+                if rb.role == "propose" and references is not None:  # what the proposer was shown
+                    rec["references"] = [_task_record(r) for r in references]
                 if scored.get("solver_responses") is not None:
                     rec["solver_responses"] = scored["solver_responses"]
                 rec["scored"] = {k: scored.get(k) for k in ("format_ok", "valid", "reason", "problem", "accuracy")}

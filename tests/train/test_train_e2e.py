@@ -532,6 +532,11 @@ def test_valid_proposals_grow_the_buffers(env):
     # The audit file re-scores to what the run trained on, without --config: `score` reads the
     # run's config.json (this run's azr.num_inputs=2 differs from the default 10).
     audit = workdir / "rollouts" / "step_1.jsonl"
+    # Each deduction/abduction proposal records the references its prompt showed (from its buffer).
+    audited = [json.loads(line) for line in audit.read_text().splitlines()]
+    shown = [a["references"] for a in audited if a["role"] == "propose" and a["task"] in ("deduction", "abduction")]
+    assert shown and all(refs and all({"program", "input", "output"} <= set(r) for r in refs) for refs in shown)
+    assert all("references" not in a for a in audited if a["role"] == "solve" or a["task"] == "induction")
     r = subprocess.run([sys.executable, "-m", "azr_jax.cli", "score", "--in", str(audit), "--out",
                         str(workdir / "rescored.jsonl")], env=env["env"], capture_output=True, text=True, timeout=300,
                        cwd=ROOT)
