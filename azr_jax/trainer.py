@@ -475,7 +475,7 @@ class SelfPlay:
         rewards = np.asarray(rewards, np.float32)
         groups = np.asarray(groups, np.int32)
         # Counted on the host batch: on several processes the placed arrays are not fully addressable.
-        n_tokens, seq_len = int(batch["mask"].sum()), int(batch["tokens"].shape[1])
+        row_lengths = batch["mask"].sum(axis=1)
         t0 = time.perf_counter()
         if self.cfg.rl.pack_by_length:
             # Host arrays in, host arrays out: the bucketed step packs and places them itself.
@@ -493,8 +493,7 @@ class SelfPlay:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         self._add_time("update_s", time.perf_counter() - t0)
         metrics["_state"] = new_state
-        metrics["_tokens"] = n_tokens
-        metrics["_seq_len"] = seq_len
+        metrics["_row_lengths"] = row_lengths
         return metrics
 
     @functools.cached_property
@@ -543,8 +542,7 @@ class SelfPlay:
         gen_s = self.timers.get("generate_s", 0.0)
         rec["generate_tokens_per_s"] = self.generated_tokens / gen_s if gen_s > 0 else None
         update_s = self.timers.get("update_s", 0.0)
-        flops = update_flops(self.policy.config, upd["_seq_len"], upd["_tokens"],
-                             with_reference=self.ref_params is not None)
+        flops = update_flops(self.policy.config, upd["_row_lengths"], with_reference=self.ref_params is not None)
         rec["update_flops_per_s"] = flops / update_s if update_s > 0 else None
         if self.policy.peak_flops and update_s > 0:
             # Derived from wall time, hence the `_per_s` suffix: determinism checks skip it.
@@ -557,10 +555,12 @@ class SelfPlay:
         self.host_pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
-def update_flops(config, seq_len: int, tokens: int, *, with_reference: bool) -> int:
-    """The model FLOPs of one update: forward + backward over `tokens` tokens, plus, with a KL
-    reference (rl.kl_coef > 0), the reference policy's forward pass over them (a third as much)."""
-    flops = config.flops_per_token(seq_len) * tokens
+def update_flops(config, row_lengths, *, with_reference: bool) -> int:
+    """The model FLOPs of one update: forward + backward over each row's real tokens, attention
+    over the row's own length (not the padded width, which charged every token of a short row
+    the longest row's attention), plus, with a KL reference (rl.kl_coef > 0), the reference
+    policy's forward pass over them (a third as much)."""
+    flops = sum(config.flops_per_token(int(n)) * int(n) for n in row_lengths)
     return flops + flops // 3 if with_reference else flops
 
 

@@ -39,18 +39,21 @@ def roofline_tokens_per_s(cfg, batch: int, prompt_len: int, new_tokens: int, dty
                           hbm_bytes_per_s: float, peak_flops: float | None = None) -> float:
     """Upper bound on tokens/s of a whole call (prefill + decode), as the timer measures it.
 
-    Decode step t reads every weight once (the embedding row gather aside) and the KV of the
-    prompt_len + t tokens of each row, at `hbm_bytes_per_s`; the prefill's FLOPs run at
-    `peak_flops` at best (at 128 prompts of 512 tokens that is no longer negligible).
+    The prefill draws the first token; decode steps t = 1 .. new_tokens - 1 each read every
+    weight once (the embedding row gather aside) and the KV of the prompt_len + t tokens of
+    each row, at `hbm_bytes_per_s`. The prefill's FLOPs run at `peak_flops` at best (at 128
+    prompts of 512 tokens that is no longer negligible): the forward pass over the prompt,
+    with the output head at its last position only, as the sampler applies it.
     """
     weight_bytes = (cfg.num_params() - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)) * dtype_bytes
     kv_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype_bytes
-    context = prompt_len * new_tokens + new_tokens * (new_tokens - 1) / 2  # sum over steps
-    total_bytes = new_tokens * weight_bytes + batch * context * kv_per_token
-    seconds = total_bytes / hbm_bytes_per_s
-    if peak_flops:  # forward only: a third of the training FLOPs per token
-        seconds += batch * prompt_len * cfg.flops_per_token(prompt_len) / 3 / peak_flops
-    return batch * new_tokens / seconds
+    steps = new_tokens - 1
+    context = prompt_len * steps + new_tokens * steps / 2  # sum over steps of prompt_len + t
+    seconds = (steps * weight_bytes + batch * context * kv_per_token) / hbm_bytes_per_s
+    if peak_flops:  # forward only: a third of the training FLOPs per token, less the head but once
+        head = 2 * cfg.hidden_size * cfg.vocab_size
+        seconds += batch * (prompt_len * (cfg.flops_per_token(prompt_len) // 3 - head) + head) / peak_flops
+    return batch * new_tokens / seconds if seconds > 0 else float("inf")
 
 
 def _jax_side(cfg, args, dtype: str, prompts: list[list[int]]) -> float:

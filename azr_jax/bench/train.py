@@ -164,6 +164,8 @@ def run(args: argparse.Namespace) -> dict:
 
     _micro(args)  # a bad --micro-batch is said before anything runs
     peak_flops, _ = peak_numbers(info["device_kind"])
+    if dtype != "bfloat16":  # the peaks are bf16 dense figures: a float32 step has another ceiling
+        peak_flops = None
     baseline: dict = {}
     if not args.no_baseline:
         print("bench train: torch forward + backward + AdamW", file=sys.stderr)
@@ -184,11 +186,14 @@ def run(args: argparse.Namespace) -> dict:
         "achieved_flops_per_s": flops_per_token * n_tokens / jax_s,
         "mfu": None if peak_flops is None else flops_per_token * n_tokens / jax_s / peak_flops,  # no CPU peak
     }
+    # Any remat but none turns on transformers' whole-layer gradient checkpointing: with `dots`
+    # torch recomputes more than JAX does, so the label says so.
+    label = "torch fwd+bwd+AdamW (transformers model" + (", gradient checkpointing)" if remat != "none" else ")")
     if "baseline_seconds" in baseline:
         torch_s = baseline["baseline_seconds"]
-        result.update(baseline="torch fwd+bwd+AdamW (transformers model)", **baseline,
+        result.update(baseline=label, **baseline,
                       baseline_tokens_per_s=n_tokens / torch_s, ratio=torch_s / jax_s,
                       baseline_mfu=None if peak_flops is None else flops_per_token * n_tokens / torch_s / peak_flops)
     elif baseline:
-        result.update(baseline="torch fwd+bwd+AdamW (transformers model)", **baseline)
+        result.update(baseline=label, **baseline)
     return result

@@ -4,6 +4,7 @@ presence and sign are checked, never their size)."""
 
 import argparse
 import json
+import os
 
 import pytest
 
@@ -41,16 +42,20 @@ def test_roofline_is_weight_plus_kv_bytes_over_bandwidth():
     cfg = get_preset("qwen2.5-0.5b")
     weights = cfg.num_params() * 2  # tied embeddings: the output head reads the table once per step
     kv = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2
-    # one step (new_tokens=1) over a 100-token prompt, batch 4, 1 TB/s
-    want = 4 * 1e12 / (weights + 4 * 100 * kv)
-    assert roofline_tokens_per_s(cfg, 4, 100, 1, 2, 1e12) == pytest.approx(want)
+    # two tokens over a 100-token prompt, batch 4, 1 TB/s: the prefill draws the first, one
+    # decode step the second (reading the weights and the KV of 101 tokens per row)
+    want = 4 * 2 * 1e12 / (weights + 4 * 101 * kv)
+    assert roofline_tokens_per_s(cfg, 4, 100, 2, 2, 1e12) == pytest.approx(want)
+    # three tokens: two decode steps, over 101 and 102 tokens
+    assert roofline_tokens_per_s(cfg, 4, 100, 3, 2, 1e12) == pytest.approx(4 * 3 * 1e12 / (2 * weights + 4 * 203 * kv))
 
 
 def test_roofline_of_a_whole_call_adds_the_prefill_at_peak_flops():
     """The timer includes the prefill, so the bound must too (128 prompts of 512 tokens)."""
     cfg = get_preset("qwen2.5-1.5b")
     decode_only = roofline_tokens_per_s(cfg, 128, 512, 512, 2, 3.35e12)
-    prefill_s = 128 * 512 * cfg.flops_per_token(512) / 3 / 989e12
+    head = 2 * cfg.hidden_size * cfg.vocab_size  # the output head runs at the last prompt position only
+    prefill_s = 128 * (512 * (cfg.flops_per_token(512) / 3 - head) + head) / 989e12
     decode_s = 128 * 512 / decode_only
     assert roofline_tokens_per_s(cfg, 128, 512, 512, 2, 3.35e12, 989e12) == pytest.approx(
         128 * 512 / (decode_s + prefill_s))
@@ -131,6 +136,22 @@ def test_bench_prints_one_json_record_with_baseline(name, capsys):
     assert record["tokens_per_s"] > 0 and record["baseline_tokens_per_s"] > 0
     assert record["ratio"] == pytest.approx(record["baseline_seconds"] / record["seconds"])
     assert record["model"]["layers"] == 1 and record["batch"] == 2
+    if name == "train":
+        assert record["baseline"] == "torch fwd+bwd+AdamW (transformers model)"  # remat none: no checkpointing
+    # Set before JAX starts, so a torch baseline can share the accelerator (bench sample runs it second).
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+
+
+def test_mfu_is_not_measured_against_the_bf16_peak_for_float32(monkeypatch, capsys):
+    """The peaks are bf16 dense figures; a float32 step on an H100 was divided by them."""
+    from azr_jax.bench import train as bench_train
+
+    monkeypatch.setattr(bench_train, "device_info", lambda: {"device": "gpu", "device_kind": "NVIDIA H100 80GB HBM3"})
+    monkeypatch.setattr(bench_train, "jax_update", lambda *a, **k: (0.5, None))
+    for dtype, has_mfu in (("float32", False), ("bfloat16", True)):
+        assert bench_cli.main(_args("train", [*TINY, "--dtype", dtype, "--no-baseline"])) == 0
+        record = json.loads(capsys.readouterr().out)
+        assert (record["mfu"] is not None) == has_mfu, (dtype, record["mfu"])
 
 
 @pytest.mark.slow
@@ -140,6 +161,7 @@ def test_bench_train_passes_remat_to_both_sides(capsys):
     assert bench_cli.main(_args("train", [*TINY, "--set", "model.remat=full"])) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["remat"] == "full" and record["tokens_per_s"] > 0 and record["baseline_tokens_per_s"] > 0
+    assert record["baseline"] == "torch fwd+bwd+AdamW (transformers model, gradient checkpointing)"
     with pytest.raises(UserError, match="'model.remat' must be one of"):
         bench_cli.main(_args("train", [*TINY, "--set", "model.remat=everything"]))
 

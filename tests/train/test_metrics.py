@@ -521,9 +521,12 @@ def test_update_flops_count_the_kl_reference_forward_pass():
 
     cfg = ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                       num_kv_heads=2, head_dim=16)
-    train = cfg.flops_per_token(300) * 1000  # 6 FLOPs per weight: forward 2, backward 4
-    assert update_flops(cfg, 300, 1000, with_reference=False) == train
-    assert update_flops(cfg, 300, 1000, with_reference=True) == train * 4 // 3  # + one forward (2 per weight)
+    train = cfg.flops_per_token(300) * 300 + cfg.flops_per_token(100) * 100  # 6 FLOPs per weight: fwd 2, bwd 4
+    assert update_flops(cfg, [300, 100], with_reference=False) == train
+    assert update_flops(cfg, [300, 100], with_reference=True) == train * 4 // 3  # + one forward (2 per weight)
+    # Each row's attention over its own length: the short row was charged the long row's.
+    attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim
+    assert cfg.flops_per_token(300) * 400 - train == attention * 200 * 100
 
 
 def test_rollouts_bucket_the_longest_prompt_at_max_prompt_len():
