@@ -69,6 +69,9 @@ def resolve_config(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
+    if not args.workdir and (not cfg.name or cfg.name in (".", "..") or "/" in cfg.name or "\\" in cfg.name):
+        raise UserError(f"the default workdir is runs/<name>, and name={cfg.name!r} is not a plain directory name; "
+                        f"set a plain name or give --workdir")
     workdir = args.workdir or f"runs/{cfg.name}"
     if args.resume_step is not None and args.resume_step <= 0:
         raise UserError(f"--resume-step must be a positive step number, got {args.resume_step}")

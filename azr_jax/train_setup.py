@@ -105,10 +105,25 @@ def check_inputs(cfg, workdir: Path):
     from azr_jax.eval.benchmarks import load_benchmark
 
     _require_hf_dir(cfg.model)
+    if not cfg.model.hf_dir:  # before config.json is written; overrides apply to random init only
+        preset_with_overrides(cfg.model)
     load_templates(cfg.azr.prompt_dir)
     if cfg.train.eval_every >= 0 and cfg.eval.benchmark == "cruxeval":  # nano is generated, not read
         load_benchmark(cfg.eval)
     return None if has_checkpoint(workdir) else TaskBuffers.seeded(cfg.azr)
+
+
+def preset_with_overrides(model_section):
+    """The ModelConfig of `model.preset` with `model.overrides` applied (random init), checked."""
+    from azr_jax.models import get_preset
+
+    model_cfg = get_preset(model_section.preset)
+    if not model_section.overrides:
+        return model_cfg
+    try:
+        return model_cfg.replace(**model_section.overrides)
+    except (TypeError, UserError) as e:  # an unknown field, or a value the config refuses
+        raise UserError(f"model.overrides: {e}") from None
 
 
 def input_fingerprints(cfg) -> dict:
@@ -315,6 +330,15 @@ def _require_hf_dir(model_section) -> None:
         raise UserError(f"model.hf_dir {model_section.hf_dir} is not a directory (a Hugging Face checkpoint is expected)")
 
 
+def warn_ineffective_settings(cfg) -> None:
+    """Warnings for settings a run accepts but that do not do what they seem to."""
+    if cfg.optim.warmup_steps >= cfg.train.steps:  # the decaying schedules refuse this outright
+        log.warning("optim.warmup_steps=%d is not below train.steps=%d: the learning rate never reaches "
+                    "optim.learning_rate=%g in this run", cfg.optim.warmup_steps, cfg.train.steps,
+                    cfg.optim.learning_rate)
+    warn_partial_loss_blocks(cfg)
+
+
 def warn_partial_loss_blocks(cfg) -> None:
     """One warning when `token-mean-per-micro-batch` will see partly filled blocks. Each (role,
     task) part's last block is filled up with empty rows and still weighs as much as a full
@@ -358,7 +382,7 @@ def load_policy(cfg, *, weights: bool = True) -> Policy:
     nothing is read from the base's safetensors or allocated. For callers that take the params
     from a training run's checkpoint instead (`eval --run`, `convert`)."""
     from azr_jax.bench.common import peak_numbers
-    from azr_jax.models import get_preset, init_params
+    from azr_jax.models import init_params
     from azr_jax.models.decoder import param_shardings
     from azr_jax.models.tokenizer import load_tokenizer
     from azr_jax.rl.advantages import NUM_TRRPP_GROUPS, compute_advantages
@@ -389,12 +413,7 @@ def load_policy(cfg, *, weights: bool = True) -> Policy:
         if not m.tokenizer:
             raise UserError(f"model preset '{m.preset}' needs weights: set model.hf_dir to a local Hugging Face "
                             f"checkpoint (or model.tokenizer to train from random initialisation)")
-        model_cfg = get_preset(m.preset)
-        if m.overrides:
-            try:
-                model_cfg = model_cfg.replace(**m.overrides)
-            except TypeError as e:
-                raise UserError(f"model.overrides: {e}") from None
+        model_cfg = preset_with_overrides(m)
         tokenizer = load_tokenizer(m.tokenizer)
         if weights:
             params = jax.jit(lambda key: init_params(model_cfg, key, dtype=_DTYPES[m.param_dtype]),

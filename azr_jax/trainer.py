@@ -39,7 +39,7 @@ from azr_jax.errors import UserError
 from azr_jax.jsonl import write_text_atomically
 from azr_jax.metrics import MetricsWriter
 from azr_jax.train_setup import (
-    Policy, SELFPLAY_ROLES, check_inputs, check_workdir, load_policy, task_sampler, warn_partial_loss_blocks,
+    Policy, SELFPLAY_ROLES, check_inputs, check_workdir, load_policy, task_sampler, warn_ineffective_settings,
 )
 
 log = logging.getLogger("azr_jax.trainer")
@@ -815,7 +815,7 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
     seeded = distributed.together(lambda: check_inputs(cfg, workdir), "checking the inputs")
     distributed.together(lambda: check_workdir(cfg, workdir, write=primary, resume_step=resume_step),
                          "checking the workdir")
-    warn_partial_loss_blocks(cfg)
+    warn_ineffective_settings(cfg)
     # Each process reads the weights and the tokenizer from its own disk too.
     policy = distributed.together(lambda: load_policy(cfg), "loading the model")
     stop.check_startup()

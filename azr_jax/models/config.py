@@ -104,6 +104,18 @@ class ModelConfig:
             raise UserError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
             )
+        # Set through `model.overrides` these arrive untyped: "abc" failed deep in the sampler,
+        # a negative eps made every gradient non-finite, and "no" counted as tied embeddings.
+        for name in ("rope_theta", "rms_norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise UserError(f"model config field '{name}' must be a positive finite number, got {value!r}")
+        for name in ("tie_word_embeddings", "attention_bias", "qk_norm", "scan_layers"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"model config field '{name}' must be true or false, got {getattr(self, name)!r}")
+        positions = self.max_position_embeddings
+        if not isinstance(positions, int) or isinstance(positions, bool) or positions <= 0:
+            raise UserError(f"model config field 'max_position_embeddings' must be a positive int, got {positions!r}")
         # Keep the config representable in transformers: biases and q/k norms follow the family.
         if self.attention_bias != (self.architecture == "qwen2"):
             raise UserError(

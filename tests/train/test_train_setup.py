@@ -259,3 +259,45 @@ def test_partly_filled_per_micro_batch_blocks_are_named_in_a_warning(overrides, 
         assert warned == []
     else:
         assert len(warned) == 1 and named in warned[0], warned
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("rope_theta", '"abc"', "'rope_theta' must be a positive finite number"),  # failed deep in the sampler
+    ("rms_norm_eps", "-1", "'rms_norm_eps' must be a positive finite number"),  # every gradient non-finite
+    ("tie_word_embeddings", '"no"', "'tie_word_embeddings' must be true or false"),  # read as tied
+    ("max_position_embeddings", "0", "'max_position_embeddings' must be a positive int"),
+    ("num_layer", "2", r"unknown ModelConfig field\(s\) \['num_layer'\]"),
+])
+def test_bad_model_overrides_are_refused_before_the_workdir_is_written(tmp_path, field, value, message):
+    import json
+
+    from azr_jax.train_setup import check_inputs
+
+    tok = make_tokenizer(tmp_path / "tok")
+    items = [item for item in tiny_overrides(tok) if not item.startswith("model.overrides=")]
+    model = {"vocab_size": 1024, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2,
+             "num_kv_heads": 1, "head_dim": 16, field: json.loads(value)}
+    cfg = load_config(CONFIG, items + [f"model.overrides={json.dumps(model)}"])
+    with pytest.raises(UserError, match=f"model.overrides: .*{message}"):
+        check_inputs(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_warmup_the_run_never_finishes_is_named_in_a_warning(caplog):
+    from azr_jax.train_setup import warn_ineffective_settings
+
+    for steps, warned in ((3, True), (45, False)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="azr_jax.train_setup"):
+            warn_ineffective_settings(load_config("configs/nano.py", [f"train.steps={steps}"]))  # warmup 5
+        assert any("never reaches optim.learning_rate" in r.getMessage() for r in caplog.records) == warned
+
+
+@pytest.mark.parametrize("name", ["", "..", "../../x", "a/b"])
+def test_a_name_that_is_not_a_directory_name_cannot_make_the_default_workdir(name, tmp_path, monkeypatch, capsys):
+    from azr_jax.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", str(Path(CONFIG).absolute()), "--set", f"name={name}"]) == 2
+    assert "is not a plain directory name" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
