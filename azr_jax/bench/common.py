@@ -16,6 +16,9 @@ PEAKS = {
     "h100 nvl": (835e12, 3.9e12),
     "h200": (989e12, 4.8e12),  # SXM
     "h200 nvl": (835e12, 4.8e12),
+    # GH200 ("NVIDIA GH200 480GB"): its H100 die, with 4.0 TB/s (HBM3) or 4.9 TB/s (HBM3e) by
+    # model; no bandwidth rather than a wrong one (its name holds "h200").
+    "gh200": (989e12, None),
     "tpu v4": (275e12, 1.2e12),
     "tpu v5 lite": (197e12, 0.819e12),  # v5e reports itself as "TPU v5 lite"
     "tpu v5e": (197e12, 0.819e12),

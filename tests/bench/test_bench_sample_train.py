@@ -78,6 +78,7 @@ def test_peak_numbers_tell_the_h100_and_h200_variants_apart():
     assert peak_numbers("NVIDIA H100 PCIe") == (756e12, 2.0e12)
     assert peak_numbers("NVIDIA H100 NVL") == (835e12, 3.9e12)
     assert peak_numbers("NVIDIA H200") == (989e12, 4.8e12)
+    assert peak_numbers("NVIDIA GH200 480GB") == (989e12, None)  # not an H200: no bandwidth figure
     assert peak_numbers("NVIDIA H200 NVL") == (835e12, 4.8e12)
     assert peak_numbers("TPU v5 lite") == (197e12, 0.819e12)
     assert peak_numbers("cpu") == (None, None)
