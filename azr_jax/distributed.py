@@ -38,6 +38,11 @@ def initialize_from_env() -> bool:
             num, pid = int(given["JAX_NUM_PROCESSES"]), int(given["JAX_PROCESS_ID"])
         except ValueError:
             raise UserError(f"JAX_NUM_PROCESSES / JAX_PROCESS_ID must be integers, got {given}") from None
+        if not 0 <= pid < num:
+            raise UserError(f"JAX_PROCESS_ID must be in [0, JAX_NUM_PROCESSES={num}), got {pid}")
+        host, _, port = given["JAX_COORDINATOR_ADDRESS"].rpartition(":")
+        if not host or not port.isdigit():
+            raise UserError(f"JAX_COORDINATOR_ADDRESS must be host:port, got {given['JAX_COORDINATOR_ADDRESS']!r}")
         jax.distributed.initialize(coordinator_address=given["JAX_COORDINATOR_ADDRESS"], num_processes=num,
                                    process_id=pid)
     elif any(given.values()):

@@ -106,3 +106,20 @@ def test_scoring_shares_in_item_order_and_a_failure_on_one_process_stops_every_p
     # for process 1's share until the coordination service timed out.
     for lines in _run_two(SHARE_WORKER):
         assert lines == ["shared [0, 10, 20, 30, 40]", "error host-side scoring failed on process 1: ValueError: bad answer"]
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"JAX_COORDINATOR_ADDRESS": "localhost", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, "must be host:port"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"},
+     r"JAX_PROCESS_ID must be in \[0, JAX_NUM_PROCESSES=2\), got 2"),
+])
+def test_a_malformed_cluster_environment_is_one_error_before_jax_starts(monkeypatch, env, message):
+    """They reached jax.distributed.initialize and came back as an IndexError or a ValueError."""
+    from azr_jax import distributed
+    from azr_jax.errors import UserError
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda **kw: pytest.fail("reached JAX"))
+    with pytest.raises(UserError, match=message):
+        distributed.initialize_from_env()

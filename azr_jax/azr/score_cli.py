@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
+import signal
 import sys
 import time
 from collections import defaultdict
@@ -36,11 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _read_lines(path: Path) -> list[str | UnicodeDecodeError]:
     """The file's records, each decoded on its own: a line that is not UTF-8 is its decode error
     (that line becomes a bad_record row; the others are scored)."""
-    if not path.is_file():
-        raise UserError(f"input file not found: {path}")
+    _check_input(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"input file {path} cannot be read ({e.strerror or e})") from None
     # Records end at "\n" only: str.splitlines() would also split at U+2028, U+0085, ... which a
     # JSON string may hold unescaped (ensure_ascii=False).
-    lines = path.read_bytes().split(b"\n")
+    lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a UTF-8 byte-order mark is no record
     if lines[-1] == b"":
         lines.pop()  # the newline that ends the last record
     out: list[str | UnicodeDecodeError] = []
@@ -50,6 +56,15 @@ def _read_lines(path: Path) -> list[str | UnicodeDecodeError]:
         except UnicodeDecodeError as e:
             out.append(e)
     return out
+
+
+def _check_input(path: Path) -> None:
+    if str(path) == "-":
+        raise UserError("--in - : score reads a JSONL file, not stdin; give a file path")
+    if not path.exists():
+        raise UserError(f"input file not found: {path}")
+    if not path.is_file():
+        raise UserError(f"--in {path} is not a regular file (score reads a JSONL file)")
 
 
 def _refuse_constant(name: str):
@@ -84,16 +99,37 @@ def _decode(line: str | UnicodeDecodeError):
     return obj, None
 
 
-def score_file(in_path: Path, out_path: Path, cfg, sandbox, progress=sys.stderr) -> dict:
-    """Score `in_path` into `out_path`; returns summary counts."""
+def score_file(in_path: Path, out_path: Path, cfg, sandbox, progress=None) -> dict:
+    """Score `in_path` into `out_path`; returns summary counts. `progress`: a text stream for
+    the progress lines (default: stderr as it is at the call)."""
+    progress = sys.stderr if progress is None else progress
+    lines = _read_lines(in_path)
+    stats = defaultdict(lambda: {"n": 0, "valid": 0, "reward_sum": 0.0, "rewarded": 0})
+    start = time.monotonic()
+    # Rows go to a side file that becomes --out only when every line is scored: a stopped run
+    # leaves the old --out as it was and its rows so far under a name that says they are partial.
+    partial = out_path.with_name(out_path.name + ".partial")
+    try:
+        errors = _score_into(lines, partial, cfg, sandbox, stats, progress, start)
+    except BaseException:
+        if partial.exists():
+            print(f"azr-jax score: stopped; the rows scored so far are in {partial} (--out is unchanged)",
+                  file=progress, flush=True)
+        raise
+    os.replace(partial, out_path)
+    if lines and errors == len(lines):
+        print(f"azr-jax score: none of the {len(lines)} lines is a record (one JSON object per line): is "
+              f"{in_path} a JSONL file?", file=progress, flush=True)
+    return {"lines": len(lines), "errors": errors, "groups": dict(stats)}
+
+
+def _score_into(lines, path: Path, cfg, sandbox, stats, progress, start) -> int:
+    """Score `lines` into `path`, adding to the per-group `stats`; returns the malformed count."""
     from azr_jax.azr.scoring import error_record, score_records
     from azr_jax.jsonl import OutputFile
 
-    lines = _read_lines(in_path)
-    stats = defaultdict(lambda: {"n": 0, "valid": 0, "reward_sum": 0.0, "rewarded": 0})
     errors = 0
-    start = time.monotonic()
-    with OutputFile(out_path, "--out") as out:
+    with OutputFile(path, "--out") as out:
         for begin in range(0, len(lines), CHUNK):
             chunk = lines[begin:begin + CHUNK]
             decoded = [_decode(line) for line in chunk]
@@ -115,7 +151,11 @@ def score_file(in_path: Path, out_path: Path, cfg, sandbox, progress=sys.stderr)
             if len(lines) > CHUNK:
                 done = min(begin + CHUNK, len(lines))
                 print(f"azr-jax score: {done}/{len(lines)} lines ({time.monotonic() - start:.1f}s)", file=progress, flush=True)
-    return {"lines": len(lines), "errors": errors, "groups": dict(stats)}
+    return errors
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _summary(counts: dict) -> str:
@@ -131,7 +171,8 @@ def run_config_of(in_path: Path) -> Path | None:
     (resolved first: `step_1.jsonl` given from inside rollouts/ has no parent name as typed)."""
     in_path = in_path.resolve()
     candidate = in_path.parent.parent / "config.json"
-    return candidate if in_path.parent.name == "rollouts" and candidate.is_file() else None
+    audit_file = in_path.parent.name == "rollouts" and re.fullmatch(r"step_\d+\.jsonl", in_path.name)
+    return candidate if audit_file and candidate.is_file() else None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -141,15 +182,24 @@ def main(args: argparse.Namespace) -> int:
     # A run's audit file scores to the rewards it trained on only under the run's own settings
     # (num_inputs, boundary reward, ...), not the defaults.
     config = args.config or run_config_of(in_path)
-    cfg = load_config(config, args.overrides)
-    if not in_path.is_file():  # fail before starting the sandbox
-        raise UserError(f"input file not found: {in_path}")
+    try:
+        cfg = load_config(config, args.overrides)
+    except UserError as e:
+        if args.config:
+            raise
+        raise UserError(f"{e} (the config of the run whose rollouts/ holds --in; --config FILE to choose "
+                        f"another)") from None
+    _check_input(in_path)  # before starting the sandbox
+    if str(out_path) == "-":
+        raise UserError("--out - : score writes a JSONL file, not stdout; give a file path")
     check_output_file(out_path, "--out")
     if out_path.exists() and out_path.samefile(in_path):  # opening --out would empty --in first
         raise UserError(f"--out {out_path} is the input file; give another path")
     if args.config is None:
         print(f"azr-jax score: using {config} (the run's config; --config to choose another)" if config else
               "azr-jax score: using the built-in default config (--config to choose one)", file=sys.stderr)
+    # SIGTERM (a scheduler, `timeout`) stops as Ctrl-C does: queued checks dropped, one line.
+    signal.signal(signal.SIGTERM, _interrupt)
     with Sandbox(cfg.sandbox) as sandbox:
         counts = score_file(in_path, out_path, cfg, sandbox)
     print(_summary(counts), file=sys.stderr)

@@ -381,7 +381,8 @@ class Sandbox:
             t.join(timeout=30)
         with self._lock:
             for zs in self._zygotes:
-                for z in zs.values():
+                # A snapshot: a worker that outlived the join may still be swapping a zygote in.
+                for z in list(zs.values()):
                     try:
                         z.close()
                     except Exception as e:  # noqa: BLE001 - close every other zygote regardless
@@ -393,8 +394,9 @@ class Sandbox:
     def __enter__(self) -> "Sandbox":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        # Leaving on an error or Ctrl-C: the queued jobs are not run (they took a minute to drain).
+        self.close(cancel=exc_type is not None)
 
     def __del__(self):
         try:
@@ -436,10 +438,16 @@ class Sandbox:
         z = zs.get(repeat)
         if z is None or not z.alive():
             if z is not None:
-                del zs[repeat]  # whatever close() does, a dead zygote is never handed out again
+                zs.pop(repeat, None)  # whatever close() does, a dead zygote is never handed out again
                 z.close()
+            if self._closed:  # no new zygote once close() has begun: nothing would close it
+                raise RuntimeError("the sandbox is closed")
             z = _Zygote(self.plan, self._uid(slot, repeat), repeat)
             zs[repeat] = z
+            if self._closed:  # close() ran while it started
+                zs.pop(repeat, None)
+                z.close()
+                raise RuntimeError("the sandbox is closed")
         return z
 
     def _request(self, job: Job, sent_calls: list[str | None]) -> dict:

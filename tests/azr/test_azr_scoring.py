@@ -389,3 +389,53 @@ def test_a_run_audit_file_finds_its_config_from_inside_rollouts(tmp_path, monkey
     assert run_config_of(Path("rollouts") / "step_1.jsonl") == tmp_path / "config.json"
     (tmp_path / "other.jsonl").write_text("")
     assert run_config_of(Path("other.jsonl")) is None
+    # Only a run's audit files (step_N.jsonl): another file in a folder called rollouts/ beside
+    # some config.json (a Hugging Face one) took that config and failed on its keys.
+    (tmp_path / "rollouts" / "my_rollouts.jsonl").write_text("")
+    assert run_config_of(tmp_path / "rollouts" / "my_rollouts.jsonl") is None
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: "-", "score reads a JSONL file, not stdin"),
+    (lambda d: str(d), "is not a regular file"),
+])
+def test_cli_names_an_input_that_is_not_a_file(tmp_path, capsys, make, message):
+    assert cli.main(["score", "--in", make(tmp_path), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_a_byte_order_mark_is_not_a_bad_record_and_an_all_bad_file_is_named(tmp_path, capsys):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + json.dumps(solve("deduction", TASK, "```output\n9\n```", rid="bom")).encode()
+                    + b"\n")
+    assert cli.main(["score", "--in", str(src), "--out", str(dst), "--set", "sandbox.timeout_s=4"]) == 0
+    assert json.loads(dst.read_text())["reward"] == 1.0
+    capsys.readouterr()
+    src.write_text(json.dumps({"a": [1, 2]}, indent=2) + "\n")  # pretty-printed JSON, not JSONL
+    assert cli.main(["score", "--in", str(src), "--out", str(dst), "--set", "sandbox.timeout_s=4"]) == 0
+    assert "none of the 6 lines is a record" in capsys.readouterr().err
+
+
+def test_cli_stopped_midway_leaves_the_old_out_and_a_partial_file(tmp_path, capsys, monkeypatch):
+    """--out was emptied at the start, and a stopped run left a cut file that looked complete."""
+    from azr_jax.azr import score_cli
+
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(solve("deduction", TASK, "```output\n9\n```", rid=i)) + "\n" for i in range(3)))
+    dst.write_text("the previous results\n")
+    real_decode = score_cli._decode
+    calls = []
+
+    def decode_then_stop(line):
+        calls.append(line)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_decode(line)
+
+    monkeypatch.setattr(score_cli, "CHUNK", 2)
+    monkeypatch.setattr(score_cli, "_decode", decode_then_stop)
+    assert cli.main(["score", "--in", str(src), "--out", str(dst), "--set", "sandbox.timeout_s=4"]) == 130
+    assert dst.read_text() == "the previous results\n"
+    partial = tmp_path / "out.jsonl.partial"
+    assert [json.loads(line)["id"] for line in partial.read_text().splitlines()] == [0, 1]
+    assert f"the rows scored so far are in {partial}" in capsys.readouterr().err

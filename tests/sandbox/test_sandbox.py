@@ -517,6 +517,28 @@ def test_close_with_cancel_answers_the_queued_jobs_at_once(monkeypatch):
         s.run([loop])
 
 
+def test_leaving_the_with_block_on_an_error_cancels_the_queued_jobs(monkeypatch):
+    """Ctrl-C in `azr-jax score` left through `with Sandbox(...)`, whose close waited for every
+    queued check (48 s for 40 looping answers); and a worker outliving the close could start a
+    zygote nothing would close."""
+    from azr_jax.sandbox import pool
+
+    calls = []
+    monkeypatch.setattr(pool.Sandbox, "close", lambda self, cancel=False: calls.append(cancel))
+    with Sandbox(SandboxSection(workers=1)):
+        pass
+    with pytest.raises(KeyboardInterrupt):
+        with Sandbox(SandboxSection(workers=1)):
+            raise KeyboardInterrupt
+    assert calls[:2] == [False, True]
+    monkeypatch.undo()
+    s = Sandbox(SandboxSection(workers=1))
+    s.close()
+    with pytest.raises(RuntimeError, match="the sandbox is closed"):
+        s._zygote(0, 0)
+    assert all(not zs for zs in s._zygotes)
+
+
 def test_a_start_failure_is_logged_with_its_cause(monkeypatch, caplog):
     """Jobs that no sandbox could take are scored sandbox_error; the log says why, once."""
     from azr_jax.sandbox import pool
