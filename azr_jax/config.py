@@ -304,8 +304,23 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
+# Common short names for keys whose spelling difflib would match to another key
+# (`sampling.temp` looks more like `sampling.top_p` than `sampling.temperature`).
+_SHORT_NAMES = {"lr": "learning_rate", "temp": "temperature", "kl": "kl_coef", "entropy": "entropy_coef",
+                "wd": "weight_decay", "bs": "batch_size", "warmup": "warmup_steps"}
+
+
 def _unknown_key(key: str) -> UserError:
-    close = difflib.get_close_matches(key, _all_keys(Config), n=1, cutoff=0.5)
+    keys = _all_keys(Config)
+    section, _, leaf = key.rpartition(".")
+    if leaf in _SHORT_NAMES:
+        meant = [k for k in keys if k.rpartition(".")[2] == _SHORT_NAMES[leaf]]
+        in_section = [k for k in meant if k.rpartition(".")[0] == section]
+        meant = in_section or meant
+        if meant:
+            return UserError(f"unknown config key '{key}'; did you mean "
+                             f"{' or '.join(repr(k) for k in meant)}?")
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return UserError(f"unknown config key '{key}'{hint}")
 

@@ -174,6 +174,9 @@ def test_output_paths_are_checked_before_the_work(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert r.stderr.splitlines()[-1] == "azr-jax: error: --out /dev/full: write failed (No space left on device)"
+    from pathlib import Path
+
+    assert Path("/dev/full").is_char_device()  # written in place, never replaced by a file
 
 
 def test_cli_reports_bad_input_as_one_line(tmp_path):
@@ -437,3 +440,15 @@ def test_input_paths_are_read_before_the_weights(tmp_path, monkeypatch):
                                             "train.eval_every=-1"]), tmp_path / "fresh")
     with pytest.raises(UserError, match="azr.prompt_dir is not a directory"):
         check_inputs(apply_overrides(Config(), [f"azr.prompt_dir={missing}"]), tmp_path / "resumed")
+
+
+@pytest.mark.parametrize("override, hint", [
+    ("sampling.temp=0.7", "did you mean 'sampling.temperature'?"),  # was 'sampling.top_p'
+    ("optim.lr=1e-4", "did you mean 'optim.learning_rate'?"),  # was 'optim'
+    ("rl.kl=0.1", "did you mean 'rl.kl_coef'?"),  # was 'rl.kl_type'
+    ("lr=1e-4", "did you mean 'optim.learning_rate' or 'pretrain.learning_rate'?"),  # was 'rl'
+    ("train.step=3", "did you mean 'train.steps'?"),  # misspellings still go by spelling
+])
+def test_common_short_names_point_to_the_key_they_abbreviate(override, hint):
+    with pytest.raises(UserError, match=re.escape(hint)):
+        load_config("configs/nano.py", [override])

@@ -108,15 +108,19 @@ def score_file(in_path: Path, out_path: Path, cfg, sandbox, progress=None) -> di
     start = time.monotonic()
     # Rows go to a side file that becomes --out only when every line is scored: a stopped run
     # leaves the old --out as it was and its rows so far under a name that says they are partial.
-    partial = out_path.with_name(out_path.name + ".partial")
+    # Not for an --out that is not a regular file (a pipe, a device): that is written in place,
+    # never replaced by a file of the same name.
+    in_place = out_path.exists() and not out_path.is_file()
+    target = out_path if in_place else out_path.with_name(out_path.name + ".partial")
     try:
-        errors = _score_into(lines, partial, cfg, sandbox, stats, progress, start)
+        errors = _score_into(lines, target, cfg, sandbox, stats, progress, start)
     except BaseException:
-        if partial.exists():
-            print(f"azr-jax score: stopped; the rows scored so far are in {partial} (--out is unchanged)",
+        if not in_place and target.exists():
+            print(f"azr-jax score: stopped; the rows scored so far are in {target} (--out is unchanged)",
                   file=progress, flush=True)
         raise
-    os.replace(partial, out_path)
+    if not in_place:
+        os.replace(target, out_path)
     if lines and errors == len(lines):
         print(f"azr-jax score: none of the {len(lines)} lines is a record (one JSON object per line): is "
               f"{in_path} a JSONL file?", file=progress, flush=True)
