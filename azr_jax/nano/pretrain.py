@@ -48,6 +48,14 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = check_output_dir(args.out, "--out")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "pretrain_record.json").is_file():
+            raise UserError(f"--out {out} is not empty and holds no base model built by `azr-jax pretrain`; "
+                            f"give a new or empty directory")
+        # A rebuild (the documented command rebuilds the shipped base in place): said, not refused.
+        print(f"azr-jax pretrain: replacing the base model in {out}; runs that read it will not resume "
+              f"(their inputs.json fingerprints change) until it is restored (git checkout -- {out} for the "
+              f"shipped one)", file=sys.stderr, flush=True)
     command = shlex.join(["azr-jax", "pretrain", *sys.argv[2:]])  # re-runnable as printed, quotes and all
     record = build_base(cfg, out, log=lambda msg: print(msg, file=sys.stderr, flush=True), command=command)
     print(json.dumps({"out": str(out), **{k: record[k] for k in ("num_params", "final_loss", "wall_s")}}))

@@ -128,6 +128,24 @@ def test_the_build_record_counts_the_transcripts_trained_on_and_quotes_the_comma
     kept = sum(len(t) for t, _, _ in bucket_rows(rows, 48).values())
     assert record["transcripts_used"] == kept < len(rows)  # lengths with fewer than 48 rows are left out
 
+    # --out holding something else (a Hugging Face checkpoint, a run) is refused, not overwritten;
+    # a base built by pretrain is rebuilt in place, as the documented command does with the shipped one.
+    import pytest
+
+    from azr_jax.errors import UserError
+
+    other = tmp_path / "hf"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="is not empty and holds no base model"):
+        main(argparse.Namespace(config="configs/nano_base.py", overrides=overrides, out=str(other)))
+    assert sorted(p.name for p in other.iterdir()) == ["config.json"]
+    capsys_err = tmp_path / "err.txt"
+    with open(capsys_err, "w") as err:
+        monkeypatch.setattr(sys, "stderr", err)
+        assert main(argparse.Namespace(config="configs/nano_base.py", overrides=overrides, out=str(tmp_path / "b"))) == 0
+    assert f"replacing the base model in {tmp_path / 'b'}" in capsys_err.read_text()
+
 
 def test_a_build_that_cannot_train_says_why_in_one_line_and_leaves_no_folder(tmp_path):
     """A vocabulary SentencePiece cannot fill, or a model vocabulary under the tokenizer's (ids
