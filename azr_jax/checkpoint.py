@@ -125,7 +125,7 @@ class Checkpoints:
         except UserError:
             raise
         except Exception as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = _first_line(e)
             raise UserError(
                 f"saving a checkpoint under {self.directory} failed ({type(e).__name__}: {reason[:300]}); the "
                 f"complete checkpoints before it are kept: make room or fix the directory, then run the same "
@@ -197,7 +197,7 @@ class Checkpoints:
                     time.sleep(1.0)  # most other reads end meanwhile
                     raise
         except Exception as e:  # truncated files, wrong shapes, missing items: say which checkpoint
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = _first_line(e)
             reason = reason.split(" See full TensorStore details")[0]  # the rest is a repr, not a reason
             raise UserError(
                 f"checkpoint {self.directory / str(step)} is corrupt or incompatible with this config "
@@ -299,6 +299,12 @@ def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
     and Orbax's saved-tree metadata (where named tuples come back as dicts)."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {_path_name(path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
+
+
+def _first_line(e: Exception) -> str:
+    """An exception's message cut to its first line (Orbax's carry reprs and tracebacks)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 class _OneLineOrbaxErrors(logging.Filter):
