@@ -4,11 +4,30 @@ checking output paths before long work writes to them, and replacing a file atom
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Iterator
 
 from azr_jax.errors import UserError
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: read as inf, written back as Infinity
+        raise ValueError(f"{text} is out of range for a float")
+    return value
+
+
+def loads_strict(text: str):
+    """`json.loads` that refuses what is not JSON though Python's parser takes it: `NaN`,
+    `Infinity`, and numbers out of a float's range (read as inf). Echoed back into an output
+    file they make lines other JSON readers refuse. Raises ValueError (JSONDecodeError is one)."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def read_objects(path: str | Path, what: str) -> Iterator[tuple[int, dict]]:
@@ -20,7 +39,8 @@ def read_objects(path: str | Path, what: str) -> Iterator[tuple[int, dict]]:
     if not p.is_file():
         raise UserError(f"{what} not found: {p}")
     # Lines end at "\n" only: str.splitlines would also cut at U+2028 or U+0085 inside a string.
-    for n, raw in enumerate(p.read_bytes().split(b"\n"), start=1):
+    data = p.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is no text
+    for n, raw in enumerate(data.split(b"\n"), start=1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -28,11 +48,13 @@ def read_objects(path: str | Path, what: str) -> Iterator[tuple[int, dict]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = loads_strict(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{what} {p} line {n}: not valid JSON ({e.msg})") from None
-        except (RecursionError, ValueError) as e:  # nesting too deep, an integer past the digit limit
-            raise UserError(f"{what} {p} line {n}: not readable JSON ({type(e).__name__}: {str(e)[:100]})") from None
+        except RecursionError:
+            raise UserError(f"{what} {p} line {n}: not valid JSON (nested too deeply)") from None
+        except ValueError as e:  # NaN, 1e400, an integer past Python's digit limit
+            raise UserError(f"{what} {p} line {n}: not valid JSON ({str(e)[:100]})") from None
         if not isinstance(row, dict):
             raise UserError(f"{what} {p} line {n}: expected a JSON object")
         yield n, row

@@ -9,19 +9,21 @@ Progress and a one-line summary go to stderr.
 from __future__ import annotations
 
 import argparse
+import difflib
+import itertools
 import json
-import math
 import os
 import re
 import signal
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Iterator
 
 from azr_jax.config import load_config
 from azr_jax.errors import UserError
-from azr_jax.jsonl import check_output_file
+from azr_jax.jsonl import check_output_file, loads_strict
 
 CHUNK = 256  # records per score_records call: bounds memory and gives regular progress
 
@@ -36,26 +38,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set azr.boundary_reward=0.0 (repeatable)")
 
 
-def _read_lines(path: Path) -> list[str | UnicodeDecodeError]:
-    """The file's records, each decoded on its own: a line that is not UTF-8 is its decode error
-    (that line becomes a bad_record row; the others are scored)."""
+def _count_lines(path: Path) -> int:
+    """How many records `path` holds (for progress), read in blocks, not whole."""
     _check_input(path)
+    count, last = 0, b"\n"
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                count += block.count(b"\n")
+                last = block[-1:]
     except OSError as e:
         raise UserError(f"input file {path} cannot be read ({e.strerror or e})") from None
-    # Records end at "\n" only: str.splitlines() would also split at U+2028, U+0085, ... which a
-    # JSON string may hold unescaped (ensure_ascii=False).
-    lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a UTF-8 byte-order mark is no record
-    if lines[-1] == b"":
-        lines.pop()  # the newline that ends the last record
-    out: list[str | UnicodeDecodeError] = []
-    for raw in lines:
-        try:
-            out.append(raw.removesuffix(b"\r").decode("utf-8"))
-        except UnicodeDecodeError as e:
-            out.append(e)
-    return out
+    return count + (last != b"\n")  # a last record without its newline
+
+
+def _read_lines(path: Path) -> Iterator[str | UnicodeDecodeError]:
+    """The file's records one at a time (memory stays bounded whatever the input's size), each
+    decoded on its own: a line that is not UTF-8 is its decode error (that line becomes a
+    bad_record row; the others are scored)."""
+    try:
+        with open(path, "rb") as f:
+            # Records end at "\n" only (a binary file iterates at b"\n"): str.splitlines() would
+            # also split at U+2028, U+0085, ... which a JSON string may hold unescaped.
+            for n, raw in enumerate(f):
+                if n == 0:
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is no record
+                try:
+                    yield raw.removesuffix(b"\n").removesuffix(b"\r").decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield e
+    except OSError as e:
+        raise UserError(f"input file {path} cannot be read ({e.strerror or e})") from None
 
 
 def _check_input(path: Path) -> None:
@@ -67,19 +80,6 @@ def _check_input(path: Path) -> None:
         raise UserError(f"--in {path} is not a regular file (score reads a JSONL file)")
 
 
-def _refuse_constant(name: str):
-    # Python's parser takes NaN and Infinity, which are not JSON: echoed back in `id`, they made
-    # an output line other JSON readers refuse.
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e400: read as inf, written back as Infinity
-        raise ValueError(f"{text} is out of range for a float")
-    return value
-
-
 def _decode(line: str | UnicodeDecodeError):
     """A JSON object, or an error message for the line."""
     if isinstance(line, UnicodeDecodeError):
@@ -87,7 +87,7 @@ def _decode(line: str | UnicodeDecodeError):
     if not line.strip():
         return None, "empty line"
     try:
-        obj = json.loads(line, parse_constant=_refuse_constant, parse_float=_finite_float)
+        obj = loads_strict(line)
     except json.JSONDecodeError as e:
         return None, f"not valid JSON: {e.msg} (column {e.colno})"
     except RecursionError:
@@ -103,8 +103,9 @@ def score_file(in_path: Path, out_path: Path, cfg, sandbox, progress=None) -> di
     """Score `in_path` into `out_path`; returns summary counts. `progress`: a text stream for
     the progress lines (default: stderr as it is at the call)."""
     progress = sys.stderr if progress is None else progress
-    lines = _read_lines(in_path)
+    total = _count_lines(in_path)
     stats = defaultdict(lambda: {"n": 0, "valid": 0, "reward_sum": 0.0, "rewarded": 0})
+    unread = Counter()  # fields the schema does not read: a misspelt one is otherwise silent
     start = time.monotonic()
     # Rows go to a side file that becomes --out only when every line is scored: a stopped run
     # leaves the old --out as it was and its rows so far under a name that says they are partial.
@@ -113,7 +114,7 @@ def score_file(in_path: Path, out_path: Path, cfg, sandbox, progress=None) -> di
     in_place = out_path.exists() and not out_path.is_file()
     target = out_path if in_place else out_path.with_name(out_path.name + ".partial")
     try:
-        errors = _score_into(lines, target, cfg, sandbox, stats, progress, start)
+        errors = _score_into(_read_lines(in_path), total, target, cfg, sandbox, stats, unread, progress, start)
     except BaseException:
         if not in_place and target.exists():
             print(f"azr-jax score: stopped; the rows scored so far are in {target} (--out is unchanged)",
@@ -121,28 +122,56 @@ def score_file(in_path: Path, out_path: Path, cfg, sandbox, progress=None) -> di
         raise
     if not in_place:
         os.replace(target, out_path)
-    if lines and errors == len(lines):
-        print(f"azr-jax score: none of the {len(lines)} lines is a record (one JSON object per line): is "
+    if total and errors == total:
+        print(f"azr-jax score: none of the {total} lines is a record (one JSON object per line): is "
               f"{in_path} a JSONL file?", file=progress, flush=True)
-    return {"lines": len(lines), "errors": errors, "groups": dict(stats)}
+    if unread:
+        print(f"azr-jax score: warning: fields the schema does not read were ignored: {_unread_summary(unread)} "
+              f"(input schema: docs/scoring.md)", file=progress, flush=True)
+    return {"lines": total, "errors": errors, "groups": dict(stats), "unread_fields": dict(unread)}
 
 
-def _score_into(lines, path: Path, cfg, sandbox, stats, progress, start) -> int:
-    """Score `lines` into `path`, adding to the per-group `stats`; returns the malformed count."""
+# The fields score_records reads, and those a run's audit file adds (its verdict, `scored`).
+RECORD_FIELDS = ("id", "role", "task", "response", "problem", "solver_responses", "scored")
+PROBLEM_FIELDS = ("program", "imports", "input", "output", "inputs", "outputs", "message", "visible")
+
+
+def _unread_fields(obj: dict) -> list[str]:
+    names = [k for k in obj if k not in RECORD_FIELDS]
+    problem = obj.get("problem")
+    if isinstance(problem, dict):
+        names += [f"problem.{k}" for k in problem if k not in PROBLEM_FIELDS]
+    return names
+
+
+def _unread_summary(unread: Counter) -> str:
+    parts = []
+    for name, n in unread.most_common(10):
+        known = [f"problem.{k}" for k in PROBLEM_FIELDS] if name.startswith("problem.") else RECORD_FIELDS
+        close = difflib.get_close_matches(name, known, n=1)
+        parts.append(f"'{name}' ({n} record{'s' * (n != 1)}" + (f"; did you mean '{close[0]}'?)" if close else ")"))
+    more = len(unread) - len(parts)
+    return ", ".join(parts) + (f", and {more} more" if more > 0 else "")
+
+
+def _score_into(lines, total: int, path: Path, cfg, sandbox, stats, unread, progress, start) -> int:
+    """Score `lines` (an iterator of `total`) into `path`, adding to the per-group `stats` and the
+    `unread` field counts; returns the malformed count."""
     from azr_jax.azr.scoring import error_record, score_records
     from azr_jax.jsonl import OutputFile
 
-    errors = 0
+    errors = done = 0
     with OutputFile(path, "--out") as out:
-        for begin in range(0, len(lines), CHUNK):
-            chunk = lines[begin:begin + CHUNK]
+        while chunk := list(itertools.islice(lines, CHUNK)):
             decoded = [_decode(line) for line in chunk]
             good = [obj for obj, err in decoded if err is None]
+            for obj in good:
+                unread.update(_unread_fields(obj))
             scored = iter(score_records(good, cfg, sandbox))
             for offset, (obj, err) in enumerate(decoded):
                 row = error_record(obj, err) if err is not None else next(scored)
                 if row.get("error") is not None:
-                    row = {"id": row["id"], "line": begin + offset + 1, **{k: v for k, v in row.items() if k != "id"}}
+                    row = {"id": row["id"], "line": done + offset + 1, **{k: v for k, v in row.items() if k != "id"}}
                     errors += 1
                 else:
                     s = stats[f"{obj['role']}/{obj['task']}"]
@@ -152,9 +181,9 @@ def _score_into(lines, path: Path, cfg, sandbox, stats, progress, start) -> int:
                         s["reward_sum"] += row["reward"]
                         s["rewarded"] += 1
                 out.write(json.dumps(row) + "\n")
-            if len(lines) > CHUNK:
-                done = min(begin + CHUNK, len(lines))
-                print(f"azr-jax score: {done}/{len(lines)} lines ({time.monotonic() - start:.1f}s)", file=progress, flush=True)
+            done += len(chunk)
+            if total > CHUNK:
+                print(f"azr-jax score: {done}/{total} lines ({time.monotonic() - start:.1f}s)", file=progress, flush=True)
     return errors
 
 

@@ -439,3 +439,54 @@ def test_cli_stopped_midway_leaves_the_old_out_and_a_partial_file(tmp_path, caps
     partial = tmp_path / "out.jsonl.partial"
     assert [json.loads(line)["id"] for line in partial.read_text().splitlines()] == [0, 1]
     assert f"the rows scored so far are in {partial}" in capsys.readouterr().err
+
+
+def test_cli_names_fields_it_does_not_read_and_suggests_the_close_one(tmp_path, capsys):
+    """A misspelt field (`solver_response` for `solver_responses`) was ignored in silence: the
+    proposal scored `reward: null` with nothing to say why. The fields of a run's audit file
+    (`scored`) are not reported."""
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    body = "```python\ndef f(x):\n    return x + 1\n```\n```input\n1\n```"
+    misspelt = dict(propose("deduction", body), solver_response=[answer("```output\n2\n```")])
+    audited = dict(solve("deduction", TASK, "```output\n9\n```", rid="a"), scored={"reward": 1.0})
+    typo_in_problem = solve("deduction", dict(TASK, ouput="9"), "```output\n9\n```", rid="b")
+    src.write_text("".join(json.dumps(r) + "\n" for r in (misspelt, misspelt, audited, typo_in_problem)))
+    assert cli.main(["score", "--in", str(src), "--out", str(dst), "--set", "sandbox.timeout_s=4"]) == 0
+    rows = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert rows[0]["valid"] and rows[0]["reward"] is None and rows[2]["reward"] == 1.0  # scored as before
+    warning = [line for line in capsys.readouterr().err.splitlines() if "the schema does not read" in line]
+    assert len(warning) == 1, warning
+    assert "'solver_response' (2 records; did you mean 'solver_responses'?)" in warning[0]
+    assert "'problem.ouput' (1 record; did you mean 'problem.output'?)" in warning[0]
+    assert "scored" not in warning[0]
+
+
+def test_cli_reads_its_input_a_record_at_a_time(tmp_path, monkeypatch):
+    """The whole input was read into memory before scoring (300 MB in took 668 MB): lines are now
+    streamed, counted first in blocks for the progress line. Checked here through the reader:
+    scoring stops after the first chunk, when the reader has read no more than that chunk's lines."""
+    from azr_jax.azr import score_cli
+
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(solve("deduction", TASK, "```output\n9\n```", rid=i)) + "\n" for i in range(7)))
+    pulled = []
+    real_read = score_cli._read_lines
+
+    def counting_read(path):
+        for line in real_read(path):
+            pulled.append(line)
+            yield line
+
+    def stop_after_first_chunk(*args, **kwargs):
+        if len(pulled) >= 1:
+            raise KeyboardInterrupt
+        return []
+
+    monkeypatch.setattr(score_cli, "CHUNK", 3)
+    monkeypatch.setattr(score_cli, "_read_lines", counting_read)
+    monkeypatch.setattr("azr_jax.azr.scoring.score_records", stop_after_first_chunk)
+    assert cli.main(["score", "--in", str(src), "--out", str(dst), "--set", "sandbox.timeout_s=4"]) == 130
+    assert len(pulled) == 3  # one chunk, of 7 lines
+    assert score_cli._count_lines(src) == 7
+    src.write_bytes(b"a\n\nb")  # an empty line is a line; a last one without its newline too
+    assert score_cli._count_lines(src) == 3 and list(real_read(src)) == ["a", "", "b"]
