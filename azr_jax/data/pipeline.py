@@ -185,7 +185,9 @@ class PipelineState:
 
     @classmethod
     def from_json(cls, data: dict) -> "PipelineState":
-        try:
-            return cls(seed=int(data["seed"]), next_step=int(data["next_step"]))
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"checkpoint pipeline state is malformed: {data!r}") from None
+        # Whole numbers only: int() would also take "3", 2.7 (as 2) or true, and resume at a step
+        # the checkpoint never recorded.
+        fields = {k: data.get(k) if isinstance(data, dict) else None for k in ("seed", "next_step")}
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in fields.values()) or fields["next_step"] < 1:
+            raise UserError(f"checkpoint pipeline state is malformed: {data!r}")
+        return cls(**fields)

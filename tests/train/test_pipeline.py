@@ -94,8 +94,10 @@ def test_stream_seed_and_state_round_trip():
     assert stream_seed(0, 1, "propose/deduction") != stream_seed(0, 1, "solve/deduction")
     state = PipelineState(seed=3, next_step=7)
     assert PipelineState.from_json(state.to_json()) == state
-    with pytest.raises(UserError, match="pipeline state is malformed"):
-        PipelineState.from_json({"seed": 1})
+    for bad in ({"seed": 1}, {"seed": 1, "next_step": "3"}, {"seed": 1, "next_step": 2.7},
+                {"seed": True, "next_step": 2}, {"seed": 1, "next_step": 0}, [1, 2]):
+        with pytest.raises(UserError, match="pipeline state is malformed"):
+            PipelineState.from_json(bad)
 
 
 def test_concat_rows_right_pads_to_the_widest_part():
