@@ -131,8 +131,9 @@ def score_file(in_path: Path, out_path: Path, cfg, sandbox, progress=None) -> di
     return {"lines": total, "errors": errors, "groups": dict(stats), "unread_fields": dict(unread)}
 
 
-# The fields score_records reads, and those a run's audit file adds (its verdict, `scored`).
-RECORD_FIELDS = ("id", "role", "task", "response", "problem", "solver_responses", "scored")
+# The fields score_records reads, and those a run's audit file adds (its verdict, `scored`, and
+# the tasks a proposer was shown, `references`: trainer._rollouts).
+RECORD_FIELDS = ("id", "role", "task", "response", "problem", "solver_responses", "scored", "references")
 PROBLEM_FIELDS = ("program", "imports", "input", "output", "inputs", "outputs", "message", "visible")
 
 

@@ -541,6 +541,7 @@ def test_valid_proposals_grow_the_buffers(env):
                         str(workdir / "rescored.jsonl")], env=env["env"], capture_output=True, text=True, timeout=300,
                        cwd=ROOT)
     assert r.returncode == 0 and "the run's config" in r.stderr, r.stderr[-2000:]
+    assert "does not read" not in r.stderr, r.stderr[-2000:]  # an audit file's own fields are known
     trained = [json.loads(line)["scored"] for line in audit.read_text().splitlines()]
     rescored = [json.loads(line) for line in (workdir / "rescored.jsonl").read_text().splitlines()]
     assert [(t["valid"], t["reward"]) for t in trained] == [(x["valid"], x["reward"]) for x in rescored]
