@@ -54,6 +54,52 @@ def _normalise_rope_scaling(rope_scaling: dict | None) -> dict | None:
     return out
 
 
+def _rope_from_hf(hf: dict) -> tuple[Any, dict | None]:
+    """(rope_theta, rope_scaling block) as transformers computes RoPE from an HF config, or a
+    UserError where transformers 4.x and 5.x would read the config differently.
+
+    4.x reads a top-level `rope_theta` and a `rope_scaling` block. 5.x nests both under
+    `rope_parameters`, applies a non-empty `rope_scaling` block over it (one pasted in to extend
+    the context), lets a block's own `rope_theta` beat the top-level one, and a top-level
+    `original_max_position_embeddings` beat a llama3 block's. Where two of these places give
+    different values the config is refused: reading either would rotate differently from one of
+    the two versions."""
+    scaling, params = hf.get("rope_scaling"), hf.get("rope_parameters")
+    if params is not None and not isinstance(params, dict):
+        raise UserError(f"rope_parameters must be a mapping or null, got {params!r}")
+    if scaling is not None and not isinstance(scaling, dict):
+        raise UserError(f"rope_scaling must be a mapping or null, got {scaling!r}")
+
+    def without_theta(block):
+        return {k: v for k, v in block.items() if k != "rope_theta"} if block else None
+
+    if scaling and params and _normalise_rope_scaling(without_theta(scaling)) != _normalise_rope_scaling(
+            without_theta(params)):
+        raise UserError(f"HF config has both rope_parameters {params!r} and a different rope_scaling "
+                        f"{scaling!r}; transformers would apply rope_scaling: keep one block")
+    thetas = {}
+    if "rope_theta" in hf:
+        thetas["rope_theta"] = hf["rope_theta"]
+    for name, block in (("rope_scaling", scaling), ("rope_parameters", params)):
+        if block and "rope_theta" in block:
+            thetas[f"{name}.rope_theta"] = block["rope_theta"]
+    if any(v != next(iter(thetas.values())) for v in thetas.values()):
+        given = ", ".join(f"{k}={v!r}" for k, v in thetas.items())
+        raise UserError(f"HF config gives different RoPE thetas ({given}); which one transformers applies "
+                        f"depends on its version and the block: keep one value")
+    rope_scaling = without_theta(scaling or params)
+    top_original = hf.get("original_max_position_embeddings")
+    if rope_scaling and top_original is not None and rope_scaling.get(
+            "rope_type", rope_scaling.get("type")) == "llama3":
+        block_original = rope_scaling.get("original_max_position_embeddings", top_original)
+        if block_original != top_original:
+            raise UserError(f"HF config gives original_max_position_embeddings={top_original!r} at the top level "
+                            f"and {block_original!r} in its llama3 RoPE block; transformers 5.x reads the first, "
+                            f"4.x the second: keep one value")
+        rope_scaling = dict(rope_scaling, original_max_position_embeddings=top_original)
+    return next(iter(thetas.values()), 10000.0), rope_scaling
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape and numerics of a Qwen2/2.5, Llama 3.x or Qwen3 dense decoder."""
@@ -264,22 +310,7 @@ class ModelConfig:
         if model_type != "qwen2" and hf.get("attention_bias"):
             raise UserError(f"attention_bias=true is not supported for {model_type} (it adds an o_proj bias)")
 
-        # transformers 5 nests RoPE under rope_parameters (its rope_theta is optional there and
-        # then comes from the top level); 4.x uses rope_theta + rope_scaling.
-        rope_params = hf.get("rope_parameters")
-        if isinstance(rope_params, dict):
-            rope_theta = rope_params.get("rope_theta", hf.get("rope_theta", 10000.0))
-            rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
-            # transformers 5 lets a rope_scaling block (e.g. one pasted into a 5.x config to
-            # extend its context) replace rope_parameters, theta included; reading one of them
-            # silently would rotate differently from transformers.
-            if hf.get("rope_scaling") is not None and (_normalise_rope_scaling(hf["rope_scaling"])
-                                                       != _normalise_rope_scaling(rope_scaling)):
-                raise UserError(f"HF config has both rope_parameters {rope_params!r} and a different rope_scaling "
-                                f"{hf['rope_scaling']!r}; transformers would apply rope_scaling: keep one block")
-        else:
-            rope_theta = hf.get("rope_theta", 10000.0)
-            rope_scaling = hf.get("rope_scaling")
+        rope_theta, rope_scaling = _rope_from_hf(hf)
 
         def integer(key: str, value: Any) -> int:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):

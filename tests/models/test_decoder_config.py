@@ -135,6 +135,51 @@ def test_a_rope_scaling_block_beside_different_rope_parameters_is_refused():
     assert ModelConfig.from_hf_config(dict(good, rope_parameters=plain, rope_scaling=None)).rope_scaling is None
 
 
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+
+
+def rope_free_llama_config() -> dict:
+    """A small Llama's HF config without any RoPE field: each case adds its own."""
+    return {k: v for k, v in small_config("llama").to_hf_config().items() if k not in ("rope_theta", "rope_scaling")}
+
+
+@pytest.mark.parametrize("extra", [
+    {"rope_scaling": {"rope_type": "default", "rope_theta": 500.0}},  # a block's own theta, no top-level one
+    {"rope_theta": 5e5, "original_max_position_embeddings": 16,  # the block leaves it to the top level
+     "rope_scaling": {k: v for k, v in LLAMA3_ROPE.items() if k != "original_max_position_embeddings"}},
+    {"rope_parameters": dict(LLAMA3_ROPE, rope_theta=5e5), "rope_scaling": {}},  # an empty block is no block
+    {"rope_theta": 5e5, "rope_scaling": LLAMA3_ROPE},  # Llama 3.1's own layout
+])
+def test_rope_frequencies_follow_transformers_wherever_the_config_puts_them(extra):
+    """The inverse frequencies transformers computes from the config, whichever of its places
+    (top level, rope_scaling, rope_parameters) holds theta and the llama3 fields."""
+    from azr_jax.models.rope import inverse_frequencies
+
+    raw = dict(rope_free_llama_config(), **extra)
+    theirs = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**json.loads(json.dumps(raw))))
+    ours = inverse_frequencies(ModelConfig.from_hf_config(json.loads(json.dumps(raw))))
+    np.testing.assert_allclose(ours, theirs.model.rotary_emb.inv_freq.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
+      "rope_scaling": {"rope_type": "default", "rope_theta": 100.0}}, "different RoPE thetas"),
+    ({"rope_parameters": dict(LLAMA3_ROPE, rope_theta=5e5), "rope_scaling": dict(LLAMA3_ROPE, rope_theta=1e4)},
+     "different RoPE thetas"),
+    ({"rope_theta": 5e5, "rope_scaling": LLAMA3_ROPE, "original_max_position_embeddings": 16},
+     "original_max_position_embeddings=16 at the top level and 64"),
+    ({"rope_parameters": [1, 2]}, "rope_parameters must be a mapping"),
+])
+def test_rope_fields_that_disagree_across_places_are_refused(extra, message):
+    """Blocks that differed only in theta passed the rope_scaling/rope_parameters check, and the
+    theta was taken from rope_parameters while transformers 5 applies rope_scaling's: logits off
+    by 2.5 on a random model (`repro model`), with no word."""
+    raw = dict(rope_free_llama_config(), **extra)
+    with pytest.raises(UserError, match=message):
+        ModelConfig.from_hf_config(raw)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"num_attention_heads": 0, "head_dim": None}, "num_attention_heads"),
     ({"rope_theta": None}, "rope_theta"),
