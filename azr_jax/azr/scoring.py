@@ -104,7 +104,8 @@ def _check_key(check: tuple) -> tuple:
     if check[0] == "compare":
         return check
     job = check[1]
-    return ("job", job.program, tuple(job.calls), job.args_mode, tuple(job.expected or ()), job.repeats)
+    return ("job", job.program, tuple(job.calls), job.args_mode, tuple(job.expected or ()), job.repeats,
+            job.calls_per_input)
 
 
 def _run_checks(answers: list[SolverAnswer], sandbox) -> dict:

@@ -172,7 +172,7 @@ def parse_solver_answer(task: str, problem: dict, response: str, azr_cfg) -> Sol
         if parsing.parse_call_args(given) is None:
             return SolverAnswer(found=True, check=None, reason="input_syntax_error")
         job = Job(program=with_imports(problem["program"], problem.get("imports") or []), calls=[given],
-                  args_mode="literal", expected=[problem["output"]], repeats=1)
+                  args_mode="literal", expected=[problem["output"]], repeats=1, calls_per_input=1)
         return SolverAnswer(found=True, check=("job", job))
     codes = parsing.code_blocks(answer) or parsing.other_blocks(answer)
     if not codes or not codes[-1].strip():
@@ -191,7 +191,7 @@ def parse_solver_answer(task: str, problem: dict, response: str, azr_cfg) -> Sol
     if violation is not None:
         return SolverAnswer(found=True, check=None, reason=violation.code)
     job = Job(program=with_imports(code, problem.get("imports") or []), calls=list(hidden_in),
-              args_mode="expression", expected=list(hidden_out), repeats=1)
+              args_mode="expression", expected=list(hidden_out), repeats=1, calls_per_input=1)
     return SolverAnswer(found=True, check=("job", job))
 
 

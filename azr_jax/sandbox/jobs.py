@@ -17,6 +17,9 @@ class Job:
     args_mode: str = "expression"  # "expression": evaluated in the sandbox; "literal": literals only
     expected: list[str] | None = None  # value texts to compare outputs with; never sent to the sandbox
     repeats: int = 2  # fresh processes (different hash seeds) whose results must agree
+    # In-process calls of f per call text: 2 validates (accumulators, global counters); a check of
+    # a solver's answer calls f once, as the reference does, and so has the whole time limit.
+    calls_per_input: int = 2
 
     def __post_init__(self):
         if self.args_mode not in ARGS_MODES:
@@ -25,6 +28,8 @@ class Job:
             raise ValueError(f"Job.expected has {len(self.expected)} entries for {len(self.calls)} calls")
         if not 1 <= self.repeats <= MAX_REPEATS:
             raise ValueError(f"Job.repeats must be in 1..{MAX_REPEATS}, got {self.repeats}")
+        if self.calls_per_input not in (1, 2):
+            raise ValueError(f"Job.calls_per_input must be 1 or 2, got {self.calls_per_input}")
 
 
 @dataclass(frozen=True)

@@ -456,6 +456,7 @@ class Sandbox:
             "program": job.program,
             "calls": sent_calls,
             "literal_args": job.args_mode == "literal",
+            "calls_per_input": job.calls_per_input,
             "timeout_s": float(cfg.timeout_s),
             "stall_s": STALL_S,
             "max_output_chars": MAX_OUTPUT_CHARS,

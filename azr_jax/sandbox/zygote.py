@@ -154,14 +154,15 @@ def _child(req, wfd, scratch):
         _finish(wfd, ("error", "sandbox setup failed: " + _describe(exc)))
     calls = req["calls"]
     literal = req["literal_args"]
-    # Literal-mode arguments were validated as literals on the host; build both copies now,
+    repeat_calls = req["calls_per_input"]
+    # Literal-mode arguments were validated as literals on the host; build each call's copies now,
     # before model code can rebind `set`/`frozenset`, with no other names reachable.
     safe_ns = {"__builtins__": {"set": set, "frozenset": frozenset}}
     prebuilt = []
     for i, call in enumerate(calls):
         if literal and call is not None:
             try:
-                prebuilt.append([eval("(lambda *a, **k: (a, k))(" + call + ")", safe_ns) for _ in range(2)])
+                prebuilt.append([eval("(lambda *a, **k: (a, k))(" + call + ")", safe_ns) for _ in range(repeat_calls)])
             except BaseException as exc:  # noqa: BLE001
                 prebuilt.append(exc)
         else:
@@ -190,7 +191,7 @@ def _child(req, wfd, scratch):
         used = True
         texts = []
         err = None
-        for k in range(2):  # twice in one process: catches accumulators and global counters
+        for k in range(repeat_calls):  # twice in one process: catches accumulators and global counters
             try:
                 if literal:
                     if _isinstance(prebuilt[i], BaseException):
@@ -215,7 +216,7 @@ def _child(req, wfd, scratch):
                 err = _describe(exc)
             if err is not None:
                 break
-        results.append(("ok", texts[0], texts[1]) if err is None else ("err", err, k))
+        results.append(("ok", texts[0], texts[-1]) if err is None else ("err", err, k))
     _finish(wfd, ("done", tuple(results)))
 
 

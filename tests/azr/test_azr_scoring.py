@@ -490,3 +490,18 @@ def test_cli_reads_its_input_a_record_at_a_time(tmp_path, monkeypatch):
     assert score_cli._count_lines(src) == 7
     src.write_bytes(b"a\n\nb")  # an empty line is a line; a last one without its newline too
     assert score_cli._count_lines(src) == 3 and list(real_read(src)) == ["a", "", "b"]
+
+
+def test_a_solver_answer_is_checked_with_one_call_of_f(cfg, sb):
+    """The reference checks an abduction answer or an induction program with one call per input;
+    azr-jax called f twice, so an accumulator in the task's program made a right answer
+    "nondeterministic" and wrong (and a slow call had half the time limit)."""
+    accumulator = {"program": "def f(x, seen=[]):\n    seen.append(x)\n    return len(seen) + x", "input": "3",
+                   "output": "4", "imports": []}
+    out = one(solve("abduction", accumulator, "```input\n3\n```"), cfg, sb)
+    assert out["accuracy"] == 1.0 and out["reward"] == 1.0, out
+    program = accumulator["program"]
+    induction = {"program": program, "inputs": ["1", "2", "3", "4"], "outputs": ["2", "3", "4", "5"],
+                 "message": "m", "visible": 2, "imports": []}
+    out = one(solve("induction", induction, f"```python\n{program}\n```"), cfg, sb)
+    assert out["accuracy"] == 1.0, out

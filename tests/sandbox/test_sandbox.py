@@ -108,6 +108,8 @@ def test_job_validation():
         Job(ADD, ["1"], repeats=0)
     with pytest.raises(ValueError, match="repeats must be in 1..16, got 17"):  # one zygote uid per repeat when root
         Job(ADD, ["1"], repeats=17)
+    with pytest.raises(ValueError, match="calls_per_input must be 1 or 2, got 3"):
+        Job(ADD, ["1"], calls_per_input=3)
 
 
 # -- running jobs ------------------------------------------------------------------------------
@@ -226,6 +228,24 @@ def test_determinism(sb):
     assert not r_counter.deterministic and r_counter.errors == ["nondeterministic"] * 2
     assert not r_set.deterministic
     assert r_ok.deterministic and r_ok.outputs == ["['w0', 'w1']"]
+
+
+def test_a_check_with_one_call_per_input_calls_f_once_and_has_the_whole_time_limit(sb):
+    """A solver's answer is checked by calling f once, as the reference checks it: twice, an
+    accumulator read as nondeterministic (the reference takes the first value), and a call that
+    needs over half of `sandbox.timeout_s` (1.5 s here) timed out."""
+    accumulator = "def f(x, seen=[]):\n    seen.append(x)\n    return len(seen)\n"
+    slow = "import time\ndef f(x):\n    t = time.monotonic() + x\n    while time.monotonic() < t:\n        pass\n    return x\n"
+    once, twice, slow_once, slow_twice = sb.run([
+        Job(accumulator, ["1"], repeats=1, calls_per_input=1, expected=["1"]),
+        Job(accumulator, ["1"], repeats=1, expected=["1"]),
+        Job(slow, ["0.9"], repeats=1, calls_per_input=1, expected=["0.9"]),
+        Job(slow, ["0.9"], repeats=1, expected=["0.9"]),
+    ])
+    assert once.deterministic and once.matches == [True], once
+    assert not twice.deterministic and twice.errors == ["nondeterministic"], twice
+    assert slow_once.matches == [True] and not slow_once.timed_out, slow_once
+    assert slow_twice.timed_out, slow_twice
 
 
 @pytest.mark.parametrize("isolation", ["bwrap", "unshare", "none"])
