@@ -37,8 +37,9 @@ class ModelSection:
     preset: str = "nano"  # a name from azr_jax.models.presets; with hf_dir only compared (a warning)
     hf_dir: str | None = None  # Hugging Face checkpoint directory (config.json + safetensors)
     tokenizer: str | None = None  # tokenizer.json / SentencePiece .model; default: inside hf_dir
-    overrides: dict = field(default_factory=dict)  # ModelConfig fields to replace in the preset (random init only; refused with hf_dir)
-    compute_dtype: str = "bfloat16"  # activations / matmuls
+    # ModelConfig fields to replace in the preset (random init only; refused with hf_dir)
+    overrides: dict = field(default_factory=dict)
+    compute_dtype: str = "bfloat16"  # dtype of activations and matmuls
     # The dtype weights are loaded (or initialised) in, so also the KL reference's and the
     # default export dtype; the trainer's master copy is float32 whatever this says.
     param_dtype: str = "float32"
@@ -76,11 +77,13 @@ class MeshSection:
 class SamplingSection:
     """Rollout generation settings (AZR_SPEC §4.4: T = 1.0, top-p 1.0, no top-k)."""
 
+    # Sampling temperature of proposals and solutions (learnability: azr.learnability_temperature)
     temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # nucleus sampling; 1.0 = off
+    top_k: int = 0  # top-k sampling; 0 = off
+    # Longest prompt in tokens; longer proposer/solver prompts are skipped and redrawn
     max_prompt_len: int = 6144
-    max_response_len: int = 8096
+    max_response_len: int = 8096  # tokens generated per rollout at most
     # Prompt/response lengths are padded up to one of these buckets to bound recompilation. The
     # rollouts add max_prompt_len as a bucket of its own (the longest prompt a batch holds).
     length_buckets: list = field(default_factory=lambda: [256, 512, 1024, 2048, 4096, 8192])
@@ -105,6 +108,7 @@ class SamplingSection:
 class AZRSection:
     """The method on the host side: task types, prompts, validation, rewards, buffers."""
 
+    # The task types trained, each with a propose and a solve batch
     task_types: list = field(default_factory=lambda: ["abduction", "deduction", "induction"])
     batch_size: int = 64  # sequences per (role, task) batch; 6 batches per step
     n_references: int = 6  # K reference snippets shown to deduction/abduction proposers
@@ -113,16 +117,21 @@ class AZRSection:
     # rl.estimator=grpo or rloo and more than 1, each task's completions are one group
     # (a per-prompt baseline); under trr++ they stay in the solve/<task> group. A deviation.
     solver_samples: int = 1
-    learnability_temperature: float = 1.0  # AZR_SPEC §3.2: sample, never greedy
+    # Temperature of the learnability rollouts (AZR_SPEC §3.2: sampled, never greedy)
+    learnability_temperature: float = 1.0
     num_inputs: int = 10  # induction proposals must give this many inputs
     boundary_reward: float = -0.5  # proposer reward when all or none of N solved (paper: 0.0)
     solver_task_lag: bool = True  # solver tasks come from buffers as of the previous step (reference)
-    buffer_cap: int = 16384
+    buffer_cap: int = 16384  # tasks per task-type buffer at most; buffer_eviction says which go
     buffer_eviction: str = "drop_oldest"  # drop_oldest | keep_oldest (reference: keep_oldest)
+    # Solver tasks: max_new = the previous step's new tasks first; uniform = the whole buffer
     pred_data_mix: str = "max_new"
-    reject_multiple_functions: bool = False  # True: refuse a second top-level function (reference: any second def)
+    # True: refuse a second top-level function (reference: any second def)
+    reject_multiple_functions: bool = False
     f_replace_location: str = "not_first"  # not_first | any_last
     code_location: str = "first"  # first | last ```python``` (or untagged) block of a proposal
+    # Modules (and dotted names: os.path, sys.exit) a proposed program may not import or use
+    # (docs/sandbox.md)
     banned_words: list = field(
         default_factory=lambda: [
             "logging", "random", "multiprocessing", "pebble", "subprocess", "threading",
@@ -131,6 +140,7 @@ class AZRSection:
         ]
     )
     seed_file: str | None = None  # JSONL of triplets; None = identity triplet only
+    # JSONL of induction tasks; None = the identity induction task (or the seeding phase)
     induction_seed_file: str | None = None
     # Seeding phase (AZR_SPEC §1.3), run before step 1 of a fresh run for each seed file not given:
     # propose-only rounds, no update, until the deduction/abduction seed triplets and the
@@ -155,7 +165,7 @@ class AZRSection:
     # p = the share of the task's buffer (plus this step's valid proposals) with the same answer:
     # the same value (`value`, the reference's flat table) or the same Python type (`type`).
     answer_diversity_coef: float = 0.0
-    answer_diversity_max: float = 0.5
+    answer_diversity_max: float = 0.5  # the largest answer-diversity bonus a proposal gets
     answer_diversity_level: str = "value"  # value | type
 
 
@@ -163,12 +173,14 @@ class AZRSection:
 class SandboxSection:
     """Isolation and limits for running model-written programs (DESIGN §6)."""
 
+    # Wall-clock limit of one run of a job, the program and all its calls (reference: 10 s
+    # for each snippet, docs/deviations.md)
     timeout_s: float = 10.0
-    workers: int = 0  # 0 = number of CPU cores
+    workers: int = 0  # sandbox processes running jobs in parallel; 0 = number of CPU cores
     memory_mb: int = 1024  # each process's address space, and the job's processes together
-    max_file_mb: int = 16
-    max_open_files: int = 64
-    max_processes: int = 16
+    max_file_mb: int = 16  # largest file a job may write (RLIMIT_FSIZE)
+    max_open_files: int = 64  # open descriptors per process (RLIMIT_NOFILE)
+    max_processes: int = 16  # processes a job may run at once
     isolation: str = "auto"  # auto | bwrap | unshare | none (none only with an explicit warning)
     seccomp: bool = True  # syscall filter in every mode (azr_jax/sandbox/seccomp.py)
 
@@ -179,16 +191,16 @@ class RLSection:
 
     estimator: str = "trr++"  # trr++ | reinforce++ | grpo | rloo
     whiten_stats: str = "token"  # token (reference/verl) | sequence (paper Eq. 8)
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.28
-    dual_clip: float | None = 3.0
-    entropy_coef: float = 0.001
-    kl_coef: float = 0.0
+    clip_eps_low: float = 0.2  # PPO ratio clip below 1 (1 - eps)
+    clip_eps_high: float = 0.28  # PPO ratio clip above 1 (1 + eps; clip-higher)
+    dual_clip: float | None = 3.0  # dual-clip bound c on negative-advantage tokens; null = off
+    entropy_coef: float = 0.001  # weight of the entropy bonus
+    kl_coef: float = 0.0  # weight of the KL term to the starting policy; 0 = none (AZR)
     kl_type: str = "k3"  # k1 | k3
     # token-mean | seq-mean-token-mean | seq-mean-token-sum | token-mean-per-micro-batch (reference:
     # token mean within each block of micro_batch_size rows, averaged over blocks; docs/rl.md)
     loss_agg: str = "token-mean"
-    micro_batch_size: int = 16
+    micro_batch_size: int = 16  # rows per gradient micro-batch (accumulated into one optimizer step)
     # The ratio's pi_old. recompute (reference): the update's own pre-update logprobs, so the
     # ratio is 1 as after verl's recompute before its single optimizer step; batch: the batch's
     # `old_logprobs` (in self-play the sampler's), so the clip also acts on sampler/trainer gaps.
@@ -209,37 +221,48 @@ class RLSection:
 
 @dataclass(frozen=True)
 class OptimSection:
-    learning_rate: float = 1e-6
+    """The optimizer: AdamW after a global-norm gradient clip, on a learning-rate schedule
+    (docs/rl.md)."""
+
+    learning_rate: float = 1e-6  # peak learning rate (after warmup)
     schedule: str = "constant"  # constant | cosine | linear
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    grad_clip_norm: float | None = 1.0  # null: no clipping
+    warmup_steps: int = 0  # linear warmup from 0 over this many updates
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (master 0.0, paper branch 0.01)
+    b1: float = 0.9  # AdamW first-moment decay
+    b2: float = 0.999  # AdamW second-moment decay
+    eps: float = 1e-8  # AdamW denominator epsilon
+    grad_clip_norm: float | None = 1.0  # global gradient-norm clip; null = no clipping
 
 
 @dataclass(frozen=True)
 class TrainSection:
-    steps: int = 500
-    seed: int = 0
-    save_every: int = 10
+    """The run: its length, seed, and how often it checkpoints, logs, evaluates and audits."""
+
+    steps: int = 500  # self-play steps (one update each)
+    seed: int = 0  # seed of the run: parameter init, task draws and sampling keys
+    save_every: int = 10  # checkpoint every N steps (and at the end, and on SIGTERM)
     keep_checkpoints: int = 3  # the newest N complete checkpoints stay on disk
     log_every: int = 1  # the progress line on stderr; metrics.jsonl and TensorBoard get every step
     eval_every: int = 0  # 0 = only at the start and the end; -1 = never
-    audit_every: int = 10  # write sampled rollouts and buffer snapshots every N steps (and at step 1); 0 = never
+    # Write sampled rollouts and buffer snapshots every N steps (and at step 1); 0 = never
+    audit_every: int = 10
 
 
 @dataclass(frozen=True)
 class EvalSection:
+    """Held-out evaluation: `azr-jax eval`, and the trainer's at the start, every
+    train.eval_every steps and at the end."""
+
     benchmark: str = "nano"  # nano (shipped) | cruxeval (needs eval.data_path, a CRUXEval JSONL file)
-    data_path: str | None = None
-    max_items: int = 0  # 0 = all; balanced cut: nano max_items // 3 per type, cruxeval max_items // 2 programs (both items), at least 1
-    max_response_len: int = 1024
+    data_path: str | None = None  # the CRUXEval JSONL file (eval.benchmark=cruxeval); not read for nano
+    # 0 = all; balanced cut: nano max_items // 3 per type, cruxeval max_items // 2 programs (both
+    # items), at least 1
+    max_items: int = 0
+    max_response_len: int = 1024  # answer budget in tokens per item
     # Completions per item: 1 = pass@1 (greedy at temperature 0); k > 1 also reports pass@k
     # (an item counts when any of its k samples is right) and needs temperature > 0.
     samples: int = 1
-    temperature: float = 0.0
+    temperature: float = 0.0  # 0 = greedy (the paper's evaluation)
 
 
 @dataclass(frozen=True)
@@ -247,15 +270,16 @@ class PretrainSection:
     """`azr-jax pretrain`: the nano base model's procedural corpus, tokenizer and training run."""
 
     corpus_seed: int = 0  # generator seed of the pretraining corpus (the benchmark uses its own)
-    corpus_programs: int = 6000  # programs drawn (repeats included); three solver transcripts each, proposer ones for every 2nd
+    # Programs drawn (repeats included); three solver transcripts each, proposer ones for every 2nd
+    corpus_programs: int = 6000
     max_program_steps: int = 3  # generator difficulty: pipeline length 1..this
-    vocab_size: int = 1024
-    steps: int = 1500
-    batch_size: int = 32
+    vocab_size: int = 1024  # SentencePiece vocabulary trained on the corpus
+    steps: int = 1500  # pretraining updates
+    batch_size: int = 32  # transcripts per update
     seq_len: int = 384  # transcripts longer than this are dropped
-    learning_rate: float = 3e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
+    learning_rate: float = 3e-3  # peak AdamW learning rate; cosine decay to 5 % of it after the warmup
+    warmup_steps: int = 100  # linear warmup updates (at most half of pretrain.steps)
+    weight_decay: float = 0.01  # AdamW weight decay
     seed: int = 0  # parameter init and batch order
     # Continue from this nano checkpoint directory (its weights and its tokenizer, which is then
     # not retrained) with a fresh optimizer and schedule; None = train from a random init.
@@ -264,7 +288,7 @@ class PretrainSection:
 
 @dataclass(frozen=True)
 class Config:
-    name: str = "unnamed"
+    name: str = "unnamed"  # The run's name; a workdir default (runs/<name>) when --workdir is not given
     model: ModelSection = field(default_factory=ModelSection)
     mesh: MeshSection = field(default_factory=MeshSection)
     sampling: SamplingSection = field(default_factory=SamplingSection)
@@ -321,7 +345,7 @@ def _unknown_key(key: str) -> UserError:
             return UserError(f"unknown config key '{key}'; did you mean "
                              f"{' or '.join(repr(k) for k in meant)}?")
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    hint = f"; did you mean '{close[0]}'?" if close else "; every key is listed in docs/config.md"
     return UserError(f"unknown config key '{key}'{hint}")
 
 

@@ -26,7 +26,8 @@ resuming: run the same command again; training continues from the newest complet
   sandbox.seccomp, the memory layout (model.remat, model.scan_layers, sampling.max_rows,
   sampling.prefill_chunk, rl.logits_chunk, rl.attention_chunk) and the mesh (mesh.shape,
   mesh.rules: another slice) may change, and sampling.max_prompt_len grow.
-overriding: --set section.key=value (JSON values: numbers, lists, null, true), e.g.
+overriding: --set section.key=value (JSON values: numbers, lists, null, true; every key and its
+  default: docs/config.md), e.g.
   --set train.steps=50 --set azr.batch_size=16 --set mesh.shape='{"data":1,"fsdp":8,"tensor":1}'.
   --mesh TOPOLOGY lays the preset out on v4-8, v5p-8, v5e-8, v6e-8 or gpu-8.
 outputs (WORKDIR): config.json, inputs.json (fingerprints of the base, tokenizer and prompts),
