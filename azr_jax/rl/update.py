@@ -315,7 +315,7 @@ def make_train_step(
     skipped (1 when a non-finite gradient skipped the optimizer step).
     `temperature` divides the logits (the rollout temperature, AZR_SPEC §4.2).
     """
-    check_micro_batch_split(rl_cfg.micro_batch_size, mesh, rules)
+    batch_shards = check_micro_batch_split(rl_cfg.micro_batch_size, mesh, rules)
     optimizer = make_optimizer(optim_cfg, total_steps)
     schedule = make_schedule(optim_cfg, total_steps)
     grads_fn = make_grad_fn(
@@ -339,9 +339,21 @@ def make_train_step(
 
     state_sh = _state_shardings(model_cfg, optimizer, mesh, rules)
     batch_sharding = NamedSharding(mesh, logical_to_pspec(BATCH_AXES, rules, mesh=mesh))
-    return jax.jit(
+    jitted = jax.jit(
         traced,
         in_shardings=(state_sh, batch_sharding),
         out_shardings=(state_sh, NamedSharding(mesh, PartitionSpec())),
         donate_argnums=0,
     )
+
+    def train_step(state: TrainState, batch: dict):
+        # The batch sharding is applied before tracing, where the row checks are: without this a
+        # row count the batch devices do not divide was JAX's IndivisibleError, not a sentence.
+        rows = batch["tokens"].shape[0] if "tokens" in batch else 0
+        if rows % batch_shards:
+            raise UserError(f"a batch of {rows} rows cannot be split over the {batch_shards} devices of the batch "
+                            f"axes; make it (and rl.micro_batch_size) a multiple of {batch_shards}")
+        return jitted(state, batch)
+
+    train_step.lower = jitted.lower  # for compiled-memory reports (bench train)
+    return train_step

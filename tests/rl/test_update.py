@@ -180,6 +180,12 @@ def test_a_micro_batch_the_mesh_cannot_split_is_refused_when_the_step_is_built()
     # It once failed inside jit, after a whole step's generation.
     with pytest.raises(UserError, match="cannot be split over the 8 devices"):
         _step_fn(4, (("data", 1), ("fsdp", 8), ("tensor", 1)))
+    # A batch whose rows the 8 batch devices do not divide: JAX's IndivisibleError, before the
+    # step's own row checks could run; now the step's sentence.
+    step, mesh = _step_fn(8, (("data", 1), ("fsdp", 8), ("tensor", 1)))
+    state = init_train_state(CFG, OPTIM, PARAMS, mesh=mesh, rules=RULES)
+    with pytest.raises(UserError, match="a batch of 12 rows cannot be split over the 8 devices"):
+        step(state, {k: v[:12] for k, v in BATCH.items()})
 
 
 @pytest.mark.parametrize("mesh_shape", [
