@@ -138,7 +138,8 @@ class _SentencePieceBackend:
         if skip_special_tokens:
             return self.sp.decode([i for i in ids if not self._is_special(i)])
         # SentencePiece renders control pieces (<s>, </s>) as "": decode the ordinary runs and
-        # splice the special pieces in as text, which is what transformers shows.
+        # splice the special pieces in as text (transformers also puts a space after a <s> it
+        # shows: "<s> def", against "<s>def" here; the pipeline decodes with them skipped).
         parts: list[str] = []
         run: list[int] = []
         for i in ids:

@@ -347,13 +347,16 @@ def make_train_step(
     )
 
     def train_step(state: TrainState, batch: dict):
-        # The batch sharding is applied before tracing, where the row checks are: without this a
-        # row count the batch devices do not divide was JAX's IndivisibleError, not a sentence.
+        # The batch sharding applies before tracing, where the row checks are: without this a row
+        # count the batch devices do not divide was JAX's IndivisibleError, not a sentence.
         rows = batch["tokens"].shape[0] if "tokens" in batch else 0
         if rows % batch_shards:
             raise UserError(f"a batch of {rows} rows cannot be split over the {batch_shards} devices of the batch "
                             f"axes; make it (and rl.micro_batch_size) a multiple of {batch_shards}")
-        return jitted(state, batch)
+        # Arrays another jitted function placed on the mesh (old_logprobs from a logprob pass,
+        # replicated) are committed to their layout, and jit refuses a committed argument whose
+        # sharding is not its in_sharding: lay the batch out first (a no-op when it already is).
+        return jitted(state, jax.device_put(batch, batch_sharding))
 
     train_step.lower = jitted.lower  # for compiled-memory reports (bench train)
     return train_step
