@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Callable, Sequence, TypeVar
 
 import jax
@@ -43,14 +44,27 @@ def initialize_from_env() -> bool:
         host, _, port = given["JAX_COORDINATOR_ADDRESS"].rpartition(":")
         if not host or not port.isdigit():
             raise UserError(f"JAX_COORDINATOR_ADDRESS must be host:port, got {given['JAX_COORDINATOR_ADDRESS']!r}")
+        timeout_s = _coordinator_timeout_s()
+        # JAX aborts the process (a fatal log and a C++ stack, no exception) when the coordinator
+        # does not answer in time: say beforehand what it is waiting for.
+        print(f"azr-jax: process {pid} of {num} connecting to the coordinator at {given['JAX_COORDINATOR_ADDRESS']} "
+              f"(waits up to {timeout_s} s: AZR_COORDINATOR_TIMEOUT_S)", file=sys.stderr, flush=True)
         jax.distributed.initialize(coordinator_address=given["JAX_COORDINATOR_ADDRESS"], num_processes=num,
-                                   process_id=pid)
+                                   process_id=pid, initialization_timeout=timeout_s)
     elif any(given.values()):
         missing = [k for k, v in given.items() if not v]
         raise UserError(f"multi-host run needs all of {list(_ENV)}; missing {missing}")
     elif os.environ.get("AZR_TPU_MULTIHOST") == "1":
         jax.distributed.initialize()
     return jax.process_count() > 1
+
+
+def _coordinator_timeout_s() -> int:
+    """Seconds a process waits for every process to reach the coordinator (JAX's default 300)."""
+    text = os.environ.get("AZR_COORDINATOR_TIMEOUT_S", "300")
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"AZR_COORDINATOR_TIMEOUT_S must be a whole number of seconds >= 1, got {text!r}")
+    return int(text)
 
 
 def barrier(name: str, timeout_s: float = 1800.0) -> None:

@@ -5,6 +5,7 @@ differently must stop with one clear error instead of restoring different states
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,8 @@ def test_scoring_shares_in_item_order_and_a_failure_on_one_process_stops_every_p
     ({"JAX_COORDINATOR_ADDRESS": "localhost", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, "must be host:port"),
     ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"},
      r"JAX_PROCESS_ID must be in \[0, JAX_NUM_PROCESSES=2\), got 2"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1",
+      "AZR_COORDINATOR_TIMEOUT_S": "5m"}, "AZR_COORDINATOR_TIMEOUT_S must be a whole number"),
 ])
 def test_a_malformed_cluster_environment_is_one_error_before_jax_starts(monkeypatch, env, message):
     """They reached jax.distributed.initialize and came back as an IndexError or a ValueError."""
@@ -123,3 +126,19 @@ def test_a_malformed_cluster_environment_is_one_error_before_jax_starts(monkeypa
     monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda **kw: pytest.fail("reached JAX"))
     with pytest.raises(UserError, match=message):
         distributed.initialize_from_env()
+
+
+def test_a_coordinator_that_never_answers_is_named_before_jax_aborts(tmp_path):
+    """JAX ends the process with a fatal log and a C++ stack trace when the coordinator does not
+    answer within the start-up timeout (300 s): the line before says what it waited for, and the
+    wait can be shortened."""
+    env = dict(os.environ, JAX_COORDINATOR_ADDRESS="127.0.0.1:1", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID="1",
+               AZR_COORDINATOR_TIMEOUT_S="2", JAX_PLATFORMS="cpu")
+    code = "from azr_jax import distributed; distributed.initialize_from_env(); print('connected')"
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode != 0 and "connected" not in r.stdout, r.stdout
+    first = r.stderr.splitlines()[0]
+    assert first == ("azr-jax: process 1 of 2 connecting to the coordinator at 127.0.0.1:1 (waits up to 2 s: "
+                     "AZR_COORDINATOR_TIMEOUT_S)"), r.stderr[-2000:]
+    assert time.monotonic() - started < 60  # the shortened wait, not JAX's 300 s
