@@ -9,6 +9,7 @@ ends in `_s` or `_per_s`, every other value is a deterministic function of (conf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from azr_jax.errors import UserError
 from azr_jax.jsonl import write_text_atomically
 
 TIMING_SUFFIXES = ("_s", "_per_s")
@@ -132,8 +134,21 @@ class ProgressLine:
             self.showing = False
 
 
+@contextlib.contextmanager
+def run_output(path: Path):
+    """A failed write of a run's outputs (a full disk, a revoked permission, a file where a
+    directory should be) as one line naming the file, instead of a traceback."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"cannot write {getattr(e, 'filename', None) or path} ({e.strerror or e}); the run stopped: "
+                        f"make room or fix the permissions, then run the same command to resume from the newest "
+                        f"checkpoint") from None
+
+
 class MetricsWriter:
-    """Writes step records to `metrics.jsonl` and TensorBoard, audit files to `rollouts/`."""
+    """Writes step records to `metrics.jsonl` and TensorBoard, audit files to `rollouts/`.
+    A failed write raises UserError naming the file."""
 
     def __init__(self, workdir: str | Path, *, total_steps: int, start_step: int = 0,
                  enabled: bool = True, progress: bool = True, progress_every: int = 1):
@@ -146,10 +161,11 @@ class MetricsWriter:
         self._progress = None
         if not enabled:
             return
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        # A resumed run redoes the steps after its checkpoint: drop their old records first.
-        truncate_metrics(self.metrics_path, start_step)
-        self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
+        with run_output(self.metrics_path):
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            # A resumed run redoes the steps after its checkpoint: drop their old records first.
+            truncate_metrics(self.metrics_path, start_step)
+            self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
         from tensorboardX import SummaryWriter
 
         # purge_step hides events a killed run wrote past the checkpoint we resumed from. The
@@ -171,13 +187,15 @@ class MetricsWriter:
             return
         step = int(record["step"])
         clean = {k: _json_number(v) for k, v in record.items()}
-        self._jsonl.write(json.dumps(clean, sort_keys=True) + "\n")
-        self._jsonl.flush()
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                if math.isfinite(value):
-                    self._tb.add_scalar(key, value, step)
-        self._tb.flush()
+        with run_output(self.metrics_path):
+            self._jsonl.write(json.dumps(clean, sort_keys=True) + "\n")
+            self._jsonl.flush()
+        with run_output(self.workdir / "tensorboard"):
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    if math.isfinite(value):
+                        self._tb.add_scalar(key, value, step)
+            self._tb.flush()
         if self._progress is not None and (step % self.progress_every == 0 or step == self.total_steps):
             shown = {k: record[k] for k in ("reward/mean", "buffer/deduction", "step_time_s") if k in record}
             self._progress.update(step, shown)
@@ -194,9 +212,10 @@ class MetricsWriter:
                 break
         else:
             return  # no such record (metrics.jsonl lost): nothing to amend
-        self._jsonl.close()
-        write_text_atomically(self.metrics_path, "".join(line + "\n" for line in lines))
-        self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
+        with run_output(self.metrics_path):
+            self._jsonl.close()
+            write_text_atomically(self.metrics_path, "".join(line + "\n" for line in lines))
+            self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
         for key, value in extra.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self._tb.add_scalar(key, value, step)
@@ -208,29 +227,37 @@ class MetricsWriter:
         if not self.enabled:
             return
         out = self.workdir / "rollouts" / f"step_{step}.jsonl"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        with run_output(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
     def write_buffers(self, step: int, snapshot: dict) -> None:
         """The task buffers as of the end of `step`, for audit."""
         if not self.enabled:
             return
         out = self.workdir / "buffers" / f"step_{step}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(snapshot, sort_keys=True))
+        with run_output(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(snapshot, sort_keys=True))
 
     def write_json(self, name: str, data: dict) -> None:
         if not self.enabled:
             return
-        write_text_atomically(self.workdir / name, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        with run_output(self.workdir / name):
+            write_text_atomically(self.workdir / name, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def close(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
+        jsonl, tb, progress = self._jsonl, self._tb, self._progress
+        self._jsonl = self._tb = self._progress = None
+        try:
+            if jsonl is not None:
+                with run_output(self.metrics_path):
+                    jsonl.close()  # flushes: a full disk may only show here
+        finally:
+            try:
+                if tb is not None:
+                    with run_output(self.workdir / "tensorboard"):
+                        tb.close()
+            finally:
+                if progress is not None:
+                    progress.close()

@@ -30,7 +30,7 @@ overriding: --set section.key=value (JSON values: numbers, lists, null, true; ev
   default: docs/config.md), e.g.
   --set train.steps=50 --set azr.batch_size=16 --set mesh.shape='{"data":1,"fsdp":8,"tensor":1}'.
   --mesh TOPOLOGY lays the preset out on v4-8, v5p-8, v5e-8, v6e-8 or gpu-8.
-outputs (WORKDIR): config.json, inputs.json (fingerprints of the base, tokenizer and prompts),
+outputs (WORKDIR): config.json, inputs.json (fingerprints of the base, tokenizer and prompts), train.lock,
   metrics.jsonl (one line per step), tensorboard/,
   checkpoints/<step>/, rollouts/step_N.jsonl and buffers/step_N.json (audit), eval/*.json
   (held-out evaluations), plots/*.png, summary.json.
@@ -81,9 +81,19 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     for noisy in ("absl", "jax", "orbax", "etils"):  # keep the run's own log readable
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from azr_jax.trainer import train
+    from azr_jax.stopping import StopFlag
 
-    result = train(cfg, workdir, resume_step=args.resume_step, progress=not args.no_progress)
+    # Before JAX is imported: a Ctrl-C during that import could land in JAX's garbage-collection
+    # callback, where Python drops the KeyboardInterrupt, and the run went on. The flag keeps it.
+    stop = StopFlag(stepping=False)
+    stop.install()
+    try:
+        from azr_jax.trainer import train
+
+        stop.check_startup()
+        result = train(cfg, workdir, resume_step=args.resume_step, progress=not args.no_progress, stop=stop)
+    finally:
+        stop.restore()
     if result.get("status") == "completed":
         print_report(result, workdir)
     return 0 if result.get("status") in ("completed", "stopped") else 1

@@ -4,10 +4,13 @@ mesh (params, tokenizer, jitted helpers) and the per-(role, task) samplers over 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any, Callable
 
@@ -183,9 +186,48 @@ def _refuse_a_checkpoint_past_the_end(cfg, workdir: Path, resume_step: int | Non
                         f"with --resume-step N (N <= {cfg.train.steps}; it deletes the newer checkpoints)")
 
 
-def check_workdir(cfg, workdir: Path, *, write: bool, resume_step: int | None = None) -> None:
+LOCK_FILE = "train.lock"
+
+
+class WorkdirLock:
+    """An exclusive lock on WORKDIR/train.lock for as long as a trainer runs there: a second
+    trainer started on the same workdir replaced metrics.jsonl under the first and wrote its
+    checkpoints beside the first's, both with exit status 0. The lock is the kernel's (flock),
+    so a killed trainer leaves none behind."""
+
+    def __init__(self, workdir: Path):
+        path = workdir / LOCK_FILE
+        try:
+            self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(self._fd, 200, 0).decode(errors="replace").strip()
+            os.close(self._fd)
+            self._fd = None
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):  # a file system without locks
+                log.warning("cannot lock %s (%s): make sure no other trainer runs in %s", path, e.strerror, workdir)
+                return
+            raise UserError(f"workdir {workdir} is in use by another trainer ({holder or 'unknown process'}); "
+                            f"wait for it, stop it, or use another --workdir") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    def __del__(self):
+        self.release()
+
+
+def check_workdir(cfg, workdir: Path, *, write: bool, resume_step: int | None = None) -> WorkdirLock | None:
     """Refuse a workdir holding a run of a different config, or a checkpoint past train.steps
-    (the one `resume_step`, else the newest); write the resolved config."""
+    (the one `resume_step`, else the newest); with `write`, lock it for this trainer (released by
+    the caller) and write the resolved config."""
     path = workdir / "config.json"
     new = config_lib.to_dict(cfg)
     fingerprints = input_fingerprints(cfg)
@@ -213,11 +255,14 @@ def check_workdir(cfg, workdir: Path, *, write: bool, resume_step: int | None = 
                         f"trained with cannot be checked against this one; put the run's config.json back, "
                         f"or use a new --workdir")
     _refuse_a_checkpoint_past_the_end(cfg, workdir, resume_step)
-    if write:
-        try:
-            workdir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:  # a file where a parent should be, no permission, a full disk
-            raise UserError(f"cannot create the workdir {workdir}: {e.strerror or e}") from None
+    if not write:
+        return None
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where a parent should be, no permission, a full disk
+        raise UserError(f"cannot create the workdir {workdir}: {e.strerror or e}") from None
+    lock = WorkdirLock(workdir)  # before the config is written: a second trainer changes nothing
+    try:
         # Written beside and renamed into place: the other processes of a multi-host run read this
         # file while process 0 rewrites it, and must see the old or the new file, never half of one.
         for target, text in ((workdir / INPUTS_FILE, json.dumps(fingerprints, indent=2, sort_keys=True)),
@@ -230,6 +275,10 @@ def check_workdir(cfg, workdir: Path, *, write: bool, resume_step: int | None = 
                 raise UserError(f"cannot write {target}: {e.strerror or e}") from None
             finally:
                 tmp.unlink(missing_ok=True)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 @dataclasses.dataclass

@@ -21,9 +21,6 @@ import dataclasses
 import functools
 import json
 import logging
-import signal
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +34,8 @@ from azr_jax.checkpoint import Checkpoints, abstract_like
 from azr_jax.data import PipelineState, build_prompt_batch, stream_seed
 from azr_jax.errors import UserError
 from azr_jax.jsonl import write_text_atomically
-from azr_jax.metrics import MetricsWriter
+from azr_jax.metrics import MetricsWriter, run_output
+from azr_jax.stopping import StopFlag
 from azr_jax.train_setup import (
     Policy, SELFPLAY_ROLES, check_inputs, check_workdir, load_policy, task_sampler, warn_ineffective_settings,
 )
@@ -65,64 +63,6 @@ class RoleBatch:
     n_samples: int = 1  # completions per prompt (rows i*n .. i*n+n-1 belong to prompt i)
     # propose batches with `azr.train_learnability_rollouts`: the solver rollouts on their valid tasks
     learn_batch: "RoleBatch | None" = None
-
-
-class StopFlag:
-    """Set by SIGTERM / SIGINT; the loop saves a checkpoint after the current step and exits.
-
-    Until `stepping` is set (the start-up: loading, restoring) there is nothing to save, so a
-    signal stops at once: the handler raises KeyboardInterrupt. Python drops an exception raised
-    inside a garbage-collection callback (JAX has one), so the start-up also calls
-    `check_startup` between its phases, which raises it again; and a second signal, which
-    stops at once whatever the phase, also cancels the host jobs still queued."""
-
-    def __init__(self, stepping: bool = True):
-        self.requested = False
-        self.stepping = stepping
-        self.immediate = False  # a stop that does not wait for the step (start-up or second signal)
-        self._previous = {}
-        self._unraisable = None
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        self._unraisable = sys.unraisablehook
-        sys.unraisablehook = self._drop_dropped_stop
-
-    def _drop_dropped_stop(self, unraisable) -> None:
-        """Python reports the KeyboardInterrupt it dropped (raised in a garbage-collection
-        callback) with a traceback; `check_startup` raises it again, so the report is noise."""
-        if not (self.immediate and isinstance(unraisable.exc_value, KeyboardInterrupt)):
-            self._unraisable(unraisable)
-
-    def _handle(self, signum, frame) -> None:
-        if not self.stepping:
-            self.requested = self.immediate = True
-            log.warning("received %s before the first step: stopping now", signal.Signals(signum).name)
-            raise KeyboardInterrupt
-        if self.requested:  # a second signal: do not wait for the step to finish
-            self.immediate = True
-            self.restore()
-            log.warning("received %s again: stopping now, without a checkpoint", signal.Signals(signum).name)
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("received %s: stopping after this step (send it again to stop at once)",
-                    signal.Signals(signum).name)
-
-    def check_startup(self) -> None:
-        """Raise the start-up stop again, in case the handler's exception was dropped."""
-        if self.immediate:
-            raise KeyboardInterrupt
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-        if self._unraisable is not None and sys.unraisablehook == self._drop_dropped_stop:
-            sys.unraisablehook = self._unraisable
-        self._unraisable = None
 
 
 class SelfPlay:
@@ -633,14 +573,15 @@ def _seed(cfg, loop: SelfPlay, params, workdir: Path, primary: bool) -> None:
     if not primary:
         return
     out = workdir / "seed"
-    out.mkdir(parents=True, exist_ok=True)
     files = {"triplets": ("deduction", "seed_triplets.jsonl"), "induction": ("induction", "seed_induction.jsonl")}
-    for name, stats in report.items():
-        task, filename = files[name]
-        lines = [json.dumps(_task_record(e), sort_keys=True) for e in loop.buffers[task].entries]
-        (out / filename).write_text("".join(line + "\n" for line in lines))
-        stats["file"] = filename  # beside seeding.json
-    (out / "seeding.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    with run_output(out):
+        out.mkdir(parents=True, exist_ok=True)
+        for name, stats in report.items():
+            task, filename = files[name]
+            lines = [json.dumps(_task_record(e), sort_keys=True) for e in loop.buffers[task].entries]
+            (out / filename).write_text("".join(line + "\n" for line in lines))
+            stats["file"] = filename  # beside seeding.json
+        (out / "seeding.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     log.info("seeding done: %s (reuse them with azr.seed_file / azr.induction_seed_file)",
              ", ".join(f"{n} {s['size']} in {s['seconds']:.0f}s" for n, s in report.items()))
 
@@ -732,16 +673,18 @@ def _evaluate(cfg, policy, params, sandbox, workdir: Path, name: str, primary: b
              (f", {result['sandbox_errors']} answer(s) unchecked" if result.get("sandbox_errors") else "")
              + (f", {result['cut_off']} cut off at eval.max_response_len" if result.get("cut_off") else ""))
     if primary:
-        (workdir / "eval").mkdir(parents=True, exist_ok=True)
-        # Atomic: the summary and the plots read it later, and a kill mid-write left a cut-off
-        # file on which the next start's final summary crashed.
-        write_text_atomically(workdir / "eval" / f"{name}.json", json.dumps(result, sort_keys=True) + "\n")
+        with run_output(workdir / "eval" / f"{name}.json"):
+            (workdir / "eval").mkdir(parents=True, exist_ok=True)
+            # Atomic: the summary and the plots read it later, and a kill mid-write left a cut-off
+            # file on which the next start's final summary crashed.
+            write_text_atomically(workdir / "eval" / f"{name}.json", json.dumps(result, sort_keys=True) + "\n")
     return result
 
 
 def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress: bool = True,
-          generate_fn: GenerateFn | None = None) -> dict:
-    """Run (or resume) self-play training in `workdir`; returns {"status", "step", ...}."""
+          generate_fn: GenerateFn | None = None, stop: StopFlag | None = None) -> dict:
+    """Run (or resume) self-play training in `workdir`; returns {"status", "step", ...}.
+    `stop`: a start-up `StopFlag` the caller installed before importing JAX (`azr-jax train`)."""
     from azr_jax.rl.update import check_micro_batch_split
     from azr_jax.sharding import make_mesh
 
@@ -750,9 +693,10 @@ def train(cfg, workdir: str | Path, *, resume_step: int | None = None, progress:
     check_micro_batch_split(cfg.rl.micro_batch_size, make_mesh(cfg.mesh.shape), cfg.mesh.rules)
     # Installed before the start-up, which can take minutes: on a multi-host run JAX's own
     # handler would otherwise swallow a SIGTERM that arrives then, and the run would go on.
-    stop = StopFlag(stepping=False)
-    stop.install()
+    stop = stop or StopFlag(stepping=False)
+    stop.install()  # again when the caller's: multi-host start-up may have replaced the handlers
     try:
+        stop.check_startup()
         return _train(cfg, workdir, stop, resume_step=resume_step, progress=progress, generate_fn=generate_fn)
     finally:
         stop.restore()
@@ -805,7 +749,6 @@ def _close_all(*closers) -> None:
 
 def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) -> dict:
     from azr_jax.jsonl import check_output_dir
-    from azr_jax.sandbox import Sandbox
 
     workdir = check_output_dir(workdir, "--workdir")
     primary = jax.process_index() == 0
@@ -813,8 +756,20 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
     # copy of them and its own listing of the workdir: where one fails, all stop here with one
     # error (distributed.together), instead of the others waiting at the next collective.
     seeded = distributed.together(lambda: check_inputs(cfg, workdir), "checking the inputs")
-    distributed.together(lambda: check_workdir(cfg, workdir, write=primary, resume_step=resume_step),
-                         "checking the workdir")
+    lock = distributed.together(lambda: check_workdir(cfg, workdir, write=primary, resume_step=resume_step),
+                                "checking the workdir", undo=lambda held: held is not None and held.release())
+    try:  # process 0 holds the workdir's lock until the run ends, whichever way
+        return _run(cfg, workdir, stop, seeded, primary, resume_step=resume_step, progress=progress,
+                    generate_fn=generate_fn)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg, workdir: Path, stop: StopFlag, seeded, primary: bool, *, resume_step, progress, generate_fn) -> dict:
+    """The run in a checked and locked workdir: load, resume or start, seed, step, evaluate."""
+    from azr_jax.sandbox import Sandbox
+
     warn_ineffective_settings(cfg)
     # Each process reads the weights and the tokenizer from its own disk too.
     policy = distributed.together(lambda: load_policy(cfg), "loading the model")
@@ -826,7 +781,8 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
     try:  # from here on, whatever fails (start-up included) closes what was opened
         state, buffers, start = _start_state(cfg, policy, ckpts, stop, resume_step, seeded)
         stop.check_startup()
-        kept_eval = _drop_outputs_after(workdir, start, cfg.train.steps) if primary else {}
+        with run_output(workdir):  # a read-only file in the way is one line, as a full disk later
+            kept_eval = _drop_outputs_after(workdir, start, cfg.train.steps) if primary else {}
         metrics = MetricsWriter(workdir, total_steps=cfg.train.steps, start_step=start, enabled=primary,
                                 progress=progress, progress_every=cfg.train.log_every)
         if kept_eval and cfg.train.eval_every > 0 and start % cfg.train.eval_every == 0:
@@ -907,7 +863,8 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
         if jax.process_index() == 0:
             from azr_jax.plots import plot_metrics
 
-            plot_metrics(workdir / "metrics.jsonl", workdir / "plots")
+            with run_output(workdir / "plots"):
+                plot_metrics(workdir / "metrics.jsonl", workdir / "plots")
             log.info("outputs: %s (metrics.jsonl, summary.json, plots/, checkpoints/)", workdir)
     else:
         log.warning("stopped at step %d; checkpoint saved; run the same command to resume", step)

@@ -2,6 +2,7 @@
 
 import io
 import json
+import sys
 
 import pytest
 
@@ -314,6 +315,42 @@ def test_a_dropped_start_up_stop_is_not_reported_as_an_ignored_exception(capfd, 
     assert sys.unraisablehook is previous
 
 
+def test_a_ctrl_c_while_the_trainer_imports_jax_stops_the_run(tmp_path, monkeypatch, caplog):
+    """`azr-jax train` took over SIGINT only inside train(), after importing JAX: a Ctrl-C in the
+    first half second could land in JAX's garbage-collection callback, where Python drops the
+    KeyboardInterrupt, and the run went on. Simulated here: the signal arrives inside a GC
+    callback while the trainer module is being imported."""
+    import gc
+    import os
+    import signal
+    import types
+
+    from azr_jax import cli
+
+    def deliver_in_gc_callback(phase, info):
+        if phase == "start":
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):  # the handler runs at the next bytecode check: in here
+                pass
+
+    def trainer_attribute(name):
+        gc.callbacks.append(deliver_in_gc_callback)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(deliver_in_gc_callback)
+        return lambda *args, **kwargs: pytest.fail("the run went on after Ctrl-C")
+
+    fake = types.ModuleType("azr_jax.trainer")
+    fake.__getattr__ = trainer_attribute
+    monkeypatch.setitem(sys.modules, "azr_jax.trainer", fake)
+    previous = signal.getsignal(signal.SIGINT)
+    with caplog.at_level("WARNING", logger="azr_jax.trainer"):
+        assert cli.main(["train", "--config", "configs/nano.py", "--workdir", str(tmp_path / "run")]) == 130
+    assert any("received SIGINT before the first step" in r.getMessage() for r in caplog.records)
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
 def test_a_stop_signal_does_not_cut_the_deletion_of_newer_checkpoints_short():
     # --resume-step deletes the abandoned branch's checkpoints; stopped half-way, the next plain
     # resume would pick that branch's newest. The signal is acted on once the deletion is done.
@@ -540,3 +577,30 @@ def test_rollouts_bucket_the_longest_prompt_at_max_prompt_len():
     buckets = rollout_length_buckets(sampling)
     assert bucket_length(6000, buckets) == 6144 and bucket_length(4000, buckets) == 4096
     assert rollout_length_buckets(load_config("configs/nano.py").sampling) == [128, 256, 384, 512, 640]
+
+
+class _FullDisk(io.StringIO):
+    def write(self, text):
+        raise OSError(28, "No space left on device")
+
+    def close(self):
+        raise OSError(28, "No space left on device")
+
+
+def test_a_failed_write_of_the_run_outputs_is_one_line_naming_the_file(tmp_path):
+    """A full disk, a file where rollouts/ should be or an immutable metrics.jsonl ended the run
+    with OSError tracebacks (checkpoint saves already said one line)."""
+    from azr_jax.errors import UserError
+
+    w = MetricsWriter(tmp_path, total_steps=2, progress=False)
+    (tmp_path / "rollouts").write_text("not a directory")
+    with pytest.raises(UserError, match=r"cannot write .*rollouts \(File exists\); the run stopped: .* resume"):
+        w.write_rollouts(1, [{"id": "x"}])
+    real = w._jsonl
+    w._jsonl = _FullDisk()
+    with pytest.raises(UserError, match=r"cannot write .*metrics.jsonl \(No space left on device\)"):
+        w.write_step({"step": 1, "reward/mean": 0.5})
+    with pytest.raises(UserError, match=r"metrics.jsonl \(No space left on device\)"):
+        w.close()  # the flush at close fails too; the rest is still closed
+    real.close()
+    assert w._tb is None and w._jsonl is None

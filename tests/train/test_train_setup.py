@@ -53,9 +53,30 @@ def test_config_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         check_workdir(resumed, tmp_path, write=True)
     monkeypatch.undo()
     assert (tmp_path / "config.json").read_text() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "inputs.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "inputs.json", "train.lock"]
     check_workdir(resumed, tmp_path, write=True)
     assert config_lib.load_config(str(tmp_path / "config.json")).train.steps == 4
+
+
+def test_a_second_trainer_on_a_running_workdir_is_refused_before_it_writes(tmp_path):
+    """Two trainers on one workdir both ran to exit status 0: the second replaced metrics.jsonl
+    under the first, and their checkpoints interleaved. The workdir is locked while a run holds it."""
+    import os
+    import socket
+
+    from azr_jax import config as config_lib
+    from azr_jax.train_setup import check_workdir
+
+    cfg = config_lib.load_config(CONFIG, ["train.steps=3"])
+    first = check_workdir(cfg, tmp_path, write=True)
+    before = (tmp_path / "config.json").read_text()
+    holder = f"pid {os.getpid()} on {socket.gethostname()}"
+    with pytest.raises(UserError, match=f"workdir .* is in use by another trainer \\({holder}\\); wait for it"):
+        check_workdir(config_lib.load_config(CONFIG, ["train.steps=4"]), tmp_path, write=True)
+    assert (tmp_path / "config.json").read_text() == before  # the second changed nothing
+    assert check_workdir(cfg, tmp_path, write=False) is None  # other processes of the run do not lock
+    first.release()  # the run ended (a killed process releases it too: the lock is the kernel's)
+    check_workdir(config_lib.load_config(CONFIG, ["train.steps=4"]), tmp_path, write=True).release()
 
 
 def test_weights_are_placed_on_the_whole_mesh_from_a_checkpoint_and_at_random_init(tmp_path):
