@@ -30,7 +30,7 @@ overriding: --set section.key=value (JSON values: numbers, lists, null, true; ev
   default: docs/config.md), e.g.
   --set train.steps=50 --set azr.batch_size=16 --set mesh.shape='{"data":1,"fsdp":8,"tensor":1}'.
   --mesh TOPOLOGY lays the preset out on v4-8, v5p-8, v5e-8, v6e-8 or gpu-8.
-outputs (WORKDIR): config.json, inputs.json (fingerprints of the base, tokenizer and prompts), train.lock,
+outputs (WORKDIR): config.json, inputs.json (fingerprints of the base, tokenizer and prompts), trainer.lock,
   metrics.jsonl (one line per step), tensorboard/,
   checkpoints/<step>/, rollouts/step_N.jsonl and buffers/step_N.json (audit), eval/*.json
   (held-out evaluations), plots/*.png, summary.json.

@@ -186,11 +186,11 @@ def _refuse_a_checkpoint_past_the_end(cfg, workdir: Path, resume_step: int | Non
                         f"with --resume-step N (N <= {cfg.train.steps}; it deletes the newer checkpoints)")
 
 
-LOCK_FILE = "train.lock"
+LOCK_FILE = "trainer.lock"
 
 
 class WorkdirLock:
-    """An exclusive lock on WORKDIR/train.lock for as long as a trainer runs there: a second
+    """An exclusive lock on WORKDIR/trainer.lock for as long as a trainer runs there: a second
     trainer started on the same workdir replaced metrics.jsonl under the first and wrote its
     checkpoints beside the first's, both with exit status 0. The lock is the kernel's (flock),
     so a killed trainer leaves none behind."""

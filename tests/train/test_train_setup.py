@@ -53,7 +53,7 @@ def test_config_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         check_workdir(resumed, tmp_path, write=True)
     monkeypatch.undo()
     assert (tmp_path / "config.json").read_text() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "inputs.json", "train.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "inputs.json", "trainer.lock"]
     check_workdir(resumed, tmp_path, write=True)
     assert config_lib.load_config(str(tmp_path / "config.json")).train.steps == 4
 
