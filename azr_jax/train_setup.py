@@ -197,8 +197,9 @@ class WorkdirLock:
 
     def __init__(self, workdir: Path):
         path = workdir / LOCK_FILE
+        self._fd: int | None = None  # set first: __del__ runs even when __init__ raised
         try:
-            self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise UserError(f"cannot write {path}: {e.strerror or e}") from None
         try:

@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterator
 
+from azr_jax.azr.scoring import INPUT_FIELDS, TASK_FIELDS
 from azr_jax.config import load_config
 from azr_jax.errors import UserError
 from azr_jax.jsonl import check_output_file, loads_strict
@@ -131,10 +132,10 @@ def score_file(in_path: Path, out_path: Path, cfg, sandbox, progress=None) -> di
     return {"lines": total, "errors": errors, "groups": dict(stats), "unread_fields": dict(unread)}
 
 
-# The fields score_records reads, and those a run's audit file adds (its verdict, `scored`, and
+# The fields score_records reads, plus those a run's audit file adds (its verdict, `scored`, and
 # the tasks a proposer was shown, `references`: trainer._rollouts).
-RECORD_FIELDS = ("id", "role", "task", "response", "problem", "solver_responses", "scored", "references")
-PROBLEM_FIELDS = ("program", "imports", "input", "output", "inputs", "outputs", "message", "visible")
+RECORD_FIELDS = INPUT_FIELDS + ("scored", "references")
+PROBLEM_FIELDS = TASK_FIELDS
 
 
 def _unread_fields(obj: dict) -> list[str]:

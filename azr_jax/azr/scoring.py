@@ -30,6 +30,9 @@ from azr_jax.azr.validation import (
 
 ROLES = ("propose", "solve")
 TASKS = ("deduction", "abduction", "induction")
+# Every field `record_error` and `score_records` read (docs/scoring.md): of a record, and of a task.
+INPUT_FIELDS = ("id", "role", "task", "response", "problem", "solver_responses")
+TASK_FIELDS = ("program", "imports", "input", "output", "inputs", "outputs", "message", "visible")
 
 
 def _is_str_list(x) -> bool:
