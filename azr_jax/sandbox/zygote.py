@@ -191,7 +191,7 @@ def _child(req, wfd, scratch):
         used = True
         texts = []
         err = None
-        for k in range(repeat_calls):  # twice in one process: catches accumulators and global counters
+        for k in range(repeat_calls):  # validation: twice in one process, for accumulators and global counters
             try:
                 if literal:
                     if _isinstance(prebuilt[i], BaseException):
