@@ -75,40 +75,47 @@ def _describe(comment: str, allowed) -> str:
     return text.strip()
 
 
+def _config_comments() -> dict[tuple[str, str], str]:
+    return field_comments(Path(inspect.getsourcefile(config_module)).read_text())
+
+
+def _sections(default):
+    """(section name, section value) for each dataclass section of the config `default`."""
+    for f in dataclasses.fields(default):
+        section = getattr(default, f.name)
+        if dataclasses.is_dataclass(section):
+            yield f.name, section
+
+
 def reference_markdown() -> str:
     """docs/config.md's text."""
-    comments = field_comments(Path(inspect.getsourcefile(config_module)).read_text())
+    comments = _config_comments()
     choices = config_module._CHOICES
     default = config_module.Config()
     parts = [HEADER]
     name_comment = comments.get(("Config", "name"), "")
     parts.append(f"\n## `name`\n\n{_sentence(name_comment)} Default `{json.dumps(default.name)}`.\n")
-    for f in dataclasses.fields(config_module.Config):
-        section = getattr(default, f.name)
-        if not dataclasses.is_dataclass(section):
-            continue
+    for name, section in _sections(default):
         cls = type(section)
         doc = inspect.cleandoc(cls.__doc__) if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "(") else ""
-        parts.append(f"\n## `{f.name}`\n\n" + (f"{doc}\n\n" if doc else ""))
+        parts.append(f"\n## `{name}`\n\n" + (f"{doc}\n\n" if doc else ""))
         parts.append("| key | default | what it does |\n|---|---|---|\n")
         for sub in dataclasses.fields(cls):
             value = json.dumps(getattr(section, sub.name))
-            text = _describe(comments.get((cls.__name__, sub.name), ""), choices.get((f.name, sub.name)))
-            parts.append(f"| `{f.name}.{sub.name}` | `{_cell(value)}` | {_cell(text)} |\n")
+            text = _describe(comments.get((cls.__name__, sub.name), ""), choices.get((name, sub.name)))
+            parts.append(f"| `{name}.{sub.name}` | `{_cell(value)}` | {_cell(text)} |\n")
     return "".join(parts)
 
 
 def missing_descriptions() -> list[str]:
     """Keys without a comment in config.py (a test keeps this empty)."""
-    comments = field_comments(Path(inspect.getsourcefile(config_module)).read_text())
-    missing = []
-    for f in dataclasses.fields(config_module.Config):
-        cls = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        if cls is None:
-            if not comments.get(("Config", f.name)):
-                missing.append(f.name)
-            continue
-        missing += [f"{f.name}.{sub.name}" for sub in dataclasses.fields(cls) if not comments.get((cls.__name__, sub.name))]
+    comments = _config_comments()
+    default = config_module.Config()
+    missing = [f.name for f in dataclasses.fields(default)
+               if not dataclasses.is_dataclass(getattr(default, f.name)) and not comments.get(("Config", f.name))]
+    for name, section in _sections(default):
+        cls = type(section)
+        missing += [f"{name}.{sub.name}" for sub in dataclasses.fields(cls) if not comments.get((cls.__name__, sub.name))]
     return missing
 
 
