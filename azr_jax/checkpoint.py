@@ -48,7 +48,7 @@ class Checkpoints:
         A reader (`azr-jax eval --run` beside a live run) must not: that may be a save in progress."""
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
+            preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
             save_interval_steps=1,  # the trainer decides when to save (every N steps, SIGTERM, end)
             enable_async_checkpointing=async_save,
             create=writer,
@@ -56,10 +56,14 @@ class Checkpoints:
         )
         self.save_every = save_every
         _shorten_orbax_save_errors()
-        # Handlers named up front, so a fresh manager (a resumed run) can read a checkpoint's
+        # Handlers registered up front, so a fresh manager (a resumed run) can read a checkpoint's
         # metadata before restoring it.
-        handlers = {"state": ocp.StandardCheckpointHandler(), "host": ocp.JsonCheckpointHandler()}
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
+        state_handler, host_handler = ocp.StandardCheckpointHandler(), ocp.JsonCheckpointHandler()
+        for args, handler in ((ocp.args.StandardSave, state_handler), (ocp.args.StandardRestore, state_handler),
+                              (ocp.args.JsonSave, host_handler), (ocp.args.JsonRestore, host_handler)):
+            handlers.add("state" if handler is state_handler else "host", args, handler)
+        self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=handlers)
 
     def all_steps(self) -> list[int]:
         """Steps of the complete checkpoints (unfinished temporary directories are not listed)."""
