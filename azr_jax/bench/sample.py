@@ -43,16 +43,19 @@ def roofline_tokens_per_s(cfg, batch: int, prompt_len: int, new_tokens: int, dty
     weight once (the embedding row gather aside) and the KV of the prompt_len + t tokens of
     each row, at `hbm_bytes_per_s`. The prefill's FLOPs run at `peak_flops` at best (at 128
     prompts of 512 tokens that is no longer negligible): the forward pass over the prompt,
-    with the output head at its last position only, as the sampler applies it.
+    with the output head at its last position only, as the sampler applies it, and attention
+    counted causally (position i attends to i keys): the least work a prefill must do.
     """
     weight_bytes = (cfg.num_params() - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)) * dtype_bytes
     kv_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype_bytes
     steps = new_tokens - 1
     context = prompt_len * steps + new_tokens * steps / 2  # sum over steps of prompt_len + t
     seconds = (steps * weight_bytes + batch * context * kv_per_token) / hbm_bytes_per_s
-    if peak_flops:  # forward only: a third of the training FLOPs per token, less the head but once
+    if peak_flops:  # forward only: a third of the training matmul FLOPs per token, less the head but once
         head = 2 * cfg.hidden_size * cfg.vocab_size
-        seconds += batch * (prompt_len * (cfg.flops_per_token(prompt_len) // 3 - head) + head) / peak_flops
+        matmuls = prompt_len * (cfg.flops_per_token(0) // 3 - head) + head
+        attention = 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * prompt_len * (prompt_len + 1) // 2  # QK^T, AV
+        seconds += batch * (matmuls + attention) / peak_flops
     return batch * new_tokens / seconds if seconds > 0 else float("inf")
 
 

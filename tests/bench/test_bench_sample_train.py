@@ -55,7 +55,12 @@ def test_roofline_of_a_whole_call_adds_the_prefill_at_peak_flops():
     cfg = get_preset("qwen2.5-1.5b")
     decode_only = roofline_tokens_per_s(cfg, 128, 512, 512, 2, 3.35e12)
     head = 2 * cfg.hidden_size * cfg.vocab_size  # the output head runs at the last prompt position only
-    prefill_s = 128 * (512 * (cfg.flops_per_token(512) / 3 - head) + head) / 989e12
+    # forward = a third of flops_per_token; its attention part (4 L N H per key) counted causally:
+    # position i of 512 attends to i keys, 512 * 513 / 2 in all, not 512 * 512
+    attention_per_key = cfg.flops_per_token(1) / 3 - cfg.flops_per_token(0) / 3
+    assert attention_per_key == 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim
+    prefill_flops = 512 * (cfg.flops_per_token(0) / 3 - head) + head + attention_per_key * 512 * 513 / 2
+    prefill_s = 128 * prefill_flops / 989e12
     decode_s = 128 * 512 / decode_only
     assert roofline_tokens_per_s(cfg, 128, 512, 512, 2, 3.35e12, 989e12) == pytest.approx(
         128 * 512 / (decode_s + prefill_s))
