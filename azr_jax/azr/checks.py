@@ -29,7 +29,11 @@ ESCAPE_ATTRIBUTES = frozenset({
     "__subclasses__", "__globals__", "__builtins__", "__code__", "__closure__", "__import__",
     "__loader__", "__spec__", "f_globals", "f_locals", "f_back", "f_builtins", "gi_frame",
     "cr_frame", "tb_frame",
+    "__self__",  # a builtin function's __self__ is the builtins module (`len.__self__.eval`)
 })
+
+# Modules that are another module under a second name: `import posixpath` is `os.path`.
+MODULE_SYNONYMS = {"posixpath": "os.path", "ntpath": "os.path"}
 
 _ATTR_BUILTINS = ("getattr", "setattr", "hasattr", "delattr")
 
@@ -43,13 +47,18 @@ class Violation:
 def banned_match(dotted: str, banned: list[str] | tuple[str, ...]) -> str | None:
     """The banned entry that `dotted` (a module or attribute path) falls under, if any.
 
-    A dotted entry (`os.path`) matches that path and everything below it; a single word
-    (`random`) matches any component, as in the reference (`foo.random` is refused too).
+    A dotted entry (`os.path`) matches wherever its components appear in a row: the path itself,
+    everything below it, and the same module reached through another one's attribute
+    (`shutil.os.environ`); a single word (`random`) matches any component, as in the reference
+    (`foo.random` is refused too).
     """
     parts = dotted.split(".")
+    if parts[0] in MODULE_SYNONYMS:
+        parts = MODULE_SYNONYMS[parts[0]].split(".") + parts[1:]
     for entry in banned:
         if "." in entry:
-            if dotted == entry or dotted.startswith(entry + "."):
+            words = entry.split(".")
+            if any(parts[i:i + len(words)] == words for i in range(len(parts) - len(words) + 1)):
                 return entry
         elif entry in parts:
             return entry

@@ -63,6 +63,8 @@ def test_references_uniform_without_replacement_and_seeded():
     assert len(refs) == 6 and len({r["input"] for r in refs}) == 6
     assert refs == buf.sample_references(6, np.random.default_rng(0))
     assert len(filled(4).sample_references(6, np.random.default_rng(0))) == 4
+    for seed in range(20):  # all of them: each entry once, whatever the draw
+        assert sorted(r["input"] for r in buf.sample_references(10, np.random.default_rng(seed))) == sorted(str(i) for i in range(10))
     assert TaskBuffer("deduction").sample_references(6, np.random.default_rng(0)) == []
     # uniform: over many draws every entry is picked about equally often
     counts = Counter(r["input"] for s in range(2000) for r in buf.sample_references(3, np.random.default_rng(s)))
@@ -253,3 +255,25 @@ def test_a_restored_buffer_rejects_and_evicts_what_the_live_one_would_at_any_cal
     assert live.to_state() == restored.to_state()
     # The audit files leave the keys out.
     assert set(live.to_state(keys=False)["deduction"]) == {"task", "cap", "eviction", "entries"}
+
+
+def test_induction_tasks_that_share_only_some_inputs_are_not_duplicates():
+    buf = TaskBuffer("induction")
+    task = {"program": "def f(a):\n    return a", "inputs": ["1", "2"], "outputs": ["1", "2"], "message": "m"}
+    assert buf.add(task, step=0)
+    assert buf.add(dict(task, inputs=["1", "3"], outputs=["1", "3"]), step=0)
+    assert not buf.add(dict(task, inputs=["1", "3"], outputs=["1", "3"]), step=1)  # an exact repeat
+    assert len(buf) == 2
+
+
+def test_induction_seed_pairs_are_checked(tmp_path, caplog):
+    p = tmp_path / "seed.jsonl"
+    row = {"program": "def f(a):\n    return a", "inputs": ["1", "2"], "outputs": ["1", "2"], "message": "m"}
+    p.write_text(json.dumps(row) + "\n" + json.dumps(dict(row, inputs=["3", "4"], outputs=["3", ""])) + "\n")
+    assert [t["inputs"] for t in load_seed_file(p, "induction")] == [["1", "2"]]  # one empty gold: skipped
+    assert "1 with an empty gold output" in caplog.text
+    p.write_text(json.dumps(dict(row, outputs=["1"])) + "\n")
+    with pytest.raises(UserError, match="2 inputs but 1 outputs"):
+        load_seed_file(p, "induction")
+    p.write_text(json.dumps(dict(row, visible=2)) + "\n")  # every pair shown is allowed
+    assert load_seed_file(p, "induction")[0]["visible"] == 2

@@ -45,6 +45,19 @@ def verdict(src):
         ("eval = eval\ndef f(x):\n    return eval(x)", "banned_builtin"),
         ("def f(x, exec=exec):\n    return exec(x)", "banned_builtin"),
         ("def f(x):\n    c = compile\n    return c(x, 'a', 'eval')", "banned_builtin"),
+        # the same module reached through another module's attribute, or under a second name
+        ("import shutil\ndef f(x):\n    return shutil.os.environ.get(x)", "banned_import"),
+        ("from shutil import os as o\ndef f(x):\n    return o.environ.get(x)", "banned_import"),
+        ("import posixpath\ndef f(x):\n    return posixpath.exists(x)", "banned_import"),
+        ("from ntpath import exists", "banned_import"),
+        ("def f(x):\n    return len.__self__.eval(x)", "escape_attribute"),  # __self__ of a builtin: the builtins module
+        ("def f(x):\n    return vars(len.__self__)['__import__']('os')", "escape_attribute"),
+        # always refused, whatever the configured list says
+        ("import ctypes", "banned_import"),
+        ("import gc\ndef f(x):\n    return gc.get_objects()", "banned_import"),
+        ("from random import *\ndef f(x):\n    return randint(0, x)", "banned_import"),
+        ("def f(x):\n    breakpoint()\n    return x", "banned_builtin"),
+        ("def f(x):\n    return f.__code__.co_consts", "escape_attribute"),
     ],
 )
 def test_rejected(src, code):
@@ -82,3 +95,9 @@ def test_banned_match_semantics():
     assert banned_match("os.pathlib", ["os.path"]) is None
     assert banned_match("a.random.b", ["random"]) == "random"
     assert banned_match("randomness", ["random"]) is None
+    assert banned_match("shutil.os.environ.get", ["os.environ"]) == "os.environ"  # anywhere in the path
+    assert banned_match("shutil.os.environment", ["os.environ"]) is None  # whole components only
+    assert banned_match("my.os", ["os.path"]) is None
+    assert banned_match("posixpath.join", ["os.path"]) == "os.path"
+    assert banned_match("posixpath", ["os.path"]) == "os.path"
+    assert check_tree(ast.parse("import gc"), []).code == "banned_import"  # ALWAYS_BANNED with an empty list

@@ -154,6 +154,16 @@ def test_renaming_leaves_a_parameter_or_local_of_the_same_name_alone():
         assert prog.source == renamed, src
 
 
+def test_a_fenced_block_wins_over_a_label_line():
+    assert parsing.labelled_value("# Output: 6\n```output\n5\n```", "output") == "5"
+    assert parsing.labelled_value("# Output: 6\n<output>7</output>", "output") == "6"
+
+
+def test_import_lines_include_imports_inside_functions():
+    tree = parsing.parse_program("import re\ndef f(x):\n    import math\n    from re import sub\n    return math.floor(x)")
+    assert parsing.import_lines(tree) == ["import re", "import math", "from re import sub"]
+
+
 def test_induction_inputs_and_message_forms():
     answer = "```input\n1\n```\n```python\n2\n```\n```input\n3\n```\n<message>Add one.</message>"
     assert parsing.induction_inputs(answer) == ["1", "3"]

@@ -69,6 +69,7 @@ def test_answer_keys_by_value_and_by_type():
     assert rewards.answer_key(["1, 'a'"], "type", arguments=True) == '["int, str"]'
     assert rewards.answer_key(["7"], "type", arguments=True) == '["int"]'  # as a deduction output 7
     assert rewards.answer_key(["1, 2"], "value", arguments=True) != rewards.answer_key(["(1, 2)"], "value", arguments=True)
+    assert rewards.answer_key(["1, 2"], "value", arguments=True) != rewards.answer_key(["1, 3"], "value", arguments=True)
     assert rewards.answer_key(["1,2  # two"], "value", arguments=True) == rewards.answer_key(["1, 2"], "value", arguments=True)
     assert rewards.answer_key(["x=1"], "type", arguments=True) == '["other"]'
     assert rewards.answer_key(["1,"], "type", arguments=True) == '["int"]'  # f(1,): one argument

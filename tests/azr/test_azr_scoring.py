@@ -505,3 +505,37 @@ def test_a_solver_answer_is_checked_with_one_call_of_f(cfg, sb):
                  "message": "m", "visible": 2, "imports": []}
     out = one(solve("induction", induction, f"```python\n{program}\n```"), cfg, sb)
     assert out["accuracy"] == 1.0, out
+
+
+def test_answers_with_the_same_code_and_inputs_but_other_golds_are_judged_apart(cfg, sb):
+    """One batch runs each distinct check once; two induction tasks whose hidden inputs and
+    answer code coincide still differ in their gold outputs, so they are two checks."""
+    code = "```python\ndef f(x):\n    return x * 2\n```"
+    doubled = {"program": "def f(x):\n    return x * 2", "inputs": ["1", "2", "3", "4"], "outputs": ["2", "4", "6", "8"],
+               "message": "m", "imports": []}
+    same = dict(doubled, program="def f(x):\n    return x", outputs=["1", "2", "3", "4"])
+    out = score_records([solve("induction", doubled, code, "a"), solve("induction", same, code, "b")], cfg, sb)
+    assert [o["accuracy"] for o in out] == [1.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "rec, message",
+    [
+        (solve("induction", {"program": "p", "inputs": ["1", "2", "3", "4"], "outputs": ["1", "2", "3"]}, "x"),
+         "non-empty and of equal length"),
+        (solve("deduction", {"program": "p", "input": "1"}, "x"), "'problem.output' must be a string"),
+        (propose("deduction", "x", solver_responses="abc"), "'solver_responses' must be a list of strings"),
+        (solve("induction", {"program": "p", "inputs": ["1", "2"], "outputs": ["1", "2"], "visible": 3}, "x"),
+         "'problem.visible' must be an int"),
+    ],
+)
+def test_records_outside_the_schema_are_bad_records(rec, message):
+    from azr_jax.azr.scoring import record_error
+
+    assert message in record_error(rec)
+
+
+def test_every_pair_may_be_visible():
+    from azr_jax.azr.scoring import record_error
+
+    assert record_error(solve("induction", {"program": "p", "inputs": ["1", "2"], "outputs": ["1", "2"], "visible": 2}, "x")) is None

@@ -1,0 +1,67 @@
+"""Parsing proposals and solver answers into sandbox jobs: which inputs, which program, which
+pairs are checked (pure functions; nothing runs)."""
+
+from azr_jax.azr.validation import ParsedProposal, clip_output, parse_proposal, parse_solver_answer
+from azr_jax.config import AZRSection
+
+CFG = AZRSection()
+INDUCTION_PROBLEM = {"program": "def f(x):\n    return x * 2", "imports": []}
+
+
+def answer(body):
+    return f"<answer>{body}</answer>"
+
+
+def induction_proposal(inputs, message="Double it."):
+    blocks = "".join(f"```input\n{i}\n```\n" for i in inputs)
+    return answer(f"{blocks}```message\n{message}\n```")
+
+
+def test_an_induction_proposal_keeps_its_last_num_inputs_inputs():
+    parsed = parse_proposal("induction", induction_proposal(range(11)), INDUCTION_PROBLEM, CFG)
+    assert isinstance(parsed, ParsedProposal)
+    assert parsed.inputs == [str(i) for i in range(1, 11)]  # 11 blocks: the first is dropped
+    assert parse_proposal("induction", induction_proposal(range(9)), INDUCTION_PROBLEM, CFG) == "too_few_inputs"
+
+
+def test_one_unparsable_induction_input_makes_the_proposal_an_input_syntax_error():
+    inputs = [str(i) for i in range(9)] + ["1)"]
+    assert parse_proposal("induction", induction_proposal(inputs), INDUCTION_PROBLEM, CFG) == "input_syntax_error"
+
+
+def test_a_proposal_with_two_code_blocks_uses_the_configured_one():
+    body = ("```python\ndef f(a):\n    return a + 1\n```\n```python\ndef f(a):\n    return a - 1\n```\n"
+            "```input\n3\n```")
+    first = parse_proposal("deduction", answer(body), None, CFG)
+    last = parse_proposal("deduction", answer(body), None, AZRSection(code_location="last"))
+    assert "a + 1" in first.program and "a - 1" not in first.program
+    assert "a - 1" in last.program and "a + 1" not in last.program
+
+
+def _solver_job(visible=None, n=4):
+    problem = {"program": "def f(x):\n    return x * 2", "inputs": [str(i) for i in range(n)],
+               "outputs": [str(2 * i) for i in range(n)], "message": "m", "imports": []}
+    if visible is not None:
+        problem["visible"] = visible
+    got = parse_solver_answer("induction", problem, answer("```python\ndef f(x):\n    return x + x\n```"), CFG)
+    assert got.found and got.check[0] == "job"
+    return got.check[1]
+
+
+def test_an_induction_answer_is_checked_on_the_hidden_pairs():
+    job = _solver_job()  # default: the first half shown, the rest checked
+    assert (job.calls, job.expected) == (["2", "3"], ["4", "6"])
+    job = _solver_job(visible=1)
+    assert (job.calls, job.expected) == (["1", "2", "3"], ["2", "4", "6"])
+    # nothing shown: all pairs are hidden (0 is a count, not "unset")
+    job = _solver_job(visible=0)
+    assert (job.calls, job.expected) == (["0", "1", "2", "3"], ["0", "2", "4", "6"])
+    # every pair shown leaves none hidden: all of them are checked rather than none
+    job = _solver_job(visible=4)
+    assert (job.calls, job.expected) == (["0", "1", "2", "3"], ["0", "2", "4", "6"])
+
+
+def test_gold_outputs_are_clipped_only_when_longer_than_the_limit():
+    assert clip_output("x" * 400, 400) == "x" * 400
+    assert clip_output("ab" * 200 + "c", 400) == "ab" * 100 + "..." + "b" + "ab" * 99 + "c"
+    assert clip_output("x" * 1000, 0) == "x" * 1000
