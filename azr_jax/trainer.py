@@ -444,27 +444,7 @@ class SelfPlay:
                                        compute_dtype=self.policy.compute_dtype, temperature=self.cfg.sampling.temperature)
 
     def _step_record(self, step, ordered, upd, step_time) -> dict:
-        rec: dict[str, Any] = {"step": step}
-        for rb in ordered:
-            name = f"{rb.role}/{rb.task}"
-            lengths = np.asarray(rb.completions.lengths)
-            judged = _judged_rewards(rb)
-            rec[f"{name}/reward"] = float(np.mean(judged)) if judged else None
-            rec[f"{name}/valid_rate"] = float(np.mean([bool(s["valid"]) for s in rb.scored]))
-            rec[f"{name}/format_rate"] = float(np.mean([bool(s["format_ok"]) for s in rb.scored]))
-            rec[f"{name}/response_len"] = float(lengths.mean())
-            accs = [s["accuracy"] for s in rb.scored if s.get("accuracy") is not None]
-            rec[f"{name}/accuracy"] = float(np.mean(accs)) if accs else None
-            if rb.role == "propose":
-                divs = [s["answer_diversity"] for s in rb.scored if "answer_diversity" in s]
-                if divs:
-                    rec[f"{name}/answer_diversity"] = float(np.mean(divs))
-                rates = [r for r in rb.solve_rates if r is not None]
-                rec[f"{name}/learnability"] = (float(np.mean([1.0 - r if 0 < r < 1 else 0.0 for r in rates]))
-                                               if rates else None)
-        judged = [r for rb in ordered for r in _judged_rewards(rb)]
-        rec["reward/mean"] = float(np.mean(judged)) if judged else None
-        rec["sandbox_errors"] = sandbox_error_count(ordered) + self.learnability_sandbox_errors
+        rec: dict[str, Any] = {"step": step, **rollout_metrics(ordered, self.learnability_sandbox_errors)}
         if rec["sandbox_errors"]:
             log.warning("step %d: %d response(s) not judged because the sandbox broke (reason sandbox_error), "
                         "not because of the program; they are left out of the update; see the sandbox warnings "
@@ -493,6 +473,35 @@ class SelfPlay:
         """`cancel` (a stop that does not wait): queued host jobs are dropped and the running
         one is not waited for; it ends once the sandbox, closed next, refuses its work."""
         self.host_pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+def rollout_metrics(batches, learnability_sandbox_errors: int = 0) -> dict:
+    """A step's metrics of its (role, task) batches (docs/training.md, "Metrics"): per batch the
+    mean judged reward, valid and format rates, response length, mean accuracy of the rows that
+    have one, and for proposers the answer diversity and the learnability (1 - r for a solve
+    rate 0 < r < 1, else 0); then the mean over every judged reward of the step, and the rows
+    (learnability rollouts included) the sandbox did not judge."""
+    rec: dict[str, Any] = {}
+    for rb in batches:
+        name = f"{rb.role}/{rb.task}"
+        judged = _judged_rewards(rb)
+        rec[f"{name}/reward"] = float(np.mean(judged)) if judged else None
+        rec[f"{name}/valid_rate"] = float(np.mean([bool(s["valid"]) for s in rb.scored]))
+        rec[f"{name}/format_rate"] = float(np.mean([bool(s["format_ok"]) for s in rb.scored]))
+        rec[f"{name}/response_len"] = float(np.asarray(rb.completions.lengths).mean())
+        accs = [s["accuracy"] for s in rb.scored if s.get("accuracy") is not None]
+        rec[f"{name}/accuracy"] = float(np.mean(accs)) if accs else None
+        if rb.role == "propose":
+            divs = [s["answer_diversity"] for s in rb.scored if "answer_diversity" in s]
+            if divs:
+                rec[f"{name}/answer_diversity"] = float(np.mean(divs))
+            rates = [r for r in rb.solve_rates if r is not None]
+            rec[f"{name}/learnability"] = (float(np.mean([1.0 - r if 0 < r < 1 else 0.0 for r in rates]))
+                                           if rates else None)
+    judged = [r for rb in batches for r in _judged_rewards(rb)]
+    rec["reward/mean"] = float(np.mean(judged)) if judged else None  # pooled over rows, not a mean of means
+    rec["sandbox_errors"] = sandbox_error_count(batches) + learnability_sandbox_errors
+    return rec
 
 
 def update_flops(config, row_lengths, *, with_reference: bool) -> int:

@@ -80,8 +80,46 @@ def test_scoring_several_samples_per_item_gives_mean_accuracy_and_pass_at_k(sand
         assert result["pass_at_k"]["per_task"][task] == pytest.approx(0.5)
     assert result["pass_at_k"]["k"] == 2 and result["pass_at_k"]["solve_rate"] == pytest.approx(0.5)
     assert [r["accuracies"] for r in result["items"][:2]] == [[1.0, 0.0], [0.0, 0.0]]
+    assert [r["accuracy"] for r in result["items"][:2]] == [0.5, 0.0]  # the mean of its samples
+    # pass@k counts an item when any sample is right, not only the first
+    swapped = [r for pair in zip(responses[1::2], responses[0::2]) for r in pair]
+    assert score_items(items, swapped, cfg, sandbox, samples=2)["pass_at_k"]["solve_rate"] == pytest.approx(0.5)
+    # the format rate is over every sample, not each item's first
+    unformatted = [r if i % 2 == 0 else r.replace("</think>", "") for i, r in enumerate(responses)]
+    assert score_items(items, unformatted, cfg, sandbox, samples=2)["format_rate"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="responses"):
         score_items(items, responses[:-1], cfg, sandbox, samples=2)
+
+
+def test_the_solve_rate_is_the_mean_over_task_types_not_over_items(sandbox):
+    cfg = load_config("configs/nano.py")
+    deduction = [it for it in nano_benchmark(3) if it["task"] == "deduction"]
+    abduction = [it for it in nano_benchmark(1) if it["task"] == "abduction"]
+    result = score_items(deduction + abduction, [_right(it) for it in deduction] + [_wrong(abduction[0])], cfg, sandbox)
+    assert result["per_task"] == {"deduction": 1.0, "abduction": 0.0}
+    assert result["solve_rate"] == 0.5  # not 3 of 4 items
+
+
+class _BrokenSandbox:
+    """Every job fails as the sandbox's own fault (never the program's)."""
+
+    def run(self, jobs):
+        from azr_jax.sandbox.jobs import JobResult
+
+        return [JobResult(outputs=[None] * len(j.calls), errors=["sandbox failure"] * len(j.calls), deterministic=True,
+                          matches=None, timed_out=False, error="sandbox failure", sandbox_fault=True) for j in jobs]
+
+    def compare(self, pairs):
+        return [False] * len(pairs)
+
+
+def test_answers_the_sandbox_never_checked_are_counted_per_item():
+    cfg = load_config("configs/nano.py")
+    items = [it for it in nano_benchmark(3) if it["task"] == "induction"]
+    result = score_items(items, [_right(it) for it in items for _ in range(2)], cfg, _BrokenSandbox(), samples=2)
+    assert result["sandbox_errors"] == 6
+    assert [it["sandbox_errors"] for it in result["items"]] == [2, 2, 2]
+    assert result["solve_rate"] == 0.0  # counted as wrong: a lower bound
 
 
 # Hand-made CRUXEval-format lines: a literal input, an input written as a call (CRUXEval has 10
@@ -143,6 +181,7 @@ def test_summary_fields():
     s = solve_rate_summary(base, final)
     assert s["base_solve_rate"] == 0.2 and s["final_solve_rate"] == 0.35
     assert s["solve_rate_gain"] == pytest.approx(0.15)
+    assert solve_rate_summary(final, base)["solve_rate_gain"] == pytest.approx(-0.15)  # a loss is reported as one
     assert s["final_solve_rate/induction"] == 0.25 and s["base_solve_rate/deduction"] == 0.3
     lines = format_solve_rate_table(s).splitlines()
     assert lines[0].split() == ["task", "base", "final", "gain"]

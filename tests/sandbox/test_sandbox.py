@@ -78,6 +78,31 @@ def test_non_finite_complex_and_ints_too_long_to_print_are_not_literals():
     assert parse_literal("1e308j") == 1e308j
 
 
+def test_literal_edge_cases():
+    # Python `==` on values, as the reference compares: a string is not a number, True is 1
+    assert not texts_equal("'1'", "1") and texts_equal("True", "1") and texts_equal("1", "1.0")
+    # set() is the only call of set: set([1, 2]) is an expression, not the empty set
+    with pytest.raises(NotALiteral):
+        parse_literal("set([1, 2])")
+    assert not texts_equal("set([1, 2])", "set()")
+    for bad in ("1e309", "-1e309", "[1e309]", "-True", "+'a'"):  # infinite floats; signs on non-numbers
+        with pytest.raises(NotALiteral):
+            parse_literal(bad)
+    # the nesting limit (100 levels, the sandbox's) counts tuples as well as lists
+    nested_tuple = lambda n: "(" * n + "()" + ",)" * n  # noqa: E731
+    assert parse_literal("[" * 100 + "]" * 100) is not None and parse_literal(nested_tuple(99)) is not None
+    for bad in ("[" * 150 + "]" * 150, nested_tuple(150)):
+        with pytest.raises(NotALiteral, match="nested"):
+            parse_literal(bad)
+    # a caller's own size bound, and the node budget of texts under the size bound
+    text = "'" + "a" * 20_000 + "'"
+    assert parse_literal(text) == "a" * 20_000
+    with pytest.raises(NotALiteral, match="too long"):
+        parse_literal(text, max_chars=10_000)
+    with pytest.raises(NotALiteral, match="too large"):
+        parse_literal("[" + "0," * 300_000 + "]")
+
+
 def test_sets_and_dicts_of_colliding_hashes_are_refused_in_linear_time():
     """Ints k * (2**61 - 1) all hash alike, so a set of them takes quadratic time to build: a
     300 kB text of them is refused (before the check it took seconds), while equal keys such as

@@ -183,6 +183,8 @@ def test_trained_reward_is_a_placeholder_only_for_rows_the_update_masks():
     from azr_jax.trainer import trained_reward
 
     assert trained_reward({"reward": -0.5, "reason": None}) == -0.5
+    assert trained_reward({"reward": 0.0, "reason": None}) == 0.0  # azr.boundary_reward=0: a reward, not a missing one
+    assert trained_reward({"reward": -1.0, "reason": "sandbox_error"}) == -1.0  # a format failure keeps its -1
     assert trained_reward({"reward": None, "reason": "sandbox_error"}) == 0.0
     with pytest.raises(ValueError, match="would not mask"):
         trained_reward({"reward": None, "reason": None})
@@ -604,3 +606,62 @@ def test_a_failed_write_of_the_run_outputs_is_one_line_naming_the_file(tmp_path)
         w.close()  # the flush at close fails too; the rest is still closed
     real.close()
     assert w._tb is None and w._jsonl is None
+
+
+def _batch(role, task, rewards, scored, lengths=(4,), solve_rates=()):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(role=role, task=task, rewards=list(rewards), scored=list(scored),
+                           completions=SimpleNamespace(lengths=list(lengths)), solve_rates=list(solve_rates))
+
+
+def test_rollout_metrics_by_hand():
+    from azr_jax.trainer import rollout_metrics
+
+    ok = {"valid": True, "format_ok": True}
+    propose = _batch("propose", "deduction", [0.5, -0.5, 0.0, -1.0],
+                     [dict(ok, accuracy=0.5), dict(ok, accuracy=None), dict(ok, accuracy=1.0),
+                      {"valid": False, "format_ok": False, "reason": "sandbox_error", "reward": -1.0}],
+                     lengths=(2, 4, 6, 8), solve_rates=[0.5, None, 1.0, 0.0])
+    solve = _batch("solve", "deduction", [1.0, 1.0, 1.0, 0.0],
+                   [dict(ok, accuracy=1.0)] * 3 + [{"valid": False, "format_ok": True, "reason": "sandbox_error"}])
+    rec = rollout_metrics([propose, solve], learnability_sandbox_errors=2)
+    # accuracy: rows that have one (None is no accuracy, not 0); learnability: 1 - r for 0 < r < 1 only
+    assert rec["propose/deduction/accuracy"] == 0.75
+    assert rec["propose/deduction/learnability"] == pytest.approx((0.5 + 0.0 + 0.0) / 3)
+    # the -1 of a format failure the sandbox did not judge is a reward; the solver's 0.0 placeholder is not
+    assert rec["propose/deduction/reward"] == pytest.approx(-0.25)
+    assert rec["solve/deduction/reward"] == 1.0
+    assert rec["propose/deduction/valid_rate"] == 0.75 and rec["propose/deduction/format_rate"] == 0.75
+    assert rec["propose/deduction/response_len"] == 5.0
+    # pooled over the 7 judged rows, not the mean of the two batch means (0.375)
+    assert rec["reward/mean"] == pytest.approx((0.5 - 0.5 + 0.0 - 1.0 + 3.0) / 7)
+    assert rec["sandbox_errors"] == 2 + 2  # one row in each batch, plus the learnability rollouts
+    assert "solve/deduction/learnability" not in rec
+
+
+def test_a_task_record_drops_only_the_buffer_step():
+    from azr_jax.trainer import _task_record
+
+    entry = {"program": "import math\ndef f(x):\n    return math.floor(x)", "input": "1.5", "output": "1",
+             "imports": ["import math"], "step": 3}
+    assert _task_record(entry) == {k: v for k, v in entry.items() if k != "step"}
+
+
+def test_non_finite_metrics_are_written_as_null(tmp_path):
+    w = MetricsWriter(tmp_path, total_steps=1, progress=False)
+    w.write_step({"step": 1, "a": float("inf"), "b": float("-inf"), "c": float("nan"), "d": 1.5})
+    w.close()
+    line = (tmp_path / "metrics.jsonl").read_text()
+    assert "Infinity" not in line and "NaN" not in line
+    assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1, "a": None, "b": None, "c": None, "d": 1.5}]
+
+
+def test_progress_eta_comes_from_the_last_ten_steps():
+    out = io.StringIO()
+    p = ProgressLine(total=30, start=0, stream=out)
+    now = 0.0
+    for step in range(1, 13):
+        now += 100.0 if step <= 2 else 10.0  # two slow steps, then ten at 10 s
+        p.update(step, {}, now=now)
+    assert "10.0s/step eta 180s" in out.getvalue().splitlines()[-1]
