@@ -218,3 +218,23 @@ def test_reference_logprobs_by_micro_batch_equal_the_full_batch_and_use_less_mem
         assert temp_bytes(by_micro) < temp_bytes(built(B)) / 2  # 93 kB against 263 kB when written
         with pytest.raises(UserError, match="not a multiple of rl.micro_batch_size=3"):
             built(3)(PARAMS, BATCH)  # as the update: a split other than the update's is refused
+
+
+def test_the_update_and_the_reference_use_the_rollout_temperature():
+    """Logprobs under softmax(logits / T) at the temperature the rollouts were sampled at
+    (AZR_SPEC §4.2): with old_logprobs taken at T = 0.7 the step sees no gap between them and its
+    own logprobs, nor a KL to a reference taken at 0.7, and the reference pass matches the
+    logprobs computed at 0.7 directly."""
+    temperature = 0.7
+    at_t = np.asarray(jax.jit(lambda p, b: token_logprobs(p, b, CFG, jnp.float32, temperature=temperature))(PARAMS, BATCH))
+    assert np.abs(at_t - np.asarray(_logprobs_fn(jnp.float32)(PARAMS, BATCH)))[BATCH["loss_mask"] > 0].max() > 1e-2
+    reference = make_reference_logprobs(CFG, RL, compute_dtype=jnp.float32, temperature=temperature)
+    np.testing.assert_allclose(np.asarray(reference(PARAMS, BATCH)), at_t, atol=2e-6)
+    rl = dataclasses.replace(RL, old_logprobs="batch", kl_coef=0.1)
+    batch = dict(BATCH, old_logprobs=at_t, ref_logprobs=at_t)
+    step = make_train_step(CFG, rl, OPTIM, compute_dtype=jnp.float32, temperature=temperature)
+    _, metrics = step(init_train_state(CFG, OPTIM, PARAMS), batch)
+    assert float(metrics["logprob_gap_max"]) < 1e-5 and abs(float(metrics["ref_kl"])) < 1e-6
+    untempered = make_train_step(CFG, rl, OPTIM, compute_dtype=jnp.float32)
+    _, metrics = untempered(init_train_state(CFG, OPTIM, PARAMS), batch)
+    assert float(metrics["logprob_gap_max"]) > 1e-2 and float(metrics["ref_kl"]) > 1e-5
