@@ -117,6 +117,27 @@ def test_equal_inexact_rewards_give_exactly_zero(name, reward):
         np.testing.assert_array_equal(got_bt, 0.0)
 
 
+@pytest.mark.parametrize("name", sorted(adv.REGISTRY))
+def test_a_group_of_rows_without_loss_tokens_gets_zero_not_nan(name):
+    # rows 2-3 (group 1) have no response token (unjudged or padding): 0/0 statistics must not
+    # make their advantages NaN, which would turn the whole loss NaN and skip the step
+    mask_bt = np.array([[1, 1], [1, 0], [0, 0], [0, 0]], np.float32)
+    got_bt = np.asarray(adv.REGISTRY[name](np.array([1.0, 0.0, 0.5, 0.2]), mask_bt, np.array([0, 0, 1, 1]), num_groups=6))
+    assert np.all(np.isfinite(got_bt))
+    np.testing.assert_array_equal(got_bt[2:], 0.0)
+
+
+@pytest.mark.parametrize("name", sorted(adv.REGISTRY))
+def test_a_row_without_loss_tokens_does_not_break_an_equal_reward_group(name):
+    # seven rows of 0.7 and two empty rows with rewards 0 and 1 (padding) in one group: still exactly 0
+    mask_bt = np.ones((9, 3), np.float32)
+    mask_bt[7:] = 0
+    rewards_b = np.array([0.7] * 7 + [0.0, 1.0], np.float32)
+    for whiten in ({"whiten_stats": "token"}, {"whiten_stats": "sequence"}) if name in ("trr++", "reinforce++") else ({},):
+        got_bt = np.asarray(adv.REGISTRY[name](rewards_b, mask_bt, np.zeros(9, np.int32), num_groups=1, **whiten))
+        np.testing.assert_array_equal(got_bt, 0.0)
+
+
 def test_reinforce_plus_plus_ignores_groups():
     mask_bt = np.ones((4, 2), np.float32)
     rewards_b = np.array([0.0, 1.0, 10.0, 11.0])

@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 from azr_jax.errors import UserError
 from azr_jax.rl.bucketed import length_bucketed_micro_batches, make_bucketed_train_step
+from azr_jax.rl.logprobs import token_logprobs
 from azr_jax.rl.update import init_train_state, make_train_step
 from azr_jax.sharding import make_mesh
 from tests.rl.test_update import BATCH, CFG, OPTIM, PARAMS, RL, RULES, _assert_same_params, _logprobs_fn, _one_step
@@ -120,17 +121,20 @@ def test_bucketed_step_checks_its_input():
         step(init_train_state(CFG, OPTIM, PARAMS), {k: v for k, v in BATCH.items() if k != "advantages"})
 
 
-def test_reference_logprobs_from_frozen_params_equal_precomputed_ones():
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_reference_logprobs_from_frozen_params_equal_precomputed_ones(temperature):
     """`train_step(state, batch, ref_params=P)` (the trainer's KL path) computes the reference
-    logprobs on the packed micro-batches; the result equals the plain step handed full-batch
-    reference logprobs, and the KL it reports is that of the policy against P."""
+    logprobs on the packed micro-batches, at the rollout temperature; the result equals the plain
+    step handed full-batch reference logprobs, and the KL it reports is that of the policy against P."""
     kl_rl = dataclasses.replace(RL, kl_coef=0.2, kl_type="k3", micro_batch_size=4)
     # A reference that differs from the policy, so the KL term is not zero.
     ref_params = jax.tree.map(lambda x: x * 0.5, PARAMS)
-    with_ref = dict(BATCH, ref_logprobs=np.asarray(_logprobs_fn(jnp.float32)(ref_params, BATCH)))
-    plain = make_train_step(CFG, kl_rl, OPTIM, compute_dtype=jnp.float32)
+    ref_logprobs = jax.jit(lambda p, b: token_logprobs(p, b, CFG, jnp.float32, temperature=temperature))
+    with_ref = dict(BATCH, ref_logprobs=np.asarray(ref_logprobs(ref_params, BATCH)))
+    plain = make_train_step(CFG, kl_rl, OPTIM, compute_dtype=jnp.float32, temperature=temperature)
     plain_state, plain_metrics = plain(init_train_state(CFG, OPTIM, PARAMS), with_ref)
-    step = make_bucketed_train_step(CFG, kl_rl, OPTIM, length_buckets=BUCKETS, compute_dtype=jnp.float32)
+    step = make_bucketed_train_step(CFG, kl_rl, OPTIM, length_buckets=BUCKETS, compute_dtype=jnp.float32,
+                                    temperature=temperature)
     state, metrics = step(init_train_state(CFG, OPTIM, PARAMS), BATCH, ref_params=ref_params)
     _assert_same_params(state.params, plain_state.params)
     assert float(metrics["ref_kl"]) > 1e-3

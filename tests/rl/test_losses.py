@@ -46,6 +46,16 @@ def test_clipped_tokens_have_no_gradient():
     np.testing.assert_allclose(grad, [-2.2, 0.0, -1.0, 0.0, 0.0], rtol=1e-6)
 
 
+def test_the_log_ratio_clamp_is_wide_enough_to_keep_far_off_policy_gradients():
+    """The clamp ([-20, 20], verl's) only guards exp against padding garbage: a token with
+    A > 0 at log ratio -3, under the clip range, still gets d(-A r)/d log r = -A e^-3."""
+    def loss(logp):
+        return jnp.sum(losses.clipped_surrogate(logp, jnp.zeros(1), jnp.ones(1), eps_low=0.2, eps_high=0.28,
+                                                dual_clip=3.0)["pg_loss"])
+
+    np.testing.assert_allclose(jax.grad(loss)(jnp.array([-3.0])), [-np.exp(-3.0)], rtol=1e-6)
+
+
 def test_on_policy_loss_is_minus_advantage():
     # ratio == 1 (old == current): the surrogate is plain REINFORCE, loss = -A, gradient -A.
     adv = jnp.array([0.5, -1.5], jnp.float32)
@@ -62,6 +72,8 @@ def test_kl_estimators():
     d = np.array([0.0, 1.0, -1.0])
     np.testing.assert_allclose(losses.kl_penalty(logp, ref, "k3"), np.exp(d) - d - 1, rtol=1e-6)
     assert np.all(np.asarray(losses.kl_penalty(logp, ref, "k3")) >= 0)
+    # k3 is capped at 10 (verl's clamp): e^3 - 3 - 1 = 16.1 reads 10
+    np.testing.assert_allclose(losses.kl_penalty(jnp.array([-4.0]), jnp.array([-1.0]), "k3"), [10.0])
     with pytest.raises(ValueError):
         losses.kl_penalty(logp, ref, "k2")
 
@@ -138,10 +150,14 @@ def test_policy_loss_combines_terms():
         losses.policy_loss(logp, entropy, no_ref, w, dataclasses.replace(base, kl_coef=0.1))
 
 
-@pytest.mark.parametrize("old_logprobs", ["recompute", "batch"])
-def test_padding_tokens_do_not_leak(old_logprobs):
+@pytest.mark.parametrize("old_logprobs, pad_adv, dual_clip", [
+    ("recompute", 1e3, 3.0), ("batch", 1e3, 3.0),
+    # negative padding advantages without the dual clip: only the log-ratio clamp keeps exp finite
+    ("batch", -1e3, None),
+])
+def test_padding_tokens_do_not_leak(old_logprobs, pad_adv, dual_clip):
     # Garbage (huge) old logprobs and advantages on padding must not change the loss or make it NaN.
-    rl = RLSection(old_logprobs=old_logprobs)
+    rl = RLSection(old_logprobs=old_logprobs, dual_clip=dual_clip)
     rng = np.random.default_rng(1)
     batch = _batch(rng)
     logp = jnp.asarray(batch["old_logprobs"] - 0.1)
@@ -151,7 +167,7 @@ def test_padding_tokens_do_not_leak(old_logprobs):
     dirty = dict(batch)
     pad = batch["loss_mask"] == 0
     dirty["old_logprobs"] = np.where(pad, -1e4, batch["old_logprobs"]).astype(np.float32)
-    dirty["advantages"] = np.where(pad, 1e3, batch["advantages"]).astype(np.float32)
+    dirty["advantages"] = np.where(pad, pad_adv, batch["advantages"]).astype(np.float32)
     got, _ = losses.policy_loss(logp, entropy, dirty, w, rl)
     np.testing.assert_allclose(float(got), float(clean), rtol=1e-6)
 
