@@ -59,10 +59,11 @@ class Checkpoints:
         # Handlers registered up front, so a fresh manager (a resumed run) can read a checkpoint's
         # metadata before restoring it.
         handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
-        state_handler, host_handler = ocp.StandardCheckpointHandler(), ocp.JsonCheckpointHandler()
-        for args, handler in ((ocp.args.StandardSave, state_handler), (ocp.args.StandardRestore, state_handler),
-                              (ocp.args.JsonSave, host_handler), (ocp.args.JsonRestore, host_handler)):
-            handlers.add("state" if handler is state_handler else "host", args, handler)
+        for item, handler, save, restore in (
+                ("state", ocp.StandardCheckpointHandler(), ocp.args.StandardSave, ocp.args.StandardRestore),
+                ("host", ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore)):
+            handlers.add(item, save, handler)
+            handlers.add(item, restore, handler)
         self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=handlers)
 
     def all_steps(self) -> list[int]:

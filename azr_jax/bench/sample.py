@@ -54,7 +54,8 @@ def roofline_tokens_per_s(cfg, batch: int, prompt_len: int, new_tokens: int, dty
     if peak_flops:  # forward only: a third of the training matmul FLOPs per token, less the head but once
         head = 2 * cfg.hidden_size * cfg.vocab_size
         matmuls = prompt_len * (cfg.flops_per_token(0) // 3 - head) + head
-        attention = 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * prompt_len * (prompt_len + 1) // 2  # QK^T, AV
+        per_key = (cfg.flops_per_token(1) - cfg.flops_per_token(0)) // 3  # forward QK^T and AV, one query-key pair
+        attention = per_key * prompt_len * (prompt_len + 1) // 2
         seconds += batch * (matmuls + attention) / peak_flops
     return batch * new_tokens / seconds if seconds > 0 else float("inf")
 
