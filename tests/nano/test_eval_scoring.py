@@ -12,6 +12,7 @@ from azr_jax.eval.summary import (decoding_description, format_solve_rate_table,
                                   solve_rate_stderr, solve_rate_summary)
 from azr_jax.nano.benchmark import nano_benchmark
 from azr_jax.plots import PANELS, heldout_mean_band, heldout_points, plot_metrics
+from tests.azr.test_azr_scoring import BrokenSandbox
 
 
 def _answer(tag, text):
@@ -100,23 +101,11 @@ def test_the_solve_rate_is_the_mean_over_task_types_not_over_items(sandbox):
     assert result["solve_rate"] == 0.5  # not 3 of 4 items
 
 
-class _BrokenSandbox:
-    """Every job fails as the sandbox's own fault (never the program's)."""
-
-    def run(self, jobs):
-        from azr_jax.sandbox.jobs import JobResult
-
-        return [JobResult(outputs=[None] * len(j.calls), errors=["sandbox failure"] * len(j.calls), deterministic=True,
-                          matches=None, timed_out=False, error="sandbox failure", sandbox_fault=True) for j in jobs]
-
-    def compare(self, pairs):
-        return [False] * len(pairs)
-
-
 def test_answers_the_sandbox_never_checked_are_counted_per_item():
     cfg = load_config("configs/nano.py")
     items = [it for it in nano_benchmark(3) if it["task"] == "induction"]
-    result = score_items(items, [_right(it) for it in items for _ in range(2)], cfg, _BrokenSandbox(), samples=2)
+    broken = BrokenSandbox("sandbox failure: fork failed")  # every job fails as the sandbox's own fault
+    result = score_items(items, [_right(it) for it in items for _ in range(2)], cfg, broken, samples=2)
     assert result["sandbox_errors"] == 6
     assert [it["sandbox_errors"] for it in result["items"]] == [2, 2, 2]
     assert result["solve_rate"] == 0.0  # counted as wrong: a lower bound
