@@ -11,6 +11,7 @@ import ast
 import bisect
 import io
 import re
+import tokenize
 from dataclasses import dataclass
 
 from azr_jax import pyast
@@ -243,17 +244,21 @@ _FUNCTION_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
-def _binds(scope: ast.AST, name: str) -> bool:
-    """Whether a function, lambda or comprehension binds `name` in its own scope (a parameter,
-    an assignment or loop target, an import, a nested def), so that inside it the name is not
-    the module-level function. Nested scopes are not looked into; `global name` undoes it."""
+def _scope_binding(scope: ast.AST, name: str) -> str | None:
+    """How a function, lambda or comprehension treats `name` in its own scope: "local" when it
+    binds it (a parameter, an assignment or loop target, an import, a nested def), so that inside
+    it the name is not the module-level function; "global" when it declares `global name`, so
+    that inside it the name is the module-level one whatever encloses it; None otherwise (a
+    `nonlocal name` is None too: the enclosing function binds it). Nested scopes are not looked
+    into."""
     if isinstance(scope, _COMPREHENSIONS):
-        return any(isinstance(n, ast.Name) and n.id == name for g in scope.generators for n in ast.walk(g.target))
+        return "local" if any(isinstance(n, ast.Name) and n.id == name
+                              for g in scope.generators for n in ast.walk(g.target)) else None
     a = scope.args
     if name in {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg] if x is not None}:
-        return True
+        return "local"
     if isinstance(scope, ast.Lambda):
-        return False
+        return None
     bound, declared_global, todo = False, False, list(scope.body)
     while todo:
         n = todo.pop()
@@ -262,7 +267,7 @@ def _binds(scope: ast.AST, name: str) -> bool:
             continue
         if isinstance(n, (ast.Lambda, *_COMPREHENSIONS)):
             continue
-        if isinstance(n, (ast.Global, ast.Nonlocal)):
+        if isinstance(n, ast.Global):
             declared_global |= name in n.names
         elif isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
             bound |= n.id == name
@@ -271,7 +276,14 @@ def _binds(scope: ast.AST, name: str) -> bool:
         elif isinstance(n, ast.ExceptHandler):
             bound |= n.name == name
         todo.extend(ast.iter_child_nodes(n))
-    return bound and not declared_global
+    if declared_global:
+        return "global"
+    return "local" if bound else None
+
+
+def _inner_shadowed(scope: ast.AST, name: str, shadowed: bool) -> bool:
+    binding = _scope_binding(scope, name)
+    return False if binding == "global" else shadowed or binding == "local"
 
 
 def _references(tree: ast.AST, name: str) -> list[ast.Name]:
@@ -293,13 +305,13 @@ def _references(tree: ast.AST, name: str) -> list[ast.Name]:
                      *[r for r in [getattr(node, "returns", None)] if r is not None]]
             for child in outer:
                 visit(child, shadowed)
-            inner = shadowed or _binds(node, name)
+            inner = _inner_shadowed(node, name, shadowed)
             body = node.body if isinstance(node.body, list) else [node.body]
             for child in body:
                 visit(child, inner)
             return
         if isinstance(node, _COMPREHENSIONS):
-            inner = shadowed or _binds(node, name)
+            inner = _inner_shadowed(node, name, shadowed)
             for child in ast.iter_child_nodes(node):
                 visit(child, inner)
             return
@@ -323,6 +335,18 @@ def rename_function(source: str, tree: ast.Module, fn: ast.FunctionDef, new_name
         line = lines[node.lineno - 1]
         start = starts[node.lineno] + _char_col(line, node.col_offset)
         spans.append((start, start + len(old)))
+    # `global old` always means the module-level name, wherever it stands; its names are not
+    # `Name` nodes, so they are found among the statement's tokens.
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global) and old in node.names:
+            begin = starts[node.lineno] + _char_col(lines[node.lineno - 1], node.col_offset)
+            end = starts[node.end_lineno] + _char_col(lines[node.end_lineno - 1], node.end_col_offset)
+            text = source[begin:end]
+            text_starts = _offsets(_lines(text))
+            for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+                if tok.type == tokenize.NAME and tok.string == old:
+                    at = begin + text_starts[tok.start[0]] + tok.start[1]
+                    spans.append((at, at + len(old)))
     # The def's own name sits right after `def` on the def line (decorators come before it).
     line = lines[fn.lineno - 1]
     match = re.compile(r"def\s+").match(line, _char_col(line, fn.col_offset))

@@ -154,6 +154,27 @@ def test_renaming_leaves_a_parameter_or_local_of_the_same_name_alone():
         assert prog.source == renamed, src
 
 
+def test_renaming_follows_global_declarations():
+    """`global g` in any function means the module-level g, so the declaration is renamed with
+    the rebinding it governs (else `f = ...` would become a new local and the program would
+    change meaning), including inside a function where an enclosing scope shadows g."""
+    cases = {
+        "def g(x):\n    return x + 1\ndef h():\n    global g\n    g = abs\n":
+            "def f(x):\n    return x + 1\ndef h():\n    global f\n    f = abs",
+        "def g(x):\n    return x\ndef h():\n    global gg, \\\n        g; g = 2\n":
+            "def f(x):\n    return x\ndef h():\n    global gg, \\\n        f; f = 2",
+        "def g(x):\n    return x\ndef h(g):\n    def k():\n        global g\n        return g(1)\n    return g + k()\n":
+            "def f(x):\n    return x\ndef h(g):\n    def k():\n        global f\n        return f(1)\n    return g + k()",
+        # nonlocal names the enclosing function's variable, never the module's
+        "def g(x):\n    return x\ndef h():\n    g = 1\n    def k():\n        nonlocal g\n        g += 1\n    k()\n    return g\n":
+            "def f(x):\n    return x\ndef h():\n    g = 1\n    def k():\n        nonlocal g\n        g += 1\n    k()\n    return g",
+    }
+    for src, renamed in cases.items():
+        prog = parsing.prepare_program(src, f_replace_location="not_first", reject_multiple_functions=False)
+        assert prog.source == renamed, src
+        compile(prog.source, "<renamed>", "exec")
+
+
 def test_a_fenced_block_wins_over_a_label_line():
     assert parsing.labelled_value("# Output: 6\n```output\n5\n```", "output") == "5"
     assert parsing.labelled_value("# Output: 6\n<output>7</output>", "output") == "6"
