@@ -78,7 +78,8 @@ def _dotted(node: ast.AST) -> list[str] | None:
 
 
 def _bound_names(tree: ast.AST) -> set[str]:
-    """Names the program itself binds (parameters, assignments, defs, imports, handlers)."""
+    """Names the program itself binds (parameters, assignments, defs, handlers). Imports are not
+    counted: `from fileinput import input` binds another module's object, not the program's own."""
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.arg):
@@ -89,8 +90,6 @@ def _bound_names(tree: ast.AST) -> set[str]:
             names.add(node.name)
         elif isinstance(node, ast.ExceptHandler) and node.name:
             names.add(node.name)
-        elif isinstance(node, ast.alias):
-            names.add((node.asname or node.name).split(".")[0])
     return names
 
 

@@ -58,6 +58,9 @@ def verdict(src):
         ("from random import *\ndef f(x):\n    return randint(0, x)", "banned_import"),
         ("def f(x):\n    breakpoint()\n    return x", "banned_builtin"),
         ("def f(x):\n    return f.__code__.co_consts", "escape_attribute"),
+        # an imported `input` is another module's reader, not the program's own name
+        ("from fileinput import input\ndef f(x):\n    return list(input())", "banned_builtin"),
+        ("import fileinput as input\ndef f(x):\n    return input.input()", "banned_builtin"),
     ],
 )
 def test_rejected(src, code):
