@@ -238,4 +238,6 @@ def main(args: argparse.Namespace) -> int:
     with Sandbox(cfg.sandbox) as sandbox:
         counts = score_file(in_path, out_path, cfg, sandbox)
     print(_summary(counts), file=sys.stderr)
-    return 0
+    # Every --out row written, but a file in which no line is a record is almost always the wrong
+    # file (a pretty-printed JSON, a log): a script chaining on the exit status should stop.
+    return 1 if counts["lines"] and counts["errors"] == counts["lines"] else 0

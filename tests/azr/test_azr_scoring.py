@@ -404,7 +404,7 @@ def test_cli_names_an_input_that_is_not_a_file(tmp_path, capsys, make, message):
     assert message in capsys.readouterr().err
 
 
-def test_cli_a_byte_order_mark_is_not_a_bad_record_and_an_all_bad_file_is_named(tmp_path, capsys):
+def test_cli_a_byte_order_mark_is_not_a_bad_record_and_an_all_bad_file_exits_1(tmp_path, capsys):
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_bytes(b"\xef\xbb\xbf" + json.dumps(solve("deduction", TASK, "```output\n9\n```", rid="bom")).encode()
                     + b"\n")
@@ -412,8 +412,12 @@ def test_cli_a_byte_order_mark_is_not_a_bad_record_and_an_all_bad_file_is_named(
     assert json.loads(dst.read_text())["reward"] == 1.0
     capsys.readouterr()
     src.write_text(json.dumps({"a": [1, 2]}, indent=2) + "\n")  # pretty-printed JSON, not JSONL
-    assert cli.main(["score", "--in", str(src), "--out", str(dst), "--set", "sandbox.timeout_s=4"]) == 0
+    # every line still has its bad_record row, but the exit status says nothing was scored
+    assert cli.main(["score", "--in", str(src), "--out", str(dst), "--set", "sandbox.timeout_s=4"]) == 1
     assert "none of the 6 lines is a record" in capsys.readouterr().err
+    assert [json.loads(line)["reason"] for line in dst.read_text().splitlines()] == ["bad_record"] * 6
+    src.write_text("not json\n" + json.dumps(solve("deduction", TASK, "```output\n9\n```", rid="ok")) + "\n")
+    assert cli.main(["score", "--in", str(src), "--out", str(dst), "--set", "sandbox.timeout_s=4"]) == 0
 
 
 def test_cli_stopped_midway_leaves_the_old_out_and_a_partial_file(tmp_path, capsys, monkeypatch):
