@@ -18,8 +18,9 @@ from azr_jax.errors import UserError
 from azr_jax.models.config import ModelConfig
 from azr_jax.models.decoder import init_params
 from azr_jax.rl import advantages
-from azr_jax.rl.logprobs import token_logprobs
-from azr_jax.rl.update import BATCH_AXES, init_train_state, make_reference_logprobs, make_train_step
+from azr_jax.rl.logprobs import token_logprobs, token_logprobs_and_entropy
+from azr_jax.rl.losses import clipped_surrogate
+from azr_jax.rl.update import BATCH_AXES, init_train_state, make_grad_fn, make_reference_logprobs, make_train_step
 from azr_jax.sharding import logical_to_pspec, make_mesh
 
 # Dimensions divisible by 8 (fsdp) and 4 (tensor) so every parameter is really sharded.
@@ -106,6 +107,42 @@ def test_micro_batched_step_equals_full_batch(full_batch_step):
     _assert_same_params(state.opt_state, full_batch_step[0].opt_state)
     for key in ("loss", "pg_loss", "entropy", "clip_frac", "grad_norm"):
         assert metrics[key] == pytest.approx(full_batch_step[1][key], rel=1e-5, abs=1e-7), key
+
+
+def test_micro_batched_grads_equal_the_hand_weighted_per_micro_batch_objective():
+    """make_grad_fn's gradient under `token-mean-per-micro-batch` is that of sum(w * per-token
+    loss) with w written out by hand. The padded and bucketed updates are otherwise only compared
+    with each other, which cannot see a bug both share in calling `aggregation_weights`
+    (chunk_rows = the whole batch, or the wrong micro_rows). (`token-mean` is checked against
+    torch in test_grad_parity.)"""
+    micro = 2
+    batch = {k: v[:6].copy() for k, v in BATCH.items()}
+    batch["loss_mask"][2:4] = 0  # the 2nd block of 2 rows has no loss token (all unjudged rows)
+    mask = batch["loss_mask"]
+    # A token mean inside each block of `micro` consecutive rows, averaged over the blocks with
+    # a loss token (docs/rl.md): counting the empty block would scale every weight by 2/3.
+    blocks = [slice(first, first + micro) for first in range(0, len(mask), micro)]
+    live = [b for b in blocks if mask[b].sum() > 0]
+    assert [mask[b].sum() for b in blocks] == [8, 0, 7]  # unequal blocks: not the batch's token mean
+    weights = np.zeros_like(mask)
+    for b in live:
+        weights[b] = mask[b] / mask[b].sum() / len(live)
+    rl = dataclasses.replace(RL, micro_batch_size=micro, loss_agg="token-mean-per-micro-batch")
+
+    def hand_loss(params):
+        logp, entropy = token_logprobs_and_entropy(params, batch, CFG, jnp.float32)
+        pg = clipped_surrogate(logp, batch["old_logprobs"], batch["advantages"], eps_low=rl.clip_eps_low,
+                               eps_high=rl.clip_eps_high, dual_clip=rl.dual_clip)["pg_loss"]
+        return jnp.sum(weights * (pg - rl.entropy_coef * entropy))
+
+    want = jax.jit(jax.grad(hand_loss))(PARAMS)
+    # The scan's micro-batches are strided (rows 0 and 3, 1 and 4, 2 and 5), the weighting's blocks
+    # consecutive rows: only weights computed over the whole batch give the hand gradient.
+    got, metrics = jax.jit(make_grad_fn(CFG, rl, compute_dtype=jnp.float32))(PARAMS, batch)
+    assert float(metrics["tokens"]) == 15
+    jax.tree_util.tree_map_with_path(
+        lambda path, g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path)),
+        got, want)
 
 
 @pytest.mark.slow
