@@ -245,20 +245,21 @@ _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
 def _scope_binding(scope: ast.AST, name: str) -> str | None:
-    """How a function, lambda or comprehension treats `name` in its own scope: "local" when it
-    binds it (a parameter, an assignment or loop target, an import, a nested def), so that inside
-    it the name is not the module-level function; "global" when it declares `global name`, so
-    that inside it the name is the module-level one whatever encloses it; None otherwise (a
-    `nonlocal name` is None too: the enclosing function binds it). Nested scopes are not looked
-    into."""
+    """How a function, lambda, comprehension or class treats `name` in its own scope: "local"
+    when it binds it (a parameter, an assignment or loop target, an import, a nested def), so
+    that inside it the name is not the module-level function; "global" when it declares
+    `global name`, so that inside it the name is the module-level one whatever encloses it; None
+    otherwise (a `nonlocal name` is None too: the enclosing function binds it). Nested scopes are
+    not looked into."""
     if isinstance(scope, _COMPREHENSIONS):
         return "local" if any(isinstance(n, ast.Name) and n.id == name
                               for g in scope.generators for n in ast.walk(g.target)) else None
-    a = scope.args
-    if name in {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg] if x is not None}:
-        return "local"
-    if isinstance(scope, ast.Lambda):
-        return None
+    if not isinstance(scope, ast.ClassDef):
+        a = scope.args
+        if name in {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg] if x is not None}:
+            return "local"
+        if isinstance(scope, ast.Lambda):
+            return None
     bound, declared_global, todo = False, False, list(scope.body)
     while todo:
         n = todo.pop()
@@ -314,6 +315,15 @@ def _references(tree: ast.AST, name: str) -> list[ast.Name]:
             inner = _inner_shadowed(node, name, shadowed)
             for child in ast.iter_child_nodes(node):
                 visit(child, inner)
+            return
+        if isinstance(node, ast.ClassDef):
+            # `class C: g = 5` makes C.g an attribute, which must keep its name (`self.g`). The
+            # methods do not see the class's names, so they keep the enclosing state.
+            for child in [*node.decorator_list, *node.bases, *node.keywords]:
+                visit(child, shadowed)
+            inner = _inner_shadowed(node, name, shadowed)
+            for stmt in node.body:
+                visit(stmt, shadowed if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else inner)
             return
         for child in ast.iter_child_nodes(node):
             visit(child, shadowed)

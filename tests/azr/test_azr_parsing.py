@@ -175,6 +175,22 @@ def test_renaming_follows_global_declarations():
         compile(prog.source, "<renamed>", "exec")
 
 
+def test_renaming_leaves_class_attributes_of_the_same_name_alone():
+    """A class body that binds the name makes it an attribute (`self.g`), which keeps its name;
+    its methods still see the module's function, and a class body that does not bind it too."""
+    cases = {
+        "def g(x):\n    return x\nclass C:\n    g = 5\n    def m(self):\n        return self.g + g(1)\n":
+            "def f(x):\n    return x\nclass C:\n    g = 5\n    def m(self):\n        return self.g + f(1)",
+        "def g(x):\n    return x\nclass C:\n    def g(self):\n        return 1\n    h = g\n":
+            "def f(x):\n    return x\nclass C:\n    def g(self):\n        return 1\n    h = g",
+        "def g(x):\n    return x\nclass C:\n    h = g(1)\n":
+            "def f(x):\n    return x\nclass C:\n    h = f(1)",
+    }
+    for src, renamed in cases.items():
+        prog = parsing.prepare_program(src, f_replace_location="not_first", reject_multiple_functions=False)
+        assert prog.source == renamed, src
+
+
 def test_a_fenced_block_wins_over_a_label_line():
     assert parsing.labelled_value("# Output: 6\n```output\n5\n```", "output") == "5"
     assert parsing.labelled_value("# Output: 6\n<output>7</output>", "output") == "6"
