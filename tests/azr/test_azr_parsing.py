@@ -139,6 +139,15 @@ def test_induction_message_choice():
     assert not parsing.induction_message("```message\n\n```")
 
 
+def assert_renamed(cases: dict[str, str]) -> None:
+    """Each source's first function renamed to f gives exactly the text expected (which is
+    still a valid program)."""
+    for src, renamed in cases.items():
+        prog = parsing.prepare_program(src, f_replace_location="not_first", reject_multiple_functions=False)
+        assert prog.source == renamed, src
+        compile(prog.source, "<renamed>", "exec")
+
+
 def test_renaming_leaves_a_parameter_or_local_of_the_same_name_alone():
     """Only names that refer to the module-level function are renamed; a parameter, lambda
     argument, comprehension variable or local of the same name is another variable."""
@@ -149,9 +158,7 @@ def test_renaming_leaves_a_parameter_or_local_of_the_same_name_alone():
         "def g(x):\n    g = x\n    return g": "def f(x):\n    g = x\n    return g",
         "def g(n):\n    return 1 if n < 1 else n * g(n - 1)": "def f(n):\n    return 1 if n < 1 else n * f(n - 1)",
     }
-    for src, renamed in cases.items():
-        prog = parsing.prepare_program(src, f_replace_location="not_first", reject_multiple_functions=False)
-        assert prog.source == renamed, src
+    assert_renamed(cases)
 
 
 def test_renaming_follows_global_declarations():
@@ -169,10 +176,7 @@ def test_renaming_follows_global_declarations():
         "def g(x):\n    return x\ndef h():\n    g = 1\n    def k():\n        nonlocal g\n        g += 1\n    k()\n    return g\n":
             "def f(x):\n    return x\ndef h():\n    g = 1\n    def k():\n        nonlocal g\n        g += 1\n    k()\n    return g",
     }
-    for src, renamed in cases.items():
-        prog = parsing.prepare_program(src, f_replace_location="not_first", reject_multiple_functions=False)
-        assert prog.source == renamed, src
-        compile(prog.source, "<renamed>", "exec")
+    assert_renamed(cases)
 
 
 def test_renaming_leaves_class_attributes_of_the_same_name_alone():
@@ -186,9 +190,7 @@ def test_renaming_leaves_class_attributes_of_the_same_name_alone():
         "def g(x):\n    return x\nclass C:\n    h = g(1)\n":
             "def f(x):\n    return x\nclass C:\n    h = f(1)",
     }
-    for src, renamed in cases.items():
-        prog = parsing.prepare_program(src, f_replace_location="not_first", reject_multiple_functions=False)
-        assert prog.source == renamed, src
+    assert_renamed(cases)
 
 
 def test_a_fenced_block_wins_over_a_label_line():
