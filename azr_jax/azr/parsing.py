@@ -274,8 +274,10 @@ def _scope_binding(scope: ast.AST, name: str) -> str | None:
             bound |= n.id == name
         elif isinstance(n, (ast.Import, ast.ImportFrom)):
             bound |= any((al.asname or al.name.split(".")[0]) == name for al in n.names)
-        elif isinstance(n, ast.ExceptHandler):
+        elif isinstance(n, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)):  # `case [g]:` captures g
             bound |= n.name == name
+        elif isinstance(n, ast.MatchMapping):
+            bound |= n.rest == name
         todo.extend(ast.iter_child_nodes(n))
     if declared_global:
         return "global"

@@ -157,6 +157,11 @@ def test_renaming_leaves_a_parameter_or_local_of_the_same_name_alone():
         "def g(xs):\n    return [g for g in xs] + [g(0) for _ in []]": "def f(xs):\n    return [g for g in xs] + [f(0) for _ in []]",
         "def g(x):\n    g = x\n    return g": "def f(x):\n    g = x\n    return g",
         "def g(n):\n    return 1 if n < 1 else n * g(n - 1)": "def f(n):\n    return 1 if n < 1 else n * f(n - 1)",
+        # a match pattern's capture names are locals too
+        "def g(x):\n    match x:\n        case [g]:\n            return g\n    return 0":
+            "def f(x):\n    match x:\n        case [g]:\n            return g\n    return 0",
+        "def g(x):\n    match x:\n        case {**g}:\n            return g\n    return 0":
+            "def f(x):\n    match x:\n        case {**g}:\n            return g\n    return 0",
     }
     assert_renamed(cases)
 
