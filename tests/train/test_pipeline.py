@@ -108,3 +108,43 @@ def test_concat_rows_right_pads_to_the_widest_part():
     out = concat_rows([a, b], pad_id=7)
     assert out["tokens"].shape == (3, 5) and out["tokens"][0].tolist() == [1, 1, 1, 7, 7]
     assert out["loss_mask"][0].tolist() == [1, 1, 1, 0, 0] and out["tokens"][2].tolist() == [2] * 5
+
+
+def test_a_prompt_of_exactly_max_prompt_len_tokens_is_kept():
+    """The limit is inclusive: a prompt that fills it exactly fits (a strict check refused it and
+    called the batch impossible)."""
+    batch = build_prompt_batch(lambda index, rng: {"refs": ["epsilon"]}, render, encode, batch_size=2,
+                               max_prompt_len=len("epsilon"), seed=0, pad_id=0, length_buckets=[8])
+    assert [len(ids) for ids in batch.prompt_ids] == [7, 7]
+
+
+def test_padding_rows_repeat_the_last_prompt():
+    """Padding rows hold a real prompt (never an all-padding row with nothing to attend to) and
+    are masked out by row_mask."""
+    jobs = [{"i": i} for i in range(3)]
+    batch = batch_from_prompts(jobs, ["ab", "abcd", "a"], encode, pad_id=0, length_buckets=[4, 8], batch_multiple=4)
+    assert batch.row_mask.tolist() == [True, True, True, False]
+    assert batch.tokens[3].tolist() == batch.tokens[2].tolist() and batch.mask[3].sum() == 1
+
+
+def test_collate_refuses_a_row_count_that_does_not_fit():
+    from azr_jax.data import collate
+
+    items = [({"i": i}, "ab", encode("ab")) for i in range(3)]
+    assert collate(items, pad_id=0, length_buckets=[4], batch_multiple=2, rows=4).tokens.shape == (4, 4)
+    for rows, multiple in ((2, 1), (6, 4)):  # fewer rows than prompts; not a multiple of the shards
+        with pytest.raises(ValueError, match=f"{rows} rows cannot hold 3 prompts in multiples of {multiple}"):
+            collate(items, pad_id=0, length_buckets=[4], batch_multiple=multiple, rows=rows)
+
+
+def test_pad_rows_appends_rows_that_carry_nothing():
+    """Appended rows: `tokens` pad_id, every other array 0 (no loss, no weight); never fewer rows."""
+    from azr_jax.data.pipeline import pad_rows
+
+    part = {"tokens": np.ones((2, 3), np.int32), "loss_mask": np.ones((2, 3), np.int32)}
+    out = pad_rows(part, 4, pad_id=7)
+    assert out["tokens"].tolist() == [[1, 1, 1]] * 2 + [[7, 7, 7]] * 2
+    assert out["loss_mask"].tolist() == [[1, 1, 1]] * 2 + [[0, 0, 0]] * 2
+    assert pad_rows(part, 2, pad_id=7)["tokens"].tolist() == part["tokens"].tolist()
+    with pytest.raises(ValueError, match="cannot pad 2 rows to 1"):
+        pad_rows(part, 1, pad_id=7)
