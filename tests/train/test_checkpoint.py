@@ -327,3 +327,54 @@ def test_a_failed_wait_or_save_is_a_user_error_naming_the_directory(tmp_path, mo
     monkeypatch.setattr(ckpt._manager, "save", fail)
     with pytest.raises(UserError, match="saving a checkpoint under"):
         ckpt.save(1, _state(1), {"step": 1})
+
+
+def test_a_host_record_of_another_step_is_refused(tmp_path):
+    """A checkpoint directory whose host record names another step (a copied or renamed step
+    directory) would resume the buffers and pipeline of that other step with these weights."""
+    ckpt = Checkpoints(tmp_path / "ck", writer=True)
+    ckpt.save(1, _state(1), {"step": 5})
+    ckpt.close()
+    with pytest.raises(UserError, match=r"ck/1 is corrupt: its host record does not match"):
+        Checkpoints(tmp_path / "ck").restore(1, abstract_like(_state(0)))
+
+
+def test_a_reader_of_a_missing_directory_creates_nothing(tmp_path):
+    """`eval --run` with a mistyped path must not leave an empty checkpoint directory behind."""
+    reader = Checkpoints(tmp_path / "run" / "checkpoints")
+    assert reader.latest_step() is None and reader.all_steps() == []
+    reader.close()
+    assert not (tmp_path / "run").exists()
+
+
+def test_checksums_see_elements_swapped_across_axes():
+    """The flat index must weigh each axis by its stride: with every axis weighted 1, elements
+    (0, 1) and (1, 0) share an index and swapping them went unseen."""
+    from azr_jax.checkpoint import state_checksums
+
+    a = jnp.arange(6, dtype=jnp.float32).reshape(2, 3)
+    swapped = a.at[0, 1].set(a[1, 0]).at[1, 0].set(a[0, 1])
+    assert state_checksums({"a": a}) != state_checksums({"a": swapped})
+
+
+@pytest.mark.parametrize("text, match", [('{"step": true}', "has no step"), ('{"step": 1.5}', "has no step"),
+                                         ('{"step": 2', "is unreadable"), ("", "is unreadable")])
+def test_a_rollback_record_that_names_no_step_is_a_user_error(tmp_path, text, match):
+    """A record cut off by a crash, or not naming a whole step, is one line asking for the step."""
+    from azr_jax.checkpoint import pending_rollback
+
+    (tmp_path / "rollback.json").write_text(text)
+    with pytest.raises(UserError, match=f"rollback.json {match}.*name the step to use"):
+        pending_rollback(tmp_path)
+
+
+def test_saved_steps_lists_complete_checkpoint_directories_only(tmp_path):
+    """What `train` checks before it decides fresh start or resume: a save in progress (or
+    killed) and other files are no checkpoints."""
+    from azr_jax.checkpoint import saved_steps
+
+    assert saved_steps(tmp_path / "missing") == []
+    for name in ("10", "2", "3.orbax-checkpoint-tmp-5", "notes"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "7").write_text("")
+    assert saved_steps(tmp_path) == [2, 10]
