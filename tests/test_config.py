@@ -452,3 +452,93 @@ def test_input_paths_are_read_before_the_weights(tmp_path, monkeypatch):
 def test_common_short_names_point_to_the_key_they_abbreviate(override, hint):
     with pytest.raises(UserError, match=re.escape(hint)):
         load_config("configs/nano.py", [override])
+
+
+# ----------------------------------------------------------------------------------------------
+# Every range check, every type check (one untested entry can be dropped unnoticed)
+# ----------------------------------------------------------------------------------------------
+
+POSITIVE_KEYS = [
+    "azr.batch_size", "azr.n_solver_samples", "azr.solver_samples", "azr.buffer_cap", "sandbox.timeout_s",
+    "sandbox.memory_mb", "sandbox.max_file_mb", "sandbox.max_open_files", "sandbox.max_processes",
+    "sampling.max_prompt_len", "sampling.max_response_len", "sampling.max_rows", "rl.micro_batch_size",
+    "train.steps", "train.save_every", "train.keep_checkpoints", "train.log_every", "azr.seed_max_rounds",
+    "azr.learnability_temperature", "eval.samples", "eval.max_response_len", "optim.eps",
+    "pretrain.corpus_programs", "pretrain.max_program_steps", "pretrain.vocab_size", "pretrain.steps",
+    "pretrain.batch_size", "pretrain.seq_len", "pretrain.learning_rate",
+]
+NOT_NEGATIVE_KEYS = [
+    "azr.n_references", "azr.max_output_chars", "sampling.top_k", "eval.max_items", "optim.learning_rate",
+    "optim.warmup_steps", "optim.weight_decay", "rl.kl_coef", "rl.logits_chunk", "rl.attention_chunk",
+    "sampling.prefill_chunk", "pretrain.warmup_steps", "pretrain.weight_decay",
+]
+
+
+def test_every_count_and_size_is_range_checked():
+    """A zero prompt limit, micro-batch or step count loaded fine and failed (or did nothing)
+    deep inside a run; each key is named in its error."""
+    for key in POSITIVE_KEYS:
+        with pytest.raises(UserError, match=f"'{re.escape(key)}' must be positive, got 0"):
+            apply_overrides(Config(), [f"{key}=0"])
+    for key in NOT_NEGATIVE_KEYS:
+        with pytest.raises(UserError, match=f"'{re.escape(key)}' must be >= 0, got -1"):
+            apply_overrides(Config(), [f"{key}=-1"])
+        apply_overrides(Config(), [f"{key}=0"] + (["azr.max_output_chars=0"] if key == "azr.max_output_chars" else []))
+
+
+@pytest.mark.parametrize("item, match", [
+    ("optim.b2=1", r"'optim.b2' must be in \[0, 1\)"),  # the second moment would never move off 0
+    ("optim.b1=1", r"'optim.b1' must be in \[0, 1\)"),
+    ("rl.clip_eps_low=0", r"'rl.clip_eps_low' must be in \(0, 1\)"),  # no room for the ratio to move
+    ("mesh.shape.data=0", "'mesh.shape.data' must be a positive int or -1"),
+    ("azr.seed_size=5", "azr.seed_size=5 is larger than azr.buffer_cap=4"),  # one over the cap
+])
+def test_range_boundaries_are_refused(item, match):
+    with pytest.raises(UserError, match=match):
+        apply_overrides(Config(), ["azr.buffer_cap=4", item])
+
+
+@pytest.mark.parametrize("item, match", [
+    ("train.steps=2.5", "'train.steps' expects an int, got 2.5"),  # was cut to 2
+    ("azr.batch_size=true", "'azr.batch_size' expects an int, got True"),  # was 1
+    ("optim.learning_rate=true", "'optim.learning_rate' expects a float, got True"),  # was 1.0
+])
+def test_set_values_of_another_type_are_not_converted(item, match):
+    with pytest.raises(UserError, match=match):
+        apply_overrides(Config(), [item])
+    assert apply_overrides(Config(), ["train.steps=3.0"]).train.steps == 3  # a whole number is one
+
+
+def test_a_config_file_is_type_checked_key_by_key(tmp_path):
+    """A config.json (edited by hand, or from another version) gets the checks a --set gets: a
+    misspelt key is an error, not a silently ignored line; values are not converted across types."""
+    p = tmp_path / "config.json"
+    for data, match in [({"train": {"stepz": 3}}, r"unknown config key 'train.stepz'; did you mean 'train.steps'"),
+                        ({"name": 3}, "'name' expects a string, got 3"),
+                        ({"azr": {"batch_size": 4.5}}, "'azr.batch_size' expects an int")]:
+        p.write_text(json.dumps(data))
+        with pytest.raises(UserError, match=match):
+            load_config(p)
+    p.write_text(json.dumps({"azr": {"propose": "0", "clean_programs": "1", "train_propose": "no"}}))
+    cfg = load_config(p)
+    assert (cfg.azr.propose, cfg.azr.clean_programs, cfg.azr.train_propose) == (False, True, False)
+    yaml = tmp_path / "config.yaml"
+    yaml.write_text("{}")
+    with pytest.raises(UserError, match="config file must be .py or .json"):
+        load_config(yaml)
+
+
+def test_set_splits_at_the_first_equals_sign_and_trims_the_key():
+    cfg = apply_overrides(Config(), ["name=a=b", " azr.batch_size =4"])
+    assert cfg.name == "a=b" and cfg.azr.batch_size == 4
+
+
+def test_an_override_leaves_the_config_it_started_from_unchanged():
+    """Configs are frozen values: the resume check compares the checkpoint's config with the new
+    one, and a --set that wrote into a shared dict changed both."""
+    base = Config()
+    new = apply_overrides(base, ["model.overrides.rope.factor=2", "mesh.shape.fsdp=4"])
+    assert new.model.overrides == {"rope": {"factor": 2}} and new.mesh.shape["fsdp"] == 4
+    assert base.model.overrides == {} and base.mesh.shape == {"data": 1, "fsdp": -1, "tensor": 1}
+    nested = apply_overrides(new, ["model.overrides.rope.kind=linear"])
+    assert new.model.overrides == {"rope": {"factor": 2}} and nested.model.overrides["rope"]["kind"] == "linear"
