@@ -58,3 +58,47 @@ def test_cruxeval_lines_become_deduction_and_abduction_items(tmp_path):
     p.write_text(json.dumps({"code": "def f(): pass", "input": 3, "output": "None"}) + "\n")
     with pytest.raises(UserError, match="line 1: expected an object with string fields"):
         load_cruxeval(p)
+
+
+def test_read_objects_skips_whitespace_only_lines(tmp_path):
+    """A file saved with Windows line ends has "\\r" on its blank lines: blank all the same."""
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b'{"a": 1}\r\n\r\n  \t\r\n{"a": 2}\r\n')
+    assert list(read_objects(p, "test file")) == [(1, {"a": 1}), (4, {"a": 2})]
+
+
+def test_read_json_object_names_the_file_and_what_it_is(tmp_path):
+    from azr_jax.jsonl import read_json_object
+
+    p = tmp_path / "config.json"
+    p.write_text('{"a": [1]}')
+    assert read_json_object(p, "model config") == {"a": [1]}
+    for content, match in [(b"[1, 2]", r"config.json must hold a JSON object \(model config\), found list"),
+                           (b'{"a": ', r"config.json is not valid JSON \(model config\)"),
+                           (b'{"a": "\xff"}', r"config.json is not valid JSON \(model config\)"),  # not UTF-8
+                           (b"[" * 100_000 + b"]" * 100_000, r"is not valid JSON \(model config\)")]:
+        p.write_bytes(content)
+        with pytest.raises(UserError, match=match):
+            read_json_object(p, "model config")
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_content(tmp_path, monkeypatch):
+    """A reader (another process, the next start after a kill) sees the old file or the new one:
+    the new text goes to a temporary file first, never into the file being replaced."""
+    import os
+
+    from azr_jax import jsonl
+
+    p = tmp_path / "state.json"
+    p.write_text("old")
+
+    def killed(src, dst):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(jsonl.os, "replace", killed)
+    with pytest.raises(OSError):
+        jsonl.write_text_atomically(p, "new")
+    assert p.read_text() == "old"
+    monkeypatch.undo()
+    jsonl.write_text_atomically(p, "new", durable=True)
+    assert p.read_text() == "new" and os.listdir(tmp_path) == ["state.json"]
