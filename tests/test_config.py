@@ -492,6 +492,9 @@ def test_every_count_and_size_is_range_checked():
     ("rl.clip_eps_low=0", r"'rl.clip_eps_low' must be in \(0, 1\)"),  # no room for the ratio to move
     ("mesh.shape.data=0", "'mesh.shape.data' must be a positive int or -1"),
     ("azr.seed_size=5", "azr.seed_size=5 is larger than azr.buffer_cap=4"),  # one over the cap
+    ("azr.answer_diversity_max=-0.5", "answer_diversity_max must be >= 0"),  # a penalty for a valid task
+    ("eval.temperature=-1", "eval.temperature must be >= 0"),
+    ("eval.samples=2", "eval.samples=2 needs eval.temperature > 0"),  # pass@2 of two identical answers
 ])
 def test_range_boundaries_are_refused(item, match):
     with pytest.raises(UserError, match=match):
@@ -542,3 +545,10 @@ def test_an_override_leaves_the_config_it_started_from_unchanged():
     assert base.model.overrides == {} and base.mesh.shape == {"data": 1, "fsdp": -1, "tensor": 1}
     nested = apply_overrides(new, ["model.overrides.rope.kind=linear"])
     assert new.model.overrides == {"rope": {"factor": 2}} and nested.model.overrides["rope"]["kind"] == "linear"
+
+
+def test_the_off_values_of_optional_checks_load():
+    """0 and null are documented as "off": the range checks must not refuse them."""
+    cfg = apply_overrides(Config(), ["train.audit_every=0", "optim.grad_clip_norm=null", "rl.dual_clip=null",
+                                     "eval.temperature=0", "sandbox.workers=0", "train.eval_every=-1"])
+    assert (cfg.train.audit_every, cfg.optim.grad_clip_norm, cfg.rl.dual_clip) == (0, None, None)

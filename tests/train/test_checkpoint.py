@@ -378,3 +378,13 @@ def test_saved_steps_lists_complete_checkpoint_directories_only(tmp_path):
         (tmp_path / name).mkdir()
     (tmp_path / "7").write_text("")
     assert saved_steps(tmp_path) == [2, 10]
+
+
+def test_each_checksum_is_filed_under_its_own_array():
+    """The damaged-checkpoint error names arrays by these keys: a list of 12 layers (scan_layers
+    off) flattens in index order, which is not the sorted order of the names ("10" < "2")."""
+    from azr_jax.checkpoint import state_checksums
+
+    layers = [jnp.full((2,), float(i)) for i in range(12)]
+    sums = state_checksums({"layers": layers})
+    assert all(sums[f"layers/{i}"] == state_checksums({"x": layer})["x"] for i, layer in enumerate(layers))

@@ -148,3 +148,24 @@ def test_pad_rows_appends_rows_that_carry_nothing():
     assert pad_rows(part, 2, pad_id=7)["tokens"].tolist() == part["tokens"].tolist()
     with pytest.raises(ValueError, match="cannot pad 2 rows to 1"):
         pad_rows(part, 1, pad_id=7)
+
+
+def test_the_prompt_limit_counts_tokens_not_characters():
+    """max_prompt_len is in tokens: with one token per word every prompt of up to 3 references
+    fits in 3 tokens, though each is longer than 3 characters."""
+    batch_words = build_prompt_batch(pick, render, lambda text: [len(w) for w in text.split()], batch_size=5,
+                                     max_prompt_len=3, seed=5, pad_id=0, length_buckets=[4])
+    assert batch_words.size == 5 and max(len(job["refs"]) for job in batch_words.jobs) > 1
+    assert all(len(text) > 3 for text in batch_words.prompts)
+
+
+def test_rows_are_a_multiple_of_any_shard_count():
+    """3 batch shards (e.g. a data axis of 3): 5 prompts take the batch bucket 8 rounded up to 9
+    rows, which split evenly over the shards."""
+    batch = _batch(6, batch_multiple=3)
+    assert batch.tokens.shape[0] == 9 and batch.row_mask.tolist() == [True] * 5 + [False] * 4
+
+
+def test_batch_from_prompts_refuses_unequal_jobs_and_prompts():
+    with pytest.raises(ValueError):  # zip would drop the job without a prompt, silently
+        batch_from_prompts([{"i": 0}, {"i": 1}], ["ab"], encode, pad_id=0, length_buckets=[4])
