@@ -217,6 +217,26 @@ def test_rollout_batch_layout():
     assert b["old_logprobs"][0].tolist() == [0, 0, 0, 0, -1, -2, 0]
 
 
+def test_rollout_batch_refuses_rows_that_are_not_prompts_times_samples():
+    """Rows are paired with prompts by index (row // n_samples): 4 rows read as 2 prompts x 3
+    samples would silently give the second prompt's completions to the first."""
+    comp = Completions(tokens=np.zeros((4, 2), np.int32), logprobs=np.zeros((4, 2), np.float32),
+                       lengths=np.ones(4, np.int32), finished=np.zeros(4, bool))
+    with pytest.raises(ValueError, match="4 completion rows for 2 prompts x 3 samples"):
+        rollout_batch([[1], [2]], comp, 3, length_buckets=(4,))
+
+
+def test_logprob_gap_is_max_mean_and_signed_bias_over_the_mask():
+    """Only masked (response) tokens count: differences 0.5 and -1.0 give max 1.0, mean 0.75
+    and bias -0.25 (negative: the sampler's logprobs are lower). An empty mask gives 0, not NaN."""
+    sampler = np.array([[0.0, -1.0, -2.0, 5.0]], np.float32)
+    trainer = np.array([[3.0, -1.5, -1.0, 0.0]], np.float32)
+    gap = {k: float(v) for k, v in logprob_gap(sampler, trainer, np.array([[0, 1, 1, 0]])).items()}
+    assert gap == pytest.approx({"logprob_gap_max": 1.0, "logprob_gap_mean": 0.75, "logprob_gap_bias": -0.25})
+    empty = logprob_gap(sampler, trainer, np.zeros((1, 4)))
+    assert {k: float(v) for k, v in empty.items()} == {k: 0.0 for k in gap}
+
+
 def test_same_buckets_do_not_recompile(params):
     _gen(params)  # compiled (or already cached) for these buckets
     compiles = []
@@ -293,3 +313,36 @@ def test_bad_prompts_raise_user_error(params, prompts, message):
 def test_budget_count_must_match_prompts(params):
     with pytest.raises(UserError, match="budgets has 2 entries for"):
         _gen(params, SamplingSettings(temperature=0.0, max_new_tokens=8, budgets=[2, 3]))
+
+
+def test_top_k_and_top_p_reach_the_decode_loop(params, reference):
+    """generate hands top-k and top-p on to the token choice: k = 1, or a nucleus holding only
+    the most likely token, samples the greedy completion at T = 1 whatever the key."""
+    greedy = [tokens for tokens, _ in reference for _ in range(2)]
+    for s in (SamplingSettings(temperature=1.0, top_k=1, max_new_tokens=8),
+              SamplingSettings(temperature=1.0, top_p=1e-6, max_new_tokens=8)):
+        assert _gen(params, s, n=2, key=13).tokens.tolist() == greedy
+
+
+def test_every_step_draws_with_fresh_randomness(params):
+    """Each (row, step) has its own key. Near-uniform draws (T = 1000 over 32 ids) then vary
+    along a row; one key reused for every step of a row gives the same noise each step, and the
+    row repeats one token."""
+    out = _gen(params, SamplingSettings(temperature=1000.0, max_new_tokens=8), n=2, key=17)
+    assert all(len(set(row)) > 1 for row in out.tokens.tolist())
+
+
+def test_pad_tokens_after_a_budget_are_not_an_eos(params, reference):
+    """A tokenizer without a pad token pads with EOS (pad_id = eos). A row cut off by its budget
+    is then followed by pad tokens equal to the EOS id; they are not generated, so the row stays
+    unfinished (finished=False feeds the trainer's truncation handling)."""
+    absent = next(t for t in range(CFG.vocab_size) if all(t not in tokens for tokens, _ in reference))
+    s = SamplingSettings(temperature=0.0, max_new_tokens=8, budgets=[2, 8, 5], eos_ids=[absent])
+    out = _gen(params, s, pad_id=absent)
+    assert out.lengths.tolist() == [2, 8, 5] and not out.finished.any()
+    assert out.tokens[0, 2:].tolist() == [absent] * 6
+
+
+def test_n_samples_must_be_positive(params):
+    with pytest.raises(UserError, match="n_samples must be positive"):
+        _gen(params, n=0)

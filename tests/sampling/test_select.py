@@ -107,3 +107,19 @@ def test_each_row_draw_depends_only_on_its_own_key():
     full, _ = choose_tokens(logits, keys, 1.0, 1.0, greedy=False, top_k=0, use_top_p=False)
     part, _ = choose_tokens(logits[2:4], keys[2:4], 1.0, 1.0, greedy=False, top_k=0, use_top_p=False)
     np.testing.assert_array_equal(full[2:4], part)
+
+
+def test_top_p_on_a_very_peaked_distribution_keeps_only_the_top_token():
+    """Low temperatures give logit gaps in the hundreds. The nucleus masses are taken relative
+    to the largest logit, so no exp overflows: one token holds all the mass and alone is kept."""
+    peaked = jnp.array([[0.0, -100.0, -200.0, -300.0]])
+    assert _kept(truncate(peaked, 0.9, top_k=0, use_top_p=True)) == [True, False, False, False]
+    assert _kept(truncate(peaked, 0.9, top_k=3, use_top_p=True)) == [True, False, False, False]
+
+
+def test_top_k_at_or_past_the_vocabulary_keeps_every_token():
+    """sampling.top_k is set without knowing the model: k >= vocab truncates nothing (and must
+    not ask lax.top_k for more entries than there are)."""
+    for k in (5, 6, 1000):
+        assert _kept(truncate(LOGITS, 1.0, top_k=k, use_top_p=False)) == [True] * 5
+        assert _kept(truncate(LOGITS, 0.8, top_k=k, use_top_p=True)) == [True, True, True, False, False]

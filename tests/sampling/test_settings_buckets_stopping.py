@@ -53,6 +53,7 @@ def test_bucket_length():
     assert bucket_length(1) == 16 and bucket_length(16) == 16 and bucket_length(17) == 32
     assert bucket_length(5, [8, 4]) == 8 and bucket_length(3, [8, 4]) == 4
     assert bucket_length(20, [8]) == 24  # past the largest: next multiple of it
+    assert bucket_length(24, [8]) == 24 and bucket_length(25, [8]) == 32  # a multiple is its own bucket
 
 
 def test_bucket_batch():
@@ -83,3 +84,14 @@ def test_no_stops_and_no_eos_never_match():
     assert not ends_with_stop(window, table).any()
     assert not is_eos(jnp.arange(5, dtype=jnp.int32), jnp.asarray(eos_array([]))).any()
     assert is_eos(jnp.arange(5, dtype=jnp.int32), jnp.asarray(eos_array([3, 0]))).tolist() == [True, False, False, True, False]
+
+
+def test_a_stop_sequence_starting_with_token_0_needs_that_token_generated():
+    """The window starts filled with a value no token id equals, so the prompt (not in the
+    window) never completes a stop sequence: (0, 9) matches only once 0 then 9 are generated,
+    not a completion whose first token is 9."""
+    table = jnp.asarray(stop_table([(0, 9)]))
+    empty = jnp.full((1, table.shape[1]), WINDOW_FILL, jnp.int32)
+    nine, zero = jnp.asarray([9], jnp.int32), jnp.asarray([0], jnp.int32)
+    assert ends_with_stop(push_window(empty, nine), table).tolist() == [False]
+    assert ends_with_stop(push_window(push_window(empty, zero), nine), table).tolist() == [True]
