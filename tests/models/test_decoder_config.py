@@ -236,3 +236,49 @@ def test_presets_registry_and_hashing():
             register_preset("test-tiny-model-core", small_config("llama"))
     finally:
         PRESETS.pop("test-tiny-model-core")
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3"])
+def test_fields_left_out_of_an_hf_config_take_the_transformers_defaults(arch):
+    """config.json may leave out fields that have defaults; the model read from it must be the
+    one transformers builds from the same file (untied head, norm eps, RoPE theta)."""
+    omitted = ("tie_word_embeddings", "rms_norm_eps", "rope_theta")
+    sparse = {k: v for k, v in small_config(arch).to_hf_config().items() if k not in omitted}
+    ours = ModelConfig.from_hf_config(sparse)
+    theirs = transformers.AutoConfig.for_model(**sparse)
+    assert ours.tie_word_embeddings == theirs.tie_word_embeddings
+    assert ours.rms_norm_eps == theirs.rms_norm_eps
+    assert ours.rope_theta == theirs.rope_parameters["rope_theta"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(num_kv_heads=3), "must be a multiple of num_kv_heads"),  # GQA groups would not divide
+    (dict(head_dim=23), "head_dim must be even"),  # RoPE rotates half-dimension pairs
+    (dict(tokenizer_vocab_size=513), r"tokenizer_vocab_size must be in \[1, vocab_size=512\]"),
+    (dict(tokenizer_vocab_size=0), r"tokenizer_vocab_size must be in \[1, vocab_size=512\]"),
+])
+def test_model_config_refuses_shapes_the_decoder_cannot_run(change, message):
+    with pytest.raises(UserError, match=message):
+        small_config("qwen2", **change)
+
+
+def test_a_tokenizer_exactly_as_large_as_the_vocabulary_is_accepted():
+    """The usual case when the embedding is not padded (tokenizer_vocab_size == vocab_size)."""
+    assert small_config("qwen2", tokenizer_vocab_size=512).tokenizer_vocab_size == 512
+
+
+def test_init_params_follow_the_transformers_initialisation():
+    """Random weights are N(0, 0.02) (transformers' initializer_range), norms 1, biases 0."""
+    params = init_params(small_config("qwen2"), jax.random.key(0))
+    embedding = np.asarray(params["embed"]["embedding_vd"])  # 512 x 64 draws
+    assert abs(embedding.std() - 0.02) < 5e-4 and abs(embedding.mean()) < 5e-4
+    assert abs(np.asarray(params["layers"]["q_proj_dnh"]).std() - 0.02) < 1e-3
+    assert (np.asarray(params["layers"]["attn_norm_d"]) == 1).all() and (np.asarray(params["final_norm_d"]) == 1).all()
+    assert (np.asarray(params["layers"]["q_bias_nh"]) == 0).all()
+
+
+def test_a_llama_config_without_num_key_value_heads_has_a_kv_head_per_query_head():
+    """transformers' LlamaConfig reads a missing num_key_value_heads as num_attention_heads."""
+    hf = {k: v for k, v in small_config("llama").to_hf_config().items() if k != "num_key_value_heads"}
+    theirs = transformers.AutoConfig.for_model(**hf).num_key_value_heads
+    assert ModelConfig.from_hf_config(hf).num_kv_heads == theirs == 4

@@ -21,7 +21,7 @@ from azr_jax.errors import UserError
 from azr_jax.models.checkpoint_hf import Model, from_pretrained, parse_size, read_block
 from azr_jax.models.decoder import init_params, param_shardings
 from azr_jax.models.hf_mapping import hf_tensor_specs
-from azr_jax.models.safetensors_io import SafetensorsReader
+from azr_jax.models.safetensors_io import SafetensorsReader, TensorPlan, plan_shards, write_checkpoint
 from azr_jax.sharding import make_mesh
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -273,6 +273,14 @@ def _index_to_missing_file(d):
     (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: "gone.safetensors" for n in names}}))
 
 
+def _index_places_a_tensor_in_a_shard_that_lacks_it(d):
+    with SafetensorsReader(d) as reader:
+        names = list(reader.tensors)
+    (d / "model.safetensors").rename(d / "shard.safetensors")
+    weight_map = {n: "shard.safetensors" for n in names + ["model.layers.0.mlp.extra.weight"]}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
 BAD_CHECKPOINTS = {
     "missing config.json": (lambda d: (d / "config.json").unlink(), "has no config.json"),
     "config.json not JSON": (lambda d: (d / "config.json").write_text("{oops"), "not valid JSON"),
@@ -284,6 +292,9 @@ BAD_CHECKPOINTS = {
     "missing layer": (_edit_config(num_hidden_layers=3), "lacks tensor model.layers.2"),
     "extra tensors": (_edit_config(num_hidden_layers=1), "does not account for: model.layers.1"),
     "index names a missing shard": (_index_to_missing_file, "refers to gone.safetensors"),
+    "index places a tensor in a shard that lacks it": (
+        _index_places_a_tensor_in_a_shard_that_lacks_it,
+        "shard.safetensors lacks tensor.* that model.safetensors.index.json places there: model.layers.0.mlp.extra"),
 }
 
 
@@ -374,6 +385,20 @@ def test_a_tensor_copied_into_another_shard_loads_as_transformers_loads_it(tmp_p
         expected = theirs(torch.tensor(tokens)).logits.numpy()
     np.testing.assert_allclose(np.asarray(ours.logits(tokens)), expected, atol=2e-4)
     assert f"{other} holds tensor(s) that model.safetensors.index.json places in another file: {name}" in caplog.text
+
+
+def test_shards_fill_up_to_the_limit_and_tensor_data_is_8_byte_aligned(tmp_path):
+    """A shard may hold exactly max_shard_bytes. The header is padded with spaces so the tensor
+    data starts at a multiple of 8 bytes, as the safetensors format asks (zero-copy readers)."""
+    plans = [TensorPlan(f"t{i}", (2,), np.dtype(np.float32)) for i in range(4)]  # 8 bytes each
+    assert [[t.name for t in shard] for shard in plan_shards(plans, 16)] == [["t0", "t1"], ["t2", "t3"]]
+    for n in range(1, 5):  # headers of several lengths
+        (path,) = write_checkpoint(tmp_path / str(n), plans[:n], lambda t: np.ones(t.shape, t.dtype))
+        header_len = int.from_bytes(path.read_bytes()[:8], "little")
+        assert header_len % 8 == 0
+        with SafetensorsReader(tmp_path / str(n)) as reader:
+            assert sorted(reader.tensors) == [f"t{i}" for i in range(n)]
+            np.testing.assert_array_equal(reader.read("t0"), np.ones(2, np.float32))
 
 
 def test_parse_size():

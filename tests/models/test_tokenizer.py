@@ -118,6 +118,15 @@ def test_special_ids_fall_back_to_generation_and_model_config(tmp_path):
     assert load_tokenizer(d).eos_ids == (2,)
 
 
+def test_stop_ids_are_the_tokenizer_eos_then_the_generation_config_list(tmp_path):
+    """An instruct tokenizer's EOS (<|im_end|>, id 2) need not be in generation_config.json's
+    list; generation stops on both, the tokenizer's own first and without repeats."""
+    for name, listed in (("a", [0]), ("b", [0, 2])):
+        d = _train_bpe(tmp_path / name, tokenizer_config={"eos_token": "<|im_end|>"},
+                       generation_config={"eos_token_id": listed})
+        assert load_tokenizer(d).eos_ids == (2, 0)
+
+
 def test_special_tokens_map_and_chat_template_file_take_priority_as_in_transformers(tmp_path):
     """special_tokens_map.json's tokens win over tokenizer_config.json's and over the configs'
     ids; chat_template.jinja wins over tokenizer_config.json's template."""
@@ -161,6 +170,8 @@ def test_sentencepiece_matches_processor_and_roundtrips(tmp_path):
     for bad_id in (400, -1):  # as the tokenizer.json backend
         with pytest.raises(UserError, match=f"token id {bad_id} is outside the vocabulary \\(size 400\\)"):
             tok.decode([5, bad_id])
+        assert tok.id_to_token(bad_id) is None  # as tokenizers' id_to_token answers (no exception)
+    assert tok.id_to_token(2) == "</s>"
     tok.save(tmp_path / "saved")
     again = load_tokenizer(tmp_path / "saved")
     assert again.encode(text) == tok.encode(text) and again.eos_id == tok.eos_id
@@ -188,6 +199,10 @@ def test_bad_tokenizer_inputs_raise_user_error(tmp_path, bpe_dir):
     (bad / "tokenizer_config.json").write_text('{}')
     (bad / "generation_config.json").write_text('{"eos_token_id": 9999}')
     with pytest.raises(UserError, match="outside the tokenizer vocabulary"):
+        load_tokenizer(bad)
+    size = load_tokenizer(bpe_dir).vocab_size  # one past the last id is outside too
+    (bad / "generation_config.json").write_text(json.dumps({"eos_token_id": size}))
+    with pytest.raises(UserError, match=f"eos token id {size} is outside the tokenizer vocabulary"):
         load_tokenizer(bad)
     tok = load_tokenizer(bpe_dir)
     for bad_id in (tok.vocab_size, -1):  # the Rust decoder dropped the first silently, overflowed on the second
