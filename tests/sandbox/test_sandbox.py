@@ -666,3 +666,291 @@ def test_a_deep_frozenset_output_is_too_deep_not_forged(sb):
     shallow, deep = sb.run([Job(program, ["40"], repeats=1), Job(program, ["100"], repeats=1)])
     assert shallow.outputs[0] is not None and shallow.outputs[0].count("frozenset") == 41, shallow
     assert deep.outputs == [None] and deep.errors[0].startswith("unrepresentable: too deep"), deep
+
+
+@pytest.mark.parametrize("isolation", ["bwrap", "unshare"])
+def test_the_namespaces_hold_without_the_seccomp_filter(isolation):
+    """Each layer must hold on its own: with the filter on, `socket` is refused before a missing
+    network namespace or bwrap's --disable-userns could show. With `sandbox.seccomp=false` a job
+    still sees only its own loopback interface, cannot reach a host listener on 127.0.0.1 and,
+    in bwrap, cannot make a nested user namespace."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    program = (
+        "import ctypes, socket\ndef f(port):\n    try:\n        socket.create_connection(('127.0.0.1', port), timeout=1).close()\n"
+        "        reached = 'connected'\n    except OSError:\n        reached = 'blocked'\n"
+        "    libc = ctypes.CDLL(None, use_errno=True)\n    userns = libc.unshare(0x10000000) == 0  # CLONE_NEWUSER\n"
+        "    return (sorted(name for _, name in socket.if_nameindex()), reached, userns)\n")
+    try:
+        with Sandbox(SandboxSection(isolation=isolation, timeout_s=5, workers=1, seccomp=False)) as s:
+            r, = s.run([Job(program, [str(listener.getsockname()[1])], repeats=1, calls_per_input=1)])
+    finally:
+        listener.close()
+    assert r.outputs[0] is not None, r
+    interfaces, reached, userns = parse_literal(r.outputs[0])
+    assert interfaces == ["lo"] and reached == "blocked", r
+    if isolation == "bwrap":
+        assert userns is False, r
+
+
+@pytest.mark.parametrize("isolation", ["bwrap", "unshare"])
+def test_the_scratch_tmpfs_has_a_size_limit(isolation):
+    """Data a job writes to its scratch tmpfs is in no process's resident memory (the memory
+    poll does not see it); only the tmpfs's size (pool.TMPFS_BYTES, 64 MiB) bounds it. Without
+    it, files under RLIMIT_FSIZE each filled the host's memory up to half its size."""
+    from azr_jax.sandbox import pool
+
+    if isolation == "unshare" and os.geteuid() != 0:
+        pytest.skip("unshare mode has a /tmp of its own only when the trainer is root (CI is)")
+    program = ("import errno\ndef f(n):\n    try:\n        for i in range(n):\n"
+               "            with open('/tmp/f%d' % i, 'wb') as fh:\n                fh.write(bytes(8 << 20))\n"
+               "    except OSError as e:\n        return errno.errorcode.get(e.errno, e.errno)\n    return 'written'\n")
+    n = (pool.TMPFS_BYTES >> 23) + 4  # 8 MiB files, 32 MiB past the limit
+    with Sandbox(SandboxSection(isolation=isolation, timeout_s=10, workers=1)) as s:
+        r, = s.run([Job(program, [str(n)], repeats=1)])
+    assert r.outputs == ["'ENOSPC'"], r
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="isolation none gives jobs a dedicated uid only when root")
+def test_in_mode_none_as_root_a_jobs_daemon_dies_with_the_job():
+    """In mode none a root trainer's zygote kills every process of its uid when a job ends: a
+    process the job started in a session of its own (outside the job's process group) must not
+    run on after the job, while the sandbox is still open."""
+    import subprocess
+    import uuid
+
+    tag = f"azr_daemon_{uuid.uuid4().hex}"
+    program = ("import os, sys\ndef f(x):\n    if os.fork() == 0:\n        os.setsid()\n        if os.fork() == 0:\n"
+               f"            os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', '{tag}'])\n"
+               "        os._exit(0)\n    os.wait()\n    return 1\n")
+    try:
+        with Sandbox(SandboxSection(isolation="none", timeout_s=5, workers=1)) as s:
+            r, = s.run([Job(program, ["0"], repeats=1)])
+            time.sleep(0.5)  # time for a surviving daemon to exec (a killed one never shows)
+            left = subprocess.run(["pgrep", "-f", tag], capture_output=True, text=True).stdout
+        assert r.outputs == ["1"], r
+        assert left == "", left
+    finally:
+        subprocess.run(["pkill", "-KILL", "-f", tag], capture_output=True)
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "unshare", "none"])
+def test_the_zygote_starts_with_a_clean_environment(mode, monkeypatch):
+    """The trainer's environment (credentials) never reaches a zygote: its process starts with
+    the sandbox's own few variables. (The jobs clear os.environ, but a forked job still holds the
+    zygote's original environment strings in its memory.)"""
+    from azr_jax.sandbox import isolation
+
+    monkeypatch.setenv("AZR_TRAINER_SECRET", "hunter2")
+    plan = isolation.Plan(mode=mode, python="/usr/bin/python3", as_root=False)
+    for uid in (None, 3_000_123):
+        _, _, popen = isolation.zygote_command(plan, uid, "/tmp/scratch", repeat=1)
+        assert popen["env"] == {**isolation.CLEAN_ENV, "PYTHONHASHSEED": isolation.hash_seed(1)}
+
+
+@pytest.mark.parametrize("as_root", [True, False])
+def test_the_isolation_report_names_each_modes_layers(as_root):
+    """What each mode claims (isolation_report, the missing-layers warning): pinned, so a layer a
+    mode provides cannot silently drop out of its report, nor a missing one be claimed."""
+    from azr_jax.sandbox import isolation
+
+    common = {"rlimits": True, "uid_drop": True if as_root else "not needed (not root)", "clean_env": True,
+              "no_new_privs": True, "seccomp": True}
+    ns = dict.fromkeys(("network_namespace", "pid_namespace", "ipc_namespace", "mount_namespace"), True)
+    assert isolation.layers_for("bwrap", as_root) == {
+        **common, "user_namespace": True, **ns, "read_only_filesystem": True, "private_tmp": True}
+    assert isolation.layers_for("unshare", as_root) == {
+        **common, "user_namespace": not as_root, **ns, "read_only_filesystem": False, "private_tmp": as_root}
+    assert isolation.layers_for("none", as_root) == {
+        **common, "user_namespace": False, **dict.fromkeys(ns, False), "read_only_filesystem": False,
+        "private_tmp": False}
+    off = isolation.layers_for("none", as_root, seccomp="off (sandbox.seccomp=false)")
+    assert off["no_new_privs"] is False and off["seccomp"] == "off (sandbox.seccomp=false)"
+    assert isolation.layers_for("bwrap", as_root, seccomp=False)["no_new_privs"] is True  # bwrap sets it
+
+
+def test_the_repeat_and_call_limits_are_inclusive():
+    """MAX_REPEATS (one zygote uid per repeat) and 1 call per input are allowed values, not only bounds."""
+    from azr_jax.sandbox.jobs import MAX_REPEATS
+
+    assert Job(ADD, ["1"], repeats=MAX_REPEATS).repeats == MAX_REPEATS
+    assert Job(ADD, ["1"], repeats=1, calls_per_input=1).calls_per_input == 1
+
+
+def test_a_call_that_fails_only_the_second_time_is_nondeterministic(sb):
+    """A call whose first in-process run returns and whose second raises disagreed with itself:
+    `nondeterministic`, not the second run's exception as if the call simply failed."""
+    program = "def f(x, runs=[]):\n    runs.append(x)\n    if len(runs) > 1:\n        raise ValueError('second')\n    return x\n"
+    r, = sb.run([Job(program, ["1"], repeats=1)])
+    assert not r.deterministic and r.errors == ["nondeterministic"] and r.outputs == [None], r
+
+
+def test_output_limits_are_enforced_in_the_sandbox(sb):
+    """An output text over MAX_OUTPUT_CHARS is refused by the child itself (the host would read
+    it as forged), and a result pipe carrying more than MAX_FRAME_BYTES is cut off by the zygote
+    (it buffers the frame: unbounded, a job could grow the zygote's memory, which no limit
+    covers, without end)."""
+    from azr_jax.sandbox import pool
+
+    big = f"def f(x):\n    return 'x' * {pool.MAX_OUTPUT_CHARS + 1}\n"
+    flood = ("import os\ndef f(x):\n    chunk = b'x' * (1 << 20)\n    for fd in range(3, 64):\n        try:\n"
+             f"            for _ in range({(pool.MAX_FRAME_BYTES >> 20) + 2}):\n                os.write(fd, chunk)\n"
+             "        except OSError:\n            pass\n    os._exit(0)\n")
+    r_big, r_flood = sb.run([Job(big, ["0"], repeats=1), Job(flood, ["0"], repeats=1)])
+    assert r_big.errors == ["unrepresentable: output too large"], r_big
+    assert r_flood.error == "output too large", r_flood
+
+
+def test_the_host_refuses_a_result_frame_over_its_size_limit():
+    """The zygote cuts frames off at MAX_FRAME_BYTES; the host holds them to it as well (a frame
+    that is valid JSON included), so a frame decoded there is never larger."""
+    from azr_jax.sandbox import pool
+    from azr_jax.sandbox.literals import NotALiteral
+
+    frame = '["error", "' + "x" * pool.MAX_FRAME_BYTES + '"]'
+    with pytest.raises(NotALiteral, match="too large"):
+        pool.parse_result_frame(frame)
+    assert pool.parse_result_frame('["error", "' + "x" * 1000 + '"]')[0] == "error"
+
+
+def test_a_job_cannot_run_more_processes_than_max_processes():
+    """RLIMIT_NPROC: forks past `max_processes` (plus the zygote and its reaper) are refused."""
+    program = ("import os, time\ndef f(n):\n    made = 0\n    for _ in range(n):\n        try:\n"
+               "            if os.fork() == 0:\n                time.sleep(30)\n                os._exit(0)\n"
+               "            made += 1\n        except OSError:\n            pass\n    return made\n")
+    with Sandbox(SandboxSection(isolation="bwrap", timeout_s=10, workers=1, max_processes=4)) as s:
+        r, = s.run([Job(program, ["12"], repeats=1, calls_per_input=1)])
+    assert r.outputs[0] is not None and int(r.outputs[0]) <= 4, r
+
+
+def test_mode_none_renices_a_stalled_job():
+    """Without a pid namespace the zygote renices the job's process group, which exists only
+    because the job's process starts a session of its own."""
+    program = "import os, time\ndef f(x):\n    time.sleep(1.0)\n    return os.getpriority(os.PRIO_PROCESS, 0)\n"
+    with Sandbox(SandboxSection(isolation="none", timeout_s=8, workers=1)) as s:
+        r, = s.run([Job(program, ["0"], repeats=1, calls_per_input=1)])
+    assert r.outputs == ["19"], r
+
+
+def test_mode_none_removes_its_scratch_directories_on_close():
+    """Where the scratch root is a directory on the host's disk (no private /tmp), closing the
+    sandbox removes it, with whatever a job left there."""
+    with Sandbox(SandboxSection(isolation="none", timeout_s=5, workers=1)) as s:
+        r, = s.run([Job("def f(x):\n    open('../left', 'w').write('x')\n    return 1\n", ["0"], repeats=1)])
+        dirs = [z.host_scratch for zs in s._zygotes for z in zs.values()]
+    assert r.outputs == ["1"] and dirs and all(dirs), (r, dirs)
+    assert not [d for d in dirs if os.path.exists(d)]
+
+
+def test_a_jobs_standard_descriptors_are_dev_null(sb):
+    """The child's fds 0-2 are /dev/null before the program runs: inherited, 1 is the zygote's
+    pipe to the host, and `os.write(1, ...)` (print goes to sys.stdout, which is replaced
+    separately) wrote straight into the host's frame stream."""
+    program = ("import os, stat\ndef f(x):\n    return [(stat.S_ISCHR(os.fstat(fd).st_mode), os.readlink('/proc/self/fd/%d' % fd))"
+               " for fd in (0, 1, 2)]\n")
+    r, = sb.run([Job(program, ["0"], repeats=1)])
+    assert r.outputs == [repr([(True, "/dev/null")] * 3)], r
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="zygotes run under a dropped uid only when the trainer is root")
+@pytest.mark.parametrize("isolation", ["bwrap", "unshare", "none"])
+def test_a_root_trainers_job_keeps_none_of_roots_groups(isolation):
+    """The dropped uid comes with its own gid and no supplementary groups: in unshare mode the
+    zygote drops root itself, and kept gid 0 / root's groups (files readable by group root)
+    when setgid or setgroups was skipped."""
+    program = "import os\ndef f(x):\n    return (os.getuid(), os.getgid(), os.getegid(), os.getgroups())\n"
+    groups = os.getgroups()
+    os.setgroups(groups + [0, 4242])  # a trainer with supplementary groups (CI's has none)
+    try:
+        with Sandbox(SandboxSection(isolation=isolation, timeout_s=5, workers=1)) as s:
+            r, = s.run([Job(program, ["0"], repeats=1)])
+    finally:
+        os.setgroups(groups)
+    assert r.outputs[0] is not None, r
+    uid, gid, egid, groups = parse_literal(r.outputs[0])
+    assert uid >= 1000 and gid == egid == uid and groups == [], r
+
+
+@pytest.mark.parametrize("isolation", ["bwrap", "unshare"])
+def test_a_job_runs_in_namespaces_of_its_own(isolation):
+    """Each namespace the report claims is one the host is not in: seen directly (the seccomp
+    filter otherwise hides a missing one: a job without an IPC namespace of its own would put
+    its System V objects in the host's, were shmget not refused as well)."""
+    names = ("ipc", "net", "pid", "mnt", "uts", "user")
+    program = f"import os\ndef f(x):\n    return [os.readlink('/proc/self/ns/' + n) for n in {names!r}]\n"
+    with Sandbox(SandboxSection(isolation=isolation, timeout_s=5, workers=1)) as s:
+        r, = s.run([Job(program, ["0"], repeats=1)])
+        layers = s.isolation_report()["layers"]
+    assert r.outputs[0] is not None, r
+    seen = dict(zip(names, parse_literal(r.outputs[0])))
+    for name, layer in (("ipc", "ipc_namespace"), ("net", "network_namespace"), ("pid", "pid_namespace"),
+                        ("mnt", "mount_namespace"), ("uts", None), ("user", "user_namespace")):
+        own = seen[name] != os.readlink(f"/proc/self/ns/{name}")
+        assert own is (True if layer is None else layers[layer] is True), (name, seen[name], layers)
+
+
+def test_memory_mb_caps_each_processs_address_space(sb):
+    """RLIMIT_AS: one mapping larger than memory_mb is refused at once (the memory poll would
+    only see it once its pages are touched, and polls every MEMORY_POLL_S)."""
+    program = ("import mmap\ndef f(mb):\n    try:\n        m = mmap.mmap(-1, mb << 20)\n    except OSError:\n"
+               "        return 'refused'\n    m.close()\n    return 'mapped'\n")
+    limit = sb.isolation_report()["limits"]["memory_mb"]
+    over, under = sb.run([Job(program, [str(limit + 64)], repeats=1), Job(program, ["16"], repeats=1)])
+    assert over.outputs == ["'refused'"] and under.outputs == ["'mapped'"], (over, under)
+
+
+def test_a_call_that_succeeds_in_one_repeat_and_fails_in_another_is_nondeterministic(sb):
+    """Runs that disagree on the outcome (a value in one, an exception in the other: here by
+    the hash seed, which differs per repeat) are nondeterministic, not the failure of one run."""
+    import subprocess
+
+    from azr_jax.sandbox import isolation
+
+    code = "print([hash('k%d' % i) & 1 for i in range(64)])"
+    parities = [parse_literal(subprocess.run(
+        [sb.plan.python, "-S", "-c", code], capture_output=True, text=True, check=True,
+        env={**isolation.CLEAN_ENV, "PYTHONHASHSEED": isolation.hash_seed(r)}).stdout) for r in (0, 1)]
+    key = next(f"k{i}" for i in range(64) if parities[0][i] != parities[1][i])
+    program = f"def f(x):\n    if hash({key!r}) & 1:\n        raise ValueError('odd')\n    return x\n"
+    r, = sb.run([Job(program, ["1"], repeats=2)])
+    assert not r.deterministic and r.errors == ["nondeterministic"] and r.outputs == [None], r
+
+
+def test_a_job_out_of_cpu_time_timed_out(sb):
+    """SIGXCPU (RLIMIT_CPU, which threads running at once can reach before the wall-clock
+    deadline; here the job lowers its own) reads as a timeout."""
+    program = ("import resource\ndef f(x):\n    resource.setrlimit(resource.RLIMIT_CPU, (1, resource.getrlimit("
+               "resource.RLIMIT_CPU)[1]))\n    while True:\n        pass\n")
+    with Sandbox(SandboxSection(timeout_s=10, workers=1)) as s:
+        r, = s.run([Job(program, ["0"], repeats=1, calls_per_input=1)])
+    assert r.timed_out and r.error == "timeout", r
+
+
+def test_a_forged_output_text_over_the_output_limit_is_refused(sb):
+    """The host holds the texts of a result frame to MAX_OUTPUT_CHARS as the child does: a frame
+    forged on the result pipe cannot pass a longer output off as one `f` returned."""
+    from azr_jax.sandbox import pool
+
+    text = repr("x" * (pool.MAX_OUTPUT_CHARS + 10))
+    program = ("import json, os\ndef f(x):\n"
+               f"    frame = json.dumps(['done', [['ok', {text!r}, {text!r}]]]).encode()\n"
+               "    for fd in range(3, 64):\n        try:\n            os.write(fd, frame)\n        except OSError:\n"
+               "            pass\n    os._exit(0)\n")
+    r, = sb.run([Job(program, ["0"], repeats=1)])
+    assert r.outputs == [None] and r.errors == ["unrepresentable: forged output text"], r
+
+
+def test_a_zygote_silent_past_the_deadline_is_a_timeout(monkeypatch):
+    """A zygote that does not answer by the job's deadline plus the grace period (here the job
+    stopped it: isolation none runs the job in the zygote's uid, without a pid namespace) gives
+    a timeout, not a dead-zygote verdict and a second run."""
+    from azr_jax.sandbox import pool
+
+    monkeypatch.setattr(pool, "GRACE_S", 0.3)
+    program = "import os, signal\ndef f(x):\n    os.kill(os.getppid(), signal.SIGSTOP)\n    return 1\n"
+    with Sandbox(SandboxSection(isolation="none", timeout_s=1, workers=1)) as s:
+        r, = s.run([Job(program, ["0"], repeats=1, calls_per_input=1)])
+    assert r.timed_out and r.error == "timeout", r

@@ -96,3 +96,18 @@ def test_where_run_cannot_hold_the_leases_they_go_to_a_private_temp_directory(tm
         assert (tmp_path / "tmp" / f"azr-jax-sandbox-uids-{os.geteuid()}" / f"{block.index}.lock").exists()
     finally:
         block.release()
+
+
+def test_a_lease_directory_of_another_user_or_open_to_its_group_is_refused(tmp_path, monkeypatch):
+    """Write access for the group is refused as well as for others, and so is a directory some
+    other user owns (it could plant or unlock lock files)."""
+    group_dir = tmp_path / "group"
+    group_dir.mkdir()
+    group_dir.chmod(0o770)
+    with pytest.raises(UserError, match="writable by nobody else"):
+        uids.lease_block(group_dir)
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    monkeypatch.setattr(uids.os, "geteuid", lambda: os.stat(mine).st_uid + 1)
+    with pytest.raises(UserError, match="owned by this user"):
+        uids.lease_block(mine)
