@@ -81,6 +81,12 @@ class _Zygote:
         if plan.seccomp is not None and hello.get("seccomp") is not True:
             self.close()
             raise SeccompNotInstalled(f"the zygote could not install it: {hello.get('seccomp')}")
+        if config.get("kill_all_uid") and hello.get("uid") != uid:
+            # Its jobs would run as another user, and its kill(-1) after each job, meant for a
+            # uid nobody else uses, would reach that user's processes (as root: every process).
+            self.close()
+            raise SandboxStartError(f"sandbox ({plan.mode}) did not start: the zygote runs as uid "
+                                    f"{hello.get('uid')}, not its dedicated uid {uid}")
         self.info = hello
 
     def _stderr_tail(self) -> str:

@@ -326,8 +326,9 @@ def _kill_everything(child_pid, pidns):
             os.killpg(child_pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        if CONFIG.get("kill_all_uid"):
-            # Running under a uid used by nobody else: kill(-1) ends every process of that uid.
+        if CONFIG.get("kill_all_uid") and os.getuid() != 0:
+            # Running under a uid used by nobody else: kill(-1) ends every process of that uid
+            # (never as root, where it would end every process on the machine).
             try:
                 os.kill(-1, signal.SIGKILL)
             except ProcessLookupError:

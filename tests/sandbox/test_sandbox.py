@@ -10,6 +10,7 @@ import time
 import pytest
 
 from azr_jax.config import SandboxSection
+from azr_jax.errors import UserError
 from azr_jax.sandbox import Job, JobResult, Sandbox
 from azr_jax.sandbox.literals import NotALiteral, canonical, literal_call_text, parse_literal, texts_equal
 
@@ -735,6 +736,23 @@ def test_in_mode_none_as_root_a_jobs_daemon_dies_with_the_job():
         assert left == "", left
     finally:
         subprocess.run(["pkill", "-KILL", "-f", tag], capture_output=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="isolation none gives jobs a dedicated uid only when root")
+def test_in_mode_none_a_zygote_that_kept_root_is_refused(monkeypatch):
+    """A zygote whose uid drop was lost would run its jobs as root, and its kill(-1) after each
+    job, meant for a uid nobody else uses, would end every process on the machine."""
+    from azr_jax.sandbox import isolation
+
+    real = isolation.zygote_command
+
+    def without_the_uid_drop(plan, uid, scratch, repeat):
+        argv, config, popen = real(plan, uid, scratch, repeat)
+        return argv, config, {k: v for k, v in popen.items() if k not in ("user", "group", "extra_groups")}
+
+    monkeypatch.setattr(isolation, "zygote_command", without_the_uid_drop)
+    with pytest.raises(UserError, match=r"the zygote runs as uid 0, not its dedicated uid \d+"):
+        Sandbox(SandboxSection(isolation="none", timeout_s=5, workers=1)).__enter__()
 
 
 @pytest.mark.parametrize("mode", ["bwrap", "unshare", "none"])
