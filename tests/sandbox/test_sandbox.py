@@ -847,7 +847,8 @@ def test_a_job_cannot_run_more_processes_than_max_processes():
 def test_mode_none_renices_a_stalled_job():
     """Without a pid namespace the zygote renices the job's process group, which exists only
     because the job's process starts a session of its own."""
-    program = "import os, time\ndef f(x):\n    time.sleep(1.0)\n    return os.getpriority(os.PRIO_PROCESS, 0)\n"
+    # 2 s against the 0.25 s stall mark: room for a loaded machine to schedule the zygote.
+    program = "import os, time\ndef f(x):\n    time.sleep(2.0)\n    return os.getpriority(os.PRIO_PROCESS, 0)\n"
     with Sandbox(SandboxSection(isolation="none", timeout_s=8, workers=1)) as s:
         r, = s.run([Job(program, ["0"], repeats=1, calls_per_input=1)])
     assert r.outputs == ["19"], r
