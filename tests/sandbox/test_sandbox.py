@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import subprocess
 import time
+import uuid
 
 import pytest
 
@@ -330,26 +333,31 @@ def test_a_stalled_job_runs_at_the_lowest_priority_in_every_process_group(isolat
     assert r.outputs == ["19"], r
 
 
+@contextlib.contextmanager
+def tagged_sleepers():
+    """(the exec line of a 60 s sleeper carrying a fresh tag, a function listing the live
+    sleepers); they are killed on the way out whatever the test found."""
+    tag = f"azr_sleeper_{uuid.uuid4().hex}"
+    sleeper = f"os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', '{tag}'])"
+    try:
+        yield sleeper, lambda: subprocess.run(["pgrep", "-f", tag], capture_output=True, text=True).stdout
+    finally:
+        subprocess.run(["pkill", "-KILL", "-f", tag], capture_output=True)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="isolation none gives jobs a dedicated uid only when root")
 def test_in_mode_none_as_root_no_process_of_a_job_outlives_the_sandbox():
     """A job that starts a process in a session of its own and then kills its zygote escaped the
     zygote's final kill and the host's session kill: four such processes were still running
     after the sandbox closed. The host now kills every process of the dedicated uid."""
-    import subprocess
-    import uuid
-
-    tag = f"azr_survivor_{uuid.uuid4().hex}"
-    program = ("import os, signal, sys\ndef f(x):\n    if os.fork() == 0:\n        os.setsid()\n"
-               f"        os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', '{tag}'])\n"
-               "    os.kill(os.getppid(), signal.SIGKILL)\n    return 1\n")
-    try:
+    with tagged_sleepers() as (sleeper, running):
+        program = ("import os, signal, sys\ndef f(x):\n    if os.fork() == 0:\n        os.setsid()\n"
+                   f"        {sleeper}\n    os.kill(os.getppid(), signal.SIGKILL)\n    return 1\n")
         with Sandbox(SandboxSection(isolation="none", timeout_s=5, workers=1)) as s:
             r, = s.run([Job(program, ["0"], repeats=1)])
         assert r.error == "the sandbox's zygote died during the job", r
         time.sleep(0.3)
-        assert subprocess.run(["pgrep", "-f", tag], capture_output=True, text=True).stdout == ""
-    finally:
-        subprocess.run(["pkill", "-KILL", "-f", tag], capture_output=True)
+        assert running() == ""
 
 
 @pytest.mark.parametrize("isolation", ["bwrap", "unshare"])
@@ -720,22 +728,15 @@ def test_in_mode_none_as_root_a_jobs_daemon_dies_with_the_job():
     """In mode none a root trainer's zygote kills every process of its uid when a job ends: a
     process the job started in a session of its own (outside the job's process group) must not
     run on after the job, while the sandbox is still open."""
-    import subprocess
-    import uuid
-
-    tag = f"azr_daemon_{uuid.uuid4().hex}"
-    program = ("import os, sys\ndef f(x):\n    if os.fork() == 0:\n        os.setsid()\n        if os.fork() == 0:\n"
-               f"            os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', '{tag}'])\n"
-               "        os._exit(0)\n    os.wait()\n    return 1\n")
-    try:
+    with tagged_sleepers() as (sleeper, running):
+        program = ("import os, sys\ndef f(x):\n    if os.fork() == 0:\n        os.setsid()\n        if os.fork() == 0:\n"
+                   f"            {sleeper}\n        os._exit(0)\n    os.wait()\n    return 1\n")
         with Sandbox(SandboxSection(isolation="none", timeout_s=5, workers=1)) as s:
             r, = s.run([Job(program, ["0"], repeats=1)])
             time.sleep(0.5)  # time for a surviving daemon to exec (a killed one never shows)
-            left = subprocess.run(["pgrep", "-f", tag], capture_output=True, text=True).stdout
+            left = running()
         assert r.outputs == ["1"], r
         assert left == "", left
-    finally:
-        subprocess.run(["pkill", "-KILL", "-f", tag], capture_output=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="isolation none gives jobs a dedicated uid only when root")
@@ -924,8 +925,6 @@ def test_memory_mb_caps_each_processs_address_space(sb):
 def test_a_call_that_succeeds_in_one_repeat_and_fails_in_another_is_nondeterministic(sb):
     """Runs that disagree on the outcome (a value in one, an exception in the other: here by
     the hash seed, which differs per repeat) are nondeterministic, not the failure of one run."""
-    import subprocess
-
     from azr_jax.sandbox import isolation
 
     code = "print([hash('k%d' % i) & 1 for i in range(64)])"
