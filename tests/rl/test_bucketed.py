@@ -121,11 +121,12 @@ def test_bucketed_step_checks_its_input():
         step(init_train_state(CFG, OPTIM, PARAMS), {k: v for k, v in BATCH.items() if k != "advantages"})
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_reference_logprobs_from_frozen_params_equal_precomputed_ones(temperature):
+def test_reference_logprobs_from_frozen_params_equal_precomputed_ones():
     """`train_step(state, batch, ref_params=P)` (the trainer's KL path) computes the reference
     logprobs on the packed micro-batches, at the rollout temperature; the result equals the plain
-    step handed full-batch reference logprobs, and the KL it reports is that of the policy against P."""
+    step handed full-batch reference logprobs, and the KL it reports is that of the policy against P.
+    At a temperature other than 1, so a reference pass that ignored it would differ."""
+    temperature = 0.7
     kl_rl = dataclasses.replace(RL, kl_coef=0.2, kl_type="k3", micro_batch_size=4)
     # A reference that differs from the policy, so the KL term is not zero.
     ref_params = jax.tree.map(lambda x: x * 0.5, PARAMS)
