@@ -291,46 +291,52 @@ def _inner_shadowed(scope: ast.AST, name: str, shadowed: bool) -> bool:
 
 def _references(tree: ast.AST, name: str) -> list[ast.Name]:
     """The `Name` nodes that refer to the module-level `name`: not those inside a function,
-    lambda or comprehension that binds `name` itself (`def word(word): return word[::-1]`)."""
+    lambda or comprehension that binds `name` itself (`def word(word): return word[::-1]`), nor
+    those in a class body that binds it (`class C: g = 5` makes `C.g` an attribute, `self.g`)."""
     found: list[ast.Name] = []
 
-    def visit(node: ast.AST, shadowed: bool) -> None:
+    def visit(node: ast.AST, shadowed: bool, enclosing: bool) -> None:
+        # `shadowed`: whether `name` is not the module's here. `enclosing`: the same for the
+        # nearest enclosing scope that is not a class body, which is what a nested function,
+        # lambda, comprehension or class sees (class bodies do not enclose their nested scopes).
         if isinstance(node, ast.Name):
             if node.id == name and not shadowed:
                 found.append(node)
             return
         if isinstance(node, _FUNCTION_SCOPES):
-            # Decorators, defaults and annotations are evaluated in the enclosing scope.
+            # Decorators, defaults and annotations are evaluated where the def or lambda stands.
             a = node.args
             params = [*a.posonlyargs, *a.args, *a.kwonlyargs, *[x for x in (a.vararg, a.kwarg) if x is not None]]
             outer = [*getattr(node, "decorator_list", []), *a.defaults, *[d for d in a.kw_defaults if d is not None],
                      *[x.annotation for x in params if x.annotation is not None],
                      *[r for r in [getattr(node, "returns", None)] if r is not None]]
             for child in outer:
-                visit(child, shadowed)
-            inner = _inner_shadowed(node, name, shadowed)
-            body = node.body if isinstance(node.body, list) else [node.body]
-            for child in body:
-                visit(child, inner)
+                visit(child, shadowed, enclosing)
+            inner = _inner_shadowed(node, name, enclosing)
+            for child in node.body if isinstance(node.body, list) else [node.body]:
+                visit(child, inner, inner)
             return
         if isinstance(node, _COMPREHENSIONS):
-            inner = _inner_shadowed(node, name, shadowed)
-            for child in ast.iter_child_nodes(node):
-                visit(child, inner)
+            # The first iterable is evaluated where the comprehension stands, the rest inside it.
+            visit(node.generators[0].iter, shadowed, enclosing)
+            inner = _inner_shadowed(node, name, enclosing)
+            rest = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+            for i, gen in enumerate(node.generators):
+                rest += [gen.target, *([gen.iter] if i else []), *gen.ifs]
+            for child in rest:
+                visit(child, inner, inner)
             return
         if isinstance(node, ast.ClassDef):
-            # `class C: g = 5` makes C.g an attribute, which must keep its name (`self.g`). The
-            # methods do not see the class's names, so they keep the enclosing state.
             for child in [*node.decorator_list, *node.bases, *node.keywords]:
-                visit(child, shadowed)
-            inner = _inner_shadowed(node, name, shadowed)
+                visit(child, shadowed, enclosing)
+            inner = _inner_shadowed(node, name, enclosing)
             for stmt in node.body:
-                visit(stmt, shadowed if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else inner)
+                visit(stmt, inner, enclosing)
             return
         for child in ast.iter_child_nodes(node):
-            visit(child, shadowed)
+            visit(child, shadowed, enclosing)
 
-    visit(tree, False)
+    visit(tree, False, False)
     return found
 
 

@@ -156,6 +156,8 @@ def test_renaming_leaves_a_parameter_or_local_of_the_same_name_alone():
         "def key(p):\n    return sorted(p, key=lambda key: key[1])": "def f(p):\n    return sorted(p, key=lambda key: key[1])",
         "def g(xs):\n    return [g for g in xs] + [g(0) for _ in []]": "def f(xs):\n    return [g for g in xs] + [f(0) for _ in []]",
         "def g(x):\n    g = x\n    return g": "def f(x):\n    g = x\n    return g",
+        # a comprehension's first iterable is evaluated outside it, where g is still the function
+        "def g(x):\n    return [g for g in g(x - 1)] if x else [0]": "def f(x):\n    return [g for g in f(x - 1)] if x else [0]",
         "def g(n):\n    return 1 if n < 1 else n * g(n - 1)": "def f(n):\n    return 1 if n < 1 else n * f(n - 1)",
         # a match pattern's capture names are locals too
         "def g(x):\n    match x:\n        case [g]:\n            return g\n    return 0":
@@ -186,7 +188,8 @@ def test_renaming_follows_global_declarations():
 
 def test_renaming_leaves_class_attributes_of_the_same_name_alone():
     """A class body that binds the name makes it an attribute (`self.g`), which keeps its name;
-    its methods still see the module's function, and a class body that does not bind it too."""
+    its methods still see the module's function, and a class body that does not bind it too.
+    Each expected text is what Python itself resolves (class bodies do not enclose nested scopes)."""
     cases = {
         "def g(x):\n    return x\nclass C:\n    g = 5\n    def m(self):\n        return self.g + g(1)\n":
             "def f(x):\n    return x\nclass C:\n    g = 5\n    def m(self):\n        return self.g + f(1)",
@@ -194,6 +197,15 @@ def test_renaming_leaves_class_attributes_of_the_same_name_alone():
             "def f(x):\n    return x\nclass C:\n    def g(self):\n        return 1\n    h = g",
         "def g(x):\n    return x\nclass C:\n    h = g(1)\n":
             "def f(x):\n    return x\nclass C:\n    h = f(1)",
+        # A method's decorators, defaults and annotations, a lambda's defaults and a
+        # comprehension's first iterable are evaluated in the class body, so they read C.g; the
+        # bodies of methods, lambdas, comprehensions and nested classes do not see it.
+        "def g(x):\n    return x\nclass C:\n    g = 5\n    @staticmethod\n    def m(a: g = g) -> g:\n        return g(a)\n":
+            "def f(x):\n    return x\nclass C:\n    g = 5\n    @staticmethod\n    def m(a: g = g) -> g:\n        return f(a)",
+        "def g(x):\n    return x\nclass C:\n    g = 5\n    xs = [g(i) for i in [g]]\n    h = lambda self, d=g: g(d)\n":
+            "def f(x):\n    return x\nclass C:\n    g = 5\n    xs = [f(i) for i in [g]]\n    h = lambda self, d=g: f(d)",
+        "def g(x):\n    return x\nclass C:\n    g = 5\n    class D:\n        y = g(1)\n":
+            "def f(x):\n    return x\nclass C:\n    g = 5\n    class D:\n        y = f(1)",
     }
     assert_renamed(cases)
 
