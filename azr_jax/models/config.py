@@ -326,6 +326,15 @@ class ModelConfig:
         heads = integer("num_attention_heads", need("num_attention_heads"))
         if heads <= 0:
             raise UserError(f"HF config field 'num_attention_heads' must be positive, got {heads}")
+        # As transformers: a null field is one kv head per query head; a missing one is the config
+        # class's default, 32 for Qwen2Config and Qwen3Config (LlamaConfig's is null).
+        kv_heads = hf.get("num_key_value_heads", 32 if model_type in ("qwen2", "qwen3") else None)
+        if kv_heads is None:
+            kv_heads = heads
+        elif "num_key_value_heads" not in hf and heads % kv_heads:
+            raise UserError(f"HF config has no 'num_key_value_heads'; transformers then takes {kv_heads} (its "
+                            f"{_HF_ARCH_CLASS[model_type].removesuffix('ForCausalLM')}Config default), which does not "
+                            f"divide num_attention_heads={heads}: set the field in config.json")
         eos = hf.get("eos_token_id")
         extra_eos: tuple = ()
         if isinstance(eos, list):
@@ -337,7 +346,7 @@ class ModelConfig:
             intermediate_size=integer("intermediate_size", need("intermediate_size")),
             num_layers=integer("num_hidden_layers", need("num_hidden_layers")),
             num_heads=heads,
-            num_kv_heads=integer("num_key_value_heads", hf.get("num_key_value_heads") or heads),
+            num_kv_heads=integer("num_key_value_heads", kv_heads),
             # transformers' Qwen3Config defaults head_dim to 128, not hidden / heads
             head_dim=integer("head_dim", hf.get("head_dim") or (128 if model_type == "qwen3" else hidden // heads)),
             rope_theta=number("rope_theta", rope_theta),

@@ -282,3 +282,15 @@ def test_a_llama_config_without_num_key_value_heads_has_a_kv_head_per_query_head
     hf = {k: v for k, v in small_config("llama").to_hf_config().items() if k != "num_key_value_heads"}
     theirs = transformers.AutoConfig.for_model(**hf).num_key_value_heads
     assert ModelConfig.from_hf_config(hf).num_kv_heads == theirs == 4
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_a_qwen_config_without_num_key_value_heads_takes_transformers_default(arch):
+    """Qwen2Config and Qwen3Config read a missing num_key_value_heads as 32 (their class default),
+    not as num_attention_heads; where 32 does not divide the heads, the error names the field."""
+    hf = {k: v for k, v in small_config(arch, num_heads=64, num_kv_heads=8).to_hf_config().items()
+          if k != "num_key_value_heads"}
+    assert ModelConfig.from_hf_config(hf).num_kv_heads == transformers.AutoConfig.for_model(**hf).num_key_value_heads == 32
+    assert ModelConfig.from_hf_config(dict(hf, num_key_value_heads=None)).num_kv_heads == 64  # null: one per head
+    with pytest.raises(UserError, match=r"no 'num_key_value_heads'; transformers then takes 32 .* num_attention_heads=4"):
+        ModelConfig.from_hf_config(dict(hf, num_attention_heads=4))
