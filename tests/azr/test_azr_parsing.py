@@ -158,6 +158,15 @@ def test_renaming_leaves_a_parameter_or_local_of_the_same_name_alone():
         "def g(x):\n    g = x\n    return g": "def f(x):\n    g = x\n    return g",
         # a comprehension's first iterable is evaluated outside it, where g is still the function
         "def g(x):\n    return [g for g in g(x - 1)] if x else [0]": "def f(x):\n    return [g for g in f(x - 1)] if x else [0]",
+        # while its later iterables and conditions are inside it
+        "def g(xs):\n    return [y for x in xs for y in g(x) if g(y) != [0]] if isinstance(xs, list) else [xs]":
+            "def f(xs):\n    return [y for x in xs for y in f(x) if f(y) != [0]] if isinstance(xs, list) else [xs]",
+        "def g(x):\n    return x\ndef h(xs):\n    return {g(x): g(x) for x in xs}":
+            "def f(x):\n    return x\ndef h(xs):\n    return {f(x): f(x) for x in xs}",
+        # a scope nested in one that binds g sees that g
+        "def g(xs):\n    return [(lambda: g)() for g in xs]": "def f(xs):\n    return [(lambda: g)() for g in xs]",
+        "def g(x):\n    return x\ndef h():\n    g = 1\n    class K:\n        y = g\n    return K.y\n":
+            "def f(x):\n    return x\ndef h():\n    g = 1\n    class K:\n        y = g\n    return K.y",
         "def g(n):\n    return 1 if n < 1 else n * g(n - 1)": "def f(n):\n    return 1 if n < 1 else n * f(n - 1)",
         # a match pattern's capture names are locals too
         "def g(x):\n    match x:\n        case [g]:\n            return g\n    return 0":
@@ -206,6 +215,8 @@ def test_renaming_leaves_class_attributes_of_the_same_name_alone():
             "def f(x):\n    return x\nclass C:\n    g = 5\n    xs = [f(i) for i in [g]]\n    h = lambda self, d=g: f(d)",
         "def g(x):\n    return x\nclass C:\n    g = 5\n    class D:\n        y = g(1)\n":
             "def f(x):\n    return x\nclass C:\n    g = 5\n    class D:\n        y = f(1)",
+        "def g(x):\n    return x\nclass C:\n    g = object\n    class D(g):\n        pass\n":
+            "def f(x):\n    return x\nclass C:\n    g = object\n    class D(g):\n        pass",
     }
     assert_renamed(cases)
 
