@@ -289,16 +289,34 @@ def _inner_shadowed(scope: ast.AST, name: str, shadowed: bool) -> bool:
     return False if binding == "global" else shadowed or binding == "local"
 
 
-def _references(tree: ast.AST, name: str) -> list[ast.Name]:
-    """The `Name` nodes that refer to the module-level `name`: not those inside a function,
+_NAMED_BINDINGS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.ExceptHandler, ast.MatchAs, ast.MatchStar)
+
+
+def _bound_name(node: ast.AST) -> str | None:
+    """The name a def, class, `except ... as`, match capture or import binds as a plain string
+    (not a `Name` node)."""
+    if isinstance(node, _NAMED_BINDINGS):
+        return node.name
+    if isinstance(node, ast.MatchMapping):
+        return node.rest
+    if isinstance(node, ast.alias):
+        return node.asname or node.name.split(".")[0]
+    return None
+
+
+def _references(tree: ast.AST, name: str) -> list[ast.AST]:
+    """The nodes that refer to the module-level `name`: its `Name` nodes, and the defs, classes,
+    `except ... as`, match captures and imports that rebind it. Not those inside a function,
     lambda or comprehension that binds `name` itself (`def word(word): return word[::-1]`), nor
     those in a class body that binds it (`class C: g = 5` makes `C.g` an attribute, `self.g`)."""
-    found: list[ast.Name] = []
+    found: list[ast.AST] = []
 
     def visit(node: ast.AST, shadowed: bool, enclosing: bool) -> None:
         # `shadowed`: whether `name` is not the module's here. `enclosing`: the same for the
         # nearest enclosing scope that is not a class body, which is what a nested function,
         # lambda, comprehension or class sees (class bodies do not enclose their nested scopes).
+        if not shadowed and _bound_name(node) == name:
+            found.append(node)
         if isinstance(node, ast.Name):
             if node.id == name and not shadowed:
                 found.append(node)
@@ -341,39 +359,58 @@ def _references(tree: ast.AST, name: str) -> list[ast.Name]:
 
 
 def rename_function(source: str, tree: ast.Module, fn: ast.FunctionDef, new_name: str = ENTRY_NAME) -> str:
-    """Rename `fn` and every `Name` reference to it, editing only those spans of the source text
+    """Rename `fn` and every reference to it, editing only those spans of the source text
     (comments and layout are preserved, unlike an AST round trip)."""
     old = fn.name
     if old == new_name:
         return source
     lines = _lines(source)
     starts = _offsets(lines)
-    spans: list[tuple[int, int]] = []
+    # (offset, text) of the source's names and operators, in order.
+    try:
+        tokens = [(starts[t.start[0]] + t.start[1], t.string)
+                  for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type in (tokenize.NAME, tokenize.OP)]
+    except (tokenize.TokenError, SyntaxError) as e:  # parsed by ast, yet not by tokenize: refuse rather than guess
+        raise ValueError(f"cannot tokenize the program: {e}") from e
+    offsets = [at for at, _ in tokens]
+
+    def offset(lineno: int, col: int) -> int:
+        return starts[lineno] + _char_col(lines[lineno - 1], col)
+
+    def name_in(node: ast.AST) -> int:
+        """Where a def, class, handler, capture or import node spells the name it binds."""
+        lo = bisect.bisect_left(offsets, offset(node.lineno, node.col_offset))
+        hi = bisect.bisect_left(offsets, offset(node.end_lineno, node.end_col_offset))
+        if isinstance(node, ast.MatchAs) and node.pattern is None:  # `case g:`
+            candidates = [lo] if lo < hi and tokens[lo][1] == old else []
+        else:  # the first after `def`, `class`, `as`, `*` or `**` (a def's or handler's body comes later)
+            candidates = [i for i in range(max(lo, 1), hi)
+                          if tokens[i][1] == old and tokens[i - 1][1] in ("def", "class", "as", "*", "**")][:1]
+        if not candidates:
+            raise ValueError(f"cannot locate the name {old!r} in {ast.unparse(node)[:80]!r}")
+        return tokens[candidates[0]][0]
+
+    spans: set[int] = set()
+    imported: set[int] = set()  # where ` as new_name` goes after an import of the name itself
     for node in _references(tree, old):
-        line = lines[node.lineno - 1]
-        start = starts[node.lineno] + _char_col(line, node.col_offset)
-        spans.append((start, start + len(old)))
-    # `global old` always means the module-level name, wherever it stands; its names are not
-    # `Name` nodes, so they are found among the statement's tokens.
+        if isinstance(node, ast.alias) and node.asname is None:
+            # `from m import g` / `import g` bind what they import under its own name: keep that
+            # and add `as f`. `import g.h` binds the package g, which no `as` can say: refused.
+            if "." in node.name:
+                raise ValueError(f"cannot rename the package {old!r} that `import {node.name}` binds")
+            imported.add(offset(node.end_lineno, node.end_col_offset))
+            continue
+        spans.add(offset(node.lineno, node.col_offset) if isinstance(node, ast.Name) else name_in(node))
+    # `global old` always means the module-level name, wherever it stands; its names are not nodes.
     for node in ast.walk(tree):
         if isinstance(node, ast.Global) and old in node.names:
-            begin = starts[node.lineno] + _char_col(lines[node.lineno - 1], node.col_offset)
-            end = starts[node.end_lineno] + _char_col(lines[node.end_lineno - 1], node.end_col_offset)
-            text = source[begin:end]
-            text_starts = _offsets(_lines(text))
-            for tok in tokenize.generate_tokens(io.StringIO(text).readline):
-                if tok.type == tokenize.NAME and tok.string == old:
-                    at = begin + text_starts[tok.start[0]] + tok.start[1]
-                    spans.append((at, at + len(old)))
-    # The def's own name sits right after `def` on the def line (decorators come before it).
-    line = lines[fn.lineno - 1]
-    match = re.compile(r"def\s+").match(line, _char_col(line, fn.col_offset))
-    if match is None or not line.startswith(old, match.end()):
-        raise ValueError(f"cannot locate the name of function {old!r}")
-    spans.append((starts[fn.lineno] + match.end(), starts[fn.lineno] + match.end() + len(old)))
+            lo = bisect.bisect_left(offsets, offset(node.lineno, node.col_offset))
+            hi = bisect.bisect_left(offsets, offset(node.end_lineno, node.end_col_offset))
+            spans.update(at for at, text in tokens[lo:hi] if text == old)
+    edits = [(at, len(old), new_name) for at in spans] + [(at, 0, f" as {new_name}") for at in imported]
     out = source
-    for start, end in sorted(set(spans), reverse=True):
-        out = out[:start] + new_name + out[end:]
+    for start, length, text in sorted(edits, reverse=True):
+        out = out[:start] + text + out[start + length:]
     return out
 
 
@@ -453,7 +490,7 @@ def prepare_program(source: str, *, f_replace_location: str, reject_multiple_fun
     entry = choose_entry(tree, f_replace_location)
     try:
         renamed = rename_function(source, tree, entry)
-    except ValueError:  # a def split by a line continuation: refuse rather than guess
+    except ValueError:  # a name the tokens do not show where the AST puts it: refuse rather than guess
         return "syntax_error"
     new_tree = parse_program(renamed)
     if new_tree is None:  # renaming can only fail on pathological sources; refuse rather than guess

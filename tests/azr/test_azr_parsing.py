@@ -195,6 +195,41 @@ def test_renaming_follows_global_declarations():
     assert_renamed(cases)
 
 
+def test_renaming_follows_every_rebinding_of_the_name():
+    """A second def, a class, `except ... as`, a match capture or an import that rebinds the
+    module's g (at module level, or under `global g`) is renamed with it, so the renamed program
+    means what the original did (each pair below was run to check it). An import of the name
+    itself keeps what it imports (`as f`); `import g.h` binds a package no `as` can name: refused.
+    Inside a function that binds g they are its locals and stay."""
+    cases = {
+        "def g(x):\n    return x + 1\ndef g(x):\n    return x + 2\nr = g(1)\n":
+            "def f(x):\n    return x + 1\ndef f(x):\n    return x + 2\nr = f(1)",
+        "def g(x):\n    return x\ntry:\n    raise ValueError(3)\nexcept ValueError as g:\n    r = str(g)\n":
+            "def f(x):\n    return x\ntry:\n    raise ValueError(3)\nexcept ValueError as f:\n    r = str(f)",
+        "def g(x):\n    return x\nmatch [4, [5]]:\n    case [g, [*_]] | [_, g]:\n        pass\nr = g\n":
+            "def f(x):\n    return x\nmatch [4, [5]]:\n    case [f, [*_]] | [_, f]:\n        pass\nr = f",
+        "def g(x):\n    return x\nmatch [4, 5]:\n    case [4, *g]:\n        r = g\n    case {**g}:\n        r = g\n    case int() as g:\n        r = g\n":
+            "def f(x):\n    return x\nmatch [4, 5]:\n    case [4, *f]:\n        r = f\n    case {**f}:\n        r = f\n    case int() as f:\n        r = f",
+        "def g(x):\n    return x\nimport math as g\nr = g.floor(2.5)\n":
+            "def f(x):\n    return x\nimport math as f\nr = f.floor(2.5)",
+        "def floor(x):\n    return x\nfrom math import (ceil,\n    floor)\nr = floor(2.5)\n":
+            "def f(x):\n    return x\nfrom math import (ceil,\n    floor as f)\nr = f(2.5)",
+        "def math(x):\n    return x\nimport math\nr = math.floor(2.5)\n":
+            "def f(x):\n    return x\nimport math as f\nr = f.floor(2.5)",
+        "def math(x):\n    return x\nimport math as math\nr = math.floor(2.5)\n":
+            "def f(x):\n    return x\nimport math as f\nr = f.floor(2.5)",
+        "def g(x):\n    return x\ndef h():\n    global g\n    class g:\n        v = 7\n":
+            "def f(x):\n    return x\ndef h():\n    global f\n    class f:\n        v = 7",
+        "def g(x):\n    return x\ndef h():\n    import math as g\n    try:\n        pass\n    except ValueError as g:\n        pass\n    return g\n":
+            "def f(x):\n    return x\ndef h():\n    import math as g\n    try:\n        pass\n    except ValueError as g:\n        pass\n    return g",
+        # the name found among the tokens, also across a line continuation
+        "def \\\n  g(x):\n    return g\n": "def \\\n  f(x):\n    return f",
+    }
+    assert_renamed(cases)
+    refused = "def os(x):\n    return x\nimport os.path\nr = os.path.join('a', 'b')\n"
+    assert parsing.prepare_program(refused, f_replace_location="not_first", reject_multiple_functions=False) == "syntax_error"
+
+
 def test_renaming_leaves_class_attributes_of_the_same_name_alone():
     """A class body that binds the name makes it an attribute (`self.g`), which keeps its name;
     its methods still see the module's function, and a class body that does not bind it too.
