@@ -108,7 +108,7 @@ ARCHES = {
             "mq_getsetattr": 245, "memfd_create": 319, "memfd_secret": 447,
             "clone": 56, "clone3": 435, "socket": 41,
             "prlimit64": 302, "setpriority": 141, "sched_setparam": 142, "sched_setscheduler": 144,
-            "sched_setaffinity": 203, "sched_setattr": 314, "ioprio_set": 251,
+            "sched_setaffinity": 203, "sched_setattr": 314, "ioprio_set": 251, "kill": 62,
         },
     },
     "aarch64": {
@@ -134,7 +134,7 @@ ARCHES = {
             "mq_getsetattr": 185, "memfd_create": 279, "memfd_secret": 447,
             "clone": 220, "clone3": 435, "socket": 198,
             "prlimit64": 261, "setpriority": 140, "sched_setparam": 118, "sched_setscheduler": 119,
-            "sched_setaffinity": 122, "sched_setattr": 274, "ioprio_set": 30,
+            "sched_setaffinity": 122, "sched_setattr": 274, "ioprio_set": 30, "kill": 129,
         },
     },
 }
@@ -191,12 +191,15 @@ def filter_program(arch: str | None = None) -> bytes | None:
 
 def child_filter_program(arch: str | None = None) -> bytes | None:
     """A second filter each job's process adds on top of the zygote's: calls that change another
-    process's resource limits, priority or scheduling only on itself (pid / who 0).
+    process's resource limits, priority or scheduling only on itself (pid / who 0), and no
+    `kill(-1)`.
 
     The job shares its uid with the zygote (and is in its pid namespace), so without this a job
     could lower the zygote's limits or priority, and every later job forked from it would
     inherit them: `prlimit(1, RLIMIT_NOFILE, (3, 3))` failed all later jobs on that zygote.
-    The zygote itself keeps these calls (it renices a stalled job's process group)."""
+    `kill(-1)` signals every process the job may signal: in none mode with an unprivileged
+    trainer, every process of the trainer's user, the trainer included. The zygote itself keeps
+    these calls (it renices a stalled job's process group, and kills a job with `kill(-1)`)."""
     arch = native_arch() if arch is None else ARCH_ALIASES.get(arch, arch)
     if arch not in ARCHES:
         return None
@@ -210,7 +213,11 @@ def child_filter_program(arch: str | None = None) -> bytes | None:
     body += [("insn", _JEQ_K, nr[name], "ARG0_SELF", None) for name in SELF_ONLY_ARG0]
     body += [("insn", _JEQ_K, nr[name], "WHICH_SELF", None) for name in SELF_ONLY_WHICH_WHO]
     body += [
+        ("insn", _JEQ_K, nr["kill"], "NOT_EVERY", None),
         ("insn", _RET_K, RET_ALLOW, None, None),
+        ("label", "NOT_EVERY"),  # kill(pid, sig) with pid -1 (pid_t: args[0]'s low 32 bits)
+        ("insn", _LD_W_ABS, _OFF_ARG0, None, None),
+        ("insn", _JEQ_K, 0xFFFFFFFF, "EPERM", "ALLOW2"),
         ("label", "WHICH_SELF"),  # setpriority(PRIO_PROCESS=0, 0, ...), ioprio_set(IOPRIO_WHO_PROCESS=1, 0, ...)
         ("insn", _LD_W_ABS, _OFF_NR, None, None),
         ("insn", _JEQ_K, nr["ioprio_set"], "IOPRIO", None),

@@ -92,6 +92,12 @@ def test_child_filter_lets_a_job_retune_only_itself(arch):
     assert run_bpf(program, nr["ioprio_set"], audit, (ioprio_who_process, 0, 0)) == ALLOW
     assert run_bpf(program, nr["ioprio_set"], audit, (ioprio_who_process, 1, 0)) == EPERM
     assert run_bpf(program, nr["ioprio_set"], audit, (ioprio_who_user, 0, 0)) == EPERM
+    # kill(-1) would reach every process of the job's uid; a pid, its own group (0) or another
+    # group stay allowed (the pid namespace or the dedicated uid bound those)
+    for pid in (0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF):  # -1 as an int in a 64-bit register, either way
+        assert run_bpf(program, nr["kill"], audit, (pid, 9)) == EPERM, hex(pid)
+    for pid in (0, 1, 1234, 0xFFFFFFFE, 0xFFFFFB2E):  # 0, pids, -2, -1234 (process groups)
+        assert run_bpf(program, nr["kill"], audit, (pid, 9)) == ALLOW, hex(pid)
     for name, n in ORDINARY[arch].items():
         assert run_bpf(program, n, audit, (0, 0)) == ALLOW, name
     other = seccomp.ARCHES["aarch64" if arch == "x86_64" else "x86_64"]["audit_arch"]
