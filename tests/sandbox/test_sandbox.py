@@ -345,6 +345,34 @@ def tagged_sleepers():
         subprocess.run(["pkill", "-KILL", "-f", tag], capture_output=True)
 
 
+def test_a_none_mode_zygote_never_sends_kill_minus_one_as_root():
+    """After a job, a none-mode zygote of a root trainer ends what the job left with kill(-1) as
+    its dedicated uid; as root that would end every process on the machine, so it is skipped
+    there (the host also refuses a zygote that is not its dedicated uid). The zygote's source is
+    run in a fresh interpreter with a stand-in `os` that records the calls instead of sending
+    them, as uid 0 and as a dedicated uid."""
+    import sys
+    from pathlib import Path
+
+    import azr_jax.sandbox
+
+    source, _main = (Path(azr_jax.sandbox.__file__).parent / "zygote.py").read_text().split('\nif __name__ == "__main__":')
+    probe = """
+import types
+calls = []
+_reap = lambda: None
+CONFIG["kill_all_uid"] = True
+for uid in (0, 3000007):
+    os = types.SimpleNamespace(kill=lambda pid, sig: calls.append(("kill", pid)),
+                               killpg=lambda pid, sig: calls.append(("killpg", pid)), getuid=lambda uid=uid: uid)
+    _kill_everything(12345, False)
+print(calls)
+"""
+    out = subprocess.run([sys.executable, "-c", source + probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[('killpg', 12345), ('killpg', 12345), ('kill', -1)]", out.stdout
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="isolation none gives jobs a dedicated uid only when root")
 def test_in_mode_none_as_root_no_process_of_a_job_outlives_the_sandbox():
     """A job that starts a process in a session of its own and then kills its zygote escaped the
