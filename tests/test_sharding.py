@@ -122,3 +122,52 @@ def test_golden_parameter_shardings(preset):
         f"resolved shardings of {preset} changed; if intended, run "
         "`python tests/golden_sharding/regenerate.py` and review the JSON diff"
     )
+
+
+def test_make_mesh_rejects_an_empty_shape_and_sizes_below_one():
+    """Each bad shape gets its own message, not a device-count mismatch or a ZeroDivisionError."""
+    with pytest.raises(UserError, match="at least one axis"):
+        make_mesh({})
+    for shape in ({"data": 0}, {"data": 0, "fsdp": -1}, {"data": -2, "fsdp": -1}):
+        with pytest.raises(UserError, match="positive or -1"):
+            make_mesh(shape)
+
+
+def test_logical_axes_must_name_every_dimension_of_the_shape():
+    with pytest.raises(ValueError, match="do not match shape"):
+        logical_to_pspec(("embed",), RULES, (64, 128), {"fsdp": 2})
+
+
+def test_tree_pspecs_without_shapes_still_drops_size_one_and_absent_mesh_axes():
+    """Without shapes there is no divisibility fallback, but the mesh's sizes still apply."""
+    from azr_jax.sharding import tree_pspecs
+
+    axes = {"embedding": ("vocab", "embed"), "layers": {"w": ("embed", "mlp")}, "norm": (None,)}
+    assert tree_pspecs(axes, RULES, mesh={"fsdp": 8, "tensor": 1}) == {
+        "embedding": P(None, "fsdp"), "layers": {"w": P("fsdp")}, "norm": P()}
+    assert tree_pspecs(axes, RULES)["layers"]["w"] == P("fsdp", "tensor")  # no mesh: names as they stand
+
+
+def test_mesh_rules_restores_the_enclosing_context_on_exit():
+    """Nested contexts unwind to the outer one (also on an exception), and to none at the end."""
+    from azr_jax.sharding import current_mesh_rules
+
+    outer, inner = make_mesh({"fsdp": 8}), make_mesh({"data": 2, "tensor": 4})
+    assert current_mesh_rules() is None
+    with mesh_rules(outer, RULES):
+        with pytest.raises(RuntimeError):
+            with mesh_rules(inner, RULES):
+                assert current_mesh_rules()[0] is inner
+                raise RuntimeError
+        assert current_mesh_rules()[0] is outer
+    assert current_mesh_rules() is None
+    x = jnp.ones((4, 8))
+    assert constrain(x, ("batch", "embed")) is x
+
+
+def test_constrain_replicates_a_dimension_its_mesh_axis_does_not_divide():
+    """2 kv heads on tensor=4: the activation is constrained to P('data'), not to an uneven split."""
+    mesh = make_mesh({"data": 2, "fsdp": 1, "tensor": 4})
+    with mesh_rules(mesh, RULES):
+        assert constrain(jnp.ones((4, 2)), ("batch", "kv_heads")).sharding.spec == P("data")
+        assert constrain(jnp.ones((4, 8)), ("batch", "heads")).sharding.spec == P("data", "tensor")

@@ -665,3 +665,164 @@ def test_progress_eta_comes_from_the_last_ten_steps():
         now += 100.0 if step <= 2 else 10.0  # two slow steps, then ten at 10 s
         p.update(step, {}, now=now)
     assert "10.0s/step eta 180s" in out.getvalue().splitlines()[-1]
+
+
+def test_read_metrics_of_a_missing_file_is_empty_and_skips_blank_lines(tmp_path):
+    """A run that has not finished a step has no metrics.jsonl: no records, not an error; blank
+    lines are not records."""
+    p = tmp_path / "metrics.jsonl"
+    assert read_metrics(p) == []
+    p.write_text('{"step": 1}\n\n  \n{"step": 2}\n\n')
+    assert read_metrics(p) == [{"step": 1}, {"step": 2}]
+
+
+def test_step_files_lists_only_numbered_files_in_step_order(tmp_path):
+    """`step_N<suffix>` by N as a number (9 before 10), whatever the directory order; names the
+    glob also matches but that carry no number (`step_final.json`, `step_.json`) are skipped."""
+    from azr_jax.metrics import step_files
+
+    for n in (12, 100, 11, 10, 9, 3, 2, 1):
+        (tmp_path / f"step_{n}.json").write_text("{}")
+    for name in ("step_final.json", "step_.json", "step_1.jsonl", "base.json"):
+        (tmp_path / name).write_text("{}")
+    assert step_files(tmp_path) == [(n, tmp_path / f"step_{n}.json") for n in (1, 2, 3, 9, 10, 11, 12, 100)]
+    assert step_files(tmp_path, ".jsonl") == [(1, tmp_path / "step_1.jsonl")]
+
+
+def test_resume_truncation_drops_lines_that_are_not_step_records(tmp_path):
+    """Only step records up to the checkpoint are kept: a line that parses but is no record (a
+    bare number, a list) or names no step is dropped, not a crash and not kept."""
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"step": 1}\n7\n[1, 2]\n{"x": 1}\n{"step": 2}\n{"step": 9}\n')
+    truncate_metrics(p, 5)
+    assert read_metrics(p) == [{"step": 1}, {"step": 2}]
+
+
+def test_progress_eta_is_the_mean_of_exactly_the_last_ten_steps():
+    """RECENT = 10: the ETA averages the last ten step intervals, so a slow step ten updates ago
+    still counts and one eleven updates ago does not."""
+    out = io.StringIO()
+    p = ProgressLine(total=30, start=0, stream=out)
+    times = {1: 0.0, 2: 10.0, 3: 110.0}  # step 3 took 100 s
+    for step in range(4, 13):
+        times[step] = times[step - 1] + 10.0
+    for step, now in times.items():
+        p.update(step, {}, now=now)
+    # steps 3..12: (100 + 9 * 10) / 10 = 19 s per step, 18 steps left
+    assert "19.0s/step eta 342s" in out.getvalue().splitlines()[-1]
+
+
+def test_progress_line_on_a_terminal_redraws_in_place_with_a_filling_bar():
+    """On a terminal each update goes back to the start of the line (\\r) and clears the rest; the
+    bar has step/total of its 20 cells filled."""
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    p = ProgressLine(total=4, start=0, stream=out)
+    p.update(1, {"reward/mean": 0.5}, now=0.0)
+    p.update(2, {"reward/mean": 0.25}, now=10.0)
+    p.close()
+    assert out.getvalue() == ("\r[#####...............] step 1/4 eta ? reward/mean=0.5\033[K"
+                              "\r[##########..........] step 2/4 10.0s/step eta 20s reward/mean=0.25\033[K\n")
+
+
+def test_the_progress_line_shows_reward_buffer_size_and_step_time(tmp_path, capsys):
+    """The writer's progress line shows the three headline fields of the record, no others."""
+    w = MetricsWriter(tmp_path, total_steps=1, progress=True)
+    w.write_step({"step": 1, "reward/mean": 0.5, "buffer/deduction": 12, "step_time_s": 3.25, "loss": 0.1})
+    w.close()
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "step 1/1" in line]
+    assert line.endswith(" reward/mean=0.5 buffer/deduction=12 step_time_s=3.25"), line
+
+
+def test_amending_a_step_overrides_nulls_non_finite_values_and_logs_to_tensorboard(tmp_path):
+    """`amend_step` values win over the record's own, NaN is written as null (every line parses),
+    and the finite ones also go to TensorBoard at that step."""
+    w = MetricsWriter(tmp_path, total_steps=2, progress=False)
+    w.write_step({"step": 1, "eval/solve_rate": 0.1, "reward/mean": 0.5})
+    w.amend_step(1, {"eval/solve_rate": 0.25, "eval/loss": float("nan")})
+    w.close()
+    assert "NaN" not in (tmp_path / "metrics.jsonl").read_text()
+    assert read_metrics(tmp_path / "metrics.jsonl") == [
+        {"step": 1, "eval/solve_rate": 0.25, "eval/loss": None, "reward/mean": 0.5}]
+    (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    assert sorted(_scalars(_tensorboard_events(events))) == [
+        (1, "eval/solve_rate", 0.1), (1, "eval/solve_rate", 0.25), (1, "reward/mean", 0.5)]
+
+
+def test_audit_files_hold_one_json_line_per_rollout_and_the_buffers_of_their_step(tmp_path):
+    """rollouts/step_N.jsonl: one sorted-key JSON object per line, each ending in a newline (a
+    JSONL file `azr-jax score --in` reads); buffers/step_N.json: the snapshot; a disabled writer
+    (a non-primary process) writes neither."""
+    w = MetricsWriter(tmp_path, total_steps=3, progress=False)
+    w.write_rollouts(3, [{"id": "b", "reward": 1.0}, {"reward": 0.0, "id": "a"}])
+    snapshot = {"deduction": [{"program": "def f(x):\n    return x", "input": "1", "output": "1"}]}
+    w.write_buffers(3, snapshot)
+    w.close()
+    assert (tmp_path / "rollouts" / "step_3.jsonl").read_text() == (
+        '{"id": "b", "reward": 1.0}\n{"id": "a", "reward": 0.0}\n')
+    assert json.loads((tmp_path / "buffers" / "step_3.json").read_text()) == snapshot
+    off = MetricsWriter(tmp_path / "off", total_steps=1, enabled=False)
+    off.write_buffers(1, snapshot)
+    off.write_json("summary.json", {"status": "completed"})
+    off.close()
+    assert not (tmp_path / "off").exists()
+
+
+def test_installing_twice_then_restoring_puts_back_the_handlers_found_first(report_unraisable):
+    """`azr-jax train` installs its flag and train() installs it again: one restore must put back
+    the SIGTERM handler and unraisablehook found by the first install, must not clobber a hook
+    someone installed after ours, and a flag restored then installed again takes over afresh."""
+    import signal
+    import sys
+
+    from azr_jax.trainer import StopFlag
+
+    term, hook = signal.getsignal(signal.SIGTERM), sys.unraisablehook
+    stop = StopFlag(stepping=False)
+    try:
+        stop.install()
+        stop.install()
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        stop.restore()
+        assert signal.getsignal(signal.SIGTERM) is term and sys.unraisablehook is hook
+        other = lambda signum, frame: None  # noqa: E731  (someone took SIGTERM meanwhile)
+        signal.signal(signal.SIGTERM, other)
+        stop.install()
+        assert sys.unraisablehook == stop._drop_dropped_stop
+        stop.restore()
+        assert signal.getsignal(signal.SIGTERM) is other and sys.unraisablehook is hook
+        stop.install()
+        later = lambda unraisable: None  # noqa: E731  (a hook installed after ours)
+        sys.unraisablehook = later
+        stop.restore()
+        assert sys.unraisablehook is later
+    finally:
+        stop.restore()
+        signal.signal(signal.SIGTERM, term)
+
+
+def test_only_the_second_signal_makes_the_stop_immediate():
+    """The first signal in the loop waits for the step (`check_startup` stays quiet, `immediate`
+    unset); the second stops at once and sets `immediate`, which cancels the queued host jobs."""
+    import os
+    import signal
+
+    from azr_jax.trainer import StopFlag
+
+    stop = StopFlag()
+    stop.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and not stop.immediate
+        stop.check_startup()  # a stop after the step: nothing raised
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.immediate
+        with pytest.raises(KeyboardInterrupt):
+            stop.check_startup()
+    finally:
+        stop.restore()
