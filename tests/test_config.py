@@ -552,3 +552,57 @@ def test_the_off_values_of_optional_checks_load():
     cfg = apply_overrides(Config(), ["train.audit_every=0", "optim.grad_clip_norm=null", "rl.dual_clip=null",
                                      "eval.temperature=0", "sandbox.workers=0", "train.eval_every=-1"])
     assert (cfg.train.audit_every, cfg.optim.grad_clip_norm, cfg.rl.dual_clip) == (0, None, None)
+
+
+def test_train_set_overrides_win_over_the_mesh_topology():
+    """`train --mesh` lays the preset out on the topology, and a --set of mesh.shape given with it
+    still wins (the documented order: preset, --mesh, then --set)."""
+    import argparse
+
+    from azr_jax.train_cli import resolve_config
+
+    laid_out = resolve_config(argparse.Namespace(config="configs/nano.py", mesh="v4-8", overrides=[]))
+    assert laid_out.mesh.shape["fsdp"] == 4
+    shape = {"data": 2, "fsdp": 2, "tensor": 1}
+    both = resolve_config(argparse.Namespace(config="configs/nano.py", mesh="v4-8",
+                                             overrides=[f"mesh.shape={json.dumps(shape)}"]))
+    assert both.mesh.shape == shape
+
+
+def test_no_command_is_a_usage_error(capsys):
+    """`azr-jax` alone prints its usage and exits 2 (not an IndexError or AttributeError)."""
+    from azr_jax.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([])
+    assert stop.value.code == 2 and "the following arguments are required: COMMAND" in capsys.readouterr().err
+
+
+def test_the_executable_passes_its_exit_status_and_leaves_at_once_after_an_interrupt(monkeypatch):
+    """`run()` asks main() for the process-exit mode, exits with its status, and after an
+    interrupt (130) leaves with os._exit(130) before the interpreter's shutdown."""
+    from azr_jax import cli
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    modes = []
+    for status in (2, 130):
+        monkeypatch.setattr(cli, "main", lambda process_exit=False, status=status: modes.append(process_exit) or status)
+        monkeypatch.setattr(cli.os, "_exit", fake_exit)
+        with pytest.raises(SystemExit if status == 2 else Exited) as stop:
+            cli.run()
+        assert (stop.value.code if status == 2 else stop.value.args[0]) == status
+    assert modes == [True, True]
+
+
+def test_the_last_error_line_silences_stderr_behind_it():
+    """`_say_last` writes its line and then nothing else reaches stderr: not Python's stream and
+    not a raw write to file descriptor 2 (a library thread's traceback at shutdown)."""
+    code = ("import os, sys\nfrom azr_jax.cli import _say_last\nprint('before', file=sys.stderr)\n"
+            "_say_last('azr-jax: error: last\\n')\nprint('after', file=sys.stderr, flush=True)\nos.write(2, b'raw\\n')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "before\nazr-jax: error: last\n", r.stderr

@@ -142,3 +142,110 @@ def test_a_coordinator_that_never_answers_is_named_before_jax_aborts(tmp_path):
     assert first == ("azr-jax: process 1 of 2 connecting to the coordinator at 127.0.0.1:1 (waits up to 2 s: "
                      "AZR_COORDINATOR_TIMEOUT_S)"), r.stderr[-2000:]
     assert time.monotonic() - started < 60  # the shortened wait, not JAX's 300 s
+
+
+def test_a_partial_cluster_environment_names_the_missing_variables(monkeypatch):
+    """Only some of the three JAX_* variables set is one error listing the missing ones, before
+    JAX starts (not an int(None) TypeError, and not a silent single-process run)."""
+    from azr_jax import distributed
+    from azr_jax.errors import UserError
+
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
+    monkeypatch.delenv("AZR_TPU_MULTIHOST", raising=False)
+    monkeypatch.setattr(distributed.jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda **kw: pytest.fail("reached JAX"))
+    with pytest.raises(UserError, match=r"missing \['JAX_PROCESS_ID'\]$"):
+        distributed.initialize_from_env()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"JAX_COORDINATOR_ADDRESS": ":1234"}, "must be host:port"),
+    ({"AZR_COORDINATOR_TIMEOUT_S": "0"}, "AZR_COORDINATOR_TIMEOUT_S must be a whole number of seconds >= 1, got '0'"),
+])
+def test_an_address_without_a_host_or_a_zero_timeout_is_refused(monkeypatch, env, message):
+    """The edges of the checks: an empty host and a timeout of 0 s never reach JAX."""
+    import re
+
+    from azr_jax import distributed
+    from azr_jax.errors import UserError
+
+    for key, value in {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
+                       "JAX_PROCESS_ID": "1", **env}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(distributed.jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda **kw: pytest.fail("reached JAX"))
+    with pytest.raises(UserError, match=re.escape(message)):
+        distributed.initialize_from_env()
+
+
+def test_a_well_formed_environment_reaches_jax_with_its_address_and_the_default_timeout(monkeypatch):
+    """The address goes to JAX as given (an IPv6 host keeps its colons: split at the last one),
+    with JAX's own 300 s start-up wait unless AZR_COORDINATOR_TIMEOUT_S says otherwise; a TPU
+    slice (AZR_TPU_MULTIHOST=1, no JAX_* variables) lets JAX discover everything; with none of
+    them set JAX is not started; and a second call does not start it again."""
+    from azr_jax import distributed
+
+    calls = []
+    monkeypatch.setattr(distributed.jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.delenv("AZR_COORDINATOR_TIMEOUT_S", raising=False)
+    monkeypatch.delenv("AZR_TPU_MULTIHOST", raising=False)
+    for key, value in {"JAX_COORDINATOR_ADDRESS": "[::1]:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}.items():
+        monkeypatch.setenv(key, value)
+    assert distributed.initialize_from_env() is False  # the fake JAX start left one process
+    assert calls == [{"coordinator_address": "[::1]:1234", "num_processes": 2, "process_id": 1,
+                      "initialization_timeout": 300}]
+    for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(key)
+    calls.clear()
+    distributed.initialize_from_env()
+    assert calls == []  # a single-process run
+    monkeypatch.setenv("AZR_TPU_MULTIHOST", "1")
+    distributed.initialize_from_env()
+    assert calls == [{}]
+    monkeypatch.setattr(distributed.jax.distributed, "is_initialized", lambda: True)
+    calls.clear()
+    assert distributed.initialize_from_env() is False and calls == []  # already started: one process here
+
+
+TOGETHER_WORKER = """
+import sys
+import jax
+from azr_jax import distributed
+from azr_jax.errors import UserError
+port, pid = sys.argv[1], int(sys.argv[2])
+jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+
+def attempt(failing, exc=UserError, undo=None):
+    def fn():
+        if pid in failing:
+            raise exc(f"no seed file on {pid}")
+        return f"seeds of {pid}"
+    try:
+        print("together", distributed.together(fn, "loading the seed tasks", undo))
+    except Exception as e:
+        print(type(e).__name__, e)
+
+attempt(())
+attempt((1,), undo=lambda value: print("undone", value))
+attempt((0, 1))
+attempt((1,), exc=ValueError)
+"""
+
+
+@pytest.mark.slow
+def test_a_start_up_step_that_fails_on_one_process_fails_on_every_process_with_one_error():
+    """`together`: each process's own result where it worked everywhere; else one UserError on
+    every process naming each failed process (a UserError by its own text, a bug by its type),
+    the succeeded process's result released by `undo`, and a bug raised as itself where it
+    happened."""
+    what = "UserError loading the seed tasks failed on"
+    zero, one = _run_two(TOGETHER_WORKER)
+    assert zero == ["together seeds of 0", "undone seeds of 0", f"{what} process 1: no seed file on 1",
+                    f"{what} process 0: no seed file on 0; process 1: no seed file on 1",
+                    f"{what} process 1: ValueError: no seed file on 1"]
+    assert one == ["together seeds of 1", f"{what} process 1: no seed file on 1",
+                   f"{what} process 0: no seed file on 0; process 1: no seed file on 1",
+                   "ValueError no seed file on 1"]

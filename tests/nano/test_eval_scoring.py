@@ -213,7 +213,8 @@ def test_standard_errors_of_the_solve_rate_and_the_paired_gain():
         [s["base_solve_rate_stderr"], s["final_solve_rate_stderr"], s["solve_rate_gain_stderr"]], abs=5e-4)
 
 
-def test_plots_from_metrics_jsonl(tmp_path):
+def _four_steps_of_metrics() -> list[dict]:
+    """Metrics rows of steps 1-4 with every panel's keys; learnability is null at step 1."""
     rows = []
     for step in range(1, 5):
         row = {"step": step}
@@ -224,6 +225,11 @@ def test_plots_from_metrics_jsonl(tmp_path):
             row[f"propose/{task}/learnability"] = None if step == 1 else 0.1 * step
             row[f"solve/{task}/accuracy"] = 0.1 * step
         rows.append(row)
+    return rows
+
+
+def test_plots_from_metrics_jsonl(tmp_path):
+    rows = _four_steps_of_metrics()
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     written = plot_metrics(path, tmp_path / "plots")
@@ -417,3 +423,79 @@ def test_prompts_past_the_models_context_are_named_in_a_warning(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "1 of 3 prompts plus the answer budget (20 tokens) run past the model's max_position_embeddings (100): "
         "those answers come from positions it was not trained on"]
+
+
+def _saved_figures(monkeypatch) -> dict:
+    """stem -> the matplotlib Figure that plot_metrics saved under it (kept for inspection)."""
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+
+    figures, real = {}, Figure.savefig
+
+    def savefig(self, path, *args, **kwargs):
+        figures[Path(path).stem] = self
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return figures
+
+
+def test_each_panel_draws_one_labelled_line_per_metric_over_the_steps_that_have_it(tmp_path, monkeypatch):
+    """Every (role, task) metric of a panel is one line, labelled by its role/task, titled as
+    PANELS says; a step whose value is null is left out of its line (not drawn as a gap at 0)."""
+    figures = _saved_figures(monkeypatch)
+    rows = _four_steps_of_metrics()
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "plots")
+    tasks = ["deduction", "abduction", "induction"]
+    expected = {"reward": [f"{role}/{t}" for role in ("propose", "solve") for t in tasks],
+                "valid_rate": [f"propose/{t}" for t in tasks], "learnability": [f"propose/{t}" for t in tasks],
+                "solve_rate": [f"solve/{t}" for t in tasks]}
+    assert sorted(figures) == sorted(PANELS)
+    for stem, labels in expected.items():
+        (ax,) = figures[stem].axes
+        assert ax.get_title() == PANELS[stem][0]
+        assert [line.get_label() for line in ax.lines] == labels, stem
+        steps = [2, 3, 4] if stem == "learnability" else [1, 2, 3, 4]
+        assert all(list(line.get_xdata()) == steps for line in ax.lines), stem
+    (line,) = [l for l in figures["solve_rate"].axes[0].lines if l.get_label() == "solve/abduction"]
+    assert list(line.get_ydata()) == pytest.approx([0.1, 0.2, 0.3, 0.4])
+
+
+def test_the_heldout_panel_puts_final_at_the_last_step_and_names_its_decoding(tmp_path, monkeypatch):
+    """final.json is drawn at the last metrics step, the title names how the final evaluation
+    decoded, the ±1 standard error band is drawn once two evaluations record an error, and the
+    y axis reaches 1.5 times the best rate (capped at 1)."""
+    figures = _saved_figures(monkeypatch)
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3, 4)))
+    (tmp_path / "eval").mkdir()
+    for name, rate, extra in (("base", 0.1, {"solve_rate_stderr": 0.01}), ("step_2", 0.2, {}),
+                              ("final", 0.3, {"solve_rate_stderr": 0.03, "samples": 4, "temperature": 1.0})):
+        (tmp_path / "eval" / f"{name}.json").write_text(json.dumps(
+            {"solve_rate": rate, "per_task": {"deduction": rate + 0.1, "abduction": rate}} | extra))
+    plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "plots")
+    (ax,) = figures["heldout_solve_rate"].axes
+    assert ax.get_title() == "held-out solve rate (mean of 4 samples at temperature 1; step 0 = base model)"
+    assert [line.get_label() for line in ax.lines] == ["mean", "deduction", "abduction"]
+    assert list(ax.lines[0].get_xdata()) == [0, 2, 4]
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([0.1, 0.2, 0.3])
+    (band,) = ax.collections
+    assert band.get_label() == "mean ± 1 standard error"
+    assert ax.get_ylim() == pytest.approx((0, 0.6))  # 1.5 x the best rate, deduction's 0.4
+
+
+def test_metrics_rows_read_skip_blank_lines_and_refuse_a_boolean_step_or_a_missing_file(tmp_path):
+    """Blank lines are not rows; `"step": true` is not an integer step; a missing file is one
+    UserError naming it (not a FileNotFoundError traceback)."""
+    from azr_jax.errors import UserError
+    from azr_jax.plots import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('\n{"step": 1}\n   \n{"step": 2, "x": 0.5}\n\n')
+    assert read_metrics(path) == [{"step": 1}, {"step": 2, "x": 0.5}]
+    path.write_text('{"step": 1}\n{"step": true}\n')
+    with pytest.raises(UserError, match="line 2: not a metrics row"):
+        read_metrics(path)
+    with pytest.raises(UserError, match="metrics file not found: .*missing.jsonl"):
+        read_metrics(tmp_path / "missing.jsonl")

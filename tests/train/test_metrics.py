@@ -826,3 +826,55 @@ def test_only_the_second_signal_makes_the_stop_immediate():
             stop.check_startup()
     finally:
         stop.restore()
+
+
+@pytest.mark.parametrize("status, code", [("completed", 0), ("stopped", 0), ("failed", 1)])
+def test_train_hands_its_flags_to_the_trainer_and_exits_by_the_runs_status(status, code, tmp_path, monkeypatch,
+                                                                          capsys):
+    """`azr-jax train` passes --workdir (default runs/<name>), --resume-step and --no-progress to
+    train(); a completed run prints where its outputs are, a stopped one exits 0 without that
+    report, any other status exits 1; --resume-step 0 is refused before training starts."""
+    import types
+    from pathlib import Path
+
+    from azr_jax import cli
+
+    config = str(Path("configs/nano.py").absolute())
+    calls = []
+
+    def train(cfg, workdir, *, resume_step, progress, stop):
+        calls.append((cfg.name, workdir, resume_step, progress))
+        return {"status": status}
+
+    fake = types.ModuleType("azr_jax.trainer")
+    fake.train = train
+    monkeypatch.setitem(sys.modules, "azr_jax.trainer", fake)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--config", config]) == code
+    ((name, workdir, resume_step, progress),) = calls
+    assert name and workdir == f"runs/{name}" and resume_step is None and progress is True
+    out = capsys.readouterr().out
+    report = [f"summary: runs/{name}/summary.json", f"metrics: runs/{name}/metrics.jsonl"]
+    assert [line for line in out.splitlines() if line.startswith(("summary:", "metrics:"))] == (
+        report if status == "completed" else [])
+    calls.clear()
+    assert cli.main(["train", "--config", config, "--workdir", str(tmp_path / "w"), "--resume-step", "3",
+                     "--no-progress"]) == code
+    assert calls == [(name, str(tmp_path / "w"), 3, False)]
+    calls.clear()
+    assert cli.main(["train", "--config", config, "--workdir", str(tmp_path / "w"), "--resume-step", "0"]) == 2
+    assert "--resume-step must be a positive step number, got 0" in capsys.readouterr().err and calls == []
+
+
+def test_the_end_of_run_report_lists_the_plots(tmp_path, capsys):
+    """The report names every PNG under WORKDIR/plots, sorted, and no plots line without any."""
+    from azr_jax.train_cli import print_report
+
+    print_report({}, tmp_path)
+    assert "plots:" not in capsys.readouterr().out
+    (tmp_path / "plots").mkdir()
+    for name in ("reward", "heldout_solve_rate"):
+        (tmp_path / "plots" / f"{name}.png").write_bytes(b"")
+    print_report({}, tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"plots:   {tmp_path / 'plots' / 'heldout_solve_rate.png'}, {tmp_path / 'plots' / 'reward.png'}"
