@@ -85,10 +85,17 @@ def test_a_host_job_that_fails_on_one_process_fails_on_every_process():
 
 SHARE_WORKER = """
 import sys
+import time
+from pathlib import Path
 import jax
 from azr_jax import distributed
-port, pid = sys.argv[1], int(sys.argv[2])
+port, pid, marker = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+if pid == 1:
+    time.sleep(2)
+    marker.write_text("here")
+distributed.barrier("marker written")
+print("after the barrier", marker.exists())
 print("shared", distributed.share_results(list(range(5)), lambda share: [x * 10 for x in share]))
 def score(share):
     if pid == 1:
@@ -102,11 +109,13 @@ except RuntimeError as e:
 
 
 @pytest.mark.slow
-def test_scoring_shares_in_item_order_and_a_failure_on_one_process_stops_every_process():
+def test_the_barrier_waits_and_scoring_shares_in_item_order_and_a_failure_on_one_process_stops_every_process(tmp_path):
     # The evaluations' scoring (eval.evaluate.score_items): before, process 0 waited in the gather
-    # for process 1's share until the coordination service timed out.
-    for lines in _run_two(SHARE_WORKER):
-        assert lines == ["shared [0, 10, 20, 30, 40]", "error host-side scoring failed on process 1: ValueError: bad answer"]
+    # for process 1's share until the coordination service timed out. First `barrier`: process 1
+    # writes a file 2 s late and then reaches it, so process 0 sees the file only if it waited.
+    marker = str(tmp_path / "marker")
+    for lines in _run_two(SHARE_WORKER, (marker, marker)):
+        assert lines == ["after the barrier True", "shared [0, 10, 20, 30, 40]", "error host-side scoring failed on process 1: ValueError: bad answer"]
 
 
 @pytest.mark.parametrize("env, message", [
