@@ -58,3 +58,31 @@ def test_generated_outputs_match_execution_in_the_sandbox():
         assert res.ok, (t.source, res)
         want = [t.io_record()["output"]] + t.induction_record()["outputs"][:3]
         assert [ast.literal_eval(o) for o in res.outputs] == [ast.literal_eval(w) for w in want], t.source
+
+
+def test_blank_lines_and_trailing_spaces_anywhere_keep_a_programs_identity_and_slice():
+    # A held-out program (the generator's first held-out draw from seed 0) as a model might write
+    # it: trailing spaces and tabs on its lines, a blank line inside. Same identity, same slice.
+    src = "def f(xs):\n    n = sum(xs)\n    return n"
+    messy = "def f(xs):   \n\n    n = sum(xs) \t\n    return n \t\n  \n"
+    assert is_heldout(src)
+    assert program_hash(messy) == program_hash(src)
+    assert is_heldout(messy)
+    # indentation is part of a Python program: it is not normalised away
+    assert program_hash(src.replace("    n = sum", "  n = sum")) != program_hash(src)
+
+
+def test_constants_of_one_are_a_valid_difficulty():
+    # max_const=1: the constants drawn from 1..max_const are all 1; those of the steps that need
+    # at least 2 (multiply, floor-divide, modulo, keep the multiples, repeat) are 2, and 2 + 3 = 5
+    # for "modulo k + 3".
+    import re
+
+    tasks = generate_tasks(4, 30, Difficulty(max_const=1))
+    assert len(tasks) == 30
+    descs = {s.desc for t in tasks for s in t.program.steps}
+    ones = {int(m[1]) for d in descs if (m := re.match(r"(?:add|subtract|append|take the maximum with) (\d+)", d))}
+    at_least_two = r"(?:multiply by|floor-divide by|take the remainder modulo|keep the multiples of|repeat it) (\d+)"
+    twos = {int(m[1]) for d in descs if (m := re.match(at_least_two, d))}
+    fives = {int(m[1]) for d in descs if (m := re.match(r"list .* modulo (\d+)", d))}
+    assert (ones, twos, fives) == ({1}, {2}, {5})

@@ -499,3 +499,77 @@ def test_metrics_rows_read_skip_blank_lines_and_refuse_a_boolean_step_or_a_missi
         read_metrics(path)
     with pytest.raises(UserError, match="metrics file not found: .*missing.jsonl"):
         read_metrics(tmp_path / "missing.jsonl")
+
+
+def test_summary_fields_name_each_evaluations_own_figures():
+    # Without items (an older evaluation) the standard errors are None; decoding defaults to one
+    # greedy sample; the benchmark falls back to the base's; each per-type rate and format rate
+    # is its own evaluation's, and a type only one of them scored is None in the other.
+    base = {"solve_rate": 0.1, "per_task": {"deduction": 0.2, "abduction": 0.0}, "benchmark": "nano",
+            "n_items": 6, "format_rate": 0.5}
+    final = {"solve_rate": 0.3, "per_task": {"deduction": 0.3, "induction": 0.3}, "n_items": 4, "format_rate": 0.75}
+    s = solve_rate_summary(base, final)
+    assert s == {
+        "benchmark": "nano", "eval_items": 4, "eval_samples": 1, "eval_temperature": 0.0,
+        "base_solve_rate": 0.1, "final_solve_rate": 0.3, "solve_rate_gain": pytest.approx(0.2),
+        "base_solve_rate_stderr": None, "final_solve_rate_stderr": None, "solve_rate_gain_stderr": None,
+        "base_format_rate": 0.5, "final_format_rate": 0.75,
+        "base_solve_rate/abduction": 0.0, "final_solve_rate/abduction": None,
+        "base_solve_rate/deduction": 0.2, "final_solve_rate/deduction": 0.3,
+        "base_solve_rate/induction": None, "final_solve_rate/induction": 0.3,
+    }
+    # the table leaves out the rows with one side missing, and has no error row without errors
+    assert [line.split()[0] for line in format_solve_rate_table(s).splitlines()] == ["task", "deduction", "mean"]
+
+
+def test_the_paired_gain_error_needs_the_same_item_ids():
+    # Same number of items, other ids (another benchmark file between base and final): no pairing.
+    base = _eval({"deduction": [1, 0, 0, 0]})
+    other = base | {"items": [it | {"id": it["id"] + "-other"} for it in base["items"]]}
+    assert gain_stderr(base, other) is None
+    assert gain_stderr(base, base) == 0.0
+
+
+def test_read_evaluation_returns_a_result_and_skips_what_is_not_one(tmp_path):
+    from azr_jax.eval.summary import read_evaluation
+
+    good = {"solve_rate": 0.25, "per_task": {"deduction": 0.25}}
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    assert read_evaluation(tmp_path / "good.json") == good
+    bad = {"no_per_task.json": b'{"solve_rate": 0.25}', "a_list.json": b"[0.25]", "not_utf8.json": b'{"a": "\xff"}',
+           "text_rate.json": b'{"solve_rate": "0.25", "per_task": {}}'}
+    for name, content in bad.items():
+        (tmp_path / name).write_bytes(content)
+        assert read_evaluation(tmp_path / name) is None, name
+    assert read_evaluation(tmp_path / "missing.json") is None
+
+
+@pytest.mark.parametrize("max_items,per_type", [(0, 50), (1, 1), (3, 1), (7, 2)])
+def test_a_cut_nano_benchmark_keeps_the_task_types_balanced(max_items, per_type):
+    # max_items // 3 items of each type, at least one; 0 = all 50 per type
+    from azr_jax.config import EvalSection
+    from azr_jax.eval.benchmarks import load_benchmark
+
+    items = load_benchmark(EvalSection(max_items=max_items))
+    assert [it["task"] for it in items] == [t for t in ("deduction", "abduction", "induction") for _ in range(per_type)]
+
+
+def test_benchmark_files_and_names_are_checked(tmp_path):
+    from azr_jax.config import EvalSection
+    from azr_jax.errors import UserError
+    from azr_jax.eval.benchmarks import load_benchmark, load_cruxeval
+
+    with pytest.raises(UserError, match="needs eval.data_path"):
+        load_benchmark(EvalSection(benchmark="cruxeval"))
+    with pytest.raises(UserError, match="unknown eval.benchmark 'humaneval'"):
+        load_benchmark(EvalSection(benchmark="humaneval"))
+    p = tmp_path / "crux.jsonl"
+    row = {"code": "def f(x):\n    return x", "input": "1", "output": "1"}
+    for broken in ({**row, "output": 1}, {k: v for k, v in row.items() if k != "code"}):
+        p.write_text(json.dumps(row) + "\n" + json.dumps(broken) + "\n")
+        with pytest.raises(UserError, match="line 2: expected an object with string fields"):
+            load_cruxeval(p)
+    # an item without an id is named by its line in the file, blank lines counted
+    p.write_text("\n" + json.dumps(row) + "\n\n" + json.dumps(row) + "\n")
+    assert [it["id"] for it in load_cruxeval(p)] == ["cruxeval-o/line2", "cruxeval-i/line2",
+                                                     "cruxeval-o/line4", "cruxeval-i/line4"]

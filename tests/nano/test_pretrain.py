@@ -209,3 +209,23 @@ def test_without_a_warmup_the_first_pretraining_step_already_trains():
     assert first_rates(["pretrain.steps=1"], n=1)[0] > 0
     shipped = nano_base_config().pretrain
     assert shipped.warmup_steps == 30 and first_rates([])[0] == 0.0 and first_rates([])[1] > 0
+
+
+def test_transcripts_refuse_an_unknown_task_type_and_draw_references_from_their_seed():
+    import pytest
+
+    from azr_jax.azr.prompts import Prompts
+    from azr_jax.nano.corpus import generate_tasks
+    from azr_jax.nano.transcripts import build_transcripts, propose_response, solve_response
+
+    tasks = generate_tasks(0, 8, num_inputs=8)
+    for respond in (solve_response, propose_response):
+        with pytest.raises(ValueError, match="unknown task type 'deductive'"):
+            respond("deductive", tasks[0])  # a typo is an error, not an empty demonstration
+    prompts = Prompts.from_config(load_config("configs/nano.py").azr)
+
+    def proposer_prompts(seed):
+        return [t.prompt for t in build_transcripts(tasks, prompts, n_references=2, seed=seed) if t.role == "propose"]
+
+    # the references shown in proposer prompts are drawn with `seed` (pretrain.corpus_seed)
+    assert proposer_prompts(1) == proposer_prompts(1) != proposer_prompts(2)
