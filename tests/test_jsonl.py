@@ -102,3 +102,94 @@ def test_an_atomic_write_that_fails_leaves_the_old_content(tmp_path, monkeypatch
     monkeypatch.undo()
     jsonl.write_text_atomically(p, "new", durable=True)
     assert p.read_text() == "new" and os.listdir(tmp_path) == ["state.json"]
+
+
+def test_a_directory_given_as_an_input_file_is_not_found(tmp_path):
+    """`--in DIR` is named in one line (p.exists() let it through to a traceback from read_bytes)."""
+    with pytest.raises(UserError, match=f"test file not found: {tmp_path}$"):
+        list(read_objects(tmp_path, "test file"))
+
+
+def test_read_json_object_refuses_an_integer_past_the_digit_limit(tmp_path):
+    """Python refuses to parse integers of more than 4300 digits with a plain ValueError, which is
+    neither a JSONDecodeError nor a UnicodeDecodeError."""
+    from azr_jax.jsonl import read_json_object
+
+    p = tmp_path / "config.json"
+    p.write_text('{"a": ' + "9" * 5000 + "}")
+    with pytest.raises(UserError, match=r"config.json is not valid JSON \(model config\)"):
+        read_json_object(p, "model config")
+
+
+def test_check_output_file_names_what_would_fail_the_write_at_the_end(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from azr_jax import jsonl
+
+    assert jsonl.check_output_file(tmp_path / "new.json", "--out") == tmp_path / "new.json"
+    with pytest.raises(UserError, match=f"--out {tmp_path} is a directory; give a file path"):
+        jsonl.check_output_file(tmp_path, "--out")
+    with pytest.raises(UserError, match=f"directory {tmp_path / 'no'} does not exist"):
+        jsonl.check_output_file(tmp_path / "no" / "x.json", "--out")
+    # Permissions, simulated (root writes anywhere): a read-only file to replace, and a
+    # directory in which no new file can be made.
+    old = tmp_path / "old.json"
+    old.write_text("")
+    monkeypatch.setattr(jsonl.os, "access", lambda path, mode: Path(path) != old)
+    with pytest.raises(UserError, match="old.json is not writable"):
+        jsonl.check_output_file(old, "--out")
+    monkeypatch.setattr(jsonl.os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(UserError, match="new.json is not writable"):
+        jsonl.check_output_file(tmp_path / "new.json", "--out")
+
+
+def test_check_output_dir_looks_at_the_nearest_existing_directory(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    from azr_jax import jsonl
+
+    assert jsonl.check_output_dir(tmp_path / "new" / "sub", "--workdir") == tmp_path / "new" / "sub"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(UserError, match=f"--workdir {a_file} exists and is not a directory"):
+        jsonl.check_output_dir(a_file, "--workdir")
+    with pytest.raises(UserError, match=f"--workdir {a_file / 'sub'}: {a_file} is not a directory"):
+        jsonl.check_output_dir(a_file / "sub", "--workdir")
+    # An existing run directory that can be listed but not entered (no x bit: simulated, root
+    # enters anywhere): checked itself, not its parent, and for search permission too.
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setattr(jsonl.os, "access", lambda path, mode: not (Path(path) == run and mode & os.X_OK))
+    with pytest.raises(UserError, match=f"--workdir {run}: {run} is not writable"):
+        jsonl.check_output_dir(run, "--workdir")
+
+
+def test_an_output_file_replaces_the_old_content_and_is_complete_when_the_block_ends(tmp_path):
+    from azr_jax.jsonl import OutputFile
+
+    p = tmp_path / "out.jsonl"
+    p.write_text("results of an earlier run\n")
+    with OutputFile(p, "--out") as out:
+        out.write('{"a": 1}\n')
+    assert p.read_text() == '{"a": 1}\n'  # written over, not appended to; flushed though `out` lives on
+
+
+def test_output_file_failures_are_one_user_error_naming_the_file(tmp_path):
+    """/dev/full takes every open and fails every write with ENOSPC: a full disk on demand."""
+    from azr_jax.jsonl import OutputFile
+
+    with pytest.raises(UserError, match=f"--out {tmp_path}: cannot open"):
+        OutputFile(tmp_path, "--out")  # a directory
+    with pytest.raises(UserError, match=r"--out /dev/full: write failed \(No space left on device\)"):
+        with OutputFile("/dev/full", "--out") as out:
+            out.write("x" * 100_000)  # more than the buffer holds: written, and failing, now
+    small = OutputFile("/dev/full", "--out")
+    small.write("x\n")  # buffered: the full disk only shows when it is flushed
+    with pytest.raises(UserError, match=r"--out /dev/full: write failed \(No space left on device\)"):
+        small.close()
+    # An error inside the block is what the user sees, not the failed flush of its partial output.
+    with pytest.raises(KeyError, match="the work failed"):
+        with OutputFile("/dev/full", "--out") as out:
+            out.write("x\n")
+            raise KeyError("the work failed")

@@ -182,3 +182,100 @@ def test_json_report_of_a_broken_checkpoint_is_strict_json():
     report = {"max_abs_logit_diff": float("nan"), "hidden_max_abs_diff": [0.0, float("inf")], "passed": False}
     text = json.dumps(_json_safe(report), allow_nan=False)
     assert json.loads(text) == {"max_abs_logit_diff": None, "hidden_max_abs_diff": [0.0, None], "passed": False}
+
+
+def test_rows_take_their_tokens_from_different_offsets():
+    """Row i starts 7 tokens further into the (repeated) text: rows holding the same tokens would
+    hide a bug that mixes rows up."""
+    tokens, _, _, lengths = build_batch([1, 2, 3, 4, 5], 4, 2)
+    assert lengths == [4, 3]
+    # row 1: tokens 7..9 of 1 2 3 4 5 1 2 3 4 5 ..., left-padded by one
+    assert tokens.tolist() == [[1, 2, 3, 4], [0, 3, 4, 5]]
+
+
+def test_compare_counts_the_real_tokens_only():
+    import numpy as np
+
+    from azr_jax.repro import compare
+
+    mask = np.array([[0, 1, 1]])  # position 0 is padding: far off there, and another argmax
+    ref = np.array([[[0.0, 100.0], [1.0, 3.0], [2.0, 0.0]]])
+    ours = np.array([[[100.0, 0.0], [1.5, 3.0], [2.0, 0.0]]])
+    ref_hidden = [np.array([[[5.0, 5.0], [0.0, 0.0], [0.0, 0.0]]]), np.array([[[0.0, 0.0], [4.0, -8.0], [2.0, 2.0]]])]
+    ours_hidden = [np.array([[[0.0, 0.0], [0.25, 0.0], [0.0, 0.0]]]), np.array([[[0.0, 0.0], [4.0, -6.0], [2.0, 2.0]]])]
+    r = compare(ours, ref, ours_hidden, ref_hidden, mask)
+    assert r["real_tokens"] == 2 and r["top1_agreement"] == 1.0
+    assert r["max_abs_logit_diff"] == 0.5 and r["mean_abs_logit_diff"] == 0.125  # one 0.5 among 4 real logits
+    # std of the real reference logits 1, 3, 2, 0: mean 1.5, variance (0.25 + 2.25 + 0.25 + 2.25) / 4
+    assert r["logit_scale"] == pytest.approx(1.25 ** 0.5)
+    assert r["max_logit_diff_over_scale"] == pytest.approx(0.5 / 1.25 ** 0.5)
+    # layer 0 is all zeros at the real tokens: its difference counts as is (scale 1); layer 1: 2 / 8
+    assert r["hidden_max_abs_diff"] == [0.25, 2.0] and r["hidden_max_rel_diff"] == [0.25, 0.25]
+    # constant reference logits (std 0): a difference of 2 is infinitely far, not a ZeroDivisionError
+    flat = compare(ours, np.ones_like(ref), ours_hidden, ref_hidden, mask)
+    assert flat["logit_scale"] == 0.0 and flat["max_logit_diff_over_scale"] == float("inf")
+
+
+def _fake_model(vocab_size, ids=None):
+    """What `_token_stream` reads of a model: its vocabulary size and its tokenizer (if `ids`)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=SimpleNamespace(vocab_size=vocab_size), has_tokenizer=lambda: ids is not None,
+                           tokenizer=SimpleNamespace(encode=lambda text: ids))
+
+
+def _token_args(**changes):
+    import argparse
+
+    return argparse.Namespace(**{"random_tokens": False, "text_file": None, "seed": 0, "seq_len": 50, "batch": 2,
+                                 **changes})
+
+
+def test_random_tokens_are_seeded_and_inside_the_vocabulary():
+    from azr_jax.repro import _token_stream
+
+    # asked for with a tokenizer at hand: 50 x 2 ids, of a vocabulary of 2 (ids 0 and 1 only)
+    ids, source = _token_stream(_fake_model(2, ids=[1]), _token_args(random_tokens=True))
+    assert source == "random" and len(ids) == 100 and set(ids) == {0, 1}
+    assert _token_stream(_fake_model(2), _token_args(seed=0))[0] == ids  # no tokenizer: the same seed, the same ids
+    assert _token_stream(_fake_model(2), _token_args(seed=1))[0] != ids
+
+
+def test_text_the_model_cannot_take_is_one_user_error(tmp_path):
+    from azr_jax.errors import UserError
+    from azr_jax.repro import _token_stream
+
+    assert _token_stream(_fake_model(4, ids=[0, 3]), _token_args()) == ([0, 3], "builtin code sample")
+    with pytest.raises(UserError, match=r"emits id 4, outside the model's vocabulary \(4\)"):  # ids 0..3 fit
+        _token_stream(_fake_model(4, ids=[0, 4]), _token_args())
+    with pytest.raises(UserError, match="builtin code sample has no tokens"):
+        _token_stream(_fake_model(4, ids=[]), _token_args())
+    latin1 = tmp_path / "latin1.py"
+    latin1.write_bytes(b"# caf\xe9\n")
+    with pytest.raises(UserError, match=f"--text-file {latin1} is not UTF-8 text"):
+        _token_stream(_fake_model(4, ids=[1]), _token_args(text_file=str(latin1)))
+
+
+def test_bfloat16_has_its_own_bars(checkpoint, capsys):
+    """bfloat16: an absolute bar of 2.0 and none relative to the scale (bf16 rounding is larger
+    than many bugs; the float32 run checks correctness)."""
+    rc, out, err = _run(["--hf-dir", str(checkpoint), "--seq-len", "8", "--batch", "2", "--dtype", "bfloat16",
+                         "--json"], capsys)
+    report = json.loads(out)
+    assert (report["tolerance"], report["relative_tolerance"]) == (2.0, None)
+    assert rc == 0 and report["passed"], err
+
+
+def test_a_given_relative_tolerance_is_used(checkpoint, capsys):
+    """--relative-tolerance 0: any difference fails (the batch of the first test: above 0, under 1e-3)."""
+    rc, out, err = _run(["--hf-dir", str(checkpoint), "--seq-len", "24", "--batch", "3", "--relative-tolerance", "0",
+                         "--json"], capsys)
+    report = json.loads(out)
+    assert report["relative_tolerance"] == 0 and 0 < report["max_abs_logit_diff"] < report["tolerance"]
+    assert rc == 1 and not report["passed"]
+
+
+def test_a_batch_of_no_rows_is_one_line(checkpoint, capsys):
+    rc, out, err = _run(["--hf-dir", str(checkpoint), "--batch", "0"], capsys)
+    assert rc == 2 and out == ""
+    assert err.strip().splitlines() == ["azr-jax: error: --seq-len must be at least 2 and --batch positive (got 256, 0)"]

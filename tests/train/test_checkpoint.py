@@ -388,3 +388,48 @@ def test_each_checksum_is_filed_under_its_own_array():
     layers = [jnp.full((2,), float(i)) for i in range(12)]
     sums = state_checksums({"layers": layers})
     assert all(sums[f"layers/{i}"] == state_checksums({"x": layer})["x"] for i, layer in enumerate(layers))
+
+
+def _lowbias32(x):
+    """The mix `_checksums` documents, on NumPy uint64 holding 32-bit values (the product of two
+    32-bit values fits; `& 0xFFFFFFFF` is the uint32 wrap-around)."""
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & 0xFFFFFFFF
+    x = ((x ^ (x >> 15)) * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_checksums_follow_the_documented_formula():
+    """A restore compares the checksums a checkpoint was saved with to ones computed now: another
+    formula (a round of the mix dropped, the index unmixed) would call every older checkpoint
+    corrupt. Per array: the sum modulo 2**32 of mix(bit pattern xor mix(row-major flat index)),
+    a 2-byte dtype's bit patterns widened to 32 bits."""
+    from azr_jax.checkpoint import state_checksums
+
+    def reference(words):
+        words = words.astype(np.uint64).ravel()
+        return int(_lowbias32(words ^ _lowbias32(np.arange(words.size, dtype=np.uint64))).sum() % 2**32)
+
+    f32 = np.array([[1.5, -2.0, 0.0], [3.25, -0.5, 1e-3]], np.float32)
+    bf16 = jnp.array([1.0, -3.0, 0.5], jnp.bfloat16)
+    assert state_checksums({"f32": f32, "bf16": bf16}) == {
+        "f32": reference(f32.view(np.uint32)), "bf16": reference(np.asarray(bf16).view(np.uint16))}
+
+
+def test_a_rollback_record_that_cannot_be_read_is_a_user_error(tmp_path):
+    """An OSError other than a missing file (here a directory in its place, as a permission
+    error would be) leaves the newest step unknown just as a damaged record does."""
+    from azr_jax.checkpoint import pending_rollback
+
+    (tmp_path / "rollback.json").mkdir()
+    with pytest.raises(UserError, match="rollback.json is unreadable .*name the step to use"):
+        pending_rollback(tmp_path)
+
+
+def test_saved_steps_are_in_step_order(tmp_path):
+    """`train` takes the last one as the newest checkpoint: numeric order ("10" sorts before "9"
+    as text), whatever order the directory lists its entries in."""
+    from azr_jax.checkpoint import saved_steps
+
+    for step in (30, 4, 100, 9, 10, 1, 55, 7, 20, 3):
+        (tmp_path / str(step)).mkdir()
+    assert saved_steps(tmp_path) == [1, 3, 4, 7, 9, 10, 20, 30, 55, 100]

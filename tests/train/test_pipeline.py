@@ -169,3 +169,35 @@ def test_rows_are_a_multiple_of_any_shard_count():
 def test_batch_from_prompts_refuses_unequal_jobs_and_prompts():
     with pytest.raises(ValueError):  # zip would drop the job without a prompt, silently
         batch_from_prompts([{"i": 0}, {"i": 1}], ["ab"], encode, pad_id=0, length_buckets=[4])
+
+
+def test_prompt_ids_jobs_and_prompts_hold_the_real_rows_only():
+    """The trainer generates for `prompt_ids` and pairs each completion with `jobs`: 5 prompts in
+    a bucket of 8 rows are 5 entries each, not 8 (the padding rows repeat a prompt)."""
+    batch = _batch(4, batch_multiple=4)
+    assert batch.tokens.shape[0] == 8
+    assert len(batch.prompt_ids) == len(batch.jobs) == len(batch.prompts) == batch.size == 5
+
+
+def test_padding_uses_the_given_pad_id_and_shard_count():
+    """`encode` ids are 1..97 (letters a..z 1..26, space 33): 99 marks padding and nothing else."""
+    batch = _batch(4, pad_id=99)
+    assert (batch.tokens[batch.mask == 0] == 99).all() and (batch.mask == 0).any()
+    assert (batch.tokens[batch.mask == 1] != 99).all()
+    jobs = [{"i": i} for i in range(3)]
+    fixed = batch_from_prompts(jobs, ["ab", "abcd", "a"], encode, pad_id=99, length_buckets=[4, 8], batch_multiple=3)
+    # 3 prompts: batch bucket 4, rounded up to a multiple of 3 shards = 6 rows; "ab" left-padded to 4
+    assert fixed.tokens.shape == (6, 4) and fixed.row_mask.tolist() == [True] * 3 + [False] * 3
+    assert fixed.tokens[0].tolist() == [99, 99, 1, 2]
+
+
+def test_a_stream_draws_sixteen_candidates_per_prompt():
+    """Only candidate `fit` is short enough (1 token; every other one is 7): for one prompt the
+    stream draws candidates 0..15, so a fit at 15 is found and one at 16 never drawn."""
+    def only(fit):
+        return lambda index, rng: {"refs": ["a"] if index == fit else ["epsilon"]}
+
+    args = dict(batch_size=1, max_prompt_len=1, seed=0, pad_id=0, length_buckets=[4])
+    assert build_prompt_batch(only(15), render, encode, **args).prompts == ["a"]
+    with pytest.raises(UserError, match="only 0 of 1 prompts fit in sampling.max_prompt_len=1 tokens after 16 draws"):
+        build_prompt_batch(only(16), render, encode, **args)
