@@ -606,3 +606,79 @@ def test_the_last_error_line_silences_stderr_behind_it():
             "_say_last('azr-jax: error: last\\n')\nprint('after', file=sys.stderr, flush=True)\nos.write(2, b'raw\\n')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr == "before\nazr-jax: error: last\n", r.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Gaps a mutation audit found: each of these checks could be dropped or loosened unnoticed
+# ----------------------------------------------------------------------------------------------
+
+# Every key with a fixed set of values (config._CHOICES), written out: a dropped entry would let
+# a misspelt value through to the run (rl.kl_type=k2 took the k1/k3 branch it happened to fall in).
+CHOICE_KEYS = [
+    "model.compute_dtype", "model.param_dtype", "model.remat", "azr.buffer_eviction", "azr.pred_data_mix",
+    "azr.f_replace_location", "azr.code_location", "azr.answer_diversity_level", "sandbox.isolation",
+    "rl.estimator", "rl.whiten_stats", "rl.kl_type", "rl.old_logprobs", "rl.loss_agg", "optim.schedule",
+    "eval.benchmark",
+]
+
+
+def test_every_key_with_a_set_of_values_refuses_another():
+    for key in CHOICE_KEYS:
+        with pytest.raises(UserError, match=f"'{re.escape(key)}' must be one of"):
+            apply_overrides(Config(), [f"{key}=bogus"])
+
+
+def test_a_negative_count_or_size_is_refused_as_zero_is():
+    # -1 is not 0: a check written `== 0` (or an abs() somewhere) would pass it
+    for key in POSITIVE_KEYS:
+        with pytest.raises(UserError, match=f"'{re.escape(key)}' must be positive, got -1"):
+            apply_overrides(Config(), [f"{key}=-1"])
+
+
+@pytest.mark.parametrize("items, match", [
+    (["rl.clip_eps_high=1"], r"'rl.clip_eps_high' must be in \(0, 1\)"),  # the open upper end
+    (["sampling.top_p=0"], r"sampling.top_p in \(0, 1\]"),  # a nucleus of no tokens
+    (["sampling.length_buckets=[0]"], "positive token counts"),  # 0 alone, not next to a negative one
+    (["sampling.length_buckets=[true, 512]"], "positive token counts"),  # a bool is not a token count
+    (["train.eval_every=-2"], r"-1 \(never\)"),  # the first value below -1
+    (["optim.schedule=linear", "optim.warmup_steps=5", "train.steps=5"], "'linear' decays to 0"),  # not only cosine
+    (["mesh.shape.data=true"], "'mesh.shape.data' must be a positive int or -1"),  # True is not a size of 1
+    (["mesh.shape.fsdp=-2"], "'mesh.shape.fsdp' must be a positive int or -1"),  # only -1 means "the rest"
+    (["azr.seed_file=a.jsonl", "azr.induction_seed_file=b.jsonl", "azr.seed_size=1"], "both buffers come from seed files"),
+])
+def test_values_just_past_a_boundary_are_refused(items, match):
+    with pytest.raises(UserError, match=match):
+        apply_overrides(Config(), items)
+
+
+def test_values_at_the_open_boundaries_load():
+    cfg = apply_overrides(Config(), ["optim.b1=0", "optim.b2=0"])  # no momentum: [0, 1) includes 0
+    assert (cfg.optim.b1, cfg.optim.b2) == (0.0, 0.0)
+
+
+def test_set_takes_the_usual_spellings_of_bools_and_numbers():
+    """Not every value a user types is JSON: `True` (Python's), `yes`, `.5` and `1_000` are read
+    as the field's type, as `true` and `0.5` are."""
+    cfg = apply_overrides(Config(), ["azr.propose=False", "azr.clean_programs=yes", "sandbox.seccomp=No",
+                                     "sampling.temperature=.5", "train.steps=1_000"])
+    assert (cfg.azr.propose, cfg.azr.clean_programs, cfg.sandbox.seccomp) == (False, True, False)
+    assert cfg.sampling.temperature == 0.5 and cfg.train.steps == 1000
+
+
+def test_tuples_in_a_python_config_load_as_lists(tmp_path):
+    """A preset may write a list field as a tuple; it loads as the list config.json gives back, so
+    that a resume compares equal values (a tuple is never == the list read from JSON)."""
+    preset = _preset(tmp_path, 'Config(azr=AZRSection(task_types=("deduction",)), '
+                               'sampling=SamplingSection(length_buckets=(64, 128)))')
+    cfg = load_config(preset)
+    assert cfg.azr.task_types == ["deduction"] and type(cfg.sampling.length_buckets) is list
+    dumped = tmp_path / "config.json"
+    dumped.write_text(to_json(cfg))
+    assert load_config(dumped) == cfg
+
+
+def test_from_dict_checks_the_whole_config():
+    # from_dict is load_config's building block for plain data: the cross-field checks run too
+    with pytest.raises(UserError, match="'azr.batch_size' must be positive"):
+        from_dict({"azr": {"batch_size": 0}})
+    assert from_dict({"azr": {"batch_size": 4}}).azr.batch_size == 4

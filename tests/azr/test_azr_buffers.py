@@ -277,3 +277,17 @@ def test_induction_seed_pairs_are_checked(tmp_path, caplog):
         load_seed_file(p, "induction")
     p.write_text(json.dumps(dict(row, visible=2)) + "\n")  # every pair shown is allowed
     assert load_seed_file(p, "induction")[0]["visible"] == 2
+
+
+def test_a_solver_stream_wraps_around_and_a_proposer_gets_n_references():
+    """A prompt skipped for length is replaced by a repeat of the first chosen tasks (the stream
+    wraps around them); deduction/abduction proposers see azr.n_references references."""
+    from azr_jax.train_setup import task_sampler
+
+    bufs = TaskBuffers({"deduction": filled(3), "abduction": filled(3), "induction": TaskBuffer("induction")})
+    cfg = AZRSection(batch_size=2, n_references=2)
+    pick = task_sampler(bufs, "solve", "deduction", cfg, step=1, seed=0)
+    chosen = [pick(i, None)["problem"]["input"] for i in range(5)]
+    assert chosen[0] != chosen[1] and chosen[2:] == chosen[:2] + chosen[:1]
+    propose = task_sampler(bufs, "propose", "abduction", cfg, step=1, seed=0)
+    assert len(propose(0, np.random.default_rng(0))["references"]) == 2  # of 3 in the buffer

@@ -430,3 +430,143 @@ def test_a_tied_config_with_its_own_different_head_must_say_which_head(tmp_path)
     _edit_config(tie_word_embeddings=False)(d)
     untied = from_pretrained(d)
     np.testing.assert_array_equal(np.asarray(untied.params["lm_head_dv"]), head.T)
+
+
+# ----------------------------------------------------------------------------------------------
+# `azr-jax convert` in-process, on a tiny random-init run (tests/train/test_train_e2e.py converts a
+# real run, slowly): the run's Orbax checkpoint is stood in for by eval.cli.run_params, which
+# fills each parameter with the step it restores
+# ----------------------------------------------------------------------------------------------
+
+
+def _convert_args(run, out, **given):
+    import argparse
+
+    return argparse.Namespace(**{"run": str(run), "step": None, "out": str(out), "dtype": None,
+                                 "max_shard_size": "5GB", "overrides": [], **given})
+
+
+@pytest.fixture
+def tiny_run(tmp_path, monkeypatch):
+    """(run directory, the steps asked of run_params so far)."""
+    import sys
+    from pathlib import Path
+
+    from azr_jax import train_setup
+    from azr_jax.config import load_config, to_json
+    from azr_jax.eval import cli as eval_cli
+
+    train_tests = Path(__file__).parents[1] / "train"
+    if str(train_tests) not in sys.path:
+        sys.path.insert(0, str(train_tests))
+    from tiny_run import make_tokenizer, tiny_overrides
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(str(train_tests / "tiny_config.py"), tiny_overrides(make_tokenizer(tmp_path / "tok")))
+    (run / "config.json").write_text(to_json(cfg))
+    restored = []
+
+    def run_params(cfg, policy, workdir, step):
+        restored.append(step)
+        step = 3 if step is None else step  # the newest of the stand-in's steps
+        return jax.tree.map(lambda s: jax.device_put(np.full(s.shape, step, np.float32), s.sharding),
+                            policy.params), step
+
+    def no_init(seed):
+        raise AssertionError("convert initialised parameters: they come from the checkpoint alone")
+
+    monkeypatch.setattr(eval_cli, "run_params", run_params)
+    monkeypatch.setattr(train_setup, "init_key", no_init)
+    return run, restored
+
+
+def test_convert_writes_the_step_asked_for_in_the_dtype_asked_for(tiny_run, tmp_path, capsys):
+    from safetensors.numpy import load_file
+
+    from azr_jax.config import load_config
+    from azr_jax.convert_cli import main
+    from azr_jax.models.tokenizer import load_tokenizer
+
+    run, restored = tiny_run
+    # --step 1 without --dtype: the run's model.param_dtype (here from --set); 40KB shards split
+    # the 84 KB model.
+    step1 = tmp_path / "step1"
+    assert main(_convert_args(run, step1, step=1, max_shard_size="40KB", overrides=["model.param_dtype=bfloat16"])) == 0
+    said = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (said["step"], said["dtype"]) == (1, "bfloat16") and restored == [1]
+    files = set(json.loads((step1 / "model.safetensors.index.json").read_text())["weight_map"].values())
+    weights = [w for name in files for w in load_file(str(step1 / name)).values()]
+    assert len(files) > 1 and {w.dtype for w in weights} == {np.dtype(ml_dtypes.bfloat16)}
+    assert all(np.all(w == 1) for w in weights)  # step 1's weights
+    written = json.loads((step1 / "config.json").read_text())
+    assert written["torch_dtype"] == "bfloat16"
+    # A random init's special ids are its tokenizer's, not the preset's family's (Qwen's 151643).
+    tok = load_tokenizer(load_config(str(run / "config.json")).model.tokenizer)
+    assert (written["bos_token_id"], written["eos_token_id"]) == (tok.bos_id, tok.eos_id) and tok.eos_id < 1000
+    # No --step: the newest; --dtype wins over model.param_dtype (float32 in the run's config).
+    newest = tmp_path / "newest"
+    assert main(_convert_args(run, newest, dtype="bfloat16")) == 0
+    said = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (said["step"], said["dtype"]) == (3, "bfloat16") and restored == [1, None]
+    assert json.loads((newest / "config.json").read_text())["torch_dtype"] == "bfloat16"
+
+
+def test_convert_refuses_bad_arguments_before_restoring_anything(tiny_run, tmp_path, monkeypatch):
+    import argparse
+
+    from azr_jax import train_setup
+    from azr_jax.convert_cli import add_arguments, main
+    from azr_jax.models import checkpoint_hf
+
+    run, restored = tiny_run
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit):  # --dtype is one of float32, bfloat16, float16
+        parser.parse_args(["--run", str(run), "--out", str(tmp_path / "o"), "--dtype", "int8"])
+    real_load_policy = train_setup.load_policy
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the policy was loaded before the arguments were checked")
+
+    monkeypatch.setattr(train_setup, "load_policy", no_loading)
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("")
+    for args, match in [(_convert_args(tmp_path / "nowhere", tmp_path / "a"), "is not a training run directory"),
+                        (_convert_args(run, full), "is not empty"),
+                        (_convert_args(run, tmp_path / "b", max_shard_size="lots"), "invalid shard size")]:
+        with pytest.raises(UserError, match=match):
+            main(args)
+    assert restored == []
+    # A write that fails (a full disk) is one line naming --out.
+    monkeypatch.setattr(train_setup, "load_policy", real_load_policy)
+
+    def disk_full(self, path, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_hf.Model, "save_pretrained", disk_full)
+    with pytest.raises(UserError, match="writing .*c failed: No space left on device"):
+        main(_convert_args(run, tmp_path / "c"))
+
+
+def test_exported_metadata_keeps_a_bases_ids_only_with_its_own_tokenizer(tmp_path):
+    from types import SimpleNamespace
+
+    from azr_jax.convert_cli import exported_metadata
+    from azr_jax.models import get_preset
+
+    (tmp_path / "generation_config.json").write_text(json.dumps({"max_new_tokens": 7}))
+    preset = get_preset("qwen2.5-0.5b")
+    tok = SimpleNamespace(bos_id=1, eos_id=2, pad_id=0, eos_ids=(2, 5))
+    policy = SimpleNamespace(config=preset, tokenizer=tok)
+    # the base's own tokenizer: its config and its generation_config.json as they are
+    assert exported_metadata(policy, SimpleNamespace(hf_dir=str(tmp_path), tokenizer=None)) == (
+        preset, {"max_new_tokens": 7})
+    # another tokenizer (beside a base, or a random init's): its ids, eos first and the other stop ids extra
+    for section in (SimpleNamespace(hf_dir=str(tmp_path), tokenizer="tok.json"),
+                    SimpleNamespace(hf_dir=None, tokenizer="tok.json")):
+        model_cfg, generation = exported_metadata(policy, section)
+        assert generation is None
+        assert (model_cfg.bos_token_id, model_cfg.eos_token_id, model_cfg.pad_token_id,
+                model_cfg.extra_eos_token_ids) == (1, 2, 0, (5,))
