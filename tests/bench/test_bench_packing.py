@@ -58,3 +58,81 @@ def test_sizes_and_counts_must_be_positive(argv):
 
     r = subprocess.run([sys.executable, "-m", "azr_jax.cli", "bench", *argv], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "expects a positive integer" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_batch_layout_with_clipped_responses_and_prompts_across_buckets():
+    """5 rows: 2 solver rows (the smaller half) of exactly 2 tokens, 3 proposer rows of exactly 600.
+    A 2-token row still has one response token; a 600-token row's response (200) is cut to the
+    32-slot completion bucket; the prompt bucket (640) holds the longest prompt (568)."""
+    args = _args("packing", [*TINY[:4], "--rows", "5", "--solver-len", "2", "2", "--proposer-len", "600", "600",
+                             "--response-bucket", "32"])
+    batch = self_play_like_batch(64, args)
+    assert batch["tokens"].shape == (5, 640 + 32)
+    assert batch["mask"].sum(1).tolist() == [2, 2, 600, 600, 600]
+    assert batch["loss_mask"].sum(1).tolist() == [1, 1, 32, 32, 32]
+    assert (batch["loss_mask"][:, :640] == 0).all() and (batch["mask"][:, 639] == 1).all()
+    assert (batch["advantages"][batch["loss_mask"] == 0] == 0).all()  # no advantage outside the response
+    again = self_play_like_batch(64, args)  # a fixed seed: the same batch in every run
+    assert all((again[k] == batch[k]).all() for k in batch)
+
+
+def test_packing_refuses_a_length_range_with_min_above_max():
+    from azr_jax.bench import packing
+    from azr_jax.errors import UserError
+
+    with pytest.raises(UserError, match="--solver-len MIN MAX needs MIN <= MAX, got 30 20"):
+        packing.run(_args("packing", [*TINY, "--solver-len", "30", "20"]))
+
+
+def test_bench_packing_record_arithmetic(monkeypatch, capsys):
+    """Both update steps stubbed (padded: 3 s, bucketed: 2 s): the record's seconds, rates and
+    ratio follow from them, and each side got the batch and settings it should."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from azr_jax.bench import packing
+    from azr_jax.rl import bucketed, update
+
+    seen, last = {}, []
+
+    def fake_step(name, seconds):
+        def step(state, feed):
+            seen[name] = feed
+            last.append(seconds)
+            return state, {"loss": jnp.zeros(())}
+        return step
+
+    def make_padded(cfg, rl, optim, *, compute_dtype):
+        seen["padded_rl"] = rl
+        return fake_step("padded", 3.0)
+
+    def make_bucketed(cfg, rl, optim, *, length_buckets, compute_dtype):
+        seen["bucketed_rl"], seen["buckets"] = rl, length_buckets
+        return fake_step("bucketed", 2.0)
+
+    def fake_time_it(fn, *, warmup, repeats):
+        fn()
+        return last[-1]
+
+    monkeypatch.setattr(update, "make_train_step", make_padded)
+    monkeypatch.setattr(update, "init_train_state", lambda *a: None)
+    monkeypatch.setattr(bucketed, "make_bucketed_train_step", make_bucketed)
+    monkeypatch.setattr(packing, "time_it", fake_time_it)
+    argv = [*TINY, "--solver-len", "24", "24"]  # MIN == MAX is a valid range
+    assert bench_cli.main(_args("packing", argv)) == 0
+    r = json.loads(capsys.readouterr().out)
+    batch = self_play_like_batch(64, _args("packing", argv))
+    real = int(batch["mask"].sum())  # prompt and response tokens of every row
+    assert batch["mask"].sum(1)[:4].tolist() == [24] * 4
+    assert r["real_tokens"] == real and r["padded_slots"] == 8 * 160  # prompt bucket 128 + completion 32
+    # longest rows first, 4 per micro-batch: the proposer rows (<= 90) and the solver rows each fit 128
+    assert r["packed_slots"] == 2 * 4 * 128
+    assert r["seconds"] == 2.0 and r["real_tokens_per_s"] == real / 2.0
+    assert r["baseline_seconds"] == 3.0 and r["baseline_real_tokens_per_s"] == real / 3.0
+    assert r["ratio"] == 1.5  # padded / bucketed: > 1 means bucketing is faster
+    assert seen["padded_rl"].micro_batch_size == seen["bucketed_rl"].micro_batch_size == 4
+    assert 160 in seen["buckets"] and set(packing.BUCKETS) <= set(seen["buckets"])  # never wider than padded
+    # the bucketed side gets host arrays (its packing is part of its time), the padded side device arrays
+    assert all(isinstance(v, np.ndarray) for v in seen["bucketed"].values())
+    assert not any(isinstance(v, np.ndarray) for v in seen["padded"].values())
+    assert (np.asarray(seen["padded"]["tokens"]) == seen["bucketed"]["tokens"]).all()  # the same batch

@@ -232,3 +232,310 @@ def test_a_negative_or_non_finite_sample_temperature_is_an_argument_error(value,
     with pytest.raises(SystemExit) as stop:
         main(["bench", "sample", "--temperature", value])
     assert stop.value.code == 2 and "--temperature: expects a number >= 0" in capsys.readouterr().err
+
+
+def test_time_it_leaves_out_the_warm_up_calls_and_reports_the_median(monkeypatch):
+    """The warm-up calls (compilation) are not timed, and the figure is the median of the timed
+    calls, not their mean (one slow outlier must not move it)."""
+    from azr_jax.bench import common
+
+    clock = [0.0]
+    durations = iter([100.0, 100.0, 1.0, 9.0, 2.0])  # two slow warm-ups (compiling), then 1 s, 9 s, 2 s
+
+    def call():
+        clock[0] += next(durations)
+
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])
+    assert common.time_it(call, warmup=2, repeats=3) == 2.0  # median of 1, 9, 2 (the mean would be 4)
+    assert next(durations, "all called") == "all called"  # 2 warm-ups + 3 timed calls, no more
+
+
+def test_bench_argument_types_accept_their_bounds_and_refuse_infinity():
+    from argparse import ArgumentTypeError
+
+    from azr_jax.bench.common import fraction, non_negative_float, positive_float, positive_int
+
+    assert fraction("1") == 1.0  # every program hangs: a valid (if extreme) --hang-fraction
+    assert non_negative_float("0") == 0.0  # --temperature 0 is greedy decoding
+    assert positive_int("1") == 1 and positive_float("0.5") == 0.5
+    for parse, text in ((positive_float, "inf"), (positive_float, "nan"), (fraction, "1.5"), (positive_int, "0"),
+                        (positive_int, "two")):
+        with pytest.raises(ArgumentTypeError, match="expects"):
+            parse(text)
+
+
+def test_shape_flags_keep_heads_divisible_and_the_mlp_ratio():
+    base = get_preset("qwen2.5-0.5b")  # 14 query heads, 2 KV heads, head_dim 64, MLP 4864 / 896
+    cfg = model_config_from_args(_args("sample", ["--hidden", "192"]))
+    # 3 query heads: 2 KV heads do not divide them, 1 does
+    assert (cfg.num_heads, cfg.num_kv_heads) == (3, 1) and base.num_kv_heads == 2
+    # the preset's MLP ratio (5.43) at 128: 695 rounded to the nearest multiple of 64, 704
+    assert model_config_from_args(_args("sample", ["--hidden", "128"])).intermediate_size == 704
+    # a ratio that rounds to 0 multiples of 64 still keeps one (not a zero-width MLP)
+    tiny = model_config_from_args(_args("sample", ["--set", "model.overrides.intermediate_size=32", "--hidden", "64"]))
+    assert tiny.intermediate_size == 64
+
+
+def test_preset_and_scan_layers_come_from_the_config_unless_a_flag_says():
+    chosen = model_config_from_args(_args("sample", ["--set", "model.preset=qwen2.5-1.5b"]))
+    assert chosen.hidden_size == get_preset("qwen2.5-1.5b").hidden_size  # not the bench's default 0.5b
+    flag = model_config_from_args(_args("sample", ["--set", "model.preset=qwen2.5-1.5b", "--preset", "qwen2.5-0.5b"]))
+    assert flag.hidden_size == get_preset("qwen2.5-0.5b").hidden_size  # --preset wins
+    assert model_config_from_args(_args("sample", ["--set", "model.scan_layers=false"])).scan_layers is False
+    assert model_config_from_args(_args("sample", [])).scan_layers is True
+
+
+def test_dtype_defaults_by_platform_and_the_shape_record():
+    from azr_jax.bench.model_shape import dtype_from_args, model_shape_record
+
+    args = _args("sample", [])
+    assert dtype_from_args(args, "cpu") == "float32" and dtype_from_args(args, "gpu") == "bfloat16"
+    assert dtype_from_args(_args("sample", ["--dtype", "bfloat16"]), "cpu") == "bfloat16"  # the flag wins
+    cfg = get_preset("qwen2.5-0.5b")
+    record = model_shape_record(cfg)
+    assert (record["heads"], record["kv_heads"], record["head_dim"]) == (14, 2, 64)
+    assert (record["layers"], record["hidden"], record["mlp"], record["vocab"]) == (24, 896, 4864, cfg.vocab_size)
+    assert record["params"] == cfg.num_params() and record["scan_layers"] is True
+
+
+def test_roofline_of_an_untied_model_leaves_out_the_embedding_table():
+    """Decoding gathers one embedding row per token but reads the whole (separate) output head:
+    an untied model's embedding table is not streamed from HBM at each step."""
+    cfg = get_preset("qwen2.5-0.5b").replace(tie_word_embeddings=False)
+    table = cfg.vocab_size * cfg.hidden_size
+    weights = (cfg.num_params() - table) * 2
+    kv = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2
+    assert roofline_tokens_per_s(cfg, 4, 100, 2, 2, 1e12) == pytest.approx(4 * 2 * 1e12 / (weights + 4 * 101 * kv))
+
+
+def _gpu(kind="NVIDIA H100 80GB HBM3"):
+    return lambda: {"device": "gpu", "device_kind": kind, "device_count": 1}
+
+
+def test_bench_sample_record_arithmetic(monkeypatch, capsys):
+    """Stubbed timings (JAX 2 s, transformers 8 s) on a pretend H100: the record's rates, ratio,
+    roofline and dtype follow from them (batch 3 x 4 new tokens = 12 tokens per call)."""
+    from azr_jax.bench import sample
+
+    seen = []
+    monkeypatch.setattr(sample, "device_info", _gpu())
+    monkeypatch.setattr(sample, "_jax_side", lambda cfg, args, dtype, prompts: seen.append(prompts) or 2.0)
+    monkeypatch.setattr(sample, "_torch_side", lambda cfg, args, dtype, prompts: seen.append(prompts) or (8.0, "cuda"))
+    args = _args("sample", [*TINY, "--batch", "3"])
+    assert bench_cli.main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["dtype"] == "bfloat16"  # an accelerator's default
+    assert r["seconds"] == 2.0 and r["tokens_per_s"] == 6.0  # 12 generated tokens (prompt tokens not counted)
+    assert r["baseline_seconds"] == 8.0 and r["baseline_tokens_per_s"] == 1.5 and r["baseline_device"] == "cuda"
+    assert r["ratio"] == 4.0  # baseline seconds / JAX seconds: > 1 means JAX is faster
+    roof = roofline_tokens_per_s(model_config_from_args(args), 3, 8, 4, 2, 3.35e12, 989e12)  # bf16: 2 bytes
+    assert r["roofline_tokens_per_s"] == pytest.approx(roof) and r["roofline_fraction"] == pytest.approx(6.0 / roof)
+    assert r["rows_decoded"] == 4  # the sampler pads 3 rows to the 4-row bucket
+    assert seen[0] == seen[1] and len(seen[0]) == 3 and {len(p) for p in seen[0]} == {8}  # same prompts both sides
+
+    # GH200: a FLOP peak but no bandwidth figure, so no roofline; 4 rows need no padding
+    monkeypatch.setattr(sample, "device_info", _gpu("NVIDIA GH200 480GB"))
+    assert bench_cli.main(_args("sample", [*TINY, "--batch", "4", "--no-baseline"])) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["roofline_tokens_per_s"] is None and r["roofline_fraction"] is None
+    assert "rows_decoded" not in r and "baseline" not in r and r["tokens_per_s"] == 8.0
+
+
+def test_bench_sample_jax_side_measures_the_requested_shape_and_refuses_short_rows(monkeypatch):
+    """The sampler gets exact length buckets and the asked temperature; a row that stops early
+    would inflate tokens/s, so it is an error."""
+    import types
+
+    import numpy as np
+
+    import azr_jax.sampling
+    from azr_jax.bench import sample
+
+    calls, lengths = [], [4, 4]
+
+    def fake_generate(params, cfg, prompts, rng, settings, **kw):
+        calls.append((settings, kw))
+        return types.SimpleNamespace(lengths=np.array(lengths))
+
+    monkeypatch.setattr(azr_jax.sampling, "generate", fake_generate)
+    args = _args("sample", [*TINY, "--temperature", "0"])
+    cfg = model_config_from_args(args)
+    assert sample._jax_side(cfg, args, "float32", [[1] * 8] * 2) >= 0
+    settings, kw = calls[0]
+    assert len(calls) == 2  # one warm-up, one timed call (--repeats 1)
+    assert settings.temperature == 0 and settings.max_new_tokens == 4 and kw["length_buckets"] == (8, 4)
+    lengths[1] = 3
+    with pytest.raises(RuntimeError, match="a row stopped after 3 of 4 tokens"):
+        sample._jax_side(cfg, args, "float32", [[1] * 8] * 2)
+
+
+def test_bench_sample_torch_side_asks_for_the_same_work(monkeypatch):
+    """transformers.generate is told to produce exactly new_tokens per row (no early stop), with a
+    static cache, sampling only when the temperature is > 0, and compiled only when asked."""
+    import torch
+    import transformers
+
+    from azr_jax.bench import sample
+
+    asked, shape = [], [None]
+
+    class FakeModel:
+        def to(self, device):
+            return self
+
+        def train(self, mode):
+            return self
+
+        def generate(self, **kw):
+            asked.append(kw)
+            return torch.zeros(shape[0] or (kw["input_ids"].shape[0], kw["input_ids"].shape[1] + kw["max_new_tokens"]))
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", lambda *a, **k: FakeModel())
+    prompts = [[1] * 8] * 2
+    for extra, compiled, sampled in (([], False, True), (["--temperature", "0", "--baseline-compile"], True, False)):
+        args = _args("sample", [*TINY, *extra])
+        asked.clear()
+        seconds, device = sample._torch_side(model_config_from_args(args), args, "float32", prompts)
+        kw = asked[-1]
+        assert seconds >= 0 and device == "cpu" and len(asked) == 2  # warm-up + 1 timed call
+        assert kw["max_new_tokens"] == kw["min_new_tokens"] == 4 and kw["cache_implementation"] == "static"
+        assert kw["do_sample"] is sampled and kw["disable_compile"] is not compiled
+        assert tuple(kw["input_ids"].shape) == (2, 8)
+    shape[0] = (2, 11)  # one token short
+    with pytest.raises(RuntimeError, match="returned shape"):
+        sample._torch_side(model_config_from_args(args), args, "float32", prompts)
+
+
+def test_bench_train_record_arithmetic(monkeypatch, capsys):
+    """Stubbed timings (JAX 0.5 s, torch 2 s) on a pretend H100 in bfloat16: tokens/s counts every
+    position (2 rows x 12), MFU divides by the bf16 peak, the ratio is baseline / JAX."""
+    from azr_jax.bench import train
+
+    monkeypatch.setattr(train, "device_info", _gpu())
+    monkeypatch.setattr(train, "jax_update", lambda *a, **k: (0.5, None))
+    monkeypatch.setattr(train, "_torch_side", lambda *a: (2.0, "cuda"))
+    monkeypatch.setattr(train, "_free_torch_memory", lambda: None)
+    args = _args("train", [*TINY, "--dtype", "bfloat16"])
+    assert bench_cli.main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    fpt = model_config_from_args(args).flops_per_token(12)  # over the whole 8 + 4 row
+    assert r["seq_len"] == 12 and r["loss_tokens_per_row"] == 4 and r["flops_per_token"] == fpt
+    assert r["seconds"] == 0.5 and r["tokens_per_s"] == 48.0
+    assert r["achieved_flops_per_s"] == pytest.approx(fpt * 24 / 0.5)
+    assert r["mfu"] == pytest.approx(fpt * 24 / 0.5 / 989e12)
+    assert r["baseline_seconds"] == 2.0 and r["baseline_tokens_per_s"] == 12.0 and r["ratio"] == 4.0
+    assert r["baseline_mfu"] == pytest.approx(fpt * 24 / 2.0 / 989e12)
+    assert r["baseline"] == "torch fwd+bwd+AdamW (transformers model)"
+    # remat=dots also turns on torch's whole-layer checkpointing: the label must say so
+    assert bench_cli.main(_args("train", [*TINY, "--set", "model.remat=dots"])) == 0
+    assert json.loads(capsys.readouterr().out)["baseline"].endswith(", gradient checkpointing)")
+
+
+def test_bench_train_batch_puts_the_loss_on_the_response_only():
+    import numpy as np
+
+    from azr_jax.bench.train import _batch
+
+    args = _args("train", TINY)  # 2 rows, 8 prompt + 4 response tokens
+    b = _batch(model_config_from_args(args), args)
+    assert b["loss_mask"].tolist() == [[0] * 8 + [1] * 4] * 2
+    assert (b["advantages"][:, :8] == 0).all() and (b["advantages"][:, 8:] != 0).all()
+    assert (b["mask"] == 1).all() and (b["positions"] == np.arange(12)).all()
+
+
+def test_bench_train_jax_update_builds_the_step_it_is_asked_for(monkeypatch):
+    """`--micro-batch`, remat, the chunk settings and the dtype reach the real step; the scratch
+    memory comes from the compiled step's temp size; one warm-up, then the timed steps."""
+    import types
+
+    import jax.numpy as jnp
+
+    from azr_jax.bench import train
+    from azr_jax.rl import logprobs, update
+
+    built, runs = {}, []
+
+    class FakeStep:
+        def lower(self, state, batch):
+            return self
+
+        def compile(self):
+            return self
+
+        def memory_analysis(self):
+            return types.SimpleNamespace(temp_size_in_bytes=1234, argument_size_in_bytes=99)
+
+        def __call__(self, state, batch):
+            runs.append(batch["old_logprobs"].shape)
+            return state, {"loss": jnp.zeros(())}
+
+    def fake_make(cfg, rl, optim, *, compute_dtype, remat):
+        built.update(rl=rl, compute_dtype=compute_dtype, remat=remat)
+        return FakeStep()
+
+    monkeypatch.setattr(update, "make_train_step", fake_make)
+    monkeypatch.setattr(logprobs, "token_logprobs", lambda p, b, *a, **k: jnp.zeros(b["tokens"].shape))
+    args = _args("train", [*TINY, "--micro-batch", "1"])
+    batch = train._batch(model_config_from_args(args), args)
+    seconds, temp = train.jax_update(model_config_from_args(args), args, "float32", "full", batch,
+                                     logits_chunk=16, attention_chunk=8)
+    rl = built["rl"]
+    assert (rl.micro_batch_size, rl.logits_chunk, rl.attention_chunk, rl.entropy_coef) == (1, 16, 8, 0.0)
+    assert built["remat"] == "full" and built["compute_dtype"] == jnp.float32
+    assert temp == 1234 and seconds >= 0 and runs == [(2, 12)] * 2
+
+
+def test_bench_train_torch_side_micro_batches_and_checkpoints(monkeypatch):
+    """The torch step runs the same micro-batches as the JAX one (2 rows, --micro-batch 1: one row
+    per forward) and, with remat, transformers' gradient checkpointing."""
+    import transformers
+
+    from azr_jax.bench import train
+
+    real = transformers.AutoModelForCausalLM.from_config
+    models, rows = [], []
+
+    def tracked(*a, **k):
+        model = real(*a, **k)
+        model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+        models.append(model)
+        return model
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", tracked)
+    for remat in ("none", "full"):
+        args = _args("train", [*TINY, "--micro-batch", "1", "--set", f"model.remat={remat}"])
+        rows.clear()
+        cfg = model_config_from_args(args)
+        seconds, device = train._torch_side(cfg, args, "float32", remat, train._batch(cfg, args))
+        assert seconds >= 0 and device == "cpu"
+        assert rows == [1, 1, 1, 1]  # (warm-up + 1 timed step) x 2 micro-batches of 1 row
+        # what transformers' is_gradient_checkpointing (renamed is_activation_checkpointing) reads
+        assert any(getattr(m, "gradient_checkpointing", False) for m in models[-1].modules()) is (remat != "none")
+
+
+@pytest.mark.parametrize("name, key", [("logits", "logits_chunk"), ("attention", "attention_chunk")])
+def test_chunked_bench_record_arithmetic(name, key, monkeypatch, capsys):
+    """Stubbed update steps: the unchunked baseline (3 s, 400 bytes) vs the chunked side (2 s,
+    100 bytes); each side gets its own setting of rl.<key> and nothing else."""
+    from azr_jax.bench import logits
+
+    sides = []
+    figures = {0: (3.0, 400)}
+
+    def fake_update(cfg, args, dtype, remat, batch, **chunks):
+        sides.append(chunks)
+        return figures.get(chunks[key], (2.0, 100))
+
+    monkeypatch.setattr(logits, "jax_update", fake_update)
+    argv = [*TINY, f"--{key.replace('_', '-')}", "16"]
+    assert bench_cli.main(_args(name, argv)) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert sides == [{key: 0}, {key: 16}] and r[key] == 16 and r["seq_len"] == 12
+    assert r["seconds"] == 2.0 and r["temp_bytes"] == 100
+    assert r["baseline_seconds"] == 3.0 and r["baseline_temp_bytes"] == 400
+    assert r["ratio"] == 1.5 and r["memory_ratio"] == 4.0  # baseline / chunked: > 1 means chunking helps
+    assert r["baseline"].endswith(f"(rl.{key}=0)")
+    for temp in (None, 0):  # no memory analysis (or nothing in it): no memory ratio, not an error
+        figures[16] = (2.0, temp)
+        assert bench_cli.main(_args(name, argv)) == 0
+        assert json.loads(capsys.readouterr().out)["memory_ratio"] is None
