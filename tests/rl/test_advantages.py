@@ -223,3 +223,52 @@ def test_grpo_per_prompt_groups_from_the_update_layout():
     per_task = adv.compute_advantages(RLSection(), rewards_b, mask_bt,
                                       np.array(adv.update_group_ids(layout, "trr++")), num_groups=6)
     assert per_task[0, 0] > 0
+
+
+@pytest.mark.parametrize("whiten_stats, want", [("token", 1.5), ("sequence", 1.0)])
+def test_reinforce_plus_plus_honours_whiten_stats_directly_and_from_the_config(whiten_stats, want):
+    # One batch-wide group whatever the ids (two singleton groups here, which trr++ would zero):
+    # lengths 1 and 3, rewards 1 and 0, the numbers of test_trrpp_token_stats_by_hand.
+    mask_bt = np.array([[1, 0, 0], [1, 1, 1]], np.float32)
+    rewards_b, group_ids_b = np.array([1.0, 0.0]), np.array([0, 1])
+    direct = np.asarray(adv.reinforce_plus_plus(rewards_b, mask_bt, group_ids_b, whiten_stats=whiten_stats))
+    cfg = RLSection(estimator="reinforce++", whiten_stats=whiten_stats)
+    via_cfg = np.asarray(adv.compute_advantages(cfg, rewards_b, mask_bt, group_ids_b, num_groups=2))
+    for got in (direct, via_cfg):
+        np.testing.assert_allclose(got[0, 0], want, atol=1e-6)
+
+
+def test_rloo_singleton_group_uses_raw_reward():
+    # Row 0 alone in group 2; rows 3-4 are a prompt left with one judged row (row 4 unjudged).
+    rewards_b = np.array([0.5, 1.0, 0.0, -0.25, 7.0])
+    mask_bt = np.array([[1, 1], [1, 1], [1, 0], [1, 1], [0, 0]], np.float32)
+    got_bt = np.asarray(adv.rloo(rewards_b, mask_bt, np.array([2, 0, 0, 3, 3])))
+    np.testing.assert_allclose(got_bt, np.array([0.5, 1.0, -1.0, -0.25, 0.0])[:, None] * mask_bt, atol=1e-6)
+
+
+def test_grpo_epsilon_is_added_to_the_std():
+    # verl: (R - mean) / (std + 1e-6). Rewards 2e-6 apart: std = sqrt(2) * 1e-6, so the epsilon
+    # is of the std's size, A = +-1 / (sqrt(2) + 1); 1e-8, or the epsilon under the root, read otherwise.
+    got_bt = np.asarray(adv.grpo(np.array([0.0, 2e-6], np.float32), np.ones((2, 1), np.float32), np.array([0, 0])))
+    np.testing.assert_allclose(got_bt[:, 0], [-1 / (np.sqrt(2) + 1), 1 / (np.sqrt(2) + 1)], rtol=1e-4)
+
+
+@pytest.mark.parametrize("whiten_stats", ["token", "sequence"])
+def test_whitening_epsilon_is_added_under_the_root(whiten_stats):
+    # verl's masked_whiten: (R - mu) * rsqrt(var + 1e-8). Rewards 1e-4 apart (one token each):
+    # var is 5e-9 over tokens (Bessel) and 2.5e-9 over sequences, of the epsilon's size.
+    rewards_b = np.array([0.0, 1e-4], np.float32)
+    got_bt = np.asarray(adv.trr_plus_plus(rewards_b, np.ones((2, 1), np.float32), np.array([0, 0]), num_groups=1,
+                                          whiten_stats=whiten_stats))
+    r = rewards_b.astype(np.float64)
+    var = r.var(ddof=1 if whiten_stats == "token" else 0)
+    np.testing.assert_allclose(got_bt[:, 0], (r - r.mean()) / np.sqrt(var + 1e-8), rtol=1e-3)
+
+
+def test_update_group_ids_a_partly_sampled_last_prompt_gets_an_id_of_its_own():
+    # 7 rows of 3 samples: prompts 0-1 and a last prompt with one row; the next part's prompts
+    # must not reuse its id.
+    layout = [("solve", "abduction", 7, 3, 7), ("solve", "deduction", 3, 3, 3)]
+    got = adv.update_group_ids(layout, "grpo")
+    assert got == [6, 6, 6, 7, 7, 7, 8, 9, 9, 9]
+    assert max(got) < adv.NUM_TRRPP_GROUPS + len(got)

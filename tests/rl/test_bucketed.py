@@ -180,3 +180,36 @@ def test_a_non_finite_gradient_skips_the_update(bucketed):
     assert float(metrics["skipped"]) == 0.0
     moved = jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), state.params, PARAMS)
     assert min(jax.tree.leaves(moved)) > 0
+
+
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_the_reported_learning_rate_is_the_one_each_update_used(bucketed):
+    """Under a warmup of 2 updates the first runs at schedule(0) = 0 (the params do not move)
+    and reports lr 0, the second at schedule(1), half the peak."""
+    optim = dataclasses.replace(OPTIM, warmup_steps=2)
+    if bucketed:
+        step = make_bucketed_train_step(CFG, RL, optim, length_buckets=BUCKETS, compute_dtype=jnp.float32)
+    else:
+        step = make_train_step(CFG, RL, optim, compute_dtype=jnp.float32)
+    state, metrics = step(init_train_state(CFG, optim, PARAMS), BATCH)
+    assert float(metrics["lr"]) == 0.0
+    _assert_same_params(state.params, PARAMS, atol=0.0)
+    state, metrics = step(state, BATCH)
+    assert float(metrics["lr"]) == pytest.approx(OPTIM.learning_rate / 2)
+    moved = jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), state.params, PARAMS)
+    assert min(jax.tree.leaves(moved)) > 0
+
+
+def test_a_batch_smaller_than_a_micro_batch_is_one_micro_batch():
+    """6 rows under rl.micro_batch_size=32 (docs/rl.md: a batch smaller than micro_batch_size is one
+    micro-batch), also under token-mean-per-micro-batch (one block): both steps equal the padded
+    step with micro-batches of exactly 6 rows."""
+    rows = {k: v[:6] for k, v in BATCH.items()}
+    rl = dataclasses.replace(RL, micro_batch_size=32, loss_agg="token-mean-per-micro-batch")
+    exact = make_train_step(CFG, dataclasses.replace(rl, micro_batch_size=6), OPTIM, compute_dtype=jnp.float32)
+    want, want_metrics = exact(init_train_state(CFG, OPTIM, PARAMS), rows)
+    for step in (make_train_step(CFG, rl, OPTIM, compute_dtype=jnp.float32),
+                 make_bucketed_train_step(CFG, rl, OPTIM, length_buckets=BUCKETS, compute_dtype=jnp.float32)):
+        state, metrics = step(init_train_state(CFG, OPTIM, PARAMS), rows)
+        _assert_same_params(state.params, want.params)
+        assert float(metrics["loss"]) == pytest.approx(float(want_metrics["loss"]), rel=1e-5, abs=1e-7)

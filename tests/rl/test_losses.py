@@ -154,22 +154,28 @@ def test_policy_loss_combines_terms():
     ("recompute", 1e3, 3.0), ("batch", 1e3, 3.0),
     # negative padding advantages without the dual clip: only the log-ratio clamp keeps exp finite
     ("batch", -1e3, None),
+    ("batch", -1e3, 3.0),  # ... and with it: padding would hit the dual clip
 ])
 def test_padding_tokens_do_not_leak(old_logprobs, pad_adv, dual_clip):
-    # Garbage (huge) old logprobs and advantages on padding must not change the loss or make it NaN.
-    rl = RLSection(old_logprobs=old_logprobs, dual_clip=dual_clip)
+    # Garbage (huge) old logprobs, reference logprobs and advantages on padding must not change
+    # the loss or any metric sum (clip fractions, KL estimates, logprob gaps), or make them NaN.
+    rl = RLSection(old_logprobs=old_logprobs, dual_clip=dual_clip, kl_coef=0.1)
     rng = np.random.default_rng(1)
     batch = _batch(rng)
     logp = jnp.asarray(batch["old_logprobs"] - 0.1)
     entropy = jnp.ones((4, 6))
     w = losses.aggregation_weights(batch["loss_mask"], "token-mean")
-    clean, _ = losses.policy_loss(logp, entropy, batch, w, rl)
+    clean, clean_metrics = losses.policy_loss(logp, entropy, batch, w, rl)
     dirty = dict(batch)
     pad = batch["loss_mask"] == 0
     dirty["old_logprobs"] = np.where(pad, -1e4, batch["old_logprobs"]).astype(np.float32)
+    dirty["ref_logprobs"] = np.where(pad, -1e4, batch["ref_logprobs"]).astype(np.float32)
     dirty["advantages"] = np.where(pad, pad_adv, batch["advantages"]).astype(np.float32)
-    got, _ = losses.policy_loss(logp, entropy, dirty, w, rl)
+    got, metrics = losses.policy_loss(logp, entropy, dirty, w, rl)
     np.testing.assert_allclose(float(got), float(clean), rtol=1e-6)
+    assert set(metrics) == set(clean_metrics) and "ref_kl_sum" in metrics
+    for key, value in clean_metrics.items():
+        np.testing.assert_allclose(float(metrics[key]), float(value), rtol=1e-6, atol=1e-7, err_msg=key)
 
 
 def test_recomputed_old_logprobs_make_the_update_on_policy_reinforce():
@@ -194,6 +200,37 @@ def test_recomputed_old_logprobs_make_the_update_on_policy_reinforce():
     assert float(metrics["approx_kl_sum"]) == 0
     gap = float(jnp.sum(batch["loss_mask"] * jnp.abs(batch["old_logprobs"] - logp)))
     assert float(metrics["gap_abs_sum"]) == pytest.approx(gap, rel=1e-6) and gap > 1
+    # The gap's sign: sampler (batch old_logprobs) minus trainer, as logprob_gap_bias reports it.
+    bias = float(jnp.sum(batch["loss_mask"] * (batch["old_logprobs"] - logp)))
+    assert float(metrics["gap_sum"]) == pytest.approx(bias, rel=1e-5) and abs(bias) > 0.1
     # The same batch with the batch's old_logprobs is clipped: the two modes really differ.
     _, batch_metrics = loss_of(logp, dataclasses.replace(rl, old_logprobs="batch"))
     assert float(batch_metrics["clip_frac_sum"]) > 0
+
+
+@pytest.mark.parametrize("mode, chunk_rows", [("token-mean", None), ("seq-mean-token-mean", None),
+                                              ("seq-mean-token-sum", None), ("token-mean-per-micro-batch", 2)])
+def test_aggregation_weights_of_a_batch_without_loss_tokens_are_zero(mode, chunk_rows):
+    # Every row unjudged or empty: no token has a loss, and the weights stay 0 (not 0 / 0).
+    w = np.asarray(losses.aggregation_weights(np.zeros((4, 3), np.float32), mode, chunk_rows=chunk_rows))
+    np.testing.assert_array_equal(w, 0.0)
+
+
+def test_the_log_ratio_clamp_is_twenty():
+    """verl clamps log(pi / pi_old) to [-20, 20]: a token 15 nats more likely than under pi_old
+    with A < 0 and no dual clip pays -A e^15, one 25 nats more likely -A e^20."""
+    out = losses.clipped_surrogate(jnp.array([15.0, 25.0, -25.0]), jnp.zeros(3), -jnp.ones(3), eps_low=0.2,
+                                   eps_high=0.28, dual_clip=None)
+    np.testing.assert_allclose(out["pg_loss"], [np.exp(15.0), np.exp(20.0), 0.8], rtol=1e-5)
+    np.testing.assert_allclose(out["approx_kl"], [-15.0, -20.0, 20.0])
+
+
+def test_k3_of_a_token_far_below_the_reference_has_a_finite_gradient():
+    """log pi_ref - log pi = 100: e^100 overflows float32, so the difference is clamped to 20
+    before the exp (verl's low_var_kl); the estimate reads 10 with a zero gradient, not NaN,
+    also where the token has no weight (padding)."""
+    logp, ref = jnp.array([-101.0, -1.0, -101.0]), jnp.array([-1.0, -1.2, -1.0])
+    np.testing.assert_allclose(losses.kl_penalty(logp, ref, "k3")[0], 10.0)
+    grad = np.asarray(jax.grad(lambda lp: jnp.sum(jnp.array([1.0, 1.0, 0.0]) * losses.kl_penalty(lp, ref, "k3")))(logp))
+    assert np.isfinite(grad).all()
+    np.testing.assert_allclose(grad, [0.0, 1.0 - np.exp(-0.2), 0.0], rtol=1e-5)

@@ -84,3 +84,52 @@ def test_null_grad_clip_norm_from_the_config_turns_clipping_off():
               if isinstance(s, optax.ScaleByAdamState)][0].nu["w"]
         norms[clip] = float(np.sqrt(np.asarray(nu).sum() / (1 - 0.999)))
     np.testing.assert_allclose([norms[None], norms[1.0]], [50.0, 1.0], rtol=1e-4)
+
+
+def test_every_adamw_setting_reaches_the_update_as_torch_reads_it():
+    """Non-default b1, b2, eps, weight decay and clip norm, on a matrix and a vector (weight decay
+    applies to every parameter, biases and norms too, as torch's AdamW does)."""
+    cfg = OptimSection(learning_rate=1e-2, b1=0.8, b2=0.95, eps=1e-3, weight_decay=0.1, grad_clip_norm=0.5)
+    rng = np.random.default_rng(1)
+    w0 = {"w": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=(3,)).astype(np.float32)}
+    grads = [{k: rng.normal(size=v.shape).astype(np.float32) * s for k, v in w0.items()} for s in (2.0, 0.01, 0.3)]
+
+    opt = make_optimizer(cfg)
+    params = dict(w0)
+    state = opt.init(params)
+    for g in grads:
+        updates, state = opt.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+
+    tp = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in w0.items()}
+    topt = torch.optim.AdamW(list(tp.values()), lr=1e-2, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.1)
+    for g in grads:
+        for k, p in tp.items():
+            p.grad = torch.tensor(g[k])
+        torch.nn.utils.clip_grad_norm_(list(tp.values()), 0.5)
+        topt.step()
+    for k, p in tp.items():
+        np.testing.assert_allclose(np.asarray(params[k]), p.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_an_infinite_gradient_norm_skips_the_step_too(bad):
+    import jax.numpy as jnp
+
+    from azr_jax.rl.optimizer import apply_if_finite
+
+    opt = make_optimizer(OptimSection(learning_rate=1.0, grad_clip_norm=0.0))
+    params = {"w": jnp.ones(3)}
+    state = opt.init(params)
+    grads = {"w": jnp.array([bad, 1.0, 1.0])}
+    new_params, _, skipped = apply_if_finite(opt, grads, jnp.linalg.norm(grads["w"]), state, params)
+    assert float(skipped) == 1.0
+    np.testing.assert_array_equal(np.asarray(new_params["w"]), 1.0)
+
+
+def test_schedules_refuse_a_negative_warmup_and_no_steps_to_decay_over():
+    with pytest.raises(UserError, match="warmup_steps must be >= 0"):
+        make_schedule(OptimSection(warmup_steps=-1))
+    for schedule in ("cosine", "linear"):
+        with pytest.raises(UserError, match="total number of steps"):
+            make_schedule(OptimSection(schedule=schedule, warmup_steps=5), total_steps=5)

@@ -275,3 +275,62 @@ def test_the_update_and_the_reference_use_the_rollout_temperature():
     untempered = make_train_step(CFG, rl, OPTIM, compute_dtype=jnp.float32)
     _, metrics = untempered(init_train_state(CFG, OPTIM, PARAMS), batch)
     assert float(metrics["logprob_gap_max"]) > 1e-2 and float(metrics["ref_kl"]) > 1e-5
+
+
+def test_step_metrics_are_the_whole_batch_token_statistics():
+    """Each metric the micro-batched step reports equals the statistic computed by hand over the
+    whole batch's response tokens, and grad_norm is the global norm of the objective's gradient
+    (the micro-batched and bucketed steps are otherwise only compared with each other)."""
+    _, metrics = _one_step(4)
+    mask = BATCH["loss_mask"]
+    n = float(mask.sum())
+    logp, entropy = jax.jit(lambda p, b: token_logprobs_and_entropy(p, b, CFG, jnp.float32))(PARAMS, BATCH)
+    sur = clipped_surrogate(logp, BATCH["old_logprobs"], BATCH["advantages"], eps_low=RL.clip_eps_low,
+                            eps_high=RL.clip_eps_high, dual_clip=RL.dual_clip)
+    mean = lambda x: float(np.sum(np.asarray(x) * mask) / n)  # noqa: E731
+    gap = BATCH["old_logprobs"] - np.asarray(logp)
+    want = {"entropy": mean(entropy), "clip_frac": mean(sur["clipped"]), "dual_clip_frac": mean(sur["dual_clipped"]),
+            "approx_kl": mean(sur["approx_kl"]), "logprob_gap_mean": mean(np.abs(gap)),
+            "logprob_gap_bias": mean(gap), "logprob_gap_max": float(np.max(np.abs(gap) * mask)), "tokens": n}
+    assert want["clip_frac"] > 0 and abs(want["approx_kl"]) > 1e-3 and abs(want["logprob_gap_bias"]) > 1e-3
+    for key, value in want.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    grads, _ = jax.jit(make_grad_fn(CFG, dataclasses.replace(RL, micro_batch_size=4), compute_dtype=jnp.float32))(
+        PARAMS, BATCH)
+    norm = float(np.sqrt(sum(np.sum(np.square(np.asarray(g))) for g in jax.tree.leaves(grads))))
+    assert metrics["grad_norm"] == pytest.approx(norm, rel=1e-5)
+
+
+def test_summarize_sums_divides_the_token_sums_by_the_response_tokens():
+    from azr_jax.rl.update import summarize_sums
+
+    sums = {"loss": 1.5, "pg_loss": 2.0, "entropy_sum": 8.0, "clip_frac_sum": 2.0, "dual_clip_frac_sum": 1.0,
+            "approx_kl_sum": -4.0, "gap_abs_max": 0.7, "gap_abs_sum": 6.0, "gap_sum": -2.0, "ref_kl_sum": 3.0}
+    sums = {k: jnp.float32(v) for k, v in sums.items()}
+    got = jax.tree.map(float, summarize_sums(sums, jnp.float32(4)))
+    assert got == pytest.approx({"loss": 1.5, "pg_loss": 2.0, "entropy": 2.0, "clip_frac": 0.5, "dual_clip_frac": 0.25,
+                                 "approx_kl": -1.0, "logprob_gap_max": 0.7, "logprob_gap_mean": 1.5,
+                                 "logprob_gap_bias": -0.5, "tokens": 4.0, "ref_kl": 0.75})
+    # One response token: the sums themselves; none (all sums 0): zeros, not 0 / 0.
+    assert float(summarize_sums(sums, jnp.float32(1))["entropy"]) == 8.0
+    zero = jax.tree.map(float, summarize_sums(jax.tree.map(jnp.zeros_like, sums), jnp.float32(0)))
+    assert all(v == 0.0 for v in zero.values()), zero
+
+
+@pytest.mark.parametrize("remat", ["dots", "full"])
+def test_the_update_passes_remat_to_the_forward(monkeypatch, remat):
+    """`remat` changes memory, not values, so the sharded remat tests above cannot see it dropped
+    on the way: trace the gradient and read what the forward pass was given."""
+    from azr_jax.rl import logprobs
+
+    seen = []
+    inner = logprobs.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("remat"))
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(logprobs, "forward", spy)
+    jax.eval_shape(make_grad_fn(CFG, dataclasses.replace(RL, micro_batch_size=4), compute_dtype=jnp.float32,
+                                remat=remat), PARAMS, BATCH)
+    assert seen and set(seen) == {remat}
