@@ -777,6 +777,9 @@ def _load_py_config(p: Path) -> Config:
         raise
     except Exception as e:  # a broken config file: say where, not a traceback
         raise UserError(f"config file {p} failed to load: {type(e).__name__}: {e}") from None
+    if hasattr(module, "get_config") and hasattr(module, "config"):
+        # Two candidates: which one is meant is a guess, so refuse rather than pick silently.
+        raise UserError(f"config file {p} defines both `config` and `get_config()`; keep one")
     try:
         if hasattr(module, "get_config"):
             cfg = module.get_config()

@@ -130,6 +130,11 @@ def test_python_config_files(tmp_path):
     raising.write_text("def get_config():\n    raise KeyError('model')\n")
     with pytest.raises(UserError, match="get_config\\(\\) failed: KeyError"):
         load_config(raising)
+    both = tmp_path / "both.py"
+    both.write_text("from azr_jax.config import Config\nconfig = Config(name='a')\n"
+                    "def get_config():\n    return Config(name='b')\n")
+    with pytest.raises(UserError, match="both.py defines both `config` and `get_config\\(\\)`"):
+        load_config(both)
     listed = tmp_path / "config.json"
     listed.write_text("[1, 2]")
     with pytest.raises(UserError, match="must be a mapping"):
