@@ -393,6 +393,11 @@ def test_a_run_audit_file_finds_its_config_from_inside_rollouts(tmp_path, monkey
     # some config.json (a Hugging Face one) took that config and failed on its keys.
     (tmp_path / "rollouts" / "my_rollouts.jsonl").write_text("")
     assert run_config_of(tmp_path / "rollouts" / "my_rollouts.jsonl") is None
+    assert run_config_of(tmp_path / "rollouts" / "step_1.jsonl.bak") is None
+    # a step_N.jsonl outside a rollouts/ folder is not a run's audit file either
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "step_1.jsonl").write_text("")
+    assert run_config_of(tmp_path / "other" / "step_1.jsonl") is None
 
 
 @pytest.mark.parametrize("make, message", [
@@ -543,3 +548,125 @@ def test_every_pair_may_be_visible():
     from azr_jax.azr.scoring import record_error
 
     assert record_error(solve("induction", {"program": "p", "inputs": ["1", "2"], "outputs": ["1", "2"], "visible": 2}, "x")) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# score_cli's own bookkeeping, with the scorer and the sandbox stood in for: line numbers, group
+# counts, progress, the summary line, and how main picks its config
+# ----------------------------------------------------------------------------------------------
+
+
+def test_score_file_counts_groups_and_numbers_bad_lines_across_chunks(tmp_path, monkeypatch):
+    import io
+
+    from azr_jax.azr import score_cli
+
+    verdicts = {"a": (True, 1.0), "b": (False, 0.0), "c": (True, None), "d": (True, -0.5)}
+
+    def stub_score(records, cfg, sandbox):
+        return [{"id": r["id"], "format_ok": True, "valid": verdicts[r["id"]][0], "reason": None, "problem": None,
+                 "accuracy": None, "reward": verdicts[r["id"]][1]} for r in records]
+
+    def rec(rid, role="solve", task="deduction", **extra):
+        return (json.dumps({"id": rid, "role": role, "task": task, **extra}) + "\n").encode()
+
+    monkeypatch.setattr("azr_jax.azr.scoring.score_records", stub_score)
+    monkeypatch.setattr(score_cli, "CHUNK", 2)
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    # a run's audit fields (`scored`, `references`) are read fields; a misspelt one is not
+    src.write_bytes(rec("a", scored={"reward": 1.0}, references=[]) + rec("b") + b"{not json\n"
+                    + rec("c", "propose", "abduction", solver_respones=[]) + b"  \t\n" + b'{"id": "caf\xe9"}\n'
+                    + rec("d"))
+    progress = io.StringIO()
+    counts = score_cli.score_file(src, dst, None, None, progress=progress)
+    assert (counts["lines"], counts["errors"], counts["unread_fields"]) == (7, 3, {"solver_respones": 1})
+    # a reward of 0.0 is a reward (in the mean); null is none
+    assert counts["groups"] == {"solve/deduction": {"n": 3, "valid": 2, "reward_sum": 0.5, "rewarded": 3},
+                                "propose/abduction": {"n": 1, "valid": 1, "reward_sum": 0.0, "rewarded": 0}}
+    rows = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b", None, "c", None, None, "d"]
+    # line numbers count from the file's start, not the chunk's
+    assert [(r["line"], r["error"].split(":")[0]) for r in rows if "line" in r] == [
+        (3, "not valid JSON"), (5, "empty line"), (6, "not UTF-8 text")]
+    assert rows[5]["error"] == "not UTF-8 text: invalid continuation byte at byte 11"
+    said = progress.getvalue().splitlines()
+    assert [line.split(" (")[0] for line in said[:4]] == [f"azr-jax score: {n}/7 lines" for n in (2, 4, 6, 7)]
+    assert len(said) == 5 and "'solver_respones' (1 record; did you mean 'solver_responses'?)" in said[4]
+    # One chunk: no progress lines; an empty file is not "none of the 0 lines is a record".
+    monkeypatch.setattr(score_cli, "CHUNK", 7)
+    progress = io.StringIO()
+    score_cli.score_file(src, dst, None, None, progress=progress)
+    assert "lines (" not in progress.getvalue()
+    src.write_text("")
+    progress = io.StringIO()
+    assert score_cli.score_file(src, dst, None, None, progress=progress)["lines"] == 0
+    assert progress.getvalue() == "" and dst.read_text() == ""
+
+
+def test_the_summary_line_and_the_unread_field_list():
+    from collections import Counter
+
+    from azr_jax.azr.score_cli import _summary, _unread_summary
+
+    counts = {"lines": 5, "errors": 1, "groups": {
+        "solve/deduction": {"n": 3, "valid": 2, "reward_sum": 0.5, "rewarded": 2},
+        "propose/abduction": {"n": 1, "valid": 1, "reward_sum": 0.0, "rewarded": 0}}}
+    # groups sorted by name; the mean is over the records that have a reward
+    assert _summary(counts) == ("azr-jax score: 5 lines, 1 malformed; propose/abduction: 1 (1 valid, mean reward n/a); "
+                                "solve/deduction: 3 (2 valid, mean reward +0.250)")
+    # the ten most common fields are named, the rest counted
+    unread = Counter({f"field{i:02d}": 20 - i for i in range(12)})
+    said = _unread_summary(unread)
+    assert said.count("'field") == 10 and "'field09' (11 records)" in said and said.endswith(", and 2 more")
+    assert not _unread_summary(Counter({f"field{i:02d}": 1 for i in range(10)})).endswith("more")
+
+
+@pytest.fixture
+def stub_sandbox(monkeypatch):
+    """The configs the stand-in sandbox was opened with, and the signal handlers main set."""
+    from azr_jax.azr import score_cli
+
+    seen = {"sandbox": [], "signals": []}
+
+    class StubSandbox:
+        def __init__(self, cfg):
+            seen["sandbox"].append(cfg)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr("azr_jax.sandbox.Sandbox", StubSandbox)
+    monkeypatch.setattr(score_cli.signal, "signal", lambda sig, handler: seen["signals"].append((sig, handler)))
+    return seen
+
+
+def test_cli_scores_a_runs_audit_file_under_the_runs_config(tmp_path, capsys, stub_sandbox):
+    import signal
+
+    from azr_jax.azr import score_cli
+    from azr_jax.config import to_json
+
+    (tmp_path / "rollouts").mkdir()
+    (tmp_path / "config.json").write_text(to_json(load_config(None, ["sandbox.timeout_s=3"])))
+    audit = tmp_path / "rollouts" / "step_2.jsonl"
+    audit.write_text("")
+    # an empty file: nothing to score, but not "no line is a record" (exit 0)
+    assert cli.main(["score", "--in", str(audit), "--out", str(tmp_path / "o.jsonl")]) == 0
+    assert [c.timeout_s for c in stub_sandbox["sandbox"]] == [3]
+    assert f"using {tmp_path / 'config.json'} (the run's config" in capsys.readouterr().err
+    # SIGTERM stops it as Ctrl-C does
+    assert stub_sandbox["signals"] == [(signal.SIGTERM, score_cli._interrupt)]
+    with pytest.raises(KeyboardInterrupt):
+        score_cli._interrupt(signal.SIGTERM, None)
+    assert cli.main(["score", "--in", str(audit), "--out", "-"]) == 2
+    assert "score writes a JSONL file, not stdout" in capsys.readouterr().err
+    # a broken run config is named as the run's; a broken --config as itself
+    (tmp_path / "config.json").write_text("[1]")
+    assert cli.main(["score", "--in", str(audit), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "the config of the run whose rollouts/ holds --in" in capsys.readouterr().err
+    assert cli.main(["score", "--in", str(audit), "--out", str(tmp_path / "o.jsonl"), "--config",
+                     str(tmp_path / "config.json")]) == 2
+    assert "holds --in" not in capsys.readouterr().err

@@ -87,7 +87,9 @@ def test_scoring_several_samples_per_item_gives_mean_accuracy_and_pass_at_k(sand
     assert score_items(items, swapped, cfg, sandbox, samples=2)["pass_at_k"]["solve_rate"] == pytest.approx(0.5)
     # the format rate is over every sample, not each item's first
     unformatted = [r if i % 2 == 0 else r.replace("</think>", "") for i, r in enumerate(responses)]
-    assert score_items(items, unformatted, cfg, sandbox, samples=2)["format_rate"] == pytest.approx(0.5)
+    half = score_items(items, unformatted, cfg, sandbox, samples=2)
+    assert half["format_rate"] == pytest.approx(0.5)
+    assert [r["format_ok"] for r in half["items"]] == [True] * len(items)  # an item's flag is its first sample's
     with pytest.raises(ValueError, match="responses"):
         score_items(items, responses[:-1], cfg, sandbox, samples=2)
 
@@ -418,7 +420,8 @@ def test_prompts_past_the_models_context_are_named_in_a_warning(caplog):
     policy = SimpleNamespace(tokenizer=Tok(), stop_ids=(3,), mesh=None, rules=None, compute_dtype=None, pad_id=0,
                              config=SimpleNamespace(max_position_embeddings=100))
     with caplog.at_level(logging.WARNING, logger="azr_jax.eval.evaluate"):
-        generate_texts(None, policy, ["x" * 60, "x" * 90, "x" * 40], max_new_tokens=20, batch_size=2,
+        # 80 + 20 fills the 100 positions exactly: only the 90-token prompt runs past them
+        generate_texts(None, policy, ["x" * 80, "x" * 90, "x" * 40], max_new_tokens=20, batch_size=2,
                        generate_fn=generate)
     assert [r.getMessage() for r in caplog.records] == [
         "1 of 3 prompts plus the answer budget (20 tokens) run past the model's max_position_embeddings (100): "
@@ -573,3 +576,252 @@ def test_benchmark_files_and_names_are_checked(tmp_path):
     p.write_text("\n" + json.dumps(row) + "\n\n" + json.dumps(row) + "\n")
     assert [it["id"] for it in load_cruxeval(p)] == ["cruxeval-o/line2", "cruxeval-i/line2",
                                                      "cruxeval-o/line4", "cruxeval-i/line4"]
+
+
+# ----------------------------------------------------------------------------------------------
+# generate_texts and evaluate with a numbered stand-in for sampling.generate: what reaches the
+# sampler, and which completion becomes which item's response
+# ----------------------------------------------------------------------------------------------
+
+
+class _IdsTokenizer:
+    """Encodes a prompt as one token per character; decodes a completion as its ids, spaced."""
+
+    def __init__(self):
+        self.skip_special = []
+
+    def encode_batch(self, texts):
+        return [[1] * len(t) for t in texts]
+
+    def decode(self, ids, skip_special_tokens=False):
+        self.skip_special.append(skip_special_tokens)
+        return " ".join(map(str, ids))
+
+
+def _numbered_generate(calls: list, unfinished=()):
+    """The completion of global row g (first_row + the row in the call) is the token g then two
+    pads (length 1); the rows in `unfinished` are cut off by the budget."""
+    import numpy as np
+
+    from azr_jax.sampling import Completions
+
+    def generate(params, config, prompt_ids, key, settings, *, n_samples, first_row, **kw):
+        calls.append({"prompts": len(prompt_ids), "key": key, "settings": settings, "first_row": first_row})
+        rows = np.arange(first_row, first_row + len(prompt_ids) * n_samples)
+        tokens = np.zeros((len(rows), 3), np.int32)
+        tokens[:, 0] = rows
+        return Completions(tokens=tokens, lengths=np.ones(len(rows), np.int32),
+                           logprobs=np.zeros((len(rows), 3), np.float32), finished=~np.isin(rows, unfinished))
+
+    return generate
+
+
+def _stub_policy():
+    from types import SimpleNamespace
+
+    # a config without max_position_embeddings: no context check
+    return SimpleNamespace(tokenizer=_IdsTokenizer(), stop_ids=(3, 4), mesh=None, rules=None, compute_dtype=None,
+                           pad_id=0, config=SimpleNamespace())
+
+
+def test_generate_texts_numbers_rows_across_batches_and_decodes_each_completion_to_its_length():
+    import jax
+    import numpy as np
+
+    from azr_jax.eval.evaluate import generate_texts
+
+    calls, lines = [], []
+    policy = _stub_policy()
+    texts, cut_off = generate_texts(None, policy, ["a", "b", "c", "d", "e"], max_new_tokens=3, batch_size=2,
+                                    n_samples=3, temperature=0.5, seed=7, progress=lines.append,
+                                    generate_fn=_numbered_generate(calls, unfinished=(4, 14)))
+    assert texts == [str(r) for r in range(15)]  # n consecutive per prompt; the pads after `lengths` dropped
+    assert policy.tokenizer.skip_special == [True] * 15
+    assert cut_off == [r in (4, 14) for r in range(15)]
+    # One key from the seed for every batch, rows numbered across batches: a sample's draws do not
+    # depend on batch_size.
+    assert [(c["prompts"], c["first_row"]) for c in calls] == [(2, 0), (2, 6), (1, 12)]
+    assert all(np.array_equal(jax.random.key_data(c["key"]), jax.random.key_data(jax.random.key(7))) for c in calls)
+    settings = calls[0]["settings"]
+    assert (settings.temperature, settings.max_new_tokens, tuple(settings.eos_ids)) == (0.5, 3, (3, 4))
+    assert [line.split(" (")[0] for line in lines] == [f"generated {n}/5 prompts x 3" for n in (2, 4, 5)]
+
+
+def test_evaluation_gives_each_item_its_own_responses_and_cut_off_count():
+    from azr_jax.eval.evaluate import evaluate
+
+    class NoSandbox:  # answers that are bare numbers never reach the sandbox
+        pass
+
+    items = nano_benchmark(1)  # three items
+    cfg = load_config("configs/nano.py", ["eval.samples=4", "eval.temperature=1.0", "eval.max_response_len=7"])
+    calls, lines = [], []
+    result = evaluate(None, _stub_policy(), cfg, NoSandbox(), items=items, progress=lines.append,
+                      generate_fn=_numbered_generate(calls, unfinished=(1, 8, 9)))
+    assert [it["responses"] for it in result["items"]] == [[str(4 * i + j) for j in range(4)] for i in range(3)]
+    assert [it.get("cut_off") for it in result["items"]] == [1, None, 2] and result["cut_off"] == 3
+    assert (result["samples"], result["temperature"], result["benchmark"]) == (4, 1.0, cfg.eval.benchmark)
+    assert (calls[0]["settings"].temperature, calls[0]["settings"].max_new_tokens) == (1.0, 7)  # eval's, not sampling's
+    assert lines[-1] == "checking 12 answers in the sandbox"
+    greedy = evaluate(None, _stub_policy(), load_config("configs/nano.py"), NoSandbox(), items=items,
+                      generate_fn=_numbered_generate([]))
+    assert [it["response"] for it in greedy["items"]] == ["0", "1", "2"] and greedy["temperature"] == 0.0
+    assert "responses" not in greedy["items"][0] and "pass_at_k" not in greedy
+
+
+# ----------------------------------------------------------------------------------------------
+# `azr-jax eval` in-process, with the model, the evaluation and the sandbox stood in for (the
+# subprocess test above runs the real ones): which model it evaluates, and what it prints/writes
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def eval_main(monkeypatch):
+    """(main(*argv), what the stand-ins were given)."""
+    import argparse
+    from types import SimpleNamespace
+
+    from azr_jax import sandbox, train_setup
+    from azr_jax.eval import cli as eval_cli
+    from azr_jax.eval import evaluate as evaluate_module
+
+    seen = {"closed": 0}
+
+    class Sandbox:
+        def __init__(self, cfg):
+            pass
+
+        def close(self):
+            seen["closed"] += 1
+
+    def load_policy(cfg, weights=True):
+        seen["cfg"], seen["weights"] = cfg, weights
+        return SimpleNamespace(params="base params")
+
+    def evaluate(params, policy, cfg, sb, *, progress):
+        seen["params"] = params
+        progress("working")
+        if seen.get("fail"):
+            raise RuntimeError("the evaluation failed")
+        return {"solve_rate": 0.5, "items": [{"id": "x", "response": "r"}]}
+
+    def run_params(cfg, policy, workdir, step):
+        seen["run"] = (workdir, step)
+        return "run params", 5 if step is None else step
+
+    monkeypatch.setattr(train_setup, "load_policy", load_policy)
+    monkeypatch.setattr(sandbox, "Sandbox", Sandbox)
+    monkeypatch.setattr(evaluate_module, "evaluate", evaluate)
+    monkeypatch.setattr(evaluate_module, "placed_params", lambda policy: policy.params)
+    monkeypatch.setattr(eval_cli, "run_params", run_params)
+
+    def main(*argv):
+        parser = argparse.ArgumentParser()
+        eval_cli.add_arguments(parser)
+        return eval_cli.main(parser.parse_args(list(argv)))
+
+    return main, seen
+
+
+def test_eval_cli_prints_the_result_without_items_and_writes_it_whole(eval_main, tmp_path, capsys, monkeypatch):
+    import jax
+
+    main, seen = eval_main
+    out = tmp_path / "out.json"
+    assert main("--config", "configs/nano.py", "--out", str(out)) == 0
+    assert (seen["weights"], seen["params"], seen["closed"]) == (True, "base params", 1)
+    printed = capsys.readouterr()
+    brief = json.loads(printed.out.strip().splitlines()[-1])
+    assert brief == {"solve_rate": 0.5, "checkpoint": load_config("configs/nano.py").model.hf_dir, "processes": 1}
+    assert json.loads(out.read_text()) == dict(brief, items=[{"id": "x", "response": "r"}])
+    assert "azr-jax eval: working" in printed.err  # progress, on stderr
+    # Process 1 of 2 (multi-host: every process evaluates, and holds the same result) prints it
+    # and leaves --out to process 0.
+    out.unlink()
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    assert main("--config", "configs/nano.py", "--out", str(out)) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["processes"] == 2 and not out.exists()
+    seen["fail"] = True
+    with pytest.raises(RuntimeError):
+        main("--config", "configs/nano.py")
+    assert seen["closed"] == 3  # the sandbox is closed after a failed evaluation too
+
+
+def test_eval_cli_checkpoint_replaces_the_configs_model(eval_main, tmp_path):
+    """The checkpoint's own config.json and tokenizer define the model: the config's tokenizer and
+    random-init overrides would otherwise be refused with hf_dir or load another tokenizer."""
+    main, seen = eval_main
+    (tmp_path / "ckpt").mkdir()
+    assert main("--config", "configs/nano.py", "--checkpoint", str(tmp_path / "ckpt"), "--set",
+                f"model.tokenizer={tmp_path / 'tok.json'}", "--set", "model.overrides.num_layers=1") == 0
+    model = seen["cfg"].model
+    assert (model.hf_dir, model.tokenizer, model.overrides) == (str(tmp_path / "ckpt"), None, {})
+
+
+def test_eval_cli_run_evaluates_its_checkpoint_under_its_own_config(eval_main, tmp_path, capsys):
+    from azr_jax.config import to_json
+
+    main, seen = eval_main
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(to_json(load_config("configs/nano.py", ["eval.max_items=7"])))
+    assert main("--run", str(run)) == 0
+    # the run's params, not the base weights (never read), under the run's config
+    assert (seen["weights"], seen["params"], seen["run"]) == (False, "run params", (run, None))
+    assert seen["cfg"].eval.max_items == 7
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"] == f"{run} (step 5)"
+    assert main("--run", str(run), "--step", "2") == 0
+    assert seen["run"] == (run, 2)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"] == f"{run} (step 2)"
+
+
+@pytest.mark.parametrize("argv, message", [
+    ((), "give --config"),
+    (("--config", "configs/nano.py", "--step", "3"), "--step needs --run"),
+    (("--run", "R", "--checkpoint", "C"), "two different models"),
+])
+def test_eval_cli_refuses_contradictory_arguments_before_loading_anything(eval_main, argv, message):
+    from azr_jax.errors import UserError
+
+    main, seen = eval_main
+    with pytest.raises(UserError, match=message):
+        main(*argv)
+    assert "cfg" not in seen
+
+
+def test_run_params_restores_only_the_params_of_the_newest_or_the_given_step(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from azr_jax import checkpoint
+    from azr_jax.errors import UserError
+    from azr_jax.eval.cli import run_params
+
+    log = []
+
+    class Checkpoints:
+        steps = [3, 8]
+
+        def __init__(self, directory):
+            log.append(("open", directory))
+
+        def latest_step(self):
+            return max(self.steps, default=None)
+
+        def restore_part(self, step, target):
+            log.append(("restore", step, target))
+            return {"params": f"params of step {step}"}
+
+        def close(self):
+            log.append("close")
+
+    monkeypatch.setattr(checkpoint, "Checkpoints", Checkpoints)
+    policy = SimpleNamespace(init_state=lambda cfg, abstract: SimpleNamespace(params=f"abstract={abstract}"))
+    assert run_params(None, policy, tmp_path, None) == ("params of step 8", 8)
+    assert log == [("open", tmp_path / "checkpoints"), ("restore", 8, {"params": "abstract=True"}), "close"]
+    assert run_params(None, policy, tmp_path, 3) == ("params of step 3", 3)
+    Checkpoints.steps = []
+    log.clear()
+    with pytest.raises(UserError, match="no checkpoint in"):
+        run_params(None, policy, tmp_path, None)
+    assert log == [("open", tmp_path / "checkpoints"), "close"]
