@@ -113,7 +113,7 @@ def score_file(in_path: Path, out_path: Path, cfg, sandbox, progress=None) -> di
     # Not for an --out that is not a regular file (a pipe, a device): that is written in place,
     # never replaced by a file of the same name.
     in_place = out_path.exists() and not out_path.is_file()
-    target = out_path if in_place else out_path.with_name(out_path.name + ".partial")
+    target = out_path if in_place else partial_file(out_path)
     try:
         errors = _score_into(_read_lines(in_path), total, target, cfg, sandbox, stats, unread, progress, start)
     except BaseException:
@@ -130,6 +130,11 @@ def score_file(in_path: Path, out_path: Path, cfg, sandbox, progress=None) -> di
         print(f"azr-jax score: warning: fields the schema does not read were ignored: {_unread_summary(unread)} "
               f"(input schema: docs/scoring.md)", file=progress, flush=True)
     return {"lines": total, "errors": errors, "groups": dict(stats), "unread_fields": dict(unread)}
+
+
+def partial_file(out_path: Path) -> Path:
+    """Where score_file writes the rows of a regular --out until every line is scored."""
+    return out_path.with_name(out_path.name + ".partial")
 
 
 # The fields score_records reads, plus those a run's audit file adds (its verdict, `scored`, and
@@ -230,6 +235,9 @@ def main(args: argparse.Namespace) -> int:
     check_output_file(out_path, "--out")
     if out_path.exists() and out_path.samefile(in_path):  # opening --out would empty --in first
         raise UserError(f"--out {out_path} is the input file; give another path")
+    side = partial_file(out_path)
+    if side.exists() and side.samefile(in_path):  # it is opened first, then moved onto --out
+        raise UserError(f"--in {in_path} is the file --out {out_path} is first written to; give another --out")
     if args.config is None:
         print(f"azr-jax score: using {config} (the run's config; --config to choose another)" if config else
               "azr-jax score: using the built-in default config (--config to choose one)", file=sys.stderr)

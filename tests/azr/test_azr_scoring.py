@@ -374,6 +374,13 @@ def test_cli_refuses_to_write_its_scores_over_its_input(tmp_path, capsys):
     assert cli.main(["score", "--in", str(src), "--out", str(tmp_path / "." / "in.jsonl")]) == 2
     assert "is the input file" in capsys.readouterr().err
     assert src.read_text() == before
+    # nor over an input that is the side file --out is written to first (it was emptied, then moved
+    # onto --out: the input lost, exit 0)
+    side = tmp_path / "out.jsonl.partial"
+    side.write_text(before)
+    assert cli.main(["score", "--in", str(side), "--out", str(tmp_path / "out.jsonl")]) == 2
+    assert "is the file --out" in capsys.readouterr().err
+    assert side.read_text() == before and not (tmp_path / "out.jsonl").exists()
 
 
 def test_a_run_audit_file_finds_its_config_from_inside_rollouts(tmp_path, monkeypatch):
