@@ -96,6 +96,8 @@ def test_transformers_to_ours_to_transformers(case, tmp_path, tokenizer_files):
             for key in path:
                 want = want[key.key]
             assert leaf.sharding == want, path
+        else:
+            assert leaf.sharding == jax.sharding.SingleDeviceSharding(jax.devices()[0]), path
         for shard in leaf.addressable_shards:
             np.testing.assert_array_equal(np.asarray(shard.data), full[shard.index])
             split += shard.data.shape != full.shape
@@ -123,6 +125,7 @@ def test_transformers_to_ours_to_transformers(case, tmp_path, tokenizer_files):
     text = "def f7(x):\n    return x + 7<|im_end|>"
     assert theirs_tok(text, add_special_tokens=False)["input_ids"] == ours.tokenizer.encode(text)
     assert theirs_tok.eos_token_id == ours.tokenizer.eos_id == 2
+    assert ours.tokenizer is ours.tokenizer  # read from the directory once
 
 
 def test_slice_reads_match_hf_mapping_for_every_tensor(tmp_path):
@@ -166,6 +169,10 @@ def test_bfloat16_cast_on_load_and_export(tmp_path):
     assert reloaded.dtype == torch.bfloat16
     for name, value in hf.state_dict().items():
         assert torch.equal(reloaded.state_dict()[name], value.to(torch.bfloat16)), name
+    # Without a dtype, each tensor keeps the dtype it is stored in.
+    for a, b in zip(jax.tree.leaves(ours.params), jax.tree.leaves(from_pretrained(tmp_path / "dst").params)):
+        assert b.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_random_azr_model_exports_to_transformers(tmp_path):
@@ -290,7 +297,8 @@ BAD_CHECKPOINTS = {
     "truncated safetensors": (_truncate, "truncated or not a safetensors file"),
     "shape mismatch": (_edit_config(intermediate_size=96), r"gate_proj.weight has shape \[160, 64\]"),
     "missing layer": (_edit_config(num_hidden_layers=3), "lacks tensor model.layers.2"),
-    "extra tensors": (_edit_config(num_hidden_layers=1), "does not account for: model.layers.1"),
+    "extra tensors": (_edit_config(num_hidden_layers=1),  # layer 1's nine tensors: three named
+                      r"does not account for: (model\.layers\.1\.[a-z_.]+, ){2}model\.layers\.1\.[a-z_.]+ \(and 6 more\)$"),
     "index names a missing shard": (_index_to_missing_file, "refers to gone.safetensors"),
     "index places a tensor in a shard that lacks it": (
         _index_places_a_tensor_in_a_shard_that_lacks_it,
@@ -323,6 +331,8 @@ def test_missing_directory_and_missing_tokenizer(good_checkpoint, tmp_path):
         model.tokenizer  # ... and says so only when one is needed
     with pytest.raises(UserError, match="attention_mask shape"):
         model.logits(np.zeros((1, 4), np.int32), np.ones((1, 5), np.int32))
+    with pytest.raises(UserError, match=r"tokens must be \[batch, length\], got shape \(4,\)"):
+        model.logits(np.array([1, 5, 9, 3]))
 
 
 def test_token_ids_outside_the_table_are_refused(good_checkpoint):
@@ -403,7 +413,9 @@ def test_shards_fill_up_to_the_limit_and_tensor_data_is_8_byte_aligned(tmp_path)
 
 def test_parse_size():
     assert parse_size("5GB") == 5 * 10**9 and parse_size("2MiB") == 2 * 2**20 and parse_size(123) == 123
-    for bad in ("lots", "5XB", 0, "-3MB"):
+    # decimal kilobytes as transformers counts them, fractions, any case, spaces
+    assert parse_size("500KB") == 500_000 and parse_size("1.5GB") == 1_500_000_000 and parse_size(" 3 kib ") == 3072
+    for bad in ("lots", "5XB", 0, "-3MB", "0MB", True):
         with pytest.raises(UserError, match="invalid shard size"):
             parse_size(bad)
 
@@ -427,6 +439,11 @@ def test_a_tied_config_with_its_own_different_head_must_say_which_head(tmp_path)
     save_file({**tensors, "lm_head.weight": head}, str(d / "model.safetensors"))
     with pytest.raises(UserError, match="also holds an lm_head.weight that differs from model.embed_tokens.weight"):
         from_pretrained(d)
+    longer = np.concatenate([embed, embed[:1]])  # the embeddings and one row more: not a copy either
+    save_file({**tensors, "lm_head.weight": longer}, str(d / "model.safetensors"))
+    with pytest.raises(UserError, match="also holds an lm_head.weight that differs from model.embed_tokens.weight"):
+        from_pretrained(d)
+    save_file({**tensors, "lm_head.weight": head}, str(d / "model.safetensors"))
     _edit_config(tie_word_embeddings=False)(d)
     untied = from_pretrained(d)
     np.testing.assert_array_equal(np.asarray(untied.params["lm_head_dv"]), head.T)
@@ -570,3 +587,103 @@ def test_exported_metadata_keeps_a_bases_ids_only_with_its_own_tokenizer(tmp_pat
         assert generation is None
         assert (model_cfg.bos_token_id, model_cfg.eos_token_id, model_cfg.pad_token_id,
                 model_cfg.extra_eos_token_ids) == (1, 2, 0, (5,))
+
+
+def _zero_params(cfg):
+    """Float32 zeros of every parameter's shape: for what needs no meaningful weights (no compile)."""
+    from azr_jax.models.decoder import param_shapes
+
+    return jax.tree.map(lambda shape: np.zeros(shape, np.float32), param_shapes(cfg),
+                        is_leaf=lambda x: isinstance(x, tuple))
+
+
+def _tiny_model(cfg, **kwargs):
+    """A Model whose only parameter is a 1 x 1 embedding: enough for what needs no forward pass."""
+    return Model(cfg, {"embed": {"embedding_vd": np.zeros((1, 1), np.float32)}}, **kwargs)
+
+
+def test_generation_config_without_the_checkpoints_own():
+    """Derived from the config: one eos id as a number, several as a list, unknown ids left out;
+    a checkpoint's own file is handed out as a copy the caller may change."""
+    cfg = small_config("llama")
+    assert _tiny_model(cfg).generation_config_dict() == {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    several = cfg.replace(extra_eos_token_ids=(5, 7))
+    assert _tiny_model(several).generation_config_dict()["eos_token_id"] == [2, 5, 7]
+    assert _tiny_model(cfg.replace(eos_token_id=None, pad_token_id=None)).generation_config_dict() == {
+        "bos_token_id": 1}
+    own = _tiny_model(cfg, generation_config={"eos_token_id": 9})
+    own.generation_config_dict()["eos_token_id"] = 10
+    assert own.generation_config_dict() == {"eos_token_id": 9}
+
+
+def test_loading_hands_on_the_checkpoints_generation_config_and_skips_stored_rotary_tables(good_checkpoint, tmp_path):
+    """generation_config.json is kept as it is (an export writes it back unchanged); a stored
+    rotary_emb.inv_freq (older exporters write one) is recomputed by the model, not refused."""
+    from safetensors.numpy import load_file
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(good_checkpoint, d)
+    own = {"bos_token_id": 1, "eos_token_id": [2, 7], "max_new_tokens": 5}
+    (d / "generation_config.json").write_text(json.dumps(own))
+    tensors = load_file(str(d / "model.safetensors"))
+    save_file({**tensors, "model.layers.1.self_attn.rotary_emb.inv_freq": np.ones(12, np.float32)},
+              str(d / "model.safetensors"))
+    assert from_pretrained(d).generation_config_dict() == own
+
+
+def test_loading_on_a_mesh_follows_the_rules_given(good_checkpoint):
+    """Rules other than the config's defaults place the parameters, and the model keeps them."""
+    mesh = make_mesh({"fsdp": 4, "tensor": 2})
+    rules = {**RULES, "embed": None, "vocab": "fsdp"}
+    model = from_pretrained(good_checkpoint, mesh=mesh, rules=rules)
+    want = param_shardings(model.config, mesh, rules)
+    assert want["embed"]["embedding_vd"] != param_shardings(model.config, mesh, RULES)["embed"]["embedding_vd"]
+    for path, leaf in jax.tree_util.tree_leaves_with_path(model.params):
+        expected = want
+        for key in path:
+            expected = expected[key.key]
+        assert leaf.sharding == expected, path
+    assert model.rules == rules
+
+
+def test_a_tokenizer_given_as_an_object_is_exported_and_shards_default_to_5GB(tmp_path, tokenizer_files, monkeypatch):
+    """`azr-jax convert` hands the run's tokenizer over as an object, with no directory behind
+    it: the export still carries it. Unless told, files are cut at transformers' 5 GB."""
+    import azr_jax.models.checkpoint_hf as checkpoint_hf
+    from azr_jax.models.tokenizer import load_tokenizer
+
+    cfg = small_config("qwen2", num_layers=1, tie_word_embeddings=True)
+    model = Model(cfg, _zero_params(cfg), tokenizer=load_tokenizer(tokenizer_files))
+    assert model.has_tokenizer()
+    limits, real_write = [], checkpoint_hf.write_checkpoint
+
+    def write(*args, max_shard_bytes, **kwargs):
+        limits.append(max_shard_bytes)
+        return real_write(*args, max_shard_bytes=max_shard_bytes, **kwargs)
+
+    monkeypatch.setattr(checkpoint_hf, "write_checkpoint", write)
+    model.save_pretrained(tmp_path)
+    assert limits == [5 * 10**9]
+    text = "def f7(x):\n    return x + 7"
+    assert load_tokenizer(tmp_path).encode(text) == model.tokenizer.encode(text)
+
+
+def test_compute_dtype_given_wins_over_the_parameter_dtype():
+    """float32 weights, bfloat16 matmuls: the states between the layers are bfloat16."""
+    cfg = small_config("llama", num_layers=1)
+    assert Model(cfg, _zero_params(cfg)).compute_dtype == jnp.float32
+    half = Model(cfg, _zero_params(cfg), compute_dtype=jnp.bfloat16)
+    assert half.compute_dtype == jnp.bfloat16
+    assert half.hidden_states(np.array([[1, 5, 9, 3]])).dtype == jnp.bfloat16
+
+
+def test_hidden_states_are_transformers_in_its_order(good_checkpoint):
+    """[L + 1, B, T, D]: each layer's input (the embeddings first), then the final normed state."""
+    model = from_pretrained(good_checkpoint)
+    theirs = AutoModelForCausalLM.from_pretrained(good_checkpoint, dtype=torch.float32, attn_implementation="eager")
+    tokens, mask, positions = left_padded_batch([6, 4], 6, model.config.vocab_size, seed=5)
+    _, expected = hf_logits(theirs, tokens, mask, positions, hidden=True)
+    ours = np.asarray(model.hidden_states(tokens, mask))
+    assert ours.shape == (model.config.num_layers + 1, 2, 6, model.config.hidden_size) == (len(expected),) + expected[0].shape
+    for got, want in zip(ours, expected):
+        assert np.abs(got - want)[mask == 1].max() < 1e-4

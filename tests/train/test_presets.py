@@ -29,6 +29,18 @@ def test_paper_presets(name):
     assert cfg.azr.reject_multiple_functions is (not second_def_ok)
     assert cfg.azr.f_replace_location == ("any_last" if second_def_ok else "not_first")
     assert cfg.azr.seed_size == (64 if name == "llama-3.1-8b" else 256)
+    assert cfg.rl.micro_batch_size == (8 if name == "qwen3-4b-base" else 16)
+    assert cfg.mesh.shape["tensor"] == (2 if name.endswith("-14b") else 1)
+    # The rest of docs/training.md's summary and its decisions on the reference's ambiguous points.
+    assert cfg.rl.estimator == "trr++" and (cfg.rl.clip_eps_low, cfg.rl.clip_eps_high, cfg.rl.dual_clip) == (0.2, 0.28, 3.0)
+    assert cfg.rl.loss_agg == "token-mean-per-micro-batch" and cfg.rl.kl_coef == 0.0
+    assert (cfg.optim.schedule, cfg.optim.weight_decay, cfg.optim.grad_clip_norm) == ("constant", 0.0, 1.0)
+    assert cfg.sampling.temperature == 1.0 and sorted(cfg.azr.task_types) == ["abduction", "deduction", "induction"]
+    assert cfg.azr.solver_task_lag is True and cfg.azr.boundary_reward == -0.5
+    assert (cfg.azr.buffer_eviction, cfg.azr.pred_data_mix) == ("drop_oldest", "max_new")
+    assert cfg.azr.num_inputs == 10 and cfg.model.param_dtype == "float32"
+    # rows of 6144 + 8096 positions: the update needs rematerialisation (docs/benchmarks.md: 4096 already does)
+    assert cfg.model.remat == "full"
 
 
 def test_mesh_layouts():
@@ -37,6 +49,9 @@ def test_mesh_layouts():
     cfg = with_mesh(load_config(CONFIGS / "qwen2.5-14b.py"), "gpu-8")
     assert cfg.mesh.shape == {"data": 1, "fsdp": 4, "tensor": 2}
     assert set(TOPOLOGIES) == {"v4-8", "v5p-8", "v5e-8", "v6e-8", "gpu-8"}
+    # chips per machine (docs/training.md, "Mesh")
+    assert {t: mesh_shape(t)["fsdp"] for t in TOPOLOGIES} == {"v4-8": 4, "v5p-8": 4, "v5e-8": 8, "v6e-8": 8, "gpu-8": 8}
+    assert mesh_shape("v4-8", tensor=8) == {"data": 1, "fsdp": 1, "tensor": 4}  # never more than the chips
     with pytest.raises(UserError, match="unknown mesh topology"):
         mesh_shape("v9-8")
     with pytest.raises(UserError, match="does not divide"):
