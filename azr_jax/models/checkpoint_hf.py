@@ -343,8 +343,15 @@ class Model:
         embed_dtype = _get(params, ("embed", "embedding_vd")).dtype
         self.compute_dtype = jnp.dtype(compute_dtype if compute_dtype is not None else embed_dtype)
         # One jit per model: the activation constraints of `mesh_rules` are read at trace time,
-        # so a trace must not be shared between models on different meshes.
-        self._forward = jax.jit(_forward_full, static_argnames=("config", "compute_dtype", "return_hidden"))
+        # so a trace must not be shared between models on different meshes or rules. jax.jit
+        # caches traces by the function it wraps, not by the wrapper: jitting the module-level
+        # `_forward_full` in every model let a second model of the same shapes reuse the first
+        # one's trace, its mesh and rules included. Each model wraps a function of its own.
+        def forward(params, tokens_bt, mask_bt, *, config, compute_dtype, return_hidden):
+            return _forward_full(params, tokens_bt, mask_bt, config=config, compute_dtype=compute_dtype,
+                                 return_hidden=return_hidden)
+
+        self._forward = jax.jit(forward, static_argnames=("config", "compute_dtype", "return_hidden"))
 
     # -- tokenizer -----------------------------------------------------------------------------
 

@@ -687,3 +687,16 @@ def test_hidden_states_are_transformers_in_its_order(good_checkpoint):
     assert ours.shape == (model.config.num_layers + 1, 2, 6, model.config.hidden_size) == (len(expected),) + expected[0].shape
     for got, want in zip(ours, expected):
         assert np.abs(got - want)[mask == 1].max() < 1e-4
+
+
+def test_each_model_computes_under_its_own_rules():
+    """The activation constraints are read when the forward pass is traced: a second model of
+    the same shapes on other rules must trace its own, not run the first one's."""
+    from jax.sharding import PartitionSpec as P
+
+    cfg = small_config("llama", num_layers=1, vocab_size=64, hidden_size=16, intermediate_size=32, head_dim=8)
+    mesh = make_mesh({"fsdp": 4, "tensor": 2})
+    tokens = np.ones((4, 4), np.int32)
+    specs = [Model(cfg, _zero_params(cfg), mesh=mesh, rules=rules).logits(tokens).sharding.spec
+             for rules in (RULES, {**RULES, "batch": None, "vocab": "fsdp"})]
+    assert specs == [P("fsdp", None, "tensor"), P(None, None, "fsdp")]
