@@ -382,8 +382,8 @@ class Model:
 
     def _run(self, tokens, attention_mask, return_hidden: bool):
         tokens_bt = jnp.asarray(tokens, dtype=jnp.int32)
-        if tokens_bt.ndim != 2:
-            raise UserError(f"tokens must be [batch, length], got shape {tuple(tokens_bt.shape)}")
+        if tokens_bt.ndim != 2 or not tokens_bt.size:  # an empty one failed deep in the pass
+            raise UserError(f"tokens must be a non-empty [batch, length], got shape {tuple(tokens_bt.shape)}")
         # jnp.take would wrap a negative id and turn one past the table into NaN logits for the
         # whole row (padding included), so every id, masked or not, must index the table.
         if tokens_bt.size and (int(tokens_bt.min()) < 0 or int(tokens_bt.max()) >= self.config.vocab_size):

@@ -331,8 +331,11 @@ def test_missing_directory_and_missing_tokenizer(good_checkpoint, tmp_path):
         model.tokenizer  # ... and says so only when one is needed
     with pytest.raises(UserError, match="attention_mask shape"):
         model.logits(np.zeros((1, 4), np.int32), np.ones((1, 5), np.int32))
-    with pytest.raises(UserError, match=r"tokens must be \[batch, length\], got shape \(4,\)"):
+    with pytest.raises(UserError, match=r"tokens must be a non-empty \[batch, length\], got shape \(4,\)"):
         model.logits(np.array([1, 5, 9, 3]))
+    for empty in ((0, 4), (2, 0)):
+        with pytest.raises(UserError, match=rf"got shape \({empty[0]}, {empty[1]}\)"):
+            model.logits(np.zeros(empty, np.int32))
 
 
 def test_token_ids_outside_the_table_are_refused(good_checkpoint):
