@@ -78,3 +78,26 @@ def test_load_policy_warns_when_prompt_and_response_pass_the_context(caplog):
     with caplog.at_level(logging.WARNING, logger="azr_jax.train"):
         load_policy(load_config("configs/nano.py"), weights=False)
     assert "max_position_embeddings" not in caplog.text
+
+
+def test_the_nano_configs_are_the_ones_the_shipped_base_and_docs_describe():
+    """configs/nano_base.py rebuilds the shipped base (its record holds the settings it was built
+    with), and configs/nano.py self-plays on the prompts and settings docs/nano.md measures."""
+    import dataclasses
+
+    from azr_jax.nano.run_config import nano_base_config, nano_selfplay_config
+
+    record = json.loads((BASE_DIR / RECORD_FILE).read_text())
+    base, selfplay = nano_base_config(), nano_selfplay_config()
+    built = dataclasses.asdict(base.pretrain)
+    assert {k: built[k] for k in record["pretrain"]} == record["pretrain"]
+    assert set(built) - set(record["pretrain"]) == {"init_from"} and not built["init_from"]
+    assert selfplay.pretrain == base.pretrain
+    # the prompts self-play shows are the ones the base was pretrained on
+    for field in ("prompt_dir", "n_references", "num_inputs", "seed_file", "induction_seed_file"):
+        assert getattr(selfplay.azr, field) == getattr(base.azr, field), field
+    assert selfplay.model.hf_dir == str(BASE_DIR) and selfplay.eval == base.eval
+    assert base.eval.max_response_len == 160 and selfplay.sampling.temperature == 1.0  # as docs/nano.md says
+    # docs/nano.md's main run: 45 steps, azr.batch_size=8, lr 1e-4 after a 5-step warmup, evaluations every 15
+    assert (selfplay.train.steps, selfplay.azr.batch_size, selfplay.optim.learning_rate, selfplay.optim.schedule,
+            selfplay.optim.warmup_steps, selfplay.train.eval_every) == (45, 8, 1e-4, "constant", 5, 15)

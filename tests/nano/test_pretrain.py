@@ -229,3 +229,355 @@ def test_transcripts_refuse_an_unknown_task_type_and_draw_references_from_their_
 
     # the references shown in proposer prompts are drawn with `seed` (pretrain.corpus_seed)
     assert proposer_prompts(1) == proposer_prompts(1) != proposer_prompts(2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Mutation-audit tests: each pins one piece of the build cheaply (no real training step).
+# ----------------------------------------------------------------------------------------------
+
+
+class _CharTokenizer:
+    """One id per character: transcript lengths in tokens are the texts' lengths."""
+
+    eos_id = 3
+
+    def encode_batch(self, texts):
+        return [[10 + ord(c) % 50 for c in text] for text in texts]
+
+
+def _transcript(prompt, response):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(prompt=prompt, response=response)
+
+
+def _tiny_cfg(overrides=(), scan_layers=None):
+    cfg = load_config("configs/nano_base.py", list(overrides))
+    model = dataclasses.replace(cfg.model, overrides=TINY)
+    if scan_layers is not None:
+        model = dataclasses.replace(model, scan_layers=scan_layers)
+    return dataclasses.replace(cfg, model=model)
+
+
+def test_rows_cover_the_response_and_eos_and_drop_only_what_passes_seq_len():
+    tok = _CharTokenizer()
+    transcripts = [_transcript("ab", "cde"), _transcript("x" * 6, "y" * 4), _transcript("p" * 5, "q" * 4),
+                   _transcript("u", "v")]
+    rows = tokenize_transcripts(tok, transcripts, seq_len=10)
+    # "xxxxxx"+"yyyy"+EOS is 11 > 10: dropped; 10 tokens exactly still fit; later rows still come
+    assert [len(ids) for ids, _ in rows] == [6, 10, 3]
+    ids, mask = rows[0]
+    assert ids.tolist() == tok.encode_batch(["ab"])[0] + tok.encode_batch(["cde"])[0] + [tok.eos_id]
+    assert mask.tolist() == [0, 0, 1, 1, 1, 1]  # the prompt is context only; the closing EOS is learned
+    assert rows[1][1].tolist() == [0] * 5 + [1] * 5
+
+
+def test_bucket_rows_right_pads_to_multiples_of_128_and_keeps_only_full_batches():
+    def row(n):
+        return np.arange(1, n + 1, dtype=np.int32), np.r_[np.zeros(n - 2), np.ones(2)].astype(np.float32)
+
+    rows = [row(5), row(128), row(129), row(200), row(300)]
+    buckets = bucket_rows(rows, batch_size=2)  # 128 and 256 hold exactly one batch each: kept
+    assert sorted(buckets) == [128, 256]  # 300 -> 384 alone: fewer rows than one batch, left out
+    tokens, masks, valid = buckets[128]
+    assert tokens.shape == masks.shape == valid.shape == (2, 128)
+    assert tokens[0, :5].tolist() == [1, 2, 3, 4, 5] and not tokens[0, 5:].any()  # right-padded with 0
+    assert valid[0].tolist() == [1] * 5 + [0] * 123 and valid[1].all()
+    assert masks[0, 3:5].tolist() == [1, 1] and not masks[0, 5:].any()
+    assert buckets[256][0].shape == (2, 256)
+
+    import pytest
+
+    from azr_jax.errors import UserError
+
+    with pytest.raises(UserError, match="too small for one batch"):
+        bucket_rows(rows, batch_size=3)
+
+
+def test_the_nano_model_keeps_the_preset_vocab_and_takes_the_tokenizer_ids_and_scan_layers():
+    from azr_jax.models.tokenizer import load_tokenizer
+    from azr_jax.nano import BASE_DIR
+
+    shipped = load_tokenizer(BASE_DIR / "tokenizer.model")
+    for scan in (False, True):
+        model_cfg = nano_model_config(_tiny_cfg(scan_layers=scan), shipped.vocab_size)
+        # the preset's 1024 rows (trimmed after training): the shipped base was initialised so
+        assert model_cfg.vocab_size == 1024 and model_cfg.scan_layers is scan
+        assert (model_cfg.bos_token_id, model_cfg.eos_token_id, model_cfg.pad_token_id) == (
+            shipped.bos_id, shipped.eos_id, shipped.pad_id)
+    assert nano_model_config(_tiny_cfg(), 2000).vocab_size == 2000  # a larger tokenizer widens the table
+
+
+def test_the_pretraining_loss_is_the_mean_response_token_cross_entropy():
+    import jax
+    import jax.numpy as jnp
+
+    from azr_jax.models import forward, init_params
+    from azr_jax.nano.pretrain import make_optimizer, make_train_step
+
+    cfg = _tiny_cfg()
+    model_cfg = nano_model_config(cfg, 300)
+    params = init_params(model_cfg, jax.random.key(1))
+    tokens = np.array([[5, 6, 7, 8, 9, 0], [11, 12, 13, 14, 15, 16]], np.int32)
+    valid = np.array([[1, 1, 1, 1, 1, 0], [1] * 6], np.float32)  # row 0 is right-padded
+    mask = np.array([[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]], np.float32)
+    _, loss_fn = make_train_step(model_cfg, make_optimizer(cfg.pretrain))
+    # reference: plain float32 logits of the unpadded tokens (causal: the pad after row 0's five
+    # tokens cannot reach them); token t is predicted at position t - 1
+    logits, _ = jax.jit(lambda p, t: forward(p, t, jnp.broadcast_to(jnp.arange(6), t.shape), config=model_cfg,
+                                             compute_dtype=jnp.float32))(params, tokens)
+    logp = np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1))
+    nll = [-logp[row, t - 1, tokens[row, t]] for row in range(2) for t in range(1, 6) if mask[row, t]]
+    assert len(nll) == 5
+    np.testing.assert_allclose(float(loss_fn(params, tokens, mask, valid)), np.mean(nll), rtol=1e-5)
+    # no loss tokens at all: zero, not a NaN
+    assert float(loss_fn(params, tokens, np.zeros_like(mask), valid)) == 0.0
+
+
+def _adamw_reference(lrs, grads, param, *, wd, b1=0.9, b2=0.98, eps=1e-8, clip=1.0):
+    """AdamW by hand (float64): global-norm clip, bias-corrected moments, decoupled decay."""
+    param, m, v, out = np.array(param, np.float64), 0.0, 0.0, []
+    for t, (lr, g) in enumerate(zip(lrs, grads), start=1):
+        g = np.asarray(g, np.float64)
+        g = g * min(1.0, clip / np.linalg.norm(g))
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        update = -lr * ((m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps) + wd * param)
+        param = param + update
+        out.append(param.copy())
+    return out
+
+
+def test_the_pretraining_optimizer_is_clipped_adamw_on_a_warmup_cosine_schedule():
+    import math
+
+    import jax.numpy as jnp
+    import optax
+
+    from azr_jax.nano.pretrain import make_optimizer
+
+    lr, end = 0.1, 0.05  # the cosine ends at 5% of the peak and stays there
+    # gradient norms on both sides of the clip at 1.0: the clip changes their ratio, so Adam sees it
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(size=3) * (5.0 if i % 2 else 0.1) for i in range(12)]
+
+    def cosine(t, horizon):
+        return lr * ((1 - end) * 0.5 * (1 + math.cos(math.pi * min(t, horizon) / horizon)) + end)
+
+    cases = {  # (steps, warmup_steps) -> learning rate of update t (from 0)
+        (10, 3): lambda t: lr * t / 3 if t < 3 else cosine(t - 3, 10 - 3),  # linear from 0, then cosine
+        (4, 3): lambda t: lr * t / 2 if t < 2 else cosine(t - 2, 4 - 2),  # warmup capped at steps // 2
+        (10, 0): lambda t: cosine(t, 10),  # no warmup: the first step trains at the peak
+    }
+    for (steps, warmup), rate in cases.items():
+        p = load_config("configs/nano_base.py", [f"pretrain.steps={steps}", f"pretrain.warmup_steps={warmup}",
+                                                 f"pretrain.learning_rate={lr}", "pretrain.weight_decay=0.3"]).pretrain
+        opt = make_optimizer(p)
+        params = {"w": jnp.array([1.0, -2.0, 0.5])}
+        state, got = opt.init(params), []
+        for g in grads:
+            updates, state = opt.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+            params = optax.apply_updates(params, updates)
+            got.append(np.asarray(params["w"]))
+        want = _adamw_reference([rate(t) for t in range(len(grads))], grads, [1.0, -2.0, 0.5], wd=0.3)
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6, err_msg=f"steps={steps} warmup={warmup}")
+
+
+def test_the_batch_schedule_walks_shuffled_epochs_and_draws_buckets_by_size():
+    from azr_jax.nano.pretrain import batch_schedule
+
+    def bucket(n):
+        return (np.zeros((n, 4), np.int32),) * 3
+
+    one = {128: bucket(8)}
+    schedule = batch_schedule(one, steps=12, batch_size=2, seed=3)
+    assert all(length == 128 and len(idx) == 2 for length, idx in schedule)
+    epochs = [np.concatenate([idx for _, idx in schedule[e * 4:(e + 1) * 4]]).tolist() for e in range(3)]
+    for order in epochs:
+        assert sorted(order) == list(range(8)), epochs  # every row once per epoch, none twice
+    assert epochs[0] != list(range(8)) and len({tuple(o) for o in epochs}) == 3, epochs  # reshuffled each epoch
+    # rows that do not fill a last batch wait for the next epoch: every batch is full
+    assert all(len(idx) == 3 for _, idx in batch_schedule({128: bucket(7)}, 10, 3, seed=0))
+    # deterministic in the seed (and not in the dict's order); buckets drawn in proportion to size
+    two = {128: bucket(90), 256: bucket(10)}
+    drawn = batch_schedule(two, 2000, 2, seed=0)
+    assert [(length, idx.tolist()) for length, idx in drawn] == [
+        (length, idx.tolist()) for length, idx in batch_schedule({256: two[256], 128: two[128]}, 2000, 2, seed=0)]
+    assert [idx.tolist() for _, idx in batch_schedule(two, 20, 2, seed=1)] != [idx.tolist() for _, idx in drawn[:20]]
+    assert 0.87 < np.mean([length == 128 for length, _ in drawn]) < 0.93
+
+
+def test_training_starts_from_the_seeded_init_follows_the_schedule_and_logs_window_means(monkeypatch):
+    """`train`'s own loop, with the jitted step replaced by a recorder (no compilation)."""
+    import jax
+
+    from azr_jax.models import init_params
+    from azr_jax.nano import pretrain
+
+    seen = []
+
+    def fake_make_train_step(model_cfg, optimizer):
+        def step(params, opt_state, tokens, masks, valid):
+            seen.append((params, tokens))
+            return params, opt_state, float(2 ** len(seen))  # losses 2, 4, 8, 16
+        return step, None
+
+    monkeypatch.setattr(pretrain, "make_train_step", fake_make_train_step)
+    cfg = _tiny_cfg(["pretrain.steps=4", "pretrain.batch_size=2", "pretrain.seed=5"])
+    model_cfg = nano_model_config(cfg, 300)
+    tokens = np.arange(6 * 16, dtype=np.int32).reshape(6, 16)
+    buckets = {16: (tokens, np.ones((6, 16), np.float32), np.ones((6, 16), np.float32))}
+    logs = []
+    _, losses = train(model_cfg, buckets, cfg.pretrain, log=logs.append, log_every=2)
+    assert losses == [2.0, 4.0, 8.0, 16.0]
+    np.testing.assert_array_equal(seen[0][0]["embed"]["embedding_vd"],
+                                  init_params(model_cfg, jax.random.key(5))["embed"]["embedding_vd"])
+    want = [tokens[idx] for _, idx in pretrain.batch_schedule(buckets, 4, 2, 5)]  # pretrain.seed
+    assert all(np.array_equal(a, b) for (_, a), b in zip(seen, want))
+    assert [m.split(" (")[0] for m in logs] == ["pretrain step 1/4 len 16 loss 2.0000",
+                                                 "pretrain step 3/4 len 16 loss 6.0000",  # mean of the last 2
+                                                 "pretrain step 4/4 len 16 loss 12.0000"]  # the last step too
+
+
+def test_trim_vocab_keeps_the_first_rows_and_refuses_untied_embeddings():
+    import jax
+    import pytest
+
+    from azr_jax.errors import UserError
+    from azr_jax.models import init_params
+    from azr_jax.nano.pretrain import trim_vocab
+
+    model_cfg = nano_model_config(_tiny_cfg(), 300)
+    params = init_params(model_cfg, jax.random.key(0))
+    table = np.asarray(params["embed"]["embedding_vd"])
+    trimmed_cfg, trimmed = trim_vocab(model_cfg, params, 300)
+    assert trimmed_cfg.vocab_size == 300 and trimmed_cfg.hidden_size == model_cfg.hidden_size
+    np.testing.assert_array_equal(trimmed["embed"]["embedding_vd"], table[:300])  # ids 0..299 keep their rows
+    assert params["embed"]["embedding_vd"].shape[0] == 1024  # the caller's params are not changed
+    same_cfg, same = trim_vocab(model_cfg, params, 1024)
+    assert same_cfg == model_cfg and same is params
+    untied = model_cfg.replace(tie_word_embeddings=False)
+    with pytest.raises(UserError, match="ties its embeddings"):
+        trim_vocab(untied, init_params(untied, jax.random.key(0)), 300)
+
+
+def test_a_saved_base_loads_back_bit_for_bit_with_files_that_follow_the_umask(tmp_path):
+    import os
+
+    import jax
+
+    from azr_jax.models import from_pretrained, init_params
+    from azr_jax.nano import BASE_DIR
+    from azr_jax.nano.pretrain import save_checkpoint, trim_vocab
+
+    tok = load_tokenizer(BASE_DIR / "tokenizer.model")
+    model_cfg = nano_model_config(_tiny_cfg(), tok.vocab_size)
+    model_cfg, params = trim_vocab(model_cfg, init_params(model_cfg, jax.random.key(0)), tok.vocab_size)
+    old = os.umask(0o027)  # not the usual 022: the mode must come from the umask, not a constant
+    try:
+        save_checkpoint(tmp_path / "ck", model_cfg, params, tok)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "ck" / "model.safetensors").stat().st_mode & 0o777 == 0o640
+    loaded = from_pretrained(tmp_path / "ck")
+    assert loaded.config.vocab_size == tok.vocab_size and loaded.config.hidden_size == 32
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded.params), strict=True):
+        assert np.asarray(b).dtype == np.float32
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert (tmp_path / "ck" / "tokenizer.model").read_bytes() == (BASE_DIR / "tokenizer.model").read_bytes()
+
+
+def test_a_failed_build_removes_only_the_empty_folder_it_created(tmp_path, monkeypatch):
+    """Failures stubbed into the corpus step (the first step after the checks): the folder the
+    build made goes (also on Ctrl-C), a folder that was there stays, and a half-written one is
+    kept with the build's own error, not an OSError from removing it."""
+    import pytest
+
+    from azr_jax.errors import UserError
+    from azr_jax.nano import BASE_DIR, pretrain
+
+    small = ["pretrain.corpus_programs=40", "pretrain.steps=2", "pretrain.batch_size=4"]
+
+    def fail_with(exc, write=None):
+        def corpus_tasks(cfg):
+            if write:
+                (write / "config.json").write_text("{}")
+            raise exc
+        monkeypatch.setattr(pretrain, "corpus_tasks", corpus_tasks)
+
+    # a bad override is found before the corpus is generated (and the tokenizer trained)
+    fail_with(AssertionError("the corpus was generated before the override was checked"))
+    with pytest.raises(UserError, match="num_layerz"):
+        pretrain.build_base(load_config("configs/nano_base.py", small + ['model.overrides={"num_layerz": 2}']),
+                            tmp_path / "a", log=lambda m: None)
+    fail_with(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.build_base(load_config("configs/nano_base.py", small), tmp_path / "b", log=lambda m: None)
+    assert not (tmp_path / "b").exists()
+    (tmp_path / "c").mkdir()
+    fail_with(UserError("stop"))
+    with pytest.raises(UserError, match="stop"):
+        pretrain.build_base(load_config("configs/nano_base.py", small), tmp_path / "c", log=lambda m: None)
+    assert (tmp_path / "c").is_dir()
+    fail_with(UserError("half-way"), write=tmp_path / "d")
+    with pytest.raises(UserError, match="half-way"):
+        pretrain.build_base(load_config("configs/nano_base.py", small), tmp_path / "d", log=lambda m: None)
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["config.json"]
+    # init_from needs both the weights and the tokenizer
+    monkeypatch.setattr(pretrain, "corpus_tasks", lambda cfg: [])
+    monkeypatch.setattr(pretrain, "corpus_transcripts", lambda cfg, tasks: [])
+    for name in ("model.safetensors", "tokenizer.model"):
+        src = tmp_path / f"only_{name}"
+        src.mkdir()
+        (src / name).write_bytes((BASE_DIR / name).read_bytes())
+        with pytest.raises(UserError, match="not a nano checkpoint"):
+            pretrain.build_base(load_config("configs/nano_base.py", small + [f"pretrain.init_from={src}"]),
+                                tmp_path / "e", log=lambda m: None)
+
+
+def test_a_build_trains_on_its_corpus_and_records_what_it_built(tmp_path, monkeypatch):
+    """`build_base` end to end with `train` stubbed (fixed losses, untrained weights): the
+    tokenizer, the batches, the trimmed checkpoint, the seed files and the record."""
+    import json
+
+    import jax
+    import pytest
+
+    from azr_jax.errors import UserError
+    from azr_jax.models import from_pretrained, init_params
+    from azr_jax.nano import pretrain
+
+    got = {}
+
+    def fake_train(model_cfg, buckets, p, *, log=None, params=None):
+        got.update(model_cfg=model_cfg, buckets=buckets)
+        return init_params(model_cfg, jax.random.key(0)), [float(i) for i in range(60)]
+
+    monkeypatch.setattr(pretrain, "train", fake_train)
+    tiny = "model.overrides=" + json.dumps(TINY)
+    cfg = load_config("configs/nano_base.py", ["pretrain.corpus_programs=40", "pretrain.batch_size=4",
+                                                "pretrain.seq_len=256", tiny])
+    out = tmp_path / "base"
+    record = pretrain.build_base(cfg, out, log=lambda m: None)
+    transcripts = pretrain.corpus_transcripts(cfg, pretrain.corpus_tasks(cfg))
+    # the tokenizer is trained on every whole transcript (prompt and response)
+    want_tok = train_tokenizer([t.prompt + t.response for t in transcripts], tmp_path / "want.model", vocab_size=1024)
+    assert (out / "tokenizer.model").read_bytes() == want_tok.read_bytes()
+    tok = load_tokenizer(out / "tokenizer.model")
+    assert got["model_cfg"].vocab_size == 1024 and got["model_cfg"].hidden_size == 32
+    assert max(got["buckets"]) <= 256  # pretrain.seq_len
+    rows = sum(len(b[0]) for b in got["buckets"].values())
+    saved = from_pretrained(out)
+    assert saved.config.vocab_size == tok.vocab_size < 1024  # trimmed to the tokenizer
+    assert json.loads((out / pretrain.RECORD_FILE).read_text()) == record
+    assert {k: v for k, v in record.items() if k != "wall_s"} == {
+        "command": "build_base()", "pretrain": dataclasses.asdict(cfg.pretrain),
+        "num_params": saved.config.num_params(), "tokenizer_pieces": tok.vocab_size, "corpus_programs": 40,
+        "transcripts_used": rows,
+        "first_loss": 9.5, "final_loss": 34.5}  # means of the first 20 and the last 50 steps
+    assert (out / pretrain.SEED_IO_FILE).is_file() and (out / pretrain.SEED_INDUCTION_FILE).is_file()
+    # a model vocabulary one short of the tokenizer is refused (its last id would index past the table)
+    short = "model.overrides=" + json.dumps({**TINY, "vocab_size": tok.vocab_size - 1})
+    with pytest.raises(UserError, match="is smaller than the tokenizer's"):
+        pretrain.build_base(load_config("configs/nano_base.py", ["pretrain.corpus_programs=40",
+                                                                 "pretrain.batch_size=4", short]),
+                            tmp_path / "short", log=lambda m: None)

@@ -43,3 +43,11 @@ def test_a_corpus_of_a_few_programs_trains_a_tokenizer(tmp_path):
     assert len(texts) <= 100
     tok = load_tokenizer(train_tokenizer(texts, tmp_path / "tokenizer.model", vocab_size=1024))
     assert tok.decode(tok.encode(texts[0])) == texts[0]
+
+
+def test_texts_may_be_any_iterable(tmp_path):
+    # `texts` is documented as an Iterable: a generator trains the same tokenizer as its list
+    texts = _texts()
+    a = train_tokenizer(texts, tmp_path / "a.model", vocab_size=400)
+    b = train_tokenizer((t for t in texts), tmp_path / "b.model", vocab_size=400)
+    assert a.read_bytes() == b.read_bytes()
