@@ -56,7 +56,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"azr-jax pretrain: replacing the base model in {out}; runs that read it will not resume "
               f"(their inputs.json fingerprints change) until it is restored (git checkout -- {out} for the "
               f"shipped one)", file=sys.stderr, flush=True)
-    command = shlex.join(["azr-jax", "pretrain", *sys.argv[2:]])  # re-runnable as printed, quotes and all
+    # Re-runnable as printed, quotes and all; from the parsed arguments, not sys.argv (which is
+    # another program's when the command is run through azr_jax.cli.main from Python).
+    sets = [a for o in args.overrides for a in ("--set", o)]
+    command = shlex.join(["azr-jax", "pretrain", "--config", str(args.config), *sets, "--out", str(args.out)])
     record = build_base(cfg, out, log=lambda msg: print(msg, file=sys.stderr, flush=True), command=command)
     print(json.dumps({"out": str(out), **{k: record[k] for k in ("num_params", "final_loss", "wall_s")}}))
     return 0

@@ -114,7 +114,7 @@ def test_the_build_record_counts_the_transcripts_trained_on_and_quotes_the_comma
     override = 'model.overrides={"num_layers": 1}'
     argv = ["azr-jax", "pretrain", "--config", "configs/nano_base.py", "--set", "pretrain.corpus_programs=40",
             "--set", "pretrain.steps=1", "--set", "pretrain.batch_size=48", "--set", override, "--out", str(tmp_path / "b")]
-    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "argv", ["my_script.py", "--verbose"])  # run from Python: not its argv
     overrides = ["pretrain.corpus_programs=40", "pretrain.steps=1", "pretrain.batch_size=48", override]
     assert main(argparse.Namespace(config="configs/nano_base.py", overrides=overrides, out=str(tmp_path / "b"))) == 0
     record = json.loads((tmp_path / "b" / RECORD_FILE).read_text())
