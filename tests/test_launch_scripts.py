@@ -346,6 +346,7 @@ def worker(tpu, tmp_path):
     _exe(bin_ / "python3", 'echo "python3 $*" >> "$STUB_LOG"; exit 1\n')  # the image's: too old
     _exe(bin_ / "python3.11", LOGGING + """
 if [ "$1 $2" = "-m venv" ]; then
+  [ -z "${STUB_VENV_FAIL:-}" ] || exit 1  # e.g. an image without python3-venv
   mkdir -p .venv/bin
   cat > .venv/bin/pip <<'X'
 #!/usr/bin/env bash
@@ -360,14 +361,14 @@ X
     _exe(bin_ / "bwrap", "")
     _exe(bin_ / "sudo", LOGGING)
 
-    def run(*args, **extra):
+    def run(*args, remote_env=(), **extra):
         proc, _ = tpu("run_all_workers.sh", "azr-x", "z", "configs/nano.py", *args, AZR_PYTHON="python3.11", **extra)
         assert proc.returncode == 0, proc.stderr
         shutil.copy(tmp_path / "sent.tgz", home / "azr-jax.tgz")
         log = tmp_path / "wlog"
         proc = subprocess.run(["bash", str(tmp_path / "remote.sh")], cwd=home, capture_output=True, text=True,
                               env=dict(os.environ, HOME=str(home), PATH=f"{bin_}:{os.environ['PATH']}",
-                                       STUB_LOG=str(log)), timeout=60)
+                                       STUB_LOG=str(log), **dict(remote_env)), timeout=60)
         for _ in range(200):  # the trainer runs in the background
             if any(c.startswith("azr-jax") for c in _lines(log)) or proc.returncode:
                 break
@@ -459,7 +460,9 @@ printf '#!/usr/bin/env bash\\necho "python $*" >> "$STUB_LOG"; exit ${STUB_GPU_R
 printf '#!/usr/bin/env bash\\necho "azr-jax MEM=$XLA_PYTHON_CLIENT_MEM_FRACTION $*" >> "$STUB_LOG"\\n' > .venv/bin/azr-jax
 chmod +x .venv/bin/*
 """
-    _exe(bin_ / "py311", LOGGING + 'if [ "$1 $2 $3" = "-m venv .venv" ]; then ' + venv_stubs + "fi\n")
+    _exe(bin_ / "py311", LOGGING + 'if [ "$1 $2 $3" = "-m venv .venv" ]; then ' + venv_stubs + "fi\n"
+         # A venv that fails half-way (no ensurepip) leaves a python that cannot import jax.
+         + 'if [ -n "${STUB_VENV_FAIL:-}" ]; then rm .venv/bin/pip .venv/bin/azr-jax; exit 1; fi\n')
 
     def run(*args, **extra):
         env = dict(os.environ, PATH=f"{bin_}:{os.environ['PATH']}", STUB_LOG=str(tmp_path / "log"),
@@ -575,3 +578,25 @@ def test_create_flags_are_not_glob_expanded(tpu):
                       AZR_TPU_CREATE_FLAGS="--tags * --spot")
     assert proc.returncode == 0, proc.stderr
     assert calls[0].endswith("--runtime-version v2-alpha-tpuv5 --tags * --spot")
+
+
+# The two tests below pin a fix: `a && b` under `set -e` does not stop when `a` fails, so a venv
+# that could not be made went on to a misleading end (a worker said "started", train_8gpu.sh said
+# that jax sees no GPU).
+
+def test_a_worker_whose_venv_or_archive_fails_does_not_claim_a_start(worker):
+    proc, calls = worker(remote_env={"STUB_VENV_FAIL": "1"})
+    assert proc.returncode != 0 and "started on" not in proc.stdout
+    assert not any(c.startswith(("pip", "azr-jax")) for c in calls)
+    (worker.home / "azr-jax.tgz").write_text("not a tar archive")  # a copy cut short
+    proc = subprocess.run(["bash", str(worker.home.parent / "remote.sh")], cwd=worker.home, capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, HOME=str(worker.home), STUB_LOG=os.devnull,
+                                                          PATH=f"{worker.home.parent / 'wbin'}:{os.environ['PATH']}"))
+    assert proc.returncode != 0 and "started on" not in proc.stdout
+    assert not (worker.home / ".venv").exists() and not (worker.home / "train.log").exists()
+
+
+def test_train_8gpu_stops_when_the_venv_cannot_be_made(gpu8):
+    proc, calls = gpu8("configs/nano.py", STUB_VENV_FAIL="1")
+    assert proc.returncode != 0 and "sees no GPU" not in proc.stderr
+    assert calls == ["py311 -m venv .venv"]

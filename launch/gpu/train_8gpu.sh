@@ -12,7 +12,9 @@ cd "$(dirname "$0")/../.."
 config="${1:?usage: launch/gpu/train_8gpu.sh CONFIG [azr-jax train args...]}"; shift
 [ -f "$config" ] || { echo "[azr-jax] no config $config (CONFIG is relative to the checkout)" >&2; exit 2; }
 if [ ! -x .venv/bin/azr-jax ]; then
-  "${AZR_PYTHON:-python3}" -m venv .venv && .venv/bin/pip install -q -e ".[cuda]"
+  # Two lines, not a && b: under set -e a failed venv would go on to the GPU check's message.
+  "${AZR_PYTHON:-python3}" -m venv .venv
+  .venv/bin/pip install -q -e ".[cuda]"
 fi
 # A .venv made for the CPU (launch/local.sh) has no CUDA jax: say so instead of failing on the mesh.
 .venv/bin/python -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' || {

@@ -49,12 +49,16 @@ gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command "
   if [ -f ~/azr-jax/train.pid ] && kill -0 \$(cat ~/azr-jax/train.pid) 2>/dev/null; then
     echo \"azr-jax train (pid \$(cat ~/azr-jax/train.pid)) is still running on \$(hostname); stop it first\" >&2
     exit 3; fi
-  mkdir -p ~/azr-jax && tar -xzf ~/azr-jax.tgz -C ~/azr-jax && cd ~/azr-jax
+  # One command a line: under set -e a failure inside an a && b list would not stop the script.
+  mkdir -p ~/azr-jax
+  tar -xzf ~/azr-jax.tgz -C ~/azr-jax
+  cd ~/azr-jax
   if [ -f train.log ]; then mv train.log train.log.\$(date +%Y%m%d-%H%M%S); fi
   py=${AZR_PYTHON:-python3}
   \$py -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
     echo \"azr-jax needs Python >= 3.11; \$(hostname) has \$(\$py --version 2>&1): set AZR_PYTHON\" >&2; exit 2; }
-  \$py -m venv .venv && .venv/bin/pip install -q -e '.[tpu]'
+  \$py -m venv .venv
+  .venv/bin/pip install -q -e '.[tpu]'
   command -v bwrap >/dev/null || { sudo -n apt-get update -qq && sudo -n apt-get install -y -qq bubblewrap; } >/dev/null 2>&1 \
     || echo \"warning: \$(hostname) has no bubblewrap; the sandbox falls back to unshare (docs/sandbox.md)\" >&2
   AZR_TPU_MULTIHOST=${AZR_TPU_MULTIHOST:-0} nohup .venv/bin/azr-jax train --config $(printf '%q' "$config")$args > train.log 2>&1 &
