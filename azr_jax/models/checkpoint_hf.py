@@ -386,7 +386,7 @@ class Model:
             raise UserError(f"tokens must be a non-empty [batch, length], got shape {tuple(tokens_bt.shape)}")
         # jnp.take would wrap a negative id and turn one past the table into NaN logits for the
         # whole row (padding included), so every id, masked or not, must index the table.
-        if tokens_bt.size and (int(tokens_bt.min()) < 0 or int(tokens_bt.max()) >= self.config.vocab_size):
+        if int(tokens_bt.min()) < 0 or int(tokens_bt.max()) >= self.config.vocab_size:
             raise UserError(
                 f"token ids must be in [0, vocab_size={self.config.vocab_size}), got "
                 f"min {int(tokens_bt.min())}, max {int(tokens_bt.max())} (padding ids included)")
