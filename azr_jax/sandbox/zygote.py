@@ -60,14 +60,6 @@ def _read_exact(fd, n):
     return bytes(buf)
 
 
-def _recv(fd=0):
-    head = _read_exact(fd, 4)
-    if head is None:
-        return None
-    body = _read_exact(fd, struct.unpack(">I", head)[0])
-    return None if body is None else json.loads(body.decode("utf-8"))
-
-
 def _send(obj, fd=1):
     data = json.dumps(obj).encode("utf-8")
     data = memoryview(struct.pack(">I", len(data)) + data)  # slices of a memoryview copy nothing
@@ -655,19 +647,62 @@ def main():
     os.utime(CONFIG["scratch"], ns=(0, 0), follow_symlinks=False)  # as after every job
     _send({"ready": True, "pid": os.getpid(), "uid": os.getuid(), "hash_probe": hash("azr"),
            "seccomp": seccomp})
+    # With a pid namespace of our own (we are its pid 1) every job is served by an agent forked
+    # for it, and the job's process is forked from the agent: the requests (programs, inputs) and
+    # the result frames (outputs) of earlier jobs were read into this process's heap, whose freed
+    # memory a job forked from it could read back (an induction solver's program recovered the
+    # hidden outputs of the proposal validated on its zygote). Forked from us, who never read one,
+    # an agent holds only its own job's data. Without a pid namespace (none mode, bwrap without
+    # --as-pid-1) the agent's kill(-1) would reach us too: jobs are served here, as before.
+    agents = os.getpid() == 1
     while True:
-        req = _recv()
-        if req is None:
+        head = _read_exact(0, 4)  # only the request's length: its body is read by whoever runs it
+        if head is None:
             return
+        if not agents:
+            if not _serve(head):
+                return
+            continue
         try:
-            answer = _run_job(req)
-        except OSError as exc:  # fork/pipe/scratch trouble: the sandbox broke, not the program
+            agent = os.fork()
+        except OSError as exc:
             _send({"status": "sandbox_error", "detail": f"{type(exc).__name__}: {exc}"[:300]})
-            return  # the host starts a fresh zygote
-        _send(answer)
-        if answer.get("recycle"):
-            return  # the host replaces us too
+            return
+        if agent == 0:
+            code = 1
+            try:
+                code = 0 if _serve(head) else 3
+            finally:
+                _exit(code)
+        if _wait_agent(agent) != 0:
+            # 3: the agent asked for a fresh zygote (it answered). Anything else: it died without
+            # answering (a job may signal its agent): our exit ends every process of the pid
+            # namespace, and the host, seeing no answer, counts the job's zygote as died.
+            return
 
+
+def _serve(head):
+    """Read the request announced by `head`, run the job, answer the host; whether to go on."""
+    body = _read_exact(0, struct.unpack(">I", head)[0])
+    if body is None:
+        return False
+    req = json.loads(body.decode("utf-8"))
+    try:
+        answer = _run_job(req)
+    except OSError as exc:  # fork/pipe/scratch trouble: the sandbox broke, not the program
+        _send({"status": "sandbox_error", "detail": f"{type(exc).__name__}: {exc}"[:300]})
+        return False  # the host starts a fresh zygote
+    _send(answer)
+    return not answer.get("recycle")  # the host replaces us too
+
+
+def _wait_agent(agent):
+    """The agent's exit code (-1 if a signal ended it). As pid 1 we also reap, meanwhile, the
+    orphans its job left, which the agent's final kill waits to see gone."""
+    while True:
+        pid, status = os.waitpid(-1, 0)
+        if pid == agent:
+            return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
 
 CONFIG = {}
 SCRATCH_XATTRS = frozenset()  # the scratch root's own extended attributes, as the zygote found them

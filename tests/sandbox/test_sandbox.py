@@ -496,6 +496,55 @@ def test_one_zygote_keeps_nothing_a_job_left_in_its_scratch_root(isolation):
             z.close()
 
 
+# A job that reads its own memory: made dumpable again (the zygote is not), /proc/self/mem gives
+# every writable mapping it inherited from the process it was forked from.
+MEMORY_READER = """
+import ctypes
+def f(x):
+    ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+    needle = (x[::-1] * 3).encode()  # a text the job's own request does not hold
+    hits = 0
+    with open('/proc/self/maps') as maps, open('/proc/self/mem', 'rb', buffering=0) as mem:
+        for line in maps.read().splitlines():
+            span, perms = line.split()[:2]
+            lo, hi = (int(a, 16) for a in span.split('-'))
+            if perms.startswith('rw') and hi - lo < 256 << 20:
+                try:
+                    mem.seek(lo)
+                    hits += mem.read(hi - lo).count(needle)
+                except OSError:
+                    pass
+    return hits
+"""
+
+
+@pytest.mark.parametrize("isolation", ["bwrap", "unshare"])
+def test_a_job_cannot_read_an_earlier_jobs_output_from_its_zygotes_memory(isolation):
+    """The zygote once read every request and result frame itself: their freed memory, inherited
+    by every later job forked from it, gave an induction solver's program the hidden outputs of
+    the proposal validated on the same zygote. Agents forked per job keep the zygote pristine
+    (with a pid namespace of its own, where it is pid 1)."""
+    from azr_jax.sandbox import pool
+
+    with Sandbox(SandboxSection(isolation=isolation, timeout_s=10, workers=1)) as s:
+        if isolation == "bwrap" and not pool.isolation._bwrap_supports("--as-pid-1"):
+            pytest.skip("this bwrap cannot make the zygote pid 1: jobs are served by the zygote itself")
+        z = pool._Zygote(s.plan, s._uid(0, 9))
+        try:
+            def run(program, arg):
+                job = Job(program, [repr(arg)], repeats=1, calls_per_input=1)
+                return pool._parse_answer(z.request(s._request(job, [repr(arg)]), lambda: None), 1)[0]
+
+            seen, unseen = uuid.uuid4().hex, uuid.uuid4().hex
+            first = run("def f(x):\n    return x[::-1] * 3\n", seen)  # its output only in its frame
+            assert first[0] == "ok" and first[1] == seen[::-1] * 3, first
+            baseline = run(MEMORY_READER, unseen)
+            assert baseline[0] == "ok", baseline
+            assert run(MEMORY_READER, seen) == baseline  # no more copies of the first job's output
+        finally:
+            z.close()
+
+
 def test_host_removes_a_scratch_tree_of_any_depth_and_mode(tmp_path):
     """What a zygote that died mid-job leaves to the host: deeper than Python's recursion limit,
     with a directory chmod-ed to 000."""
