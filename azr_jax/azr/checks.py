@@ -32,8 +32,17 @@ ESCAPE_ATTRIBUTES = frozenset({
     "__self__",  # a builtin function's __self__ is the builtins module (`len.__self__.eval`)
 })
 
-# Modules that are another module under a second name: `import posixpath` is `os.path`.
-MODULE_SYNONYMS = {"posixpath": "os.path", "ntpath": "os.path"}
+# Modules that are another module under a second name: `import posixpath` is `os.path`, and the
+# C modules behind banned ones do their work (`_ctypes` reads and writes raw memory: a job made
+# itself dumpable with it and read /proc/self/mem; `_frozen_importlib` imports by name).
+MODULE_SYNONYMS = {
+    "posixpath": "os.path", "ntpath": "os.path", "posix": "os",
+    "_ctypes": "ctypes", "_imp": "importlib", "_frozen_importlib": "importlib",
+    "_frozen_importlib_external": "importlib", "_random": "random", "_thread": "threading",
+    "_datetime": "datetime", "_posixsubprocess": "subprocess", "_multiprocessing": "multiprocessing",
+    "_hashlib": "hashlib", "_md5": "hashlib", "_sha1": "hashlib", "_sha256": "hashlib",
+    "_sha512": "hashlib", "_sha3": "hashlib", "_blake2": "hashlib",
+}
 
 _ATTR_BUILTINS = ("getattr", "setattr", "hasattr", "delattr")
 

@@ -50,6 +50,13 @@ def verdict(src):
         ("from shutil import os as o\ndef f(x):\n    return o.environ.get(x)", "banned_import"),
         ("import posixpath\ndef f(x):\n    return posixpath.exists(x)", "banned_import"),
         ("from ntpath import exists", "banned_import"),
+        # the C module behind a banned one: _ctypes made a job dumpable to read its own memory
+        ("import _ctypes\ndef f(x):\n    return _ctypes.dlopen(None, 0)", "banned_import"),
+        ("from _ctypes import dlopen", "banned_import"),
+        ("import _frozen_importlib as i\ndef f(x):\n    return i._gcd_import(x)", "banned_import"),
+        ("import _random\ndef f(x):\n    return _random.Random().random()", "banned_import"),
+        ("from _thread import start_new_thread", "banned_import"),
+        ("import posix\ndef f(x):\n    return posix.environ.get(x)", "banned_import"),
         ("def f(x):\n    return len.__self__.eval(x)", "escape_attribute"),  # __self__ of a builtin: the builtins module
         ("def f(x):\n    return vars(len.__self__)['__import__']('os')", "escape_attribute"),
         # always refused, whatever the configured list says
@@ -71,6 +78,7 @@ def test_rejected(src, code):
     "src",
     [
         "import os\ndef f(parts):\n    return os.sep.join(parts)",  # `os` itself is not on the list
+        "import posix\ndef f(x):\n    return posix.getcwd() + x",  # nor is `posix`, the C module behind it
         "def f(xs):\n    # no random or time involved\n    return xs[::-1]",  # comments are not code
         "def f(time, logging=False):\n    calendar = [time * 2]\n    return calendar",  # identifiers are not modules
         "def f(input):\n    return input + 1",  # a parameter named like a builtin is the program's own
