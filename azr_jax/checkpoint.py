@@ -56,6 +56,8 @@ class Checkpoints:
         )
         self.save_every = save_every
         _shorten_orbax_save_errors()
+        # A failed save (a full disk) ends Orbax's other writes on a closed event loop too.
+        _drop_closed_loop_tracebacks()
         # Handlers registered up front, so a fresh manager (a resumed run) can read a checkpoint's
         # metadata before restoring it.
         handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
@@ -318,10 +320,29 @@ class _OneLineOrbaxErrors(logging.Filter):
     user as the trainer's one-line error (`Checkpoints._writing`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and "orbax" in record.pathname.replace("\\", "/").split("/"):
+        if record.levelno >= logging.ERROR and (_in_orbax(record.pathname) or _logged_from_orbax()):
             record.msg, record.args = record.getMessage().splitlines()[0][:300], None
             record.exc_info = record.exc_text = record.stack_info = None
         return True
+
+
+def _in_orbax(path: str) -> bool:
+    return "orbax" in path.replace("\\", "/").split("/")
+
+
+def _logged_from_orbax() -> bool:
+    """Whether the record being filtered was logged by Orbax's code, by the calling frames. The
+    record's `pathname` says so only when the "absl" logger is absl's own class: `azr-jax train`
+    sets that logger's level before absl is imported, so it is a plain `logging.Logger`, whose
+    records name absl's `logging/__init__.py` as their source, and the filter let Orbax's
+    tracebacks through."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = frame.f_code.co_filename.replace("\\", "/")
+        if path != __file__.replace("\\", "/") and not path.endswith("logging/__init__.py"):
+            return _in_orbax(path)  # the first frame outside logging (stdlib's or absl's)
+        frame = frame.f_back
+    return False
 
 
 def _shorten_orbax_save_errors() -> None:

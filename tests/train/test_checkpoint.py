@@ -433,3 +433,55 @@ def test_saved_steps_are_in_step_order(tmp_path):
     for step in (30, 4, 100, 9, 10, 1, 55, 7, 20, 3):
         (tmp_path / str(step)).mkdir()
     assert saved_steps(tmp_path) == [1, 3, 4, 7, 9, 10, 20, 30, 55, 100]
+
+
+def _absl_records(monkeypatch, source_file: str) -> list:
+    """What an ERROR with a traceback logged through absl from `source_file` becomes, when the
+    "absl" logger is a plain `logging.Logger`: `azr-jax train` sets its level before absl is
+    imported, so absl's own logger class is never used for it."""
+    import logging
+
+    import absl.logging as absl_logging
+
+    from azr_jax.checkpoint import _OneLineOrbaxErrors
+
+    plain = logging.Logger("absl")
+    plain.addFilter(_OneLineOrbaxErrors())
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    plain.addHandler(handler)
+    monkeypatch.setattr(absl_logging, "_absl_logger", plain)
+    code = ("from absl import logging\n"
+            "try:\n"
+            "    raise ValueError('RESOURCE_EXHAUSTED: Failed writing\\na long repr')\n"
+            "except ValueError:\n"
+            "    logging.exception('save failed: %s', 'RESOURCE_EXHAUSTED\\nmore')\n")
+    exec(compile(code, source_file, "exec"), {})
+    return records
+
+
+def test_orbax_tracebacks_are_cut_to_one_line_under_the_trainers_plain_absl_logger(monkeypatch):
+    """A save on a full disk under `azr-jax train` put some 500 lines of Orbax tracebacks on
+    stderr: the records named absl's logging module as their source, not Orbax, and kept them."""
+    [record] = _absl_records(monkeypatch, "/venv/site-packages/orbax/checkpoint/checkpoint_manager.py")
+    assert record.exc_info is None and record.getMessage() == "save failed: RESOURCE_EXHAUSTED"
+    [other] = _absl_records(monkeypatch, "/venv/site-packages/somelib/module.py")  # not Orbax's: kept whole
+    assert other.exc_info is not None and other.getMessage() == "save failed: RESOURCE_EXHAUSTED\nmore"
+
+
+def test_a_failed_saves_closed_event_loop_reports_are_dropped(tmp_path, monkeypatch):
+    """A failed save ends Orbax's other writes on a closed event loop, and each reported
+    "Event loop is closed" with a traceback (17 of them in one full-disk nano run): the filter
+    was installed for restores only."""
+    import sys
+    import types
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    Checkpoints(tmp_path / "ck", writer=True).close()
+    report = lambda exc: types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None,  # noqa: E731
+                                               err_msg=None, object=None)
+    sys.unraisablehook(report(RuntimeError("Event loop is closed")))
+    sys.unraisablehook(report(RuntimeError("something else")))
+    assert [str(u.exc_value) for u in seen] == ["something else"]
