@@ -248,6 +248,11 @@ def check_workdir(cfg, workdir: Path, *, write: bool, resume_step: int | None = 
             shown = ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
             raise UserError(f"workdir {workdir} holds a run of a different config (differs in {shown}); "
                             f"use a new --workdir or the same config")
+        if differ and not all(isinstance(old.get(k), dict) for k in ("model", "train", "azr")):
+            # Not a run's config (a Hugging Face model directory given as --workdir has a
+            # config.json too): it was written over with only the warning below.
+            raise UserError(f"{path} is not an azr-jax run config (a model directory?), and training would "
+                            f"replace it; use a new --workdir")
         if differ:  # a start that failed before its first checkpoint: nothing to resume, start afresh
             log.warning("workdir %s has a config.json but no checkpoint; starting afresh with the new config "
                         "(differs in %s)", workdir, ", ".join(differ[:5]))

@@ -444,6 +444,22 @@ def test_a_config_json_that_is_not_a_config_is_refused(tmp_path):
             check_workdir(load_config(CONFIG), tmp_path, write=True)
 
 
+def test_a_model_directory_given_as_workdir_keeps_its_config_json(tmp_path):
+    """--workdir pointed at a Hugging Face model directory (a config.json, no checkpoints) took it
+    for a start that had failed: a warning, then the model's config.json was written over."""
+    import shutil
+
+    from azr_jax.train_setup import check_workdir
+
+    model = tmp_path / "base"
+    shutil.copytree(Path(__file__).parents[2] / "azr_jax" / "nano" / "base", model)
+    before = sorted(p.name for p in model.iterdir()), (model / "config.json").read_bytes()
+    with pytest.raises(UserError, match=r"base/config.json is not an azr-jax run config \(a model directory\?\), "
+                                        r"and training would replace it; use a new --workdir"):
+        check_workdir(load_config(CONFIG), model, write=True)
+    assert (sorted(p.name for p in model.iterdir()), (model / "config.json").read_bytes()) == before
+
+
 def test_a_failed_write_releases_the_workdir_lock_at_once(tmp_path, monkeypatch):
     # Not only when the exception is collected: a caller may keep it (a log, a retry loop).
     from azr_jax.train_setup import check_workdir
