@@ -321,6 +321,10 @@ class _OneLineOrbaxErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR and (_in_orbax(record.pathname) or _logged_from_orbax()):
+            if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+                # A second Ctrl-C while the trainer waits for its last save: Orbax reports the
+                # interrupted wait as "Save Finalize thread failed"; the stop is the trainer's to say.
+                return False
             record.msg, record.args = record.getMessage().splitlines()[0][:300], None
             record.exc_info = record.exc_text = record.stack_info = None
         return True

@@ -435,7 +435,7 @@ def test_saved_steps_are_in_step_order(tmp_path):
     assert saved_steps(tmp_path) == [1, 3, 4, 7, 9, 10, 20, 30, 55, 100]
 
 
-def _absl_records(monkeypatch, source_file: str) -> list:
+def _absl_records(monkeypatch, source_file: str, error: str = "ValueError") -> list:
     """What an ERROR with a traceback logged through absl from `source_file` becomes, when the
     "absl" logger is a plain `logging.Logger`: `azr-jax train` sets its level before absl is
     imported, so absl's own logger class is never used for it."""
@@ -454,8 +454,8 @@ def _absl_records(monkeypatch, source_file: str) -> list:
     monkeypatch.setattr(absl_logging, "_absl_logger", plain)
     code = ("from absl import logging\n"
             "try:\n"
-            "    raise ValueError('RESOURCE_EXHAUSTED: Failed writing\\na long repr')\n"
-            "except ValueError:\n"
+            f"    raise {error}('RESOURCE_EXHAUSTED: Failed writing\\na long repr')\n"
+            f"except {error}:\n"
             "    logging.exception('save failed: %s', 'RESOURCE_EXHAUSTED\\nmore')\n")
     exec(compile(code, source_file, "exec"), {})
     return records
@@ -485,3 +485,10 @@ def test_a_failed_saves_closed_event_loop_reports_are_dropped(tmp_path, monkeypa
     sys.unraisablehook(report(RuntimeError("Event loop is closed")))
     sys.unraisablehook(report(RuntimeError("something else")))
     assert [str(u.exc_value) for u in seen] == ["something else"]
+
+
+def test_a_second_ctrl_c_during_the_last_save_is_not_reported_as_a_failed_save(monkeypatch):
+    """Orbax logged the interrupted wait as "Save Finalize thread (save_finalize) failed", with the
+    KeyboardInterrupt's traceback, under the trainer's "stopping now" line."""
+    assert _absl_records(monkeypatch, "/venv/site-packages/orbax/checkpoint/checkpoint_manager.py",
+                         error="KeyboardInterrupt") == []
