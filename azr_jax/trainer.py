@@ -633,7 +633,9 @@ def _drop_outputs_after(workdir: Path, step: int, total_steps: int) -> dict:
             log.warning("step %d was this run's last: its final evaluation is now eval/step_%d.json", step, step)
         elif final_step is None or final_step > step:
             stale.append(final)
-    if any(path.exists() for path in stale):  # outputs past `step`: the plots drew them in
+    # Outputs past `step`: the plots drew them in. metrics.jsonl's later records too (a run without
+    # evaluations or audit files there): MetricsWriter drops those records, the plots kept them.
+    if any(path.exists() for path in stale) or _has_records_after(workdir / "metrics.jsonl", step):
         stale += sorted((workdir / "plots").glob("*.png"))
     if summary.is_file() and step < total_steps:  # the run is not complete any more
         stale.append(summary)
@@ -646,6 +648,20 @@ def _drop_outputs_after(workdir: Path, step: int, total_steps: int) -> dict:
         log.warning("%s at step %d: removed %s", "starting" if step == 0 else "resuming", step,
                     ", ".join(str(p.relative_to(workdir)) for p in stale))
     return kept
+
+
+def _has_records_after(path: Path, step: int) -> bool:
+    """Whether metrics.jsonl holds a record of a step after `step` (a cut-off line does not count)."""
+    if not path.is_file():
+        return False
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+            return True
+    return False
 
 
 def _eval_metrics(result: dict) -> dict:

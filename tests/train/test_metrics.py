@@ -508,6 +508,24 @@ def test_resuming_leaves_only_the_outputs_of_the_steps_kept(tmp_path, final_has_
                                 "rollouts/step_1.jsonl", "rollouts/step_10.jsonl"]
 
 
+def test_resuming_an_older_step_of_a_run_without_evaluations_drops_its_plots(tmp_path):
+    """--resume-step 2 of a finished 3-step nano run with train.eval_every=-1 (audit files at step 1
+    only) kept plots/*.png drawn from step 3's records, which metrics.jsonl then no longer held:
+    a continuation stopped before it completed left plots of the abandoned branch."""
+    import json
+
+    from azr_jax.trainer import _drop_outputs_after
+
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "reward.png").write_bytes(b"")
+    lines = [json.dumps({"step": n, "reward/mean": 0.1}) for n in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    _drop_outputs_after(tmp_path, 3, 3)  # the finished run, rerun: its plots stay
+    assert (tmp_path / "plots" / "reward.png").exists()
+    _drop_outputs_after(tmp_path, 2, 3)
+    assert not (tmp_path / "plots" / "reward.png").exists()
+
+
 def test_a_finished_run_given_more_steps_keeps_its_last_evaluation_as_that_steps(tmp_path):
     import json
 
