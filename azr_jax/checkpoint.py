@@ -378,8 +378,18 @@ def _drop_closed_loop_tracebacks() -> None:
 _NAME_THE_STEP = "name the step to use (train --resume-step N; eval or convert --run WORKDIR --step N)"
 
 
+def check_checkpoint_directory(directory: str | Path) -> None:
+    """UserError if something other than a directory is where the checkpoints belong (reading
+    `rollback.json` under a file said the record was unreadable, and asked for --resume-step)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{directory} is not a directory, and the run's checkpoints belong there: move it away, "
+                        f"or use another run directory")
+
+
 def pending_rollback(directory: str | Path) -> int | None:
     """The step of an interrupted `delete_after` in checkpoint `directory` (None: none was)."""
+    check_checkpoint_directory(directory)
     path = Path(directory) / "rollback.json"
     try:
         record = json.loads(path.read_text())

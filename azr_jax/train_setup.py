@@ -169,8 +169,9 @@ def _moved_inputs(differ: list[str], workdir: Path, now: dict) -> list[str]:
 def _refuse_a_checkpoint_past_the_end(cfg, workdir: Path, resume_step: int | None) -> None:
     """A resume whose train.steps is below its checkpoint's step would run nothing, yet rewrite
     summary.json without the run's evaluation and config.json with the smaller train.steps."""
-    from azr_jax.checkpoint import pending_rollback, saved_steps
+    from azr_jax.checkpoint import check_checkpoint_directory, pending_rollback, saved_steps
 
+    check_checkpoint_directory(workdir / "checkpoints")  # before anything is written or loaded
     steps = saved_steps(workdir / "checkpoints")
     if resume_step is not None:
         if resume_step not in steps:  # said before config.json and checkpoints/ are written

@@ -425,6 +425,23 @@ def test_a_rollback_record_that_cannot_be_read_is_a_user_error(tmp_path):
         pending_rollback(tmp_path)
 
 
+def test_a_file_where_the_checkpoints_belong_is_named_as_such(tmp_path):
+    """A file named `checkpoints` in a run directory was reported as an unreadable rollback record
+    of an interrupted --resume-step, and `train` asked for --resume-step N (by then config.json
+    was written and the model loaded)."""
+    from azr_jax.checkpoint import pending_rollback
+    from azr_jax.config import load_config
+    from azr_jax.train_setup import check_workdir
+
+    (tmp_path / "checkpoints").write_text("")
+    for check in (lambda: pending_rollback(tmp_path / "checkpoints"),  # eval --run, convert --run
+                  lambda: check_workdir(load_config("configs/nano.py"), tmp_path, write=True)):
+        with pytest.raises(UserError, match=r"checkpoints is not a directory, and the run's checkpoints belong "
+                                            r"there: move it away, or use another run directory"):
+            check()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]  # nothing written
+
+
 def test_saved_steps_are_in_step_order(tmp_path):
     """`train` takes the last one as the newest checkpoint: numeric order ("10" sorts before "9"
     as text), whatever order the directory lists its entries in."""
