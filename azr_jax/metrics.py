@@ -172,8 +172,13 @@ class MetricsWriter:
         # file is named by the second it was opened in: a start in the same second as the one
         # before (a resume right after a failed start, a test) replaced that file; the start
         # step in the name keeps them apart.
-        self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=start_step + 1,
-                                 filename_suffix=f".from_step_{start_step}")
+        try:  # a file where tensorboard/ belongs: one line, as for metrics.jsonl (it was a traceback)
+            with run_output(self.workdir / "tensorboard"):
+                self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=start_step + 1,
+                                         filename_suffix=f".from_step_{start_step}")
+        except UserError:
+            self._jsonl.close()
+            raise
         if progress:
             self._progress = ProgressLine(total_steps, start_step)
 

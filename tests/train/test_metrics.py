@@ -543,6 +543,16 @@ def test_a_finished_run_given_more_steps_keeps_its_last_evaluation_as_that_steps
     assert (tmp_path / "plots" / "reward.png").exists()  # they show steps 1-30, all kept
 
 
+def test_a_file_where_tensorboard_belongs_is_one_line(tmp_path):
+    """train --workdir W with a file W/tensorboard ended in a NotADirectoryError traceback (exit 1)."""
+    from azr_jax.errors import UserError
+    from azr_jax.metrics import MetricsWriter
+
+    (tmp_path / "tensorboard").write_text("")
+    with pytest.raises(UserError, match=r"cannot write .*tensorboard.* \(Not a directory\); the run stopped"):
+        MetricsWriter(tmp_path, total_steps=3, progress=False)
+
+
 def test_amending_a_step_rewrites_its_record_and_keeps_appending(tmp_path):
     import json
 
