@@ -26,6 +26,7 @@ class StopFlag:
         self.requested = False
         self.stepping = stepping
         self.immediate = False  # a stop that does not wait for the step (start-up or second signal)
+        self.after = "this step"  # what a first signal waits for, as the warning says it
         self._previous = {}
         self._unraisable = None
 
@@ -58,8 +59,8 @@ class StopFlag:
             log.warning("received %s again: stopping now, without a checkpoint", signal.Signals(signum).name)
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("received %s: stopping after this step (send it again to stop at once)",
-                    signal.Signals(signum).name)
+        log.warning("received %s: stopping after %s (send it again to stop at once)",
+                    signal.Signals(signum).name, self.after)
 
     def check_startup(self) -> None:
         """Raise the start-up stop again, in case the handler's exception was dropped."""

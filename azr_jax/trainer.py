@@ -828,12 +828,16 @@ def _run(cfg, workdir: Path, stop: StopFlag, seeded, primary: bool, *, resume_st
             load_benchmark(cfg.eval)  # a missing or malformed benchmark file is said now, not after seeding
         stop.check_startup()
         stop.stepping = True
+        # A signal during the seeding phase or the base evaluation waits for step 1; one during
+        # the final evaluation lets it finish, and the run completes.
+        stop.after = f"step {start + 1}" if start < cfg.train.steps else "the final evaluation"
         if start == 0 and cfg.azr.seed_size:
             _seed(cfg, loop, state.params, workdir, primary)
         if evaluating and start == 0:
             _evaluate(cfg, policy, state.params, sandbox, workdir, "base", primary, 0)
         stopping = False
         for step in range(start + 1, cfg.train.steps + 1):
+            stop.after = "this step"
             ckpts.check()  # a failed asynchronous save stops the run now, not at the next save
             distributed.barrier(f"azr-step-{step}")
             state, record, rollouts = loop.step(state, step)
@@ -858,6 +862,7 @@ def _run(cfg, workdir: Path, stop: StopFlag, seeded, primary: bool, *, resume_st
                 status = "stopped"
                 break
         if evaluating and status == "completed" and step == cfg.train.steps:
+            stop.after = "the final evaluation"
             final = _evaluate(cfg, policy, state.params, sandbox, workdir, "final", primary, step)
             base_path = workdir / "eval" / "base.json"
             from azr_jax.eval.summary import read_evaluation, solve_rate_summary

@@ -208,6 +208,27 @@ def test_a_stop_signal_saves_that_step_and_ends_without_the_final_evaluation(har
     assert harness.of("plots") == []
 
 
+def test_a_stop_signal_says_what_it_waits_for(harness, monkeypatch, caplog):
+    """A SIGTERM during the final evaluation said "stopping after this step", then the evaluation
+    finished and the run completed; one during the base evaluation waits for step 1."""
+    import signal
+
+    evaluate = trainer._evaluate
+
+    def signalled(cfg, policy, params, sandbox, workdir, name, primary, step):
+        harness.stop._handle(signal.SIGTERM, None)
+        harness.stop.requested = False  # heard; the run goes on as the test's own
+        return evaluate(cfg, policy, params, sandbox, workdir, name, primary, step)
+
+    monkeypatch.setattr(trainer, "_evaluate", signalled)
+    with caplog.at_level("WARNING", logger="azr_jax.trainer"):
+        summary = harness.run("train.steps=2", "train.eval_every=1")
+    said = [r.getMessage() for r in caplog.records if "received SIGTERM" in r.getMessage()]
+    assert said == [f"received SIGTERM: stopping after {what} (send it again to stop at once)"
+                    for what in ("step 1", "this step", "the final evaluation")]
+    assert summary["status"] == "completed"
+
+
 def test_a_resume_goes_on_from_the_step_after_the_checkpoint(harness):
     harness.stop_after = {2}
     harness.run("train.steps=4", "train.save_every=10", "train.eval_every=-1")
