@@ -600,10 +600,11 @@ def _delete_newer_checkpoints(ckpts, step: int, stop: StopFlag) -> list[int]:
     its rollback record instead). A signal that arrives meanwhile stops the run once the
     deletion is done."""
     stepping, stop.stepping = stop.stepping, True  # a first signal only sets `requested`
+    after, stop.after = stop.after, "the newer checkpoints are deleted" if not stepping else stop.after
     try:
         dropped = ckpts.delete_after(step)
     finally:
-        stop.stepping = stepping
+        stop.stepping, stop.after = stepping, after
     if stop.requested and not stepping:
         log.warning("stopping now: a stop signal arrived while the newer checkpoints were deleted")
         raise KeyboardInterrupt

@@ -741,6 +741,24 @@ def test_a_stop_during_the_checkpoint_deletion_in_the_loop_waits_for_the_step():
     assert not stop.stepping
 
 
+def test_a_stop_during_the_checkpoint_deletion_at_start_up_says_it_waits_for_the_deletion(caplog):
+    """It said "stopping after this step", then stopped at once when the deletion was done."""
+    import signal
+
+    stop = StopFlag(stepping=False)
+
+    class Checkpoints:
+        def delete_after(self, step):
+            stop._handle(signal.SIGINT, None)
+            return [step + 1]
+
+    with caplog.at_level("WARNING", logger="azr_jax.trainer"), pytest.raises(KeyboardInterrupt):
+        trainer._delete_newer_checkpoints(Checkpoints(), 3, stop)
+    assert caplog.records[0].getMessage() == ("received SIGINT: stopping after the newer checkpoints are deleted "
+                                              "(send it again to stop at once)")
+    assert stop.after == "this step"
+
+
 def test_a_proposal_without_judged_rollouts_is_a_sandbox_error_only_if_its_format_was_right(monkeypatch):
     loop, script = _self_play(monkeypatch, marks={("deduction", 0): "UNJUDGED", ("deduction", 1): "UNJUDGED BADFMT"})
     try:
