@@ -75,6 +75,15 @@ def truncate_metrics(path: str | Path, last_step: int) -> None:
     write_text_atomically(p, "".join(line + "\n" for line in kept))  # a kill now cannot empty it
 
 
+def _duration(seconds: float) -> str:
+    """`400s` under an hour; `41h35m` from an hour on (a 500-step run's eta in seconds was a
+    six-digit number to divide in one's head)."""
+    if seconds < 3600:
+        return f"{seconds:.0f}s"
+    minutes = int(round(seconds / 60))
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
 class ProgressLine:
     """A one-line progress display on stderr: rewritten in place on a terminal, one line per
     update otherwise (so CI logs stay readable)."""
@@ -104,7 +113,7 @@ class ProgressLine:
         if len(self._seen) > 1:
             (s0, t0), (s1, t1) = self._seen[0], self._seen[-1]
             per_step = (t1 - t0) / max(s1 - s0, 1)
-            rate = f"{per_step:.1f}s/step eta {per_step * (self.total - step):.0f}s"
+            rate = f"{per_step:.1f}s/step eta {_duration(per_step * (self.total - step))}"
         else:
             rate = "eta ?"
         width = 20

@@ -114,6 +114,17 @@ def test_on_a_terminal_a_log_line_starts_on_a_cleared_line():
     assert not handler.filters  # close() takes its filter off
 
 
+def test_progress_eta_of_a_long_run_is_in_hours_and_minutes():
+    """A preset run (500 steps of 5 minutes) showed "eta 149700s"."""
+    out = io.StringIO()
+    p = ProgressLine(total=500, start=0, stream=out)
+    p.update(1, {}, now=0.0)
+    p.update(2, {}, now=300.0)
+    assert "300.0s/step eta 41h30m " in out.getvalue().splitlines()[-1]
+    p.update(495, {}, now=300.0 + 493 * 300.0)
+    assert "eta 1500s" in out.getvalue().splitlines()[-1]  # under an hour: seconds, as before
+
+
 def test_progress_eta_leaves_out_the_slow_first_step():
     """Step 1 also compiles and runs the base evaluation (40 s here, 10 s per later step): the
     estimate must come from the steps after it, not from the mean since the start."""
