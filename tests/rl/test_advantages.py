@@ -272,3 +272,12 @@ def test_update_group_ids_a_partly_sampled_last_prompt_gets_an_id_of_its_own():
     got = adv.update_group_ids(layout, "grpo")
     assert got == [6, 6, 6, 7, 7, 7, 8, 9, 9, 9]
     assert max(got) < adv.NUM_TRRPP_GROUPS + len(got)
+
+
+def test_trrpp_without_num_groups_keeps_every_group_apart():
+    # num_groups defaults to the batch size (module doc), which holds the six (role, task) ids:
+    # case 0 of the verl fixture (24 rows, all six groups) gives the fixture's values without it.
+    rewards_b, mask_bt, group_ids_b = _case_arrays(CASES[0])
+    expected_b = np.array([s["adv_token_weighted"] for s in CASES[0]["sequences"]])
+    got_bt = np.asarray(jax.jit(adv.trr_plus_plus)(rewards_b, mask_bt, group_ids_b))  # one compile, not one per op
+    np.testing.assert_allclose(got_bt, expected_b[:, None] * mask_bt, rtol=0, atol=1e-6)

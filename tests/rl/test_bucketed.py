@@ -213,3 +213,54 @@ def test_a_batch_smaller_than_a_micro_batch_is_one_micro_batch():
         state, metrics = step(init_train_state(CFG, OPTIM, PARAMS), rows)
         _assert_same_params(state.params, want.params)
         assert float(metrics["loss"]) == pytest.approx(float(want_metrics["loss"]), rel=1e-5, abs=1e-7)
+
+
+def test_the_bucketed_reference_pass_runs_the_forward_in_compute_dtype_and_chunks(monkeypatch):
+    """`train_step(state, batch, ref_params=P)` computes the KL reference's logprobs in the step's
+    compute dtype (bfloat16 in AZR runs) and with `rl.attention_chunk` / `rl.logits_chunk`, none
+    of which changes float32 values beyond rounding: the first forward traced is the reference
+    pass's; the spy reads what it was given and stops the step there."""
+    from azr_jax.rl import logprobs
+
+    class Traced(Exception):
+        pass
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("compute_dtype"), kwargs.get("attention_chunk"), kwargs.get("head")))
+        raise Traced
+
+    monkeypatch.setattr(logprobs, "forward", spy)
+    rl = dataclasses.replace(RL, kl_coef=0.1, micro_batch_size=4, attention_chunk=4, logits_chunk=4)
+    step = make_bucketed_train_step(CFG, rl, OPTIM, length_buckets=BUCKETS, compute_dtype=jnp.bfloat16)
+    with pytest.raises(Traced):
+        step(None, BATCH, ref_params=PARAMS)  # the state is first needed after the reference pass
+    assert seen == [(jnp.bfloat16, 4, False)]  # head=False: the output head runs in chunks
+
+
+def test_reference_logprobs_in_the_batch_win_over_ref_params(monkeypatch):
+    """A batch that carries `ref_logprobs` is used as given even when `ref_params` is passed too
+    (the docstring's "either ... or"): no reference pass runs. Spies stop the step at the first
+    forward pass, which must then be the update's, not the reference's."""
+    from azr_jax.rl import bucketed, logprobs
+
+    class ReferenceRan(Exception):
+        pass
+
+    class UpdateTraced(Exception):
+        pass
+
+    def reference_spy(*args, **kwargs):
+        raise ReferenceRan
+
+    def forward_spy(*args, **kwargs):
+        raise UpdateTraced
+
+    monkeypatch.setattr(bucketed, "token_logprobs", reference_spy)
+    monkeypatch.setattr(logprobs, "forward", forward_spy)
+    rl = dataclasses.replace(RL, kl_coef=0.1, micro_batch_size=4)
+    step = make_bucketed_train_step(CFG, rl, OPTIM, length_buckets=BUCKETS, compute_dtype=jnp.float32)
+    batch = dict(BATCH, ref_logprobs=BATCH["old_logprobs"])
+    with pytest.raises(UpdateTraced):
+        step(init_train_state(CFG, OPTIM, PARAMS), batch, ref_params=PARAMS)

@@ -234,3 +234,28 @@ def test_k3_of_a_token_far_below_the_reference_has_a_finite_gradient():
     grad = np.asarray(jax.grad(lambda lp: jnp.sum(jnp.array([1.0, 1.0, 0.0]) * losses.kl_penalty(lp, ref, "k3")))(logp))
     assert np.isfinite(grad).all()
     np.testing.assert_allclose(grad, [0.0, 1.0 - np.exp(-0.2), 0.0], rtol=1e-5)
+
+
+def test_entropy_and_kl_terms_use_the_aggregation_weights_and_their_metrics_the_token_sums():
+    """Pins policy_loss against the objective written out in numpy under a sequence-level
+    weighting (each row's token mean, averaged over rows): the entropy bonus and the k3 penalty are
+    weighted like the surrogate, while `entropy_sum` and `ref_kl_sum` (which the update divides by
+    the response tokens for `entropy` and `ref_kl`) are plain masked token sums, not weighted ones."""
+    rng = np.random.default_rng(3)
+    batch = _batch(rng)
+    mask, adv, old, ref = batch["loss_mask"], batch["advantages"], batch["old_logprobs"], batch["ref_logprobs"]
+    logp = (old + rng.normal(size=mask.shape) * 0.2).astype(np.float32)
+    entropy = rng.random(mask.shape).astype(np.float32)
+    lengths = mask.sum(-1)
+    w = mask / np.maximum(lengths, 1)[:, None] / (lengths > 0).sum()  # seq-mean-token-mean by hand
+    rl = RLSection(entropy_coef=0.05, kl_coef=0.2, kl_type="k3", old_logprobs="batch", dual_clip=None)
+    ratio = np.exp(logp - old)
+    pg = np.maximum(-adv * ratio, -adv * np.clip(ratio, 1 - rl.clip_eps_low, 1 + rl.clip_eps_high))
+    d = ref - logp
+    k3 = np.exp(d) - d - 1
+    got, metrics = losses.policy_loss(jnp.asarray(logp), jnp.asarray(entropy), batch, jnp.asarray(w), rl)
+    np.testing.assert_allclose(float(got), np.sum(w * (pg - 0.05 * entropy + 0.2 * k3)), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["entropy_loss"]), np.sum(w * entropy), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["kl_loss"]), np.sum(w * k3), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["entropy_sum"]), np.sum(mask * entropy), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["ref_kl_sum"]), np.sum(mask * k3), rtol=1e-5)

@@ -133,3 +133,10 @@ def test_schedules_refuse_a_negative_warmup_and_no_steps_to_decay_over():
     for schedule in ("cosine", "linear"):
         with pytest.raises(UserError, match="total number of steps"):
             make_schedule(OptimSection(schedule=schedule, warmup_steps=5), total_steps=5)
+
+
+def test_linear_decay_after_a_warmup_reaches_zero_at_total_steps():
+    # `linear` decays over total_steps - warmup_steps, as `cosine` does: 2 warmup steps to the
+    # peak 1.0, then down by 0.1 a step to 0 at step 12 (not over 12 steps, which would stop at 1/6).
+    lin = make_schedule(OptimSection(learning_rate=1.0, schedule="linear", warmup_steps=2), total_steps=12)
+    np.testing.assert_allclose([float(lin(s)) for s in (0, 1, 2, 7, 12)], [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)

@@ -334,3 +334,25 @@ def test_the_update_passes_remat_to_the_forward(monkeypatch, remat):
     jax.eval_shape(make_grad_fn(CFG, dataclasses.replace(RL, micro_batch_size=4), compute_dtype=jnp.float32,
                                 remat=remat), PARAMS, BATCH)
     assert seen and set(seen) == {remat}
+
+
+def test_the_update_and_the_reference_pass_run_the_forward_in_compute_dtype(monkeypatch):
+    """`compute_dtype` (bfloat16 in AZR runs) changes values only by rounding, which the float32
+    tests and the learning test cannot tell from float32: trace the update's gradient and the
+    KL reference pass, and read the dtype their forward passes were given."""
+    from azr_jax.rl import logprobs
+
+    seen = []
+    inner = logprobs.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("compute_dtype"))
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(logprobs, "forward", spy)
+    rl = dataclasses.replace(RL, micro_batch_size=4)
+    jax.eval_shape(make_grad_fn(CFG, rl, compute_dtype=jnp.bfloat16), PARAMS, BATCH)
+    assert seen and set(seen) == {jnp.bfloat16}
+    seen.clear()
+    jax.eval_shape(make_reference_logprobs(CFG, rl, compute_dtype=jnp.bfloat16), PARAMS, BATCH)
+    assert seen and set(seen) == {jnp.bfloat16}
