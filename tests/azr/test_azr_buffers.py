@@ -291,3 +291,37 @@ def test_a_solver_stream_wraps_around_and_a_proposer_gets_n_references():
     assert chosen[0] != chosen[1] and chosen[2:] == chosen[:2] + chosen[:1]
     propose = task_sampler(bufs, "propose", "abduction", cfg, step=1, seed=0)
     assert len(propose(0, np.random.default_rng(0))["references"]) == 2  # of 3 in the buffer
+
+
+def test_the_new_tasks_taken_are_drawn_uniformly_when_there_are_more_than_asked_for():
+    buf = filled(20, step_of=lambda i: 3 if i >= 10 else 1)  # entries 10..19 are new
+    picks = [buf.sample_solver_tasks(3, np.random.default_rng(s), new_since_step=3) for s in range(200)]
+    assert all(len({t["input"] for t in p}) == 3 and all(int(t["input"]) >= 10 for t in p) for p in picks)
+    counts = Counter(t["input"] for p in picks for t in p)
+    assert set(counts) == {str(i) for i in range(10, 20)}  # not always the oldest new ones
+    assert max(counts.values()) / min(counts.values()) < 1.6
+
+
+def test_an_induction_task_with_its_inputs_in_another_order_is_a_new_task():
+    # the order decides which pairs the solver is shown and which are checked
+    buf = TaskBuffer("induction")
+    task = {"program": "def f(a):\n    return a", "inputs": ["1", "2"], "outputs": ["1", "2"], "message": "m", "visible": 1}
+    assert buf.add(task, step=0)
+    assert buf.add(dict(task, inputs=["2", "1"], outputs=["2", "1"]), step=0)
+
+
+def test_induction_programs_are_drawn_with_replacement():
+    bufs = TaskBuffers({t: TaskBuffer(t) for t in ("deduction", "abduction", "induction")})
+    for i in range(3):
+        bufs["deduction"].add(triplet(i), step=0)
+    draws = [bufs.sample_induction_programs(2, np.random.default_rng(s)) for s in range(60)]
+    repeats = sum(a["program"] == b["program"] for a, b in draws)
+    assert 8 <= repeats <= 35  # each draw independent: a repeat in about 1 of 3 pairs
+    assert len(bufs.sample_induction_programs(5, np.random.default_rng(0))) == 5  # more than the pool
+
+
+def test_an_added_entry_carries_the_step_it_was_added_at_even_if_it_had_one():
+    buf = TaskBuffer("deduction")
+    assert buf.add({**triplet(1), "step": 0}, step=5)  # e.g. a task taken from another buffer's entries
+    assert buf.entries[0]["step"] == 5
+    assert buf.sample_solver_tasks(1, np.random.default_rng(0), new_since_step=5) == [buf.entries[0]]

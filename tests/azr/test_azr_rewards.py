@@ -108,3 +108,11 @@ def test_diversity_bonus_is_clipped_at_its_max():
     assert rewards.diversity_bonus(0.8, 0.5, 0.5) == pytest.approx(0.4)
     assert rewards.diversity_bonus(0.8, 2.0, 0.5) == 0.5
     assert rewards.diversity_bonus(0.8, 0.0, 0.5) == 0.0
+
+
+def test_answer_key_of_a_text_that_is_no_literal_ignores_its_layout():
+    """An answer that is not a literal is keyed by its text with runs of whitespace made one space,
+    so a re-indented or re-spaced copy of it counts as the same answer."""
+    assert rewards.answer_key(["x  +\n 1"], "value") == rewards.answer_key(["x + 1"], "value") == '["x + 1"]'
+    assert rewards.answer_key(["a  b"], "value", arguments=True) == '["a b"]'
+    assert rewards.answer_key(["x +"], "value") != rewards.answer_key(["x -"], "value")

@@ -543,6 +543,13 @@ def test_answers_with_the_same_code_and_inputs_but_other_golds_are_judged_apart(
         (propose("deduction", "x", solver_responses="abc"), "'solver_responses' must be a list of strings"),
         (solve("induction", {"program": "p", "inputs": ["1", "2"], "outputs": ["1", "2"], "visible": 3}, "x"),
          "'problem.visible' must be an int"),
+        # a bool is an int to Python, but not a count of pairs
+        (solve("induction", {"program": "p", "inputs": ["1", "2"], "outputs": ["1", "2"], "visible": True}, "x"),
+         "'problem.visible' must be an int"),
+        # no pair at all: nothing to show and nothing to check
+        (solve("induction", {"program": "p", "inputs": [], "outputs": []}, "x"), "non-empty and of equal length"),
+        (propose("induction", "x", problem={"program": "p", "imports": "import math"}),
+         "'problem.imports' must be a list of strings"),
     ],
 )
 def test_records_outside_the_schema_are_bad_records(rec, message):

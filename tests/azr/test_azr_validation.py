@@ -65,3 +65,68 @@ def test_gold_outputs_are_clipped_only_when_longer_than_the_limit():
     assert clip_output("x" * 400, 400) == "x" * 400
     assert clip_output("ab" * 200 + "c", 400) == "ab" * 100 + "..." + "b" + "ab" * 99 + "c"
     assert clip_output("x" * 1000, 0) == "x" * 1000
+
+
+def _result(**kw):
+    from azr_jax.sandbox import JobResult
+
+    base = dict(outputs=["1"], errors=[None], deterministic=True, matches=[True], timed_out=False)
+    return JobResult(**{**base, **kw})
+
+
+def test_a_run_without_a_value_for_every_call_gives_no_task():
+    from azr_jax.azr.validation import failure_reason
+
+    assert failure_reason(_result()) is None
+    # a call that left no value is no gold output, even without an error to say why
+    assert failure_reason(_result(outputs=["1", None], errors=[None, None])) == "runtime_error"
+    assert failure_reason(_result(outputs=["1", None], errors=[None, "ValueError: x"])) == "runtime_error"
+    assert failure_reason(_result(deterministic=False)) == "nondeterministic"
+
+
+def test_a_check_is_right_only_when_it_ran_cleanly_and_every_pair_matched():
+    from azr_jax.azr.validation import job_accuracy
+
+    assert job_accuracy(_result(matches=[True, True], outputs=["1", "2"], errors=[None, None])) == 1.0
+    assert job_accuracy(_result(matches=[True, False], outputs=["1", "2"], errors=[None, None])) == 0.0
+    assert job_accuracy(_result(error="SyntaxError: x")) == 0.0  # a job-level failure, whatever matched
+    assert job_accuracy(_result(timed_out=True)) == 0.0
+    assert job_accuracy(_result(matches=[])) == 0.0  # nothing checked is not right
+    assert job_accuracy(_result(matches=None)) == 0.0
+
+
+def test_an_empty_induction_code_block_is_no_answer():
+    problem = {"program": "def f(x):\n    return x", "inputs": ["1", "2"], "outputs": ["1", "2"], "message": "m", "imports": []}
+    got = parse_solver_answer("induction", problem, answer("```python\n \n```"), CFG)
+    assert (got.found, got.check, got.reason) == (False, None, "no_code_block")
+
+
+def test_an_induction_proposal_without_stored_imports_takes_the_programs_own():
+    problem = {"program": "import math\n\ndef f(x):\n    return math.floor(x)"}
+    parsed = parse_proposal("induction", induction_proposal(range(10)), problem, CFG)
+    assert parsed.imports == ["import math"]
+    stored = parse_proposal("induction", induction_proposal(range(10)), {**problem, "imports": ["import os"]}, CFG)
+    assert stored.imports == ["import os"]
+
+
+def test_an_empty_input_block_is_a_call_without_arguments():
+    body = "```python\ndef f():\n    return 1\n```\n```input\n\n```"
+    parsed = parse_proposal("deduction", answer(body), None, CFG)
+    assert isinstance(parsed, ParsedProposal) and parsed.inputs == [""]
+    assert parse_proposal("deduction", answer("```python\ndef f():\n    return 1\n```"), None, CFG) == "no_input"
+
+
+def test_a_stored_import_line_is_dropped_only_when_all_its_statements_already_run():
+    from azr_jax.azr.validation import with_imports
+
+    program = "import math\n\ndef f(x):\n    return x"
+    assert with_imports(program, ["import math"]) == program
+    assert with_imports(program, ["import math; import os"]) == "import math; import os\n" + program
+
+
+def test_an_empty_deduction_answer_is_no_answer():
+    problem = {"program": "def f(x):\n    return x", "input": "1", "output": "1", "imports": []}
+    got = parse_solver_answer("deduction", problem, answer("```output\n\n```"), CFG)
+    assert (got.found, got.check, got.reason) == (False, None, "empty_answer")
+    got = parse_solver_answer("deduction", problem, answer("```output\n1\n```"), CFG)
+    assert (got.found, got.check) == (True, ("compare", "1", "1"))
