@@ -325,3 +325,42 @@ def test_an_added_entry_carries_the_step_it_was_added_at_even_if_it_had_one():
     assert buf.add({**triplet(1), "step": 0}, step=5)  # e.g. a task taken from another buffer's entries
     assert buf.entries[0]["step"] == 5
     assert buf.sample_solver_tasks(1, np.random.default_rng(0), new_since_step=5) == [buf.entries[0]]
+
+
+def test_a_seed_row_with_both_names_uses_program_and_values_become_texts(tmp_path):
+    p = tmp_path / "seed.jsonl"
+    row = {"program": "def f(a):\n    return a", "snippet": "def f(a):\n    return -a", "input": 3, "output": 3}
+    p.write_text(json.dumps(row) + "\n")
+    assert load_seed_file(p, "deduction") == [{"program": "def f(a):\n    return a", "input": "3", "output": "3", "imports": []}]
+
+
+def test_keys_that_do_not_fit_the_entries_are_recomputed():
+    entry = {**triplet(1), "step": 0}
+    buf = TaskBuffer("deduction", entries=[entry], keys=[])  # e.g. a hand-edited state
+    assert buf.keys == [dedup_key(entry)]
+    assert not buf.add(triplet(1), step=1)
+
+
+def test_an_induction_seed_without_a_visible_count_shows_half_its_pairs(tmp_path):
+    p = tmp_path / "seed.jsonl"
+    row = {"program": "def f(a):\n    return a", "inputs": [1, 2, 3, 4, 5], "outputs": [1, 2, 3, 4, 5], "message": 7}
+    p.write_text(json.dumps(row) + "\n")
+    assert load_seed_file(p, "induction") == [{"program": "def f(a):\n    return a", "inputs": ["1", "2", "3", "4", "5"],
+                                               "outputs": ["1", "2", "3", "4", "5"], "message": "7", "visible": 2,
+                                               "imports": []}]
+
+
+def test_each_seed_triplet_goes_whole_into_both_io_buffers(tmp_path):
+    p = tmp_path / "seed.jsonl"
+    rows = [{"program": "def f(a):\n    return a + 1", "input": "1", "output": "2"},
+            {"program": "def f(a):\n    return a * 3", "input": "2", "output": "6", "imports": ["import os"]}]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    bufs = TaskBuffers.seeded(AZRSection(seed_file=str(p)))
+    expected = [{**r, "imports": r.get("imports", []), "step": 0} for r in rows]
+    assert bufs["deduction"].entries == expected and bufs["abduction"].entries == expected
+
+
+def test_text_that_does_not_parse_is_keyed_without_its_layout():
+    broken = {"program": "def f(a:\n    return a", "input": "1"}
+    assert dedup_key(broken) == dedup_key({**broken, "program": "def  f(a:\n  return  a\n"})
+    assert dedup_key(broken) != dedup_key({**broken, "program": "def f(b:\n    return b"})

@@ -77,6 +77,9 @@ def test_answer_keys_by_value_and_by_type():
     # A comment after the trailing comma hides it from a plain text check.
     assert rewards.answer_key(["1, 'a',  # two"], "type", arguments=True) == '["int, str"]'
     assert rewards.answer_key(["1,  # one"], "value", arguments=True) == rewards.answer_key(["1"], "value", arguments=True)
+    # one argument and a comment, without a trailing comma: still one int argument
+    assert rewards.answer_key(["7  # seven"], "type", arguments=True) == '["int"]'
+    assert rewards.answer_key(["7  # seven"], "value", arguments=True) == rewards.answer_key(["7"], "value", arguments=True)
     assert rewards.answer_key(["", "1,,", "  # only a comment"], "type", arguments=True) == '["other"]'
     assert rewards.answer_key(["x +"], "type") == '["other"]'  # not a literal: never evaluated
     assert rewards.answer_key(["1", "[2]", "3"], "type") == '["int", "list"]'  # induction outputs

@@ -550,6 +550,13 @@ def test_answers_with_the_same_code_and_inputs_but_other_golds_are_judged_apart(
         (solve("induction", {"program": "p", "inputs": [], "outputs": []}, "x"), "non-empty and of equal length"),
         (propose("induction", "x", problem={"program": "p", "imports": "import math"}),
          "'problem.imports' must be a list of strings"),
+        (solve("deduction", {"program": "p", "output": "1"}, "x"), "'problem.input' must be a string"),
+        (solve("abduction", {"program": "p", "input": "1", "output": "1", "imports": "import math"}, "x"),
+         "'problem.imports' must be a list of strings"),
+        (solve("deduction", {"program": None, "input": "1", "output": "1"}, "x"), "'problem.program' must be a string"),
+        ({"role": "solve", "task": "deduction", "response": "x", "problem": TASK}, "missing field 'id'"),
+        ({"id": "x", "role": "solve", "task": "deduction", "response": ["x"], "problem": TASK},
+         "field 'response' must be a string"),
     ],
 )
 def test_records_outside_the_schema_are_bad_records(rec, message):
@@ -684,3 +691,11 @@ def test_cli_scores_a_runs_audit_file_under_the_runs_config(tmp_path, capsys, st
     assert cli.main(["score", "--in", str(audit), "--out", str(tmp_path / "o.jsonl"), "--config",
                      str(tmp_path / "config.json")]) == 2
     assert "holds --in" not in capsys.readouterr().err
+
+
+def test_a_bad_record_is_scored_invalid_unformatted_and_without_a_reward():
+    cfg = load_config(None, OVERRIDES)
+    out = score_records([{"id": "b", "role": "solve"}, "not a record"], cfg, sandbox=None)  # nothing to run
+    assert out[0] == {"id": "b", "format_ok": False, "valid": False, "reason": "bad_record", "problem": None,
+                      "accuracy": None, "reward": None, "error": "missing field 'task'"}
+    assert out[1]["id"] is None and out[1]["format_ok"] is False and out[1]["reward"] is None

@@ -130,3 +130,36 @@ def test_an_empty_deduction_answer_is_no_answer():
     assert (got.found, got.check, got.reason) == (False, None, "empty_answer")
     got = parse_solver_answer("deduction", problem, answer("```output\n1\n```"), CFG)
     assert (got.found, got.check) == (True, ("compare", "1", "1"))
+
+
+def test_a_proposal_with_two_input_blocks_runs_the_first():
+    body = "```python\ndef f(a):\n    return a\n```\n```input\n1\n```\n```input\n2\n```"
+    assert parse_proposal("deduction", answer(body), None, CFG).inputs == ["1"]
+
+
+def test_an_abduction_answer_runs_the_program_with_its_stored_imports():
+    problem = {"program": "def f(x):\n    return math.floor(x)", "input": "1.5", "output": "1", "imports": ["import math"]}
+    got = parse_solver_answer("abduction", problem, answer("```input\n1.2\n```"), CFG)
+    job = got.check[1]
+    assert job.program == "import math\ndef f(x):\n    return math.floor(x)"
+    assert (job.calls, job.expected, job.args_mode) == (["1.2"], ["1"], "literal")
+
+
+def test_a_valid_induction_proposal_keeps_its_message_inputs_and_imports():
+    from azr_jax.azr.validation import judge_proposal
+
+    p = ParsedProposal(task="induction", program="def f(x):\n    return x", imports=["import os"],
+                       inputs=["1", "2", "3", "4"], message="Echo it.")
+    reason, task = judge_proposal(p, _result(outputs=["1", "2", "3", "4"], errors=[None] * 4, matches=None), CFG)
+    assert reason is None
+    assert task == {"program": p.program, "inputs": ["1", "2", "3", "4"], "outputs": ["1", "2", "3", "4"],
+                    "message": "Echo it.", "visible": 2, "imports": ["import os"]}
+
+
+def test_a_proposal_runs_its_inputs_as_expressions_twice_without_a_gold():
+    from azr_jax.azr.validation import proposal_job
+
+    p = ParsedProposal(task="deduction", program="def f(x):\n    return x", imports=["import os"], inputs=["sorted([2, 1])"])
+    job = proposal_job(p)
+    assert (job.program, job.calls, job.args_mode, job.expected, job.repeats) == (
+        "import os\ndef f(x):\n    return x", ["sorted([2, 1])"], "expression", None, 2)
