@@ -364,3 +364,26 @@ def test_text_that_does_not_parse_is_keyed_without_its_layout():
     broken = {"program": "def f(a:\n    return a", "input": "1"}
     assert dedup_key(broken) == dedup_key({**broken, "program": "def  f(a:\n  return  a\n"})
     assert dedup_key(broken) != dedup_key({**broken, "program": "def f(b:\n    return b"})
+
+
+def test_the_seeded_buffers_take_the_configured_eviction_and_refuse_banned_induction_seeds(tmp_path):
+    p = tmp_path / "induction.jsonl"
+    ok = {"program": "def f(a):\n    return a", "inputs": ["1", "2"], "outputs": ["1", "2"], "message": "m"}
+    banned = dict(ok, program="import os\ndef f(a):\n    return os.path.join(a, 'x')", inputs=["'a'", "'b'"],
+                  outputs=["'a/x'", "'b/x'"])
+    p.write_text(json.dumps(ok) + "\n" + json.dumps(banned) + "\n")
+    bufs = TaskBuffers.seeded(AZRSection(induction_seed_file=str(p), buffer_cap=3, buffer_eviction="keep_oldest"))
+    assert [e["program"] for e in bufs["induction"].entries] == [ok["program"]]
+    assert {b.eviction for b in bufs.buffers.values()} == {"keep_oldest"}
+    # and a restored buffer keeps it
+    again = TaskBuffers.from_state(json.loads(json.dumps(bufs.to_state())))
+    assert again["deduction"].eviction == "keep_oldest" and again["deduction"].cap == 3
+
+
+def test_unknown_task_types_eviction_rules_and_solver_mixes_are_refused():
+    with pytest.raises(ValueError, match="unknown task type"):
+        TaskBuffer("translation")
+    with pytest.raises(ValueError, match="unknown eviction rule"):
+        TaskBuffer("deduction", eviction="drop_newest")
+    with pytest.raises(ValueError, match="unknown solver-task mix"):
+        filled(3).sample_solver_tasks(2, np.random.default_rng(0), new_since_step=0, mix="newest")

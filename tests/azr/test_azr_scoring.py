@@ -699,3 +699,13 @@ def test_a_bad_record_is_scored_invalid_unformatted_and_without_a_reward():
     assert out[0] == {"id": "b", "format_ok": False, "valid": False, "reason": "bad_record", "problem": None,
                       "accuracy": None, "reward": None, "error": "missing field 'task'"}
     assert out[1]["id"] is None and out[1]["format_ok"] is False and out[1]["reward"] is None
+
+
+def test_the_configured_boundary_reward_scores_proposals_solved_always_or_never(sb):
+    good = "```python\ndef f(a, k):\n    return sorted(a)[k]\n```\n```input\n[5, 3, 9], 2\n```"
+    never = propose("deduction", good, solver_responses=[answer("```output\n3\n```")] * 2, rid="never")
+    always = propose("deduction", good, solver_responses=[answer("```output\n9\n```")] * 2, rid="always")
+    sometimes = propose("deduction", good, solver_responses=[answer("```output\n9\n```"), answer("```output\n3\n```")])
+    paper = load_config(None, OVERRIDES + ["azr.boundary_reward=0.0"])
+    out = score_records([never, always, sometimes], paper, sb)
+    assert [(o["accuracy"], o["reward"]) for o in out] == [(0.0, 0.0), (1.0, 0.0), (0.5, 0.5)]

@@ -163,3 +163,10 @@ def test_a_proposal_runs_its_inputs_as_expressions_twice_without_a_gold():
     job = proposal_job(p)
     assert (job.program, job.calls, job.args_mode, job.expected, job.repeats) == (
         "import os\ndef f(x):\n    return x", ["sorted([2, 1])"], "expression", None, 2)
+
+
+def test_only_the_sandboxs_own_unrepresentable_marker_names_that_reason():
+    from azr_jax.azr.validation import failure_reason
+
+    assert failure_reason(_result(outputs=[None], errors=["unrepresentable: a generator"])) == "unrepresentable"
+    assert failure_reason(_result(outputs=[None], errors=["ValueError: unrepresentable input"])) == "runtime_error"
