@@ -170,3 +170,14 @@ def test_only_the_sandboxs_own_unrepresentable_marker_names_that_reason():
 
     assert failure_reason(_result(outputs=[None], errors=["unrepresentable: a generator"])) == "unrepresentable"
     assert failure_reason(_result(outputs=[None], errors=["ValueError: unrepresentable input"])) == "runtime_error"
+
+
+def test_an_empty_abduction_answer_is_no_answer_but_code_checked_on_an_uncallable_input_was_given():
+    triplet = {"program": "def f(x):\n    return x", "input": "1", "output": "1", "imports": []}
+    got = parse_solver_answer("abduction", triplet, answer("```input\n\n```"), CFG)
+    assert (got.found, got.check, got.reason) == (False, None, "empty_answer")
+    # the code was given (found: a wrong formatted answer, -0.5 rather than -1) though a hidden input cannot be called
+    problem = {"program": "def f(x):\n    return x", "inputs": ["1", "2)"], "outputs": ["1", "2"], "message": "m",
+               "visible": 1, "imports": []}
+    got = parse_solver_answer("induction", problem, answer("```python\ndef f(x):\n    return x\n```"), CFG)
+    assert (got.found, got.check, got.reason) == (True, None, "input_syntax_error")
