@@ -63,6 +63,7 @@ def test_task_answer_is_what_the_solver_must_produce():
 def test_answer_keys_by_value_and_by_type():
     assert rewards.answer_key(["[1,2]"], "value") == rewards.answer_key(["[1, 2]"], "value")  # canonical text
     assert rewards.answer_key(["[1, 2]"], "value") != rewards.answer_key(["[1, 3]"], "value")
+    assert rewards.answer_key(["'1'"], "value") != rewards.answer_key(["1"], "value")  # a str is not an int
     assert rewards.answer_key(["[1, 2]"], "type") == rewards.answer_key(["[7]"], "type") == '["list"]'
     assert rewards.answer_key(["(1, 'a')"], "type") == '["tuple"]'
     # abduction inputs are argument lists: two arguments are not one tuple argument

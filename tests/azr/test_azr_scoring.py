@@ -709,3 +709,10 @@ def test_the_configured_boundary_reward_scores_proposals_solved_always_or_never(
     paper = load_config(None, OVERRIDES + ["azr.boundary_reward=0.0"])
     out = score_records([never, always, sometimes], paper, sb)
     assert [(o["accuracy"], o["reward"]) for o in out] == [(0.0, 0.0), (1.0, 0.0), (0.5, 0.5)]
+
+
+def test_the_same_deduction_answer_to_tasks_with_other_golds_is_judged_apart(cfg, sb):
+    other = dict(TASK, input="[5, 3, 9], 0", output="3")
+    out = score_records([solve("deduction", TASK, "```output\n9\n```", "a"), solve("deduction", other, "```output\n9\n```", "b")],
+                        cfg, sb)
+    assert [o["accuracy"] for o in out] == [1.0, 0.0]
