@@ -346,3 +346,57 @@ def test_pad_tokens_after_a_budget_are_not_an_eos(params, reference):
 def test_n_samples_must_be_positive(params):
     with pytest.raises(UserError, match="n_samples must be positive"):
         _gen(params, n=0)
+
+
+def test_max_rows_counts_rows_not_prompts(monkeypatch):
+    """max_rows bounds prompts x n_samples per call (the KV cache): 7 rows of 3 samples are 2
+    prompts a call, numbered on from the previous call's rows, each with its own budgets; the
+    parts come back in prompt order. (The device work is stubbed: only the split is checked.)"""
+    from azr_jax.sampling import sampler
+
+    calls = []
+
+    def fake_rows(params, config, prompts, budgets_p, rng, settings, *, first_row, n_samples, **kw):
+        calls.append((len(prompts), first_row, list(budgets_p)))
+        rows = len(prompts) * n_samples
+        tokens = np.repeat(np.asarray([p[0] for p in prompts], np.int32), n_samples)[:, None]
+        return Completions(tokens=np.tile(tokens, (1, settings.max_new_tokens)),
+                           logprobs=np.zeros((rows, settings.max_new_tokens), np.float32),
+                           lengths=np.full(rows, settings.max_new_tokens, np.int32), finished=np.zeros(rows, bool))
+
+    monkeypatch.setattr(sampler, "_generate_rows", fake_rows)
+    s = SamplingSettings(temperature=1.0, max_new_tokens=4, budgets=[1, 2, 3, 4, 1])
+    out = generate(None, CFG, [[1], [2], [3], [4], [5]], jax.random.key(0), s, n_samples=3, max_rows=7, first_row=1)
+    assert calls == [(2, 1, [1, 2]), (2, 7, [3, 4]), (1, 13, [1])]
+    assert out.tokens[:, 0].tolist() == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5]
+    # A prompt of unsigned ids is token ids too; True is not a row count, nor a chunk size.
+    calls.clear()
+    generate(None, CFG, [np.asarray([3, 4], np.uint32)], jax.random.key(0), SamplingSettings(max_new_tokens=4))
+    assert calls == [(1, 0, [4])]
+    with pytest.raises(UserError, match="max_rows must be a positive int"):
+        generate(None, CFG, [[1]], jax.random.key(0), s.__class__(max_new_tokens=4), max_rows=True)
+    with pytest.raises(UserError, match="prefill_chunk must be an int"):
+        generate(None, CFG, [[1]], jax.random.key(0), s.__class__(max_new_tokens=4), prefill_chunk=True)
+
+
+def test_top_p_of_one_switches_the_nucleus_off(monkeypatch):
+    """top_p = 1 compiles the decode loop without the nucleus (no whole-vocabulary sort per
+    step, and no tail token lost to a cumulative mass that rounds to 1 early); any top_p below
+    1 switches it on. (Prefill and decode are stubbed: only what generate asks for is checked.)"""
+    from azr_jax.sampling import sampler
+
+    asked = []
+
+    def fake_decode(params, cache, logits, first_pos, budgets, row_ids, rng, temperature, top_p, eos, stops, **kw):
+        asked.append((kw["use_top_p"], kw["top_k"], kw["greedy"], float(temperature), float(top_p)))
+        b, r = logits.shape[0], kw["response_len"]
+        return (jnp.zeros((b, r), jnp.int32), jnp.zeros((b, r)), jnp.ones((b,), jnp.int32), jnp.zeros((b,), bool), cache)
+
+    monkeypatch.setattr(sampler, "_prefill", lambda params, tokens, *a, n_samples, **kw:
+                        (None, jnp.zeros((tokens.shape[0] * n_samples, CFG.vocab_size))))
+    monkeypatch.setattr(sampler, "_decode", fake_decode)
+    for s in (SamplingSettings(temperature=0.5, top_p=1.0, top_k=3, max_new_tokens=4),
+              SamplingSettings(temperature=0.5, top_p=0.999, max_new_tokens=4),
+              SamplingSettings(temperature=0.0, max_new_tokens=4)):
+        generate(None, CFG, [[1]], jax.random.key(0), s)
+    assert asked == [(False, 3, False, 0.5, 1.0), (True, 0, False, 0.5, pytest.approx(0.999)), (False, 0, True, 0.0, 1.0)]

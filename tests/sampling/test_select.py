@@ -123,3 +123,10 @@ def test_top_k_at_or_past_the_vocabulary_keeps_every_token():
     for k in (5, 6, 1000):
         assert _kept(truncate(LOGITS, 1.0, top_k=k, use_top_p=False)) == [True] * 5
         assert _kept(truncate(LOGITS, 0.8, top_k=k, use_top_p=True)) == [True, True, True, False, False]
+
+
+def test_top_k_one_below_the_vocabulary_drops_exactly_the_least_likely_token():
+    """Every k below the vocabulary truncates: k = vocab - 1 keeps all but the smallest logit
+    (the whole-vocabulary sort is only for k >= vocab or top-p alone)."""
+    assert _kept(truncate(LOGITS, 1.0, top_k=4, use_top_p=False)) == [True, True, True, True, False]
+    assert _kept(truncate(LOGITS, 0.99, top_k=4, use_top_p=True)) == [True, True, True, True, False]

@@ -95,3 +95,25 @@ def test_a_stop_sequence_starting_with_token_0_needs_that_token_generated():
     nine, zero = jnp.asarray([9], jnp.int32), jnp.asarray([0], jnp.int32)
     assert ends_with_stop(push_window(empty, nine), table).tolist() == [False]
     assert ends_with_stop(push_window(push_window(empty, zero), nine), table).tolist() == [True]
+
+
+def test_eos_and_stop_tables_pad_to_the_next_power_of_two_at_least_four():
+    """The tables' shapes are part of the compiled decode loop: a count that is already a power
+    of two keeps its size (4 EOS ids: 4 slots, 8: 8), one more takes the next power."""
+    assert [len(eos_array(range(n))) for n in (0, 1, 4, 5, 8, 9)] == [4, 4, 4, 8, 8, 16]
+    assert stop_table([(1, 2, 3, 4)] * 4).shape == (4, 4)
+    assert stop_table([(1,) * 5] * 5).shape == (8, 8)
+
+
+def test_a_stop_sequence_as_long_as_the_window_needs_every_token():
+    """A stop sequence filling the table's whole width has no wildcard column: its first token
+    counts like the others ((1, 2, 3, 4) does not match a completion ending 0, 2, 3, 4)."""
+    table = jnp.asarray(stop_table([(1, 2, 3, 4)]))
+    assert table.shape[1] == 4
+    window = jnp.asarray([[0, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 5]], jnp.int32)
+    assert ends_with_stop(window, table).tolist() == [False, True, False]
+
+
+def test_only_temperature_zero_is_greedy():
+    assert SamplingSettings(temperature=0.0).greedy
+    assert not SamplingSettings(temperature=1e-4).greedy and not SamplingSettings(temperature=1.0).greedy
