@@ -64,15 +64,25 @@ def truncate_metrics(path: str | Path, last_step: int) -> None:
     p = Path(path)
     if not p.exists():
         return
-    kept = []
+    kept = [line for line, record in _whole_records(p)
+            if isinstance(record, dict) and record.get("step", math.inf) <= last_step]
+    write_text_atomically(p, "".join(line + "\n" for line in kept))  # a kill now cannot empty it
+
+
+def has_records_after(path: str | Path, step: int) -> bool:
+    """Whether a `metrics.jsonl` holds a record of a step after `step` (a cut-off line does not count)."""
+    p = Path(path)
+    return p.is_file() and any(isinstance(record, dict) and isinstance(record.get("step"), int)
+                               and record["step"] > step for _, record in _whole_records(p))
+
+
+def _whole_records(p: Path):
+    """(line, parsed value) of each line of `p` that is whole JSON; a line cut short by SIGKILL is left out."""
     for line in p.read_text().splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by SIGKILL
+            yield line, json.loads(line)
+        except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and record.get("step", math.inf) <= last_step:
-            kept.append(line)
-    write_text_atomically(p, "".join(line + "\n" for line in kept))  # a kill now cannot empty it
 
 
 def _duration(seconds: float) -> str:

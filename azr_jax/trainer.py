@@ -34,7 +34,7 @@ from azr_jax.checkpoint import Checkpoints, abstract_like
 from azr_jax.data import PipelineState, build_prompt_batch, stream_seed
 from azr_jax.errors import UserError
 from azr_jax.jsonl import write_text_atomically
-from azr_jax.metrics import MetricsWriter, run_output
+from azr_jax.metrics import MetricsWriter, has_records_after, run_output
 from azr_jax.stopping import StopFlag
 from azr_jax.train_setup import (
     Policy, SELFPLAY_ROLES, check_inputs, check_workdir, load_policy, task_sampler, warn_ineffective_settings,
@@ -636,7 +636,7 @@ def _drop_outputs_after(workdir: Path, step: int, total_steps: int) -> dict:
             stale.append(final)
     # Outputs past `step`: the plots drew them in. metrics.jsonl's later records too (a run without
     # evaluations or audit files there): MetricsWriter drops those records, the plots kept them.
-    if any(path.exists() for path in stale) or _has_records_after(workdir / "metrics.jsonl", step):
+    if any(path.exists() for path in stale) or has_records_after(workdir / "metrics.jsonl", step):
         stale += sorted((workdir / "plots").glob("*.png"))
     if summary.is_file() and step < total_steps:  # the run is not complete any more
         stale.append(summary)
@@ -649,20 +649,6 @@ def _drop_outputs_after(workdir: Path, step: int, total_steps: int) -> dict:
         log.warning("%s at step %d: removed %s", "starting" if step == 0 else "resuming", step,
                     ", ".join(str(p.relative_to(workdir)) for p in stale))
     return kept
-
-
-def _has_records_after(path: Path, step: int) -> bool:
-    """Whether metrics.jsonl holds a record of a step after `step` (a cut-off line does not count)."""
-    if not path.is_file():
-        return False
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
-            return True
-    return False
 
 
 def _eval_metrics(result: dict) -> dict:
