@@ -599,8 +599,10 @@ def _delete_newer_checkpoints(ckpts, step: int, stop: StopFlag) -> list[int]:
     """`ckpts.delete_after(step)`, not cut short by a stop signal (a kill half-way is caught by
     its rollback record instead). A signal that arrives meanwhile stops the run once the
     deletion is done."""
-    stepping, stop.stepping = stop.stepping, True  # a first signal only sets `requested`
-    after, stop.after = stop.after, "the newer checkpoints are deleted" if not stepping else stop.after
+    stepping, after = stop.stepping, stop.after
+    stop.stepping = True  # a first signal only sets `requested`
+    if not stepping:  # the warning says what the stop waits for
+        stop.after = "the newer checkpoints are deleted"
     try:
         dropped = ckpts.delete_after(step)
     finally:
