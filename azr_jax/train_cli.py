@@ -25,7 +25,9 @@ resuming: run the same command again; training continues from the newest complet
   train.log_every, train.eval_every, train.audit_every), sandbox.workers, sandbox.isolation,
   sandbox.seccomp, the memory layout (model.remat, model.scan_layers, sampling.max_rows,
   sampling.prefill_chunk, rl.logits_chunk, rl.attention_chunk) and the mesh (mesh.shape,
-  mesh.rules: another slice) may change, and sampling.max_prompt_len grow.
+  mesh.rules: another slice) may change, and sampling.max_prompt_len grow; the seed files' paths
+  may change too, and model.hf_dir, model.tokenizer and azr.prompt_dir where the files the run
+  read there are the same (WORKDIR/inputs.json).
 overriding: --set section.key=value (JSON values: numbers, lists, null, true; every key and its
   default: docs/config.md), e.g.
   --set train.steps=50 --set azr.batch_size=16 --set mesh.shape='{"data":1,"fsdp":8,"tensor":1}'.
@@ -33,7 +35,8 @@ overriding: --set section.key=value (JSON values: numbers, lists, null, true; ev
 outputs (WORKDIR): config.json, inputs.json (fingerprints of the base, tokenizer and prompts), trainer.lock,
   metrics.jsonl (one line per step), tensorboard/,
   checkpoints/<step>/, rollouts/step_N.jsonl and buffers/step_N.json (audit), eval/*.json
-  (held-out evaluations), plots/*.png, summary.json.
+  (held-out evaluations), plots/*.png, summary.json; seed/ when a fresh run seeds its buffers
+  (azr.seed_size > 0 and a seed file not given).
 stopping: SIGTERM (or Ctrl-C) saves a checkpoint after the current step and exits.
 multi-host: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (on a multi-host
   TPU slice set AZR_TPU_MULTIHOST=1 instead, and JAX discovers them) and start the same command
