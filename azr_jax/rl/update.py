@@ -312,7 +312,8 @@ def make_train_step(
     under a mesh each micro-batch a multiple of the devices on the batch axes. `state` is donated:
     do not reuse the state passed in. Metrics are float32 scalars: loss, pg_loss, entropy,
     clip_frac, dual_clip_frac, approx_kl (and ref_kl), grad_norm, lr, tokens (response tokens),
-    skipped (1 when a non-finite gradient skipped the optimizer step).
+    skipped (1 when a non-finite gradient skipped the optimizer step), and
+    logprob_gap_{max,mean,bias} (the batch's `old_logprobs` against this pass's).
     `temperature` divides the logits (the rollout temperature, AZR_SPEC §4.2).
     """
     batch_shards = check_micro_batch_split(rl_cfg.micro_batch_size, mesh, rules)
