@@ -31,3 +31,35 @@ def test_the_readme_states_the_number_of_tests_collected(whole_suite_count):
         assert collected, out.stdout[-2000:] + out.stderr[-2000:]
         count = int(collected.group(1))
     assert _stated("README.md", r"runs everything CI runs \((\d+) tests;") == [count]
+
+
+def test_the_reference_fixture_counts_and_quirk_rows_are_the_fixtures():
+    import json
+
+    rows = [json.loads(line) for line in (ROOT / "tests/fixtures/reference_scoring/expected.jsonl").open()]
+    quirks: dict[str, set[str]] = {}
+    for row in rows:
+        for code in filter(None, (row.get("ref_quirk") or "").split(",")):
+            quirks.setdefault(code, set()).add(row["id"])
+    tagged = [r for r in rows if r.get("ref_quirk")]
+    untagged = len(rows) - len(tagged)
+    readme = re.search(r"on all (\d+) untagged fixture cases; the (\d+)\s+cases", (ROOT / "README.md").read_text())
+    assert readme and [int(n) for n in readme.groups()] == [untagged, len(tagged)]
+    deviations = (ROOT / "docs/deviations.md").read_text()
+    stated = re.search(r"all (\d+) untagged rows agree.*?all (\d+) tagged\s+rows follow this table, and (\d+) of them"
+                       r".*?\(the\s+(\d+) tagged only (.*?), and the (\d+) `truncated_gold` rows", deviations, re.S)
+    only = set(re.findall(r"`(\w+)`", stated.group(5)))
+    tagged_only = sum(1 for r in tagged if set(r["ref_quirk"].split(",")) <= only)
+    assert [int(stated.group(i)) for i in (1, 2, 4, 6)] == [untagged, len(tagged), tagged_only,
+                                                            len(quirks["truncated_gold"])]
+    assert int(stated.group(3)) == tagged_only + len(quirks["truncated_gold"])
+    needs = sum("reward_needs_solver_responses" in r.get("notes", []) for r in rows)
+    assert _stated("docs/deviations.md", r"the (\d+) `reward_needs_solver_responses` rows") == [needs]
+    # each quirk row of the tables lists exactly the fixture rows tagged with its code
+    listed = {}
+    for line in deviations.splitlines():
+        code = re.match(r"\| `(\w+)` \|", line)
+        if code:
+            listed[code.group(1)] = set(re.findall(r"\b[ps][dafi]-\d{4}\b", line.split("|")[-2]))
+    assert set(quirks) <= set(listed)
+    assert {c: sorted(ids) for c, ids in listed.items() if ids != quirks.get(c, set())} == {}
