@@ -73,7 +73,7 @@ def paper_config(name: str, preset: str, *, tensor: int = 1, reject_multiple_fun
                      entropy_coef=0.001, kl_coef=0.0, micro_batch_size=micro_batch_size,
                      loss_agg="token-mean-per-micro-batch",  # the reference's weighting (AZR_SPEC §4.2)
                      # Rows reach 6144 + 8096 positions: one copy of their float32 logits over a
-                     # 150k vocabulary is 8.6 GB per row; chunks of 1024 keep 0.6 GB of it live.
+                     # 152k vocabulary is 8.7 GB per row; chunks of 1024 keep 0.6 GB of it live.
                      # The attention scores are 14 240^2 x 4 bytes = 0.8 GB per head and row
                      # (23 GB for a 7B's 28 heads); chunks of 1024 queries keep 1.6 GB live.
                      logits_chunk=1024, attention_chunk=1024),
