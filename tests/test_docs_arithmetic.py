@@ -119,3 +119,24 @@ def test_table_means_and_gains_follow_from_the_per_task_rates():
         if abs(exact - mean) > 5e-4 + 1e-9 or abs(exact - BASE - gain) > 5e-4 + 1e-9:
             wrong.append(f"docs/nano.md: {row}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_activation_estimates_follow_from_the_7b_preset():
+    """The update's logits and attention scores and the prefill's scores, per row of the presets'
+    longest rollout (prompt + response) for Qwen2.5-7B, whole and in the presets' chunks."""
+    from azr_jax.config import load_config
+    from azr_jax.models import get_preset
+
+    cfg, model = load_config(str(ROOT / "configs" / "qwen2.5-7b.py")), get_preset("qwen2.5-7b")
+    row = cfg.sampling.max_prompt_len + cfg.sampling.max_response_len
+    chunk, prompt, heads = cfg.rl.logits_chunk, cfg.sampling.max_prompt_len, model.num_heads
+    assert (row, chunk, cfg.rl.attention_chunk, cfg.sampling.prefill_chunk, heads) == (14240, 1024, 1024, 1024, 28)
+    text = training_md()
+    stated = re.search(r"logits, ([\d.]+) GB per row of 14 240 positions .*? which keeps ([\d.]+) GB of it live per row\. "
+                       r"The update's attention scores are 14 240² × 4 bytes = ([\d.]+) GB per head and row, (\d+) GB "
+                       r"for a 7B model's 28 heads; .*?, ([\d.]+) GB\. .*? 28 × 6144² × 4 bytes = ([\d.]+) GB per row .*? "
+                       r"far, ([\d.]+) GB per row", text)
+    assert stated, "the memory paragraph moved: update this test"
+    gb = [row * model.vocab_size * 4, chunk * model.vocab_size * 4, row**2 * 4, heads * row**2 * 4,
+          heads * chunk * row * 4, heads * prompt**2 * 4, heads * chunk * prompt * 4]
+    assert [float(s) for s in stated.groups()] == [round(b / 1e9, 0 if i == 3 else 1) for i, b in enumerate(gb)]
