@@ -69,9 +69,11 @@ class _Zygote:
             os.chmod(self.host_scratch, 0o700)
             scratch = self.host_scratch
         argv, config, popen = isolation.zygote_command(plan, uid, scratch, repeat)
+        # cwd "/": not the trainer's working directory, which `python -c` puts first on the
+        # zygote's sys.path and which a job may be able to write (none mode; see zygote.py).
         self.proc = subprocess.Popen(
             argv + [json.dumps(config)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, bufsize=0, close_fds=True, **popen,
+            stderr=subprocess.PIPE, bufsize=0, close_fds=True, cwd="/", **popen,
         )
         hello = self._recv(time.monotonic() + START_TIMEOUT_S)
         if not (isinstance(hello, dict) and hello.get("ready")):
@@ -191,7 +193,7 @@ def _kill_uid(python: str, uid: int) -> None:
     code = "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError:\n    pass\n"
     try:
         subprocess.run([python, "-S", "-c", code], user=uid, group=uid, extra_groups=[], env=dict(isolation.CLEAN_ENV),
-                       capture_output=True, timeout=30)
+                       capture_output=True, timeout=30, cwd="/")  # no module of the trainer's cwd (see _Zygote)
     except (OSError, subprocess.SubprocessError) as e:
         LOG.warning("could not kill the processes left by sandbox uid %d: %s", uid, e)
 

@@ -13,18 +13,22 @@ a Python literal: the host decodes it in C in linear time, and only the value te
 at most `max_output_chars`, go through its bounded literal parser; never trusted).
 """
 
-import builtins
-import json
-import os
-import resource
-import select
-import signal
-import struct
 import sys
 
-# `python -c` puts the working directory (the scratch dir) first on sys.path; programs must not
-# shadow standard modules by writing e.g. `math.py` there.
+# `python -c` puts the working directory first on sys.path. It goes before anything is imported
+# from a path: a `json.py` where the zygote starts (the host starts it in `/`; it once started in
+# the trainer's working directory, which a none-mode job could write when it was world-writable:
+# every zygote started after such a job ran its file) or, later, in a job's scratch directory
+# must not shadow a standard module.
 sys.path[:] = [p for p in sys.path if p not in ("", ".")]
+
+import builtins  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import select  # noqa: E402
+import signal  # noqa: E402
+import struct  # noqa: E402
 
 # Pre-imported so children start fast; a fork shares them, and the zygote never runs model code,
 # so every child starts from the same pristine modules (`math.pi = 3` dies with its child).

@@ -388,6 +388,36 @@ def test_in_mode_none_as_root_no_process_of_a_job_outlives_the_sandbox():
         assert running() == ""
 
 
+def test_a_module_a_job_writes_into_the_trainers_working_directory_is_never_imported_by_a_zygote(monkeypatch):
+    """`python -c` puts the working directory first on sys.path, and zygotes used to start in the
+    trainer's, importing `json` (and `struct`, `select`, ...) before removing it from the path.
+    In none mode a job can write there when it is world-writable (or, as an unprivileged trainer,
+    its own): a job wrote `json.py` into it and killed its zygote, and the zygote started in its
+    place ran that file. Zygotes now start in `/` and clear the path before importing anything."""
+    import tempfile
+
+    cwd = tempfile.mkdtemp(prefix="azr-world-writable-cwd-")
+    try:
+        os.chmod(cwd, 0o777)
+        monkeypatch.chdir(cwd)
+        marker = os.path.join(cwd, "planted_module_ran")
+        planted_source = f"open({marker!r}, 'w').close()\nraise SystemExit(1)\n"
+        plant = ("import os, signal\ndef f(x):\n"
+                 f"    path = {os.path.join(cwd, 'json.py')!r}\n"
+                 f"    open(path, 'w').write({planted_source!r})\n"
+                 "    os.chmod(path, 0o644)\n"
+                 "    os.kill(os.getppid(), signal.SIGKILL)\n"
+                 "    return x\n")
+        with Sandbox(SandboxSection(isolation="none", timeout_s=5, workers=1)) as s:
+            planted, = s.run([Job(plant, ["0"], repeats=1)])
+            after, = s.run([Job(ADD, ["1, 2"], repeats=1)])
+        assert os.path.exists(os.path.join(cwd, "json.py")), planted  # the job did write it
+        assert not os.path.exists(marker), "a zygote imported the json.py a job wrote into its working directory"
+        assert after.outputs == ["3"] and not after.sandbox_fault, after
+    finally:
+        subprocess.run(["rm", "-rf", cwd], capture_output=True)
+
+
 @pytest.mark.parametrize("isolation", ["bwrap", "unshare"])
 def test_a_job_cannot_open_a_pty(isolation):
     """Ptys count against the host's global limit: four jobs opening /dev/ptmx took 3071 (bwrap)
