@@ -14,11 +14,14 @@ from dataclasses import dataclass
 
 # Modules or dotted names that are refused whatever the configured list says: each one is a
 # route around a static check (dynamic imports, the builtins module, the interpreter's module
-# table, raw memory, the garbage collector's object graph).
-ALWAYS_BANNED = ("importlib", "builtins", "ctypes", "sys.modules", "gc")
+# table and importers, raw memory, the garbage collector's object graph).
+ALWAYS_BANNED = ("importlib", "builtins", "ctypes", "sys.modules", "gc",
+                 "sys.meta_path", "sys.path_hooks", "sys.path_importer_cache")  # `sys.meta_path[0].load_module('builtins')`
 
-# Builtins that run or fetch code by name, read the terminal, or stop in a debugger.
-BANNED_BUILTINS = frozenset({"eval", "exec", "compile", "__import__", "breakpoint", "input", "globals", "__builtins__"})
+# Builtins that run or fetch code by name, read the terminal, or stop in a debugger. The builtins
+# namespace's `__loader__` and `__spec__` are its importer (`__loader__.load_module('builtins')`).
+BANNED_BUILTINS = frozenset({"eval", "exec", "compile", "__import__", "breakpoint", "input", "globals", "__builtins__",
+                             "__loader__", "__spec__"})
 # The only banned builtin a program may reuse as its own name (`def f(input)` is common and
 # harmless). For the others any use is refused, because the binding itself may be the builtin
 # (`eval = eval`, `def f(x, exec=exec)`), which a scope-free check cannot tell apart.

@@ -112,3 +112,20 @@ def test_banned_match_semantics():
     assert banned_match("posixpath.join", ["os.path"]) == "os.path"
     assert banned_match("posixpath", ["os.path"]) == "os.path"
     assert check_tree(ast.parse("import gc"), []).code == "banned_import"  # ALWAYS_BANNED with an empty list
+
+
+@pytest.mark.parametrize(
+    "src, code",
+    [
+        # the builtins namespace's own __loader__ and __spec__ (BuiltinImporter) need no import
+        ("def f(x):\n    return __loader__.load_module('builtins').eval(x)", "banned_builtin"),
+        ("def f(x):\n    return __spec__.loader.load_module('gc').get_objects()", "banned_builtin"),
+        ("import sys\ndef f(x):\n    return sys.meta_path[0].load_module('builtins').eval(x)", "banned_import"),
+        ("import sys\ndef f(x):\n    return sys.path_hooks[0]", "banned_import"),
+        ("from sys import path_importer_cache", "banned_import"),
+    ],
+)
+def test_the_import_machinery_is_refused(src, code):
+    """The interpreter's importers load modules by name, as `__import__` does: `__loader__` and
+    `__spec__` as plain names and `sys.meta_path`, `sys.path_hooks`, `sys.path_importer_cache`."""
+    assert verdict(src) == code
