@@ -114,6 +114,71 @@ def test_banned_match_semantics():
     assert check_tree(ast.parse("import gc"), []).code == "banned_import"  # ALWAYS_BANNED with an empty list
 
 
+@pytest.mark.parametrize("attr", [
+    "__subclasses__", "__globals__", "__builtins__", "__code__", "__closure__", "__import__", "__loader__", "__spec__",
+    "f_globals", "f_locals", "f_back", "f_builtins", "gi_frame", "cr_frame", "tb_frame", "__self__",
+])
+def test_every_escape_attribute_is_refused(attr):
+    """Each attribute that leads to interpreter internals is refused as `x.attr` and as a string."""
+    assert verdict(f"def f(x):\n    return x.{attr}") == "escape_attribute"
+    assert verdict(f"def f(x):\n    return getattr(x, {attr!r})") == "escape_attribute"
+
+
+@pytest.mark.parametrize("module", [
+    "_imp", "_frozen_importlib_external", "_datetime", "_posixsubprocess", "_multiprocessing",
+    "_hashlib", "_md5", "_sha1", "_sha256", "_sha512", "_sha3", "_blake2",
+])
+def test_the_c_module_behind_a_banned_module_is_banned(module):
+    """`import _sha256` is `hashlib`, `_posixsubprocess` is `subprocess`, `_imp` is `importlib`, ..."""
+    assert verdict(f"import {module}") == "banned_import"
+
+
+@pytest.mark.parametrize(
+    "src",
+    [
+        "import math, random",  # every name of one import statement
+        "import sys\ndef f(x):\n    return hasattr(sys, 'modules')",
+        "import os\ndef f(x):\n    setattr(os, 'environ', {})\n    return x",
+        "import os\ndef f(x):\n    delattr(os, 'environ')\n    return x",
+        # a dotted import binds its root, through which a banned module is reached
+        "import email.utils\ndef f(x):\n    return email.utils.time.time() + x",
+    ],
+)
+def test_more_banned_imports(src):
+    """Banned modules reached through a second import name, the other attribute builtins, or the
+    root a dotted import binds."""
+    assert verdict(src) == "banned_import"
+
+
+def test_the_builtins_namespace_by_name_is_banned():
+    """`__builtins__` read as a plain name is the builtins namespace (eval, __import__...)."""
+    assert verdict("def f(x):\n    return __builtins__['len'](x)") == "banned_builtin"
+
+
+@pytest.mark.parametrize(
+    "src",
+    [
+        "def f(s):\n    input = s.split()\n    return input[0]",  # assigned
+        "def input(s):\n    return s\ndef f(s):\n    return input(s)",  # defined
+        "def f(s):\n    try:\n        return int(s)\n    except ValueError as input:\n        return str(input)",
+        "def f(xs):\n    for eval in xs:\n        pass\n    return len(xs)",  # a banned builtin's name only written is no use of it
+    ],
+)
+def test_the_program_may_bind_input_itself(src):
+    """`input` is the program's own when it binds the name in any way; a banned builtin's name that
+    is only bound, never read, is not a use of the builtin."""
+    assert verdict(src) is None
+
+
+def test_dotted_entries_are_matched_through_from_import_aliases():
+    """A configured `os.path.join` is reached through `from os import path as p` (`p.join`); a
+    star import is refused only for a module with a banned entry under it (`copy` is not `copyreg`)."""
+    assert check_tree(ast.parse("from os import path as p\ndef f(x):\n    return p.join(x, x)"), ["os.path.join"]).code == "banned_import"
+    assert check_tree(ast.parse("from os import path as p\ndef f(x):\n    return p.sep + x"), ["os.path.join"]) is None
+    assert check_tree(ast.parse("from copy import *\ndef f(x):\n    return deepcopy(x)"), ["copyreg.pickle"]) is None
+    assert check_tree(ast.parse("from copyreg import *\ndef f(x):\n    return x"), ["copyreg.pickle"]).code == "banned_import"
+
+
 @pytest.mark.parametrize(
     "src, code",
     [

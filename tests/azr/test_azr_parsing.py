@@ -366,3 +366,94 @@ def test_prepare_program_cleans_before_renaming_only_when_asked():
     cleaned = parsing.prepare_program(src, f_replace_location="not_first", reject_multiple_functions=True, clean=True)
     assert "# c" in plain.source and "print(x)" in plain.source
     assert cleaned.source == "def f(x):\n    return f(x - 1) if x else 0"
+
+
+def test_extract_answer_stops_at_the_first_closing_tag_after_the_last_answer():
+    """The answer runs from the last `<answer>` to the *next* `</answer>`, not the last one (AZR_SPEC §2.1)."""
+    assert parsing.extract_answer("<answer> 5 </answer> and a stray </answer>") == "5"
+
+
+def test_fence_tags_and_one_line_blocks_side_by_side():
+    """Two one-line label blocks on a line are two blocks; `py`/`python3` tags are code; a tag with
+    punctuation (`c++`, `objective-c`) is still a tag, so the block after it is read whole."""
+    assert parsing.fenced_blocks("```output 1``` or ```output 2```") == [("output", "1"), ("output", "2")]
+    assert parsing.code_blocks("```py\nx = 1\n```\n```python3\ny = 2\n```") == ["x = 1", "y = 2"]
+    text = "```objective-c\nint x;\n```\n```python\ndef f(x):\n    return x\n```"
+    assert parsing.fenced_blocks(text) == [("objective-c", "int x;"), ("python", "def f(x):\n    return x")]
+    assert parsing.code_blocks(text) == ["def f(x):\n    return x"]
+
+
+def test_other_blocks_leave_out_label_blocks():
+    """The induction solver's fallback code (`other_blocks`) is never an input, output or message block."""
+    answer = "```code\ndef f(x):\n    return x\n```\n```message\nidentity\n```\n```output\n1\n```"
+    assert parsing.other_blocks(answer) == ["def f(x):\n    return x"]
+
+
+def test_label_lines_tags_and_calls_in_the_forms_models_write():
+    """`# Output :` and an indented `# Output:` line count; a `<message>` tag's text is stripped; a
+    call may be capitalised or have a blank before `(`, but `get_output(` is not `output(`; a
+    blank-only `# Output:` value keeps one blank (so it is a wrong answer, not an empty one)."""
+    value = parsing.labelled_value
+    assert value("  # Output : 5\n", "output") == "5"
+    assert value("    # input: 'a', 2\n", "input") == "'a', 2"
+    assert value("# Output:   \n", "output") == " "
+    assert parsing.induction_message("<message>\n  Add one.\n</message>") == "Add one."
+    assert value("Output ( [1, 2] )", "output") == "[1, 2]"
+    assert value("so get_output(3) is", "output") == "so get_output(3) is"  # the whole answer, no call
+    # a stray `<output>` inside a tag's text does not start a second value (non-overlapping, as a regex scan)
+    assert value("<output>1 <output>2</output>", "output") == "1 <output>2"
+
+
+def test_parse_call_args_closes_the_call_on_its_own_line():
+    """An input that ends in a comment is still one call (docs/deviations.md, trailing comment in an input)."""
+    assert parsing.parse_call_args("5  # five") is not None
+
+
+def test_import_lines_are_de_duplicated():
+    """The same import written twice (at the top and inside f) is stored once."""
+    tree = parsing.parse_program("import math\ndef f(x):\n    import math\n    return math.floor(x)")
+    assert parsing.import_lines(tree) == ["import math"]
+
+
+def test_renaming_counts_lines_as_the_tokenizer_does():
+    """A form feed before a def and a U+2028 inside a string are not line breaks to the tokenizer,
+    so they must not shift the columns or lines of the names being renamed."""
+    assert_renamed({
+        "def g(x):\n    return x\n\x0cdef h():\n    return g(1)\n": "def f(x):\n    return x\n\x0cdef h():\n    return f(1)",
+        "def g(x):\n    s = '\u2028'; return g(x - 1) if x else s\n": "def f(x):\n    s = '\u2028'; return f(x - 1) if x else s",
+    })
+
+
+def test_renaming_leaves_every_kind_of_local_binding_alone():
+    """Keyword-only, positional-only, `*args` and `**kwargs` parameters, `except ... as` and a
+    dotted import (`import g.sub` binds g) inside another function are that function's own g;
+    a class's keyword arguments are evaluated where the class stands and see the module's g."""
+    assert_renamed({
+        "def g(x):\n    return x\ndef h(*, g):\n    return g\n": "def f(x):\n    return x\ndef h(*, g):\n    return g",
+        "def g(x):\n    return x\ndef h(g, /):\n    return g\n": "def f(x):\n    return x\ndef h(g, /):\n    return g",
+        "def g(x):\n    return x\ndef h(*g, **k):\n    return g\ndef j(**g):\n    return g\n":
+            "def f(x):\n    return x\ndef h(*g, **k):\n    return g\ndef j(**g):\n    return g",
+        "def g(x):\n    return x\ndef h():\n    try:\n        pass\n    except ValueError as g:\n        return g\n":
+            "def f(x):\n    return x\ndef h():\n    try:\n        pass\n    except ValueError as g:\n        return g",
+        "def os(x):\n    return x\ndef h():\n    import os.path\n    return os.sep\n":
+            "def f(x):\n    return x\ndef h():\n    import os.path\n    return os.sep",
+        "def g(x):\n    return x\nclass C(dict, metaclass=g):\n    pass\n": "def f(x):\n    return x\nclass C(dict, metaclass=f):\n    pass",
+    })
+
+
+def test_prepare_program_imports_and_async_functions():
+    """Stored imports are those of the renamed program (`import math as f`); an `async def` is not a
+    candidate entry function nor a second top-level function."""
+    prog = parsing.prepare_program("def math(x):\n    return x\nimport math\nr = math.floor(2.5)\n",
+                                   f_replace_location="not_first", reject_multiple_functions=False)
+    assert prog.imports == ["import math as f"]
+    src = "async def helper(x):\n    return x\n\ndef main(x):\n    return x + 1"
+    prog = parsing.prepare_program(src, f_replace_location="not_first", reject_multiple_functions=True)
+    assert prog.source == src.replace("def main(", "def f(")
+
+
+def test_clean_program_keeps_from_imports_and_calls_other_than_print():
+    """Seeding's cleaning drops `print(...)` statements only, and keeps `from x import y` lines."""
+    src = "from math import floor\ndef f(x):\n    xs = []\n    def push(v):\n        xs.append(v)\n    push(floor(x))\n    print(xs)\n    return xs"
+    out = parsing.clean_program(src)
+    assert out == "from math import floor\n\ndef f(x):\n    xs = []\n\n    def push(v):\n        xs.append(v)\n    push(floor(x))\n    return xs"

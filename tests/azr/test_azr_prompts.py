@@ -77,3 +77,43 @@ def test_bad_templates_are_user_errors(tmp_path):
         Prompts.from_config(AZRSection(prompt_dir=str(tmp_path)))
     with pytest.raises(UserError, match="not a directory"):
         Prompts.from_config(AZRSection(prompt_dir=str(tmp_path / "nope")))
+
+
+def test_fill_never_rescans_text_inserted_for_another_placeholder():
+    """A program that contains `{{input}}` is shown as written, not filled with the input."""
+    assert fill("{{a}} {{b}}", {"a": "{{b}}", "b": "B"}) == "{{b}} B"
+    problem = {"program": "def f(s):\n    return s.replace('{{input}}', '')", "input": "'x'", "output": "'x'"}
+    assert "return s.replace('{{input}}', '')" in Prompts.from_config(AZRSection()).solve("deduction", problem)
+
+
+def test_proposer_prompts_follow_the_configured_inputs_and_banned_words():
+    """azr.num_inputs sets the induction proposer's count; a repeated banned word is listed once;
+    snippets are separated by one newline."""
+    prompts = Prompts.from_config(AZRSection(num_inputs=6, banned_words=["time", "random", "time"]))
+    assert "Write 6 different inputs" in prompts.propose("induction", program=INDUCTION)
+    text = prompts.propose("deduction", REFS)
+    assert "time, random" in text and "time, random, time" not in text
+    assert "</snippet_0>\n<snippet_1>" in text
+
+
+def test_stored_visible_count_decides_the_shown_pairs(prompts):
+    """An induction task's stored `visible` wins over the default half."""
+    text = prompts.solve("induction", {**INDUCTION, "visible": 1})
+    assert "```input_1\n1\n```" in text and "input_2" not in text
+
+
+def test_bad_task_requests_are_refused(prompts):
+    """Unknown task types, and an induction proposer prompt without a program, are ValueErrors."""
+    with pytest.raises(ValueError, match="program entry"):
+        prompts.propose("induction")
+    with pytest.raises(ValueError, match="unknown task type"):
+        prompts.propose("error", REFS)
+    with pytest.raises(ValueError, match="unknown task type"):
+        prompts.solve("error", REFS[0])
+
+
+def test_only_files_in_prompt_dir_replace_templates(tmp_path):
+    """A directory named like a template is not a template: the packaged one stays."""
+    (tmp_path / "solve_deduction.txt").mkdir()
+    text = Prompts.from_config(AZRSection(prompt_dir=str(tmp_path))).solve("deduction", REFS[1])
+    assert "```input\n3\n```" in text
