@@ -117,7 +117,8 @@ def test_sets_and_dicts_of_colliding_hashes_are_refused_in_linear_time():
         return [str(k * ((1 << 61) - 1)) for k in range(1, n + 1)]
 
     for text in ("{" + ", ".join(colliding(15_000)) + "}", "{" + ", ".join(f"{k}: 0" for k in colliding(15_000)) + "}",
-                 "frozenset({" + ", ".join(colliding(MAX_SHARED_HASHES + 2)) + "})"):
+                 "frozenset({" + ", ".join(colliding(MAX_SHARED_HASHES + 2)) + "})",
+                 "frozenset([" + ", ".join(colliding(MAX_SHARED_HASHES + 2)) + "])"):
         with pytest.raises(NotALiteral, match="share a hash"):
             parse_literal(text)
     assert parse_literal("{" + ", ".join(colliding(MAX_SHARED_HASHES + 1)) + "}") == \
@@ -126,6 +127,63 @@ def test_sets_and_dicts_of_colliding_hashes_are_refused_in_linear_time():
     assert parse_literal("{" + ", ".join(map(str, range(50_000))) + "}") == set(range(50_000))
     with pytest.raises(NotALiteral, match="unhashable"):
         parse_literal("{[1]: 2}")
+
+
+def test_the_depth_limit_is_exact_for_every_container_and_argument():
+    """A scalar inside 100 containers (the sandbox's MAX_DEPTH: its output check counts the same
+    levels) parses, inside 101 it does not, whichever container is outermost; a frozenset(...)
+    wrapper, a sign and a complex literal add no level, and a call's arguments count from 0 too."""
+    def nest(outer, n, leaf="0"):  # `outer` around n - 1 tuples around `leaf`: n containers
+        for _ in range(n - 1):
+            leaf = f"({leaf},)"
+        return outer.replace("X", leaf)
+
+    for outer in ("[X]", "(X,)", "{X}", "{X: 0}", "{0: X}", "frozenset({X})", "frozenset([X])"):
+        assert parse_literal(nest(outer, 100)) is not None, outer
+        with pytest.raises(NotALiteral, match="nested"):
+            parse_literal(nest(outer, 101))
+    assert parse_literal(nest("[X]", 100, "-(-1-2j)")) is not None
+    assert literal_call_text(nest("[X]", 100)) and literal_call_text("k=" + nest("[X]", 100))
+    for call in (nest("[X]", 101), "1, k=" + nest("[X]", 101)):
+        with pytest.raises(NotALiteral, match="nested"):
+            literal_call_text(call)
+
+
+def test_the_size_bounds_are_exact(monkeypatch):
+    """max_chars and the node budget are the largest sizes accepted; one argument list shares one budget."""
+    from azr_jax.sandbox import literals
+
+    assert parse_literal("'abcdefgh'", max_chars=10) == "abcdefgh"
+    with pytest.raises(NotALiteral, match="too long"):
+        parse_literal("'abcdefgh'", max_chars=9)
+    with pytest.raises(NotALiteral, match="too long"):  # the call text, like a value text, is held to MAX_TEXT_CHARS
+        literal_call_text("'" + "a" * literals.MAX_TEXT_CHARS + "'")
+    monkeypatch.setattr(literals, "MAX_NODES", 10)
+    assert parse_literal("[" + "0, " * 9 + "]") == [0] * 9  # 10 nodes
+    with pytest.raises(NotALiteral, match="too large"):
+        parse_literal("[" + "0, " * 10 + "]")
+    assert literal_call_text("[0, 0, 0, 0], [0, 0, 0, 0]") == "[0, 0, 0, 0], [0, 0, 0, 0]"
+    with pytest.raises(NotALiteral, match="too large"):
+        literal_call_text("[0, 0, 0, 0], [0, 0, 0, 0], 0")
+
+
+def test_only_what_repr_prints_parses_and_to_its_own_value():
+    """Signs and complex literals keep their sign; only `real +/- imaginary` of plain numbers is a
+    complex literal (no other operator, no bool, no complex on the left); frozenset takes one
+    argument and no keywords; a set stays a set (unhashable as a key); surrounding whitespace is
+    not an indent; an argument frozenset(...) cannot build is not a literal (it raised TypeError)."""
+    assert parse_literal("-5") == -5 and not texts_equal("-1", "1") and parse_literal("+2.5") == 2.5
+    assert parse_literal("1-2j") == complex(1, -2) and not texts_equal("1-2j", "1+2j")
+    for bad in ("~1", "not 1", "1j+1j", "(1+2j)+3j", "True+1j", "2*3j", "2**3j", "frozenset([1], [2])",
+                "frozenset({1}, key=2)", "set(x=1)", "{{1}: 2}", "frozenset(1)", "frozenset(None)", "f'x'"):
+        with pytest.raises(NotALiteral):
+            parse_literal(bad)
+        with pytest.raises(NotALiteral):
+            literal_call_text(bad)
+        assert not texts_equal(bad, bad)
+    assert type(parse_literal("{2, 1}")) is set and canonical("{2, 1}") == "{1, 2}"
+    assert parse_literal("  [1,\n 2]\n") == [1, 2] and texts_equal("\t1 ", "1")
+    assert literal_call_text("3  # three") == "3"
 
 
 def test_job_validation():
@@ -139,6 +197,19 @@ def test_job_validation():
         Job(ADD, ["1"], repeats=17)
     with pytest.raises(ValueError, match="calls_per_input must be 1 or 2, got 3"):
         Job(ADD, ["1"], calls_per_input=3)
+    with pytest.raises(ValueError, match="expected has 3 entries for 2 calls"):
+        Job(ADD, ["1", "2"], expected=["1", "2", "3"])
+    with pytest.raises(ValueError, match="calls_per_input must be 1 or 2, got 0"):
+        Job(ADD, ["1"], calls_per_input=0)
+
+
+def test_a_job_result_is_ok_only_without_any_failure():
+    """One failed call, a nondeterministic run or a job-level error (also with no calls) is not ok."""
+    base = dict(outputs=["1", "2"], errors=[None, None], deterministic=True, matches=None, timed_out=False)
+    assert JobResult(**base).ok
+    assert not JobResult(**{**base, "outputs": ["1", None], "errors": [None, "E: x"]}).ok
+    assert not JobResult(**{**base, "deterministic": False}).ok
+    assert not JobResult(outputs=[], errors=[], deterministic=True, matches=None, timed_out=False, error="SyntaxError: x").ok
 
 
 # -- running jobs ------------------------------------------------------------------------------
@@ -1079,3 +1150,201 @@ def test_a_zygote_silent_past_the_deadline_is_a_timeout(monkeypatch):
     with Sandbox(SandboxSection(isolation="none", timeout_s=1, workers=1)) as s:
         r, = s.run([Job(program, ["0"], repeats=1, calls_per_input=1)])
     assert r.timed_out and r.error == "timeout", r
+
+
+# -- the host side of the protocol, with stand-in zygotes (no processes) -------------------------
+
+def _answer(*calls, **fields):
+    """A zygote's answer carrying the result frame ["done", calls]."""
+    import json
+
+    return {"status": "exited", "signal": None, "exit": 0, "frame": json.dumps(["done", [list(c) for c in calls]]),
+            **fields}
+
+
+def _scripted_sandbox(answers):
+    """A Sandbox whose zygotes answer `answers` in turn; returns it and the requests they got."""
+    from azr_jax.sandbox import pool
+
+    class Zygote:
+        def request(self, req, on_stall):
+            requests.append(req)
+            return answers.pop(0)
+
+    requests = []
+    s = pool.Sandbox.__new__(pool.Sandbox)
+    s.cfg, s._closed = SandboxSection(timeout_s=1.5), True  # closed: __del__ has nothing to stop
+    s._zygote = lambda slot, repeat: Zygote()
+    return s, requests
+
+
+def _execute(s, job):
+    import threading
+
+    from azr_jax.sandbox import pool
+
+    return s._execute(0, job, pool._Permit(threading.Semaphore(1)))
+
+
+def test_the_host_retries_a_dead_zygote_once_and_then_blames_the_program():
+    """A zygote that died during the job is replaced and the job runs again; twice in a row, the
+    program is the likely killer: a job error, never a sandbox fault (rows left out of the update)."""
+    died = {"status": "zygote_died", "detail": "zygote died during the job"}
+    s, requests = _scripted_sandbox([died, _answer(("ok", "2", "2"))])
+    r = _execute(s, Job(ADD, ["1, 1"], repeats=1))
+    assert r.outputs == ["2"] and r.ok and len(requests) == 2, r
+    s, _ = _scripted_sandbox([died, dict(died)])
+    r = _execute(s, Job(ADD, ["1, 1"], repeats=1))
+    assert r.error == "the sandbox's zygote died during the job" and not r.sandbox_fault and not r.timed_out, r
+    s, _ = _scripted_sandbox([{"status": "sandbox_error", "detail": "fork"}] * 2)
+    r = _execute(s, Job(ADD, ["1, 1"], repeats=1))
+    assert r.sandbox_fault and r.error == "sandbox failure: fork", r
+
+
+def test_an_answer_the_host_cannot_parse_is_the_programs_failure(monkeypatch):
+    """Whatever the host's parsing of a job's outputs raises (here MemoryError) fails the job,
+    not the sandbox: the row still counts."""
+    from azr_jax.sandbox import pool
+
+    def out_of_memory(text, max_chars=None):
+        raise MemoryError
+
+    monkeypatch.setattr(pool, "parse_literal", out_of_memory)
+    s, _ = _scripted_sandbox([_answer(("ok", "1", "1"))])
+    r = _execute(s, Job(ADD, ["1"], repeats=1))
+    assert r.error == "unrepresentable: MemoryError" and not r.sandbox_fault, r
+
+
+def test_the_host_sends_literal_arguments_as_it_rendered_them():
+    """In literal mode the zygote gets the host's canonical text (a trailing comment would
+    otherwise swallow the closing parenthesis of the zygote's call), and is told it is literal."""
+    s, requests = _scripted_sandbox([_answer(("ok", "1", "1"), ("skip",))])
+    r = _execute(s, Job(ADD, ["[1,2],  b = {'a': 1}  # note", "x"], args_mode="literal", repeats=1))
+    assert requests[0]["calls"] == ["[1, 2], b={'a': 1}", None] and requests[0]["literal_args"] is True
+    assert r.errors[1].startswith("bad_args") and r.outputs[0] == "1", r
+
+
+def test_a_call_that_returns_is_checked_across_repeats_even_when_another_call_fails():
+    """Repeats stop early only when no call returned a value: one failing call does not spare
+    the others their determinism check."""
+    s, requests = _scripted_sandbox([_answer(("ok", "1", "1"), ("err", "ValueError: x", 0)),
+                                     _answer(("ok", "2", "2"), ("err", "ValueError: x", 0))])
+    r = _execute(s, Job(ADD, ["1", "2"], repeats=2))
+    assert len(requests) == 2 and not r.deterministic and r.errors == ["nondeterministic", "ValueError: x"], r
+    s, requests = _scripted_sandbox([_answer(("err", "ValueError: x", 0))])
+    assert _execute(s, Job(ADD, ["1"], repeats=3)).errors == ["ValueError: x"] and len(requests) == 1
+
+
+def test_the_host_refuses_every_malformed_result_frame():
+    """The frame is the one thing a job can forge: only ["done", calls] and ["error", text], each
+    call ["skip"], ["ok", text, text] or ["err", text, 0 | 1], pass."""
+    from azr_jax.sandbox import pool
+
+    assert pool.parse_result_frame('["done", [["skip"], ["ok", "1", "1"], ["err", "E", 1]]]') == \
+        ("done", (("skip",), ("ok", "1", "1"), ("err", "E", 1)))
+    assert pool.parse_result_frame('["error", "E"]') == ("error", "E")
+    for bad in ('["error", "E", "x"]', '["error", ["E"]]', '["done", [["skip", 1]]]', '["done", [["ok", 1, "1"]]]',
+                '["done", [["ok", "1", 1]]]', '["done", [["err", "E", 2]]]', '["done", [["err", ["E"], 0]]]',
+                '["done", [["err", "E"]]]', '["done", [[]]]', '["done", [["what"]]]', '["done", ["skip"]]',
+                '["dome", [["skip"]]]', '["done", [["skip"]], 0]', '"done"', '[["done"], [["skip"]]]', "[1, 2"):
+        with pytest.raises(NotALiteral):
+            pool.parse_result_frame(bad)
+
+
+def test_the_host_reads_a_result_frame_into_per_call_outcomes():
+    """The call count must match; an in-process disagreement reads `nondeterministic`; the job
+    cannot claim the host's own timeout verdict; a timeout, CPU-time signal or killed job is classified."""
+    import json
+    import signal
+
+    from azr_jax.sandbox import pool
+
+    def parse(frame, n=2, **fields):
+        return pool._parse_answer({"status": "exited", "signal": None, "exit": 0, "frame": json.dumps(frame), **fields}, n)
+
+    assert parse(["done", [["ok", "[1,2]", "[1, 2]"], ["err", "E: x", 1]]]) == \
+        [("ok", [1, 2], "[1, 2]"), ("err", "nondeterministic", True)]
+    assert parse(["done", [["ok", "1", "2"], ["err", "E: x", 0]]]) == [("err", "nondeterministic", True), ("err", "E: x", False)]
+    assert parse(["done", [["skip"]] * 3]) == "malformed result frame" == parse(["done", [["skip"]]])
+    assert parse(["error", "timeout"]) == "forged timeout report" and parse(["error", "memory"]) == "memory"
+    assert pool._parse_answer({"status": "timeout"}, 2) == "timeout"
+    assert parse("", signal=int(signal.SIGXCPU)) == "timeout" and parse("", signal=int(signal.SIGKILL)) == "killed by SIGKILL"
+    assert parse("", exit=3) == "exited before reporting (exit status 3)"
+
+
+def test_the_host_combines_repeats_per_call():
+    """Any run's in-process disagreement, values that differ between runs, or a value in one run
+    and an error in another make a call nondeterministic; runs that all fail give the first
+    run's error; a call with too few runs, or with an argument error, is not judged on its runs."""
+    from azr_jax.sandbox import pool
+
+    ok1, ok2, err = ("ok", 1, "1"), ("ok", 2, "2"), ("err", "E: x", False)
+    nondet = ("err", "nondeterministic", True)
+
+    def combine(*runs_per_call, arg_errors=None, expected=None):
+        return pool._combine([list(r) for r in runs_per_call], arg_errors or [None] * len(runs_per_call), expected)
+
+    r = combine([ok1, ok1, ok1], [err, err, ("err", "E: y", False)], expected=["1.0", "1"])
+    assert r.outputs == ["1", None] and r.errors == [None, "E: x"] and r.deterministic and r.matches == [True, False]
+    for runs in ([err, nondet], [nondet, err], [ok1, ok1, ok2], [ok1, err], [err, ok1]):
+        r = combine(runs)
+        assert r.errors == ["nondeterministic"] and not r.deterministic and r.outputs == [None], runs
+    r = combine([ok1, ok1], [ok1], [("skip",)], arg_errors=[None, None, "bad_args: x"])
+    assert r.outputs == ["1", None, None] and r.errors == [None, "frame does not match the calls", "bad_args: x"], r
+
+
+def test_a_zygotes_answer_is_read_whole_and_its_death_or_silence_classified(monkeypatch):
+    """Over a real pipe, with no zygote behind it: an answer over MAX_FRAME_BYTES (the frame
+    inside it is JSON-escaped once more) is read whole; a zygote gone before the job's deadline
+    died (the job runs again), gone after it or silent past the grace period is a timeout; a
+    sandbox_error answer is passed on and the zygote, like one that asks to be recycled, replaced."""
+    import io
+    import json
+    import struct
+    import threading
+
+    from azr_jax.sandbox import pool
+
+    class Proc:
+        def __init__(self, fd):
+            self.stdout, self.stdin = os.fdopen(fd, "rb", buffering=0), io.BytesIO()
+
+    closed = []
+    monkeypatch.setattr(pool._Zygote, "close", lambda self: closed.append(self))  # nothing to stop
+    monkeypatch.setattr(pool, "GRACE_S", 0.1)
+
+    def zygote(*answers, end=True):
+        r, w = os.pipe()
+        z = pool._Zygote.__new__(pool._Zygote)
+        z.proc = Proc(r)
+        readers.callback(z.proc.stdout.close)
+
+        def write():
+            for a in answers:
+                data = memoryview(struct.pack(">I", len(a)) + a)
+                while data:
+                    data = data[os.write(w, data):]
+            if end:
+                os.close(w)
+
+        threading.Thread(target=write, daemon=True).start()
+        return z, w
+
+    with contextlib.ExitStack() as readers:
+        big = json.dumps({"status": "exited", "frame": "x" * pool.MAX_FRAME_BYTES}).encode()
+        z, _ = zygote(big)
+        assert len(z._recv(time.monotonic() + 30)["frame"]) == pool.MAX_FRAME_BYTES
+        z, _ = zygote()
+        assert z.request({"timeout_s": 30.0}, lambda: None)["status"] == "zygote_died" and closed == [z]
+        z, _ = zygote()
+        assert z.request({"timeout_s": 0.0}, lambda: None) == {"status": "timeout"}
+        z, w = zygote(end=False)
+        stalls = []
+        assert z.request({"timeout_s": 0.2}, lambda: stalls.append(1)) == {"status": "timeout"} and stalls == [1]
+        os.close(w)
+        closed.clear()
+        for answer, replaced in (({"status": "sandbox_error", "detail": "fork"}, True), ({"status": "exited"}, False),
+                                 ({"status": "scratch", "recycle": True}, True)):
+            z, _ = zygote(json.dumps(answer).encode())
+            assert z.request({"timeout_s": 30.0}, lambda: None) == answer and closed == ([z] if replaced else []), answer
+            closed.clear()
