@@ -355,7 +355,9 @@ class ModelConfig:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attention_bias=model_type == "qwen2",
             qk_norm=model_type == "qwen3",
-            max_position_embeddings=integer("max_position_embeddings", hf.get("max_position_embeddings", 32768)),
+            # A missing field is the config class's default: LlamaConfig's is 2048, the Qwen ones' 32768.
+            max_position_embeddings=integer("max_position_embeddings", hf.get(
+                "max_position_embeddings", 2048 if model_type == "llama" else 32768)),
             bos_token_id=hf.get("bos_token_id"),
             eos_token_id=eos,
             extra_eos_token_ids=extra_eos,
