@@ -99,3 +99,38 @@ def test_a_write_past_the_cache_end_is_refused_or_nan():
     assert np.isfinite(np.asarray(fits)).all()
     past, _ = forward(params, tokens[:, 8:9], positions[:, 8:9], cache=cache, **kw(8, 9))
     assert np.isnan(np.asarray(past)).all()
+
+
+def test_forward_refuses_an_unknown_remat_and_hidden_states_without_the_head():
+    """remat names a policy of REMAT_POLICIES; head=False with return_hidden=True is refused
+    (the final normed states would come back twice). Traced only: nothing is computed."""
+    cfg = small_config("qwen3", num_layers=1)
+    params = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    tokens = jax.ShapeDtypeStruct((2, 4), jnp.int32)
+
+    def run(**kw):
+        return jax.eval_shape(lambda p, t: _forward(p, t, t, config=cfg, **kw), params, tokens)
+
+    run(remat="full", head=False)  # a known policy, and head=False alone, are fine
+    with pytest.raises(ValueError, match=r"remat must be one of \['dots', 'full', 'none'\], got 'all'"):
+        run(remat="all")
+    with pytest.raises(ValueError, match="head=False returns the final normed states"):
+        run(head=False, return_hidden=True)
+
+
+def test_a_concrete_index_that_exactly_fills_the_cache_is_accepted():
+    """The eager slot check refuses index + T past the slots, not a write into the last ones
+    (traced with the index concrete, as in an eager call; nothing is computed)."""
+    cfg = small_config("qwen3", num_layers=1)
+    params = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    cache = jax.eval_shape(lambda: init_cache(cfg, batch=1, max_len=8, dtype=jnp.float32))
+
+    def run(t):
+        def fwd(p, c, x):
+            return _forward(p, x, x, config=cfg, cache=dict(c, index=np.int32(6)))
+        return jax.eval_shape(fwd, params, cache, jax.ShapeDtypeStruct((1, t), jnp.int32))
+
+    logits, new_cache = run(2)
+    assert logits.shape == (1, 2, cfg.vocab_size) and new_cache["k"].shape == cache["k"].shape
+    with pytest.raises(ValueError, match="the cache has 8 slots: 6 used, 3 more do not fit"):
+        run(3)

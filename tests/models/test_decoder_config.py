@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -61,6 +62,8 @@ def test_hf_mapping_round_trip(arch):
     tensors = hf_from_params(cfg, params)
     back = params_from_hf(cfg, tensors.__getitem__, np.float32)
     jax.tree.map(np.testing.assert_array_equal, back, params)
+    half = params_from_hf(cfg, tensors.__getitem__, np.float16)  # cast to the dtype asked for
+    assert {x.dtype for x in jax.tree.leaves(half)} == {np.dtype(np.float16)}
     bad = dict(tensors, **{"model.norm.weight": np.ones(3, np.float32)})
     with pytest.raises(UserError, match="model.norm.weight"):
         params_from_hf(cfg, bad.__getitem__)
@@ -96,6 +99,14 @@ def test_from_hf_config_rejects_unsupported():
         small_config("llama", rope_scaling={"rope_type": "dynamic", "factor": 2.0})
     with pytest.raises(UserError, match="attention_bias"):
         small_config("llama", attention_bias=True)
+    # MLP biases and a llama/qwen3 attention_bias (which adds an o_proj bias) have no parameters here
+    llama = get_preset("llama-3.1-8b").to_hf_config()
+    with pytest.raises(UserError, match="mlp_bias=true is not supported"):
+        ModelConfig.from_hf_config(dict(llama, mlp_bias=True))
+    with pytest.raises(UserError, match="attention_bias=true is not supported for llama"):
+        ModelConfig.from_hf_config(dict(llama, attention_bias=True))
+    with pytest.raises(UserError, match="unsupported hidden_act 'gelu'"):  # the MLP is SwiGLU
+        ModelConfig.from_hf_config(dict(llama, hidden_act="gelu"))
 
 
 def test_rope_parameters_without_their_own_theta_keep_the_scaling():
@@ -241,14 +252,15 @@ def test_presets_registry_and_hashing():
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3"])
 def test_fields_left_out_of_an_hf_config_take_the_transformers_defaults(arch):
     """config.json may leave out fields that have defaults; the model read from it must be the
-    one transformers builds from the same file (untied head, norm eps, RoPE theta)."""
-    omitted = ("tie_word_embeddings", "rms_norm_eps", "rope_theta")
+    one transformers builds from the same file (untied head, norm eps, RoPE theta, context length)."""
+    omitted = ("tie_word_embeddings", "rms_norm_eps", "rope_theta", "max_position_embeddings")
     sparse = {k: v for k, v in small_config(arch).to_hf_config().items() if k not in omitted}
     ours = ModelConfig.from_hf_config(sparse)
     theirs = transformers.AutoConfig.for_model(**sparse)
     assert ours.tie_word_embeddings == theirs.tie_word_embeddings
     assert ours.rms_norm_eps == theirs.rms_norm_eps
     assert ours.rope_theta == theirs.rope_parameters["rope_theta"]
+    assert ours.max_position_embeddings == theirs.max_position_embeddings  # LlamaConfig: 2048
 
 
 @pytest.mark.parametrize("change, message", [
@@ -256,6 +268,12 @@ def test_fields_left_out_of_an_hf_config_take_the_transformers_defaults(arch):
     (dict(head_dim=23), "head_dim must be even"),  # RoPE rotates half-dimension pairs
     (dict(tokenizer_vocab_size=513), r"tokenizer_vocab_size must be in \[1, vocab_size=512\]"),
     (dict(tokenizer_vocab_size=0), r"tokenizer_vocab_size must be in \[1, vocab_size=512\]"),
+    (dict(rope_theta=float("inf")), "'rope_theta' must be a positive finite number"),
+    (dict(rms_norm_eps=float("inf")), "'rms_norm_eps' must be a positive finite number"),
+    (dict(tie_word_embeddings="no"), "'tie_word_embeddings' must be true or false"),
+    (dict(max_position_embeddings=0), "'max_position_embeddings' must be a positive int"),
+    (dict(max_position_embeddings=True), "'max_position_embeddings' must be a positive int"),
+    (dict(qk_norm=True), "qk_norm=True does not match architecture 'qwen2'"),
 ])
 def test_model_config_refuses_shapes_the_decoder_cannot_run(change, message):
     with pytest.raises(UserError, match=message):
@@ -275,6 +293,9 @@ def test_init_params_follow_the_transformers_initialisation():
     assert abs(np.asarray(params["layers"]["q_proj_dnh"]).std() - 0.02) < 1e-3
     assert (np.asarray(params["layers"]["attn_norm_d"]) == 1).all() and (np.asarray(params["final_norm_d"]) == 1).all()
     assert (np.asarray(params["layers"]["q_bias_nh"]) == 0).all()
+    for arch in ("qwen2", "qwen3"):  # every leaf (norms and biases too) in the dtype asked for
+        shapes = jax.eval_shape(lambda: init_params(small_config(arch), jax.random.key(0), jnp.bfloat16))
+        assert {leaf.dtype for leaf in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.bfloat16)}
 
 
 def test_a_llama_config_without_num_key_value_heads_has_a_kv_head_per_query_head():
@@ -294,3 +315,70 @@ def test_a_qwen_config_without_num_key_value_heads_takes_transformers_default(ar
     assert ModelConfig.from_hf_config(dict(hf, num_key_value_heads=None)).num_kv_heads == 64  # null: one per head
     with pytest.raises(UserError, match=r"no 'num_key_value_heads'; transformers then takes 32 .* num_attention_heads=4"):
         ModelConfig.from_hf_config(dict(hf, num_attention_heads=4))
+
+
+def test_llama3_rope_numbers_are_normalised_so_equal_configs_hash_alike():
+    """A llama3 block written with ints for the factors and a float for the original length is
+    the preset's config: equal and with the same hash (the config is a jit static argument)."""
+    llama = get_preset("llama-3.1-8b")
+    loose = {"rope_type": "llama3", "factor": 8, "low_freq_factor": 1, "high_freq_factor": 4,
+             "original_max_position_embeddings": 8192.0}
+    cfg = ModelConfig.from_hf_config(dict(llama.to_hf_config(), rope_scaling=loose))
+    assert cfg == llama and hash(cfg) == hash(llama)
+
+
+# The numerics and ids of each preset as its published config.json gives them (the other tests
+# compare a preset with transformers built from the preset itself, so they cannot see these).
+PRESET_NUMERICS = {
+    # name: (max_position_embeddings, rope_theta, rms_norm_eps, bos, eos, pad)
+    "qwen2.5-0.5b": (32768, 1e6, 1e-6, 151643, 151643, 151643),
+    "qwen2.5-1.5b": (131072, 1e6, 1e-6, 151643, 151643, 151643),
+    "qwen2.5-3b": (32768, 1e6, 1e-6, 151643, 151643, 151643),
+    "qwen2.5-7b": (131072, 1e6, 1e-6, 151643, 151643, 151643),
+    "qwen2.5-14b": (131072, 1e6, 1e-5, 151643, 151643, 151643),
+    "qwen2.5-coder-3b": (32768, 1e6, 1e-6, 151643, 151643, 151643),
+    "qwen2.5-coder-7b": (32768, 1e6, 1e-6, 151643, 151643, 151643),
+    "qwen2.5-coder-14b": (32768, 1e6, 1e-5, 151643, 151643, 151643),
+    "llama-3.1-8b": (131072, 5e5, 1e-5, 128000, 128001, None),
+    "qwen3-4b-base": (32768, 1e6, 1e-6, 151643, 151643, 151643),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_NUMERICS))
+def test_preset_numerics_and_ids(name):
+    cfg = get_preset(name)
+    assert (cfg.max_position_embeddings, cfg.rope_theta, cfg.rms_norm_eps, cfg.bos_token_id, cfg.eos_token_id,
+            cfg.pad_token_id) == PRESET_NUMERICS[name]
+    expected_scaling = ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192} if name == "llama-3.1-8b" else None)
+    assert cfg.rope_scaling == expected_scaling
+
+
+def test_stop_ids_are_the_eos_then_the_other_extra_ids_as_plain_ints():
+    """stop_token_ids lists the eos once, then the extra ids; extra ids given as a list of numpy
+    ints make the same (equal, equally hashed) config as a tuple of ints."""
+    cfg = small_config("llama", eos_token_id=2, extra_eos_token_ids=[np.int64(2), np.int64(5)])
+    assert cfg.stop_token_ids == (2, 5)
+    same = small_config("llama", eos_token_id=2, extra_eos_token_ids=(2, 5))
+    assert cfg == same and hash(cfg) == hash(same)
+
+
+def test_replace_names_unknown_fields_in_a_user_error():
+    """A misspelt model override is one UserError naming the field, not a TypeError."""
+    with pytest.raises(UserError, match=r"unknown ModelConfig field\(s\) \['rope_thetta'\]"):
+        small_config("qwen2").replace(rope_thetta=1.0)
+
+
+def test_register_preset_accepts_the_same_config_again_and_replaces_only_when_told():
+    """Registering an equal config again is fine (a module imported twice), a different one
+    needs overwrite=True, and only a ModelConfig is accepted."""
+    register_preset("test-tiny-again", small_config("qwen2"))
+    try:
+        register_preset("test-tiny-again", small_config("qwen2"))
+        other = small_config("llama")
+        register_preset("test-tiny-again", other, overwrite=True)
+        assert get_preset("test-tiny-again") is other
+        with pytest.raises(TypeError, match="register_preset expects a ModelConfig, got dict"):
+            register_preset("test-tiny-again", {"architecture": "qwen2"})
+    finally:
+        PRESETS.pop("test-tiny-again")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -17,7 +18,7 @@ from hf_reference import (  # noqa: E402
 
 from azr_jax.models import get_preset  # noqa: E402
 from azr_jax.models.decoder import forward as _forward  # noqa: E402
-from azr_jax.models.rope import inverse_frequencies  # noqa: E402
+from azr_jax.models.rope import apply_rope, inverse_frequencies, rope_cos_sin  # noqa: E402
 from azr_jax.models.hf_mapping import params_from_hf  # noqa: E402
 
 forward = jax.jit(_forward, static_argnames=("config", "compute_dtype", "return_hidden"))
@@ -59,15 +60,18 @@ def test_float32_logits_and_hidden_states_match_transformers(family):
         assert np.abs(ours - ref)[real].max() <= 1e-4
 
 
-@pytest.mark.parametrize("name", ["qwen2.5-7b", "llama-3.1-8b", "qwen3-4b-base", "small"])
+# "small-odd-theta": a theta float32 cannot hold, which transformers rounds to float32 first.
+@pytest.mark.parametrize("name", ["qwen2.5-7b", "llama-3.1-8b", "qwen3-4b-base", "small", "small-odd-theta"])
 def test_inverse_frequencies_match_transformers_step_by_step(name):
     """transformers (and vLLM) compute inv_freq step by step in float32; a float64 computation
     rounded once differs by an ulp in a third of the frequencies. torch's vectorised float32
     power is not always correctly rounded, so one frequency of a preset may still differ (by
     one ulp, two after llama3's scaling, which repeats transformers' steps exactly)."""
-    cfg = small_config("qwen2") if name == "small" else get_preset(name)
+    small = {"small": small_config("qwen2"),
+             "small-odd-theta": small_config("qwen2", head_dim=128, rope_theta=123456.7)}
+    cfg = small[name] if name in small else get_preset(name)
     hf_cfg = transformers.AutoConfig.for_model(**cfg.to_hf_config())
-    module = transformers.AutoModelForCausalLM.from_config(hf_cfg).model.rotary_emb if name == "small" else None
+    module = transformers.AutoModelForCausalLM.from_config(hf_cfg).model.rotary_emb if name in small else None
     if module is None:  # a preset's rotary module alone: no 7B weights
         with torch.device("meta"):
             model = transformers.AutoModelForCausalLM.from_config(hf_cfg)
@@ -75,6 +79,21 @@ def test_inverse_frequencies_match_transformers_step_by_step(name):
     ours, theirs = inverse_frequencies(cfg), module.inv_freq.numpy()
     assert ours.dtype == theirs.dtype == np.float32
     assert (ours != theirs).sum() <= 1, np.flatnonzero(ours != theirs)
+    np.testing.assert_array_max_ulp(ours, theirs, maxulp=2)
+
+
+def test_llama3_frequency_exactly_at_the_low_band_edge_matches_transformers():
+    """transformers divides by `factor` only wavelengths strictly above the low-frequency edge:
+    a wavelength exactly on it (frequency 0's 2 pi, with low_freq_factor = 16 / 2 pi) is
+    interpolated with weight 0, i.e. divided once (1/8), not twice."""
+    low = 16 / float(np.float32(2 * np.pi))
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": low, "high_freq_factor": 4 * low,
+               "original_max_position_embeddings": 16}
+    cfg = small_config("llama", rope_scaling=scaling)
+    hf_cfg = transformers.AutoConfig.for_model(**cfg.to_hf_config())
+    theirs = transformers.AutoModelForCausalLM.from_config(hf_cfg).model.rotary_emb.inv_freq.numpy()
+    ours = inverse_frequencies(cfg)
+    assert ours[0] == theirs[0] == np.float32(1 / 8)
     np.testing.assert_array_max_ulp(ours, theirs, maxulp=2)
 
 
@@ -189,6 +208,24 @@ def test_sequence_attention_matches_autodiff_of_the_cache_attention():
         np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=1e-5, rtol=1e-5, err_msg=name)
 
 
+def test_cache_attention_takes_its_softmax_in_float32_under_bfloat16():
+    """With bfloat16 q/k/v the sampler's `_attention` still takes scores and softmax in float32,
+    as the training pass's `_sequence_attention` does: the two agree to a bfloat16 ulp (a
+    softmax of bfloat16-rounded scores is off by several)."""
+    from azr_jax.models.decoder import _attention, _sequence_attention
+
+    b, t, n, kv, h = 3, 10, 6, 2, 8
+    keys = jax.random.split(jax.random.key(0), 3)
+    q, k, v = (jax.random.normal(key, shape, jnp.bfloat16) for key, shape in
+               zip(keys, [(b, t, n, h), (b, t, kv, h), (b, t, kv, h)]))
+    q = q * 4  # peaked scores, where the rounding of a bfloat16 softmax shows
+    allowed = jnp.asarray(np.tril(np.ones((t, t), bool))[None].repeat(b, 0))
+    prec = jax.lax.Precision.DEFAULT
+    ours = np.asarray(_attention(q, k, v, allowed, prec), np.float32)
+    ref = np.asarray(_sequence_attention(q, k, v, allowed, prec), np.float32)
+    assert np.abs(ours - ref).max() <= 2 ** -8
+
+
 def _float32_and_bfloat16_gradients(cfg, params):
     """Gradients of a log-softmax loss over 8 x 512 tokens (4096 terms in every sum over the
     batch) computed in float32 and in bfloat16."""
@@ -219,6 +256,26 @@ def test_bias_gradients_are_summed_in_float32_under_bfloat16_compute():
     exact, bf16 = _float32_and_bfloat16_gradients(cfg, init_params(cfg, jax.random.key(0)))
     rel = {k: _relative_error(exact["layers"][k], bf16["layers"][k]) for k in ("q_bias_nh", "k_bias_kh", "v_bias_kh")}
     assert max(rel.values()) < 0.015, rel
+
+
+def test_float32_biases_keep_a_float32_gradient_under_bfloat16_compute():
+    """The q/k/v biases are not rounded to bfloat16 on the way in, so their gradient is the
+    float32 sum itself, not one rounded to bfloat16 (many of its values are not bf16 numbers)."""
+    from azr_jax.models.decoder import forward, init_params
+
+    cfg = small_config("qwen2", num_layers=1)
+    params = init_params(cfg, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, cfg.vocab_size)
+    positions = jnp.broadcast_to(jnp.arange(8), (2, 8))
+
+    def loss(p):
+        logits = forward(p, tokens, positions, config=cfg, compute_dtype=jnp.bfloat16)[0]
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+    grads = jax.jit(jax.grad(loss))(params)["layers"]
+    for name in ("q_bias_nh", "k_bias_kh", "v_bias_kh"):
+        g = np.asarray(grads[name])
+        assert g.dtype == np.float32 and (g != g.astype(ml_dtypes.bfloat16).astype(np.float32)).mean() > 0.2, name
 
 
 def test_norm_weight_gradients_are_summed_in_float32_under_bfloat16_compute():
@@ -260,3 +317,25 @@ def test_bfloat16_rms_norm_is_bit_identical_to_transformers(family):
     ours = jax.jit(rms_norm, static_argnums=2)(jnp.asarray(x, jnp.bfloat16), jnp.asarray(w), 1e-6)
     assert ours.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(ours.astype(jnp.float32)), ref)
+
+
+def test_every_norm_uses_the_configured_eps():
+    """rms_norm_eps reaches the layer norms, the q/k norms and the final norm: with an eps large
+    enough to matter (0.1, against the 1e-6 of the other tests) the logits still match."""
+    cfg = small_config("qwen3", rms_norm_eps=0.1, num_layers=1)
+    model = hf_model(cfg, init_std=0.1)
+    tokens, mask, positions = left_padded_batch([8, 5], 8, cfg.vocab_size)
+    ref = hf_logits(model, tokens, mask, positions)
+    logits, _ = forward(params_of(cfg, model), tokens, positions, config=cfg, mask_bt=mask)
+    assert np.abs(np.asarray(logits) - ref)[mask.astype(bool)].max() <= 1e-4
+
+
+def test_rope_keeps_the_dtype_of_q_and_k():
+    """apply_rope rotates in float32 and hands back q/k in their own dtype (bfloat16 stays bf16)."""
+    cfg = small_config("llama")
+    cos, sin = rope_cos_sin(jnp.arange(6)[None], inverse_frequencies(cfg))
+    x = jax.random.normal(jax.random.key(0), (1, 6, 2, cfg.head_dim), jnp.bfloat16)
+    out = apply_rope(x, cos, sin)
+    assert out.dtype == jnp.bfloat16
+    expected = apply_rope(x.astype(jnp.float32), cos, sin)
+    np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(expected.astype(jnp.bfloat16), np.float32))

@@ -703,3 +703,47 @@ def test_each_model_computes_under_its_own_rules():
     specs = [Model(cfg, _zero_params(cfg), mesh=mesh, rules=rules).logits(tokens).sharding.spec
              for rules in (RULES, {**RULES, "batch": None, "vocab": "fsdp"})]
     assert specs == [P("fsdp", None, "tensor"), P(None, None, "fsdp")]
+
+
+def test_written_tensors_take_the_planned_dtype_and_shape(tmp_path):
+    """write_checkpoint stores what `produce` returns in the planned dtype (a float64 array or a
+    list is converted) under transformers' header metadata, refuses an array of another shape
+    even with as many elements, records the bytes in the index's total_size, clears a killed
+    save's temporaries, and with write=False still calls `produce` once per tensor in order but
+    creates nothing."""
+    plans = [TensorPlan("a", (2, 3), np.dtype(np.float32)), TensorPlan("b", (4,), np.dtype(ml_dtypes.bfloat16))]
+    values = {"a": np.arange(6.0).reshape(2, 3), "b": [1.5, -2.0, 3.0, 0.25]}
+    # a tensor larger than the limit opens no empty shard before it
+    assert [[t.name for t in shard] for shard in plan_shards(plans, 8)] == [["a"], ["b"]]
+    (tmp_path / "ok").mkdir()
+    stale = tmp_path / "ok" / ".model-00003-of-00005.safetensors.partial"  # left by a killed save
+    stale.write_bytes(b"partial")
+    write_checkpoint(tmp_path / "ok", plans, lambda t: values[t.name], max_shard_bytes=24)
+    assert not stale.exists()
+    first = (tmp_path / "ok" / "model-00001-of-00002.safetensors").read_bytes()
+    header = json.loads(first[8:8 + int.from_bytes(first[:8], "little")])
+    assert header["__metadata__"] == {"format": "pt"}  # as torch's save_file writes it
+    index = json.loads((tmp_path / "ok" / "model.safetensors.index.json").read_text())
+    assert index["metadata"]["total_size"] == 24 + 8
+    with SafetensorsReader(tmp_path / "ok") as reader:
+        np.testing.assert_array_equal(reader.read("a"), np.arange(6, dtype=np.float32).reshape(2, 3))
+        b = reader.read("b")
+        assert b.dtype == ml_dtypes.bfloat16 and b.astype(np.float32).tolist() == values["b"]
+    with pytest.raises(ValueError, match=r"a: produced shape \(3, 2\), planned \(2, 3\)"):
+        write_checkpoint(tmp_path / "bad", plans[:1], lambda t: np.zeros((3, 2), np.float32))
+    produced = []
+    assert write_checkpoint(tmp_path / "elsewhere", plans, lambda t: produced.append(t.name), write=False) == []
+    assert produced == ["a", "b"] and not (tmp_path / "elsewhere").exists()
+
+
+def test_an_index_without_a_weight_map_object_and_an_unloadable_dtype_are_user_errors(tmp_path):
+    save_file({"a": np.zeros(3, np.float32), "u": np.zeros(3, np.uint16)}, str(tmp_path / "shard.safetensors"))
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": ["a", "shard.safetensors"]}))
+    with pytest.raises(UserError, match="not a valid safetensors index"):
+        SafetensorsReader(tmp_path)
+    index.write_text(json.dumps({"weight_map": {"a": "shard.safetensors", "u": "shard.safetensors"}}))
+    with SafetensorsReader(tmp_path) as reader:
+        assert reader.read("a").tolist() == [0, 0, 0]
+        with pytest.raises(UserError, match="tensor u has dtype U16, which azr-jax cannot load"):
+            reader.read("u")

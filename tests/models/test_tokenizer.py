@@ -172,6 +172,8 @@ def test_sentencepiece_matches_processor_and_roundtrips(tmp_path):
             tok.decode([5, bad_id])
         assert tok.id_to_token(bad_id) is None  # as tokenizers' id_to_token answers (no exception)
     assert tok.id_to_token(2) == "</s>"
+    assert tok.token_to_id("</s>") == 2 and tok.token_to_id("<unk>") == 0  # the unk piece itself maps to unk ...
+    assert tok.token_to_id("no such piece") is None  # ... an unknown piece does not
     tok.save(tmp_path / "saved")
     again = load_tokenizer(tmp_path / "saved")
     assert again.encode(text) == tok.encode(text) and again.eos_id == tok.eos_id
@@ -222,3 +224,112 @@ def test_bad_tokenizer_inputs_raise_user_error(tmp_path, bpe_dir):
     (sp_bad / "tokenizer.model").write_bytes(b"\x00garbage")
     with pytest.raises(UserError, match="SentencePiece"):
         load_tokenizer(sp_bad)
+
+
+def test_booleans_in_the_configs_are_not_token_ids(tmp_path):
+    """JSON true is not the id 1: a boolean bos id, or one in the stop list, is left out."""
+    d = _train_bpe(tmp_path / "a", generation_config={"bos_token_id": True, "eos_token_id": [2, True]})
+    tok = load_tokenizer(d)
+    assert (tok.bos_id, tok.eos_id, tok.eos_ids) == (None, 2, (2,))
+
+
+def test_encode_leaves_out_what_the_post_processor_would_add(tmp_path):
+    """A tokenizer.json whose post-processor prepends a BOS (as Llama 3's does): encode and
+    encode_batch return the text's ids only (transformers' add_special_tokens=False)."""
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    d = _train_bpe(tmp_path / "a")
+    rust = Tokenizer.from_file(str(d / "tokenizer.json"))
+    rust.post_processor = TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", 1)])
+    rust.save(str(d / "tokenizer.json"))
+    tok = load_tokenizer(d)
+    plain = rust.encode("def g", add_special_tokens=False).ids
+    assert rust.encode("def g").ids == [1] + plain  # the post-processor is in effect
+    assert tok.encode("def g") == plain and tok.encode_batch(["def g"]) == [plain]
+
+
+def test_an_empty_generation_config_adds_no_stop_ids_from_config_json(tmp_path):
+    """With a generation_config.json present, its (here absent) eos list is the one used, as
+    transformers does; config.json's list counts only when that file does not exist."""
+    d = _train_bpe(tmp_path / "a", generation_config={}, model_config={"eos_token_id": [2, 3]})
+    assert load_tokenizer(d).eos_ids == (2,)
+
+
+def test_the_last_id_decodes_when_the_one_before_it_is_a_gap(tmp_path):
+    """Vocabulary ids 0, 1, 3: id 3 (the last) decodes, id 2 (a gap) is refused."""
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import models as rust_models
+
+    d = tmp_path / "gappy"
+    d.mkdir()
+    vocab = {"a": 0, "b": 1, "[UNK]": 3}
+    RustTokenizer(rust_models.WordLevel(vocab, unk_token="[UNK]")).save(str(d / "tokenizer.json"))
+    tok = load_tokenizer(d)
+    assert tok.decode([0, 3]) == "a [UNK]"
+    with pytest.raises(UserError, match="token id 2 is outside the vocabulary"):
+        tok.decode([2])
+
+
+def test_special_tokens_leave_out_added_tokens_that_are_not_special(tmp_path):
+    """An added token marked non-special (as Qwen3's <think>) is not in `special_tokens`."""
+    from tokenizers import AddedToken, Tokenizer
+
+    d = _train_bpe(tmp_path / "a")
+    rust = Tokenizer.from_file(str(d / "tokenizer.json"))
+    rust.add_tokens([AddedToken("<think>", special=False)])
+    rust.save(str(d / "tokenizer.json"))
+    tok = load_tokenizer(d)
+    assert tok.token_to_id("<think>") == 500
+    assert tok.special_tokens == {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
+
+
+def test_special_tokens_map_entries_without_a_token_do_not_hide_tokenizer_config(tmp_path):
+    """A null (or content-less) entry in special_tokens_map.json names no token, so the
+    tokenizer_config.json one still applies."""
+    d = _train_bpe(tmp_path / "a", tokenizer_config={"eos_token": "<|im_end|>", "pad_token": "<|im_start|>"})
+    (d / "special_tokens_map.json").write_text(json.dumps({"eos_token": None, "pad_token": {"lstrip": False}}))
+    tok = load_tokenizer(d)
+    assert (tok.eos_id, tok.pad_id) == (2, 1)
+
+
+def test_save_leaves_out_the_load_time_keys_of_tokenizer_config(tmp_path):
+    """transformers writes where it loaded from (name_or_path, ...) into tokenizer_config.json;
+    a saved copy does not carry that stale location on."""
+    d = _train_bpe(tmp_path / "a", tokenizer_config={"eos_token": "<|im_end|>", "name_or_path": "/old/place",
+                                                      "is_local": True, "local_files_only": True,
+                                                      "model_max_length": 4096})
+    load_tokenizer(d).save(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())
+    assert saved["model_max_length"] == 4096 and saved["eos_token"] == "<|im_end|>"
+    assert not {"name_or_path", "is_local", "local_files_only"} & set(saved)
+
+
+def test_every_listed_stop_id_must_be_in_the_vocabulary(tmp_path):
+    """Not only the EOS itself: an extra stop id of generation_config.json past the vocabulary is refused."""
+    d = _train_bpe(tmp_path / "a", tokenizer_config={"eos_token": "<|im_end|>"},
+                   generation_config={"eos_token_id": [2, 500]})
+    with pytest.raises(UserError, match="eos token id 500 is outside the tokenizer vocabulary"):
+        load_tokenizer(d)
+
+
+def test_save_writes_the_resolved_special_tokens_and_keeps_the_tokenizer_class(tmp_path):
+    """Special ids that came from generation_config.json (not saved alongside) are written into
+    the saved tokenizer_config.json as tokens, and a declared tokenizer_class is kept."""
+    d = _train_bpe(tmp_path / "a", tokenizer_config={"tokenizer_class": "Qwen2Tokenizer"},
+                   generation_config={"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1})
+    load_tokenizer(d).save(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())
+    assert saved["tokenizer_class"] == "Qwen2Tokenizer"
+    again = load_tokenizer(tmp_path / "saved")
+    assert (again.bos_id, again.eos_id, again.pad_id) == (0, 2, 1)
+
+
+def test_a_directory_with_both_tokenizer_files_loads_tokenizer_json(tmp_path, bpe_dir):
+    """tokenizer.json wins over a tokenizer.model beside it (here not even a valid one)."""
+    d = tmp_path / "both"
+    d.mkdir()
+    (d / "tokenizer.json").write_text((bpe_dir / "tokenizer.json").read_text())
+    (d / "tokenizer.model").write_bytes(b"\x00not a sentencepiece model")
+    tok = load_tokenizer(d)
+    assert not tok.is_sentencepiece and tok.source == d / "tokenizer.json"
