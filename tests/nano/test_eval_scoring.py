@@ -350,6 +350,14 @@ def test_an_empty_benchmark_is_refused_not_scored_as_zero(tmp_path, sandbox):
         load_benchmark(EvalSection(benchmark="cruxeval", data_path=str(empty)))
     with pytest.raises(UserError, match="holds no items"):
         score_items([], [], load_config("configs/nano.py"), sandbox)
+    # evaluate(items=[]) is an empty benchmark too, not a cue to load the configured one
+    from types import SimpleNamespace
+
+    from azr_jax.eval.evaluate import evaluate
+
+    policy = SimpleNamespace(config=SimpleNamespace(), stop_ids=[0], tokenizer=None)
+    with pytest.raises(UserError, match="holds no items"):
+        evaluate(None, policy, load_config("configs/nano.py"), sandbox, items=[], generate_fn=lambda *a, **k: 1 / 0)
 
 
 def test_evaluation_generates_under_the_sampling_sections_row_cap_and_truncation():
@@ -539,6 +547,9 @@ def test_read_evaluation_returns_a_result_and_skips_what_is_not_one(tmp_path):
     good = {"solve_rate": 0.25, "per_task": {"deduction": 0.25}}
     (tmp_path / "good.json").write_text(json.dumps(good))
     assert read_evaluation(tmp_path / "good.json") == good
+    whole = {"solve_rate": 1, "per_task": {"deduction": 1}}  # an int rate (all solved) is a rate
+    (tmp_path / "whole.json").write_text(json.dumps(whole))
+    assert read_evaluation(tmp_path / "whole.json") == whole
     bad = {"no_per_task.json": b'{"solve_rate": 0.25}', "a_list.json": b"[0.25]", "not_utf8.json": b'{"a": "\xff"}',
            "text_rate.json": b'{"solve_rate": "0.25", "per_task": {}}'}
     for name, content in bad.items():
@@ -568,7 +579,7 @@ def test_benchmark_files_and_names_are_checked(tmp_path):
         load_benchmark(EvalSection(benchmark="humaneval"))
     p = tmp_path / "crux.jsonl"
     row = {"code": "def f(x):\n    return x", "input": "1", "output": "1"}
-    for broken in ({**row, "output": 1}, {k: v for k, v in row.items() if k != "code"}):
+    for broken in ({**row, "output": 1}, {k: v for k, v in row.items() if k != "code"}, {**row, "input": 1}):
         p.write_text(json.dumps(row) + "\n" + json.dumps(broken) + "\n")
         with pytest.raises(UserError, match="line 2: expected an object with string fields"):
             load_cruxeval(p)
@@ -780,6 +791,8 @@ def test_eval_cli_run_evaluates_its_checkpoint_under_its_own_config(eval_main, t
     ((), "give --config"),
     (("--config", "configs/nano.py", "--step", "3"), "--step needs --run"),
     (("--run", "R", "--checkpoint", "C"), "two different models"),
+    (("--config", "configs/nano.py", "--step", "0"), "--step needs --run"),
+    (("--config", "configs/nano.py", "--out", "configs/nano.py/out.json"), "--out .*does not exist"),
 ])
 def test_eval_cli_refuses_contradictory_arguments_before_loading_anything(eval_main, argv, message):
     from azr_jax.errors import UserError
@@ -825,3 +838,54 @@ def test_run_params_restores_only_the_params_of_the_newest_or_the_given_step(mon
     with pytest.raises(UserError, match="no checkpoint in"):
         run_params(None, policy, tmp_path, None)
     assert log == [("open", tmp_path / "checkpoints"), "close"]
+
+
+def test_summary_edge_cases_of_the_errors_the_gain_and_the_table():
+    # No values at all: no error (not a division by zero); items of which some lack a task type
+    # (a partly converted evaluation): no error rather than a KeyError.
+    assert macro_mean_stderr([], []) is None
+    mixed = _eval({"deduction": [1, 0, 1]})
+    mixed["items"][1].pop("task")
+    assert solve_rate_stderr(mixed) is None
+    # The final evaluation's benchmark names the summary; the gain is the exact difference.
+    base = {"solve_rate": 0.1234, "per_task": {}, "benchmark": "nano"}
+    final = {"solve_rate": 0.5678, "per_task": {}, "benchmark": "cruxeval"}
+    s = solve_rate_summary(base, final)
+    assert s["benchmark"] == "cruxeval" and s["solve_rate_gain"] == 0.5678 - 0.1234
+    # A summary with the mean rates but no per-type ones still has its table (the mean row).
+    assert [line.split()[0] for line in format_solve_rate_table(s).splitlines()] == ["task", "mean"]
+    # The error row needs all three errors: a gain error beside a base without one (base items
+    # without task types, final items with them) leaves the row out.
+    s |= {"base_solve_rate_stderr": None, "final_solve_rate_stderr": 0.1, "solve_rate_gain_stderr": 0.05}
+    assert "std error" not in format_solve_rate_table(s)
+
+
+def test_score_items_refuses_more_responses_than_items_times_samples(sandbox):
+    cfg = load_config("configs/nano.py")
+    items = nano_benchmark(1)
+    with pytest.raises(ValueError, match="4 responses for 3 items x 1 samples"):
+        score_items(items, [_right(it) for it in items] + ["extra"], cfg, sandbox)
+
+
+def test_retried_answers_get_their_own_verdicts_back(sandbox):
+    # The first sandbox call breaks; the retry's verdicts go back to the answers they are for.
+    cfg = load_config("configs/nano.py")
+    items = nano_benchmark(2)
+    responses = [(_right if i % 2 else _wrong)(it) for i, it in enumerate(items)]
+    once = score_items(items, responses, cfg, _BreaksFirst(sandbox, 1))
+    assert once["sandbox_errors"] == 0
+    assert [r["accuracy"] for r in once["items"]] == [float(i % 2) for i in range(len(items))]
+
+
+def test_eval_cli_run_with_a_config_uses_that_config_with_or_without_the_runs_own(eval_main, tmp_path):
+    from azr_jax.config import to_json
+
+    main, seen = eval_main
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(to_json(load_config("configs/nano.py", ["eval.max_items=7"])))
+    assert main("--run", str(run), "--config", "configs/nano.py", "--set", "eval.max_items=3") == 0
+    assert seen["cfg"].eval.max_items == 3 and seen["run"] == (run, None)
+    (run / "config.json").unlink()  # --config given: the run directory needs no config.json
+    assert main("--run", str(run), "--config", "configs/nano.py", "--set", "eval.max_items=4") == 0
+    assert seen["cfg"].eval.max_items == 4

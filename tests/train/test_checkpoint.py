@@ -125,6 +125,12 @@ def test_incompatible_shapes_are_a_user_error(tmp_path):
     with pytest.raises(UserError, match=r"incompatible with this config: opt_state/0/mu/w: saved \(4, 3\), "
                                          r"expected \(5, 3\); .*; params/w: saved \(4, 3\), expected \(5, 3\); delete it"):
         Checkpoints(tmp_path / "ck").restore(1, abstract_like(other))
+    # past three problems, the first three (in name order) and how many more
+    other = {"params": {"w": jnp.zeros((5, 3)), "b": jnp.zeros(4)}}
+    other["opt_state"] = optax.adamw(1e-3).init(other["params"])
+    with pytest.raises(UserError, match=r"this config: opt_state/0/mu/b: saved \(3,\), expected \(4,\); "
+                                         r"opt_state/0/mu/w: [^;]*; opt_state/0/nu/b: [^;]* \(\+3 more\); delete it"):
+        Checkpoints(tmp_path / "ck").restore(1, abstract_like(other))
 
 
 def test_another_optimizer_names_the_missing_and_extra_state(tmp_path):
@@ -509,3 +515,65 @@ def test_a_second_ctrl_c_during_the_last_save_is_not_reported_as_a_failed_save(m
     KeyboardInterrupt's traceback, under the trainer's "stopping now" line."""
     assert _absl_records(monkeypatch, "/venv/site-packages/orbax/checkpoint/checkpoint_manager.py",
                          error="KeyboardInterrupt") == []
+
+
+def test_a_checksum_mismatch_names_the_first_three_arrays_in_name_order_and_counts_the_rest():
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from azr_jax.checkpoint import state_checksums
+
+    tree = {name: jnp.arange(3.0) for name in ("d", "a", "c", "b")}
+    sums = state_checksums(tree)
+    check = lambda saved: Checkpoints._check_checksums(SimpleNamespace(directory=Path("ck")), 2, tree, saved)  # noqa: E731
+    check(sums)  # all equal: nothing to say
+    check({"a": sums["a"]})  # arrays without a saved checksum are not compared
+    with pytest.raises(UserError, match=r"ck/2 is corrupt: b, c, d read back other values"):
+        check({k: v + 1 if k != "a" else v for k, v in sums.items()})
+    with pytest.raises(UserError, match=r"corrupt: a, b, c \(\+1 more\) read back"):
+        check({k: v + 1 for k, v in sums.items()})
+    # name order, not the tree's order (a named tuple flattens in field order)
+    from typing import NamedTuple
+
+    class Moments(NamedTuple):
+        z: jax.Array
+        a: jax.Array
+
+    tree = {"m": Moments(jnp.zeros(2), jnp.ones(2))}
+    with pytest.raises(UserError, match=r"corrupt: m/a, m/z read back"):
+        check({k: v + 1 for k, v in state_checksums(tree).items()})
+
+
+def test_read_failures_and_missing_metadata_are_said_in_one_line(monkeypatch):
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from azr_jax import checkpoint
+    from azr_jax.checkpoint import _first_line
+
+    assert _first_line(RuntimeError()) == "RuntimeError"  # a message-less error is named by its type
+    assert _first_line(RuntimeError("  first\nsecond")) == "first"
+    monkeypatch.setattr(checkpoint.time, "sleep", lambda s: None)
+    ck = SimpleNamespace(directory=Path("ck"))
+
+    def read():
+        raise ValueError("bad chunk See full TensorStore details: {'driver': 'zarr', ...}")
+
+    with pytest.raises(UserError) as err:
+        Checkpoints._read(ck, 4, read)
+    assert "(ValueError: bad chunk); delete it" in str(err.value) and "TensorStore" not in str(err.value)
+    # No saved metadata (or unreadable metadata): nothing to compare, the restore itself decides.
+    for metadata in (lambda step: SimpleNamespace(state=None), lambda step: 1 / 0):
+        ck._manager = SimpleNamespace(item_metadata=metadata)
+        Checkpoints._check_shapes(ck, 4, {"params": {"w": jnp.zeros(2)}})
+
+
+def test_a_fifo_where_the_checkpoints_belong_is_not_a_directory(tmp_path):
+    import os
+
+    from azr_jax.checkpoint import check_checkpoint_directory
+
+    os.mkfifo(tmp_path / "checkpoints")
+    with pytest.raises(UserError, match="checkpoints is not a directory"):
+        check_checkpoint_directory(tmp_path / "checkpoints")
+    check_checkpoint_directory(tmp_path / "missing")  # not there yet: fine

@@ -201,3 +201,32 @@ def test_a_stream_draws_sixteen_candidates_per_prompt():
     assert build_prompt_batch(only(15), render, encode, **args).prompts == ["a"]
     with pytest.raises(UserError, match="only 0 of 1 prompts fit in sampling.max_prompt_len=1 tokens after 16 draws"):
         build_prompt_batch(only(16), render, encode, **args)
+
+
+def test_stream_seeds_follow_the_documented_formula():
+    # sha256("seed/step/stream"), first 8 bytes little-endian, shifted to 63 bits: a resumed run
+    # must draw the prompts the checkpointed (seed, step) stood for, so the formula is pinned.
+    assert stream_seed(0, 1, "solve/deduction") == 6981698346739758223
+    assert stream_seed(42, 7, "propose/abduction") == 3724321184519281465
+    assert all(0 <= stream_seed(s, 1, "x") < 2**63 for s in range(50))
+
+
+def test_each_candidate_is_drawn_with_the_generator_grain_derives_from_the_stream_seed():
+    import grain
+
+    from azr_jax.data import prompt_stream
+
+    draws = lambda index, rng: {"index": index, "draw": int(rng.integers(2**62))}  # noqa: E731
+    got = [job["draw"] for job, _, _ in prompt_stream(draws, str, lambda t: [1], max_prompt_len=8, seed=11,
+                                                      num_candidates=4)]
+    want = list(grain.MapDataset.range(4).seed(11).random_map(lambda i, rng: int(rng.integers(2**62))))
+    assert got == want
+
+
+def test_concat_rows_when_the_first_part_is_the_widest():
+    from azr_jax.data import concat_rows
+
+    a = {"tokens": np.full((1, 4), 3, np.int32)}
+    b = {"tokens": np.ones((1, 2), np.int32)}
+    c = {"tokens": np.ones((1, 1), np.int32)}
+    assert concat_rows([a, b, c], pad_id=0)["tokens"].tolist() == [[3, 3, 3, 3], [1, 1, 0, 0], [1, 0, 0, 0]]
