@@ -783,6 +783,7 @@ def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) 
 def _run(cfg, workdir: Path, stop: StopFlag, seeded, primary: bool, *, resume_step, progress, generate_fn) -> dict:
     """The run in a checked and locked workdir: load, resume or start, seed, step, evaluate."""
     from azr_jax.sandbox import Sandbox
+    from azr_jax.sandbox.isolation import readable_by_jobs
 
     warn_ineffective_settings(cfg)
     # Each process reads the weights and the tokenizer from its own disk too.
@@ -804,6 +805,10 @@ def _run(cfg, workdir: Path, stop: StopFlag, seeded, primary: bool, *, resume_st
             # an uninterrupted run would have logged there.
             metrics.amend_step(start, kept_eval)
         sandbox = distributed.together(lambda: Sandbox(cfg.sandbox), "starting the sandbox", undo=Sandbox.close)
+        if primary and readable_by_jobs(sandbox.plan, workdir):
+            log.warning("sandbox isolation '%s' runs jobs as uids that can read %s, whose buffers/, rollouts/ "
+                        "and checkpoints hold every task's gold outputs for a job to look up; `chmod o-rwx %s` "
+                        "(or isolation bwrap) keeps them out", sandbox.plan.mode, workdir, workdir)
         loop = SelfPlay(cfg, policy, sandbox, buffers, generate_fn=generate_fn)
         # The train state holds its own float32 copy of the weights; the loaded ones stay alive
         # only as the KL reference (rl.kl_coef > 0), which the loop keeps itself.

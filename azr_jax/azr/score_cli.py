@@ -217,6 +217,7 @@ def run_config_of(in_path: Path) -> Path | None:
 
 def main(args: argparse.Namespace) -> int:
     from azr_jax.sandbox import Sandbox
+    from azr_jax.sandbox.isolation import readable_by_jobs
 
     in_path, out_path = Path(args.input), Path(args.output)
     # A run's audit file scores to the rewards it trained on only under the run's own settings
@@ -244,6 +245,13 @@ def main(args: argparse.Namespace) -> int:
     # SIGTERM (a scheduler, `timeout`) stops as Ctrl-C does: queued checks dropped, one line.
     signal.signal(signal.SIGTERM, _interrupt)
     with Sandbox(cfg.sandbox) as sandbox:
+        # Both hold hidden outputs: --in the records' own, --out's partial file those scored so far.
+        places = {f"--in {in_path}": in_path, f"--out's directory {out_path.parent}": out_path.parent}
+        exposed = [name for name, path in places.items() if readable_by_jobs(sandbox.plan, path)]
+        if exposed:
+            print(f"azr-jax score: warning: sandbox isolation '{sandbox.plan.mode}' runs jobs as uids that can read "
+                  f"{' and '.join(exposed)}, and the hidden outputs there for a job to look up; `chmod o-rwx` "
+                  f"(or isolation bwrap) keeps them out", file=sys.stderr)
         counts = score_file(in_path, out_path, cfg, sandbox)
     print(_summary(counts), file=sys.stderr)
     # Every --out row written, but a file in which no line is a record is almost always the wrong

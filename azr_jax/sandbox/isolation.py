@@ -67,6 +67,25 @@ def _world_executable(path: str) -> bool:
         return False
 
 
+def readable_by_jobs(plan: Plan, path: str | os.PathLike) -> bool:
+    """Whether this plan's jobs can read `path` (a file, or the files of a directory by name).
+
+    Only a root trainer's unshare and none jobs are asked about: they run as a uid of their own,
+    which reads whatever any other user may. bwrap shows a job only what Python needs, and an
+    unprivileged trainer's jobs run as that user, who can read its files anyway (docs/sandbox.md).
+    """
+    if plan.mode == "bwrap" or not plan.as_root:
+        return False
+    p = Path(path).resolve()
+    if plan.mode == "unshare" and (p == Path("/tmp") or Path("/tmp") in p.parents):
+        return False  # the zygote mounts a /tmp of its own over the host's (zygote._mount_private_tmp)
+    try:
+        need = stat.S_IXOTH if p.is_dir() else stat.S_IROTH
+        return bool(p.stat().st_mode & need) and all(d.stat().st_mode & stat.S_IXOTH for d in p.parents)
+    except OSError:
+        return False
+
+
 def sandbox_python(as_root: bool) -> str:
     """The interpreter for the sandbox: the trainer's own base Python if a dropped uid can run it."""
     candidates = [os.path.realpath(getattr(sys, "_base_executable", sys.executable) or sys.executable)]

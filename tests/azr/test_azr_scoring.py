@@ -352,6 +352,21 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert err == [f"azr-jax: error: input file not found: {tmp_path / 'missing.jsonl'}"]
 
 
+def test_cli_warns_when_the_sandboxs_jobs_can_read_the_input_or_the_output_directory(tmp_path, capsys, monkeypatch):
+    """Both hold hidden outputs (a root trainer's none or unshare jobs run as uids that read
+    what others may); the warning names each place the jobs can read, and only those."""
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out" / "o.jsonl"
+    src.write_text("")
+    dst.parent.mkdir()
+    monkeypatch.setattr("azr_jax.sandbox.isolation.readable_by_jobs", lambda plan, path: path == dst.parent)
+    assert cli.main(["score", "--in", str(src), "--out", str(dst)]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and f"can read --out's directory {dst.parent}, and" in warned[0], warned
+    monkeypatch.setattr("azr_jax.sandbox.isolation.readable_by_jobs", lambda plan, path: False)
+    assert cli.main(["score", "--in", str(src), "--out", str(dst)]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 STATEFUL_PROGRAM = "seen = set()\ndef f(x):\n    seen.add(x)\n    return len(seen)"
 
 

@@ -1348,3 +1348,39 @@ def test_a_zygotes_answer_is_read_whole_and_its_death_or_silence_classified(monk
             z, _ = zygote(json.dumps(answer).encode())
             assert z.request({"timeout_s": 30.0}, lambda: None) == answer and closed == ([z] if replaced else []), answer
             closed.clear()
+
+
+def test_readable_by_jobs_is_what_a_root_trainers_none_or_unshare_jobs_may_read():
+    """Those jobs run as a uid of their own: it reads a file others may read on a path others may
+    traverse, and a directory's files by name when others may traverse it. bwrap jobs and an
+    unprivileged trainer's are not asked about; unshare's jobs have a /tmp of their own."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from azr_jax.sandbox.isolation import Plan, readable_by_jobs
+
+    none, unshare = (Plan(mode=m, python="", as_root=True) for m in ("none", "unshare"))
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        workdir, gold = base / "run", base / "run" / "gold.json"
+        workdir.mkdir()
+        gold.write_text("{}")
+        for path, mode in ((base, 0o755), (workdir, 0o711), (gold, 0o644)):
+            os.chmod(path, mode)
+        assert readable_by_jobs(none, workdir) and readable_by_jobs(none, gold)
+        assert not readable_by_jobs(Plan(mode="bwrap", python="", as_root=True), gold)
+        assert not readable_by_jobs(Plan(mode="none", python="", as_root=False), gold)
+        assert not readable_by_jobs(unshare, gold)  # under /tmp
+        assert readable_by_jobs(unshare, "/etc/passwd")
+        os.chmod(gold, 0o640)
+        assert not readable_by_jobs(none, gold) and readable_by_jobs(none, workdir)
+        os.chmod(gold, 0o644)
+        os.chmod(workdir, 0o754)  # listable, not traversable
+        assert not readable_by_jobs(none, workdir) and not readable_by_jobs(none, gold)
+        os.chmod(workdir, 0o711)
+        os.chmod(base, 0o750)  # a parent closed to others closes everything under it
+        assert not readable_by_jobs(none, workdir) and not readable_by_jobs(none, gold)
+        assert not readable_by_jobs(none, base / "missing")
+    finally:
+        shutil.rmtree(base)

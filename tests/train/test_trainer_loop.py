@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from types import SimpleNamespace
 
 import jax
@@ -17,6 +18,7 @@ import pytest
 from azr_jax import trainer
 from azr_jax.config import Config, apply_overrides
 from azr_jax.metrics import read_metrics
+from azr_jax.sandbox.isolation import Plan
 from azr_jax.stopping import StopFlag
 
 
@@ -110,6 +112,8 @@ class _Harness:
                 h.calls.append(("close loop", cancel))
 
         class Sandbox:
+            plan = Plan(mode="bwrap", python=sys.executable, as_root=True)
+
             def __init__(self, section):
                 pass
 
@@ -227,6 +231,20 @@ def test_a_stop_signal_says_what_it_waits_for(harness, monkeypatch, caplog):
     assert said == [f"received SIGTERM: stopping after {what} (send it again to stop at once)"
                     for what in ("step 1", "this step", "the final evaluation")]
     assert summary["status"] == "completed"
+
+
+def test_a_workdir_the_sandboxs_jobs_can_read_is_warned_about(harness, monkeypatch, caplog):
+    """Its buffers, rollouts and checkpoints hold every gold output (a root trainer's none or
+    unshare jobs run as uids that read what others may); the warning names the workdir."""
+    asked = []
+    monkeypatch.setattr("azr_jax.sandbox.isolation.readable_by_jobs",
+                        lambda plan, path: asked.append((plan.mode, path)) or True)
+    with caplog.at_level("WARNING", logger="azr_jax.trainer"):
+        harness.run("train.steps=1", "train.eval_every=-1")
+    workdir = harness.tmp_path / "run"
+    assert asked == [("bwrap", workdir)]
+    said = [r.getMessage() for r in caplog.records if "gold outputs" in r.getMessage()]
+    assert len(said) == 1 and f"can read {workdir}," in said[0] and f"chmod o-rwx {workdir}" in said[0]
 
 
 def test_a_resume_goes_on_from_the_step_after_the_checkpoint(harness):
