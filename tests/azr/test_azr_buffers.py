@@ -204,6 +204,11 @@ def test_empty_buffers_are_one_line_for_every_stream():
         task_sampler(empty, "propose", "induction", cfg, step=1, seed=0)
     with pytest.raises(UserError, match="the induction buffer is empty"):
         task_sampler(empty, "solve", "induction", cfg, step=1, seed=0)
+    # one of the two pools is enough for the induction proposers
+    one = TaskBuffers({"deduction": filled(1), "abduction": TaskBuffer("abduction"),
+                       "induction": TaskBuffer("induction")})
+    pick = task_sampler(one, "propose", "induction", cfg, step=1, seed=0)
+    assert pick(0, np.random.default_rng(0))["program"]["program"] == one["deduction"].entries[0]["program"]
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -537,6 +537,26 @@ def test_resuming_an_older_step_of_a_run_without_evaluations_drops_its_plots(tmp
     assert not (tmp_path / "plots" / "reward.png").exists()
 
 
+def test_the_final_evaluation_step_is_its_own_else_the_summarys_and_unknown_is_stale(tmp_path):
+    import json
+
+    from azr_jax.trainer import _drop_outputs_after, _final_evaluation_step
+
+    final, summary = tmp_path / "final.json", tmp_path / "summary.json"
+    final.write_text(json.dumps({"step": 20}))
+    summary.write_text(json.dumps({"step": 30}))
+    assert _final_evaluation_step(final, summary) == 20  # its own step first
+    final.write_text(json.dumps({"step": "20"}))  # not a step number: the summary's
+    assert _final_evaluation_step(final, summary) == 30
+    summary.unlink()
+    assert _final_evaluation_step(final, summary) is None
+    # an evaluation of an unknown step belongs to no kept step: dropped on a resume
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "final.json").write_text("{}")
+    _drop_outputs_after(tmp_path, 10, 30)
+    assert not (tmp_path / "eval" / "final.json").exists()
+
+
 def test_a_finished_run_given_more_steps_keeps_its_last_evaluation_as_that_steps(tmp_path):
     import json
 
@@ -672,11 +692,16 @@ def test_rollout_metrics_by_hand():
     assert rec["propose/deduction/reward"] == pytest.approx(-0.25)
     assert rec["solve/deduction/reward"] == 1.0
     assert rec["propose/deduction/valid_rate"] == 0.75 and rec["propose/deduction/format_rate"] == 0.75
+    # valid and format rates are counted apart: the solver's last row is well formatted, not valid
+    assert rec["solve/deduction/valid_rate"] == 0.75 and rec["solve/deduction/format_rate"] == 1.0
     assert rec["propose/deduction/response_len"] == 5.0
     # pooled over the 7 judged rows, not the mean of the two batch means (0.375)
     assert rec["reward/mean"] == pytest.approx((0.5 - 0.5 + 0.0 - 1.0 + 3.0) / 7)
     assert rec["sandbox_errors"] == 2 + 2  # one row in each batch, plus the learnability rollouts
     assert "solve/deduction/learnability" not in rec
+    # no proposal with a solve rate (none valid): no learnability figure, not a 0
+    invalid = _batch("propose", "deduction", [-1.0], [{"valid": False, "format_ok": True}], solve_rates=[None])
+    assert rollout_metrics([invalid])["propose/deduction/learnability"] is None
 
 
 def test_a_task_record_drops_only_the_buffer_step():

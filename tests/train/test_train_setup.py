@@ -364,6 +364,8 @@ def test_a_resume_may_change_the_layout_keys_and_no_other_key():
     linear = _changed(old, "optim.schedule", "linear")
     assert allowed_config_change(linear, _changed(linear, "train.steps", 20)) == [
         "train.steps (optim.schedule decays over it)"]
+    # model.overrides is one key, compared whole (as mesh.shape and mesh.rules are)
+    assert allowed_config_change(old, _changed(old, "model.overrides", {"hidden_size": 64})) == ["model.overrides"]
 
 
 def test_a_resume_may_name_other_seed_files(tmp_path):
@@ -458,6 +460,11 @@ def test_a_model_directory_given_as_workdir_keeps_its_config_json(tmp_path):
                                         r"and training would replace it; use a new --workdir"):
         check_workdir(load_config(CONFIG), model, write=True)
     assert (sorted(p.name for p in model.iterdir()), (model / "config.json").read_bytes()) == before
+    # a config.json with only some of a run config's sections is not one either
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "config.json").write_text('{"model": {"preset": "nano"}, "vocab_size": 786}')
+    with pytest.raises(UserError, match="not an azr-jax run config"):
+        check_workdir(load_config(CONFIG), tmp_path / "partial", write=True)
 
 
 def test_a_failed_write_releases_the_workdir_lock_at_once(tmp_path, monkeypatch):
@@ -482,6 +489,10 @@ def test_a_missing_base_directory_is_said_before_anything_loads(tmp_path):
     for check in (lambda: check_inputs(cfg, tmp_path / "run"), lambda: load_policy(cfg, weights=False)):
         with pytest.raises(UserError, match="gone is not a directory"):
             check()
+    (tmp_path / "weights.safetensors").write_bytes(b"")  # a file where the directory belongs
+    cfg = load_config("configs/nano.py", [f"model.hf_dir={tmp_path / 'weights.safetensors'}"])
+    with pytest.raises(UserError, match="weights.safetensors is not a directory"):
+        check_inputs(cfg, tmp_path / "run")
 
 
 def test_the_model_section_decides_dtypes_layer_loop_and_tokenizer(tmp_path, monkeypatch):
@@ -525,3 +536,50 @@ def test_a_warmup_as_long_as_the_run_is_named_in_a_warning(caplog):
     with caplog.at_level("WARNING", logger="azr_jax.train_setup"):
         warn_ineffective_settings(load_config("configs/nano.py", ["train.steps=5", "optim.warmup_steps=5"]))
     assert any("never reaches optim.learning_rate" in r.getMessage() for r in caplog.records)
+
+
+def test_the_tokenizers_stop_ids_come_before_the_model_configs():
+    from types import SimpleNamespace
+
+    from azr_jax.train_setup import Policy
+
+    policy = Policy(config=SimpleNamespace(stop_token_ids=[2]), params=None, tokenizer=SimpleNamespace(eos_ids=[5, 6]),
+                    mesh=None, rules={}, compute_dtype=None, peak_flops=None)
+    assert policy.stop_ids == (5, 6)
+    policy.tokenizer.eos_ids = []  # a tokenizer that names none: the checkpoint's generation config
+    assert policy.stop_ids == (2,)
+
+
+def test_the_policys_advantages_see_per_prompt_groups_and_the_length_warning_counts_eval(tmp_path, monkeypatch, caplog):
+    from azr_jax.rl.advantages import NUM_TRRPP_GROUPS, compute_advantages
+    from azr_jax.train_setup import load_policy
+
+    cfg = load_config(CONFIG, [*tiny_overrides(make_tokenizer(tmp_path / "tok")), "rl.estimator=grpo",
+                               "eval.max_response_len=7200"])  # 1024 + 7200 > 8192 positions
+    monkeypatch.setattr("azr_jax.bench.common.peak_numbers", lambda kind: (1e12, None))
+    with caplog.at_level("WARNING", logger="azr_jax.train"):
+        policy = load_policy(cfg, weights=False)  # shapes only: nothing initialised
+    assert policy.peak_flops == 1e12 * jax.device_count()  # the MFU's denominator: every device's peak
+    assert any("over the model's max_position_embeddings" in r.getMessage() for r in caplog.records)
+    # grpo: each prompt's samples are a group of their own, with ids from NUM_TRRPP_GROUPS on
+    rewards = np.array([1.0, 0.0, 0.0, 0.0, 0.5, 0.5], np.float32)
+    groups = np.array([NUM_TRRPP_GROUPS + g for g in (0, 0, 1, 1, 2, 2)], np.int32)
+    mask = np.ones((6, 3), np.int32)
+    got = np.asarray(policy.advantages_fn(rewards, mask, groups))
+    want = np.asarray(compute_advantages(cfg.rl, rewards, mask, groups, num_groups=NUM_TRRPP_GROUPS + 6))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got[0, 0] > 0 > got[1, 0]
+
+
+def test_a_file_system_without_locks_is_a_warning_not_another_trainer(tmp_path, monkeypatch, caplog):
+    import errno
+
+    from azr_jax import train_setup
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(train_setup.fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING", logger="azr_jax.train"):
+        train_setup.WorkdirLock(tmp_path).release()
+    assert any("make sure no other trainer runs" in r.getMessage() for r in caplog.records)

@@ -136,14 +136,15 @@ class _Harness:
         monkeypatch.setattr("azr_jax.eval.benchmarks.load_benchmark", lambda section: None)
         monkeypatch.setattr("azr_jax.plots.plot_metrics", lambda path, out: h.calls.append(("plots",)))
 
-    def run(self, *items, workdir="run", seeded=None):
+    def run(self, *items, workdir="run", seeded=None, resume_step=None):
         cfg = apply_overrides(Config(), ["azr.seed_size=4", "train.log_every=1000", *items])
         self.calls.clear()
         self.ckpts.log.clear()
         self.stop = StopFlag(stepping=False)  # as train() makes it; _run sets stepping before step 1
         wd = self.tmp_path / workdir
         wd.mkdir(exist_ok=True)
-        return trainer._run(cfg, wd, self.stop, seeded, True, resume_step=None, progress=False, generate_fn=object())
+        return trainer._run(cfg, wd, self.stop, seeded, True, resume_step=resume_step, progress=False,
+                          generate_fn=object())
 
     def of(self, kind):
         return [c[1:] for c in self.calls if c[0] == kind]
@@ -259,6 +260,61 @@ def test_a_resume_goes_on_from_the_step_after_the_checkpoint(harness):
     programs = [e["program"] for e in harness.loop.buffers["deduction"].entries]
     assert [sum(f"+ {s}" in p for p in programs) for s in (1, 2, 3, 4)] == [1, 1, 1, 1]
     assert [r["step"] for r in read_metrics(harness.tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_seed_size_zero_runs_no_seeding_phase(harness):
+    harness.run("train.steps=1", "train.eval_every=-1", "azr.seed_size=0")
+    assert harness.of("seed") == [] and harness.of("step") == [(1,)]
+
+
+def test_a_finished_run_given_more_steps_with_eval_every_zero_gets_no_eval_metrics(harness):
+    # eval_every=0 evaluates at the ends only: an uninterrupted run logs no eval/* at step 2
+    harness.run("train.steps=2", "train.eval_every=0")
+    harness.run("train.steps=3", "train.eval_every=0")
+    assert harness.of("eval") == [("final", 3)]
+    records = read_metrics(harness.tmp_path / "run" / "metrics.jsonl")
+    assert [r.get("eval/solve_rate") for r in records] == [None, None, None]
+
+
+def test_resume_step_goes_back_to_that_checkpoint_and_deletes_the_newer_ones(harness):
+    harness.run("train.steps=3", "train.save_every=1", "train.eval_every=-1")
+    harness.stop_after = {2}
+    summary = harness.run("train.steps=3", "train.save_every=1", "train.eval_every=-1", resume_step=1)
+    assert harness.of("step") == [(2,)] and summary["status"] == "stopped"
+    # step 3's checkpoint belonged to the abandoned continuation: deleted, not left to a later resume
+    assert sorted(harness.ckpts.saved) == [1, 2]
+    # step 1's buffers came back: the abandoned continuation's tasks of steps 2 and 3 are gone
+    programs = [e["program"] for e in harness.loop.buffers["deduction"].entries]
+    assert [sum(f"+ {s}" in p for p in programs) for s in (1, 2, 3)] == [1, 1, 0]
+
+
+def test_an_interrupted_rollback_is_finished_and_said(harness, monkeypatch, caplog):
+    harness.run("train.steps=2", "train.save_every=1", "train.eval_every=-1")
+    # an earlier --resume-step 1 was killed while deleting step 2: latest_step() returns 1
+    monkeypatch.setattr(harness.ckpts, "pending_rollback", lambda: 1)
+    monkeypatch.setattr(harness.ckpts, "latest_step", lambda: 1)
+    with caplog.at_level("WARNING", logger="azr_jax.trainer"):
+        harness.run("train.steps=2", "train.save_every=1", "train.eval_every=-1")
+    assert harness.of("step") == [(2,)]
+    assert any("--resume-step 1 was interrupted" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stop_signal_on_another_process_stops_this_one_after_the_step(harness, monkeypatch, caplog):
+    gather = trainer.distributed.allgather_json  # the stop flag is the one bool gathered
+    monkeypatch.setattr(trainer.distributed, "allgather_json",
+                        lambda value: [value, True] if isinstance(value, bool) else gather(value))
+    with caplog.at_level("WARNING", logger="azr_jax.trainer"):
+        summary = harness.run("train.steps=3", "train.save_every=10", "train.eval_every=-1")
+    assert harness.of("step") == [(1,)] and summary["status"] == "stopped"
+    assert [x for x in harness.ckpts.log if x != "check"] == [("save", 1), "close"]
+    assert any("another process received a stop signal" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    harness.ckpts.saved.clear()  # a fresh run
+    harness.stop_after = {1}  # its own signal too: nothing said of another process
+    with caplog.at_level("WARNING", logger="azr_jax.trainer"):
+        harness.run("train.steps=3", "train.save_every=10", "train.eval_every=-1", workdir="own")
+    assert harness.of("step") == [(1,)]
+    assert not any("another process" in r.getMessage() for r in caplog.records)
 
 
 def test_a_resume_with_another_seed_is_refused(harness):
@@ -484,6 +540,33 @@ def test_a_step_samples_each_batch_with_its_own_key_and_trains_every_batch(monke
     assert record["update_flops_per_s"] == 8.0 and record["update_mfu_per_s"] == 8.0 / 4.0
 
 
+def test_the_answer_diversity_bonus_reaches_the_reward_and_the_audit_record(monkeypatch):
+    loop, script = _self_play(monkeypatch, "azr.answer_diversity_coef=0.5", "azr.answer_diversity_max=0.3")
+    try:
+        _, record, rollouts = loop.step(SimpleNamespace(params="p"), 1)
+    finally:
+        loop.close()
+    propose = [r for r in rollouts if r["role"] == "propose"]
+    bonus = [r["scored"]["diversity_bonus"] for r in propose]
+    assert all(b > 0 for b in bonus)  # every proposal is learnable here (solve rate 1/2 or 1/3)
+    assert [r["scored"]["reward"] for r in propose] == pytest.approx([a + b for a, b in zip([0.5, 2 / 3] * 2, bonus)])
+    # deduction's answers are outputs: the 5 in the buffer before this step (one of them "2") and the
+    # two proposals' "2" (the proposals join the buffer after their bonus): 1 - 3/7
+    assert record["propose/deduction/answer_diversity"] == pytest.approx(4 / 7)
+    # the audit record keeps the task each valid proposal became, as it joined the buffer
+    assert [r["scored"]["problem"] for r in propose[2:]] == [
+        trainer._task_record(e) for e in loop.buffers["deduction"].entries[-2:]]
+    # a proposal whose solver prompt is too long is no answer among this step's: 1 - 2/6 for the other
+    loop, script = _self_play(monkeypatch, "azr.answer_diversity_coef=0.5", marks={("deduction", 0): "LONG"})
+    try:
+        _, record, rollouts = loop.step(SimpleNamespace(params="p"), 1)
+    finally:
+        loop.close()
+    assert record["propose/deduction/answer_diversity"] == pytest.approx(2 / 3)
+    long = next(r for r in rollouts if r["id"] == "1/propose/deduction/0")
+    assert "diversity_bonus" not in long["scored"] and long["scored"]["reward"] == -0.5
+
+
 def test_the_next_step_starts_its_counters_afresh(monkeypatch):
     loop, script = _self_play(monkeypatch)
     try:
@@ -496,15 +579,19 @@ def test_the_next_step_starts_its_counters_afresh(monkeypatch):
     tokens = sum(c["rows"] * (k + 7) for k, c in enumerate(script.calls[6:]))  # lengths 7..12 at step 2
     assert second["generate_tokens_per_s"] == tokens / 6.0
     assert second["buffer/deduction"] == 9
+    # each step folds its number into the key: no generation of step 2 repeats step 1's noise
+    assert len(script.calls) == 12 and len({c["key"] for c in script.calls}) == 12
 
 
 def test_solver_options_change_what_is_sampled_and_trained(monkeypatch):
     loop, script = _self_play(monkeypatch, "azr.solver_samples=2", "azr.train_learnability_rollouts=true",
                               "azr.learnability_temperature=1.0")
     try:
-        _, _, rollouts = loop.step(SimpleNamespace(params="p"), 1)
+        _, record, rollouts = loop.step(SimpleNamespace(params="p"), 1)
     finally:
         loop.close()
+    # the learnability rollouts are trained on, but solve/<task>'s figures stay the solver batch's
+    assert record["solve/abduction/reward"] == 1.0 and record["solve/abduction/response_len"] == 2.0
     assert [c["n_samples"] for c in script.calls] == [1, 2, 1, 2, 3, 3]
     assert loop.trained == [[("propose", "abduction", 2, 1), ("solve", "abduction", 4, 2),
                              ("propose", "deduction", 2, 1), ("solve", "deduction", 4, 2),
@@ -631,6 +718,9 @@ def test_seed_files_hold_the_seeded_tasks_without_their_step(tmp_path):
     trainer._seed(apply_overrides(Config(), ["azr.seed_size=2", 'azr.task_types=["deduction"]']), loop, None,
                   tmp_path / "b", True)
     assert asked[1:] == [(False, True), (True, False)]
+    # another process of a multi-host run seeds its buffers alike but writes no files
+    trainer._seed(cfg, loop, None, tmp_path / "c", False)
+    assert asked[3:] == [(True, True)] and not (tmp_path / "c").exists()
 
 
 def test_records_name_each_row_and_carry_the_task_the_scorer_needs():
