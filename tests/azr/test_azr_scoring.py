@@ -1,6 +1,7 @@
 """score_records beyond the fixtures: deviations on solver answers, batching, and the CLI."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from azr_jax.azr.buffers import identity_induction, identity_triplet
 from azr_jax.azr.scoring import score_records
 from azr_jax.config import load_config
 from azr_jax.sandbox import Sandbox
+from azr_jax.sandbox.isolation import Plan
 from azr_jax.sandbox.jobs import JobResult
 
 OVERRIDES = ["sandbox.timeout_s=4"]
@@ -665,6 +667,8 @@ def stub_sandbox(monkeypatch):
     seen = {"sandbox": [], "signals": []}
 
     class StubSandbox:
+        plan = Plan(mode="bwrap", python=sys.executable, as_root=True)
+
         def __init__(self, cfg):
             seen["sandbox"].append(cfg)
 
