@@ -56,13 +56,12 @@ class Plan:
         return [k for k, v in self.layers.items() if v is False]
 
 
-def _world_executable(path: str) -> bool:
-    """True if an arbitrary unprivileged uid can execute `path` (every parent dir is o+x)."""
+def _others_may(path: str | os.PathLike, permission: int) -> bool:
+    """True if an arbitrary unprivileged uid has `permission` (an S_I*OTH bit) on `path` and can
+    reach it (every parent dir is o+x)."""
     p = Path(path)
     try:
-        if not p.stat().st_mode & stat.S_IXOTH:
-            return False
-        return all(d.stat().st_mode & stat.S_IXOTH for d in p.parents)
+        return bool(p.stat().st_mode & permission) and all(d.stat().st_mode & stat.S_IXOTH for d in p.parents)
     except OSError:
         return False
 
@@ -79,11 +78,7 @@ def readable_by_jobs(plan: Plan, path: str | os.PathLike) -> bool:
     p = Path(path).resolve()
     if plan.mode == "unshare" and (p == Path("/tmp") or Path("/tmp") in p.parents):
         return False  # the zygote mounts a /tmp of its own over the host's (zygote._mount_private_tmp)
-    try:
-        need = stat.S_IXOTH if p.is_dir() else stat.S_IROTH
-        return bool(p.stat().st_mode & need) and all(d.stat().st_mode & stat.S_IXOTH for d in p.parents)
-    except OSError:
-        return False
+    return _others_may(p, stat.S_IXOTH if p.is_dir() else stat.S_IROTH)
 
 
 def sandbox_python(as_root: bool) -> str:
@@ -93,7 +88,7 @@ def sandbox_python(as_root: bool) -> str:
         if name:
             candidates.append(os.path.realpath(name))
     for c in candidates:
-        if os.path.isfile(c) and (not as_root or _world_executable(c)):
+        if os.path.isfile(c) and (not as_root or _others_may(c, stat.S_IXOTH)):
             return c
     raise RuntimeError(
         "no Python interpreter an unprivileged uid can execute was found for the sandbox "
