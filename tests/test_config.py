@@ -90,6 +90,8 @@ def test_unknown_key_names_the_closest_valid_key():
     ("eval.data_path=/x.jsonl", "only with eval.benchmark=cruxeval"),  # silently evaluated nano
     ("model.compute_dtype=float16", "must be one of"),  # no loss scaling: gradients underflow
     ("sampling.max_rows=0", "must be positive"),
+    ("rl.dual_clip=none", r"\(JSON null for none\)"),  # Python's spelling, lower-cased: say JSON's
+    ("mesh.shape=[1, 2]", "'mesh.shape' expects a mapping"),  # not a dict() of the list, nor its TypeError
 ])
 def test_bad_values_are_user_errors(item, match):
     with pytest.raises(UserError, match=match):
@@ -237,6 +239,8 @@ def test_a_resume_may_raise_the_prompt_limit_but_not_lower_it():
 def test_a_decaying_schedule_needs_steps_after_the_warmup():
     with pytest.raises(UserError, match=r"train.steps \(5\) must be > optim.warmup_steps \(5\)"):
         apply_overrides(Config(), ["optim.schedule=cosine", "optim.warmup_steps=5", "train.steps=5"])
+    # A constant schedule decays nothing: a warmup as long as the run (or longer) is allowed.
+    assert apply_overrides(Config(), ["optim.warmup_steps=5", "train.steps=5"]).optim.warmup_steps == 5
 
 
 def test_a_seed_size_over_the_buffer_cap_is_refused():
@@ -342,6 +346,29 @@ def test_a_preset_may_leave_a_required_value_to_set(tmp_path):
     dumped.write_text(json.dumps({"train": {"steps": "many"}}))
     with pytest.raises(UserError, match=r"config file .*config.json: config key 'train.steps' expects an int"):
         load_config(dumped, ["train.steps=3"])
+
+
+def test_unknown_keys_far_from_every_key_still_get_a_pointer():
+    # `azr.batch` is 0.78 alike to `azr.batch_size`: still suggested; with nothing alike, the reference
+    with pytest.raises(UserError, match=re.escape("unknown config key 'azr.batch'; did you mean 'azr.batch_size'?")):
+        apply_overrides(Config(), ["azr.batch=4"])
+    with pytest.raises(UserError, match=re.escape("unknown config key 'nope.x'; every key is listed in docs/config.md")):
+        apply_overrides(Config(), ["nope.x=1"])
+
+
+def test_a_config_file_that_does_not_parse_or_define_a_config_is_one_error(tmp_path):
+    """Each is one line naming the file, not a traceback, and a .py defining no config is not
+    silently the defaults."""
+    cases = [("bad.json", '{"name": ', "bad.json is not valid JSON"),
+             ("deep.json", "[" * 100_000, "deep.json could not be read: RecursionError"),
+             ("digits.json", '{"train": {"steps": 1' + "0" * 5000 + "}}", "digits.json could not be read: ValueError"),
+             ("broken.py", "config = Confg()\n", "broken.py failed to load: NameError"),
+             ("empty.py", "name = 'x'\n", "empty.py must define `config = Config\\(...\\)` or `get_config\\(\\)`")]
+    for name, text, match in cases:
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(UserError, match=match):
+            load_config(path)
 
 
 def test_a_json_config_that_cannot_be_read_is_one_error(tmp_path, monkeypatch):
@@ -453,6 +480,10 @@ def test_input_paths_are_read_before_the_weights(tmp_path, monkeypatch):
     ("rl.kl=0.1", "did you mean 'rl.kl_coef'?"),  # was 'rl.kl_type'
     ("lr=1e-4", "did you mean 'optim.learning_rate' or 'pretrain.learning_rate'?"),  # was 'rl'
     ("train.step=3", "did you mean 'train.steps'?"),  # misspellings still go by spelling
+    ("optim.wd=0.1", "did you mean 'optim.weight_decay'?"),  # was 'optim'
+    ("azr.bs=4", "did you mean 'azr.batch_size'?"),  # was 'azr'
+    ("warmup=5", "did you mean 'optim.warmup_steps' or 'pretrain.warmup_steps'?"),  # was one of them
+    ("optim.entropy=0.01", "did you mean 'rl.entropy_coef'?"),  # was 'optim.eps'
 ])
 def test_common_short_names_point_to_the_key_they_abbreviate(override, hint):
     with pytest.raises(UserError, match=re.escape(hint)):
@@ -494,6 +525,7 @@ def test_every_count_and_size_is_range_checked():
 @pytest.mark.parametrize("item, match", [
     ("optim.b2=1", r"'optim.b2' must be in \[0, 1\)"),  # the second moment would never move off 0
     ("optim.b1=1", r"'optim.b1' must be in \[0, 1\)"),
+    ("optim.b1=-0.1", r"'optim.b1' must be in \[0, 1\)"),  # the closed lower end: below it, not at it
     ("rl.clip_eps_low=0", r"'rl.clip_eps_low' must be in \(0, 1\)"),  # no room for the ratio to move
     ("mesh.shape.data=0", "'mesh.shape.data' must be a positive int or -1"),
     ("azr.seed_size=5", "azr.seed_size=5 is larger than azr.buffer_cap=4"),  # one over the cap
@@ -523,7 +555,8 @@ def test_a_config_file_is_type_checked_key_by_key(tmp_path):
     p = tmp_path / "config.json"
     for data, match in [({"train": {"stepz": 3}}, r"unknown config key 'train.stepz'; did you mean 'train.steps'"),
                         ({"name": 3}, "'name' expects a string, got 3"),
-                        ({"azr": {"batch_size": 4.5}}, "'azr.batch_size' expects an int")]:
+                        ({"azr": {"batch_size": 4.5}}, "'azr.batch_size' expects an int"),
+                        ({"train": {"steps": "2.5"}}, "'train.steps' expects an int, got '2.5'")]:  # as text: not cut to 2
         p.write_text(json.dumps(data))
         with pytest.raises(UserError, match=match):
             load_config(p)
@@ -643,6 +676,8 @@ def test_a_negative_count_or_size_is_refused_as_zero_is():
 @pytest.mark.parametrize("items, match", [
     (["rl.clip_eps_high=1"], r"'rl.clip_eps_high' must be in \(0, 1\)"),  # the open upper end
     (["sampling.top_p=0"], r"sampling.top_p in \(0, 1\]"),  # a nucleus of no tokens
+    (["sampling.top_p=1.5"], r"sampling.top_p in \(0, 1\]"),  # the closed upper end: said at load, not by the sampler
+    (["sandbox.workers=-1"], r"0 = one per CPU core"),  # -1 is not a count of workers
     (["sampling.length_buckets=[0]"], "positive token counts"),  # 0 alone, not next to a negative one
     (["sampling.length_buckets=[true, 512]"], "positive token counts"),  # a bool is not a token count
     (["train.eval_every=-2"], r"-1 \(never\)"),  # the first value below -1

@@ -34,3 +34,24 @@ def test_comments_above_and_beside_a_field_are_its_description():
     )
     assert field_comments(source) == {("S", "a"): "beside a", ("S", "b"): "above b, two lines and beside",
                                       ("S", "c"): ""}
+
+
+def test_a_key_without_a_comment_is_reported(monkeypatch):
+    """The check above passes only while missing_descriptions can say otherwise: a top-level key
+    and a section key whose comments are gone are both named."""
+    from azr_jax import config_reference
+
+    comments = config_reference._config_comments()
+    gone = {("Config", "name"), ("RLSection", "kl_type")}
+    monkeypatch.setattr(config_reference, "_config_comments",
+                        lambda: {k: v for k, v in comments.items() if k not in gone})
+    assert missing_descriptions() == ["name", "rl.kl_type"]
+
+
+def test_allowed_values_are_listed_unless_the_comment_names_each_as_a_word():
+    from azr_jax.config_reference import _describe
+
+    assert _describe("token or sequence", ("token", "sequence")) == "token or sequence."
+    # `token` inside `token-mean` is another value, not this one
+    assert _describe("token-mean or sequence", ("token", "sequence")) == (
+        "token-mean or sequence. One of: `token`, `sequence`.")

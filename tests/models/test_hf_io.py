@@ -501,23 +501,29 @@ def tiny_run(tmp_path, monkeypatch):
     return run, restored
 
 
-def test_convert_writes_the_step_asked_for_in_the_dtype_asked_for(tiny_run, tmp_path, capsys):
+def test_convert_writes_the_step_asked_for_in_the_dtype_asked_for(tiny_run, tmp_path, capsys, monkeypatch):
     from safetensors.numpy import load_file
 
+    from azr_jax import convert_cli
     from azr_jax.config import load_config
     from azr_jax.convert_cli import main
-    from azr_jax.models.tokenizer import load_tokenizer
+    from azr_jax.models.tokenizer import Tokenizer, load_tokenizer
 
     run, restored = tiny_run
     # --step 1 without --dtype: the run's model.param_dtype (here from --set); 40KB shards split
     # the 84 KB model.
     step1 = tmp_path / "step1"
     assert main(_convert_args(run, step1, step=1, max_shard_size="40KB", overrides=["model.param_dtype=bfloat16"])) == 0
-    said = json.loads(capsys.readouterr().out.splitlines()[-1])
+    printed = capsys.readouterr()
+    said = json.loads(printed.out.splitlines()[-1])
     assert (said["step"], said["dtype"]) == (1, "bfloat16") and restored == [1]
+    assert "SentencePiece" not in printed.err  # a tokenizer.json loads in transformers as it is
     files = set(json.loads((step1 / "model.safetensors.index.json").read_text())["weight_map"].values())
     weights = [w for name in files for w in load_file(str(step1 / name)).values()]
     assert len(files) > 1 and {w.dtype for w in weights} == {np.dtype(ml_dtypes.bfloat16)}
+    # the whole record: where it came from and went, and the parameters written
+    assert said == {"run": str(run), "step": 1, "out": str(step1), "dtype": "bfloat16",
+                    "params": sum(w.size for w in weights)}
     assert all(np.all(w == 1) for w in weights)  # step 1's weights
     written = json.loads((step1 / "config.json").read_text())
     assert written["torch_dtype"] == "bfloat16"
@@ -525,11 +531,21 @@ def test_convert_writes_the_step_asked_for_in_the_dtype_asked_for(tiny_run, tmp_
     tok = load_tokenizer(load_config(str(run / "config.json")).model.tokenizer)
     assert (written["bos_token_id"], written["eos_token_id"]) == (tok.bos_id, tok.eos_id) and tok.eos_id < 1000
     # No --step: the newest; --dtype wins over model.param_dtype (float32 in the run's config).
+    # --out may be an existing empty directory. The generation config exported_metadata gives
+    # (a base's own file) is the one written, and a SentencePiece tokenizer gets its note.
     newest = tmp_path / "newest"
+    newest.mkdir()
+    real_metadata = convert_cli.exported_metadata
+    monkeypatch.setattr(convert_cli, "exported_metadata",
+                        lambda policy, section: (real_metadata(policy, section)[0], {"max_new_tokens": 7}))
+    monkeypatch.setattr(Tokenizer, "is_sentencepiece", True)
     assert main(_convert_args(run, newest, dtype="bfloat16")) == 0
-    said = json.loads(capsys.readouterr().out.splitlines()[-1])
+    printed = capsys.readouterr()
+    said = json.loads(printed.out.splitlines()[-1])
     assert (said["step"], said["dtype"]) == (3, "bfloat16") and restored == [1, None]
     assert json.loads((newest / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert json.loads((newest / "generation_config.json").read_text()) == {"max_new_tokens": 7}
+    assert f"note: the tokenizer is a SentencePiece model ({newest}/tokenizer.model)" in printed.err
 
 
 def test_convert_refuses_bad_arguments_before_restoring_anything(tiny_run, tmp_path, monkeypatch):
@@ -553,7 +569,10 @@ def test_convert_refuses_bad_arguments_before_restoring_anything(tiny_run, tmp_p
     full = tmp_path / "full"
     full.mkdir()
     (full / "x").write_text("")
+    not_a_run = tmp_path / "checkpoints"  # a directory, but no config.json in it
+    not_a_run.mkdir()
     for args, match in [(_convert_args(tmp_path / "nowhere", tmp_path / "a"), "is not a training run directory"),
+                        (_convert_args(not_a_run, tmp_path / "a"), "checkpoints is not a training run directory"),
                         (_convert_args(run, full), "is not empty"),
                         (_convert_args(run, tmp_path / "b", max_shard_size="lots"), "invalid shard size")]:
         with pytest.raises(UserError, match=match):
@@ -570,6 +589,19 @@ def test_convert_refuses_bad_arguments_before_restoring_anything(tiny_run, tmp_p
         main(_convert_args(run, tmp_path / "c"))
 
 
+def test_convert_arguments_default_to_the_newest_step_the_runs_dtype_and_5GB_shards():
+    import argparse
+
+    from azr_jax.convert_cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--run", "r", "--out", "o"])
+    assert (args.step, args.dtype, args.max_shard_size, args.overrides) == (None, None, "5GB", [])
+    args = parser.parse_args(["--run", "r", "--out", "o", "--step", "200", "--set", "a=1", "--set", "b=2"])
+    assert args.step == 200 and args.overrides == ["a=1", "b=2"]  # a number, as run_params compares it
+
+
 def test_exported_metadata_keeps_a_bases_ids_only_with_its_own_tokenizer(tmp_path):
     from types import SimpleNamespace
 
@@ -583,6 +615,9 @@ def test_exported_metadata_keeps_a_bases_ids_only_with_its_own_tokenizer(tmp_pat
     # the base's own tokenizer: its config and its generation_config.json as they are
     assert exported_metadata(policy, SimpleNamespace(hf_dir=str(tmp_path), tokenizer=None)) == (
         preset, {"max_new_tokens": 7})
+    # a base without the file: none to keep (the export derives one), not an error
+    (tmp_path / "bare").mkdir()
+    assert exported_metadata(policy, SimpleNamespace(hf_dir=str(tmp_path / "bare"), tokenizer=None)) == (preset, None)
     # another tokenizer (beside a base, or a random init's): its ids, eos first and the other stop ids extra
     for section in (SimpleNamespace(hf_dir=str(tmp_path), tokenizer="tok.json"),
                     SimpleNamespace(hf_dir=None, tokenizer="tok.json")):

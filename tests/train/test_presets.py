@@ -41,6 +41,15 @@ def test_paper_presets(name):
     assert cfg.azr.num_inputs == 10 and cfg.model.param_dtype == "float32"
     # rows of 6144 + 8096 positions: the update needs rematerialisation (docs/benchmarks.md: 4096 already does)
     assert cfg.model.remat == "full"
+    # The rest of what paper_config sets (or leaves at its default) for every model.
+    assert cfg.rl.whiten_stats == "token" and (cfg.sampling.top_p, cfg.sampling.top_k) == (1.0, 0)
+    assert (cfg.model.compute_dtype, cfg.model.hf_dir, cfg.model.overrides, cfg.model.scan_layers) == (
+        "bfloat16", None, {}, True)  # the weights are the user's download: --set model.hf_dir=DIR
+    assert (cfg.optim.b1, cfg.optim.b2, cfg.optim.eps, cfg.optim.warmup_steps) == (0.9, 0.999, 1e-8, 0)
+    assert cfg.azr.code_location == "first"
+    # checkpoints, evaluations (docs/training.md: `train.eval_every=10`) and audits every 10 steps
+    t = cfg.train
+    assert (t.seed, t.save_every, t.keep_checkpoints, t.log_every, t.eval_every, t.audit_every) == (0, 10, 3, 1, 10, 10)
 
 
 def test_mesh_layouts():
@@ -56,3 +65,14 @@ def test_mesh_layouts():
         mesh_shape("v9-8")
     with pytest.raises(UserError, match="does not divide"):
         mesh_shape("v5e-8", tensor=3)
+
+
+def test_a_layout_changes_the_mesh_shape_only():
+    """`--mesh` keeps the config's own mesh.rules (and every other value): only the shape is the topology's."""
+    import dataclasses
+
+    cfg = load_config(CONFIGS / "qwen2.5-7b.py", ["mesh.rules.batch=fsdp", "mesh.rules.embed=null"])
+    laid_out = with_mesh(cfg, "v5e-8")
+    assert laid_out.mesh.shape == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert laid_out.mesh.rules == cfg.mesh.rules and laid_out.mesh.rules["batch"] == "fsdp"
+    assert dataclasses.replace(laid_out, mesh=cfg.mesh) == cfg
