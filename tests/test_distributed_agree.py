@@ -91,8 +91,9 @@ import jax
 from azr_jax import distributed
 port, pid, marker = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+jax.devices()  # the backend's start-up lines the processes up too: before the sleep, so only the barrier waits
 if pid == 1:
-    time.sleep(2)
+    time.sleep(3)
     marker.write_text("here")
 distributed.barrier("marker written")
 print("after the barrier", marker.exists())
@@ -112,7 +113,8 @@ except RuntimeError as e:
 def test_the_barrier_waits_and_scoring_shares_in_item_order_and_a_failure_on_one_process_stops_every_process(tmp_path):
     # The evaluations' scoring (eval.evaluate.score_items): before, process 0 waited in the gather
     # for process 1's share until the coordination service timed out. First `barrier`: process 1
-    # writes a file 2 s late and then reaches it, so process 0 sees the file only if it waited.
+    # writes a file 3 s late and then reaches it, so process 0 sees the file only if it waited
+    # (and a deadline given in seconds where JAX takes milliseconds would have run out).
     marker = str(tmp_path / "marker")
     for lines in _run_two(SHARE_WORKER, (marker, marker)):
         assert lines == ["after the barrier True", "shared [0, 10, 20, 30, 40]", "error host-side scoring failed on process 1: ValueError: bad answer"]
@@ -124,6 +126,13 @@ def test_the_barrier_waits_and_scoring_shares_in_item_order_and_a_failure_on_one
      r"JAX_PROCESS_ID must be in \[0, JAX_NUM_PROCESSES=2\), got 2"),
     ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1",
       "AZR_COORDINATOR_TIMEOUT_S": "5m"}, "AZR_COORDINATOR_TIMEOUT_S must be a whole number"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "-1"},
+     r"JAX_PROCESS_ID must be in \[0, JAX_NUM_PROCESSES=2\), got -1"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:http", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"},
+     "must be host:port"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, "must be host:port"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"},
+     "JAX_NUM_PROCESSES / JAX_PROCESS_ID must be integers"),
 ])
 def test_a_malformed_cluster_environment_is_one_error_before_jax_starts(monkeypatch, env, message):
     """They reached jax.distributed.initialize and came back as an IndexError or a ValueError."""
@@ -211,12 +220,33 @@ def test_a_well_formed_environment_reaches_jax_with_its_address_and_the_default_
     calls.clear()
     distributed.initialize_from_env()
     assert calls == []  # a single-process run
+    monkeypatch.setenv("AZR_TPU_MULTIHOST", "0")
+    distributed.initialize_from_env()
+    assert calls == []  # only "1" asks JAX to discover a TPU slice
     monkeypatch.setenv("AZR_TPU_MULTIHOST", "1")
     distributed.initialize_from_env()
     assert calls == [{}]
     monkeypatch.setattr(distributed.jax.distributed, "is_initialized", lambda: True)
     calls.clear()
     assert distributed.initialize_from_env() is False and calls == []  # already started: one process here
+
+
+def test_the_collectives_of_a_single_process_run_are_local():
+    """One process (every test and laptop run): the barrier returns at once, agree and together
+    hand back this process's value, share_results is fn over all items in order (and not called
+    for none), and merge_shares puts strided shares back in item order."""
+    import jax
+
+    from azr_jax import distributed
+
+    assert jax.process_count() == 1
+    distributed.barrier("alone")  # no coordination service to wait on
+    assert distributed.allgather_json({"a": [1]}) == [{"a": [1]}]
+    assert distributed.agree(7, "the checkpoint step") == 7
+    assert distributed.together(lambda: "seeds", "loading the seed tasks") == "seeds"
+    assert distributed.share_results([1, 2, 3], lambda share: [x * 10 for x in share]) == [10, 20, 30]
+    assert distributed.share_results([], lambda share: pytest.fail("called for no items")) == []
+    assert distributed.merge_shares([[0, 3, 6], [1, 4], [2, 5]], 7) == [0, 1, 2, 3, 4, 5, 6]
 
 
 TOGETHER_WORKER = """

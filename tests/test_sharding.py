@@ -28,6 +28,9 @@ def test_make_mesh_fills_minus_one_and_rejects_bad_shapes():
     mesh = make_mesh({"data": 2, "fsdp": -1, "tensor": 2})
     assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
     assert mesh.axis_names == ("data", "fsdp", "tensor")
+    # the axes keep the order given, each with its own size (not sorted by name)
+    mesh = make_mesh({"tensor": 2, "data": -1})
+    assert mesh.axis_names == ("tensor", "data") and dict(mesh.shape) == {"tensor": 2, "data": 4}
     with pytest.raises(UserError, match="needs 6 devices"):
         make_mesh({"data": 3, "tensor": 2})
     with pytest.raises(UserError, match="at most one"):

@@ -496,6 +496,43 @@ def test_the_heldout_panel_puts_final_at_the_last_step_and_names_its_decoding(tm
     assert ax.get_ylim() == pytest.approx((0, 0.6))  # 1.5 x the best rate, deduction's 0.4
 
 
+def test_the_heldout_axis_spans_0_3_to_1_and_an_evaluation_without_decoding_fields_was_greedy(tmp_path, monkeypatch):
+    """Low rates keep a 0-0.3 axis (not noise magnified to fill it) and high ones stop at 1; an
+    evaluation that records no decoding (an older file) was greedy; a null standard error (too
+    few items of a task type) is no band point, and one point is no band; no figure stays open."""
+    import matplotlib.pyplot as plt
+
+    figures = _saved_figures(monkeypatch)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    (tmp_path / "eval").mkdir()
+
+    def heldout_panel(base, final, base_stderr, final_stderr):
+        for name, rate, stderr in (("base", base, base_stderr), ("final", final, final_stderr)):
+            (tmp_path / "eval" / f"{name}.json").write_text(json.dumps(
+                {"solve_rate": rate, "per_task": {"deduction": rate}, "solve_rate_stderr": stderr}))
+        plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "plots")
+        (ax,) = figures["heldout_solve_rate"].axes
+        return ax
+
+    ax = heldout_panel(0.05, 0.1, None, 0.02)
+    assert heldout_mean_band(tmp_path / "eval", last_step=2) == [(2, 0.1, 0.02)]
+    assert len(ax.collections) == 0 and ax.get_ylim() == pytest.approx((0, 0.3))
+    assert ax.get_title() == "held-out solve rate (greedy; step 0 = base model)"
+    ax = heldout_panel(0.6, 0.9, 0.01, 0.02)
+    assert len(ax.collections) == 1 and ax.get_ylim() == pytest.approx((0, 1.0))
+    assert plt.get_fignums() == []
+
+
+def test_a_finished_run_without_metrics_records_still_gets_its_plots(tmp_path):
+    """A finished run rerun after its metrics.jsonl was lost has no records: the panels come out
+    empty and the base evaluation is drawn at step 0 (not a max() of no steps)."""
+    (tmp_path / "metrics.jsonl").write_text("")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "base.json").write_text(json.dumps({"solve_rate": 0.1, "per_task": {"deduction": 0.1}}))
+    written = plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "plots")
+    assert [p.stem for p in written] == [*PANELS, "heldout_solve_rate"]
+
+
 def test_metrics_rows_read_skip_blank_lines_and_refuse_a_boolean_step_or_a_missing_file(tmp_path):
     """Blank lines are not rows; `"step": true` is not an integer step; a missing file is one
     UserError naming it (not a FileNotFoundError traceback)."""
@@ -507,6 +544,9 @@ def test_metrics_rows_read_skip_blank_lines_and_refuse_a_boolean_step_or_a_missi
     assert read_metrics(path) == [{"step": 1}, {"step": 2, "x": 0.5}]
     path.write_text('{"step": 1}\n{"step": true}\n')
     with pytest.raises(UserError, match="line 2: not a metrics row"):
+        read_metrics(path)
+    path.write_text('{"step": 1}\n{"step": 2, "x"\n')  # a line cut short: one error naming it, not a traceback
+    with pytest.raises(UserError, match=r"metrics.jsonl line 2: not valid JSON \("):
         read_metrics(path)
     with pytest.raises(UserError, match="metrics file not found: .*missing.jsonl"):
         read_metrics(tmp_path / "missing.jsonl")

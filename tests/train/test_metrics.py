@@ -248,7 +248,7 @@ def test_diversity_bonus_goes_to_positive_proposer_rewards_only(level):
     assert positive == [0.2] and boundary[0]["diversity_bonus"] == 0.0
 
 
-def test_a_second_stop_signal_interrupts_at_once():
+def test_a_second_stop_signal_interrupts_at_once(caplog):
     import os
     import signal
 
@@ -258,11 +258,14 @@ def test_a_second_stop_signal_interrupts_at_once():
     stop = StopFlag()
     stop.install()
     try:
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.requested  # the first one only asks the loop to stop after the step
-        with pytest.raises(KeyboardInterrupt):
+        with caplog.at_level("WARNING", logger="azr_jax.trainer"):
             os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.requested  # the first one only asks the loop to stop after the step
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGTERM)
         assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored by the second
+        # the second one says what it costs: the step in progress is not saved
+        assert caplog.records[-1].getMessage() == "received SIGTERM again: stopping now, without a checkpoint"
     finally:
         stop.restore()
 
@@ -601,6 +604,9 @@ def test_amending_a_step_rewrites_its_record_and_keeps_appending(tmp_path):
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert records == [{"step": 1, "reward/mean": 0.1}, {"step": 2, "reward/mean": 0.2, "eval/solve_rate": 0.5},
                        {"step": 3, "reward/mean": 0.3}]
+    # nor does TensorBoard get a point for the missing step
+    (events,) = (tmp_path / "tensorboard").glob("*.from_step_2")
+    assert sorted(_scalars(_tensorboard_events(events))) == [(2, "eval/solve_rate", 0.5), (3, "reward/mean", 0.3)]
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[1])["eval/solve_rate"] == 0.5
 
 
@@ -651,6 +657,8 @@ class _FullDisk(io.StringIO):
 def test_a_failed_write_of_the_run_outputs_is_one_line_naming_the_file(tmp_path):
     """A full disk, a file where rollouts/ should be or an immutable metrics.jsonl ended the run
     with OSError tracebacks (checkpoint saves already said one line)."""
+    import types
+
     from azr_jax.errors import UserError
 
     w = MetricsWriter(tmp_path, total_steps=2, progress=False)
@@ -661,10 +669,18 @@ def test_a_failed_write_of_the_run_outputs_is_one_line_naming_the_file(tmp_path)
     w._jsonl = _FullDisk()
     with pytest.raises(UserError, match=r"cannot write .*metrics.jsonl \(No space left on device\)"):
         w.write_step({"step": 1, "reward/mean": 0.5})
+    closed, board = [], w._tb
+    w._tb = types.SimpleNamespace(close=lambda: closed.append("tensorboard"))
     with pytest.raises(UserError, match=r"metrics.jsonl \(No space left on device\)"):
         w.close()  # the flush at close fails too; the rest is still closed
     real.close()
-    assert w._tb is None and w._jsonl is None
+    board.close()
+    assert closed == ["tensorboard"] and w._tb is None and w._jsonl is None
+    w = MetricsWriter(tmp_path / "again", total_steps=1, progress=False)
+    board, w._tb = w._tb, _FullDisk()  # the event file's last flush fails: one line too
+    with pytest.raises(UserError, match=r"cannot write .*tensorboard \(No space left on device\)"):
+        w.close()
+    board.close()
 
 
 def _batch(role, task, rewards, scored, lengths=(4,), solve_rates=()):
@@ -942,3 +958,115 @@ def test_the_end_of_run_report_lists_the_plots(tmp_path, capsys):
     print_report({}, tmp_path)
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == f"plots:   {tmp_path / 'plots' / 'heldout_solve_rate.png'}, {tmp_path / 'plots' / 'reward.png'}"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_records_after_a_step_count_only_whole_step_records(tmp_path):
+    """A resume asks whether metrics.jsonl holds steps past the checkpoint (their plots are stale):
+    a line that is no step record (a number, a list, no step, a step that is not a number, a
+    line cut short) is passed over, not a crash."""
+    from azr_jax.metrics import has_records_after
+
+    p = tmp_path / "metrics.jsonl"
+    assert not has_records_after(p, 0)  # no file yet
+    p.write_text('{"step": 1}\n7\n[3]\n{"x": 1}\n{"step": "9"}\n{"step": 2}\n{"step": 3, "x"')
+    assert has_records_after(p, 1) and not has_records_after(p, 2)
+
+
+def test_eta_durations_switch_to_hours_at_one_hour_and_round_to_the_minute():
+    from azr_jax.metrics import _duration
+
+    assert _duration(3599.4) == "3599s" and _duration(3600) == "1h00m"
+    assert _duration(3940) == "1h06m"  # 65.7 minutes: rounded, minutes in two digits
+
+
+def test_without_progress_the_writer_prints_nothing(tmp_path, capsys):
+    """--no-progress: no progress line at all (metrics.jsonl still gets every step)."""
+    w = MetricsWriter(tmp_path, total_steps=1, progress=False)
+    w.write_step({"step": 1, "reward/mean": 0.5})
+    w.close()
+    assert capsys.readouterr().err == ""
+    assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1, "reward/mean": 0.5}]
+
+
+def test_the_progress_line_leaves_out_a_field_without_a_value(tmp_path, capsys):
+    """A step whose rows the sandbox judged none has reward/mean null: the progress line shows
+    the other fields (formatting None would stop the run just after its step was written)."""
+    w = MetricsWriter(tmp_path, total_steps=1, progress=True)
+    w.write_step({"step": 1, "reward/mean": None, "buffer/deduction": 12, "step_time_s": 3.25})
+    w.close()
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "step 1/1" in line]
+    assert line.endswith(" buffer/deduction=12 step_time_s=3.25") and "reward" not in line, line
+
+
+def test_closing_the_writer_ends_its_progress_line_on_a_terminal(tmp_path, monkeypatch):
+    """On a terminal the progress line has no newline of its own: the writer's close ends it, so
+    what the run prints next starts on a line of its own."""
+    out = _Terminal()
+    monkeypatch.setattr(sys, "stderr", out)
+    w = MetricsWriter(tmp_path, total_steps=1)
+    w.write_step({"step": 1, "reward/mean": 0.5})
+    w.close()
+    assert out.getvalue().endswith("step 1/1 eta ? reward/mean=0.5\033[K\n"), repr(out.getvalue())
+
+
+def test_a_log_record_written_elsewhere_leaves_the_progress_line_alone():
+    """Only log handlers that write to the progress line's own terminal clear it first; a record
+    that goes to another stream (a log file) must not erase the line on the terminal."""
+    import logging
+
+    out, elsewhere = _Terminal(), io.StringIO()
+    handler = logging.StreamHandler(elsewhere)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        p = ProgressLine(total=4, start=0, stream=out)
+        p.update(1, {"reward/mean": 0.5})
+        logging.getLogger("azr_jax.trainer").warning("to the log file")
+        p.close()
+    finally:
+        root.removeHandler(handler)
+    assert elsewhere.getvalue() == "to the log file\n"
+    assert out.getvalue() == "\r[#####...............] step 1/4 eta ? reward/mean=0.5\033[K\n"
+
+
+def test_each_step_and_amendment_asks_tensorboard_to_flush(tmp_path):
+    """TensorBoard's writer only flushes on its own every 2 minutes: a run watched live or killed
+    would miss its recent steps unless each step (and each amendment) flushes them."""
+    calls = []
+
+    class Board:
+        def add_scalar(self, key, value, step):
+            calls.append((key, value, step))
+
+        def flush(self):
+            calls.append("flush")
+
+        def close(self):
+            calls.append("close")
+
+    w = MetricsWriter(tmp_path, total_steps=2, progress=False)
+    real, w._tb = w._tb, Board()
+    try:
+        w.write_step({"step": 1, "reward/mean": 0.5})
+        assert calls == [("reward/mean", 0.5, 1), "flush"]
+        w.amend_step(1, {"eval/solve_rate": 0.25})
+        assert calls[2:] == [("eval/solve_rate", 0.25, 1), "flush"]
+    finally:
+        w.close()
+        real.close()
+
+
+def test_a_disabled_writer_leaves_a_shared_metrics_file_alone(tmp_path):
+    """On shared storage the other processes see the primary's metrics.jsonl: their (disabled)
+    writers must neither rewrite it nor fail on it when the trainer amends a step."""
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"step": 1}\n')
+    off = MetricsWriter(tmp_path, total_steps=1, enabled=False)
+    off.amend_step(1, {"eval/solve_rate": 0.5})
+    off.close()
+    assert p.read_text() == '{"step": 1}\n'
