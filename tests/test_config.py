@@ -646,6 +646,27 @@ def test_the_last_error_line_silences_stderr_behind_it():
     assert r.returncode == 0 and r.stderr == "before\nazr-jax: error: last\n", r.stderr
 
 
+def test_main_from_python_leaves_stderr_open_and_the_executable_has_the_last_word():
+    """`cli.main(argv)` called from a program (process_exit False) prints its error and leaves
+    stderr working for the caller; the executable's mode (process_exit True) makes its line the
+    last on stderr, for an interrupt as for an error."""
+    code = ("import os, sys\n"
+            "from azr_jax import cli, selfcheck\n"
+            "from azr_jax.errors import UserError\n"
+            "def fails(args):\n    raise UserError('no good')\n"
+            "def interrupted(args):\n    raise KeyboardInterrupt\n"
+            "selfcheck.main = fails\n"
+            "assert cli.main(['selfcheck']) == 2\n"
+            "selfcheck.main = interrupted\n"
+            "assert cli.main(['selfcheck']) == 130\n"
+            "print('caller goes on', file=sys.stderr, flush=True)\n"
+            "assert cli.main(['selfcheck'], process_exit=True) == 130\n"
+            "print('after', file=sys.stderr, flush=True)\nos.write(2, b'raw\\n')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr.splitlines() == [
+        "azr-jax: error: no good", "azr-jax: interrupted", "caller goes on", "azr-jax: interrupted"], r.stderr
+
+
 # ----------------------------------------------------------------------------------------------
 # Gaps a mutation audit found: each of these checks could be dropped or loosened unnoticed
 # ----------------------------------------------------------------------------------------------

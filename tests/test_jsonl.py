@@ -16,8 +16,8 @@ def test_read_objects_skips_blank_lines_and_names_bad_lines(tmp_path):
     p.write_text('{"a": 1}\n[1, 2]\n')
     with pytest.raises(UserError, match=r"test file .* line 2: expected a JSON object"):
         list(read_objects(p, "test file"))
-    p.write_text('{"a": 1}\n{oops\n')
-    with pytest.raises(UserError, match=r"line 2: not valid JSON"):
+    p.write_text('{"a": 1}\n{oops\n')  # the parser's own words say what is wrong
+    with pytest.raises(UserError, match=r"line 2: not valid JSON \(Expecting property name enclosed in double quotes\)"):
         list(read_objects(p, "test file"))
     with pytest.raises(UserError, match="test file not found"):
         list(read_objects(tmp_path / "missing.jsonl", "test file"))
@@ -193,3 +193,28 @@ def test_output_file_failures_are_one_user_error_naming_the_file(tmp_path):
         with OutputFile("/dev/full", "--out") as out:
             out.write("x\n")
             raise KeyError("the work failed")
+
+
+def test_a_durable_write_is_synced_file_and_directory_and_a_plain_one_is_not(tmp_path, monkeypatch):
+    """durable=True (the run's records a restart reads) fsyncs the file before the rename and the
+    directory after it; without it nothing waits for the disk."""
+    import os
+
+    from azr_jax import jsonl
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(jsonl.os, "fsync", lambda fd: synced.append(os.path.realpath(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    jsonl.write_text_atomically(tmp_path / "plain.json", "a")
+    assert synced == []
+    jsonl.write_text_atomically(tmp_path / "state.json", "b", durable=True)
+    assert synced == [str(tmp_path / "state.json.tmp"), str(tmp_path)]
+    assert (tmp_path / "state.json").read_text() == "b"
+
+
+def test_an_output_file_is_utf8_whatever_it_holds(tmp_path):
+    from azr_jax.jsonl import OutputFile
+
+    with OutputFile(tmp_path / "out.jsonl", "--out") as out:
+        out.write('{"code": "print(\'\u00e9\u4f60\U0001f600\')"}\n')
+    assert (tmp_path / "out.jsonl").read_bytes().decode("utf-8") == '{"code": "print(\'\u00e9\u4f60\U0001f600\')"}\n'

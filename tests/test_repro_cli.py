@@ -279,3 +279,49 @@ def test_a_batch_of_no_rows_is_one_line(checkpoint, capsys):
     rc, out, err = _run(["--hf-dir", str(checkpoint), "--batch", "0"], capsys)
     assert rc == 2 and out == ""
     assert err.strip().splitlines() == ["azr-jax: error: --seq-len must be at least 2 and --batch positive (got 256, 0)"]
+
+
+def _report(**changes):
+    return {"hf_dir": "ckpt", "architecture": "qwen2", "dtype": "float32", "batch": 2, "seq_len": 8,
+            "lengths": [8, 6], "tokens_from": "random", "real_tokens": 14, "max_abs_logit_diff": 2e-5,
+            "mean_abs_logit_diff": 1e-6, "logit_scale": 0.5, "max_logit_diff_over_scale": 4e-5,
+            "top1_agreement": 1.0, "hidden_max_abs_diff": [0.0, 3e-6], "hidden_max_rel_diff": [0.0, 1.5e-6],
+            "tolerance": 1e-3, "relative_tolerance": 5e-4, "passed": True, **changes}
+
+
+def test_the_text_report_gives_each_layer_and_the_verdict_against_both_bars():
+    from azr_jax.repro import format_report
+
+    lines = format_report(_report()).splitlines()
+    assert lines[-3:] == ["      0  0.000e+00  0.0e+00", "      1  3.000e-06  1.5e-06",
+                          "  PASS: max |logit diff| 2.000e-05 vs tolerance 1.0e-03, / scale 4.0e-05 vs 5.0e-04"]
+    # bfloat16: no relative bar, and a note that its rounding hides smaller bugs
+    lines = format_report(_report(dtype="bfloat16", tolerance=2.0, relative_tolerance=None, passed=False)).splitlines()
+    assert lines[-2] == "  FAIL: max |logit diff| 2.000e-05 vs tolerance 2.0e+00"
+    assert lines[-1].startswith("  (bfloat16 rounding hides smaller bugs")
+
+
+def test_a_difference_at_the_tolerance_passes_and_two_positions_are_enough(monkeypatch):
+    """--tolerance and --relative-tolerance fail *above* the bar: identical outputs pass at 0 and
+    0; --seq-len 2 (one real token and one padding slot in row 2) is the shortest batch allowed."""
+    import argparse
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from azr_jax import repro
+    from azr_jax.models import checkpoint_hf
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 2, 5)).astype(np.float32)  # as both sides report them
+    hidden = rng.standard_normal((3, 2, 2, 4)).astype(np.float32)
+    model = SimpleNamespace(config=SimpleNamespace(vocab_size=5, architecture="qwen2"), has_tokenizer=lambda: False,
+                            _run=lambda tokens, mask, return_hidden: (logits, None, hidden))
+    monkeypatch.setattr(checkpoint_hf, "from_pretrained", lambda hf_dir, dtype: model)
+    monkeypatch.setattr(repro, "_reference_outputs", lambda *a: (logits, list(hidden)))
+    args = argparse.Namespace(hf_dir="ckpt", dtype="float32", seq_len=2, batch=2, text_file=None, random_tokens=False,
+                              seed=0, tolerance=0.0, relative_tolerance=0.0, json=True)
+    report = repro.model_parity(args)
+    assert report["lengths"] == [2, 1] and report["max_abs_logit_diff"] == 0.0
+    assert (report["tolerance"], report["relative_tolerance"]) == (0.0, 0.0)  # given as 0, not the defaults
+    assert report["passed"] is True

@@ -157,3 +157,34 @@ def test_the_scoring_check_wants_the_known_rewards(propose, solve, passes, monke
     else:
         with pytest.raises(selfcheck.CheckFailed):
             selfcheck._check_scoring()
+
+
+def test_skip_sandbox_runs_only_the_model_and_sampler_checks(monkeypatch, capsys):
+    """README: `--skip-sandbox` leaves out the sandbox and scoring checks (a machine without a
+    usable sandbox); everything else still runs."""
+    import argparse
+
+    from azr_jax import selfcheck
+
+    ran = []
+    for name in ("_check_model", "_check_sampler", "_check_sandbox", "_check_scoring"):
+        monkeypatch.setattr(selfcheck, name, lambda name=name: ran.append(name) or "fine")
+    assert selfcheck.main(argparse.Namespace(skip_sandbox=True)) == 0
+    assert ran == ["_check_model", "_check_sampler"]
+    assert capsys.readouterr().out.splitlines()[-1] == "selfcheck: all checks passed"
+
+
+def test_the_sandbox_check_lists_only_active_layers_and_names_the_missing_ones(monkeypatch, tmp_path):
+    """A layer reported as False or as a reason it is off ("off (sandbox.seccomp=false)") is not
+    an active layer; what the report says is missing is named in capitals."""
+    import tempfile
+
+    import azr_jax.sandbox
+    from azr_jax import selfcheck
+
+    report = {"mode": "none", "layers": {"rlimits": True, "namespaces": False, "seccomp": "off (sandbox.seccomp=false)"},
+              "missing": ["namespaces", "seccomp"]}
+    monkeypatch.setattr(azr_jax.sandbox, "Sandbox", _FakeSandbox)
+    monkeypatch.setattr(_FakeSandbox, "isolation_report", lambda self: report)
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    assert selfcheck._check_sandbox() == "mode none, layers: rlimits; MISSING: namespaces, seccomp; host files untouched"

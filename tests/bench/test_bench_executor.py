@@ -141,3 +141,28 @@ def test_bench_out_file_holds_the_printed_record(monkeypatch, capsys, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         bench_cli.main(_args("executor", ["--out", str(tmp_path / "missing" / "record.json")]))
     assert len(ran) == 1
+
+
+def test_bench_executor_defaults_are_the_documented_ones():
+    """docs/sandbox.md: 400 validations; a 100-job batch of which 5 % never end, timeout 2 s."""
+    args = _args("executor", [])
+    assert (args.jobs, args.hang_jobs, args.hang_fraction, args.hang_timeout_s) == (400, 100, 0.05, 2.0)
+
+
+def test_the_hanging_programs_are_spread_over_the_batch(monkeypatch, capsys):
+    """--hang-fraction 0.3 of 10 jobs: 3 never end, at jobs 0, 3 and 6 (every 10 // 3rd job), not
+    bunched together where they would hold the same workers."""
+    from azr_jax.bench.executor_programs import NEVER_ENDS
+
+    batches = []
+
+    class Recording(_ModelSandbox):
+        def run(self, jobs):
+            batches.append([job.program == NEVER_ENDS[0] for job in jobs])
+            return super().run(jobs)
+
+    monkeypatch.setitem(globals(), "_ModelSandbox", Recording)  # what _modelled_record installs
+    r = _modelled_record(monkeypatch, capsys, ["--no-baseline", "--jobs", "2", "--hang-jobs", "10",
+                                               "--hang-fraction", "0.3", "--hang-timeout-s", "0.5"])
+    assert r["hang_batch"]["never_terminate"] == 3
+    assert [i for i, hangs in enumerate(batches[-1]) if hangs] == [0, 3, 6]

@@ -82,6 +82,8 @@ def test_packing_refuses_a_length_range_with_min_above_max():
 
     with pytest.raises(UserError, match="--solver-len MIN MAX needs MIN <= MAX, got 30 20"):
         packing.run(_args("packing", [*TINY, "--solver-len", "30", "20"]))
+    with pytest.raises(UserError, match="--proposer-len MIN MAX needs MIN <= MAX, got 90 60"):
+        packing.run(_args("packing", [*TINY, "--proposer-len", "90", "60"]))
 
 
 def test_bench_packing_record_arithmetic(monkeypatch, capsys):
@@ -111,6 +113,7 @@ def test_bench_packing_record_arithmetic(monkeypatch, capsys):
         return fake_step("bucketed", 2.0)
 
     def fake_time_it(fn, *, warmup, repeats):
+        seen.setdefault("timed", []).append((warmup, repeats))
         fn()
         return last[-1]
 
@@ -130,9 +133,28 @@ def test_bench_packing_record_arithmetic(monkeypatch, capsys):
     assert r["seconds"] == 2.0 and r["real_tokens_per_s"] == real / 2.0
     assert r["baseline_seconds"] == 3.0 and r["baseline_real_tokens_per_s"] == real / 3.0
     assert r["ratio"] == 1.5  # padded / bucketed: > 1 means bucketing is faster
+    # each side's timed steps (--repeats 1) come after a warm-up step, which compiles its bucket widths
+    assert seen["timed"] == [(1, 1), (1, 1)]
     assert seen["padded_rl"].micro_batch_size == seen["bucketed_rl"].micro_batch_size == 4
     assert 160 in seen["buckets"] and set(packing.BUCKETS) <= set(seen["buckets"])  # never wider than padded
     # the bucketed side gets host arrays (its packing is part of its time), the padded side device arrays
     assert all(isinstance(v, np.ndarray) for v in seen["bucketed"].values())
     assert not any(isinstance(v, np.ndarray) for v in seen["padded"].values())
     assert (np.asarray(seen["padded"]["tokens"]) == seen["bucketed"]["tokens"]).all()  # the same batch
+
+
+def test_bench_packing_defaults_are_the_documented_ones():
+    """docs/benchmarks.md: 48 rows (solver rows of 150-230 tokens, proposer rows of 330-560) in
+    micro-batches of 16 on the nano preset, 30 720 padded slots (48 x (384 + a 256-slot
+    completion bucket))."""
+    args = _args("packing", [])
+    assert (args.rows, tuple(args.solver_len), tuple(args.proposer_len)) == (48, (150, 230), (330, 560))
+    assert (args.micro_batch, args.response_bucket, args._default_preset) == (16, 256, "nano")
+    assert self_play_like_batch(1024, args)["tokens"].size == 30_720
+
+
+def test_batch_tokens_are_real_ids_only_where_the_mask_is():
+    batch = self_play_like_batch(64, _args("packing", TINY))
+    real = batch["mask"] == 1
+    assert (batch["tokens"][real] >= 1).all() and (batch["tokens"][real] < 64).all()  # never the pad id 0
+    assert (batch["tokens"][~real] == 0).all() and (batch["positions"][~real] == 0).all()

@@ -444,8 +444,10 @@ def test_bench_train_batch_puts_the_loss_on_the_response_only():
 
 
 def test_bench_train_jax_update_builds_the_step_it_is_asked_for(monkeypatch):
-    """`--micro-batch`, remat, the chunk settings and the dtype reach the real step; the scratch
-    memory comes from the compiled step's temp size; one warm-up, then the timed steps."""
+    """`--micro-batch`, remat, the chunk settings and the dtype reach the real step, and the chunk
+    settings the old logprobs' pass too (unchunked it would need the memory chunking saves); the
+    scratch memory comes from the compiled step's temp size (None without a memory analysis);
+    one warm-up, then the timed steps."""
     import types
 
     import jax.numpy as jnp
@@ -453,7 +455,8 @@ def test_bench_train_jax_update_builds_the_step_it_is_asked_for(monkeypatch):
     from azr_jax.bench import train
     from azr_jax.rl import logprobs, update
 
-    built, runs = {}, []
+    built, runs, old_logprobs = {}, [], []
+    analyses = [types.SimpleNamespace(temp_size_in_bytes=1234, argument_size_in_bytes=99), None]
 
     class FakeStep:
         def lower(self, state, batch):
@@ -463,7 +466,7 @@ def test_bench_train_jax_update_builds_the_step_it_is_asked_for(monkeypatch):
             return self
 
         def memory_analysis(self):
-            return types.SimpleNamespace(temp_size_in_bytes=1234, argument_size_in_bytes=99)
+            return analyses.pop(0)
 
         def __call__(self, state, batch):
             runs.append(batch["old_logprobs"].shape)
@@ -474,7 +477,8 @@ def test_bench_train_jax_update_builds_the_step_it_is_asked_for(monkeypatch):
         return FakeStep()
 
     monkeypatch.setattr(update, "make_train_step", fake_make)
-    monkeypatch.setattr(logprobs, "token_logprobs", lambda p, b, *a, **k: jnp.zeros(b["tokens"].shape))
+    monkeypatch.setattr(logprobs, "token_logprobs",
+                        lambda p, b, *a, **k: old_logprobs.append(k) or jnp.zeros(b["tokens"].shape))
     args = _args("train", [*TINY, "--micro-batch", "1"])
     batch = train._batch(model_config_from_args(args), args)
     seconds, temp = train.jax_update(model_config_from_args(args), args, "float32", "full", batch,
@@ -483,32 +487,42 @@ def test_bench_train_jax_update_builds_the_step_it_is_asked_for(monkeypatch):
     assert (rl.micro_batch_size, rl.logits_chunk, rl.attention_chunk, rl.entropy_coef) == (1, 16, 8, 0.0)
     assert built["remat"] == "full" and built["compute_dtype"] == jnp.float32
     assert temp == 1234 and seconds >= 0 and runs == [(2, 12)] * 2
+    assert old_logprobs == [{"logits_chunk": 16, "attention_chunk": 8}]
+    assert train.jax_update(model_config_from_args(args), args, "float32", "none", batch)[1] is None
 
 
 def test_bench_train_torch_side_micro_batches_and_checkpoints(monkeypatch):
     """The torch step runs the same micro-batches as the JAX one (2 rows, --micro-batch 1: one row
-    per forward) and, with remat, transformers' gradient checkpointing."""
+    per forward), under bfloat16 autocast for --dtype bfloat16, clips the gradients and steps
+    AdamW once per update and, with remat, turns on transformers' gradient checkpointing."""
+    import torch
     import transformers
 
     from azr_jax.bench import train
 
-    real = transformers.AutoModelForCausalLM.from_config
-    models, rows = [], []
+    real, real_clip, real_step = (transformers.AutoModelForCausalLM.from_config, torch.nn.utils.clip_grad_norm_,
+                                  torch.optim.AdamW.step)
+    models, rows, updates = [], [], []
 
     def tracked(*a, **k):
         model = real(*a, **k)
-        model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+        model.register_forward_pre_hook(
+            lambda m, a, kw: rows.append((kw["input_ids"].shape[0], torch.is_autocast_enabled("cpu"))), with_kwargs=True)
         models.append(model)
         return model
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", tracked)
-    for remat in ("none", "full"):
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, norm: updates.append(("clip", norm)) or real_clip(p, norm))
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self: updates.append("step") or real_step(self))
+    for remat, dtype in (("none", "float32"), ("full", "bfloat16")):
         args = _args("train", [*TINY, "--micro-batch", "1", "--set", f"model.remat={remat}"])
-        rows.clear()
+        rows.clear(), updates.clear()
         cfg = model_config_from_args(args)
-        seconds, device = train._torch_side(cfg, args, "float32", remat, train._batch(cfg, args))
+        seconds, device = train._torch_side(cfg, args, dtype, remat, train._batch(cfg, args))
         assert seconds >= 0 and device == "cpu"
-        assert rows == [1, 1, 1, 1]  # (warm-up + 1 timed step) x 2 micro-batches of 1 row
+        # (warm-up + 1 timed step) x 2 micro-batches of 1 row, autocast only for bfloat16
+        assert rows == [(1, dtype == "bfloat16")] * 4
+        assert updates == [("clip", 1.0), "step"] * 2
         # what transformers' is_gradient_checkpointing (renamed is_activation_checkpointing) reads
         assert any(getattr(m, "gradient_checkpointing", False) for m in models[-1].modules()) is (remat != "none")
 
@@ -539,3 +553,138 @@ def test_chunked_bench_record_arithmetic(name, key, monkeypatch, capsys):
         figures[16] = (2.0, temp)
         assert bench_cli.main(_args(name, argv)) == 0
         assert json.loads(capsys.readouterr().out)["memory_ratio"] is None
+
+
+def test_peak_numbers_know_each_tpu_by_the_name_jax_gives_it():
+    """JAX calls a v5e "TPU v5 lite", a v5p "TPU v5" and a v6e "TPU v6 lite": each must find its
+    own chip's bf16 peak and HBM bandwidth (a missed name has no MFU, a wrong one a wrong MFU)."""
+    from azr_jax.bench.common import peak_numbers
+
+    assert peak_numbers("TPU v4") == (275e12, 1.2e12)
+    assert peak_numbers("TPU v5") == peak_numbers("TPU v5p") == (459e12, 2.765e12)
+    assert peak_numbers("TPU v5 lite") == peak_numbers("TPU v5e") == (197e12, 0.819e12)
+    assert peak_numbers("TPU v6 lite") == peak_numbers("TPU v6e") == (918e12, 1.638e12)
+
+
+def test_the_update_benchmarks_defaults_are_the_documented_ones():
+    """docs/benchmarks.md: `bench attention` is 1 row of 64 + 1984 positions in chunks of 256
+    queries; `bench logits` chunks of 128 positions over 2 rows of 64 + 960."""
+    attention = _args("attention", [])
+    assert (attention.batch, attention.prompt_len, attention.new_tokens, attention.attention_chunk) == (1, 64, 1984, 256)
+    logits = _args("logits", [])
+    assert (logits.batch, logits.prompt_len, logits.new_tokens, logits.logits_chunk) == (2, 64, 960, 128)
+    assert attention.micro_batch is logits.micro_batch is None  # the whole batch at once
+
+
+def test_a_config_file_picks_the_preset_and_the_shape_flags_win_over_its_overrides():
+    # --config's model.preset, not the bench's default (qwen2.5-0.5b), and its model.remat
+    from azr_jax.bench.model_shape import remat_from_args
+
+    args = _args("train", ["--config", "configs/qwen2.5-1.5b.py"])
+    assert model_config_from_args(args).hidden_size == get_preset("qwen2.5-1.5b").hidden_size
+    assert remat_from_args(args) == "full"
+    # the shrink flags come after model.overrides
+    both = _args("train", ["--set", "model.overrides.num_layers=3", "--set", "model.overrides.vocab_size=300",
+                           "--layers", "1", "--vocab", "256"])
+    cfg = model_config_from_args(both)
+    assert (cfg.num_layers, cfg.vocab_size) == (1, 256)
+
+
+@pytest.mark.parametrize("name, key", [("logits", "logits_chunk"), ("attention", "attention_chunk")])
+def test_chunked_bench_record_says_what_was_run_and_refuses_a_bad_micro_batch_first(name, key, monkeypatch, capsys):
+    """The record names the batch, micro-batch (--batch when not given), dtype, remat and repeats
+    both sides ran with; a --micro-batch that does not divide --batch is refused before either
+    side runs (not after the baseline's minutes)."""
+    from azr_jax.bench import logits
+
+    ran = []
+    monkeypatch.setattr(logits, "jax_update", lambda cfg, args, dtype, remat, batch, **chunks: ran.append(
+        (dtype, remat)) or (2.0, 100))
+    argv = [*TINY, "--dtype", "bfloat16", "--set", "model.remat=dots", "--repeats", "2"]
+    for micro, expected in (([], 2), (["--micro-batch", "1"], 1)):
+        assert bench_cli.main(_args(name, argv + micro)) == 0
+        r = json.loads(capsys.readouterr().out)
+        assert (r["batch"], r["micro_batch"], r["repeats"]) == (2, expected, 2)
+        assert (r["dtype"], r["remat"]) == ("bfloat16", "dots") and ran[-2:] == [("bfloat16", "dots")] * 2
+    ran.clear()
+    with pytest.raises(UserError, match="--micro-batch 3 must divide --batch 2"):
+        bench_cli.main(_args(name, argv + ["--micro-batch", "3"]))
+    assert ran == []
+
+
+def test_bench_sample_both_sides_sample_the_whole_distribution_in_the_asked_dtype(monkeypatch):
+    """No top-k or top-p on either side (transformers' generate defaults to top_k=50), the
+    temperature as asked (None when greedy, which generate needs), every prompt position
+    attended; the JAX side's weights and compute in --dtype."""
+    import types
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    import transformers
+
+    import azr_jax.sampling
+    from azr_jax.bench import sample
+
+    asked = []
+
+    class FakeModel:
+        def to(self, device):
+            return self
+
+        def train(self, mode):
+            return self
+
+        def generate(self, **kw):
+            asked.append(kw)
+            return torch.zeros((kw["input_ids"].shape[0], kw["input_ids"].shape[1] + kw["max_new_tokens"]))
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", lambda *a, **k: FakeModel())
+    for temperature, want in (("0.7", 0.7), ("0", None)):
+        args = _args("sample", [*TINY, "--temperature", temperature])
+        sample._torch_side(model_config_from_args(args), args, "float32", [[1] * 8] * 2)
+        kw = asked[-1]
+        assert (kw["top_k"], kw["top_p"], kw["temperature"]) == (0, 1.0, want)
+        assert kw["attention_mask"].tolist() == [[1] * 8] * 2 and kw["pad_token_id"] == 0
+
+    seen = []
+
+    def fake_generate(params, cfg, prompts, rng, settings, **kw):
+        seen.append(({leaf.dtype for leaf in jax.tree_util.tree_leaves(params)}, kw["compute_dtype"], settings))
+        return types.SimpleNamespace(lengths=np.array([4, 4]))
+
+    monkeypatch.setattr(azr_jax.sampling, "generate", fake_generate)
+    args = _args("sample", [*TINY, "--temperature", "0.7"])
+    sample._jax_side(model_config_from_args(args), args, "bfloat16", [[1] * 8] * 2)
+    param_dtypes, compute_dtype, settings = seen[-1]
+    assert param_dtypes == {jnp.dtype("bfloat16")} and compute_dtype == jnp.bfloat16 and settings.temperature == 0.7
+
+
+def test_bench_sample_record_in_float32_keeps_its_temperature_and_4_byte_roofline(monkeypatch, capsys):
+    """--dtype float32 on an accelerator: the roofline streams 4-byte weights and KV; the record
+    carries the temperature both sides sampled at."""
+    from azr_jax.bench import sample
+    from azr_jax.bench.sample import roofline_tokens_per_s
+
+    monkeypatch.setattr(sample, "device_info", _gpu())
+    monkeypatch.setattr(sample, "_jax_side", lambda cfg, args, dtype, prompts: 2.0)
+    args = _args("sample", [*TINY, "--dtype", "float32", "--temperature", "0.5", "--no-baseline"])
+    assert bench_cli.main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["dtype"] == "float32" and r["temperature"] == 0.5
+    roof = roofline_tokens_per_s(model_config_from_args(args), 2, 8, 4, 4, 3.35e12, 989e12)
+    assert r["roofline_tokens_per_s"] == pytest.approx(roof)
+
+
+def test_bench_train_refuses_a_bad_micro_batch_before_either_side_runs(monkeypatch):
+    """Without the early check the torch side ran first, its UserError became a baseline_error,
+    and only the JAX side's record failed, minutes later."""
+    from azr_jax.bench import train
+
+    ran = []
+    monkeypatch.setattr(train, "_torch_side", lambda *a: ran.append("torch") or (2.0, "cpu"))
+    monkeypatch.setattr(train, "jax_update", lambda *a, **k: ran.append("jax") or (0.5, None))
+    with pytest.raises(UserError, match="--micro-batch 3 must divide --batch 2"):
+        bench_cli.main(_args("train", [*TINY, "--micro-batch", "3"]))
+    assert ran == []

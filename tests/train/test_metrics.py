@@ -1070,3 +1070,32 @@ def test_a_disabled_writer_leaves_a_shared_metrics_file_alone(tmp_path):
     off.amend_step(1, {"eval/solve_rate": 0.5})
     off.close()
     assert p.read_text() == '{"step": 1}\n'
+
+
+def test_train_needs_a_config(capsys):
+    """No preset would train the library defaults into runs/<default name>."""
+    from azr_jax.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--workdir", "somewhere"])
+    assert stop.value.code == 2 and "the following arguments are required: --config" in capsys.readouterr().err
+
+
+def test_train_logs_its_own_lines_at_info_and_quiets_the_libraries(tmp_path):
+    """The run's log (INFO, 'time name level: message') reaches stderr; absl/jax/orbax/etils INFO
+    chatter does not."""
+    import subprocess
+
+    code = ("import logging, sys, types\n"
+            "fake = types.ModuleType('azr_jax.trainer')\n"
+            "def train(cfg, workdir, **kw):\n"
+            "    for name in ('azr_jax.trainer', 'absl', 'jax', 'orbax', 'etils'):\n"
+            "        logging.getLogger(name).info('hello from %s', name)\n"
+            "    return {'status': 'stopped'}\n"
+            "fake.train = train\nsys.modules['azr_jax.trainer'] = fake\n"
+            "from azr_jax.cli import main\n"
+            f"sys.exit(main(['train', '--config', 'configs/nano.py', '--workdir', {str(tmp_path / 'run')!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    hellos = [line for line in r.stderr.splitlines() if "hello from" in line]
+    assert len(hellos) == 1 and hellos[0].endswith(" azr_jax.trainer INFO: hello from azr_jax.trainer"), r.stderr

@@ -314,7 +314,7 @@ def test_a_warmup_the_run_never_finishes_is_named_in_a_warning(caplog):
         assert any("never reaches optim.learning_rate" in r.getMessage() for r in caplog.records) == warned
 
 
-@pytest.mark.parametrize("name", ["", "..", "../../x", "a/b"])
+@pytest.mark.parametrize("name", ["", ".", "..", "../../x", "a/b", "a\\b"])
 def test_a_name_that_is_not_a_directory_name_cannot_make_the_default_workdir(name, tmp_path, monkeypatch, capsys):
     from azr_jax.cli import main
 
