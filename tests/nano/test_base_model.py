@@ -101,3 +101,29 @@ def test_the_nano_configs_are_the_ones_the_shipped_base_and_docs_describe():
     # docs/nano.md's main run: 45 steps, azr.batch_size=8, lr 1e-4 after a 5-step warmup, evaluations every 15
     assert (selfplay.train.steps, selfplay.azr.batch_size, selfplay.optim.learning_rate, selfplay.optim.schedule,
             selfplay.optim.warmup_steps, selfplay.train.eval_every) == (45, 8, 1e-4, "constant", 5, 15)
+    # and the rest of the recipe those runs used: any change here changes every number docs/nano.md reports
+    m = selfplay.model
+    assert (selfplay.name, m.compute_dtype, m.param_dtype) == ("nano", "float32", "float32")
+    s = selfplay.sampling
+    assert (s.temperature, s.top_p, s.top_k, s.max_prompt_len, s.max_response_len) == (1.0, 1.0, 0, 640, 256)
+    assert s.length_buckets == [128, 256, 384, 512, 640]
+    assert (selfplay.azr.n_solver_samples, selfplay.azr.buffer_cap) == (4, 4096)
+    assert (selfplay.sandbox.timeout_s, selfplay.sandbox.workers, selfplay.rl.micro_batch_size) == (5.0, 2, 16)
+    assert selfplay.optim.grad_clip_norm == 1.0
+    t = selfplay.train
+    assert (t.seed, t.save_every, t.keep_checkpoints, t.audit_every) == (0, 15, 2, 15)
+
+
+def test_the_nano_preset_is_the_shipped_base_but_for_its_trimmed_vocabulary():
+    # A rebuild (`azr-jax pretrain`) and a random-init nano run build the preset: every setting
+    # of it (rope, norm epsilon, context, biases, ...) must be the shipped base's, whose
+    # config.json differs only in the 786 rows the build kept of the preset's 1024.
+    from azr_jax.models.config import ModelConfig
+    from azr_jax.nano.preset import NANO
+    from azr_jax.nano.pretrain import nano_model_config
+    from azr_jax.nano.run_config import nano_base_config
+
+    shipped = ModelConfig.from_hf_config(json.loads((BASE_DIR / "config.json").read_text()))
+    assert (shipped.vocab_size, NANO.vocab_size) == (786, 1024)
+    assert NANO.replace(vocab_size=786) == shipped
+    assert nano_model_config(nano_base_config(), 786).replace(vocab_size=786) == shipped.replace(scan_layers=False)

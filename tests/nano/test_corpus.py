@@ -86,3 +86,22 @@ def test_constants_of_one_are_a_valid_difficulty():
     twos = {int(m[1]) for d in descs if (m := re.match(at_least_two, d))}
     fives = {int(m[1]) for d in descs if (m := re.match(r"list .* modulo (\d+)", d))}
     assert (ones, twos, fives) == ({1}, {2}, {5})
+
+
+def test_the_default_task_has_ten_induction_inputs_half_visible_and_up_to_three_steps():
+    # generate_tasks()'s defaults: 10 induction inputs of which induction_record shows 5, and
+    # programs of 1..3 steps (the nano corpus's and benchmark's length)
+    tasks = generate_tasks(3, 60)
+    ind = tasks[0].induction_record()
+    assert len(ind["inputs"]) == len(ind["outputs"]) == 10 and ind["visible"] == 5
+    assert {len(t.program.steps) for t in tasks} == {1, 2, 3}
+
+
+def test_every_value_a_task_shows_stays_within_the_repr_cap_at_any_difficulty():
+    # Long lists make long values; outputs whose repr passes 60 characters are never drawn (the
+    # task input's own output included), so answers stay a few tokens at any difficulty.
+    from azr_jax.nano.corpus import _MAX_REPR
+
+    for t in generate_tasks(0, 60, Difficulty(max_list_len=30)):
+        outputs = [t.io_record()["output"]] + t.induction_record()["outputs"]
+        assert max(len(o) for o in outputs) <= _MAX_REPR == 60, t.source

@@ -181,3 +181,33 @@ def test_the_benchmark_is_the_one_docs_nano_md_measures():
         "input": "8", "output": "'0'", "imports": []}  # 8 % 7 = 1: [0] -> '0'
     assert induction[0]["program"] == "def f(n):\n    xs = [n] * 5\n    xs = [x * 4 for x in xs]\n    return xs"
     assert induction[0]["inputs"] == ["0", "9", "1", "4", "2", "7", "8", "3"]
+
+
+def test_the_overlap_command_measures_the_nano_corpus_against_the_whole_benchmark(monkeypatch, capsys):
+    # `python -m azr_jax.nano.overlap` (docs/nano.md's counts): the corpus of configs/nano_base.py
+    # against all 150 benchmark items (94 programs), as one JSON line. The corpus and the input
+    # domain are cut down here (the whole domain holds 11 110 lists).
+    import ast
+
+    from azr_jax.nano import overlap, pretrain
+    from azr_jax.nano.corpus import WORDS, generate_tasks
+    from azr_jax.nano.run_config import NANO_PRETRAIN
+
+    asked = []
+
+    def corpus_tasks(cfg):
+        asked.append(cfg)
+        return generate_tasks(0, 120)
+
+    monkeypatch.setattr(pretrain, "corpus_tasks", corpus_tasks)
+    # every int and word, and of the lists only the induction items' own inputs (which `fits` looks up)
+    lists = [ast.literal_eval(v) for it in nano_benchmark() if it["task"] == "induction"
+             for v in it["problem"]["inputs"] if v.startswith("[")]
+    monkeypatch.setattr(overlap, "input_domain", lambda d: {"int": list(range(10)), "str": list(WORDS), "list": lists})
+    overlap.main()
+    (line,) = capsys.readouterr().out.splitlines()
+    got = json.loads(line)
+    assert [c.pretrain for c in asked] == [NANO_PRETRAIN] and asked[0].name == "nano_base"
+    corpus = {t.source for t in generate_tasks(0, 120)}
+    assert (got["benchmark_items"], got["benchmark_programs"], got["corpus_programs"]) == (150, 94, len(corpus))
+    assert list(got) == sorted(got)

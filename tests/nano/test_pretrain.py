@@ -417,7 +417,7 @@ def test_training_starts_from_the_seeded_init_follows_the_schedule_and_logs_wind
 
     def fake_make_train_step(model_cfg, optimizer):
         def step(params, opt_state, tokens, masks, valid):
-            seen.append((params, tokens))
+            seen.append((params, tokens, masks, valid))
             return params, opt_state, float(2 ** len(seen))  # losses 2, 4, 8, 16
         return step, None
 
@@ -425,14 +425,18 @@ def test_training_starts_from_the_seeded_init_follows_the_schedule_and_logs_wind
     cfg = _tiny_cfg(["pretrain.steps=4", "pretrain.batch_size=2", "pretrain.seed=5"])
     model_cfg = nano_model_config(cfg, 300)
     tokens = np.arange(6 * 16, dtype=np.int32).reshape(6, 16)
-    buckets = {16: (tokens, np.ones((6, 16), np.float32), np.ones((6, 16), np.float32))}
+    # the loss mask and the padding mask differ: each must reach the step in its own place
+    masks = np.tile((np.arange(16) >= 4).astype(np.float32), (6, 1))
+    valid = np.tile((np.arange(16) < 12).astype(np.float32), (6, 1))
+    buckets = {16: (tokens, masks, valid)}
     logs = []
     _, losses = train(model_cfg, buckets, cfg.pretrain, log=logs.append, log_every=2)
     assert losses == [2.0, 4.0, 8.0, 16.0]
     np.testing.assert_array_equal(seen[0][0]["embed"]["embedding_vd"],
                                   init_params(model_cfg, jax.random.key(5))["embed"]["embedding_vd"])
     want = [tokens[idx] for _, idx in pretrain.batch_schedule(buckets, 4, 2, 5)]  # pretrain.seed
-    assert all(np.array_equal(a, b) for (_, a), b in zip(seen, want))
+    assert all(np.array_equal(a, b) for (_, a, _, _), b in zip(seen, want))
+    assert all(np.array_equal(m, masks[:2]) and np.array_equal(v, valid[:2]) for _, _, m, v in seen)
     assert [m.split(" (")[0] for m in logs] == ["pretrain step 1/4 len 16 loss 2.0000",
                                                  "pretrain step 3/4 len 16 loss 6.0000",  # mean of the last 2
                                                  "pretrain step 4/4 len 16 loss 12.0000"]  # the last step too
@@ -461,6 +465,7 @@ def test_trim_vocab_keeps_the_first_rows_and_refuses_untied_embeddings():
 
 
 def test_a_saved_base_loads_back_bit_for_bit_with_files_that_follow_the_umask(tmp_path):
+    import json
     import os
 
     import jax
@@ -478,6 +483,13 @@ def test_a_saved_base_loads_back_bit_for_bit_with_files_that_follow_the_umask(tm
     finally:
         os.umask(old)
     assert (tmp_path / "ck" / "model.safetensors").stat().st_mode & 0o777 == 0o640
+    # a Hugging Face checkpoint: transformers reads the weights' format from the safetensors
+    # metadata and their dtype from config.json, as in the shipped base's files
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "ck" / "model.safetensors", "np") as f:
+        assert f.metadata() == {"format": "pt"}
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["torch_dtype"] == "float32"
     loaded = from_pretrained(tmp_path / "ck")
     assert loaded.config.vocab_size == tok.vocab_size and loaded.config.hidden_size == 32
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded.params), strict=True):
@@ -581,3 +593,71 @@ def test_a_build_trains_on_its_corpus_and_records_what_it_built(tmp_path, monkey
         pretrain.build_base(load_config("configs/nano_base.py", ["pretrain.corpus_programs=40",
                                                                  "pretrain.batch_size=4", short]),
                             tmp_path / "short", log=lambda m: None)
+
+
+def test_transcripts_come_in_a_fixed_order_with_every_role_by_default():
+    # The order of the transcripts is the order of the rows the batch schedule shuffles with
+    # pretrain.seed: a rebuild reproduces the shipped weights only with the same order.
+    from azr_jax.azr.prompts import Prompts
+    from azr_jax.nano.corpus import generate_tasks
+    from azr_jax.nano.transcripts import build_transcripts, transcripts_for
+
+    tasks = generate_tasks(0, 3, num_inputs=8)
+    prompts = Prompts.from_config(load_config("configs/nano.py").azr)
+    every = [(r, t) for t in ("deduction", "abduction", "induction") for r in ("propose", "solve")]
+    assert [(x.role, x.task) for x in transcripts_for(tasks[0], prompts, [], 4)] == every  # both roles
+    got = [(x.role, x.task) for x in build_transcripts(tasks, prompts, n_references=1, seed=0)]
+    assert got == every * 3  # propose_every=1: every task is also proposed
+    solve = [("solve", t) for t in ("deduction", "abduction", "induction")]
+    got = [(x.role, x.task) for x in build_transcripts(tasks, prompts, n_references=1, seed=0, propose_every=2)]
+    assert got == every + solve + every  # tasks 0 and 2 proposed, task 1 solved only
+
+
+def test_pretrain_builds_into_an_empty_folder_and_prints_what_it_built(tmp_path, monkeypatch, capsys):
+    # An existing empty --out (the "new or empty directory" the refusal asks for) is built into,
+    # and stdout is one JSON line: the folder, the parameter count, the final loss, the wall time.
+    import argparse
+    import json
+
+    from azr_jax.nano import pretrain
+
+    built = []
+
+    def build_base(cfg, out, *, log, command):
+        built.append((out, command))
+        return {"num_params": 123, "final_loss": 0.5, "wall_s": 7.0, "first_loss": 6.0}
+
+    monkeypatch.setattr(pretrain, "build_base", build_base)
+    out = tmp_path / "empty"
+    out.mkdir()
+    args = argparse.Namespace(config="configs/nano_base.py", overrides=["pretrain.steps=2"], out=str(out))
+    assert pretrain.main(args) == 0
+    assert built == [(out, f"azr-jax pretrain --config configs/nano_base.py --set pretrain.steps=2 --out {out}")]
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"out": str(out), "num_params": 123, "final_loss": 0.5, "wall_s": 7.0}
+    assert "replacing" not in captured.err  # nothing was there to replace
+
+
+def test_a_continued_build_trains_the_checkpoints_weights_under_the_configs_scan_layers(tmp_path, monkeypatch):
+    # pretrain.init_from: the checkpoint's own shape and weights go into training, laid out as
+    # model.scan_layers says (false in configs/nano_base.py; a checkpoint's config says nothing).
+    import jax
+
+    from azr_jax.models import from_pretrained
+    from azr_jax.nano import BASE_DIR, pretrain
+
+    got = {}
+
+    def fake_train(model_cfg, buckets, p, *, log=None, params=None):
+        got.update(model_cfg=model_cfg, params=params)
+        return params, [1.0]
+
+    monkeypatch.setattr(pretrain, "train", fake_train)
+    cfg = load_config("configs/nano_base.py", ["pretrain.corpus_programs=40", "pretrain.batch_size=4",
+                                                f"pretrain.init_from={BASE_DIR}"])
+    assert cfg.model.scan_layers is False
+    pretrain.build_base(cfg, tmp_path / "cont", log=lambda m: None)
+    shipped = from_pretrained(BASE_DIR)
+    assert got["model_cfg"] == shipped.config.replace(scan_layers=False)
+    for a, b in zip(jax.tree.leaves(got["params"]), jax.tree.leaves(shipped.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

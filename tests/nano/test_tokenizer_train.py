@@ -51,3 +51,19 @@ def test_texts_may_be_any_iterable(tmp_path):
     a = train_tokenizer(texts, tmp_path / "a.model", vocab_size=400)
     b = train_tokenizer((t for t in texts), tmp_path / "b.model", vocab_size=400)
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_a_sentencepiece_failure_without_a_message_is_still_one_line_naming_the_setting(tmp_path, monkeypatch):
+    # the reason is the last line of SentencePiece's message, or the exception's type when it has none
+    import pytest
+
+    from azr_jax.errors import UserError
+    from azr_jax.nano import tokenizer_train
+
+    def fail(texts, buf, vocab_size):
+        raise RuntimeError()
+
+    monkeypatch.setattr(tokenizer_train, "_train", fail)
+    with pytest.raises(UserError, match=r"^the tokenizer cannot be trained with pretrain.vocab_size=64: RuntimeError$"):
+        train_tokenizer(["abc"], tmp_path / "t.model", vocab_size=64)
+    assert not (tmp_path / "t.model").exists()
