@@ -369,6 +369,26 @@ def test_bench_sample_jax_side_measures_the_requested_shape_and_refuses_short_ro
         sample._jax_side(cfg, args, "float32", [[1] * 8] * 2)
 
 
+class _FakeGenerateModel:
+    """A transformers model whose generate records its keyword arguments and returns zeros of
+    `shape[0]`, or of the full prompt + new_tokens length when that is None."""
+
+    def __init__(self, asked, shape):
+        self.asked, self.shape = asked, shape
+
+    def to(self, device):
+        return self
+
+    def train(self, mode):
+        return self
+
+    def generate(self, **kw):
+        import torch
+
+        self.asked.append(kw)
+        return torch.zeros(self.shape[0] or (kw["input_ids"].shape[0], kw["input_ids"].shape[1] + kw["max_new_tokens"]))
+
+
 def test_bench_sample_torch_side_asks_for_the_same_work(monkeypatch):
     """transformers.generate is told to produce exactly new_tokens per row (no early stop), with a
     static cache, sampling only when the temperature is > 0, and compiled only when asked."""
@@ -378,19 +398,8 @@ def test_bench_sample_torch_side_asks_for_the_same_work(monkeypatch):
     from azr_jax.bench import sample
 
     asked, shape = [], [None]
-
-    class FakeModel:
-        def to(self, device):
-            return self
-
-        def train(self, mode):
-            return self
-
-        def generate(self, **kw):
-            asked.append(kw)
-            return torch.zeros(shape[0] or (kw["input_ids"].shape[0], kw["input_ids"].shape[1] + kw["max_new_tokens"]))
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", lambda *a, **k: FakeModel())
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config",
+                        lambda *a, **k: _FakeGenerateModel(asked, shape))
     prompts = [[1] * 8] * 2
     for extra, compiled, sampled in (([], False, True), (["--temperature", "0", "--baseline-compile"], True, False)):
         args = _args("sample", [*TINY, *extra])
@@ -628,19 +637,8 @@ def test_bench_sample_both_sides_sample_the_whole_distribution_in_the_asked_dtyp
     from azr_jax.bench import sample
 
     asked = []
-
-    class FakeModel:
-        def to(self, device):
-            return self
-
-        def train(self, mode):
-            return self
-
-        def generate(self, **kw):
-            asked.append(kw)
-            return torch.zeros((kw["input_ids"].shape[0], kw["input_ids"].shape[1] + kw["max_new_tokens"]))
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", lambda *a, **k: FakeModel())
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config",
+                        lambda *a, **k: _FakeGenerateModel(asked, [None]))
     for temperature, want in (("0.7", 0.7), ("0", None)):
         args = _args("sample", [*TINY, "--temperature", temperature])
         sample._torch_side(model_config_from_args(args), args, "float32", [[1] * 8] * 2)
