@@ -53,7 +53,8 @@ class ModelSection:
 class MeshSection:
     """Device mesh and the logical-axis -> mesh-axis table (the only place sharding is decided)."""
 
-    # Mesh axis sizes; one entry may be -1 to take all remaining devices.
+    # Mesh axis sizes; one entry may be -1 to take all remaining devices. An axis that no rule
+    # below uses must be 1 (its devices would all repeat the same work).
     shape: dict = field(default_factory=lambda: {"data": 1, "fsdp": -1, "tensor": 1})
     # logical axis name -> mesh axis name(s) or None (replicated). Order matters only for readability.
     rules: dict = field(
@@ -557,6 +558,8 @@ def _check_mesh(mesh: "MeshSection") -> None:
     for axis, size in shape.items():
         if type(size) is not int or not (size > 0 or size == -1):
             raise UserError(f"config key 'mesh.shape.{axis}' must be a positive int or -1 (the rest), got {size!r}")
+    if list(shape.values()).count(-1) > 1:  # said here, not first by make_mesh at the start of a run
+        raise UserError(f"config key 'mesh.shape' {dict(shape)}: at most one axis may be -1 (the rest)")
     if not isinstance(mesh.rules, dict):
         raise UserError(f"config key 'mesh.rules' must map logical axes to mesh axes, got {mesh.rules!r}")
     used = set()
@@ -583,7 +586,8 @@ def _check_mesh(mesh: "MeshSection") -> None:
         if axis not in MESH_AXES:
             raise UserError(f"config key 'mesh.shape.{axis}': no mesh.rules entry uses mesh axis '{axis}'"
                             f"{_did_you_mean(axis, sorted(used | set(MESH_AXES)))}")
-        if size > 1:
+        # -1 too: on several devices it takes all of them (on one, it could only be 1).
+        if size > 1 or size == -1:
             raise UserError(f"config key 'mesh.shape.{axis}' is {size}, but no mesh.rules entry uses mesh axis "
                             f"'{axis}': its devices would all do the same work (map a logical axis to it, or set 1)")
 

@@ -414,6 +414,9 @@ def test_setting_a_whole_section_keeps_the_other_values(tmp_path):
     (['mesh.shape={"data": 1, "fsdp": -1, "tensor": 1, "tensr": 1}'], "did you mean 'tensor'"),
     (["mesh.rules.vocabb=tensor"], "no such logical axis; did you mean 'vocab'"),
     (["mesh.rules.batch=fsdp", "mesh.shape.data=2"], "'mesh.shape.data' is 2, but no mesh.rules entry uses"),
+    # -1 on an unused axis takes every device for repeated work; two -1s were left to make_mesh
+    (["mesh.rules.batch=data", "mesh.rules.embed=null"], "'mesh.shape.fsdp' is -1, but no mesh.rules entry uses"),
+    (['mesh.shape={"data": -1, "fsdp": -1, "tensor": 1}'], r"at most one axis may be -1"),
     (['mesh.rules={"batch": "data"}'], "'mesh.rules' has no entry for length, vocab, embed, heads, kv_heads"),
 ])
 def test_misspelt_mesh_axes_and_rules_are_refused(items, match):
