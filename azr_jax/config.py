@@ -746,6 +746,9 @@ def read_config_file(path: str | Path | None) -> Config:
     if path is None:
         return Config()
     p = Path(path)
+    if p.is_dir():  # a run directory, say: "not found" would be wrong
+        hint = f" (its config.json: {p / 'config.json'})" if (p / "config.json").is_file() else ""
+        raise UserError(f"config file {p} is a directory; give a .py preset or a config.json{hint}")
     if not p.is_file():
         raise UserError(f"config file not found: {p}")
     if p.suffix == ".py":

@@ -123,6 +123,14 @@ def test_python_config_files(tmp_path):
         load_config(bad)
     with pytest.raises(UserError, match="config file not found"):
         load_config(tmp_path / "missing.py")
+    # A directory (a run's workdir, say) is named as one, not as a missing file.
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(UserError, match=r"run is a directory; give a \.py preset or a config\.json$"):
+        load_config(run)
+    (run / "config.json").write_text("{}")
+    with pytest.raises(UserError, match=r"is a directory; .*\(its config\.json: .*run/config\.json\)"):
+        load_config(run)
     # A .py config goes through the same type checks as a config.json (a dataclass checks none).
     typed = tmp_path / "typed.py"
     typed.write_text("from azr_jax.config import Config, TrainSection\nconfig = Config(train=TrainSection(steps=[10]))\n")
