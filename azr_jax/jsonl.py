@@ -36,6 +36,8 @@ def read_objects(path: str | Path, what: str) -> Iterator[tuple[int, dict]]:
     `what` names the file in errors ("seed file", "benchmark file"); a missing file, a line that is
     not JSON, or a line that is not an object raises UserError."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{what} {p} is a directory; give a JSONL file")
     if not p.is_file():
         raise UserError(f"{what} not found: {p}")
     # Lines end at "\n" only: str.splitlines would also cut at U+2028 or U+0085 inside a string.

@@ -104,9 +104,10 @@ def test_an_atomic_write_that_fails_leaves_the_old_content(tmp_path, monkeypatch
     assert p.read_text() == "new" and os.listdir(tmp_path) == ["state.json"]
 
 
-def test_a_directory_given_as_an_input_file_is_not_found(tmp_path):
-    """`--in DIR` is named in one line (p.exists() let it through to a traceback from read_bytes)."""
-    with pytest.raises(UserError, match=f"test file not found: {tmp_path}$"):
+def test_a_directory_given_as_an_input_file_is_named_as_one(tmp_path):
+    """`--in DIR` is named in one line (p.exists() let it through to a traceback from read_bytes),
+    as a directory (it was "not found")."""
+    with pytest.raises(UserError, match=f"test file {tmp_path} is a directory; give a JSONL file$"):
         list(read_objects(tmp_path, "test file"))
 
 
