@@ -226,7 +226,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(config, args.overrides)
     except UserError as e:
-        if args.config:
+        if config is None or args.config:  # the built-in defaults or --config: not a run's config
             raise
         raise UserError(f"{e} (the config of the run whose rollouts/ holds --in; --config FILE to choose "
                         f"another)") from None

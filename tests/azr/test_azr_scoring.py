@@ -710,6 +710,13 @@ def test_cli_scores_a_runs_audit_file_under_the_runs_config(tmp_path, capsys, st
     assert cli.main(["score", "--in", str(audit), "--out", str(tmp_path / "o.jsonl"), "--config",
                      str(tmp_path / "config.json")]) == 2
     assert "holds --in" not in capsys.readouterr().err
+    # a bad --set over the built-in defaults (--in is no run's audit file) is not blamed on a run
+    other = tmp_path / "other.jsonl"
+    other.write_text("")
+    assert cli.main(["score", "--in", str(other), "--out", str(tmp_path / "o.jsonl"), "--set",
+                     "sandbox.workers=-1"]) == 2
+    assert capsys.readouterr().err == ("azr-jax: error: config key 'sandbox.workers' must be >= 0 "
+                                       "(0 = one per CPU core), got -1\n")
 
 
 def test_a_bad_record_is_scored_invalid_unformatted_and_without_a_reward():
