@@ -239,6 +239,10 @@ def main(args: argparse.Namespace) -> int:
     side = partial_file(out_path)
     if side.exists() and side.samefile(in_path):  # it is opened first, then moved onto --out
         raise UserError(f"--in {in_path} is the file --out {out_path} is first written to; give another --out")
+    if side.exists() and not side.is_file() and not (out_path.exists() and not out_path.is_file()):
+        # a directory (say) where the rows go first: said now, not as "rows scored so far are in" it
+        raise UserError(f"--out {out_path} is first written to {side}, which is not a regular file; "
+                        f"remove it or give another --out")
     if args.config is None:
         print(f"azr-jax score: using {config} (the run's config; --config to choose another)" if config else
               "azr-jax score: using the built-in default config (--config to choose one)", file=sys.stderr)

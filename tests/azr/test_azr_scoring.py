@@ -719,6 +719,16 @@ def test_cli_scores_a_runs_audit_file_under_the_runs_config(tmp_path, capsys, st
                                        "(0 = one per CPU core), got -1\n")
 
 
+def test_cli_refuses_a_side_file_that_is_a_directory_before_the_sandbox(tmp_path, capsys, stub_sandbox):
+    src = tmp_path / "in.jsonl"
+    src.write_text("")
+    (tmp_path / "out.jsonl.partial").mkdir()
+    assert cli.main(["score", "--in", str(src), "--out", str(tmp_path / "out.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "out.jsonl.partial, which is not a regular file; remove it or give another --out" in err
+    assert "scored so far" not in err and stub_sandbox["sandbox"] == []
+
+
 def test_a_bad_record_is_scored_invalid_unformatted_and_without_a_reward():
     cfg = load_config(None, OVERRIDES)
     out = score_records([{"id": "b", "role": "solve"}, "not a record"], cfg, sandbox=None)  # nothing to run
