@@ -79,18 +79,24 @@ def row_lengths(seq_len: int, batch: int) -> list[int]:
     return [max(seq_len - i * step, 1) for i in range(batch)]
 
 
+def _read_text_file(path: Path) -> str:
+    if path.is_dir():
+        raise UserError(f"--text-file {path} is a directory; give a text file")
+    if not path.is_file():
+        raise UserError(f"--text-file {path} does not exist")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"--text-file {path} is not UTF-8 text") from None
+
+
 def _token_stream(model, args) -> tuple[list[int], str]:
     if args.random_tokens or (args.text_file is None and not model.has_tokenizer()):
         rng = np.random.default_rng(args.seed)
         return rng.integers(0, model.config.vocab_size, size=args.seq_len * args.batch).tolist(), "random"
     if args.text_file is not None:
         path = Path(args.text_file)
-        if not path.is_file():
-            raise UserError(f"--text-file {path} does not exist")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise UserError(f"--text-file {path} is not UTF-8 text") from None
+        text = _read_text_file(path)
         source = f"text:{path}"
     else:
         text = resources.files("azr_jax").joinpath(CODE_SAMPLE).read_text(encoding="utf-8")
@@ -168,6 +174,8 @@ def model_parity(args: argparse.Namespace) -> dict:
 
     if args.seq_len < 2 or args.batch < 1:  # one position leaves no room for the padding under test
         raise UserError(f"--seq-len must be at least 2 and --batch positive (got {args.seq_len}, {args.batch})")
+    if args.text_file is not None:
+        _read_text_file(Path(args.text_file))  # a bad --text-file said now, not after loading the checkpoint
     model = from_pretrained(args.hf_dir, dtype=jnp.dtype(args.dtype))
     stream, source = _token_stream(model, args)
     tokens, mask, positions, lengths = build_batch(stream, args.seq_len, args.batch)

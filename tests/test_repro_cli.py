@@ -166,6 +166,19 @@ def test_bad_arguments(checkpoint, tmp_path, capsys):
     assert stop.value.code == 2 and "not allowed with argument --text-file" in capsys.readouterr().err
 
 
+def test_a_bad_text_file_is_refused_before_the_checkpoint_loads(tmp_path, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before --text-file was checked")
+
+    monkeypatch.setattr("azr_jax.models.checkpoint_hf.from_pretrained", never)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(b"caf\xe9\n")
+    for text_file, said in [(tmp_path / "none.txt", "does not exist"), (tmp_path, "is a directory; give a text file"),
+                            (latin1, "is not UTF-8 text")]:
+        rc, out, err = _run(["--hf-dir", str(tmp_path), "--text-file", str(text_file)], capsys)
+        assert rc == 2 and out == "" and err == f"azr-jax: error: --text-file {text_file} {said}\n"
+
+
 def test_installed_command_prints_one_line_for_a_missing_directory(tmp_path):
     """The real entry point, in a fresh process: no traceback, exit code 2."""
     proc = subprocess.run([sys.executable, "-m", "azr_jax.cli", "repro", "model", "--hf-dir", str(tmp_path / "nope")],
