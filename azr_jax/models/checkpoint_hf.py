@@ -121,7 +121,7 @@ def read_hf_config(path: str | os.PathLike) -> ModelConfig:
     """The `ModelConfig` of an HF checkpoint directory (reads config.json only)."""
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"checkpoint directory {path} does not exist")
+        raise UserError(f"checkpoint directory {path} " + ("is not a directory" if path.exists() else "does not exist"))
     config_file = path / CONFIG_FILE
     if not config_file.is_file():
         raise UserError(f"{path} has no {CONFIG_FILE}; is it a Hugging Face checkpoint directory?")

@@ -326,6 +326,9 @@ def test_bad_checkpoint_raises_one_clear_user_error(case, good_checkpoint, tmp_p
 def test_missing_directory_and_missing_tokenizer(good_checkpoint, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         from_pretrained(tmp_path / "nope")
+    (tmp_path / "afile").write_text("")  # there, but a file: not said to be missing
+    with pytest.raises(UserError, match=r"checkpoint directory .*afile is not a directory$"):
+        from_pretrained(tmp_path / "afile")
     model = from_pretrained(good_checkpoint)  # loads without a tokenizer ...
     with pytest.raises(UserError, match="no tokenizer in"):
         model.tokenizer  # ... and says so only when one is needed
