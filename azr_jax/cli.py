@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None, *, process_exit: bool = False) -> int:
     try:
         parser = _lazy_parser(argv)
         args = parser.parse_args(argv)
+        empty = _empty_option(parser, args)
+        if empty:  # `--workdir ""` ran as no --workdir (runs/<name>), `--out ""` wrote nothing, ...
+            raise UserError(f"{empty} is given an empty value (an unset shell variable?); give it a value")
         module = importlib.import_module(args._module)
         return int(module.main(args) or 0)
     except UserError as e:
@@ -82,6 +85,18 @@ def main(argv: list[str] | None = None, *, process_exit: bool = False) -> int:
         else:
             print("azr-jax: interrupted", file=sys.stderr)
         return 130
+
+
+def _empty_option(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The first option (as its flag) that `args` holds as an empty string, if any."""
+    flags, parsers = {}, [parser]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.option_strings:
+                flags.setdefault(action.dest, action.option_strings[-1])
+    return next((flags[dest] for dest, value in vars(args).items() if value == "" and dest in flags), None)
 
 
 def _say_last(text: str) -> None:

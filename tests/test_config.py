@@ -202,6 +202,24 @@ def test_cli_reports_bad_input_as_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("azr-jax: error:"), r.stderr
 
 
+def test_an_empty_option_value_is_refused_before_the_command_runs(tmp_path, capsys, monkeypatch):
+    """`--workdir ""` (an unset shell variable) ran as no --workdir, training into runs/<name>;
+    `eval --out ""` evaluated and wrote nothing; `score --config ""` used the defaults unsaid."""
+    from azr_jax import cli
+
+    monkeypatch.chdir(tmp_path)
+    for argv, flag in [(["train", "--config", "configs/nano.py", "--workdir", ""], "--workdir"),
+                       (["train", "--config", "configs/nano.py", "--work="], "--workdir"),
+                       (["eval", "--config", "configs/nano.py", "--out", ""], "--out"),
+                       (["score", "--in", "in.jsonl", "--out", "o.jsonl", "--config", ""], "--config"),
+                       (["bench", "executor", "--out", ""], "--out"),
+                       (["repro", "model", "--hf-dir", "x", "--text-file", ""], "--text-file")]:
+        assert cli.main(argv) == 2, argv
+        assert capsys.readouterr().err == (f"azr-jax: error: {flag} is given an empty value (an unset shell "
+                                           f"variable?); give it a value\n")
+    assert list(tmp_path.iterdir()) == []  # no runs/ made
+
+
 def test_cli_help_lists_commands():
     r = subprocess.run([sys.executable, "-m", "azr_jax.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0
