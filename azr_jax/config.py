@@ -782,7 +782,7 @@ def _load_py_config(p: Path) -> Config:
         spec.loader.exec_module(module)  # a trusted, user-written config file
     except UserError:
         raise
-    except Exception as e:  # a broken config file: say where, not a traceback
+    except (Exception, SystemExit) as e:  # a broken config file: say where, not a traceback (nor exit 0 unsaid)
         raise UserError(f"config file {p} failed to load: {type(e).__name__}: {e}") from None
     if hasattr(module, "get_config") and hasattr(module, "config"):
         # Two candidates: which one is meant is a guess, so refuse rather than pick silently.
@@ -796,7 +796,7 @@ def _load_py_config(p: Path) -> Config:
             raise UserError(f"config file {p} must define `config = Config(...)` or `get_config()`")
     except UserError:
         raise
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise UserError(f"config file {p}: get_config() failed: {type(e).__name__}: {e}") from None
     if not isinstance(cfg, Config):
         raise UserError(f"config file {p}: `config` must be an azr_jax.config.Config")

@@ -131,6 +131,14 @@ def test_python_config_files(tmp_path):
     (run / "config.json").write_text("{}")
     with pytest.raises(UserError, match=r"is a directory; .*\(its config\.json: .*run/config\.json\)"):
         load_config(run)
+    # A config file that exits (sys.exit(0): the command ended with status 0, having done nothing)
+    exits = tmp_path / "exits.py"
+    exits.write_text("import sys\nsys.exit(0)\n")
+    with pytest.raises(UserError, match="exits.py failed to load: SystemExit: 0$"):
+        load_config(exits)
+    exits.write_text("from azr_jax.config import Config\ndef get_config():\n    raise SystemExit(3)\n")
+    with pytest.raises(UserError, match=r"exits.py: get_config\(\) failed: SystemExit: 3$"):
+        load_config(exits)
     # A .py config goes through the same type checks as a config.json (a dataclass checks none).
     typed = tmp_path / "typed.py"
     typed.write_text("from azr_jax.config import Config, TrainSection\nconfig = Config(train=TrainSection(steps=[10]))\n")
