@@ -3,7 +3,6 @@
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -432,10 +431,11 @@ X
         shutil.copy(tmp_path / "sent.tgz", home / "azr-jax.tgz")
         log = tmp_path / "wlog"
         # SIGHUP as a fresh ssh session has it (pytest itself may run under nohup): only nohup ignores it.
-        proc = subprocess.run(["bash", str(tmp_path / "remote.sh")], cwd=home, capture_output=True, text=True,
+        # (env resets it: a preexec_fn would fork this multithreaded JAX process without exec.)
+        proc = subprocess.run([shutil.which("env"), "--default-signal=HUP", "bash", str(tmp_path / "remote.sh")], cwd=home,
+                              capture_output=True, text=True,
                               env=dict(os.environ, HOME=str(home), PATH=f"{bin_}:{path}",
-                                       STUB_LOG=str(log), **dict(remote_env)), timeout=60,
-                              preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+                                       STUB_LOG=str(log), **dict(remote_env)), timeout=60)
         for _ in range(200):  # the trainer runs in the background
             if any(c.startswith("azr-jax") for c in _lines(log)) or proc.returncode:
                 break
