@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from azr_jax.errors import UserError
+from azr_jax.jsonl import check_input_file
 
 
 # ----------------------------------------------------------------------------------------------
@@ -746,11 +747,8 @@ def read_config_file(path: str | Path | None) -> Config:
     if path is None:
         return Config()
     p = Path(path)
-    if p.is_dir():  # a run directory, say: "not found" would be wrong
-        hint = f" (its config.json: {p / 'config.json'})" if (p / "config.json").is_file() else ""
-        raise UserError(f"config file {p} is a directory; give a .py preset or a config.json{hint}")
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
+    hint = f" (its config.json: {p / 'config.json'})" if (p / "config.json").is_file() else ""  # a run directory
+    check_input_file(p, "config file", f"a .py preset or a config.json{hint}")
     if p.suffix == ".py":
         return _load_py_config(p)
     if p.suffix != ".json":

@@ -35,11 +35,7 @@ def read_objects(path: str | Path, what: str) -> Iterator[tuple[int, dict]]:
 
     `what` names the file in errors ("seed file", "benchmark file"); a missing file, a line that is
     not JSON, or a line that is not an object raises UserError."""
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"{what} {p} is a directory; give a JSONL file")
-    if not p.is_file():
-        raise UserError(f"{what} not found: {p}")
+    p = check_input_file(path, what, "a JSONL file")
     # Lines end at "\n" only: str.splitlines would also cut at U+2028 or U+0085 inside a string.
     data = p.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is no text
     for n, raw in enumerate(data.split(b"\n"), start=1):
@@ -72,6 +68,17 @@ def read_json_object(path: str | Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{p} must hold a JSON object ({what}), found {type(data).__name__}")
     return data
+
+
+def check_input_file(path: str | Path, what: str, want: str) -> Path:
+    """`path` as a file to read: UserError if it is missing ("WHAT not found: PATH") or is not a
+    regular file (a directory, say: "WHAT PATH is a directory; give WANT")."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{what} not found: {p}")
+    if not p.is_file():
+        raise UserError(f"{what} {p} is {'a directory' if p.is_dir() else 'not a regular file'}; give {want}")
+    return p
 
 
 def check_output_file(path: str | Path, what: str) -> Path:

@@ -10,6 +10,7 @@ import numpy as np
 
 from azr_jax.errors import UserError
 from azr_jax.eval.summary import decoding_description, read_evaluation
+from azr_jax.jsonl import check_input_file
 from azr_jax.metrics import step_files
 
 TASKS = ("deduction", "abduction", "induction")
@@ -24,9 +25,7 @@ PANELS = {
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"metrics file not found: {p}")
+    p = check_input_file(path, "metrics file", "a metrics.jsonl")
     rows = []
     for n, line in enumerate(p.read_text().splitlines(), start=1):
         if line.strip():

@@ -19,6 +19,7 @@ import numpy as np
 
 from azr_jax.bench.common import non_negative_float
 from azr_jax.errors import UserError
+from azr_jax.jsonl import check_input_file
 
 CODE_SAMPLE = "repro_code_sample.txt"
 # Largest |logit difference| accepted by default. float32: DESIGN.md §5 (~1e-5..1e-4 over tens of
@@ -80,10 +81,7 @@ def row_lengths(seq_len: int, batch: int) -> list[int]:
 
 
 def _read_text_file(path: Path) -> str:
-    if path.is_dir():
-        raise UserError(f"--text-file {path} is a directory; give a text file")
-    if not path.is_file():
-        raise UserError(f"--text-file {path} does not exist")
+    check_input_file(path, "--text-file", "a text file")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

@@ -1,6 +1,7 @@
 """User JSONL files: line-numbered one-line errors; the CRUXEval-format loader on hand-made lines."""
 
 import json
+import os
 
 import pytest
 
@@ -109,6 +110,12 @@ def test_a_directory_given_as_an_input_file_is_named_as_one(tmp_path):
     as a directory (it was "not found")."""
     with pytest.raises(UserError, match=f"test file {tmp_path} is a directory; give a JSONL file$"):
         list(read_objects(tmp_path, "test file"))
+    fifo = tmp_path / "fifo"  # nor is any other non-file waited on or read (a FIFO would block)
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match=f"test file {fifo} is not a regular file; give a JSONL file$"):
+        list(read_objects(fifo, "test file"))
+    with pytest.raises(UserError, match=f"test file not found: {tmp_path / 'none'}$"):
+        list(read_objects(tmp_path / "none", "test file"))
 
 
 def test_read_json_object_refuses_an_integer_past_the_digit_limit(tmp_path):

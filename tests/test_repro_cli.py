@@ -152,7 +152,7 @@ def test_bad_checkpoint_is_one_stderr_line(case, checkpoint, tmp_path, capsys):
 
 def test_bad_arguments(checkpoint, tmp_path, capsys):
     rc, _, err = _run(["--hf-dir", str(checkpoint), "--text-file", str(tmp_path / "none.txt")], capsys)
-    assert rc == 2 and err.strip().splitlines() == [f"azr-jax: error: --text-file {tmp_path / 'none.txt'} does not exist"]
+    assert rc == 2 and err.strip().splitlines() == [f"azr-jax: error: --text-file not found: {tmp_path / 'none.txt'}"]
     for seq_len in ("0", "1"):  # one position leaves nothing to pad
         rc, _, err = _run(["--hf-dir", str(checkpoint), "--seq-len", seq_len], capsys)
         assert rc == 2 and "--seq-len must be at least 2" in err and len(err.strip().splitlines()) == 1
@@ -173,10 +173,11 @@ def test_a_bad_text_file_is_refused_before_the_checkpoint_loads(tmp_path, capsys
     monkeypatch.setattr("azr_jax.models.checkpoint_hf.from_pretrained", never)
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes(b"caf\xe9\n")
-    for text_file, said in [(tmp_path / "none.txt", "does not exist"), (tmp_path, "is a directory; give a text file"),
-                            (latin1, "is not UTF-8 text")]:
+    for text_file, said in [(tmp_path / "none.txt", f"not found: {tmp_path / 'none.txt'}"),
+                            (tmp_path, f"{tmp_path} is a directory; give a text file"),
+                            (latin1, f"{latin1} is not UTF-8 text")]:
         rc, out, err = _run(["--hf-dir", str(tmp_path), "--text-file", str(text_file)], capsys)
-        assert rc == 2 and out == "" and err == f"azr-jax: error: --text-file {text_file} {said}\n"
+        assert rc == 2 and out == "" and err == f"azr-jax: error: --text-file {said}\n"
 
 
 def test_installed_command_prints_one_line_for_a_missing_directory(tmp_path):

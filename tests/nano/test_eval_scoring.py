@@ -550,6 +550,8 @@ def test_metrics_rows_read_skip_blank_lines_and_refuse_a_boolean_step_or_a_missi
         read_metrics(path)
     with pytest.raises(UserError, match="metrics file not found: .*missing.jsonl"):
         read_metrics(tmp_path / "missing.jsonl")
+    with pytest.raises(UserError, match="metrics file .* is a directory; give a metrics.jsonl$"):  # a run dir, say
+        read_metrics(tmp_path)
 
 
 def test_summary_fields_name_each_evaluations_own_figures():
