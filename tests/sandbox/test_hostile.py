@@ -78,8 +78,8 @@ def test_hostile_corpus_as_unprivileged_user():
     # A world-readable copy of what the corpus imports (the checkout may sit in a private home).
     root = Path(tempfile.mkdtemp(prefix="azr-unpriv-"))
     try:
-        for rel in ("azr_jax/__init__.py", "azr_jax/errors.py", "azr_jax/config.py", "azr_jax/pyast.py",
-                    "tests/sandbox/hostile_corpus.py"):
+        for rel in ("azr_jax/__init__.py", "azr_jax/errors.py", "azr_jax/config.py", "azr_jax/jsonl.py",
+                    "azr_jax/pyast.py", "tests/sandbox/hostile_corpus.py"):
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(REPO / rel, root / rel)
         shutil.copytree(REPO / "azr_jax/sandbox", root / "azr_jax/sandbox", ignore=shutil.ignore_patterns("__pycache__"))
