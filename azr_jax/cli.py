@@ -99,6 +99,13 @@ def _empty_option(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     return next((flags[dest] for dest, value in vars(args).items() if value == "" and dest in flags), None)
 
 
+def check_step_option(value: int | None, flag: str) -> None:
+    """A step-number option (`--step`, `--resume-step`): refused at once when not positive, not
+    after the model is set up and the checkpoint listing says step 0 does not exist."""
+    if value is not None and value <= 0:
+        raise UserError(f"{flag} must be a positive step number, got {value}")
+
+
 def _say_last(text: str) -> None:
     """Write `text` as the last thing on stderr. Background threads of libraries interrupted
     mid-work (Orbax's asynchronous reads of a corrupt checkpoint) would otherwise print

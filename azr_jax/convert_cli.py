@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from azr_jax.cli import check_step_option
 from azr_jax.errors import UserError
 from azr_jax.jsonl import check_output_dir
 
@@ -70,6 +71,7 @@ def main(args: argparse.Namespace) -> int:
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty; give a new or empty directory")
     parse_size(args.max_shard_size)  # a bad size is said now, not after the restore
+    check_step_option(args.step, "--step")
 
     distributed.initialize_from_env()
     cfg = load_config(run / "config.json", args.overrides)

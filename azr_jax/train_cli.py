@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from azr_jax.cli import check_step_option
 from azr_jax.errors import UserError
 
 EPILOG = """\
@@ -77,8 +78,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"the default workdir is runs/<name>, and name={cfg.name!r} is not a plain directory name; "
                         f"set a plain name or give --workdir")
     workdir = args.workdir or f"runs/{cfg.name}"
-    if args.resume_step is not None and args.resume_step <= 0:
-        raise UserError(f"--resume-step must be a positive step number, got {args.resume_step}")
+    check_step_option(args.resume_step, "--resume-step")
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")

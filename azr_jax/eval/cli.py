@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from azr_jax.cli import check_step_option
 from azr_jax.errors import UserError
 from azr_jax.jsonl import check_output_file
 
@@ -64,6 +65,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("give --config (a base model) or --run WORKDIR (a training run's checkpoint)")
     if args.step is not None and args.run is None:
         raise UserError("--step needs --run WORKDIR")
+    check_step_option(args.step, "--step")
     if args.run and args.checkpoint:
         raise UserError("--run and --checkpoint are two different models; give one")
     if args.run and not args.config and not (Path(args.run) / "config.json").is_file():

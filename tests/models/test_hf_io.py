@@ -577,7 +577,9 @@ def test_convert_refuses_bad_arguments_before_restoring_anything(tiny_run, tmp_p
     for args, match in [(_convert_args(tmp_path / "nowhere", tmp_path / "a"), "is not a training run directory"),
                         (_convert_args(not_a_run, tmp_path / "a"), "checkpoints is not a training run directory"),
                         (_convert_args(run, full), "is not empty"),
-                        (_convert_args(run, tmp_path / "b", max_shard_size="lots"), "invalid shard size")]:
+                        (_convert_args(run, tmp_path / "b", max_shard_size="lots"), "invalid shard size"),
+                        (_convert_args(run, tmp_path / "d", step=0), "--step must be a positive step number, got 0"),
+                        (_convert_args(run, tmp_path / "e", step=-2), "--step must be a positive step number, got -2")]:
         with pytest.raises(UserError, match=match):
             main(args)
     assert restored == []

@@ -834,6 +834,8 @@ def test_eval_cli_run_evaluates_its_checkpoint_under_its_own_config(eval_main, t
     (("--config", "configs/nano.py", "--step", "3"), "--step needs --run"),
     (("--run", "R", "--checkpoint", "C"), "two different models"),
     (("--config", "configs/nano.py", "--step", "0"), "--step needs --run"),
+    (("--run", "R", "--step", "0"), "--step must be a positive step number, got 0"),
+    (("--run", "R", "--step", "-1"), "--step must be a positive step number, got -1"),
     (("--config", "configs/nano.py", "--out", "configs/nano.py/out.json"), "--out .*does not exist"),
 ])
 def test_eval_cli_refuses_contradictory_arguments_before_loading_anything(eval_main, argv, message):
