@@ -273,6 +273,10 @@ def build_base(cfg, out: Path, *, log=print, command: str = "build_base()") -> d
     """Corpus -> tokenizer -> pretraining -> checkpoint in `out`; returns the build record."""
     t0 = time.perf_counter()
     p = cfg.pretrain
+    if cfg.model.preset != "nano":  # a paper config would otherwise build a nano model, silently
+        raise UserError(f"azr-jax pretrain builds the nano base model (model.preset 'nano'); this config has "
+                        f"model.preset {cfg.model.preset!r}. Larger models start from their released "
+                        f"checkpoints (model.hf_dir); use configs/nano_base.py here")
     # Settle the model's shape before anything is written into `out` (which may be the shipped base).
     if p.init_from and cfg.model.overrides:
         raise UserError("model.overrides cannot reshape a model continued from pretrain.init_from; "

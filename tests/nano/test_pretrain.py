@@ -80,6 +80,9 @@ def test_a_bad_model_override_fails_before_anything_is_written(tmp_path):
                                                                 'model.overrides={"num_layers": 2}']), out,
                    log=lambda msg: None)
     assert not out.exists()
+    with pytest.raises(UserError, match="builds the nano base model .*model.preset 'qwen2.5-0.5b'"):
+        build_base(load_config("configs/qwen2.5-0.5b.py", small), out, log=lambda msg: None)
+    assert not out.exists()
 
 
 def test_a_build_that_fails_after_the_tokenizer_leaves_the_old_base_alone(tmp_path):
