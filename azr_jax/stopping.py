@@ -5,12 +5,32 @@ takes long enough for a Ctrl-C to land in it (and be dropped in JAX's garbage-co
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
 import threading
 
 log = logging.getLogger("azr_jax.trainer")  # the trainer's messages, under the trainer's logger
+
+
+def raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """For the commands without a trainer loop (score, pretrain): inside, SIGTERM (a scheduler,
+    `timeout`) stops the work as Ctrl-C does, so its cleanup runs instead of the process ending
+    mid-write. The previous handler is back afterwards (a caller of `cli.main` keeps its own)."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class StopFlag:

@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import re
-import signal
 import sys
 import time
 from collections import Counter, defaultdict
@@ -25,6 +24,7 @@ from azr_jax.azr.scoring import INPUT_FIELDS, TASK_FIELDS
 from azr_jax.config import load_config
 from azr_jax.errors import UserError
 from azr_jax.jsonl import check_output_file, loads_strict
+from azr_jax.stopping import sigterm_as_interrupt
 
 CHUNK = 256  # records per score_records call: bounds memory and gives regular progress
 
@@ -194,10 +194,6 @@ def _score_into(lines, total: int, path: Path, cfg, sandbox, stats, unread, prog
     return errors
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _summary(counts: dict) -> str:
     parts = []
     for group, s in sorted(counts["groups"].items()):
@@ -246,9 +242,8 @@ def main(args: argparse.Namespace) -> int:
     if args.config is None:
         print(f"azr-jax score: using {config} (the run's config; --config to choose another)" if config else
               "azr-jax score: using the built-in default config (--config to choose one)", file=sys.stderr)
-    # SIGTERM (a scheduler, `timeout`) stops as Ctrl-C does: queued checks dropped, one line.
-    signal.signal(signal.SIGTERM, _interrupt)
-    with Sandbox(cfg.sandbox) as sandbox:
+    # SIGTERM stops as Ctrl-C does: queued checks dropped, one line, the partial file kept.
+    with sigterm_as_interrupt(), Sandbox(cfg.sandbox) as sandbox:
         # Both hold hidden outputs: --in the records' own, --out's partial file those scored so far.
         places = {f"--in {in_path}": in_path, f"--out's directory {out_path.parent}": out_path.parent}
         exposed = [name for name, path in places.items() if readable_by_jobs(sandbox.plan, path)]

@@ -60,7 +60,10 @@ def main(args: argparse.Namespace) -> int:
     # another program's when the command is run through azr_jax.cli.main from Python).
     sets = [a for o in args.overrides for a in ("--set", o)]
     command = shlex.join(["azr-jax", "pretrain", "--config", str(args.config), *sets, "--out", str(args.out)])
-    record = build_base(cfg, out, log=lambda msg: print(msg, file=sys.stderr, flush=True), command=command)
+    from azr_jax.stopping import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # as Ctrl-C: a new --out is removed, not left empty
+        record = build_base(cfg, out, log=lambda msg: print(msg, file=sys.stderr, flush=True), command=command)
     print(json.dumps({"out": str(out), **{k: record[k] for k in ("num_params", "final_loss", "wall_s")}}))
     return 0
 

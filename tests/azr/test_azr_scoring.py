@@ -662,7 +662,7 @@ def test_the_summary_line_and_the_unread_field_list():
 @pytest.fixture
 def stub_sandbox(monkeypatch):
     """The configs the stand-in sandbox was opened with, and the signal handlers main set."""
-    from azr_jax.azr import score_cli
+    from azr_jax import stopping
 
     seen = {"sandbox": [], "signals": []}
 
@@ -679,14 +679,18 @@ def stub_sandbox(monkeypatch):
             return False
 
     monkeypatch.setattr("azr_jax.sandbox.Sandbox", StubSandbox)
-    monkeypatch.setattr(score_cli.signal, "signal", lambda sig, handler: seen["signals"].append((sig, handler)))
+    def record(sig, handler):
+        seen["signals"].append((sig, handler))
+        return "the handler before"
+
+    monkeypatch.setattr(stopping.signal, "signal", record)
     return seen
 
 
 def test_cli_scores_a_runs_audit_file_under_the_runs_config(tmp_path, capsys, stub_sandbox):
     import signal
 
-    from azr_jax.azr import score_cli
+    from azr_jax import stopping
     from azr_jax.config import to_json
 
     (tmp_path / "rollouts").mkdir()
@@ -697,10 +701,11 @@ def test_cli_scores_a_runs_audit_file_under_the_runs_config(tmp_path, capsys, st
     assert cli.main(["score", "--in", str(audit), "--out", str(tmp_path / "o.jsonl")]) == 0
     assert [c.timeout_s for c in stub_sandbox["sandbox"]] == [3]
     assert f"using {tmp_path / 'config.json'} (the run's config" in capsys.readouterr().err
-    # SIGTERM stops it as Ctrl-C does
-    assert stub_sandbox["signals"] == [(signal.SIGTERM, score_cli._interrupt)]
+    # SIGTERM stops it as Ctrl-C does (while it scores; the handler before is put back after)
+    assert stub_sandbox["signals"] == [(signal.SIGTERM, stopping.raise_interrupt),
+                                       (signal.SIGTERM, "the handler before")]
     with pytest.raises(KeyboardInterrupt):
-        score_cli._interrupt(signal.SIGTERM, None)
+        stopping.raise_interrupt(signal.SIGTERM, None)
     assert cli.main(["score", "--in", str(audit), "--out", "-"]) == 2
     assert "score writes a JSONL file, not stdout" in capsys.readouterr().err
     # a broken run config is named as the run's; a broken --config as itself

@@ -664,3 +664,37 @@ def test_a_continued_build_trains_the_checkpoints_weights_under_the_configs_scan
     assert got["model_cfg"] == shipped.config.replace(scan_layers=False)
     for a, b in zip(jax.tree.leaves(got["params"]), jax.tree.leaves(shipped.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sigterm_stops_a_build_as_ctrl_c_does_and_leaves_no_empty_out(tmp_path):
+    """A scheduler's SIGTERM (or `timeout`) used to end the process where it stood, leaving the
+    new --out behind, empty. Now it stops as Ctrl-C does: exit 130, one line, no folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "new_base"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "azr_jax.cli", "pretrain", "--config", "configs/nano_base.py",
+         "--set", "pretrain.corpus_programs=40", "--set", "pretrain.batch_size=4", "--set", "pretrain.steps=100000",
+         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the folder is made after the handler is installed
+        assert out.is_dir(), proc.poll()
+        # Again every few seconds: a signal that lands in a garbage-collection callback is dropped.
+        while proc.poll() is None and time.monotonic() < deadline:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stdout, stderr = proc.communicate()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert stderr.rstrip().endswith("azr-jax: interrupted") and "Traceback" not in stderr, stderr[-2000:]
+    assert stdout == "" and not out.exists()

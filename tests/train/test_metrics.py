@@ -248,6 +248,33 @@ def test_diversity_bonus_goes_to_positive_proposer_rewards_only(level):
     assert positive == [0.2] and boundary[0]["diversity_bonus"] == 0.0
 
 
+def test_sigterm_as_interrupt_raises_keyboard_interrupt_inside_and_puts_the_handler_back():
+    import signal
+    import threading
+
+    from azr_jax.stopping import raise_interrupt, sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) is raise_interrupt
+            signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
+    errors = []
+
+    def off_the_main_thread():  # signal.signal would raise ValueError there: a no-op instead
+        try:
+            with sigterm_as_interrupt():
+                errors.append(signal.getsignal(signal.SIGTERM) is raise_interrupt)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    thread = threading.Thread(target=off_the_main_thread)
+    thread.start()
+    thread.join()
+    assert errors == [False] and signal.getsignal(signal.SIGTERM) is before
+
+
 def test_a_second_stop_signal_interrupts_at_once(caplog):
     import os
     import signal
