@@ -503,7 +503,9 @@ def test_run_all_workers_stops_when_listing_the_files_fails(tpu):
     git = shutil.which("git")  # lists every file, then fails: no partial tree is sent
     _exe(tpu.dir / "bin" / "git", f'if [ "$3" = ls-files ]; then "{git}" "$@"; exit 1; fi\nexec "{git}" "$@"\n')
     proc, calls = tpu("run_all_workers.sh", "azr-x", "z", "configs/nano.py")
-    assert proc.returncode != 0 and calls == []
+    assert proc.returncode == 1 and calls == []
+    assert "packing " in proc.stderr and "for the workers failed (see above); nothing was sent" in proc.stderr
+    assert list((tpu.dir / "tmp").iterdir()) == []  # the half-written archive is gone too
 
 
 @pytest.mark.parametrize("accel, extra, runtime", [

@@ -18,19 +18,25 @@ case "$config" in
   *) [ -f "$here/$config" ] || { echo "[azr-jax] no config $config in $here (CONFIG is relative to the checkout)" >&2; exit 2; } ;;
 esac
 archive="$(mktemp -d)/azr-jax.tgz"
-if git -C "$here" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-  # Tracked files and untracked ones git does not ignore: no virtualenv, runs, caches (the
-  # pytest cache alone holds a 0.5 GB model) or build leftovers. A tracked file deleted in the
-  # work tree is skipped, not an error (GNU tar and bsdtar both read a NUL-separated list).
-  # CONFIG itself goes too when git ignores it (a config kept under runs/, say).
-  { git -C "$here" ls-files -z --cached --others --exclude-standard
-    case "$config" in /*) ;; *) if git -C "$here" check-ignore -q -- "$config"; then printf '%s\0' "$config"; fi ;; esac
-  } | while IFS= read -r -d '' f; do if [ -e "$here/$f" ]; then printf '%s\0' "$f"; fi; done \
-    | tar -C "$here" --null -T - -czf "$archive"
-else
-  tar -C "$here" --exclude=.venv --exclude=runs --exclude=.git --exclude=.pytest_cache \
-    --exclude=__pycache__ --exclude='*.egg-info' -czf "$archive" .
-fi
+pack() {
+  if git -C "$here" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    # Tracked files and untracked ones git does not ignore: no virtualenv, runs, caches (the
+    # pytest cache alone holds a 0.5 GB model) or build leftovers. A tracked file deleted in the
+    # work tree is skipped, not an error (GNU tar and bsdtar both read a NUL-separated list).
+    # CONFIG itself goes too when git ignores it (a config kept under runs/, say).
+    # (`|| exit`: set -e is off in a function called before `||`; this exits the list's subshell)
+    { git -C "$here" ls-files -z --cached --others --exclude-standard || exit
+      case "$config" in /*) ;; *) if git -C "$here" check-ignore -q -- "$config"; then printf '%s\0' "$config"; fi ;; esac
+    } | while IFS= read -r -d '' f; do if [ -e "$here/$f" ]; then printf '%s\0' "$f"; fi; done \
+      | tar -C "$here" --null -T - -czf "$archive"
+  else
+    tar -C "$here" --exclude=.venv --exclude=runs --exclude=.git --exclude=.pytest_cache \
+      --exclude=__pycache__ --exclude='*.egg-info' -czf "$archive" .
+  fi
+}
+# The pipeline's status (pipefail) decides: no partial tree is sent, and the failure is named.
+pack || { echo "[azr-jax] packing $here for the workers failed (see above); nothing was sent" >&2
+          rm -rf "$(dirname "$archive")"; exit 1; }
 case "$config" in
   /*) ;;
   *) members="$(tar -tzf "$archive")"  # read whole: grep -q would stop tar mid-list (pipefail)
