@@ -385,7 +385,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        if isinstance(value, str):
+        if isinstance(value, str) and value.isascii():  # Python's int() also reads '５' (full width) as 5
             try:
                 return int(value)
             except ValueError:
@@ -396,7 +396,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise UserError(f"config key '{key}' expects a float, got {value!r}")
         if isinstance(value, (int, float)):
             return float(value)
-        if isinstance(value, str):
+        if isinstance(value, str) and value.isascii():
             try:
                 return float(value)
             except ValueError:

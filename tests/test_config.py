@@ -579,6 +579,8 @@ def test_range_boundaries_are_refused(item, match):
     ("train.steps=2.5", "'train.steps' expects an int, got 2.5"),  # was cut to 2
     ("azr.batch_size=true", "'azr.batch_size' expects an int, got True"),  # was 1
     ("optim.learning_rate=true", "'optim.learning_rate' expects a float, got True"),  # was 1.0
+    ("train.steps=\uff15", "'train.steps' expects an int, got '\uff15'"),  # a full-width 5: was 5
+    ("optim.learning_rate=\u0661e-4", "'optim.learning_rate' expects a float, got '\u0661e-4'"),  # Arabic-Indic 1
 ])
 def test_set_values_of_another_type_are_not_converted(item, match):
     with pytest.raises(UserError, match=match):
