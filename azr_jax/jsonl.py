@@ -62,7 +62,7 @@ def read_json_object(path: str | Path, what: str) -> dict:
     """The JSON object in `path` (e.g. a checkpoint's config.json); UserError if it is not one."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = loads_strict(p.read_text(encoding="utf-8"))  # a NaN rope_theta would load as a number
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
         raise UserError(f"{p} is not valid JSON ({what}): {e}") from None
     if not isinstance(data, dict):

@@ -77,7 +77,10 @@ def test_read_json_object_names_the_file_and_what_it_is(tmp_path):
     for content, match in [(b"[1, 2]", r"config.json must hold a JSON object \(model config\), found list"),
                            (b'{"a": ', r"config.json is not valid JSON \(model config\)"),
                            (b'{"a": "\xff"}', r"config.json is not valid JSON \(model config\)"),  # not UTF-8
-                           (b"[" * 100_000 + b"]" * 100_000, r"is not valid JSON \(model config\)")]:
+                           (b"[" * 100_000 + b"]" * 100_000, r"is not valid JSON \(model config\)"),
+                           (b'{"rope_theta": NaN}', r"is not valid JSON \(model config\): .*NaN"),  # Python's json reads it
+                           (b'{"a": -Infinity}', r"is not valid JSON \(model config\): .*Infinity"),
+                           (b'{"a": 1e400}', r"is not valid JSON \(model config\)")]:
         p.write_bytes(content)
         with pytest.raises(UserError, match=match):
             read_json_object(p, "model config")
