@@ -1,7 +1,7 @@
 """What the README and docs point at exists: the docs and sections they cite, their links and
-images, the repository files and test functions they name, and the flags of every `azr-jax`
-command they show (a renamed flag, file or section would otherwise only show when a reader
-follows it)."""
+images, the repository files and test functions they name, the flags of every `azr-jax`
+command they show, and each benchmark's flags as docs/benchmarks.md lists them (a renamed flag,
+file or section would otherwise only show when a reader follows it)."""
 
 import argparse
 import re
@@ -128,3 +128,24 @@ def test_a_flag_the_command_lacks_would_be_caught(monkeypatch):
     assert sorted(wrong_flags(documented_commands())) == [
         "x.md: azr-jax bench packing has no --batch", "x.md: azr-jax frobnicate is not a command",
         "x.md: azr-jax train has no --no-such-flag"]
+
+
+def bench_flags_stated(text: str) -> dict[str, set[str]]:
+    """docs/benchmarks.md's "Flags of `bench a`, `bench b` ...: FLAGS. Beyond those, `bench a`
+    takes FLAGS; `bench b` takes FLAGS ..." bullet: the flags it gives each of those commands."""
+    bullet = re.search(r"^- Flags of (.*?): (.*?)\. Beyond those, (.*?)(?=^\S|^- |\Z)", text, re.S | re.M)
+    assert bullet, "docs/benchmarks.md has no 'Flags of `bench ...`: ... Beyond those, ...' bullet"
+    bullet = re.match(r"(.*?): (.*?)\. Beyond those, (.*)", " ".join(bullet.group(0).split()))
+    common = set(FLAG.findall(re.sub(r"\([^)]*\)", "", bullet.group(2))))
+    stated = {name: set(common) for name in re.findall(r"`bench (\w+)`", bullet.group(1))}
+    for part in re.sub(r"\([^)]*\)", "", bullet.group(3)).split(";"):
+        for name in re.findall(r"`bench (\w+)` takes", part):
+            stated[name] |= set(FLAG.findall(part))
+    return stated
+
+
+def test_the_bench_flags_listed_are_each_commands_flags():
+    stated = bench_flags_stated(read("docs/benchmarks.md"))
+    assert set(stated) == {"sample", "train", "logits", "attention"} and "--no-baseline" in stated["train"]
+    actual = {name: parser_options(("bench", name)) - {"-h", "--help"} for name in stated}
+    assert {name: sorted(stated[name] ^ actual[name]) for name in stated if stated[name] != actual[name]} == {}
