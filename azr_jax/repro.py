@@ -3,7 +3,9 @@
 `azr-jax repro model --hf-dir DIR` loads one Hugging Face checkpoint twice (azr-jax, and
 transformers on CPU torch), runs the same left-padded, mixed-length token batch through both
 and reports how far the logits and every layer's hidden states differ over the real tokens.
-The exit code is 1 when the largest logit difference exceeds `--tolerance`.
+The exit code is 1 when the largest logit difference exceeds `--tolerance`, or when it exceeds
+`--relative-tolerance` times the reference logits' standard deviation (by default in float32
+only: bfloat16 has no relative bar unless one is given).
 """
 
 from __future__ import annotations
