@@ -540,6 +540,38 @@ def test_a_step_samples_each_batch_with_its_own_key_and_trains_every_batch(monke
     assert record["update_flops_per_s"] == 8.0 and record["update_mfu_per_s"] == 8.0 / 4.0
 
 
+def documented_metric_names() -> tuple[set[str], set[str]]:
+    """docs/training.md's `metrics.jsonl` keys: the per-(role, task) suffixes (`/reward`) and the
+    other names (`reward/mean`, `buffer/<task>`, the timing fields)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text(encoding="utf-8")
+    listed = text[text.index("`metrics.jsonl` keys:"):text.index("## Seed buffers and the seeding phase")]
+    names = {n for n in re.findall(r"`([a-z_/<>]+)`", listed) if not n.startswith("_")}  # not "end in `_s`"
+    return {n for n in names if n.startswith("/")}, {n for n in names if not n.startswith("/")}
+
+
+def test_every_step_metric_is_one_docs_training_md_lists(monkeypatch):
+    """The trainer's own keys of a step record (the update's come from the stubbed step here) are
+    the ones docs/training.md lists, and each listed per-(role, task) key is written."""
+    loop, _ = _self_play(monkeypatch, "azr.answer_diversity_coef=0.5")
+    try:
+        _, record, _ = loop.step(SimpleNamespace(params="p"), 1)
+    finally:
+        loop.close()
+    suffixes, names = documented_metric_names()
+    assert {"/reward", "/learnability"} <= suffixes and {"reward/mean", "buffer/<task>", "generate_s"} <= names
+    every_task, tasks = ("abduction", "deduction", "induction"), loop.cfg.azr.task_types  # a buffer each
+    documented = {n.replace("<task>", t) for n in names for t in every_task}
+    documented |= {f"{role}/{t}{s}" for role in ("propose", "solve") for t in every_task for s in suffixes}
+    assert sorted(k for k in record if not k.startswith("update/") and k not in documented) == []
+    proposer_only = {"/learnability", "/answer_diversity"}
+    written = {f"propose/{t}{s}" for t in tasks for s in suffixes} | {
+        f"solve/{t}{s}" for t in tasks for s in suffixes - proposer_only}
+    assert sorted(written - set(record)) == []
+
+
 def test_the_answer_diversity_bonus_reaches_the_reward_and_the_audit_record(monkeypatch):
     loop, script = _self_play(monkeypatch, "azr.answer_diversity_coef=0.5", "azr.answer_diversity_max=0.3")
     try:
