@@ -411,7 +411,12 @@ def saved_steps(directory: str | Path) -> list[int]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+    return sorted(int(p.name) for p in directory.iterdir() if _is_number(p.name) and p.is_dir())
+
+
+def _is_number(name: str) -> bool:
+    """ASCII digits only: str.isdigit also takes '²' (int() then raises) and '٣' (read as 3)."""
+    return name.isascii() and name.isdigit()
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ def initialize_from_env() -> bool:
         if not 0 <= pid < num:
             raise UserError(f"JAX_PROCESS_ID must be in [0, JAX_NUM_PROCESSES={num}), got {pid}")
         host, _, port = given["JAX_COORDINATOR_ADDRESS"].rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not (port.isascii() and port.isdigit()):
             raise UserError(f"JAX_COORDINATOR_ADDRESS must be host:port, got {given['JAX_COORDINATOR_ADDRESS']!r}")
         timeout_s = _coordinator_timeout_s()
         # JAX aborts the process (a fatal log and a C++ stack, no exception) when the coordinator
@@ -62,7 +62,7 @@ def initialize_from_env() -> bool:
 def _coordinator_timeout_s() -> int:
     """Seconds a process waits for every process to reach the coordinator (JAX's default 300)."""
     text = os.environ.get("AZR_COORDINATOR_TIMEOUT_S", "300")
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # int('²') raises
         raise UserError(f"AZR_COORDINATOR_TIMEOUT_S must be a whole number of seconds >= 1, got {text!r}")
     return int(text)
 

@@ -53,7 +53,7 @@ def step_files(directory: str | Path, suffix: str = ".json") -> list[tuple[int, 
     found = []
     for p in Path(directory).glob(f"step_*{suffix}"):
         number = p.name[len("step_"):-len(suffix)]
-        if number.isdigit():
+        if number.isascii() and number.isdigit():  # not '²' (int() raises) or '٣' (3)
             found.append((int(number), p))
     return sorted(found)
 

@@ -126,6 +126,10 @@ def test_the_barrier_waits_and_scoring_shares_in_item_order_and_a_failure_on_one
      r"JAX_PROCESS_ID must be in \[0, JAX_NUM_PROCESSES=2\), got 2"),
     ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1",
       "AZR_COORDINATOR_TIMEOUT_S": "5m"}, "AZR_COORDINATOR_TIMEOUT_S must be a whole number"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1",
+      "AZR_COORDINATOR_TIMEOUT_S": "\u00b2"}, "AZR_COORDINATOR_TIMEOUT_S must be a whole number"),  # int() raised
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:\u0661\u0662", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"},
+     "must be host:port"),
     ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "-1"},
      r"JAX_PROCESS_ID must be in \[0, JAX_NUM_PROCESSES=2\), got -1"),
     ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:http", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"},

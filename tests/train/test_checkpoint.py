@@ -380,7 +380,7 @@ def test_saved_steps_lists_complete_checkpoint_directories_only(tmp_path):
     from azr_jax.checkpoint import saved_steps
 
     assert saved_steps(tmp_path / "missing") == []
-    for name in ("10", "2", "3.orbax-checkpoint-tmp-5", "notes"):
+    for name in ("10", "2", "3.orbax-checkpoint-tmp-5", "notes", "\u00b2", "\u0663"):  # '²', an Arabic-Indic 3
         (tmp_path / name).mkdir()
     (tmp_path / "7").write_text("")
     assert saved_steps(tmp_path) == [2, 10]

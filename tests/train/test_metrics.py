@@ -790,7 +790,7 @@ def test_step_files_lists_only_numbered_files_in_step_order(tmp_path):
 
     for n in (12, 100, 11, 10, 9, 3, 2, 1):
         (tmp_path / f"step_{n}.json").write_text("{}")
-    for name in ("step_final.json", "step_.json", "step_1.jsonl", "base.json"):
+    for name in ("step_final.json", "step_.json", "step_1.jsonl", "base.json", "step_\u00b2.json", "step_\u0663.json"):
         (tmp_path / name).write_text("{}")
     assert step_files(tmp_path) == [(n, tmp_path / f"step_{n}.json") for n in (1, 2, 3, 9, 10, 11, 12, 100)]
     assert step_files(tmp_path, ".jsonl") == [(1, tmp_path / "step_1.jsonl")]
