@@ -7,7 +7,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from azr_jax.errors import UserError
 
@@ -94,9 +94,11 @@ def check_output_file(path: str | Path, what: str) -> Path:
     return p
 
 
-def check_output_dir(path: str | Path, what: str) -> Path:
+def check_output_dir(path: str | Path, what: str, inside: Iterable[str] = ()) -> Path:
     """`path` as a directory to create or write into: UserError if a file is in the way (at `path`
-    or above it) or the nearest existing directory is not writable, before any long work."""
+    or above it) or the nearest existing directory is not writable, before any long work.
+    `inside`: the names in it the command writes (files, folders); those already there must be
+    writable too (a run or a base another user made: else the write fails after the work)."""
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UserError(f"{what} {p} exists and is not a directory")
@@ -105,6 +107,9 @@ def check_output_dir(path: str | Path, what: str) -> Path:
         raise UserError(f"{what} {p}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{what} {p}: {existing} is not writable")
+    for child in (p / name for name in inside):
+        if child.exists() and not os.access(child, os.W_OK | (os.X_OK if child.is_dir() else 0)):
+            raise UserError(f"{what} {p}: {child} is not writable")
     return p
 
 

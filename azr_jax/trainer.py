@@ -761,10 +761,14 @@ def _close_all(*closers) -> None:
         raise first
 
 
+# What a run writes in (or appends to) in its workdir, beside the files it replaces whole.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "rollouts", "buffers", "seed", "eval", "plots")
+
+
 def _train(cfg, workdir, stop: StopFlag, *, resume_step, progress, generate_fn) -> dict:
     from azr_jax.jsonl import check_output_dir
 
-    workdir = check_output_dir(workdir, "--workdir")
+    workdir = check_output_dir(workdir, "--workdir", inside=RUN_OUTPUTS)
     primary = jax.process_index() == 0
     # The inputs before anything is written or the weights are loaded. Each process reads its own
     # copy of them and its own listing of the workdir: where one fails, all stop here with one

@@ -176,6 +176,30 @@ def test_check_output_dir_looks_at_the_nearest_existing_directory(tmp_path, monk
         jsonl.check_output_dir(run, "--workdir")
 
 
+def test_check_output_dir_checks_the_names_inside_that_the_command_writes(tmp_path, monkeypatch):
+    # A writable directory holding another user's files (a run resumed, a base rebuilt in place):
+    # the write into them failed only after the work (simulated: root writes anywhere).
+    import os
+    from pathlib import Path
+
+    from azr_jax import jsonl
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("")
+    (run / "notes.txt").write_text("")
+    inside = ("checkpoints", "metrics.jsonl", "plots")  # plots/ not made yet: nothing to check
+    assert jsonl.check_output_dir(run, "--workdir", inside=inside) == run
+    for name, mode in (("checkpoints", os.X_OK), ("checkpoints", os.W_OK), ("metrics.jsonl", os.W_OK)):
+        monkeypatch.setattr(jsonl.os, "access", lambda path, m, name=name, mode=mode:
+                            not (Path(path) == run / name and m & mode))
+        with pytest.raises(UserError, match=f"--workdir {run}: {run / name} is not writable"):
+            jsonl.check_output_dir(run, "--workdir", inside=inside)
+    # what the command does not write is not looked at
+    monkeypatch.setattr(jsonl.os, "access", lambda path, m: Path(path) != run / "notes.txt")
+    assert jsonl.check_output_dir(run, "--workdir", inside=inside) == run
+
+
 def test_an_output_file_replaces_the_old_content_and_is_complete_when_the_block_ends(tmp_path):
     from azr_jax.jsonl import OutputFile
 

@@ -467,6 +467,27 @@ def test_a_model_directory_given_as_workdir_keeps_its_config_json(tmp_path):
         check_workdir(load_config(CONFIG), tmp_path / "partial", write=True)
 
 
+def test_a_workdir_whose_outputs_another_user_owns_is_refused_before_anything_loads(tmp_path, monkeypatch):
+    # A writable workdir with a read-only checkpoints/ (a run made by another user): the first save
+    # failed after a whole step, and Orbax then held the exit for minutes (simulated: root writes anywhere).
+    import os
+
+    from azr_jax import jsonl, trainer
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the inputs were read before the workdir was checked")
+
+    monkeypatch.setattr(trainer, "check_inputs", no_loading)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("")
+    for name in ("checkpoints", "metrics.jsonl"):
+        monkeypatch.setattr(jsonl.os, "access", lambda path, mode, name=name:
+                            not (Path(path) == run / name and mode & os.W_OK))
+        with pytest.raises(UserError, match=f"--workdir {run}: {run / name} is not writable"):
+            trainer.train(load_config(CONFIG), run, progress=False)
+
+
 def test_a_failed_write_releases_the_workdir_lock_at_once(tmp_path, monkeypatch):
     # Not only when the exception is collected: a caller may keep it (a log, a retry loop).
     from azr_jax.train_setup import check_workdir
