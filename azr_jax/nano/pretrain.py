@@ -30,6 +30,9 @@ from azr_jax.errors import UserError
 SEED_IO_FILE = "seed_io.jsonl"
 SEED_INDUCTION_FILE = "seed_induction.jsonl"
 RECORD_FILE = "pretrain_record.json"
+# Every file a build writes into --out (a rebuild in place writes over each).
+BASE_FILES = ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json", SEED_IO_FILE,
+              SEED_INDUCTION_FILE, RECORD_FILE)
 PROPOSE_EVERY = 2  # proposer transcripts for every 2nd program: they are long and need less practice
 _BUCKET = 128  # sequences are padded to a multiple of this (bounds the number of compilations)
 
@@ -47,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     from azr_jax.jsonl import check_output_dir
 
     cfg = load_config(args.config, args.overrides)
-    out = check_output_dir(args.out, "--out")
+    out = check_output_dir(args.out, "--out", inside=BASE_FILES)  # a rebuild writes over them
     if out.is_dir() and any(out.iterdir()):
         if not (out / "pretrain_record.json").is_file():
             raise UserError(f"--out {out} is not empty and holds no base model built by `azr-jax pretrain`; "

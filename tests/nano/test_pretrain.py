@@ -590,6 +590,7 @@ def test_a_build_trains_on_its_corpus_and_records_what_it_built(tmp_path, monkey
         "transcripts_used": rows,
         "first_loss": 9.5, "final_loss": 34.5}  # means of the first 20 and the last 50 steps
     assert (out / pretrain.SEED_IO_FILE).is_file() and (out / pretrain.SEED_INDUCTION_FILE).is_file()
+    assert sorted(f.name for f in out.iterdir()) == sorted(pretrain.BASE_FILES)  # what pretrain checks first
     # a model vocabulary one short of the tokenizer is refused (its last id would index past the table)
     short = "model.overrides=" + json.dumps({**TINY, "vocab_size": tok.vocab_size - 1})
     with pytest.raises(UserError, match="is smaller than the tokenizer's"):
@@ -639,6 +640,32 @@ def test_pretrain_builds_into_an_empty_folder_and_prints_what_it_built(tmp_path,
     captured = capsys.readouterr()
     assert json.loads(captured.out) == {"out": str(out), "num_params": 123, "final_loss": 0.5, "wall_s": 7.0}
     assert "replacing" not in captured.err  # nothing was there to replace
+
+
+def test_a_rebuild_over_a_base_file_it_cannot_write_is_refused_before_the_build(tmp_path, monkeypatch):
+    # The base's folder writable, one of its files not (another user's): the write failed with a
+    # traceback after the whole pretraining (simulated: root writes anywhere).
+    import argparse
+    import os
+    import shutil
+    from pathlib import Path
+
+    import pytest
+
+    from azr_jax import jsonl
+    from azr_jax.errors import UserError
+    from azr_jax.nano import pretrain
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the build started")
+
+    monkeypatch.setattr(pretrain, "build_base", no_build)
+    out = tmp_path / "base"
+    shutil.copytree(Path(pretrain.__file__).parent / "base", out)
+    locked = out / "config.json"
+    monkeypatch.setattr(jsonl.os, "access", lambda path, mode: not (Path(path) == locked and mode & os.W_OK))
+    with pytest.raises(UserError, match=f"--out {out}: {locked} is not writable"):
+        pretrain.main(argparse.Namespace(config="configs/nano_base.py", overrides=[], out=str(out)))
 
 
 def test_a_continued_build_trains_the_checkpoints_weights_under_the_configs_scan_layers(tmp_path, monkeypatch):
