@@ -239,6 +239,11 @@ def main(args: argparse.Namespace) -> int:
         # a directory (say) where the rows go first: said now, not as "rows scored so far are in" it
         raise UserError(f"--out {out_path} is first written to {side}, which is not a regular file; "
                         f"remove it or give another --out")
+    if side.is_file() and not os.access(side, os.W_OK) and not (out_path.exists() and not out_path.is_file()):
+        # another user's, from a stopped run: opening it failed after the sandbox started, and
+        # the message then said the rows scored so far were in it
+        raise UserError(f"--out {out_path} is first written to {side}, which is not writable; "
+                        f"remove it or give another --out")
     if args.config is None:
         print(f"azr-jax score: using {config} (the run's config; --config to choose another)" if config else
               "azr-jax score: using the built-in default config (--config to choose one)", file=sys.stderr)

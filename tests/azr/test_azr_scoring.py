@@ -734,6 +734,21 @@ def test_cli_refuses_a_side_file_that_is_a_directory_before_the_sandbox(tmp_path
     assert "scored so far" not in err and stub_sandbox["sandbox"] == []
 
 
+def test_cli_refuses_a_side_file_it_cannot_write_before_the_sandbox(tmp_path, capsys, stub_sandbox, monkeypatch):
+    # another user's .partial in a writable folder (simulated: root writes anywhere)
+    import os
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("")
+    side = tmp_path / "out.jsonl.partial"
+    side.write_text("")
+    monkeypatch.setattr(os, "access", lambda path, mode, real=os.access: Path(path) != side and real(path, mode))
+    assert cli.main(["score", "--in", str(src), "--out", str(tmp_path / "out.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "out.jsonl.partial, which is not writable; remove it or give another --out" in err
+    assert "scored so far" not in err and stub_sandbox["sandbox"] == []
+
+
 def test_a_bad_record_is_scored_invalid_unformatted_and_without_a_reward():
     cfg = load_config(None, OVERRIDES)
     out = score_records([{"id": "b", "role": "solve"}, "not a record"], cfg, sandbox=None)  # nothing to run
