@@ -128,12 +128,14 @@ def _say_last(text: str) -> None:
 def run() -> None:
     """The `azr-jax` executable."""
     status = main(process_exit=True)
-    if status == 130:
-        # Interrupted at once (during start-up, or by a second signal): what the command opened is
-        # closed, but library threads may still be mid-work (an XLA compilation, Orbax reads), and
-        # the interpreter's shutdown can crash under them (exit status 139 instead of 130).
+    if status in (2, 130):
+        # An error, or interrupted at once (during start-up, or by a second signal): what the
+        # command opened is closed, but library threads may still be mid-work or waiting. The
+        # interpreter's shutdown can crash under them (exit status 139 instead of 130), and it
+        # waits for them: after a save that failed to create its directory, Orbax's save threads
+        # wait 300 s for a signal that never comes, so the error line was followed by a 5-minute hang.
         sys.stdout.flush()
-        os._exit(130)
+        os._exit(status)
     sys.exit(status)
 
 

@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -655,9 +656,9 @@ def test_no_command_is_a_usage_error(capsys):
     assert stop.value.code == 2 and "the following arguments are required: COMMAND" in capsys.readouterr().err
 
 
-def test_the_executable_passes_its_exit_status_and_leaves_at_once_after_an_interrupt(monkeypatch):
-    """`run()` asks main() for the process-exit mode, exits with its status, and after an
-    interrupt (130) leaves with os._exit(130) before the interpreter's shutdown."""
+def test_the_executable_passes_its_exit_status_and_leaves_at_once_after_an_error_or_interrupt(monkeypatch):
+    """`run()` asks main() for the process-exit mode, exits with its status, and after an error
+    (2) or an interrupt (130) leaves with os._exit before the interpreter's shutdown."""
     from azr_jax import cli
 
     class Exited(Exception):
@@ -667,13 +668,31 @@ def test_the_executable_passes_its_exit_status_and_leaves_at_once_after_an_inter
         raise Exited(code)
 
     modes = []
-    for status in (2, 130):
+    for status in (0, 1, 2, 130):
         monkeypatch.setattr(cli, "main", lambda process_exit=False, status=status: modes.append(process_exit) or status)
         monkeypatch.setattr(cli.os, "_exit", fake_exit)
-        with pytest.raises(SystemExit if status == 2 else Exited) as stop:
+        at_once = status in (2, 130)
+        with pytest.raises(Exited if at_once else SystemExit) as stop:
             cli.run()
-        assert (stop.value.code if status == 2 else stop.value.args[0]) == status
-    assert modes == [True, True]
+        assert (stop.value.args[0] if at_once else stop.value.code) == status
+    assert modes == [True] * 4
+
+
+def test_an_error_exit_does_not_wait_for_library_threads():
+    """A library thread still waiting when the command fails (Orbax's save threads after a save
+    that could not create its directory wait 300 s) does not hold the error exit."""
+    code = ("import threading, time\n"
+            "from azr_jax import cli\n"
+            "def failing_command(process_exit=False):\n"
+            "    threading.Thread(target=time.sleep, args=(120,)).start()  # not a daemon\n"
+            "    print('output before the error')\n"
+            "    return 2\n"
+            "cli.main = failing_command\n"
+            "cli.run()\n")
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100)
+    assert r.returncode == 2 and r.stdout == "output before the error\n", (r.returncode, r.stdout, r.stderr)
+    assert time.monotonic() - start < 60
 
 
 def test_the_last_error_line_silences_stderr_behind_it():
