@@ -204,6 +204,14 @@ class Checkpoints:
                     time.sleep(1.0)  # most other reads end meanwhile
                     raise
         except Exception as e:  # truncated files, wrong shapes, missing items: say which checkpoint
+            if not (self.directory / str(step)).is_dir():
+                # Gone, not corrupt: a running trainer prunes all but its last keep_checkpoints,
+                # possibly while `eval --run` or `convert` reads the one it listed as newest.
+                raise UserError(
+                    f"checkpoint {self.directory / str(step)} was removed while it was being read (a running "
+                    f"trainer keeps only its last train.keep_checkpoints); run the command again for the newest, "
+                    f"or {_NAME_THE_STEP}; available: {saved_steps(self.directory)}"
+                ) from None
             reason = _first_line(e)
             reason = reason.split(" See full TensorStore details")[0]  # the rest is a repr, not a reason
             raise UserError(

@@ -544,8 +544,7 @@ def test_a_checksum_mismatch_names_the_first_three_arrays_in_name_order_and_coun
         check({k: v + 1 for k, v in state_checksums(tree).items()})
 
 
-def test_read_failures_and_missing_metadata_are_said_in_one_line(monkeypatch):
-    from pathlib import Path
+def test_read_failures_and_missing_metadata_are_said_in_one_line(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     from azr_jax import checkpoint
@@ -554,7 +553,8 @@ def test_read_failures_and_missing_metadata_are_said_in_one_line(monkeypatch):
     assert _first_line(RuntimeError()) == "RuntimeError"  # a message-less error is named by its type
     assert _first_line(RuntimeError("  first\nsecond")) == "first"
     monkeypatch.setattr(checkpoint.time, "sleep", lambda s: None)
-    ck = SimpleNamespace(directory=Path("ck"))
+    ck = SimpleNamespace(directory=tmp_path)
+    (tmp_path / "4").mkdir()  # there, so a failed read is the checkpoint's, not a removal's
 
     def read():
         raise ValueError("bad chunk See full TensorStore details: {'driver': 'zarr', ...}")
@@ -577,3 +577,37 @@ def test_a_fifo_where_the_checkpoints_belong_is_not_a_directory(tmp_path):
     with pytest.raises(UserError, match="checkpoints is not a directory"):
         check_checkpoint_directory(tmp_path / "checkpoints")
     check_checkpoint_directory(tmp_path / "missing")  # not there yet: fine
+
+
+@pytest.mark.parametrize("part", [False, True], ids=["whole state", "params alone"])
+def test_a_checkpoint_removed_while_being_read_is_said_as_removed_not_corrupt(tmp_path, monkeypatch, part):
+    """A running trainer (keep_checkpoints=1) deletes the step `eval --run` or `convert` listed as
+    the newest once it has saved the next: the read then fails on missing files, which was said as
+    "corrupt ...; delete it". Simulated by removing the step's directory as the read starts."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    from azr_jax import checkpoint
+
+    monkeypatch.setattr(checkpoint.time, "sleep", lambda s: None)
+    writer = Checkpoints(tmp_path / "ck", keep=2, writer=True)
+    for step in (1, 2):
+        writer.save(step, _state(step), {"step": step})
+    writer.close()
+    reader, target = Checkpoints(tmp_path / "ck"), abstract_like(_state(0))
+
+    def pruned_first(read):
+        def wrapped(*args, **kwargs):
+            shutil.rmtree(tmp_path / "ck" / "1", ignore_errors=True)
+            return read(*args, **kwargs)
+        return wrapped
+
+    if part:
+        monkeypatch.setattr(ocp.Checkpointer, "restore", pruned_first(ocp.Checkpointer.restore))
+    else:
+        monkeypatch.setattr(reader._manager, "restore", pruned_first(reader._manager.restore))
+    with pytest.raises(UserError, match=r"ck/1 was removed while it was being read .*run the command again.*"
+                                        r"available: \[2\]") as err:
+        reader.restore_part(1, {"params": target["params"]}) if part else reader.restore(1, target)
+    assert "corrupt" not in str(err.value)
