@@ -253,7 +253,9 @@ class MetricsWriter:
         out = self.workdir / "rollouts" / f"step_{step}.jsonl"
         with run_output(out):
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+            # Renamed into place: `azr-jax score --in` beside the run read a file cut short (its
+            # last row "malformed", the rest missing, exit 0), or one a resume rewrote under it.
+            write_text_atomically(out, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
     def write_buffers(self, step: int, snapshot: dict) -> None:
         """The task buffers as of the end of `step`, for audit."""
@@ -262,7 +264,7 @@ class MetricsWriter:
         out = self.workdir / "buffers" / f"step_{step}.json"
         with run_output(out):
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(snapshot, sort_keys=True))
+            write_text_atomically(out, json.dumps(snapshot, sort_keys=True))  # whole for a reader, as above
 
     def write_json(self, name: str, data: dict) -> None:
         if not self.enabled:

@@ -1126,3 +1126,26 @@ def test_train_logs_its_own_lines_at_info_and_quiets_the_libraries(tmp_path):
     assert r.returncode == 0, r.stderr
     hellos = [line for line in r.stderr.splitlines() if "hello from" in line]
     assert len(hellos) == 1 and hellos[0].endswith(" azr_jax.trainer INFO: hello from azr_jax.trainer"), r.stderr
+
+
+def test_a_reader_of_an_audit_file_sees_it_whole_while_the_trainer_writes_it(tmp_path):
+    """`azr-jax score --in rollouts/step_N.jsonl` beside a running trainer: the file was written
+    in place, so a reader could find it empty or cut short (scored with its last row "malformed",
+    the rest missing, exit 0), and one reading when a resumed run rewrote the step went on in the
+    new file's bytes. Written beside and renamed, a reader has the old file or the new one."""
+    w = MetricsWriter(tmp_path, total_steps=2, progress=False)
+    w.write_rollouts(1, [{"id": "old-1", "pad": "x" * 50}, {"id": "old-2"}])
+    w.write_buffers(1, {"deduction": ["old"]})
+    rollouts, buffers = tmp_path / "rollouts" / "step_1.jsonl", tmp_path / "buffers" / "step_1.json"
+    with open(rollouts) as reader, open(buffers) as buffers_reader:
+        first = json.loads(reader.readline())
+        w.write_rollouts(1, [{"id": "new-1"}, {"id": "new-2", "pad": "y" * 80}])  # the step redone after a resume
+        w.write_buffers(1, {"deduction": ["new"]})
+        rest = [json.loads(line) for line in reader]
+        old_buffers = json.loads(buffers_reader.read())
+    w.close()
+    assert [first["id"]] + [r["id"] for r in rest] == ["old-1", "old-2"]  # the file it opened, whole
+    assert old_buffers == {"deduction": ["old"]}
+    assert [json.loads(line)["id"] for line in rollouts.read_text().splitlines()] == ["new-1", "new-2"]
+    assert json.loads(buffers.read_text()) == {"deduction": ["new"]}
+    assert not list(tmp_path.rglob("*.tmp"))
