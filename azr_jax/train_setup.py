@@ -212,8 +212,7 @@ class WorkdirLock:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):  # a file system without locks
                 log.warning("cannot lock %s (%s): make sure no other trainer runs in %s", path, e.strerror, workdir)
                 return
-            raise UserError(f"workdir {workdir} is in use by another trainer ({holder or 'unknown process'}); "
-                            f"wait for it, stop it, or use another --workdir") from None
+            raise _in_use(workdir, holder) from None
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
 
@@ -226,10 +225,35 @@ class WorkdirLock:
         self.release()
 
 
+def _in_use(workdir: Path, holder: str) -> UserError:
+    return UserError(f"workdir {workdir} is in use by another trainer ({holder or 'unknown process'}); "
+                     f"wait for it, stop it, or use another --workdir")
+
+
+def _refuse_a_running_trainer(workdir: Path) -> None:
+    """The lock's refusal, said before the checks of the run's files: `--resume-step N` beside a
+    running trainer was told "no complete checkpoint for step N; available: [M]" (the run had
+    pruned N meanwhile), and again for M a step later, never that a trainer runs there. Only
+    looks: a shared lock taken and dropped at once, nothing written."""
+    try:
+        fd = os.open(workdir / LOCK_FILE, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return  # no lock file yet, or unreadable: WorkdirLock decides
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise _in_use(workdir, os.pread(fd, 200, 0).decode(errors="replace").strip()) from None
+    finally:
+        os.close(fd)
+
+
 def check_workdir(cfg, workdir: Path, *, write: bool, resume_step: int | None = None) -> WorkdirLock | None:
     """Refuse a workdir holding a run of a different config, or a checkpoint past train.steps
     (the one `resume_step`, else the newest); with `write`, lock it for this trainer (released by
     the caller) and write the resolved config."""
+    if write:  # the process that locks; the others may look while it holds the lock
+        _refuse_a_running_trainer(workdir)
     path = workdir / "config.json"
     new = config_lib.to_dict(cfg)
     fingerprints = input_fingerprints(cfg)

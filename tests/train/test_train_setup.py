@@ -79,6 +79,26 @@ def test_a_second_trainer_on_a_running_workdir_is_refused_before_it_writes(tmp_p
     check_workdir(config_lib.load_config(CONFIG, ["train.steps=4"]), tmp_path, write=True).release()
 
 
+def test_resume_step_beside_a_running_trainer_is_refused_by_the_lock_not_by_the_pruned_step(tmp_path):
+    """`train --resume-step N` while a trainer (keep_checkpoints=1) runs: by the time it looked,
+    the run had pruned N, so it was told "no complete checkpoint for step N; available: [M]",
+    and the same for M a step later, never that a trainer runs in the workdir."""
+    from azr_jax import config as config_lib
+    from azr_jax.train_setup import check_workdir
+
+    cfg = config_lib.load_config(CONFIG, ["train.steps=30", "train.keep_checkpoints=1"])
+    running = check_workdir(cfg, tmp_path, write=True)
+    (tmp_path / "checkpoints" / "20").mkdir(parents=True)  # the run's only checkpoint; 19 was pruned
+    for resume_step in (19, 20, None):
+        with pytest.raises(UserError, match=r"is in use by another trainer \(pid \d+ on .*\); wait for it"):
+            check_workdir(cfg, tmp_path, write=True, resume_step=resume_step)
+    assert check_workdir(cfg, tmp_path, write=False) is None  # the run's other processes only look
+    running.release()
+    with pytest.raises(UserError, match=r"no complete checkpoint for step 19 .*available: \[20\]"):
+        check_workdir(cfg, tmp_path, write=True, resume_step=19)  # no trainer now: the step is the reason
+    check_workdir(cfg, tmp_path, write=True, resume_step=20).release()
+
+
 def test_weights_are_placed_on_the_whole_mesh_from_a_checkpoint_and_at_random_init(tmp_path):
     """On 8 devices both ways of getting weights come out sharded over the mesh, and the train
     state builds from them (weights read onto one device made init_train_state fail)."""
