@@ -66,7 +66,16 @@ class Checkpoints:
                 ("host", ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore)):
             handlers.add(item, save, handler)
             handlers.add(item, restore, handler)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=handlers)
+        # The manager lists the steps and stats each; a running trainer pruning one meanwhile (a
+        # reader beside it) made that a FileNotFoundError traceback. Listed again, it is gone.
+        for attempt in range(3):
+            try:
+                self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=handlers)
+                break
+            except FileNotFoundError as e:
+                if attempt == 2:
+                    raise UserError(f"the checkpoints in {self.directory} kept changing while they were listed "
+                                    f"({e.strerror}: {e.filename}); run the command again") from None
 
     def all_steps(self) -> list[int]:
         """Steps of the complete checkpoints (unfinished temporary directories are not listed)."""

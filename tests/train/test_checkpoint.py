@@ -611,3 +611,38 @@ def test_a_checkpoint_removed_while_being_read_is_said_as_removed_not_corrupt(tm
                                         r"available: \[2\]") as err:
         reader.restore_part(1, {"params": target["params"]}) if part else reader.restore(1, target)
     assert "corrupt" not in str(err.value)
+
+
+def test_a_checkpoint_pruned_while_a_reader_lists_the_steps_is_left_out(tmp_path, monkeypatch):
+    """Orbax's manager lists the step directories, then stats each: a running trainer pruning one
+    in between made opening a reader (eval --run, convert) a FileNotFoundError traceback."""
+    import shutil
+
+    from orbax.checkpoint._src.path import step as orbax_step
+
+    writer = Checkpoints(tmp_path / "ck", keep=2, writer=True)
+    for step in (1, 2):
+        writer.save(step, _state(step), {"step": step})
+    writer.close()
+    listed = orbax_step.build_step_metadatas
+
+    def pruned_once_listed(paths, build):
+        for metadata in listed(paths, build):
+            if metadata.step == 1 and (tmp_path / "ck" / "1").is_dir():  # found; the trainer then removes it, once
+                shutil.rmtree(tmp_path / "ck" / "1")
+            yield metadata
+
+    monkeypatch.setattr(orbax_step, "build_step_metadatas", pruned_once_listed)
+    reader = Checkpoints(tmp_path / "ck")
+    assert reader.all_steps() == [2] and reader.latest_step() == 2
+    reader.close()
+    # Still changing after three listings: one line, not a traceback.
+    from azr_jax import checkpoint
+
+    def gone(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "ck" / "7"))
+
+    monkeypatch.setattr(checkpoint.ocp, "CheckpointManager", gone)
+    with pytest.raises(UserError, match=r"ck kept changing while they were listed \(No such file or directory: "
+                                        r".*ck/7\); run the command again"):
+        Checkpoints(tmp_path / "ck")
