@@ -27,16 +27,62 @@ def load_benchmark(eval_cfg) -> list[dict]:
     return items[: 2 * max(1, eval_cfg.max_items // 2)] if eval_cfg.max_items > 0 else items
 
 
+def _defines_entry(tree) -> bool:
+    """Whether a program binds `f` anywhere (`def f`, `f = ...`, `import x as f`): the scorer calls `f`."""
+    import ast
+
+    from azr_jax.azr.parsing import ENTRY_NAME
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == ENTRY_NAME:
+            return True
+        if isinstance(node, ast.Name) and node.id == ENTRY_NAME and isinstance(node.ctx, ast.Store):
+            return True
+        if isinstance(node, ast.alias) and (node.asname or node.name) == ENTRY_NAME:
+            return True
+    return False
+
+
+def _broken_item(row: dict) -> str | None:
+    """Why a CRUXEval line's items could never be solved here (None: they can). Checked when the
+    file is read, not after the model ran: such a line would score 0 for every model, silently
+    lowering the solve rate. Gold inputs written as expressions (`dict(did=0)`, a lambda) stay
+    allowed, as in the public file (docs/nano.md); only text that is not Python is refused."""
+    from azr_jax.azr.parsing import ENTRY_NAME, parse_call_args, parse_program
+    from azr_jax.sandbox.literals import NotALiteral, parse_literal
+
+    tree = parse_program(row["code"])
+    if tree is None:
+        return "'code' is not valid Python"
+    if not _defines_entry(tree):
+        return f"'code' defines no function {ENTRY_NAME} (the items call {ENTRY_NAME}(input))"
+    if parse_call_args(row["input"]) is None:
+        return f"'input' {row['input']!r:.60} is not a Python argument list (the text inside {ENTRY_NAME}(...))"
+    try:
+        parse_literal(row["output"])
+    except NotALiteral as e:  # deduction answers are compared with it as literal values
+        return (f"'output' {row['output']!r:.60} is not a plain Python literal ({e}), so no answer can "
+                f"equal it (a nan, inf or object repr has no literal form)")
+    return None
+
+
 def load_cruxeval(path: str | Path) -> list[dict]:
     """CRUXEval JSONL ({"code", "input", "output", "id"} per line) as deduction (CRUXEval-O) and
-    abduction (CRUXEval-I) items. Malformed lines raise UserError with their line number."""
+    abduction (CRUXEval-I) items. Malformed lines and lines no answer could solve (`_broken_item`)
+    raise UserError with their line number."""
     p = Path(path)
     items = []
     for n, row in read_objects(p, "benchmark file"):
-        if not all(isinstance(row.get(k), str) for k in ("code", "input", "output")):
-            raise UserError(f"{p} line {n}: expected an object with string fields code, input, output")
-        problem = {"program": row["code"], "input": row["input"], "output": row["output"], "imports": []}
+        wrong = [f"'{k}' is {'missing' if k not in row else type(row[k]).__name__}"
+                 for k in ("code", "input", "output") if not isinstance(row.get(k), str)]
+        if wrong:
+            raise UserError(f"benchmark file {p} line {n}: expected an object with string fields code, input, "
+                            f"output ({', '.join(wrong)})")
+        why = _broken_item(row)
+        if why is not None:
+            raise UserError(f"benchmark file {p} line {n}: {why}; fix or remove the line")
         name = str(row.get("id", f"line{n}"))
+        problem = {"program": row["code"], "input": row["input"], "output": row["output"], "imports": []}
         items.append({"id": f"cruxeval-o/{name}", "task": "deduction", "problem": problem})
         items.append({"id": f"cruxeval-i/{name}", "task": "abduction", "problem": problem})
     if not items:  # scored, it would report a solve rate of 0.0 over nothing

@@ -631,6 +631,34 @@ def test_benchmark_files_and_names_are_checked(tmp_path):
                                                      "cruxeval-o/line4", "cruxeval-i/line4"]
 
 
+
+@pytest.mark.parametrize("change, message", [
+    ({"code": "def f(x):\n    return ("}, "line 2: 'code' is not valid Python"),
+    ({"code": "def g(x):\n    return x"}, "line 2: 'code' defines no function f"),
+    ({"input": "'ab"}, "line 2: 'input' .* is not a Python argument list"),
+    ({"output": "AB'"}, "line 2: 'output' .* is not a plain Python literal"),
+    ({"output": "nan"}, "line 2: 'output' 'nan' is not a plain Python literal"),
+    ({"input": None}, r"line 2: expected an object with string fields code, input, output \('input' is NoneType\)"),
+    ({"inputs": "1"}, r"\('input' is missing\)"),  # a misspelt field is named as the missing one
+])
+def test_cruxeval_lines_no_answer_could_solve_are_refused_when_read(tmp_path, change, message):
+    """Such a line scored 0 for every model, silently lowering the solve rate; it is refused when the
+    file is read, naming the line and the field. Gold inputs written as expressions stay allowed."""
+    from azr_jax.errors import UserError
+    from azr_jax.eval.benchmarks import load_cruxeval
+
+    row = {"code": "def f(x):\n    return x", "input": "1", "output": "1"}
+    p = tmp_path / "crux.jsonl"
+    broken = {**row, **change}
+    if "inputs" in change:
+        del broken["input"]
+    p.write_text(json.dumps(row) + "\n" + json.dumps(broken) + "\n")
+    with pytest.raises(UserError, match=message):
+        load_cruxeval(p)
+    p.write_text("".join(json.dumps(line) + "\n" for line in CRUX_LINES)  # calls and lambdas as gold inputs
+                 + json.dumps({**row, "code": "import math as f", "input": "", "output": "{1, 2.5, 'é'}"}) + "\n")
+    assert len(load_cruxeval(p)) == 8
+
 # ----------------------------------------------------------------------------------------------
 # generate_texts and evaluate with a numbered stand-in for sampling.generate: what reaches the
 # sampler, and which completion becomes which item's response
