@@ -68,10 +68,11 @@ def _broken_item(row: dict) -> str | None:
 
 def load_cruxeval(path: str | Path) -> list[dict]:
     """CRUXEval JSONL ({"code", "input", "output", "id"} per line) as deduction (CRUXEval-O) and
-    abduction (CRUXEval-I) items. Malformed lines and lines no answer could solve (`_broken_item`)
-    raise UserError with their line number."""
+    abduction (CRUXEval-I) items. Malformed lines, lines no answer could solve (`_broken_item`)
+    and repeated ids raise UserError with their line number."""
     p = Path(path)
     items = []
+    seen: dict[str, int] = {}  # id -> line: --out and the paired gain's error tell items apart by id
     for n, row in read_objects(p, "benchmark file"):
         wrong = [f"'{k}' is {'missing' if k not in row else type(row[k]).__name__}"
                  for k in ("code", "input", "output") if not isinstance(row.get(k), str)]
@@ -81,7 +82,11 @@ def load_cruxeval(path: str | Path) -> list[dict]:
         why = _broken_item(row)
         if why is not None:
             raise UserError(f"benchmark file {p} line {n}: {why}; fix or remove the line")
-        name = str(row.get("id", f"line{n}"))
+        name = str(row["id"]) if row.get("id") is not None else f"line{n}"
+        if name in seen:
+            raise UserError(f"benchmark file {p} line {n}: id {name!r} repeats line {seen[name]}; "
+                            f"give each line its own id")
+        seen[name] = n
         problem = {"program": row["code"], "input": row["input"], "output": row["output"], "imports": []}
         items.append({"id": f"cruxeval-o/{name}", "task": "deduction", "problem": problem})
         items.append({"id": f"cruxeval-i/{name}", "task": "abduction", "problem": problem})

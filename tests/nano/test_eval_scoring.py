@@ -659,6 +659,22 @@ def test_cruxeval_lines_no_answer_could_solve_are_refused_when_read(tmp_path, ch
                  + json.dumps({**row, "code": "import math as f", "input": "", "output": "{1, 2.5, 'é'}"}) + "\n")
     assert len(load_cruxeval(p)) == 8
 
+
+def test_cruxeval_ids_must_be_unique(tmp_path):
+    """Two lines with one id gave items --out could not tell apart, and a paired gain's standard
+    error (matched by id) went missing without a word; a null id is named by its line."""
+    from azr_jax.errors import UserError
+    from azr_jax.eval.benchmarks import load_cruxeval
+
+    row = {"code": "def f(x):\n    return x", "input": "1", "output": "1", "id": "sample_0"}
+    p = tmp_path / "crux.jsonl"
+    p.write_text(json.dumps(row) + "\n\n" + json.dumps({**row, "input": "2", "output": "2"}) + "\n")
+    with pytest.raises(UserError, match="line 3: id 'sample_0' repeats line 1"):
+        load_cruxeval(p)
+    p.write_text(json.dumps({**row, "id": None}) + "\n" + json.dumps({**row, "id": None}) + "\n")
+    assert [it["id"] for it in load_cruxeval(p)] == ["cruxeval-o/line1", "cruxeval-i/line1",
+                                                     "cruxeval-o/line2", "cruxeval-i/line2"]
+
 # ----------------------------------------------------------------------------------------------
 # generate_texts and evaluate with a numbered stand-in for sampling.generate: what reaches the
 # sampler, and which completion becomes which item's response
