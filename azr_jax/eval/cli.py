@@ -57,6 +57,7 @@ def run_params(cfg, policy, workdir: Path, step: int | None):
 
 def main(args: argparse.Namespace) -> int:
     from azr_jax.config import load_config
+    from azr_jax.eval.benchmarks import load_benchmark
     from azr_jax.eval.evaluate import evaluate, placed_params
     from azr_jax.sandbox import Sandbox
     from azr_jax.train_setup import load_policy
@@ -87,6 +88,8 @@ def main(args: argparse.Namespace) -> int:
         # The checkpoint's own config.json and tokenizer define the model (as for a run's base).
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_dir=args.checkpoint, tokenizer=None,
                                                                  overrides={}))
+    # The benchmark file before the weights (minutes for a large model): a bad line fails at once.
+    items = load_benchmark(cfg.eval)
     policy = load_policy(cfg, weights=not args.run)  # a run's params come from its checkpoint
     if args.run:
         params, step = run_params(cfg, policy, Path(args.run), args.step)
@@ -95,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
         params, source = placed_params(policy), cfg.model.hf_dir
     sandbox = Sandbox(cfg.sandbox)
     try:
-        result = evaluate(params, policy, cfg, sandbox,
+        result = evaluate(params, policy, cfg, sandbox, items=items,
                           progress=lambda msg: print(f"azr-jax eval: {msg}", file=sys.stderr, flush=True))
     finally:
         sandbox.close()

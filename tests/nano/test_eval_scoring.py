@@ -795,8 +795,8 @@ def eval_main(monkeypatch):
         seen["cfg"], seen["weights"] = cfg, weights
         return SimpleNamespace(params="base params")
 
-    def evaluate(params, policy, cfg, sb, *, progress):
-        seen["params"] = params
+    def evaluate(params, policy, cfg, sb, *, progress, items=None):
+        seen["params"], seen["items"] = params, items
         progress("working")
         if seen.get("fail"):
             raise RuntimeError("the evaluation failed")
@@ -890,6 +890,23 @@ def test_eval_cli_refuses_contradictory_arguments_before_loading_anything(eval_m
         main(*argv)
     assert "cfg" not in seen
 
+
+
+def test_eval_cli_reads_the_benchmark_file_before_the_weights(eval_main, tmp_path):
+    """A bad line of eval.data_path was only found after load_policy, which takes minutes for a
+    large model; now it stops the command before, and the items read are the ones evaluated."""
+    from azr_jax.errors import UserError
+
+    main, seen = eval_main
+    p = tmp_path / "crux.jsonl"
+    p.write_text(json.dumps({"code": "def f(x):\n    return x", "input": "1", "output": "1"}) + "\n{oops\n")
+    crux = ("--set", "eval.benchmark=cruxeval", "--set", f"eval.data_path={p}")
+    with pytest.raises(UserError, match="line 2: not valid JSON"):
+        main("--config", "configs/nano.py", *crux)
+    assert "cfg" not in seen  # no weights were loaded
+    p.write_text(p.read_text().splitlines()[0] + "\n")
+    assert main("--config", "configs/nano.py", *crux) == 0
+    assert [it["id"] for it in seen["items"]] == ["cruxeval-o/line1", "cruxeval-i/line1"]
 
 def test_run_params_restores_only_the_params_of_the_newest_or_the_given_step(monkeypatch, tmp_path):
     from types import SimpleNamespace
