@@ -164,12 +164,14 @@ _REQUIRED = {
 }
 
 
-def _unusable_seed(program: str, golds: list[str], banned) -> str | None:
+def _unusable_seed(program: str, golds: list[str], banned, inputs: list[str] = ()) -> str | None:
     """Why a seed task could never be solved or built on here (None: usable). An empty gold
     (a reference validation hole, AZR_SPEC §2.6), or one that is not a plain literal (a
     `Counter(...)` repr, an output the reference cut to 403 characters in the middle of a
-    list), matches no answer. A program that does not parse, or that the AST policy refuses,
-    makes every induction proposal on it invalid (`banned`: None skips that check)."""
+    list), matches no answer. An input that is not an argument list (`'a` for `'a'`) fails every
+    induction answer (input_syntax_error) and shows a deduction or abduction solver nonsense. A
+    program that does not parse, or that the AST policy refuses, makes every induction proposal
+    on it invalid (`banned`: None skips that check)."""
     from azr_jax.azr import parsing
     from azr_jax.azr.checks import check_tree
     from azr_jax.sandbox.literals import NotALiteral, parse_literal
@@ -181,6 +183,8 @@ def _unusable_seed(program: str, golds: list[str], banned) -> str | None:
             parse_literal(gold)
         except NotALiteral:
             return "a gold output that is not a plain literal"
+    if any(parsing.parse_call_args(i) is None for i in inputs):
+        return "an input that is not a Python argument list"
     if banned is not None:
         tree = parsing.parse_program(program)
         if tree is None:
@@ -222,12 +226,14 @@ def load_seed_file(path: str | Path, task: str, banned: list[str] | tuple[str, .
             visible = row.get("visible", induction_visible(len(inputs)))
             if isinstance(visible, bool) or not isinstance(visible, int) or not 0 <= visible <= len(inputs):
                 raise bad("visible", f"an int in [0, {len(inputs)}] (the number of pairs shown)")
-            why = _unusable_seed(program, outputs, banned)
+            if row["message"] is None:  # was read as the message "None" (a number is read as its text)
+                raise bad("message", "the description shown to the solver")
+            why = _unusable_seed(program, outputs, banned, inputs)
             if why is None:
                 out.append({"program": program, "inputs": inputs, "outputs": outputs, "message": str(row["message"]),
                             "visible": visible, "imports": list(imports)})
         else:
-            why = _unusable_seed(program, [str(row["output"])], banned)
+            why = _unusable_seed(program, [str(row["output"])], banned, [str(row["input"])])
             if why is None:
                 out.append({"program": program, "input": str(row["input"]), "output": str(row["output"]),
                             "imports": list(imports)})

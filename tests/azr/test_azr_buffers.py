@@ -151,20 +151,26 @@ def test_seed_tasks_nothing_could_solve_or_build_on_are_skipped_with_one_warning
             dict(good, input="2", output="Counter({'a': 2})"),
             dict(good, input="3", output=cut[:200] + "..." + cut[-200:]),
             dict(good, input="4", snippet="import os\ndef f(a):\n    return os.path.join(a, 'x')", output="'4/x'"),
-            dict(good, input="5", snippet="def f(a):\n    return a +", output="5")]
+            dict(good, input="5", snippet="def f(a):\n    return a +", output="5"),
+            dict(good, input="'6", output="'6'")]  # an input that is not Python
     p = tmp_path / "seed.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with caplog.at_level(logging.WARNING, logger="azr_jax.azr.buffers"):
         bufs = TaskBuffers.seeded(AZRSection(seed_file=str(p)))
     assert bufs.sizes()["deduction"] == bufs.sizes()["abduction"] == 1
     assert [r.getMessage() for r in caplog.records] == [
-        f"seed file {p}: skipped 4 task(s) no answer could solve or build on: 2 with a gold output that is not a "
-        "plain literal, 1 with a program that does not parse, 1 with a program the AST policy refuses"]
+        f"seed file {p}: skipped 5 task(s) no answer could solve or build on: 2 with a gold output that is not a "
+        "plain literal, 1 with a program that does not parse, 1 with a program the AST policy refuses, "
+        "1 with an input that is not a Python argument list"]
     assert len(load_seed_file(p, "deduction")) == 3  # without a banned list, programs are not checked
     induction = {"program": "def f(a):\n    return a", "inputs": ["1", "2"], "outputs": ["1", "Counter()"],
                  "message": "m"}
     p.write_text(json.dumps(induction) + "\n" + json.dumps(dict(induction, outputs=["1", "2"])) + "\n")
     assert [r["outputs"] for r in load_seed_file(p, "induction", ["os"])] == [["1", "2"]]
+    # every induction answer failed with input_syntax_error on a hidden input like this one
+    p.write_text(json.dumps(dict(induction, inputs=["1", "[2"], outputs=["1", "[2]"])) + "\n"
+                 + json.dumps(dict(induction, outputs=["1", "2"])) + "\n")
+    assert [r["inputs"] for r in load_seed_file(p, "induction")] == [["1", "2"]]
 
 
 def test_an_induction_seed_without_pairs_is_refused(tmp_path):
@@ -219,6 +225,7 @@ def test_empty_buffers_are_one_line_for_every_stream():
     ("visible", "two", "'visible' must be an int in"),
     ("visible", 3, "'visible' must be an int in"),
     ("visible", True, "'visible' must be an int in"),
+    ("message", None, "'message' must be the description"),  # was shown to the solver as "None"
 ])
 def test_induction_seed_fields_of_the_wrong_type_are_one_line(tmp_path, field, value, message):
     good = {"program": "def f(a):\n    return a", "inputs": ["1", "2"], "outputs": ["1", "2"],
