@@ -235,15 +235,15 @@ def main(args: argparse.Namespace) -> int:
     side = partial_file(out_path)
     if side.exists() and side.samefile(in_path):  # it is opened first, then moved onto --out
         raise UserError(f"--in {in_path} is the file --out {out_path} is first written to; give another --out")
-    if side.exists() and not side.is_file() and not (out_path.exists() and not out_path.is_file()):
-        # a directory (say) where the rows go first: said now, not as "rows scored so far are in" it
-        raise UserError(f"--out {out_path} is first written to {side}, which is not a regular file; "
-                        f"remove it or give another --out")
-    if side.is_file() and not os.access(side, os.W_OK) and not (out_path.exists() and not out_path.is_file()):
-        # another user's, from a stopped run: opening it failed after the sandbox started, and
-        # the message then said the rows scored so far were in it
-        raise UserError(f"--out {out_path} is first written to {side}, which is not writable; "
-                        f"remove it or give another --out")
+    in_place = out_path.exists() and not out_path.is_file()  # /dev/full, a FIFO: no side file then
+    if side.exists() and not in_place:
+        # A directory (say) there, or another user's file from a stopped run: said now, not after
+        # the sandbox started, with a message that the rows scored so far were "in" it.
+        unusable = ("not a regular file" if not side.is_file() else
+                    "not writable" if not os.access(side, os.W_OK) else None)
+        if unusable:
+            raise UserError(f"--out {out_path} is first written to {side}, which is {unusable}; "
+                            f"remove it or give another --out")
     if args.config is None:
         print(f"azr-jax score: using {config} (the run's config; --config to choose another)" if config else
               "azr-jax score: using the built-in default config (--config to choose one)", file=sys.stderr)
