@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-# Must be set before JAX initialises its backend; harmless for single-device tests.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from cpu_flags import xla_flags
+
+# Must be set before JAX initialises its backend; harmless for single-device tests. Compiled
+# without LLVM's optimisation passes, which take most of the suite's compile time (cpu_flags.py).
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from process_group import communicate_all, free_port
+from cpu_flags import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = """
@@ -31,7 +32,7 @@ def _run_two(worker: str, args: tuple = ("", "")) -> list[list[str]]:
     """`worker` as processes 0 and 1 of one jax.distributed group (argv: port, process id, its
     entry of `args`); each one's stdout lines that its prints wrote (not Gloo's)."""
     port = str(free_port())
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1),
                PYTHONPATH=str(ROOT))
     procs = [subprocess.Popen([sys.executable, "-c", worker, port, str(pid), arg], env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid, arg in enumerate(args)]

@@ -7,8 +7,12 @@ addressable: loading reads only local blocks and saving must gather with collect
 
 import os
 import sys
+from pathlib import Path
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cpu_flags import xla_flags  # noqa: E402
+
+os.environ["XLA_FLAGS"] = xla_flags(4)
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402

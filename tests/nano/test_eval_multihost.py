@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from process_group import communicate_all, free_port
+from cpu_flags import xla_flags
 
 
 def _run(port: str, pids: tuple[int, ...], tmp_path: Path) -> list[dict]:
@@ -42,7 +43,7 @@ def test_eval_cli_joins_jax_distributed(tmp_path):
     import os
 
     root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), JAX_PLATFORMS="cpu",
                PYTHONPATH=str(root))
 
     def argv(out):

@@ -26,6 +26,7 @@ from azr_jax.metrics import read_metrics, without_timings
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_run import make_tokenizer, tiny_overrides  # noqa: E402
 from process_group import communicate_all, free_port  # noqa: E402  (tests/, on the path via conftest)
+from cpu_flags import xla_flags  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(Path(__file__).parent / "tiny_config.py")
@@ -38,7 +39,7 @@ def env(tmp_path_factory):
     tok = make_tokenizer(base / "tok")
     e = dict(os.environ)
     # The session's compilation cache (tests/conftest.py) comes with os.environ.
-    e.update({"XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+    e.update({"XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu",
               "PYTHONPATH": str(ROOT)})
     return {"base": base, "tok": tok, "env": e}
 
@@ -251,7 +252,7 @@ def test_a_run_resumes_on_another_mesh_and_may_bound_the_rows_per_generation(env
     shutil.copytree(reference_run, workdir)
     r = subprocess.run(_argv(env, workdir, "train.steps=3", 'mesh.shape={"data": 1, "fsdp": 1, "tensor": 2}',
                              "sampling.max_rows=1") + ["--resume-step", "1"],
-                       env=dict(env["env"], XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+                       env=dict(env["env"], XLA_FLAGS=xla_flags(2)),
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     rerun = [without_timings(x) for x in read_metrics(workdir / "metrics.jsonl")]
@@ -335,7 +336,7 @@ def test_two_processes_under_jax_distributed_train_as_one_process_on_the_same_me
     # And they train exactly as one process does on the same 2-device mesh: same rollouts,
     # rewards and updates (every metric but the timings), same final params.
     one = subprocess.run(argv(env["base"] / "onehost"), cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env=dict(env["env"], XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+                         env=dict(env["env"], XLA_FLAGS=xla_flags(2)))
     assert one.returncode == 0, one.stderr[-3000:]
     assert [without_timings(r) for r in read_metrics(env["base"] / "onehost" / "metrics.jsonl")] == two
     assert digest(one.stderr) == digest(outs[0][1])
