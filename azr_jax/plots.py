@@ -4,6 +4,7 @@ per (role, task) over steps (matplotlib, Agg backend: no display needed)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +98,15 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
             ax.legend(fontsize=7)
         fig.tight_layout()
         path = out_dir / f"{stem}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        # Drawn beside it and moved into place: a viewer refreshing the plots during a run (or
+        # a kill mid-write) sees the previous picture or the new one, never a cut-off PNG.
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            fig.savefig(tmp, dpi=100, format="png")
+            os.replace(tmp, path)
+        finally:
+            plt.close(fig)
+            tmp.unlink(missing_ok=True)
         written.append(path)
 
     for stem, (title, keys) in PANELS.items():

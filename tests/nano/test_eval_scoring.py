@@ -240,6 +240,28 @@ def test_plots_from_metrics_jsonl(tmp_path):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
 
 
+def test_a_plot_cut_off_while_drawing_leaves_the_previous_picture(tmp_path, monkeypatch):
+    """The plots are redrawn at every evaluation of a running job, where a user may be viewing
+    them: a write that stops half-way must leave the previous PNG whole, and nothing beside it."""
+    import matplotlib.figure
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _four_steps_of_metrics()))
+    first = plot_metrics(path, tmp_path / "plots")[0]
+    before = first.read_bytes()
+
+    def cut_off(self, fname, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(before[:100])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", cut_off)
+    with pytest.raises(OSError, match="No space left"):
+        plot_metrics(path, tmp_path / "plots")
+    assert first.read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(f"{stem}.png" for stem in PANELS)
+
+
 def test_heldout_plot_from_the_runs_evaluations(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "solve/deduction/reward": 0.1}) + "\n"
                                                     for s in (1, 2, 3, 4)))
@@ -445,7 +467,7 @@ def _saved_figures(monkeypatch) -> dict:
     figures, real = {}, Figure.savefig
 
     def savefig(self, path, *args, **kwargs):
-        figures[Path(path).stem] = self
+        figures[Path(path).name.split(".")[0]] = self  # drawn as STEM.png.tmp, then moved
         return real(self, path, *args, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", savefig)
