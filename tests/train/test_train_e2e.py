@@ -677,10 +677,10 @@ def test_kl_to_the_starting_policy_is_zero_at_step_1_and_grows(env, packed):
     layouts compute the reference's logprobs in different places (inside the bucketed step; a
     micro-batched pass before the padded one)."""
     workdir = env["base"] / f"kl_{packed}"
-    r = _run(env, workdir, "train.steps=3", "rl.kl_coef=0.1", "train.eval_every=-1",
+    r = _run(env, workdir, "train.steps=2", "rl.kl_coef=0.1", "train.eval_every=-1",
              f"rl.pack_by_length={str(packed).lower()}", "rl.micro_batch_size=2")
     assert r.returncode == 0, r.stderr[-3000:]
     kl = [x["update/ref_kl"] for x in read_metrics(workdir / "metrics.jsonl")]
-    assert len(kl) == 3
+    assert len(kl) == 2
     assert abs(kl[0]) < 1e-6
-    assert kl[2] > 1e-6
+    assert kl[1] > 1e-6  # after one update (about 3e-5 here)
