@@ -185,6 +185,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, mesh: jax.sha
     lazily on first use of `Model.tokenizer`, so a checkpoint without one still loads.
     """
     path = Path(path)
+    target_dtype = None if dtype is None else _param_dtype(dtype)
     cfg = read_hf_config(path)
     specs = hf_tensor_specs(cfg)
     rules = _default_rules() if rules is None else dict(rules)
@@ -206,12 +207,28 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, mesh: jax.sha
         for param_path, param_specs in by_path.items():
             shape = _get(shapes, param_path)
             stored = reader.tensors[param_specs[0].hf_name].dtype
-            target = np.dtype(dtype) if dtype is not None else numpy_dtype(stored)
+            target = target_dtype if target_dtype is not None else numpy_dtype(stored)
             array = _load_param(reader, param_specs, shape, target, _get(shardings, param_path))
             _set(params, param_path, array)
     generation_file = path / GENERATION_CONFIG_FILE
     generation = read_json_object(generation_file, "generation config") if generation_file.is_file() else None
     return Model(cfg, params, tokenizer_path=path, generation_config=generation, mesh=mesh, rules=rules)
+
+
+# Parameter dtypes `from_pretrained(dtype=...)` casts to: the float types safetensors stores (so
+# the model can be saved again). An integer or bool dtype was accepted and cast the weights to it.
+_PARAM_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def _param_dtype(dtype: Any) -> np.dtype:
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or resolved.name not in _PARAM_DTYPES:
+        raise UserError(f"dtype {dtype!r} is not supported; use one of {', '.join(_PARAM_DTYPES)} "
+                        f"(or None to keep the checkpoint's dtype)")
+    return resolved
 
 
 def _load_param(reader: SafetensorsReader, specs: list[Spec], shape: tuple, dtype: np.dtype,
