@@ -398,15 +398,20 @@ class Model:
     # -- compute -------------------------------------------------------------------------------
 
     def _run(self, tokens, attention_mask, return_hidden: bool):
-        tokens_bt = jnp.asarray(tokens, dtype=jnp.int32)
+        # Checked in the caller's dtype, before the int32 cast: an int64 id of 2**32 + 5 wrapped to
+        # 5 and a float id of 5.7 truncated to 5, both silently.
+        tokens_bt = tokens if isinstance(tokens, jax.Array) else np.asarray(tokens)
         if tokens_bt.ndim != 2 or not tokens_bt.size:  # an empty one failed deep in the pass
             raise UserError(f"tokens must be a non-empty [batch, length], got shape {tuple(tokens_bt.shape)}")
+        if not np.issubdtype(tokens_bt.dtype, np.integer):
+            raise UserError(f"token ids must be integers, got dtype {tokens_bt.dtype}")
         # jnp.take would wrap a negative id and turn one past the table into NaN logits for the
         # whole row (padding included), so every id, masked or not, must index the table.
         if int(tokens_bt.min()) < 0 or int(tokens_bt.max()) >= self.config.vocab_size:
             raise UserError(
                 f"token ids must be in [0, vocab_size={self.config.vocab_size}), got "
                 f"min {int(tokens_bt.min())}, max {int(tokens_bt.max())} (padding ids included)")
+        tokens_bt = jnp.asarray(tokens_bt, dtype=jnp.int32)
         if attention_mask is None:
             mask_bt = jnp.ones(tokens_bt.shape, jnp.int32)
         else:

@@ -362,6 +362,19 @@ def test_token_ids_outside_the_table_are_refused(good_checkpoint):
             model.hidden_states(np.array([[bad, 2, 3]]), np.array([[0, 1, 1]]))  # padding too
 
 
+def test_token_ids_are_checked_before_the_int32_cast(good_checkpoint):
+    """An int64 id past 2**32 wrapped into the table and a float id was truncated, silently."""
+    model = from_pretrained(good_checkpoint)
+    expected = np.asarray(model.logits(np.array([[5, 6]], np.int32)))
+    np.testing.assert_array_equal(np.asarray(model.logits(np.array([[5, 6]], np.int64))), expected)
+    np.testing.assert_array_equal(np.asarray(model.logits([[5, 6]])), expected)  # a Python list
+    with pytest.raises(UserError, match=r"token ids must be in \[0, vocab_size=512\), got min 6, max 4294967301"):
+        model.logits(np.array([[2**32 + 5, 6]], np.int64))
+    for bad in (np.array([[5.7, 6.0]]), np.array([[True, False]])):
+        with pytest.raises(UserError, match=f"token ids must be integers, got dtype {bad.dtype}"):
+            model.logits(bad)
+
+
 def test_a_directory_with_both_layouts_loads_the_single_file_as_transformers(good_checkpoint, tmp_path, caplog):
     """A stale sharded copy beside model.safetensors: transformers reads the single file, and so
     must we, or the two libraries would compare different weights."""
