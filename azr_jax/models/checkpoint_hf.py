@@ -415,9 +415,12 @@ class Model:
         if attention_mask is None:
             mask_bt = jnp.ones(tokens_bt.shape, jnp.int32)
         else:
-            mask_bt = jnp.asarray(attention_mask, dtype=jnp.int32)
+            mask_bt = jnp.asarray(attention_mask)
             if mask_bt.shape != tokens_bt.shape:
                 raise UserError(f"attention_mask shape {tuple(mask_bt.shape)} != tokens shape {tuple(tokens_bt.shape)}")
+            # Any non-zero entry is a token, as in transformers: an int32 cast turned a float mask
+            # of 0.5 into all padding, and a mask of 2s doubled the positions (cumsum).
+            mask_bt = (mask_bt != 0).astype(jnp.int32)
         kwargs = dict(config=self.config, compute_dtype=self.compute_dtype, return_hidden=return_hidden)
         if self.mesh is None:
             return self._forward(self.params, tokens_bt, mask_bt, **kwargs)
@@ -427,7 +430,7 @@ class Model:
             return self._forward(self.params, tokens_bt, mask_bt, **kwargs)
 
     def logits(self, tokens, attention_mask=None) -> jax.Array:
-        """Float32 logits [B, T, V] of a full causal pass; attention_mask 1 = token, 0 = (left) padding."""
+        """Float32 logits [B, T, V] of a full causal pass; attention_mask non-zero = token, 0 = (left) padding."""
         return self._run(tokens, attention_mask, return_hidden=False)[0]
 
     def hidden_states(self, tokens, attention_mask=None) -> jax.Array:

@@ -375,6 +375,17 @@ def test_token_ids_are_checked_before_the_int32_cast(good_checkpoint):
             model.logits(bad)
 
 
+def test_any_non_zero_mask_entry_is_a_token_as_in_transformers(good_checkpoint):
+    """A float mask of 0.5 was cast to 0 (every token padding) and a mask of 2s doubled the
+    positions; transformers attends wherever the mask is non-zero."""
+    model = from_pretrained(good_checkpoint)
+    tokens = np.array([[0, 0, 5, 6, 7], [9, 8, 5, 6, 7]])
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    expected = np.asarray(model.logits(tokens, mask))
+    for other in (mask.astype(bool), mask * 2, mask * 0.5, -mask):
+        np.testing.assert_array_equal(np.asarray(model.logits(tokens, other)), expected)
+
+
 def test_a_directory_with_both_layouts_loads_the_single_file_as_transformers(good_checkpoint, tmp_path, caplog):
     """A stale sharded copy beside model.safetensors: transformers reads the single file, and so
     must we, or the two libraries would compare different weights."""
