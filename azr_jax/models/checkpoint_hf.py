@@ -406,8 +406,10 @@ class Model:
         if not np.issubdtype(tokens_bt.dtype, np.integer):
             raise UserError(f"token ids must be integers, got dtype {tokens_bt.dtype}")
         # jnp.take would wrap a negative id and turn one past the table into NaN logits for the
-        # whole row (padding included), so every id, masked or not, must index the table.
-        if int(tokens_bt.min()) < 0 or int(tokens_bt.max()) >= self.config.vocab_size:
+        # whole row (padding included), so every id, masked or not, must index the table. Under a
+        # caller's jax.jit the ids have no value to check (int() of a tracer raised).
+        traced = isinstance(tokens_bt, jax.core.Tracer)
+        if not traced and (int(tokens_bt.min()) < 0 or int(tokens_bt.max()) >= self.config.vocab_size):
             raise UserError(
                 f"token ids must be in [0, vocab_size={self.config.vocab_size}), got "
                 f"min {int(tokens_bt.min())}, max {int(tokens_bt.max())} (padding ids included)")
@@ -430,7 +432,10 @@ class Model:
             return self._forward(self.params, tokens_bt, mask_bt, **kwargs)
 
     def logits(self, tokens, attention_mask=None) -> jax.Array:
-        """Float32 logits [B, T, V] of a full causal pass; attention_mask non-zero = token, 0 = (left) padding."""
+        """Float32 logits [B, T, V] of a full causal pass; attention_mask non-zero = token, 0 = (left) padding.
+
+        Works under `jax.jit`, where token ids are not range-checked (they have no value yet).
+        """
         return self._run(tokens, attention_mask, return_hidden=False)[0]
 
     def hidden_states(self, tokens, attention_mask=None) -> jax.Array:

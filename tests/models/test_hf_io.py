@@ -386,6 +386,17 @@ def test_any_non_zero_mask_entry_is_a_token_as_in_transformers(good_checkpoint):
         np.testing.assert_array_equal(np.asarray(model.logits(tokens, other)), expected)
 
 
+def test_logits_under_the_callers_jit(good_checkpoint):
+    """The id range check called int() on a tracer: jax.jit(model.logits) raised."""
+    model = from_pretrained(good_checkpoint)
+    tokens = np.array([[0, 0, 5, 6, 7], [9, 8, 5, 6, 7]])
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    np.testing.assert_allclose(np.asarray(jax.jit(model.logits)(tokens, mask)),
+                               np.asarray(model.logits(tokens, mask)), atol=1e-6)
+    hidden = jax.jit(lambda t: model.hidden_states(t))(tokens)
+    assert hidden.shape == (model.config.num_layers + 1, 2, 5, model.config.hidden_size)
+
+
 def test_a_directory_with_both_layouts_loads_the_single_file_as_transformers(good_checkpoint, tmp_path, caplog):
     """A stale sharded copy beside model.safetensors: transformers reads the single file, and so
     must we, or the two libraries would compare different weights."""
