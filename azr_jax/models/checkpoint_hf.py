@@ -313,7 +313,13 @@ def save_pretrained(model: "Model", path: str | os.PathLike, *, max_shard_size: 
         return spec.to_hf(value)
 
     if is_writer:
-        path.mkdir(parents=True, exist_ok=True)
+        # A file at `path` (or above it) raised FileExistsError / NotADirectoryError: "File exists".
+        if path.exists() and not path.is_dir():
+            raise UserError(f"cannot save to {path}: it is a file, not a directory")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except NotADirectoryError:
+            raise UserError(f"cannot save to {path}: a parent of it is a file, not a directory") from None
     write_checkpoint(path, plans, produce, max_shard_bytes=parse_size(max_shard_size), write=is_writer)
     if not is_writer:
         return

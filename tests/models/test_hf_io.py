@@ -216,6 +216,18 @@ def test_saving_again_leaves_only_the_new_layout(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_saving_to_a_file_path_is_a_user_error(tmp_path):
+    """save_pretrained onto a file raised FileExistsError ("File exists")."""
+    cfg = small_config("qwen2", num_layers=1)
+    model = Model(cfg, init_params(cfg, jax.random.key(0)))
+    (tmp_path / "afile").write_text("keep")
+    with pytest.raises(UserError, match=r"cannot save to .*afile: it is a file, not a directory$"):
+        model.save_pretrained(tmp_path / "afile")
+    with pytest.raises(UserError, match=r"cannot save to .*afile/sub: a parent of it is a file"):
+        model.save_pretrained(tmp_path / "afile" / "sub")
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
 def test_a_save_that_fails_part_way_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
     """Files are written under temporary names and renamed once all are complete: a failure on
     the last tensor (a full disk, a dead host) leaves the old weights loadable and no partial
