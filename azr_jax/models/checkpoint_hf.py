@@ -186,6 +186,9 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, mesh: jax.sha
     """
     path = Path(path)
     target_dtype = None if dtype is None else _param_dtype(dtype)
+    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):  # a dict of axis sizes raised AttributeError
+        raise UserError(f"mesh must be a jax.sharding.Mesh (e.g. azr_jax.sharding.make_mesh({{'fsdp': -1}})), "
+                        f"got {type(mesh).__name__}")
     cfg = read_hf_config(path)
     specs = hf_tensor_specs(cfg)
     rules = _default_rules() if rules is None else dict(rules)

@@ -353,13 +353,15 @@ def test_missing_directory_and_missing_tokenizer(good_checkpoint, tmp_path):
             model.logits(np.zeros(empty, np.int32))
 
 
-def test_dtype_must_be_a_float_type(good_checkpoint):
+def test_dtype_must_be_a_float_type_and_mesh_a_mesh(good_checkpoint):
     """dtype=jnp.int32 cast the weights to integers; an unknown name raised numpy's TypeError."""
     for ok, name in (("bfloat16", "bfloat16"), (jnp.bfloat16, "bfloat16"), (np.float16, "float16")):
         assert from_pretrained(good_checkpoint, dtype=ok).params["embed"]["embedding_vd"].dtype == name
     for bad in (jnp.int32, bool, "bf16", "auto", torch.bfloat16):
         with pytest.raises(UserError, match=r"dtype .* is not supported; use one of float32, bfloat16"):
             from_pretrained(good_checkpoint, dtype=bad)
+    with pytest.raises(UserError, match=r"mesh must be a jax.sharding.Mesh .*got dict$"):
+        from_pretrained(good_checkpoint, mesh={"fsdp": 1})  # raised AttributeError: no attribute 'size'
 
 
 def test_token_ids_outside_the_table_are_refused(good_checkpoint):
