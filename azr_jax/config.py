@@ -546,6 +546,12 @@ _CHOICES = {
 }
 
 
+# The smallest temperature above 0 (greedy): the sampler and the update divide float32 logits by
+# it, and below ~1e-38 float32 holds it as 0 (the sampler then divided by 1: samples at T = 1) while
+# just above that logits / T overflow to inf (NaN logprobs). 1e-30 is as greedy as 0 in practice.
+MIN_TEMPERATURE = 1e-30
+
+
 # The logical axes the model code names (the default rules list each once), and the mesh axes
 # the presets and --mesh lay out; mesh.shape may add others that a rule maps to.
 LOGICAL_AXES = tuple(MeshSection().rules)
@@ -722,6 +728,11 @@ def validate(cfg: Config) -> Config:
         # The update divides the logits by the rollout temperature; greedy is for evaluation.
         raise UserError("sampling.temperature must be > 0 and sampling.top_p in (0, 1] "
                         "(rollouts are sampled; greedy evaluation is eval.temperature=0)")
+    for key, t in (("sampling.temperature", cfg.sampling.temperature), ("eval.temperature", cfg.eval.temperature),
+                   ("azr.learnability_temperature", cfg.azr.learnability_temperature)):
+        if 0 < t < MIN_TEMPERATURE:
+            raise UserError(f"config key '{key}' is {t!r}: a temperature must be 0 (greedy) or >= {MIN_TEMPERATURE:g} "
+                            f"(float32 logits divided by a smaller one overflow, or it rounds to 0)")
     if cfg.sandbox.workers < 0:
         raise UserError(f"config key 'sandbox.workers' must be >= 0 (0 = one per CPU core), got {cfg.sandbox.workers!r}")
     _check_mesh(cfg.mesh)

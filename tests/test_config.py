@@ -348,6 +348,8 @@ def test_smallest_accepted_values_still_load():
                                      "sandbox.memory_mb=1", "azr.banned_words=[]"])
     assert (cfg.azr.num_inputs, cfg.azr.max_output_chars, cfg.train.seed) == (2, 2, 2**32 - 1)
     assert apply_overrides(Config(), ["azr.max_output_chars=0"]).azr.max_output_chars == 0  # 0 = never clip
+    tiny = apply_overrides(Config(), ["sampling.temperature=1e-30", "eval.temperature=1e-30"])
+    assert tiny.sampling.temperature == tiny.eval.temperature == 1e-30
 
 
 def _preset(tmp_path, body: str):
@@ -569,6 +571,10 @@ def test_every_count_and_size_is_range_checked():
     ("azr.seed_size=5", "azr.seed_size=5 is larger than azr.buffer_cap=4"),  # one over the cap
     ("azr.answer_diversity_max=-0.5", "answer_diversity_max must be >= 0"),  # a penalty for a valid task
     ("eval.temperature=-1", "eval.temperature must be >= 0"),
+    # Below 1e-30 float32 holds a temperature as 0 (sampled at T = 1, not near-greedy) or overflows the logits
+    ("eval.temperature=1e-45", r"'eval.temperature' is 1e-45: a temperature must be 0 \(greedy\) or >= 1e-30"),
+    ("sampling.temperature=1e-31", r"'sampling.temperature' is 1e-31: a temperature must be 0"),
+    ("azr.learnability_temperature=1e-40", r"'azr.learnability_temperature' is 1e-40"),
     ("eval.samples=2", "eval.samples=2 needs eval.temperature > 0"),  # pass@2 of two identical answers
 ])
 def test_range_boundaries_are_refused(item, match):

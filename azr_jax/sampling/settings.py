@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from azr_jax.config import MIN_TEMPERATURE
 from azr_jax.errors import UserError
 
 
@@ -18,7 +19,8 @@ from azr_jax.errors import UserError
 class SamplingSettings:
     """Settings of one `generate` call.
 
-    temperature: 0 means greedy (argmax); otherwise logits are divided by it before sampling.
+    temperature: 0 means greedy (argmax); otherwise (>= config.MIN_TEMPERATURE, 1e-30) logits are
+        divided by it before sampling.
     top_p: nucleus truncation in (0, 1]; 1 disables it.
     top_k: keep the k most likely tokens; 0 disables it.
     max_new_tokens: the longest completion, for every row.
@@ -57,6 +59,8 @@ class SamplingSettings:
         # NaN passes every comparison below as False, so finiteness is checked first.
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise UserError(f"sampling temperature must be a finite number >= 0, got {self.temperature}")
+        if 0 < self.temperature < MIN_TEMPERATURE:  # float32 holds it as 0 or overflows the logits
+            raise UserError(f"sampling temperature must be 0 (greedy) or >= {MIN_TEMPERATURE:g}, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise UserError(f"sampling top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:

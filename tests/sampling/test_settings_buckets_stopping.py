@@ -18,6 +18,8 @@ from azr_jax.sampling.stopping import WINDOW_FILL, ends_with_stop, eos_array, is
      (dict(stop_sequences=[[]]), "empty sequence"), (dict(max_new_tokens=4, budgets=[5]), "budgets must each be"),
      (dict(budgets=[0]), "budgets must each be"), (dict(temperature=float("nan")), "sampling temperature"),
      (dict(temperature=float("inf")), "sampling temperature"), (dict(top_p=float("nan")), "sampling top_p"),
+     # float32 holds 1e-45 as 0: the sampler divided the logits by 1 and sampled at T = 1
+     (dict(temperature=1e-45), r"0 \(greedy\) or >= 1e-30"), (dict(temperature=1e-31), r"or >= 1e-30"),
      (dict(stop_sequences=(5, 6)), "tuple of token-id sequences"),
      (dict(stop_sequences=("ab",)), "tuple of token-id sequences"),
      # -1 is the stop matcher's wildcard: it stopped every row after one token
@@ -117,3 +119,4 @@ def test_a_stop_sequence_as_long_as_the_window_needs_every_token():
 def test_only_temperature_zero_is_greedy():
     assert SamplingSettings(temperature=0.0).greedy
     assert not SamplingSettings(temperature=1e-4).greedy and not SamplingSettings(temperature=1.0).greedy
+    assert not SamplingSettings(temperature=1e-30).greedy  # the smallest one accepted
