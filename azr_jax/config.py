@@ -258,7 +258,7 @@ class EvalSection:
     benchmark: str = "nano"  # nano (shipped) | cruxeval (needs eval.data_path, a CRUXEval JSONL file)
     data_path: str | None = None  # the CRUXEval JSONL file (eval.benchmark=cruxeval); not read for nano
     # 0 = all; balanced cut: nano max_items // 3 per type, cruxeval max_items // 2 programs (both
-    # items), at least 1
+    # items), at least 1 and at most all
     max_items: int = 0
     max_response_len: int = 1024  # answer budget in tokens per item
     # Completions per item: 1 = pass@1 (greedy at temperature 0); k > 1 also reports pass@k

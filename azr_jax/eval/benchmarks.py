@@ -11,11 +11,13 @@ from azr_jax.jsonl import read_objects
 def load_benchmark(eval_cfg) -> list[dict]:
     """Items of `eval_cfg.benchmark` (nano | cruxeval), cut to `eval_cfg.max_items` if > 0 so the
     task types stay balanced (nano: `max_items // 3` items per type; cruxeval: the first
-    `max_items // 2` programs with both their items; at least one per type)."""
+    `max_items // 2` programs with both their items; at least one per type; never more than all)."""
     if eval_cfg.benchmark == "nano":
         from azr_jax.nano.benchmark import DEFAULT_PER_TYPE, nano_benchmark
 
-        per_type = DEFAULT_PER_TYPE if eval_cfg.max_items <= 0 else max(1, eval_cfg.max_items // 3)
+        # At most the whole benchmark: nano_benchmark(n) extends it past DEFAULT_PER_TYPE with more
+        # generator draws, so max_items=300 evaluated 300 items where 0 (= all) evaluates 150.
+        per_type = DEFAULT_PER_TYPE if eval_cfg.max_items <= 0 else min(DEFAULT_PER_TYPE, max(1, eval_cfg.max_items // 3))
         return nano_benchmark(per_type)
     if eval_cfg.benchmark == "cruxeval":
         if not eval_cfg.data_path:

@@ -622,9 +622,10 @@ def test_read_evaluation_returns_a_result_and_skips_what_is_not_one(tmp_path):
     assert read_evaluation(tmp_path / "missing.json") is None
 
 
-@pytest.mark.parametrize("max_items,per_type", [(0, 50), (1, 1), (3, 1), (7, 2)])
+@pytest.mark.parametrize("max_items,per_type", [(0, 50), (1, 1), (3, 1), (7, 2), (150, 50), (300, 50)])
 def test_a_cut_nano_benchmark_keeps_the_task_types_balanced(max_items, per_type):
-    # max_items // 3 items of each type, at least one; 0 = all 50 per type
+    # max_items // 3 items of each type, at least one; 0 = all 50 per type, and so is any larger
+    # max_items (300 evaluated 100 per type, draws past the benchmark)
     from azr_jax.config import EvalSection
     from azr_jax.eval.benchmarks import load_benchmark
 
