@@ -253,7 +253,8 @@ class TrainSection:
 @dataclass(frozen=True)
 class EvalSection:
     """Held-out evaluation: `azr-jax eval`, and the trainer's at the start, every
-    train.eval_every steps and at the end."""
+    train.eval_every steps and at the end. It also reads sampling.top_p/top_k (when it samples),
+    sampling.max_rows and sampling.prefill_chunk; it keeps the sampler's default length buckets."""
 
     benchmark: str = "nano"  # nano (shipped) | cruxeval (needs eval.data_path, a CRUXEval JSONL file)
     data_path: str | None = None  # the CRUXEval JSONL file (eval.benchmark=cruxeval); not read for nano

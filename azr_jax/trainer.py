@@ -672,7 +672,7 @@ def _final_evaluation_step(final: Path, summary: Path) -> int | None:
 
 
 def _evaluate(cfg, policy, params, sandbox, workdir: Path, name: str, primary: bool, step: int) -> dict:
-    """Greedy solve rate on the `cfg.eval` benchmark (azr_jax.eval) after `step` steps, saved as
+    """Solve rate (greedy, or sampled as cfg.eval says) on the `cfg.eval` benchmark (azr_jax.eval) after `step` steps, saved as
     eval/<name>.json."""
     from azr_jax.eval.evaluate import evaluate
 
