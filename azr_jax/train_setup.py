@@ -455,6 +455,16 @@ def warn_idle_mesh_axes(model_cfg, mesh, rules) -> None:
                     mesh.shape[ax], ", ".join(f"{k} {v}" for k, v in dims.items()) or "none", mesh.shape[ax])
 
 
+def warn_rollouts_past_context(cfg, model_cfg) -> None:
+    """Training's length budgets against the model's context. Not for `eval`/`convert`, which
+    never read sampling.max_prompt_len (eval warns about its own prompts as it sees them)."""
+    longest = cfg.sampling.max_prompt_len + max(cfg.sampling.max_response_len, cfg.eval.max_response_len)
+    if longest > model_cfg.max_position_embeddings:
+        log.warning("sampling.max_prompt_len + the longest response (%d tokens) is over the model's "
+                    "max_position_embeddings (%d): positions past it were never trained", longest,
+                    model_cfg.max_position_embeddings)
+
+
 def load_policy(cfg, *, weights: bool = True) -> Policy:
     """Model config, initial params and tokenizer from `cfg.model`, placed on `cfg.mesh`.
 
@@ -504,11 +514,6 @@ def load_policy(cfg, *, weights: bool = True) -> Policy:
         raise UserError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model_cfg.vocab_size}")
     warn_idle_mesh_axes(model_cfg, mesh, rules)
     model_cfg = model_cfg.replace(scan_layers=m.scan_layers)
-    longest = cfg.sampling.max_prompt_len + max(cfg.sampling.max_response_len, cfg.eval.max_response_len)
-    if longest > model_cfg.max_position_embeddings:
-        log.warning("sampling.max_prompt_len + the longest response (%d tokens) is over the model's "
-                    "max_position_embeddings (%d): positions past it were never trained", longest,
-                    model_cfg.max_position_embeddings)
     if tokenizer.vocab_size < model_cfg.vocab_size:  # never sample an id the tokenizer cannot decode
         model_cfg = model_cfg.replace(tokenizer_vocab_size=tokenizer.vocab_size)
     compute_dtype = _DTYPES[m.compute_dtype]

@@ -38,6 +38,7 @@ from azr_jax.metrics import MetricsWriter, has_records_after, run_output
 from azr_jax.stopping import StopFlag
 from azr_jax.train_setup import (
     Policy, SELFPLAY_ROLES, check_inputs, check_workdir, load_policy, task_sampler, warn_ineffective_settings,
+    warn_rollouts_past_context,
 )
 
 log = logging.getLogger("azr_jax.trainer")
@@ -792,6 +793,7 @@ def _run(cfg, workdir: Path, stop: StopFlag, seeded, primary: bool, *, resume_st
     warn_ineffective_settings(cfg)
     # Each process reads the weights and the tokenizer from its own disk too.
     policy = distributed.together(lambda: load_policy(cfg), "loading the model")
+    warn_rollouts_past_context(cfg, policy.config)
     stop.check_startup()
     if generate_fn is None:
         from azr_jax.sampling import generate as generate_fn

@@ -65,19 +65,18 @@ def test_training_refuses_an_unsplittable_micro_batch_before_reading_weights(tmp
     assert load_policy(cfg, weights=False).mesh is not None  # an evaluation of the same config loads
 
 
-def test_load_policy_warns_when_prompt_and_response_pass_the_context(caplog):
+def test_training_warns_when_prompt_and_response_pass_the_context(caplog):
     """Positions past max_position_embeddings were never trained; nothing used to say so."""
     import logging
 
-    from azr_jax.train_setup import load_policy
+    from azr_jax.train_setup import load_policy, warn_rollouts_past_context
 
-    with caplog.at_level(logging.WARNING, logger="azr_jax.train"):
-        load_policy(load_config("configs/nano.py", ["sampling.max_response_len=4096"]), weights=False)
-    assert "over the model's max_position_embeddings (2048)" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="azr_jax.train"):
-        load_policy(load_config("configs/nano.py"), weights=False)
-    assert "max_position_embeddings" not in caplog.text
+    for sets, warned in ((["sampling.max_response_len=4096"], True), ([], False)):
+        cfg = load_config("configs/nano.py", sets)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="azr_jax.train"):
+            warn_rollouts_past_context(cfg, load_policy(cfg, weights=False).config)
+        assert ("over the model's max_position_embeddings (2048)" in caplog.text) == warned
 
 
 def test_the_nano_configs_are_the_ones_the_shipped_base_and_docs_describe():

@@ -593,7 +593,7 @@ def test_the_tokenizers_stop_ids_come_before_the_model_configs():
 
 def test_the_policys_advantages_see_per_prompt_groups_and_the_length_warning_counts_eval(tmp_path, monkeypatch, caplog):
     from azr_jax.rl.advantages import NUM_TRRPP_GROUPS, compute_advantages
-    from azr_jax.train_setup import load_policy
+    from azr_jax.train_setup import load_policy, warn_rollouts_past_context
 
     cfg = load_config(CONFIG, [*tiny_overrides(make_tokenizer(tmp_path / "tok")), "rl.estimator=grpo",
                                "eval.max_response_len=7200"])  # 1024 + 7200 > 8192 positions
@@ -601,7 +601,14 @@ def test_the_policys_advantages_see_per_prompt_groups_and_the_length_warning_cou
     with caplog.at_level("WARNING", logger="azr_jax.train"):
         policy = load_policy(cfg, weights=False)  # shapes only: nothing initialised
     assert policy.peak_flops == 1e12 * jax.device_count()  # the MFU's denominator: every device's peak
-    assert any("over the model's max_position_embeddings" in r.getMessage() for r in caplog.records)
+    # Loading does not warn (eval and convert load the same policy but never read
+    # sampling.max_prompt_len); training, which samples under these budgets, does.
+    assert not [r for r in caplog.records if "max_position_embeddings" in r.getMessage()]
+    with caplog.at_level("WARNING", logger="azr_jax.train"):
+        warn_rollouts_past_context(cfg, policy.config)
+    (warning,) = [r.getMessage() for r in caplog.records if "max_position_embeddings" in r.getMessage()]
+    assert warning.startswith("sampling.max_prompt_len + the longest response (8224 tokens) is over the "
+                              "model's max_position_embeddings (8192)")
     # grpo: each prompt's samples are a group of their own, with ids from NUM_TRRPP_GROUPS on
     rewards = np.array([1.0, 0.0, 0.0, 0.0, 0.5, 0.5], np.float32)
     groups = np.array([NUM_TRRPP_GROUPS + g for g in (0, 0, 1, 1, 2, 2)], np.int32)
@@ -624,3 +631,4 @@ def test_a_file_system_without_locks_is_a_warning_not_another_trainer(tmp_path, 
     with caplog.at_level("WARNING", logger="azr_jax.train"):
         train_setup.WorkdirLock(tmp_path).release()
     assert any("make sure no other trainer runs" in r.getMessage() for r in caplog.records)
+

@@ -80,7 +80,8 @@ class _Harness:
 
         class Policy:
             params = "loaded weights"
-            config = mesh = rules = None
+            config = SimpleNamespace(max_position_embeddings=1 << 20)
+            mesh = rules = None
 
             def init_state(self, cfg, abstract=False):
                 return SimpleNamespace(params={"w": jnp.ones(2)})
