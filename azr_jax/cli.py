@@ -70,12 +70,18 @@ def main(argv: list[str] | None = None, *, process_exit: bool = False) -> int:
         if empty:  # `--workdir ""` ran as no --workdir (runs/<name>), `--out ""` wrote nothing, ...
             raise UserError(f"{empty} is given an empty value (an unset shell variable?); give it a value")
         module = importlib.import_module(args._module)
-        return int(module.main(args) or 0)
+        status = int(module.main(args) or 0)
+        if sys.stdout is not None:  # a closed pipe is reported below, not by the interpreter at exit
+            sys.stdout.flush()
+        return status
     except UserError as e:
-        if process_exit:
-            _say_last(f"azr-jax: error: {e}\n")
-        else:
-            print(f"azr-jax: error: {e}", file=sys.stderr)
+        _say_error(str(e), process_exit)
+        return 2
+    except BrokenPipeError:
+        # Whoever read stdout stopped reading (`azr-jax bench ... | head -c1`): one line, not a
+        # traceback (the main process writes to no other pipe; the sandbox handles its own).
+        _stdout_to_devnull()
+        _say_error("standard output was closed before all of the output was written (broken pipe)", process_exit)
         return 2
     except KeyboardInterrupt:
         if process_exit:
@@ -85,6 +91,25 @@ def main(argv: list[str] | None = None, *, process_exit: bool = False) -> int:
         else:
             print("azr-jax: interrupted", file=sys.stderr)
         return 130
+
+
+def _say_error(message: str, process_exit: bool) -> None:
+    if process_exit:
+        _say_last(f"azr-jax: error: {message}\n")
+    else:
+        print(f"azr-jax: error: {message}", file=sys.stderr)
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null: what is still buffered for a closed pipe would otherwise raise
+    BrokenPipeError again when it is flushed (by `run`, or the interpreter at exit)."""
+    try:
+        fd = sys.stdout.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (captured, embedded)
+        pass
 
 
 def _empty_option(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:

@@ -339,3 +339,22 @@ def test_a_difference_at_the_tolerance_passes_and_two_positions_are_enough(monke
     assert report["lengths"] == [2, 1] and report["max_abs_logit_diff"] == 0.0
     assert (report["tolerance"], report["relative_tolerance"]) == (0.0, 0.0)  # given as 0, not the defaults
     assert report["passed"] is True
+
+
+def test_a_closed_stdout_is_one_line(monkeypatch, capsys):
+    """`azr-jax repro model --json | head -c1`: one error line, not a BrokenPipeError traceback."""
+    from azr_jax import repro
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    report = {"passed": True, "max_abs_logit_diff": 0.0}
+    monkeypatch.setattr(repro, "model_parity", lambda args: report)
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert cli.main(["repro", "model", "--hf-dir", "ckpt", "--json"]) == 2
+    assert capsys.readouterr().err == (
+        "azr-jax: error: standard output was closed before all of the output was written (broken pipe)\n")

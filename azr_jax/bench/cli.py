@@ -58,10 +58,18 @@ def main(args: argparse.Namespace) -> int:
     # average above the core count says this record's timings were contended.
     result.update(host_load_1min_start=load_start, host_load_1min_end=_load_average(), host_cpus=os.cpu_count())
     text = json.dumps(result, sort_keys=True)
-    print(text)
-    if args.out:
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # stdout's reader is gone (`| head -c1`): the record still goes to --out
+        _write_out(args.out, text, "--out")
+        raise
+    _write_out(args.out, text, "--out (the result is the line above)")
+    return 0
+
+
+def _write_out(path: str | None, text: str, what: str) -> None:
+    if path:
         from azr_jax.jsonl import OutputFile
 
-        with OutputFile(args.out, "--out (the result is the line above)") as f:
+        with OutputFile(path, what) as f:
             f.write(text + "\n")
-    return 0

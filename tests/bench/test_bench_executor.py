@@ -166,3 +166,25 @@ def test_the_hanging_programs_are_spread_over_the_batch(monkeypatch, capsys):
                                                "--hang-fraction", "0.3", "--hang-timeout-s", "0.5"])
     assert r["hang_batch"]["never_terminate"] == 3
     assert [i for i, hangs in enumerate(batches[-1]) if hangs] == [0, 3, 6]
+
+
+def test_a_closed_stdout_is_one_line_and_the_record_still_goes_to_out(tmp_path):
+    """`azr-jax bench ... --out FILE | head -c1`: the reader is gone before the record is printed.
+    It was a BrokenPipeError traceback, and --out, written after the print, was never written."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "record.json"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads stdout
+    try:
+        proc = subprocess.run([sys.executable, "-m", "azr_jax.cli", "bench", "executor", *SMALL, "--no-baseline",
+                               "--out", str(out)], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "azr-jax: error: standard output was closed before all of the output was written (broken pipe)")
+    assert "Traceback" not in proc.stderr
+    assert json.loads(out.read_text())["bench"] == "executor"
