@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from azr_jax.bench.common import non_negative_float
+from azr_jax.bench.common import non_negative_float, non_negative_int
 from azr_jax.errors import UserError
 from azr_jax.jsonl import check_input_file
 
@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tokens.add_argument("--text-file", help="text to tokenize (default: a Python code sample shipped with azr-jax)")
     tokens.add_argument("--random-tokens", action="store_true",
                    help="use random token ids instead of text (the default when the checkpoint has no tokenizer)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --random-tokens")
+    # A negative seed was a numpy traceback (exit 1, as if parity failed) after the checkpoint loaded.
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for --random-tokens (>= 0)")
     p.add_argument("--tolerance", type=non_negative_float, default=None,
                    help="fail (exit 1) above this max |logit diff| (default 1e-3 float32, 2.0 bfloat16)")
     p.add_argument("--relative-tolerance", type=non_negative_float, default=None,

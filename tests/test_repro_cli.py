@@ -160,6 +160,10 @@ def test_bad_arguments(checkpoint, tmp_path, capsys):
         with pytest.raises(SystemExit) as stop:
             _run(["--hf-dir", str(checkpoint), "--tolerance", tolerance], capsys)
         assert stop.value.code == 2 and "--tolerance: expects a number >= 0" in capsys.readouterr().err
+    # A negative seed: numpy's ValueError traceback after the checkpoint had loaded, exit 1 (a FAIL).
+    with pytest.raises(SystemExit) as stop:
+        _run(["--hf-dir", str(checkpoint), "--random-tokens", "--seed", "-1"], capsys)
+    assert stop.value.code == 2 and "--seed: expects an integer >= 0, got -1" in capsys.readouterr().err
     # Both token sources: refused (the file was silently ignored, even a missing one).
     with pytest.raises(SystemExit) as stop:
         _run(["--hf-dir", str(checkpoint), "--text-file", str(tmp_path / "none.txt"), "--random-tokens"], capsys)

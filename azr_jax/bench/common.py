@@ -44,6 +44,7 @@ def _argument_type(convert, accept, expected: str):
 
 # The bench sizes, counts and shares (0 or less would fail deep inside a run, or measure nonsense).
 positive_int = _argument_type(int, lambda v: v > 0, "a positive integer")
+non_negative_int = _argument_type(int, lambda v: v >= 0, "an integer >= 0")  # numpy's seeds
 fraction = _argument_type(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 positive_float = _argument_type(float, lambda v: 0 < v < float("inf"), "a positive number")
 non_negative_float = _argument_type(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
