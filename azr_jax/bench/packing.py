@@ -17,7 +17,8 @@ import sys
 import numpy as np
 
 from azr_jax.bench.common import device_info, positive_int, time_it
-from azr_jax.bench.model_shape import add_shape_arguments, dtype_from_args, model_config_from_args, model_shape_record
+from azr_jax.bench.model_shape import (add_shape_arguments, dtype_from_args, model_config_from_args, model_shape_record,
+                                       remat_from_args)
 
 BUCKETS = (128, 256, 384, 512, 640)
 
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> dict:
     cfg = model_config_from_args(args)
     dtype = dtype_from_args(args, info["device"])
     cd = jnp.dtype(dtype)
+    remat = remat_from_args(args)  # `--set model.remat=full` was accepted and silently not applied
     batch = self_play_like_batch(cfg.vocab_size, args)
     rl = dataclasses.replace(RLSection(), micro_batch_size=args.micro_batch)
     optim = OptimSection(learning_rate=1e-6)
@@ -99,12 +101,14 @@ def run(args: argparse.Namespace) -> dict:
 
         return time_it(call, warmup=1, repeats=args.repeats)
 
-    padded_s = timed(make_train_step(cfg, rl, optim, compute_dtype=cd), {k: jnp.asarray(v) for k, v in batch.items()})
-    packed_s = timed(make_bucketed_train_step(cfg, rl, optim, length_buckets=buckets, compute_dtype=cd), batch)
+    padded_s = timed(make_train_step(cfg, rl, optim, compute_dtype=cd, remat=remat),
+                     {k: jnp.asarray(v) for k, v in batch.items()})
+    packed_s = timed(make_bucketed_train_step(cfg, rl, optim, length_buckets=buckets, compute_dtype=cd, remat=remat),
+                     batch)
     packed_slots = sum(m["tokens"].size for m in length_bucketed_micro_batches(batch, args.micro_batch, buckets))
     real = int(batch["mask"].sum())
     return {
-        "bench": "packing", **info, "model": model_shape_record(cfg), "dtype": dtype, "rows": args.rows,
+        "bench": "packing", **info, "model": model_shape_record(cfg), "dtype": dtype, "remat": remat, "rows": args.rows,
         "micro_batch": args.micro_batch, "real_tokens": real, "padded_slots": int(batch["tokens"].size),
         "packed_slots": int(packed_slots), "repeats": args.repeats,
         "seconds": packed_s, "real_tokens_per_s": real / packed_s,

@@ -104,12 +104,12 @@ def test_bench_packing_record_arithmetic(monkeypatch, capsys):
             return state, {"loss": jnp.zeros(())}
         return step
 
-    def make_padded(cfg, rl, optim, *, compute_dtype):
-        seen["padded_rl"] = rl
+    def make_padded(cfg, rl, optim, *, compute_dtype, remat="none"):
+        seen["padded_rl"], seen["padded_remat"] = rl, remat
         return fake_step("padded", 3.0)
 
-    def make_bucketed(cfg, rl, optim, *, length_buckets, compute_dtype):
-        seen["bucketed_rl"], seen["buckets"] = rl, length_buckets
+    def make_bucketed(cfg, rl, optim, *, length_buckets, compute_dtype, remat="none"):
+        seen["bucketed_rl"], seen["buckets"], seen["bucketed_remat"] = rl, length_buckets, remat
         return fake_step("bucketed", 2.0)
 
     def fake_time_it(fn, *, warmup, repeats):
@@ -121,7 +121,7 @@ def test_bench_packing_record_arithmetic(monkeypatch, capsys):
     monkeypatch.setattr(update, "init_train_state", lambda *a: None)
     monkeypatch.setattr(bucketed, "make_bucketed_train_step", make_bucketed)
     monkeypatch.setattr(packing, "time_it", fake_time_it)
-    argv = [*TINY, "--solver-len", "24", "24"]  # MIN == MAX is a valid range
+    argv = [*TINY, "--solver-len", "24", "24", "--set", "model.remat=full"]  # MIN == MAX is a valid range
     assert bench_cli.main(_args("packing", argv)) == 0
     r = json.loads(capsys.readouterr().out)
     batch = self_play_like_batch(64, _args("packing", argv))
@@ -136,6 +136,8 @@ def test_bench_packing_record_arithmetic(monkeypatch, capsys):
     # each side's timed steps (--repeats 1) come after a warm-up step, which compiles its bucket widths
     assert seen["timed"] == [(1, 1), (1, 1)]
     assert seen["padded_rl"].micro_batch_size == seen["bucketed_rl"].micro_batch_size == 4
+    # model.remat reaches both sides (it was silently ignored) and the record says which was timed
+    assert seen["padded_remat"] == seen["bucketed_remat"] == r["remat"] == "full"
     assert 160 in seen["buckets"] and set(packing.BUCKETS) <= set(seen["buckets"])  # never wider than padded
     # the bucketed side gets host arrays (its packing is part of its time), the padded side device arrays
     assert all(isinstance(v, np.ndarray) for v in seen["bucketed"].values())
