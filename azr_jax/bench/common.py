@@ -50,6 +50,19 @@ positive_float = _argument_type(float, lambda v: 0 < v < float("inf"), "a positi
 non_negative_float = _argument_type(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
+def check_set_keys(args: argparse.Namespace, keys: tuple[str, ...]) -> None:
+    """Refuse a `--set` key outside the config `keys` (and their sub-keys) the benchmark reads:
+    it was accepted and silently not applied (`--set rl.logits_chunk=512` on `bench train`
+    timed the whole head). Call after `load_config`, which reports malformed and unknown keys."""
+    from azr_jax.errors import UserError
+
+    for item in args.set:
+        key = item.split("=", 1)[0].strip()
+        if not any(key == k or key.startswith(k + ".") for k in keys):
+            raise UserError(f"--set {key} is not used by bench {args.bench}, which reads {', '.join(keys)} "
+                            f"of the config; its other settings are flags (azr-jax bench {args.bench} --help)")
+
+
 def device_info() -> dict:
     """What the benchmark ran on, for the JSON record."""
     import jax

@@ -16,7 +16,7 @@ import platform
 import sys
 import time
 
-from azr_jax.bench.common import fraction, positive_float, positive_int
+from azr_jax.bench.common import check_set_keys, fraction, positive_float, positive_int
 from azr_jax.config import load_config
 from azr_jax.sandbox import Job, Sandbox
 from azr_jax.bench.executor_programs import NEVER_ENDS, PROGRAMS
@@ -50,6 +50,7 @@ def _validations_per_s(cfg, n: int) -> tuple[float, dict, int]:
 
 def run(args: argparse.Namespace) -> dict:
     cfg = load_config(args.config, args.set).sandbox
+    check_set_keys(args, ("sandbox",))
     print(f"[bench executor] {args.jobs} validations, isolation={cfg.isolation} ...", file=sys.stderr)
     rate, report, valid = _validations_per_s(cfg, args.jobs)
     result = {

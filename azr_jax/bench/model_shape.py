@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from azr_jax.bench.common import positive_int
+from azr_jax.bench.common import check_set_keys, positive_int
 from azr_jax.config import load_config
 from azr_jax.errors import UserError
 from azr_jax.models.config import ModelConfig
@@ -18,17 +18,19 @@ from azr_jax.models.presets import get_preset
 DTYPES = ("float32", "bfloat16")
 
 
-def add_shape_arguments(parser: argparse.ArgumentParser, *, default_preset: str) -> None:
-    parser.add_argument("--config", default=None, help="config file whose model section is used")
+def add_shape_arguments(parser: argparse.ArgumentParser, *, default_preset: str, remat: bool = True) -> None:
+    """`remat`: the benchmark runs the update step, so it reads `model.remat` too."""
+    keys = ("model.preset", "model.overrides", "model.scan_layers") + (("model.remat",) if remat else ())
+    parser.add_argument("--config", default=None, help=f"config file whose {', '.join(keys)} are used")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. model.overrides.num_layers=2 (repeatable)")
+                        help=f"override of {', '.join(keys)}, e.g. model.overrides.num_layers=2 (repeatable)")
     parser.add_argument("--preset", default=None, help=f"model preset (default: {default_preset})")
     parser.add_argument("--layers", type=positive_int, default=None, help="number of decoder layers")
     parser.add_argument("--hidden", type=positive_int, default=None, help="hidden size (heads = hidden // head_dim)")
     parser.add_argument("--vocab", type=positive_int, default=None, help="vocabulary size")
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="weights and compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
-    parser.set_defaults(_default_preset=default_preset)
+    parser.set_defaults(_default_preset=default_preset, _config_keys=keys)
 
 
 def _shrink_hidden(cfg: ModelConfig, hidden: int) -> ModelConfig:
@@ -45,6 +47,7 @@ def _shrink_hidden(cfg: ModelConfig, hidden: int) -> ModelConfig:
 
 def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
     cfg_file = load_config(args.config, args.set)
+    check_set_keys(args, args._config_keys)
     chose_preset = args.config is not None or any(s.startswith("model.preset=") for s in args.set)
     preset = args.preset or (cfg_file.model.preset if chose_preset else args._default_preset)
     if preset == "nano":

@@ -23,7 +23,7 @@ _DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_shape_arguments(parser, default_preset="qwen2.5-0.5b")
+    add_shape_arguments(parser, default_preset="qwen2.5-0.5b", remat=False)
     parser.add_argument("--batch", type=positive_int, default=8, help="prompts per call")
     parser.add_argument("--prompt-len", type=positive_int, default=64, help="prompt tokens per row")
     parser.add_argument("--new-tokens", type=positive_int, default=64, help="tokens generated per row")

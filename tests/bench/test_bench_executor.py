@@ -143,6 +143,15 @@ def test_bench_out_file_holds_the_printed_record(monkeypatch, capsys, tmp_path):
     assert len(ran) == 1
 
 
+def test_a_set_key_outside_the_sandbox_section_is_refused():
+    """`bench executor --set model.preset=nano` was accepted and silently not applied."""
+    from azr_jax.bench import executor
+    from azr_jax.errors import UserError
+
+    with pytest.raises(UserError, match="--set model.preset is not used by bench executor, which reads sandbox"):
+        executor.run(_args("executor", ["--set", "model.preset=nano"]))
+
+
 def test_bench_executor_defaults_are_the_documented_ones():
     """docs/sandbox.md: 400 validations; a 100-job batch of which 5 % never end, timeout 2 s."""
     args = _args("executor", [])

@@ -38,6 +38,20 @@ def test_shape_flags_shrink_the_preset():
         model_config_from_args(_args("sample", ["--hidden", "100"]))
 
 
+@pytest.mark.parametrize("name,key", [("train", "rl.logits_chunk=512"), ("train", "rl.micro_batch_size=2"),
+                                      ("sample", "model.remat=full"), ("logits", "model.compute_dtype=float32"),
+                                      ("packing", "model.hf_dir=/ckpt")])
+def test_a_set_key_the_benchmark_does_not_read_is_refused(name, key):
+    """They were accepted and silently not applied: `bench train --set rl.logits_chunk=512`
+    timed the whole output head, and the record did not say so."""
+    with pytest.raises(UserError, match=f"--set {key.split('=')[0]} is not used by bench {name}, which reads "
+                                        "model.preset, model.overrides, model.scan_layers"):
+        model_config_from_args(_args(name, ["--set", key]))
+    # the keys it reads are taken
+    cfg = model_config_from_args(_args(name, ["--set", "model.overrides.num_layers=3", "--set", "model.scan_layers=false"]))
+    assert (cfg.num_layers, cfg.scan_layers) == (3, False)
+
+
 def test_roofline_is_weight_plus_kv_bytes_over_bandwidth():
     cfg = get_preset("qwen2.5-0.5b")
     weights = cfg.num_params() * 2  # tied embeddings: the output head reads the table once per step
