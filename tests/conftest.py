@@ -11,10 +11,11 @@ import pytest
 
 from cpu_flags import xla_flags
 
-# Must be set before JAX initialises its backend; harmless for single-device tests. Compiled
-# without LLVM's optimisation passes, which take most of the suite's compile time (cpu_flags.py).
-os.environ.setdefault("XLA_FLAGS", xla_flags(8))
+# Must be set before JAX initialises its backend; harmless for single-device tests. On CPU,
+# compiled without LLVM's optimisation passes, which take most of the suite's compile time
+# (cpu_flags.py); on an accelerator (launch/gpu/bench_one_gpu.sh) as a user's programs are.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("XLA_FLAGS", xla_flags(8, optimise=os.environ["JAX_PLATFORMS"] != "cpu"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

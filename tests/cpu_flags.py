@@ -8,6 +8,6 @@ that agree to float rounding; no test depends on how fast the compiled code runs
 UNOPTIMISED = "--xla_backend_optimization_level=0"
 
 
-def xla_flags(devices: int) -> str:
-    """`devices` fake CPU devices, compiled without LLVM's optimisation passes."""
-    return f"--xla_force_host_platform_device_count={devices} {UNOPTIMISED}"
+def xla_flags(devices: int, optimise: bool = False) -> str:
+    """`devices` fake CPU devices, compiled without LLVM's optimisation passes unless `optimise`."""
+    return f"--xla_force_host_platform_device_count={devices}" + ("" if optimise else f" {UNOPTIMISED}")
