@@ -103,6 +103,10 @@ def tokenize_transcripts(tok, transcripts, seq_len: int):
         if len(ids) > seq_len:
             continue
         rows.append((np.asarray(ids, np.int32), np.asarray([0] * len(p_ids) + [1] * (len(r_ids) + 1), np.float32)))
+    if transcripts and not rows:  # said here: a larger corpus (what bucket_rows would suggest) cannot help
+        shortest = min(len(p_ids) + len(r_ids) + 1 for p_ids, r_ids in zip(prompts, responses))
+        raise UserError(f"no transcript fits pretrain.seq_len={seq_len}: the shortest of {len(transcripts)} is "
+                        f"{shortest} tokens; raise pretrain.seq_len")
     return rows
 
 
@@ -112,7 +116,7 @@ def bucket_rows(rows, batch_size: int):
     for ids, mask in rows:
         length = _BUCKET * math.ceil(len(ids) / _BUCKET)
         buckets.setdefault(length, []).append((ids, mask))
-    out = {}
+    out, fullest = {}, max((len(items) for items in buckets.values()), default=0)
     for length, items in sorted(buckets.items()):
         if len(items) < batch_size:
             continue  # too few to fill one batch of this shape; rare lengths only
@@ -125,7 +129,9 @@ def bucket_rows(rows, batch_size: int):
             valid[i, : len(ids)] = 1
         out[length] = (tokens, masks, valid)
     if not out:
-        raise UserError("the pretraining corpus is too small for one batch; raise pretrain.corpus_programs")
+        raise UserError(f"the pretraining corpus is too small for one batch: no length (in steps of {_BUCKET} tokens) "
+                        f"has pretrain.batch_size={batch_size} transcripts, the most is {fullest}; raise "
+                        f"pretrain.corpus_programs or lower pretrain.batch_size")
     return out
 
 
@@ -325,8 +331,9 @@ def _build_into(cfg, out: Path, *, log, command: str, t0: float) -> dict:
             tok = load_tokenizer(train_tokenizer([t.prompt + t.response for t in transcripts],
                                                  Path(scratch) / "tokenizer.model", vocab_size=p.vocab_size))
     rows = tokenize_transcripts(tok, transcripts, p.seq_len)
-    buckets = bucket_rows(rows, p.batch_size)
+    # Before the batching, whose error ("too small for one batch") this line explains.
     log(f"tokenizer: {tok.vocab_size} pieces; {len(rows)}/{len(transcripts)} transcripts fit seq_len {p.seq_len}")
+    buckets = bucket_rows(rows, p.batch_size)
     if init is not None:
         model_cfg, start = init.config.replace(scan_layers=cfg.model.scan_layers), {k: v for k, v in init.params.items()}
     else:

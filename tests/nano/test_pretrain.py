@@ -274,6 +274,14 @@ def test_rows_cover_the_response_and_eos_and_drop_only_what_passes_seq_len():
     assert mask.tolist() == [0, 0, 1, 1, 1, 1]  # the prompt is context only; the closing EOS is learned
     assert rows[1][1].tolist() == [0] * 5 + [1] * 5
 
+    # None fits: the error names seq_len (it said "raise pretrain.corpus_programs", which cannot help).
+    import pytest
+
+    from azr_jax.errors import UserError
+
+    with pytest.raises(UserError, match=r"no transcript fits pretrain.seq_len=2: the shortest of 4 is 3 tokens"):
+        tokenize_transcripts(tok, transcripts, seq_len=2)
+
 
 def test_bucket_rows_right_pads_to_multiples_of_128_and_keeps_only_full_batches():
     def row(n):
@@ -293,7 +301,8 @@ def test_bucket_rows_right_pads_to_multiples_of_128_and_keeps_only_full_batches(
 
     from azr_jax.errors import UserError
 
-    with pytest.raises(UserError, match="too small for one batch"):
+    with pytest.raises(UserError, match="too small for one batch: .*batch_size=3 transcripts, the most is 2; .*"
+                                        "or lower pretrain.batch_size"):
         bucket_rows(rows, batch_size=3)
 
 
