@@ -9,6 +9,7 @@ AZR tags as single tokens.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -37,6 +38,12 @@ def train_tokenizer(texts: Iterable[str], out_path: str | Path, *, vocab_size: i
         _train(texts, buf, vocab_size)
     except RuntimeError as e:  # SentencePiece's own checks, e.g. fewer pieces than characters
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        # Its C++ source location and failed condition ("INTERNAL: src/x.cc(638) [a <= b] ") say nothing to a user.
+        reason = re.sub(r"^[A-Z_]+: \S+\(\d+\) \[.*?\]\s*", "", reason) or reason
+        need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", reason)
+        if need:  # its advice names its own --character_coverage flag, which azr-jax does not expose
+            raise UserError(f"pretrain.vocab_size={vocab_size} is too small for the corpus: its characters, byte "
+                            f"and special pieces need {need.group(1)}; set pretrain.vocab_size >= {need.group(1)}") from None
         raise UserError(f"the tokenizer cannot be trained with pretrain.vocab_size={vocab_size}: {reason}") from None
     out_path.write_bytes(buf.getvalue())
     return out_path
