@@ -286,6 +286,7 @@ class PretrainSection:
     seed: int = 0  # parameter init and batch order
     # Continue from this nano checkpoint directory (its weights and its tokenizer, which is then
     # not retrained) with a fresh optimizer and schedule; None = train from a random init.
+    # (pretrain refuses model.hf_dir and model.tokenizer: this is its way to name a start.)
     init_from: str | None = None
 
 

@@ -289,6 +289,11 @@ def build_base(cfg, out: Path, *, log=print, command: str = "build_base()") -> d
         raise UserError(f"azr-jax pretrain builds the nano base model (model.preset 'nano'); this config has "
                         f"model.preset {cfg.model.preset!r}. Larger models start from their released "
                         f"checkpoints (model.hf_dir); use configs/nano_base.py here")
+    for key in ("hf_dir", "tokenizer"):  # train's way to name a start; here it would be a random init, silently
+        if getattr(cfg.model, key):
+            raise UserError(f"azr-jax pretrain does not read model.{key} ({getattr(cfg.model, key)}); continue from a "
+                            f"checkpoint with pretrain.init_from=DIR, and use configs/nano_base.py (configs/nano.py "
+                            f"is the self-play config)")
     # Settle the model's shape before anything is written into `out` (which may be the shipped base).
     if p.init_from and cfg.model.overrides:
         raise UserError("model.overrides cannot reshape a model continued from pretrain.init_from; "

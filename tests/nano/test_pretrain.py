@@ -83,6 +83,14 @@ def test_a_bad_model_override_fails_before_anything_is_written(tmp_path):
     with pytest.raises(UserError, match="builds the nano base model .*model.preset 'qwen2.5-0.5b'"):
         build_base(load_config("configs/qwen2.5-0.5b.py", small), out, log=lambda msg: None)
     assert not out.exists()
+    # train's way to name a start: pretrain would have ignored it and trained from a random init
+    for key, value in (("hf_dir", BASE_DIR), ("tokenizer", BASE_DIR / "tokenizer.model")):
+        with pytest.raises(UserError, match=rf"does not read model.{key} .*pretrain.init_from=DIR"):
+            build_base(load_config("configs/nano_base.py", small + [f"model.{key}={value}"]), out, log=lambda msg: None)
+        assert not out.exists()
+    with pytest.raises(UserError, match="does not read model.hf_dir"):
+        build_base(load_config("configs/nano.py", small), out, log=lambda msg: None)
+    assert not out.exists()
 
 
 def test_a_build_that_fails_after_the_tokenizer_leaves_the_old_base_alone(tmp_path):
