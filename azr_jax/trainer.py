@@ -614,10 +614,11 @@ def _delete_newer_checkpoints(ckpts, step: int, stop: StopFlag) -> list[int]:
     return dropped
 
 
-def _drop_outputs_after(workdir: Path, step: int, total_steps: int) -> dict:
+def _drop_outputs_after(workdir: Path, step: int, total_steps: int, seed_inputs: tuple = ()) -> dict:
     """Leave the outputs of a run that has done `step` steps and goes on to `total_steps`: the
     evaluations, audit files and summary of later steps belong to the continuation being
-    replaced (at step 0: to a start that failed before its first checkpoint), and the plots would
+    replaced (at step 0: to a start that failed before its first checkpoint, its seed/ files
+    too, except those `seed_inputs`, the seed files this start reads), and the plots would
     mix them in. A finished run given more steps keeps its last evaluation, as that step's, and
     gets back its `eval/*` metrics (returned: an in-run evaluation's keys, {} when there is none)."""
     from azr_jax.eval.summary import read_evaluation
@@ -645,6 +646,11 @@ def _drop_outputs_after(workdir: Path, step: int, total_steps: int) -> dict:
         stale.append(summary)
     if step == 0:
         stale.append(workdir / "eval" / "base.json")
+        # A failed start's seeding phase: a start given seed files, or one seeding only some
+        # buffers, kept seed files and a seeding.json its own buffers never came from.
+        reads = {Path(p).resolve() for p in seed_inputs if p}
+        stale += [path for name in ("seeding.json", "seed_triplets.jsonl", "seed_induction.jsonl")
+                  if (path := workdir / "seed" / name).resolve() not in reads]
     stale = [path for path in stale if path.exists()]
     for path in stale:
         path.unlink()
@@ -803,7 +809,9 @@ def _run(cfg, workdir: Path, stop: StopFlag, seeded, primary: bool, *, resume_st
         state, buffers, start = _start_state(cfg, policy, ckpts, stop, resume_step, seeded)
         stop.check_startup()
         with run_output(workdir):  # a read-only file in the way is one line, as a full disk later
-            kept_eval = _drop_outputs_after(workdir, start, cfg.train.steps) if primary else {}
+            kept_eval = (_drop_outputs_after(workdir, start, cfg.train.steps,
+                                             (cfg.azr.seed_file, cfg.azr.induction_seed_file))
+                         if primary else {})
         metrics = MetricsWriter(workdir, total_steps=cfg.train.steps, start_step=start, enabled=primary,
                                 progress=progress, progress_every=cfg.train.log_every)
         if kept_eval and cfg.train.eval_every > 0 and start % cfg.train.eval_every == 0:

@@ -646,6 +646,29 @@ def test_a_fresh_start_clears_what_a_failed_start_left(tmp_path):
     assert _files(tmp_path) == ["metrics.jsonl"]  # metrics.jsonl is the MetricsWriter's to truncate
 
 
+def test_a_fresh_start_clears_a_failed_starts_seed_files_but_not_those_it_reads(tmp_path):
+    """A start killed after its seeding phase, restarted with azr.seed_size=0 (or other seed files),
+    kept seed/seeding.json and the seed files of a phase the new run's buffers never came from."""
+    from azr_jax.trainer import _drop_outputs_after
+
+    def seeded():
+        (tmp_path / "seed").mkdir(exist_ok=True)
+        for name in ("seeding.json", "seed_triplets.jsonl", "seed_induction.jsonl"):
+            (tmp_path / "seed" / name).write_text("{}\n")
+
+    seeded()
+    _drop_outputs_after(tmp_path, 0, 30)
+    assert _files(tmp_path) == []
+    seeded()
+    given = tmp_path / "seed" / "seed_triplets.jsonl"  # reused as azr.seed_file: the start reads it
+    _drop_outputs_after(tmp_path, 0, 30, (str(given), None))
+    assert _files(tmp_path) == ["seed/seed_triplets.jsonl"]
+    given.unlink()
+    (tmp_path / "seed" / "seeding.json").write_text("{}\n")
+    _drop_outputs_after(tmp_path, 5, 30)  # a resume keeps its run's seeding phase
+    assert _files(tmp_path) == ["seed/seeding.json"]
+
+
 def test_update_flops_count_the_kl_reference_forward_pass():
     from azr_jax.models import ModelConfig
     from azr_jax.trainer import update_flops
