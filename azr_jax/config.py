@@ -232,7 +232,7 @@ class OptimSection:
     weight_decay: float = 0.0  # AdamW decoupled weight decay (master 0.0, paper branch 0.01)
     b1: float = 0.9  # AdamW first-moment decay
     b2: float = 0.999  # AdamW second-moment decay
-    eps: float = 1e-8  # AdamW denominator epsilon
+    eps: float = 1e-8  # AdamW denominator epsilon; at least 2**-126 (float32 holds a smaller one as 0)
     grad_clip_norm: float | None = 1.0  # global gradient-norm clip; null = no clipping
 
 
@@ -553,6 +553,11 @@ _CHOICES = {
 # just above that logits / T overflow to inf (NaN logprobs). 1e-30 is as greedy as 0 in practice.
 MIN_TEMPERATURE = 1e-30
 
+# The smallest AdamW eps (2**-126, float32's smallest normal number): the update divides by
+# sqrt(v) + eps in float32, which flushes a smaller eps to 0, so a parameter whose gradient is 0
+# (an untied embedding row no token of the batch uses) got 0 / 0 = NaN weights at the first step.
+MIN_ADAM_EPS = 2.0**-126
+
 
 # The logical axes the model code names (the default rules list each once), and the mesh axes
 # the presets and --mesh lay out; mesh.shape may add others that a rule maps to.
@@ -690,6 +695,9 @@ def validate(cfg: Config) -> Config:
             raise UserError(f"config key '{key}' must be in [0, 2**32), got {seed!r}")
     if cfg.optim.grad_clip_norm is not None and cfg.optim.grad_clip_norm <= 0:
         raise UserError(f"config key 'optim.grad_clip_norm' must be positive, or null for no clipping, got {cfg.optim.grad_clip_norm!r}")
+    if 0 < cfg.optim.eps < MIN_ADAM_EPS:
+        raise UserError(f"config key 'optim.eps' is {cfg.optim.eps!r}: it must be >= 2**-126 (~{MIN_ADAM_EPS:.3g}; "
+                        f"float32 holds a smaller one as 0, and a parameter with a zero gradient gets NaN weights)")
     for key in ("b1", "b2"):
         if not 0 <= getattr(cfg.optim, key) < 1:
             raise UserError(f"config key 'optim.{key}' must be in [0, 1), got {getattr(cfg.optim, key)!r}")

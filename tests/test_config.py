@@ -348,6 +348,7 @@ def test_smallest_accepted_values_still_load():
                                      "sandbox.memory_mb=1", "azr.banned_words=[]"])
     assert (cfg.azr.num_inputs, cfg.azr.max_output_chars, cfg.train.seed) == (2, 2, 2**32 - 1)
     assert apply_overrides(Config(), ["azr.max_output_chars=0"]).azr.max_output_chars == 0  # 0 = never clip
+    assert apply_overrides(Config(), [f"optim.eps={2.0**-126!r}"]).optim.eps == 2.0**-126
     tiny = apply_overrides(Config(), ["sampling.temperature=1e-30", "eval.temperature=1e-30"])
     assert tiny.sampling.temperature == tiny.eval.temperature == 1e-30
 
@@ -575,6 +576,9 @@ def test_every_count_and_size_is_range_checked():
     ("eval.temperature=1e-45", r"'eval.temperature' is 1e-45: a temperature must be 0 \(greedy\) or >= 1e-30"),
     ("sampling.temperature=1e-31", r"'sampling.temperature' is 1e-31: a temperature must be 0"),
     ("azr.learnability_temperature=1e-40", r"'azr.learnability_temperature' is 1e-40"),
+    # Below float32's smallest normal number AdamW's eps is 0: a zero gradient made NaN weights
+    ("optim.eps=1e-40", r"'optim.eps' is 1e-40: it must be >= 2\*\*-126"),
+    ("optim.eps=1e-38", r"'optim.eps' is 1e-38: it must be >= 2\*\*-126"),  # subnormal in float32: flushed too
     ("eval.samples=2", "eval.samples=2 needs eval.temperature > 0"),  # pass@2 of two identical answers
 ])
 def test_range_boundaries_are_refused(item, match):

@@ -140,3 +140,21 @@ def test_linear_decay_after_a_warmup_reaches_zero_at_total_steps():
     # peak 1.0, then down by 0.1 a step to 0 at step 12 (not over 12 steps, which would stop at 1/6).
     lin = make_schedule(OptimSection(learning_rate=1.0, schedule="linear", warmup_steps=2), total_steps=12)
     np.testing.assert_allclose([float(lin(s)) for s in (0, 1, 2, 7, 12)], [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+
+
+def test_the_smallest_accepted_eps_keeps_a_zero_gradient_finite():
+    """config.MIN_ADAM_EPS is the bound validation puts on optim.eps: at it a parameter whose
+    gradient is 0 (an untied embedding row no token uses) stays put; float32 flushes a smaller
+    eps to 0 and the same step gave 0 / 0 = NaN weights."""
+    import jax.numpy as jnp
+
+    from azr_jax.config import MIN_ADAM_EPS
+
+    def one_step(eps):
+        opt = make_optimizer(OptimSection(learning_rate=1e-3, eps=eps))
+        params = {"w": jnp.ones(2)}
+        updates, _ = jax.jit(opt.update)({"w": jnp.array([1.0, 0.0])}, opt.init(params), params)
+        return np.asarray(optax.apply_updates(params, updates)["w"])
+
+    np.testing.assert_allclose(one_step(MIN_ADAM_EPS), [1.0 - 1e-3, 1.0], rtol=1e-6)
+    assert np.isnan(one_step(1e-50)[1])  # why the bound: 0 in float32, the zero-gradient weight is NaN
