@@ -693,6 +693,11 @@ def validate(cfg: Config) -> Config:
         # jax.random.key keeps 32 bits: seeds 2**32 apart share every key, larger ones overflow.
         if not 0 <= seed < 2**32:
             raise UserError(f"config key '{key}' must be in [0, 2**32), got {seed!r}")
+    for key, steps in (("train.steps", cfg.train.steps), ("optim.warmup_steps", cfg.optim.warmup_steps)):
+        # The update counts its steps in int32 (TrainState.step, the optax schedule): a larger
+        # warmup or decay length was an OverflowError traceback at the first update.
+        if steps >= 2**31:
+            raise UserError(f"config key '{key}' must be < 2**31 (the update counts its steps in int32), got {steps!r}")
     if cfg.optim.grad_clip_norm is not None and cfg.optim.grad_clip_norm <= 0:
         raise UserError(f"config key 'optim.grad_clip_norm' must be positive, or null for no clipping, got {cfg.optim.grad_clip_norm!r}")
     if 0 < cfg.optim.eps < MIN_ADAM_EPS:

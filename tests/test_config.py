@@ -335,6 +335,10 @@ def test_memory_layout_keys_may_change_on_resume():
     ("train.seed=4294967296", r"must be in \[0, 2\*\*32\)"),  # key(2**32) is key(0)
     ("train.seed=9223372036854775808", r"must be in \[0, 2\*\*32\)"),  # an OverflowError in training
     ("pretrain.seed=-1", r"'pretrain.seed' must be in \[0, 2\*\*32\)"),
+    # The schedule's count is int32: an OverflowError traceback at the first update
+    ("optim.warmup_steps=2147483648", r"'optim.warmup_steps' must be < 2\*\*31"),
+    ("optim.warmup_steps=1e20", r"'optim.warmup_steps' must be < 2\*\*31"),
+    ("train.steps=2147483648", r"'train.steps' must be < 2\*\*31"),  # the cosine/linear decay length
     ("azr.num_inputs=1", "'azr.num_inputs' must be >= 2"),  # induction tasks with no visible pair
     ("azr.max_output_chars=1", r"0 \(no clipping\) or >= 2"),  # clipped to the whole text
 ])
@@ -349,6 +353,8 @@ def test_smallest_accepted_values_still_load():
     assert (cfg.azr.num_inputs, cfg.azr.max_output_chars, cfg.train.seed) == (2, 2, 2**32 - 1)
     assert apply_overrides(Config(), ["azr.max_output_chars=0"]).azr.max_output_chars == 0  # 0 = never clip
     assert apply_overrides(Config(), [f"optim.eps={2.0**-126!r}"]).optim.eps == 2.0**-126
+    longest = apply_overrides(Config(), ["train.steps=2147483647", "optim.warmup_steps=2147483647"])
+    assert longest.train.steps == longest.optim.warmup_steps == 2**31 - 1
     tiny = apply_overrides(Config(), ["sampling.temperature=1e-30", "eval.temperature=1e-30"])
     assert tiny.sampling.temperature == tiny.eval.temperature == 1e-30
 
