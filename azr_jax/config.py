@@ -16,6 +16,7 @@ import difflib
 import importlib.util
 import json
 import math
+import struct
 import types
 import typing
 from dataclasses import dataclass, field
@@ -706,6 +707,11 @@ def validate(cfg: Config) -> Config:
     for key in ("b1", "b2"):
         if not 0 <= getattr(cfg.optim, key) < 1:
             raise UserError(f"config key 'optim.{key}' must be in [0, 1), got {getattr(cfg.optim, key)!r}")
+        # AdamW runs in float32, which holds 0.99999999 as 1: its bias correction 1 - b**t was
+        # then 0 and the first update made NaN (or infinite) weights.
+        if struct.unpack("f", struct.pack("f", getattr(cfg.optim, key)))[0] == 1.0:
+            raise UserError(f"config key 'optim.{key}' is {getattr(cfg.optim, key)!r}, which float32 (the update's "
+                            f"precision) rounds to 1; the largest usable value is 1 - 2**-24 (0.99999994)")
     for key in ("clip_eps_low", "clip_eps_high"):
         if not 0 < getattr(cfg.rl, key) < 1:
             raise UserError(f"config key 'rl.{key}' must be in (0, 1), got {getattr(cfg.rl, key)!r}")

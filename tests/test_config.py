@@ -353,6 +353,8 @@ def test_smallest_accepted_values_still_load():
     assert (cfg.azr.num_inputs, cfg.azr.max_output_chars, cfg.train.seed) == (2, 2, 2**32 - 1)
     assert apply_overrides(Config(), ["azr.max_output_chars=0"]).azr.max_output_chars == 0  # 0 = never clip
     assert apply_overrides(Config(), [f"optim.eps={2.0**-126!r}"]).optim.eps == 2.0**-126
+    largest_b = 1 - 2**-24  # the float32 just below 1
+    assert apply_overrides(Config(), [f"optim.b1={largest_b!r}", f"optim.b2={largest_b!r}"]).optim.b2 == largest_b
     longest = apply_overrides(Config(), ["train.steps=2147483647", "optim.warmup_steps=2147483647"])
     assert longest.train.steps == longest.optim.warmup_steps == 2**31 - 1
     tiny = apply_overrides(Config(), ["sampling.temperature=1e-30", "eval.temperature=1e-30"])
@@ -573,6 +575,9 @@ def test_every_count_and_size_is_range_checked():
     ("optim.b2=1", r"'optim.b2' must be in \[0, 1\)"),  # the second moment would never move off 0
     ("optim.b1=1", r"'optim.b1' must be in \[0, 1\)"),
     ("optim.b1=-0.1", r"'optim.b1' must be in \[0, 1\)"),  # the closed lower end: below it, not at it
+    # 1 in float32, where AdamW's bias correction 1 - b**t is then 0: NaN weights at the first update
+    ("optim.b2=0.99999999", r"'optim.b2' is 0.99999999, which float32 \(the update's precision\) rounds to 1"),
+    ("optim.b1=0.99999999", r"'optim.b1' is 0.99999999, which float32"),
     ("rl.clip_eps_low=0", r"'rl.clip_eps_low' must be in \(0, 1\)"),  # no room for the ratio to move
     ("mesh.shape.data=0", "'mesh.shape.data' must be a positive int or -1"),
     ("azr.seed_size=5", "azr.seed_size=5 is larger than azr.buffer_cap=4"),  # one over the cap

@@ -158,3 +158,19 @@ def test_the_smallest_accepted_eps_keeps_a_zero_gradient_finite():
 
     np.testing.assert_allclose(one_step(MIN_ADAM_EPS), [1.0 - 1e-3, 1.0], rtol=1e-6)
     assert np.isnan(one_step(1e-50)[1])  # why the bound: 0 in float32, the zero-gradient weight is NaN
+
+
+def test_the_largest_accepted_betas_keep_the_update_finite():
+    """Validation refuses an optim.b1/b2 that float32 rounds to 1 (AdamW's bias correction
+    1 - b**t is then 0); the largest it accepts, 1 - 2**-24, still gives finite weights."""
+    import jax.numpy as jnp
+
+    def one_step(b1, b2):
+        opt = make_optimizer(OptimSection(learning_rate=1e-3, b1=b1, b2=b2))
+        params = {"w": jnp.ones(2)}
+        updates, _ = jax.jit(opt.update)({"w": jnp.array([1.0, 0.0])}, opt.init(params), params)
+        return np.asarray(optax.apply_updates(params, updates)["w"])
+
+    largest = 1 - 2**-24
+    assert np.isfinite(one_step(largest, largest)).all()
+    assert not np.isfinite(one_step(0.9, 0.99999999)).all()  # why: float32 holds it as 1
