@@ -694,7 +694,8 @@ def validate(cfg: Config) -> Config:
         # jax.random.key keeps 32 bits: seeds 2**32 apart share every key, larger ones overflow.
         if not 0 <= seed < 2**32:
             raise UserError(f"config key '{key}' must be in [0, 2**32), got {seed!r}")
-    for key, steps in (("train.steps", cfg.train.steps), ("optim.warmup_steps", cfg.optim.warmup_steps)):
+    for key, steps in (("train.steps", cfg.train.steps), ("optim.warmup_steps", cfg.optim.warmup_steps),
+                       ("pretrain.steps", cfg.pretrain.steps)):
         # The update counts its steps in int32 (TrainState.step, the optax schedule): a larger
         # warmup or decay length was an OverflowError traceback at the first update.
         if steps >= 2**31:

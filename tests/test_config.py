@@ -339,6 +339,7 @@ def test_memory_layout_keys_may_change_on_resume():
     ("optim.warmup_steps=2147483648", r"'optim.warmup_steps' must be < 2\*\*31"),
     ("optim.warmup_steps=1e20", r"'optim.warmup_steps' must be < 2\*\*31"),
     ("train.steps=2147483648", r"'train.steps' must be < 2\*\*31"),  # the cosine/linear decay length
+    ("pretrain.steps=2147483648", r"'pretrain.steps' must be < 2\*\*31"),  # its optax schedule too
     ("azr.num_inputs=1", "'azr.num_inputs' must be >= 2"),  # induction tasks with no visible pair
     ("azr.max_output_chars=1", r"0 \(no clipping\) or >= 2"),  # clipped to the whole text
 ])
