@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,6 +174,16 @@ class ModelConfig:
                 f"qk_norm={self.qk_norm} does not match architecture {self.architecture!r} "
                 "(q/k norms exist exactly in qwen3)"
             )
+        # Token ids from model.overrides (or a config.json) arrive untyped as well: a string eos
+        # would become the sampler's stop id, and int() of one below was a bare ValueError.
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool)):
+                raise UserError(f"model config field '{name}' must be a token id (an int) or null, got {value!r}")
+        extra = self.extra_eos_token_ids
+        if not isinstance(extra, (list, tuple)) or not all(
+                isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in extra):
+            raise UserError(f"model config field 'extra_eos_token_ids' must be a list of token ids (ints), got {extra!r}")
         limit = self.tokenizer_vocab_size
         if limit is not None and not (isinstance(limit, int) and 0 < limit <= self.vocab_size):
             raise UserError(f"tokenizer_vocab_size must be in [1, vocab_size={self.vocab_size}], got {limit!r}")

@@ -308,6 +308,8 @@ def test_partly_filled_per_micro_batch_blocks_are_named_in_a_warning(overrides, 
     ("tie_word_embeddings", '"no"', "'tie_word_embeddings' must be true or false"),  # read as tied
     ("max_position_embeddings", "0", "'max_position_embeddings' must be a positive int"),
     ("num_layer", "2", r"unknown ModelConfig field\(s\) \['num_layer'\]"),
+    ("extra_eos_token_ids", '["x"]', "'extra_eos_token_ids' must be a list of token ids"),  # a ValueError traceback
+    ("eos_token_id", '"a"', "'eos_token_id' must be a token id"),  # the sampler's stop id
 ])
 def test_bad_model_overrides_are_refused_before_the_workdir_is_written(tmp_path, field, value, message):
     import json
