@@ -39,7 +39,8 @@ class ModelSection:
     preset: str = "nano"  # a name from azr_jax.models.presets; with hf_dir only compared (a warning)
     hf_dir: str | None = None  # Hugging Face checkpoint directory (config.json + safetensors)
     tokenizer: str | None = None  # tokenizer.json / SentencePiece .model; default: inside hf_dir
-    # ModelConfig fields to replace in the preset (random init only; refused with hf_dir)
+    # ModelConfig fields to replace in the preset (random init only; refused with hf_dir; not
+    # scan_layers, which is model.scan_layers below)
     overrides: dict = field(default_factory=dict)
     compute_dtype: str = "bfloat16"  # dtype of activations and matmuls
     # The dtype weights are loaded (or initialised) in, so also the KL reference's and the
@@ -758,6 +759,12 @@ def validate(cfg: Config) -> Config:
     if cfg.sandbox.workers < 0:
         raise UserError(f"config key 'sandbox.workers' must be >= 0 (0 = one per CPU core), got {cfg.sandbox.workers!r}")
     _check_mesh(cfg.mesh)
+    # ModelConfig fields every command sets itself after the overrides: an override of them was
+    # accepted and then replaced without a word (train, bench) or beat model.scan_layers (pretrain).
+    for key, why in (("scan_layers", "set model.scan_layers instead"),
+                     ("tokenizer_vocab_size", "it follows the tokenizer")):
+        if key in cfg.model.overrides:
+            raise UserError(f"model.overrides: {key} is not a model field to override ({why})")
     if cfg.sampling.eval_temperature != 0:
         raise UserError("sampling.eval_temperature is not read; set eval.temperature (0 = greedy) instead")
     if cfg.rl.dual_clip is not None and cfg.rl.dual_clip <= 1:

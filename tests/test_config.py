@@ -93,6 +93,9 @@ def test_unknown_key_names_the_closest_valid_key():
     ("sampling.max_rows=0", "must be positive"),
     ("rl.dual_clip=none", r"\(JSON null for none\)"),  # Python's spelling, lower-cased: say JSON's
     ("mesh.shape=[1, 2]", "'mesh.shape' expects a mapping"),  # not a dict() of the list, nor its TypeError
+    # Set by each command after the overrides: accepted, then replaced without a word.
+    ("model.overrides.scan_layers=false", r"scan_layers is not a model field to override \(set model.scan_layers"),
+    ("model.overrides.tokenizer_vocab_size=10", "tokenizer_vocab_size is not a model field to override"),
 ])
 def test_bad_values_are_user_errors(item, match):
     with pytest.raises(UserError, match=match):
