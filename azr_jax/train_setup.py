@@ -101,14 +101,18 @@ def check_inputs(cfg, workdir: Path):
     """Read the input files the start-up reads after `load_policy` (which can take minutes) now,
     so that a wrong path fails at once, with the same error: the prompt templates, the cruxeval
     file when the run evaluates, and the seed files unless `workdir` resumes (from its buffers);
-    and that `model.hf_dir`, which `load_policy` reads, is there.
+    and that `model.hf_dir` and the tokenizer, which `load_policy` reads, are there.
     Returns the seeded buffers of a fresh start (None for a resume), for the start-up to use."""
     from azr_jax.azr.buffers import TaskBuffers
     from azr_jax.azr.prompts import load_templates
     from azr_jax.eval.benchmarks import load_benchmark
+    from azr_jax.models.tokenizer import tokenizer_file
 
     _require_hf_dir(cfg.model)
-    if not cfg.model.hf_dir:  # before config.json is written; overrides apply to random init only
+    # Where the tokenizer comes from, before config.json, inputs.json and the lock are written
+    # into a fresh workdir (a missing one failed in load_policy, after them).
+    tokenizer_file(_tokenizer_source(cfg.model))
+    if not cfg.model.hf_dir:  # overrides apply to random init only
         preset_with_overrides(cfg.model)
     load_templates(cfg.azr.prompt_dir)
     if cfg.train.eval_every >= 0 and cfg.eval.benchmark == "cruxeval":  # nano is generated, not read
@@ -410,6 +414,15 @@ def _require_hf_dir(model_section) -> None:
         raise UserError(f"model.hf_dir {model_section.hf_dir} is not a directory (a Hugging Face checkpoint is expected)")
 
 
+def _tokenizer_source(model_section) -> str:
+    """Where `load_policy` reads the tokenizer: model.tokenizer, else the checkpoint's own."""
+    source = model_section.tokenizer or model_section.hf_dir
+    if not source:
+        raise UserError(f"model preset '{model_section.preset}' needs weights: set model.hf_dir to a local Hugging "
+                        f"Face checkpoint (or model.tokenizer to train from random initialisation)")
+    return source
+
+
 def warn_ineffective_settings(cfg) -> None:
     """Warnings for settings a run accepts but that do not do what they seem to."""
     if cfg.optim.warmup_steps >= cfg.train.steps:  # the decaying schedules refuse this outright
@@ -498,13 +511,11 @@ def load_policy(cfg, *, weights: bool = True) -> Policy:
             model_cfg = read_hf_config(m.hf_dir)
             params = _abstract_params(model_cfg, _DTYPES[m.param_dtype], mesh, rules)
         warn_if_checkpoint_is_not_the_preset(m.preset, model_cfg)
-        tokenizer = load_tokenizer(m.tokenizer or m.hf_dir)  # the checkpoint's own unless one is named
+        tokenizer = load_tokenizer(_tokenizer_source(m))  # the checkpoint's own unless one is named
     else:
-        if not m.tokenizer:
-            raise UserError(f"model preset '{m.preset}' needs weights: set model.hf_dir to a local Hugging Face "
-                            f"checkpoint (or model.tokenizer to train from random initialisation)")
+        source = _tokenizer_source(m)
         model_cfg = preset_with_overrides(m)
-        tokenizer = load_tokenizer(m.tokenizer)
+        tokenizer = load_tokenizer(source)
         if weights:
             params = jax.jit(lambda key: init_params(model_cfg, key, dtype=_DTYPES[m.param_dtype]),
                              out_shardings=param_shardings(model_cfg, mesh, rules))(init_key(cfg.train.seed))

@@ -10,6 +10,7 @@ import pytest
 
 from azr_jax.config import Config, apply_overrides, from_dict, load_config, to_dict, to_json
 from azr_jax.errors import UserError
+from azr_jax.nano import BASE_DIR
 
 
 def test_defaults_carry_paper_hyperparameters():
@@ -510,21 +511,27 @@ def test_input_paths_are_read_before_the_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "load_policy", no_loading)
     missing = tmp_path / "missing.jsonl"
+    base = apply_overrides(Config(), [f"model.tokenizer={BASE_DIR}"])  # a random init: nothing loads
     for items, match in [([f"azr.seed_file={missing}"], "seed file not found"),
                          ([f"azr.induction_seed_file={missing}"], "seed file not found"),
                          ([f"azr.prompt_dir={missing}"], "azr.prompt_dir is not a directory"),
-                         (["eval.benchmark=cruxeval", f"eval.data_path={missing}"], "benchmark file not found")]:
+                         (["eval.benchmark=cruxeval", f"eval.data_path={missing}"], "benchmark file not found"),
+                         # the tokenizer (it was read after config.json, inputs.json and the lock were written)
+                         (["model.tokenizer=null"], "model preset 'nano' needs weights"),
+                         ([f"model.tokenizer={missing}"], "tokenizer path .* does not exist"),
+                         ([f"model.tokenizer={tmp_path}"], "no tokenizer in"),
+                         ([f"model.hf_dir={tmp_path}", "model.tokenizer=null"], "no tokenizer in")]:
         with pytest.raises(UserError, match=match):
-            trainer.train(apply_overrides(Config(), items), tmp_path / "run", progress=False)
+            trainer.train(apply_overrides(base, items), tmp_path / "run", progress=False)
         assert not (tmp_path / "run").exists()  # nothing written either
     # A resume reads no seed file (its buffers are in the checkpoint) and a run that never
     # evaluates reads no benchmark file.
     (tmp_path / "resumed" / "checkpoints" / "10").mkdir(parents=True)
-    check_inputs(apply_overrides(Config(), [f"azr.seed_file={missing}"]), tmp_path / "resumed")
-    check_inputs(apply_overrides(Config(), ["eval.benchmark=cruxeval", f"eval.data_path={missing}",
-                                            "train.eval_every=-1"]), tmp_path / "fresh")
+    check_inputs(apply_overrides(base, [f"azr.seed_file={missing}"]), tmp_path / "resumed")
+    check_inputs(apply_overrides(base, ["eval.benchmark=cruxeval", f"eval.data_path={missing}",
+                                        "train.eval_every=-1"]), tmp_path / "fresh")
     with pytest.raises(UserError, match="azr.prompt_dir is not a directory"):
-        check_inputs(apply_overrides(Config(), [f"azr.prompt_dir={missing}"]), tmp_path / "resumed")
+        check_inputs(apply_overrides(base, [f"azr.prompt_dir={missing}"]), tmp_path / "resumed")
 
 
 @pytest.mark.parametrize("override, hint", [

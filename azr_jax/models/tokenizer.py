@@ -343,6 +343,17 @@ def find_tokenizer_file(path: str | os.PathLike) -> Path | None:
     return None
 
 
+def tokenizer_file(path: str | os.PathLike) -> Path:
+    """The tokenizer file `load_tokenizer(path)` reads; one-line errors when there is none."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"tokenizer path {path} does not exist")
+    file = find_tokenizer_file(path)
+    if file is None:
+        raise UserError(f"no tokenizer in {path}: expected {TOKENIZER_JSON} or {SENTENCEPIECE_MODEL}")
+    return file
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load `tokenizer.json` (HF tokenizers) or a SentencePiece `.model`, from a file or a directory.
 
@@ -350,12 +361,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     generation_config.json, config.json, chat_template.jinja) supply the special tokens and the
     chat template.
     """
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"tokenizer path {path} does not exist")
-    file = find_tokenizer_file(path)
-    if file is None:
-        raise UserError(f"no tokenizer in {path}: expected {TOKENIZER_JSON} or {SENTENCEPIECE_MODEL}")
+    file = tokenizer_file(path)
     directory = file.parent
     backend = _HFBackend(file) if file.suffix == ".json" else _SentencePieceBackend(file)
     template_file = directory / CHAT_TEMPLATE

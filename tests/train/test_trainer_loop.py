@@ -18,6 +18,7 @@ import pytest
 from azr_jax import trainer
 from azr_jax.config import Config, apply_overrides
 from azr_jax.metrics import read_metrics
+from azr_jax.nano import BASE_DIR
 from azr_jax.sandbox.isolation import Plan
 from azr_jax.stopping import StopFlag
 
@@ -373,8 +374,8 @@ def test_train_puts_back_the_signal_handlers_when_the_start_up_fails(tmp_path):
 
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(UserError, match="seed file not found"):
-        trainer.train(apply_overrides(Config(), [f"azr.seed_file={tmp_path / 'missing.jsonl'}"]), tmp_path / "run",
-                      progress=False)
+        trainer.train(apply_overrides(Config(), [f"model.tokenizer={BASE_DIR}", f"azr.seed_file={tmp_path / 'missing.jsonl'}"]),
+                      tmp_path / "run", progress=False)
     assert signal.getsignal(signal.SIGTERM) is previous
 
 
