@@ -843,6 +843,16 @@ def _run(cfg, workdir: Path, stop: StopFlag, seeded, primary: bool, *, resume_st
             _seed(cfg, loop, state.params, workdir, primary)
         if evaluating and start == 0:
             _evaluate(cfg, policy, state.params, sandbox, workdir, "base", primary, 0)
+        # A run stopped at its last step before the final evaluation (SIGTERM there, or killed
+        # after the last save), now given more steps: that step is on the eval_every schedule but
+        # was left to the final evaluation, which never ran (or eval_every changed on resume).
+        # Evaluated now, as an uninterrupted run would have. Process 0 looks at the shared
+        # workdir; every process evaluates.
+        missed = (primary and evaluating and cfg.train.eval_every > 0 and 0 < start < cfg.train.steps
+                  and start % cfg.train.eval_every == 0 and not (workdir / "eval" / f"step_{start}.json").exists())
+        if distributed.allgather_json(bool(missed))[0]:
+            result = _evaluate(cfg, policy, state.params, sandbox, workdir, f"step_{start}", primary, start)
+            metrics.amend_step(start, _eval_metrics(result))
         stopping = False
         for step in range(start + 1, cfg.train.steps + 1):
             stop.after = "this step"

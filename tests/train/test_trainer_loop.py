@@ -345,6 +345,27 @@ def test_a_finished_run_given_more_steps_off_the_eval_schedule_gets_no_eval_metr
     assert [r.get("eval/solve_rate") for r in records] == [None, None, 0.03, None, None, None]
 
 
+def test_a_run_stopped_at_its_last_step_and_given_more_steps_evaluates_that_step(harness):
+    """Step 4 was the 4-step run's last, so its evaluation was left to the final one, which a
+    SIGTERM there skipped; a 6-step continuation evaluated only at 6, so step 4 of the
+    eval_every=2 schedule had no evaluation at all."""
+    harness.stop_after = {4}
+    harness.run("train.steps=4", "train.eval_every=2")
+    assert harness.of("eval") == [("base", 0), ("step_2", 2)]
+    harness.stop_after = set()
+    harness.run("train.steps=6", "train.eval_every=2")
+    assert harness.of("eval") == [("step_4", 4), ("final", 6)]
+    records = read_metrics(harness.tmp_path / "run" / "metrics.jsonl")
+    assert [r.get("eval/solve_rate") for r in records] == [None, 0.02, None, 0.04, None, None]
+    # a mid-run stop on the schedule evaluated before it saved: not evaluated again
+    harness.ckpts.saved.clear()  # a fresh run
+    harness.stop_after = {2}
+    harness.run("train.steps=4", "train.eval_every=2", workdir="mid")
+    harness.stop_after = set()
+    harness.run("train.steps=4", "train.eval_every=2", workdir="mid")
+    assert harness.of("eval") == [("final", 4)]
+
+
 def test_a_second_signal_cancels_the_host_work_and_still_closes_everything(harness):
     harness.fail_at = 2
     with pytest.raises(KeyboardInterrupt):
