@@ -178,7 +178,7 @@ class SandboxSection:
     """Isolation and limits for running model-written programs (DESIGN §6)."""
 
     # Wall-clock limit of one run of a job, the program and all its calls (reference: 10 s
-    # for each snippet, docs/deviations.md)
+    # for each snippet, docs/deviations.md); at most 1e6 s
     timeout_s: float = 10.0
     workers: int = 0  # sandbox processes running jobs in parallel; 0 = number of CPU cores
     memory_mb: int = 1024  # each process's address space, and the job's processes together
@@ -560,6 +560,11 @@ MIN_TEMPERATURE = 1e-30
 # (an untied embedding row no token of the batch uses) got 0 / 0 = NaN weights at the first step.
 MIN_ADAM_EPS = 2.0**-126
 
+# The longest sandbox.timeout_s: the host waits for a zygote's answer with poll(), whose timeout is
+# a C int of milliseconds (2**31 ms, about 24.8 days, less a grace period); above it every job was
+# a sandbox failure ("OverflowError: timeout is too large"), so no program was ever judged.
+MAX_SANDBOX_TIMEOUT_S = 1e6
+
 
 # The logical axes the model code names (the default rules list each once), and the mesh axes
 # the presets and --mesh lay out; mesh.shape may add others that a rule maps to.
@@ -756,6 +761,9 @@ def validate(cfg: Config) -> Config:
         if 0 < t < MIN_TEMPERATURE:
             raise UserError(f"config key '{key}' is {t!r}: a temperature must be 0 (greedy) or >= {MIN_TEMPERATURE:g} "
                             f"(float32 logits divided by a smaller one overflow, or it rounds to 0)")
+    if cfg.sandbox.timeout_s > MAX_SANDBOX_TIMEOUT_S:
+        raise UserError(f"config key 'sandbox.timeout_s' must be at most {MAX_SANDBOX_TIMEOUT_S:.0f} s "
+                        f"(the host's wait for a job counts milliseconds in a C int), got {cfg.sandbox.timeout_s!r}")
     if cfg.sandbox.workers < 0:
         raise UserError(f"config key 'sandbox.workers' must be >= 0 (0 = one per CPU core), got {cfg.sandbox.workers!r}")
     _check_mesh(cfg.mesh)

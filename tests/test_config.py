@@ -346,6 +346,9 @@ def test_memory_layout_keys_may_change_on_resume():
     ("pretrain.steps=2147483648", r"'pretrain.steps' must be < 2\*\*31"),  # its optax schedule too
     ("azr.num_inputs=1", "'azr.num_inputs' must be >= 2"),  # induction tasks with no visible pair
     ("azr.max_output_chars=1", r"0 \(no clipping\) or >= 2"),  # clipped to the whole text
+    # The host's poll() for the answer counts int milliseconds: every job a sandbox failure
+    ("sandbox.timeout_s=1e9", r"'sandbox.timeout_s' must be at most 1000000 s"),
+    ("sandbox.timeout_s=1000000.5", r"'sandbox.timeout_s' must be at most 1000000 s"),
 ])
 def test_out_of_range_values_that_reached_the_run_are_refused(item, match):
     with pytest.raises(UserError, match=match):
@@ -362,6 +365,7 @@ def test_smallest_accepted_values_still_load():
     assert apply_overrides(Config(), [f"optim.b1={largest_b!r}", f"optim.b2={largest_b!r}"]).optim.b2 == largest_b
     longest = apply_overrides(Config(), ["train.steps=2147483647", "optim.warmup_steps=2147483647"])
     assert longest.train.steps == longest.optim.warmup_steps == 2**31 - 1
+    assert apply_overrides(Config(), ["sandbox.timeout_s=1e6"]).sandbox.timeout_s == 1e6
     tiny = apply_overrides(Config(), ["sampling.temperature=1e-30", "eval.temperature=1e-30"])
     assert tiny.sampling.temperature == tiny.eval.temperature == 1e-30
 

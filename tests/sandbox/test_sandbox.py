@@ -330,6 +330,19 @@ def test_determinism(sb):
     assert r_ok.deterministic and r_ok.outputs == ["['w0', 'w1']"]
 
 
+def test_the_longest_timeout_the_config_accepts_still_judges_jobs():
+    """The host waits for an answer with poll(), whose timeout is int milliseconds: a timeout_s
+    past ~2.1e6 s made every job a sandbox failure. Config load refuses those; the largest it
+    accepts must still run a job."""
+    from azr_jax.config import MAX_SANDBOX_TIMEOUT_S, Config, apply_overrides
+
+    with pytest.raises(UserError, match="'sandbox.timeout_s' must be at most"):
+        apply_overrides(Config(), ["sandbox.timeout_s=3e6"])
+    with Sandbox(SandboxSection(timeout_s=MAX_SANDBOX_TIMEOUT_S, workers=1)) as s:
+        [r] = s.run([Job(ADD, ["1, 2"], expected=["3"])])
+    assert r.matches == [True] and not r.sandbox_fault, r
+
+
 def test_a_check_with_one_call_per_input_calls_f_once_and_has_the_whole_time_limit(sb):
     """A solver's answer is checked by calling f once, as the reference checks it: twice, an
     accumulator read as nondeterministic (the reference takes the first value), and a call that
