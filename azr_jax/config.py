@@ -764,6 +764,14 @@ def validate(cfg: Config) -> Config:
     if cfg.sandbox.timeout_s > MAX_SANDBOX_TIMEOUT_S:
         raise UserError(f"config key 'sandbox.timeout_s' must be at most {MAX_SANDBOX_TIMEOUT_S:.0f} s "
                         f"(the host's wait for a job counts milliseconds in a C int), got {cfg.sandbox.timeout_s!r}")
+    # Every job sets these as 64-bit rlimits (sandbox/pool.py: MiB << 20, max_processes + 2); a
+    # larger value was an OverflowError in every job, which scored as the program's runtime error.
+    for key, value, bound in (("memory_mb", cfg.sandbox.memory_mb, 2**43), ("max_file_mb", cfg.sandbox.max_file_mb, 2**43),
+                              ("max_open_files", cfg.sandbox.max_open_files, 2**62),
+                              ("max_processes", cfg.sandbox.max_processes, 2**62)):
+        if value >= bound:
+            raise UserError(f"config key 'sandbox.{key}' must be < 2**{bound.bit_length() - 1} (the sandbox sets it "
+                            f"as a 64-bit resource limit), got {value!r}")
     if cfg.sandbox.workers < 0:
         raise UserError(f"config key 'sandbox.workers' must be >= 0 (0 = one per CPU core), got {cfg.sandbox.workers!r}")
     _check_mesh(cfg.mesh)

@@ -333,6 +333,11 @@ def test_memory_layout_keys_may_change_on_resume():
     ("sandbox.max_file_mb=0", "'sandbox.max_file_mb' must be positive"),
     ("sandbox.max_open_files=0", "'sandbox.max_open_files' must be positive"),
     ("sandbox.max_processes=-2", "'sandbox.max_processes' must be positive"),
+    # Set as 64-bit rlimits in every job: an OverflowError there, scored as the program's runtime error
+    ("sandbox.memory_mb=8796093022208", r"'sandbox.memory_mb' must be < 2\*\*43"),
+    ("sandbox.max_file_mb=9000000000000", r"'sandbox.max_file_mb' must be < 2\*\*43"),
+    ("sandbox.max_open_files=9223372036854775807", r"'sandbox.max_open_files' must be < 2\*\*62"),
+    ("sandbox.max_processes=9223372036854775806", r"'sandbox.max_processes' must be < 2\*\*62"),
     ('azr.banned_words=["os.system", 3]', "list of non-empty strings"),  # a TypeError at step 1
     ('azr.banned_words=["os.system", ""]', "list of non-empty strings"),  # "" is in every program
     ("train.seed=-1", r"'train.seed' must be in \[0, 2\*\*32\)"),  # key(-1) is key(2**32 - 1)
@@ -366,6 +371,8 @@ def test_smallest_accepted_values_still_load():
     longest = apply_overrides(Config(), ["train.steps=2147483647", "optim.warmup_steps=2147483647"])
     assert longest.train.steps == longest.optim.warmup_steps == 2**31 - 1
     assert apply_overrides(Config(), ["sandbox.timeout_s=1e6"]).sandbox.timeout_s == 1e6
+    big = apply_overrides(Config(), ["sandbox.memory_mb=8796093022207", "sandbox.max_file_mb=8796093022207"]).sandbox
+    assert big.memory_mb << 20 < 2**63 and big.max_file_mb << 20 < 2**63
     tiny = apply_overrides(Config(), ["sampling.temperature=1e-30", "eval.temperature=1e-30"])
     assert tiny.sampling.temperature == tiny.eval.temperature == 1e-30
 

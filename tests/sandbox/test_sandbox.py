@@ -330,15 +330,19 @@ def test_determinism(sb):
     assert r_ok.deterministic and r_ok.outputs == ["['w0', 'w1']"]
 
 
-def test_the_longest_timeout_the_config_accepts_still_judges_jobs():
+def test_the_largest_limits_the_config_accepts_still_judge_jobs():
     """The host waits for an answer with poll(), whose timeout is int milliseconds: a timeout_s
-    past ~2.1e6 s made every job a sandbox failure. Config load refuses those; the largest it
-    accepts must still run a job."""
+    past ~2.1e6 s made every job a sandbox failure; a memory_mb or max_file_mb whose bytes
+    overflow a 64-bit rlimit failed every job as the program's error. Config load refuses those;
+    the largest values it accepts must still run a job."""
     from azr_jax.config import MAX_SANDBOX_TIMEOUT_S, Config, apply_overrides
 
     with pytest.raises(UserError, match="'sandbox.timeout_s' must be at most"):
         apply_overrides(Config(), ["sandbox.timeout_s=3e6"])
-    with Sandbox(SandboxSection(timeout_s=MAX_SANDBOX_TIMEOUT_S, workers=1)) as s:
+    with pytest.raises(UserError, match="'sandbox.memory_mb' must be < 2"):
+        apply_overrides(Config(), [f"sandbox.memory_mb={2**43}"])
+    largest = SandboxSection(timeout_s=MAX_SANDBOX_TIMEOUT_S, memory_mb=2**43 - 1, max_file_mb=2**43 - 1, workers=1)
+    with Sandbox(largest) as s:
         [r] = s.run([Job(ADD, ["1, 2"], expected=["3"])])
     assert r.matches == [True] and not r.sandbox_fault, r
 
