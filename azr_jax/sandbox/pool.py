@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import queue
+import resource
 import select
 import signal
 import struct
@@ -257,11 +258,48 @@ def _failed(n: int, error: str, *, timed_out: bool = False, deterministic: bool 
                      sandbox_fault=sandbox_fault)
 
 
+def _job_limits(cfg: SandboxSection) -> dict:
+    """The rlimits every job's process sets on itself (zygote.py `_limit`)."""
+    return {
+        "cpu_s": int(cfg.timeout_s) + 1,
+        "file_bytes": cfg.max_file_mb << 20,
+        "open_files": cfg.max_open_files,
+        # the zygote, its pid-1 reaper and the job share the uid inside the namespace
+        "processes": cfg.max_processes + 2,
+        # RLIMIT_AS of each process, and the cap on the job's processes together
+        "memory_bytes": cfg.memory_mb << 20,
+    }
+
+
+# Each job limit, its resource, and the config key's largest value under a hard limit `h`.
+_HOST_LIMITS = (
+    ("cpu_s", resource.RLIMIT_CPU, "timeout_s", lambda h: h - 1, "RLIMIT_CPU", " s"),
+    ("file_bytes", resource.RLIMIT_FSIZE, "max_file_mb", lambda h: h >> 20, "RLIMIT_FSIZE", " bytes"),
+    ("open_files", resource.RLIMIT_NOFILE, "max_open_files", lambda h: h, "RLIMIT_NOFILE", ""),
+    ("processes", resource.RLIMIT_NPROC, "max_processes", lambda h: h - 2, "RLIMIT_NPROC", ""),
+    ("memory_bytes", resource.RLIMIT_AS, "memory_mb", lambda h: h >> 20, "RLIMIT_AS", " bytes"),
+)
+
+
+def _check_host_limits(cfg: SandboxSection) -> None:
+    """Refuse a limit above this host's hard limit: the zygotes inherit it, and a sandboxed process
+    cannot raise it, so every job's setup failed ("not allowed to raise maximum limit"), reported
+    from inside the job and so scored as each program's runtime error."""
+    limits = _job_limits(cfg)
+    for name, res, key, largest, what, unit in _HOST_LIMITS:
+        hard = resource.getrlimit(res)[1]
+        if hard != resource.RLIM_INFINITY and limits[name] > hard:
+            raise UserError(f"config key 'sandbox.{key}' is {getattr(cfg, key)!r}, over this machine's hard {what} "
+                            f"({hard}{unit}), which sandboxed jobs cannot raise; the largest usable value is "
+                            f"{largest(hard)}")
+
+
 class Sandbox:
     """Run untrusted programs in isolated, resource-limited processes (see docs/sandbox.md)."""
 
     def __init__(self, cfg: SandboxSection | None = None):
         self.cfg = cfg or SandboxSection()
+        _check_host_limits(self.cfg)
         self.workers = self.cfg.workers or os.cpu_count() or 1
         # A root trainer runs each zygote under its own uid, from a block no other sandbox holds.
         self._uids = None
@@ -470,15 +508,7 @@ class Sandbox:
             "max_output_chars": MAX_OUTPUT_CHARS,
             "max_frame_bytes": MAX_FRAME_BYTES,
             "memory_poll_s": MEMORY_POLL_S,
-            "limits": {
-                "cpu_s": int(cfg.timeout_s) + 1,
-                "file_bytes": cfg.max_file_mb << 20,
-                "open_files": cfg.max_open_files,
-                # the zygote, its pid-1 reaper and the job share the uid inside the namespace
-                "processes": cfg.max_processes + 2,
-                # RLIMIT_AS of each process, and the cap on the job's processes together
-                "memory_bytes": cfg.memory_mb << 20,
-            },
+            "limits": _job_limits(cfg),
         }
 
     def _execute(self, slot: int, job: Job, permit: _Permit) -> JobResult:

@@ -347,6 +347,30 @@ def test_the_largest_limits_the_config_accepts_still_judge_jobs():
     assert r.matches == [True] and not r.sandbox_fault, r
 
 
+def test_limits_over_the_hosts_hard_limits_are_refused_at_start(monkeypatch):
+    """A sandboxed job cannot raise a hard rlimit it inherits: a larger limit failed every job's
+    setup from inside the job ("not allowed to raise maximum limit"), scored as the program's
+    runtime error (-1 for a correct proposal). The sandbox refuses it before it starts."""
+    import resource
+
+    from azr_jax.sandbox import pool
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY:
+        with pytest.raises(UserError, match=rf"'sandbox.max_open_files' is {hard + 1}, over .* largest usable value is {hard}$"):
+            Sandbox(SandboxSection(max_open_files=hard + 1, workers=1))
+    real = resource.getrlimit
+    fake = {resource.RLIMIT_NPROC: 100, resource.RLIMIT_AS: 512 << 20, resource.RLIMIT_CPU: 30}
+    monkeypatch.setattr(pool.resource, "getrlimit", lambda res: (0, fake[res]) if res in fake else real(res))
+    for cfg, match in ((SandboxSection(max_processes=99, workers=1), "'sandbox.max_processes' is 99, .* is 98$"),
+                       (SandboxSection(memory_mb=513, workers=1), "'sandbox.memory_mb' is 513, .* is 512$"),
+                       (SandboxSection(timeout_s=30.0, workers=1), "'sandbox.timeout_s' is 30.0, .* is 29$")):
+        with pytest.raises(UserError, match=match):
+            Sandbox(cfg)
+    assert pool._job_limits(SandboxSection(max_processes=98, memory_mb=512, timeout_s=29.5)) == {
+        "cpu_s": 30, "file_bytes": 16 << 20, "open_files": 64, "processes": 100, "memory_bytes": 512 << 20}
+
+
 def test_a_check_with_one_call_per_input_calls_f_once_and_has_the_whole_time_limit(sb):
     """A solver's answer is checked by calling f once, as the reference checks it: twice, an
     accumulator read as nondeterministic (the reference takes the first value), and a call that
