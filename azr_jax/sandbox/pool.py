@@ -11,6 +11,7 @@ spares per worker), so several non-terminating programs cost about one timeout, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import tempfile
 import threading
 import time
 
-from azr_jax.config import SandboxSection
+from azr_jax.config import Config, SandboxSection, validate
 from azr_jax.errors import UserError
 from azr_jax.sandbox import isolation, uids
 from azr_jax.sandbox.jobs import MAX_REPEATS, Job, JobResult
@@ -299,6 +300,9 @@ class Sandbox:
 
     def __init__(self, cfg: SandboxSection | None = None):
         self.cfg = cfg or SandboxSection()
+        # The checks of config load, for a section built in Python (or by `bench executor`): an
+        # unknown isolation name ran its jobs with no namespaces at all (as `none`, with a warning).
+        validate(dataclasses.replace(Config(), sandbox=self.cfg))
         _check_host_limits(self.cfg)
         self.workers = self.cfg.workers or os.cpu_count() or 1
         # A root trainer runs each zygote under its own uid, from a block no other sandbox holds.

@@ -347,6 +347,17 @@ def test_the_largest_limits_the_config_accepts_still_judge_jobs():
     assert r.matches == [True] and not r.sandbox_fault, r
 
 
+@pytest.mark.parametrize("kw, match", [
+    # A misspelt mode ran every job with no namespaces (as none), behind a missing-layers warning.
+    ({"isolation": "bwarp"}, r"'sandbox.isolation' must be one of \['auto', 'bwrap', 'unshare', 'none'\], got 'bwarp'"),
+    ({"timeout_s": float("nan")}, "'sandbox.timeout_s' must be a finite number"),  # was a ValueError traceback
+    ({"workers": -1}, "'sandbox.workers' must be >= 0"),  # was a ValueError from the semaphore
+])
+def test_a_section_built_in_python_gets_the_checks_of_config_load(kw, match):
+    with pytest.raises(UserError, match=match):
+        Sandbox(SandboxSection(**kw))
+
+
 def test_limits_over_the_hosts_hard_limits_are_refused_at_start(monkeypatch):
     """A sandboxed job cannot raise a hard rlimit it inherits: a larger limit failed every job's
     setup from inside the job ("not allowed to raise maximum limit"), scored as the program's
