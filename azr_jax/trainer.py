@@ -570,6 +570,10 @@ def _host_record(step: int, base_key, buffers, pipeline: PipelineState) -> dict:
             "buffers": buffers.to_state(), "pipeline": pipeline.to_json()}
 
 
+# What the seeding phase writes into WORKDIR/seed/: its report, then the two reusable seed files.
+SEEDING_FILES = ("seeding.json", "seed_triplets.jsonl", "seed_induction.jsonl")
+
+
 def _seed(cfg, loop: SelfPlay, params, workdir: Path, primary: bool) -> None:
     """Run the seeding phase for each seed file not given; write the seeds as reusable files.
     Induction tasks are seeded only for a run that trains them; the triplets always (induction
@@ -583,7 +587,7 @@ def _seed(cfg, loop: SelfPlay, params, workdir: Path, primary: bool) -> None:
     if not primary:
         return
     out = workdir / "seed"
-    files = {"triplets": ("deduction", "seed_triplets.jsonl"), "induction": ("induction", "seed_induction.jsonl")}
+    files = {"triplets": ("deduction", SEEDING_FILES[1]), "induction": ("induction", SEEDING_FILES[2])}
     with run_output(out):
         out.mkdir(parents=True, exist_ok=True)
         for name, stats in report.items():
@@ -591,7 +595,7 @@ def _seed(cfg, loop: SelfPlay, params, workdir: Path, primary: bool) -> None:
             lines = [json.dumps(_task_record(e), sort_keys=True) for e in loop.buffers[task].entries]
             (out / filename).write_text("".join(line + "\n" for line in lines))
             stats["file"] = filename  # beside seeding.json
-        (out / "seeding.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        (out / SEEDING_FILES[0]).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     log.info("seeding done: %s (reuse them with azr.seed_file / azr.induction_seed_file)",
              ", ".join(f"{n} {s['size']} in {s['seconds']:.0f}s" for n, s in report.items()))
 
@@ -649,8 +653,7 @@ def _drop_outputs_after(workdir: Path, step: int, total_steps: int, seed_inputs:
         # A failed start's seeding phase: a start given seed files, or one seeding only some
         # buffers, kept seed files and a seeding.json its own buffers never came from.
         reads = {Path(p).resolve() for p in seed_inputs if p}
-        stale += [path for name in ("seeding.json", "seed_triplets.jsonl", "seed_induction.jsonl")
-                  if (path := workdir / "seed" / name).resolve() not in reads]
+        stale += [path for name in SEEDING_FILES if (path := workdir / "seed" / name).resolve() not in reads]
     stale = [path for path in stale if path.exists()]
     for path in stale:
         path.unlink()
@@ -679,8 +682,8 @@ def _final_evaluation_step(final: Path, summary: Path) -> int | None:
 
 
 def _evaluate(cfg, policy, params, sandbox, workdir: Path, name: str, primary: bool, step: int) -> dict:
-    """Solve rate (greedy, or sampled as cfg.eval says) on the `cfg.eval` benchmark (azr_jax.eval) after `step` steps, saved as
-    eval/<name>.json."""
+    """Solve rate (greedy, or sampled as cfg.eval says) on the `cfg.eval` benchmark
+    (azr_jax.eval) after `step` steps, saved as eval/<name>.json."""
     from azr_jax.eval.evaluate import evaluate
 
     t0 = time.perf_counter()
